@@ -1,0 +1,3 @@
+from .layer_decay_optim_wrapper import UniRepLKNetLayerDecayOptimWrapperConstructor
+
+__all__ = ['UniRepLKNetLayerDecayOptimWrapperConstructor']

@@ -1,0 +1,654 @@
+"""UniRepLKNet (Ding et al., CVPR 2024 / TPAMI 2025) as an OpenMMLab 2.0 backbone.
+
+One file serves MMDetection and MMSegmentation. It needs only torch, mmengine and timm. State-dict
+keys equal the authors' implementation's (``downsample_layers.*``, ``stages.i.j.*``, ``norm{i}``),
+so their released checkpoints load as they are.
+
+Layouts: the backbone takes and returns NCHW tensors; inside a block, ``pwconv1`` turns the map into
+NHWC for the two linear layers and GRN, and ``pwconv2`` turns it back.
+"""
+import warnings
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint as cp
+from mmengine.logging import print_log
+from mmengine.model import BaseModule
+from mmengine.runner.checkpoint import CheckpointLoader
+from timm.layers import DropPath, LayerNorm2d, trunc_normal_
+
+from mmunirep.ops import DepthWiseConv2dImplicitGEMM
+from mmunirep.registry import MODELS, register_module
+
+# ---------------------------------------------------------------------------------------------
+# Architecture tables (../shared/REFERENCE.md, the paper and the authors' code)
+# ---------------------------------------------------------------------------------------------
+_K_AFP = ((3, 3), (13, 13), (13, ) * 6, (13, 13))
+_K_N = ((3, 3), (13, 13), (13, ) * 8, (13, 13))
+_K_T = ((3, 3, 3), (13, 13, 13), (13, 3) * 9, (13, 13, 13))
+_K_SBLXL = ((3, 3, 3), (13, 13, 13), (13, 3, 3) * 9, (13, 13, 13))
+
+ARCH_SETTINGS: Dict[str, dict] = {
+    'a': dict(depths=(2, 2, 6, 2), dims=(40, 80, 160, 320), kernel_sizes=_K_AFP),
+    'f': dict(depths=(2, 2, 6, 2), dims=(48, 96, 192, 384), kernel_sizes=_K_AFP),
+    'p': dict(depths=(2, 2, 6, 2), dims=(64, 128, 256, 512), kernel_sizes=_K_AFP),
+    'n': dict(depths=(2, 2, 8, 2), dims=(80, 160, 320, 640), kernel_sizes=_K_N),
+    't': dict(depths=(3, 3, 18, 3), dims=(80, 160, 320, 640), kernel_sizes=_K_T),
+    's': dict(depths=(3, 3, 27, 3), dims=(96, 192, 384, 768), kernel_sizes=_K_SBLXL),
+    'b': dict(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024), kernel_sizes=_K_SBLXL),
+    'l': dict(depths=(3, 3, 27, 3), dims=(192, 384, 768, 1536), kernel_sizes=_K_SBLXL),
+    'xl': dict(depths=(3, 3, 27, 3), dims=(256, 512, 1024, 2048), kernel_sizes=_K_SBLXL),
+}
+
+# Dilated Reparam Block branches: large kernel K -> ((branch kernel, dilation), ...)
+DILATED_BRANCHES: Dict[int, Tuple[Tuple[int, int], ...]] = {
+    5: ((3, 1), (3, 2)),
+    7: ((5, 1), (3, 2), (3, 3)),
+    9: ((5, 1), (5, 2), (3, 3), (3, 4)),
+    11: ((5, 1), (5, 2), (3, 3), (3, 4), (3, 5)),
+    13: ((5, 1), (7, 2), (3, 3), (3, 4), (3, 5)),
+    15: ((5, 1), (7, 2), (3, 3), (3, 5), (3, 7)),
+    17: ((5, 1), (9, 2), (3, 4), (3, 5), (3, 7)),
+}
+PLAIN_KERNELS = (3, 5)  # blocks with these kernels use a plain depthwise conv
+BLOCK_KERNELS = PLAIN_KERNELS + tuple(k for k in DILATED_BRANCHES if k >= 7)
+
+
+# ---------------------------------------------------------------------------------------------
+# Small building blocks
+# ---------------------------------------------------------------------------------------------
+def build_batch_norm(norm_cfg: dict, channels: int) -> nn.Module:
+    """BN or SyncBN from an mmcv-style ``norm_cfg``.
+
+    Written here rather than taken from ``mmcv.cnn.build_norm_layer`` so that the backbone needs
+    no mmcv (it is timed on machines that have only torch).
+    """
+    cfg = dict(norm_cfg)
+    layer_type = cfg.pop('type', 'BN')
+    requires_grad = cfg.pop('requires_grad', True)
+    unknown = set(cfg) - {'eps', 'momentum'}
+    if unknown:
+        raise ValueError(f'norm_cfg accepts type, eps, momentum and requires_grad; got {sorted(unknown)}')
+    if layer_type in ('BN', 'BN2d'):
+        layer = nn.BatchNorm2d(channels, **cfg)
+    elif layer_type in ('SyncBN', 'MMSyncBN'):
+        layer = nn.SyncBatchNorm(channels, **cfg)
+    else:
+        raise ValueError(f"norm_cfg type must be 'BN' or 'SyncBN', got {layer_type!r}")
+    for p in layer.parameters():
+        p.requires_grad = requires_grad
+    return layer
+
+
+def fuse_bn(weight: torch.Tensor, bias: Optional[torch.Tensor],
+            bn: nn.modules.batchnorm._BatchNorm) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Fold an eval-mode BN that follows a conv (weight ``[C_out, ...]``) into weight and bias."""
+    std = (bn.running_var + bn.eps).sqrt()
+    scale = bn.weight / std
+    bias = torch.zeros_like(bn.running_mean) if bias is None else bias
+    return (weight * scale.reshape(-1, *([1] * (weight.dim() - 1))),
+            bn.bias + (bias - bn.running_mean) * scale)
+
+
+def dilated_to_dense(kernel: torch.Tensor, dilation: int) -> torch.Tensor:
+    """The dense kernel equivalent to ``kernel`` applied with ``dilation`` (any device/dtype)."""
+    if dilation == 1:
+        return kernel
+    c, g, k, _ = kernel.shape
+    size = dilation * (k - 1) + 1
+    dense = kernel.new_zeros(c, g, size, size)
+    dense[:, :, ::dilation, ::dilation] = kernel
+    return dense
+
+
+def make_depthwise_conv(channels: int, kernel_size: int, bias: bool,
+                        use_lk_op: bool = False) -> nn.Conv2d:
+    """A stride-1, "same"-padded depthwise conv; the large-kernel op for kernels > 5 if asked."""
+    if use_lk_op and kernel_size > 5:
+        return DepthWiseConv2dImplicitGEMM(channels, kernel_size, bias=bias)
+    return nn.Conv2d(channels, channels, kernel_size, stride=1, padding=kernel_size // 2,
+                     dilation=1, groups=channels, bias=bias)
+
+
+class NCHWtoNHWC(nn.Module):
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 2, 3, 1)
+
+
+class NHWCtoNCHW(nn.Module):
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 3, 1, 2)
+
+
+class GRN(nn.Module):
+    """Global Response Normalization on NHWC input (ConvNeXt V2).
+
+    Written here rather than using ``timm.layers.GlobalResponseNorm`` because the authors'
+    checkpoints store ``gamma`` / ``beta`` of shape ``[1, 1, 1, C]`` and the deploy structure drops
+    ``beta`` (folded into the next linear layer).
+    """
+
+    def __init__(self, dim: int, use_bias: bool = True):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.zeros(1, 1, 1, dim))
+        if use_bias:
+            self.beta = nn.Parameter(torch.zeros(1, 1, 1, dim))
+
+    @property
+    def use_bias(self) -> bool:
+        return hasattr(self, 'beta')
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gx = torch.norm(x, p=2, dim=(1, 2), keepdim=True)
+        nx = gx / (gx.mean(dim=-1, keepdim=True) + 1e-6)
+        out = (self.gamma * nx + 1) * x
+        return out + self.beta if self.use_bias else out
+
+
+class SEBlock(nn.Module):
+    """Squeeze-and-excitation with the authors' names (``down``, ``up``); NCHW.
+
+    timm's ``SqueezeExcite`` names its convs differently, which would break checkpoint loading.
+    """
+
+    def __init__(self, channels: int, hidden: int):
+        super().__init__()
+        self.down = nn.Conv2d(channels, hidden, 1, bias=True)
+        self.up = nn.Conv2d(hidden, channels, 1, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = F.adaptive_avg_pool2d(x, 1)
+        w = torch.sigmoid(self.up(F.relu(self.down(w))))
+        return x * w
+
+
+class DilatedReparamBlock(nn.Module):
+    """A large depthwise kernel plus parallel dilated small kernels, each followed by BN; NCHW.
+
+    :meth:`merge_dilated_branches` folds every branch and BN into ``lk_origin`` (one large kernel
+    with a bias), which is also what ``deploy=True`` builds.
+    """
+
+    def __init__(self, channels: int, kernel_size: int, deploy: bool = False,
+                 norm_cfg: dict = dict(type='BN'), use_lk_op: bool = False):
+        super().__init__()
+        if kernel_size not in DILATED_BRANCHES:
+            raise ValueError(f'DilatedReparamBlock supports kernel sizes {sorted(DILATED_BRANCHES)}, '
+                             f'got {kernel_size}')
+        self.kernel_size = kernel_size
+        self.branches = DILATED_BRANCHES[kernel_size]
+        self.use_lk_op = use_lk_op
+        self.lk_origin = make_depthwise_conv(channels, kernel_size, bias=deploy, use_lk_op=use_lk_op)
+        if not deploy:
+            self.origin_bn = build_batch_norm(norm_cfg, channels)
+            for k, r in self.branches:
+                self.add_module(
+                    f'dil_conv_k{k}_{r}',
+                    nn.Conv2d(channels, channels, k, stride=1, padding=(r * (k - 1) + 1) // 2,
+                              dilation=r, groups=channels, bias=False))
+                self.add_module(f'dil_bn_k{k}_{r}', build_batch_norm(norm_cfg, channels))
+        # The authors' deploy=True block stores this kernel as `dwconv.weight`, while their
+        # re-parameterized model stores it as `dwconv.lk_origin.weight`: accept both.
+        self._register_load_state_dict_pre_hook(self._accept_flat_deploy_keys)
+
+    @property
+    def merged(self) -> bool:
+        return not hasattr(self, 'origin_bn')
+
+    def _accept_flat_deploy_keys(self, state_dict, prefix, *args):
+        if self.merged:
+            for name in ('weight', 'bias'):
+                if prefix + name in state_dict and prefix + 'lk_origin.' + name not in state_dict:
+                    state_dict[prefix + 'lk_origin.' + name] = state_dict.pop(prefix + name)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.merged:
+            return self.lk_origin(x)
+        out = self.origin_bn(self.lk_origin(x))
+        for k, r in self.branches:
+            out = out + getattr(self, f'dil_bn_k{k}_{r}')(getattr(self, f'dil_conv_k{k}_{r}')(x))
+        return out
+
+    @torch.no_grad()
+    def merge_dilated_branches(self) -> None:
+        """Fold the branches and their BNs into one large kernel with bias (idempotent)."""
+        if self.merged:
+            return
+        kernel, bias = fuse_bn(self.lk_origin.weight, self.lk_origin.bias, self.origin_bn)
+        for k, r in self.branches:
+            branch_k, branch_b = fuse_bn(getattr(self, f'dil_conv_k{k}_{r}').weight, None,
+                                         getattr(self, f'dil_bn_k{k}_{r}'))
+            dense = dilated_to_dense(branch_k, r)
+            pad = self.kernel_size // 2 - dense.size(-1) // 2
+            kernel = kernel + F.pad(dense, [pad] * 4)
+            bias = bias + branch_b
+        merged = make_depthwise_conv(kernel.size(0), self.kernel_size, bias=True,
+                                     use_lk_op=self.use_lk_op).to(kernel.device, kernel.dtype)
+        merged.weight.copy_(kernel)
+        merged.bias.copy_(bias)
+        self.lk_origin = merged
+        del self.origin_bn
+        for k, r in self.branches:
+            delattr(self, f'dil_conv_k{k}_{r}')
+            delattr(self, f'dil_bn_k{k}_{r}')
+
+
+class UniRepLKNetBlock(nn.Module):
+    """dwconv -> BN -> SE -> Linear -> GELU -> GRN -> Linear -> BN -> layer scale, plus the input.
+
+    NCHW in and out. ``kernel_size`` 3 or 5 gives a plain depthwise conv, 7 to 17 a
+    :class:`DilatedReparamBlock`.
+    """
+
+    def __init__(self, dim: int, kernel_size: int, drop_path: float = 0.,
+                 layer_scale_init_value: float = 1e-6, deploy: bool = False,
+                 norm_cfg: dict = dict(type='BN'), with_cp: bool = False,
+                 use_lk_op: bool = False, ffn_factor: int = 4):
+        super().__init__()
+        if kernel_size not in BLOCK_KERNELS:
+            raise ValueError(f'block kernel sizes must be one of {BLOCK_KERNELS}, got {kernel_size}')
+        self.with_cp = with_cp
+        self.use_lk_op = use_lk_op
+        if kernel_size >= 7:
+            self.dwconv = DilatedReparamBlock(dim, kernel_size, deploy=deploy, norm_cfg=norm_cfg,
+                                              use_lk_op=use_lk_op)
+        else:
+            self.dwconv = make_depthwise_conv(dim, kernel_size, bias=deploy)
+        self.norm = nn.Identity() if deploy else build_batch_norm(norm_cfg, dim)
+        self.se = SEBlock(dim, dim // 4)
+        ffn_dim = int(ffn_factor * dim)
+        self.pwconv1 = nn.Sequential(NCHWtoNHWC(), nn.Linear(dim, ffn_dim))
+        self.act = nn.Sequential(nn.GELU(), GRN(ffn_dim, use_bias=not deploy))
+        if deploy:
+            self.pwconv2 = nn.Sequential(nn.Linear(ffn_dim, dim), NHWCtoNCHW())
+        else:
+            self.pwconv2 = nn.Sequential(nn.Linear(ffn_dim, dim, bias=False), NHWCtoNCHW(),
+                                         build_batch_norm(norm_cfg, dim))
+        if not deploy and layer_scale_init_value is not None and layer_scale_init_value > 0:
+            self.gamma = nn.Parameter(layer_scale_init_value * torch.ones(dim))
+        else:
+            self.gamma = None
+        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+
+    @property
+    def deploy(self) -> bool:
+        return isinstance(self.norm, nn.Identity) and len(self.pwconv2) == 2
+
+    def _residual(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.se(self.norm(self.dwconv(x)))
+        y = self.pwconv2(self.act(self.pwconv1(y)))
+        if self.gamma is not None:
+            y = self.gamma.view(1, -1, 1, 1) * y
+        return x + self.drop_path(y)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.with_cp and x.requires_grad:
+            return cp.checkpoint(self._residual, x, use_reentrant=False)
+        return self._residual(x)
+
+    @torch.no_grad()
+    def switch_to_deploy(self) -> None:
+        """Convert this block to its inference structure in place (idempotent).
+
+        Merges the dilated branches, folds the BN after the depthwise conv into it, and folds the
+        GRN bias, the last BN and the layer scale into the second linear layer.
+        """
+        if self.deploy:
+            return
+        if isinstance(self.dwconv, DilatedReparamBlock):
+            self.dwconv.merge_dilated_branches()
+            conv = self.dwconv.lk_origin
+        else:
+            conv = self.dwconv
+        kernel, bias = fuse_bn(conv.weight, conv.bias, self.norm)
+        new_conv = make_depthwise_conv(conv.in_channels, conv.kernel_size[0], bias=True,
+                                       use_lk_op=self.use_lk_op).to(kernel.device, kernel.dtype)
+        new_conv.weight.copy_(kernel)
+        new_conv.bias.copy_(bias)
+        if isinstance(self.dwconv, DilatedReparamBlock):
+            self.dwconv.lk_origin = new_conv
+        else:
+            self.dwconv = new_conv
+        self.norm = nn.Identity()
+
+        linear, bn = self.pwconv2[0], self.pwconv2[2]
+        grn = self.act[1]
+        lin_bias = linear.weight @ grn.beta.reshape(-1)  # GRN bias through the linear layer
+        if linear.bias is not None:
+            lin_bias = lin_bias + linear.bias
+        weight, bias = fuse_bn(linear.weight, lin_bias, bn)
+        if self.gamma is not None:
+            weight = weight * self.gamma.reshape(-1, 1)
+            bias = bias * self.gamma
+        new_linear = nn.Linear(linear.in_features, linear.out_features, bias=True).to(
+            weight.device, weight.dtype)
+        new_linear.weight.copy_(weight)
+        new_linear.bias.copy_(bias)
+        self.pwconv2 = nn.Sequential(new_linear, NHWCtoNCHW())
+        del grn.beta
+        self.gamma = None
+
+
+# ---------------------------------------------------------------------------------------------
+# The backbone
+# ---------------------------------------------------------------------------------------------
+@register_module(MODELS)
+class UniRepLKNet(BaseModule):
+    """UniRepLKNet backbone: NCHW image in, a tuple of NCHW features at strides 4/8/16/32 out.
+
+    Args:
+        arch (str | dict): 'a', 'f', 'p', 'n', 't', 's', 'b', 'l' or 'xl', or a dict with
+            ``depths`` and ``dims`` (4 each) and optional ``kernel_sizes`` (one tuple per stage).
+        in_channels (int): image channels.
+        out_indices (Sequence[int]): stages to return; each goes through its own
+            channels-first LayerNorm ``norm{i}``.
+        frozen_stages (int): -1 freezes nothing; ``i >= 0`` freezes the down-sampling layers,
+            blocks and output norms of stages ``0..i``.
+        norm_eval (bool): keep the BatchNorms in eval mode during training.
+        norm_cfg (dict): the BatchNorms inside the blocks: ``dict(type='BN')`` or ``'SyncBN'``.
+        drop_path_rate (float): stochastic depth, linearly increasing over all blocks.
+        layer_scale_init_value (float): initial layer scale; 0 or None disables it.
+        with_cp (bool): gradient checkpointing of each block (saves memory, same results).
+        deploy (bool): build the inference (re-parameterized) structure.
+        use_lk_op (bool): use :class:`mmunirep.ops.DepthWiseConv2dImplicitGEMM` for the kernels
+            larger than 5 (falls back to ``F.conv2d`` where its CUDA kernels are unavailable).
+        pretrained (str, optional): deprecated, use ``init_cfg``.
+        init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=PATH_OR_URL)`` loads the
+            authors' released classification checkpoints or our own.
+    """
+    arch_settings = ARCH_SETTINGS
+    num_stages = 4
+
+    def __init__(self,
+                 arch: Union[str, dict] = 't',
+                 in_channels: int = 3,
+                 out_indices: Sequence[int] = (0, 1, 2, 3),
+                 frozen_stages: int = -1,
+                 norm_eval: bool = False,
+                 norm_cfg: dict = dict(type='BN'),
+                 drop_path_rate: float = 0.,
+                 layer_scale_init_value: float = 1e-6,
+                 with_cp: bool = False,
+                 deploy: bool = False,
+                 use_lk_op: bool = False,
+                 pretrained: Optional[str] = None,
+                 init_cfg: Optional[Union[dict, List[dict]]] = None):
+        if pretrained is not None:
+            if init_cfg is not None:
+                raise ValueError('give either init_cfg or pretrained (deprecated), not both')
+            warnings.warn('UniRepLKNet(pretrained=...) is deprecated; use '
+                          "init_cfg=dict(type='Pretrained', checkpoint=...)", DeprecationWarning)
+            init_cfg = dict(type='Pretrained', checkpoint=pretrained)
+        super().__init__(init_cfg=init_cfg)
+
+        self.depths, self.dims, self.kernel_sizes = self._parse_arch(arch)
+        self.out_indices = self._parse_out_indices(out_indices)
+        if not isinstance(frozen_stages, int) or not -1 <= frozen_stages < self.num_stages:
+            raise ValueError(f'frozen_stages must be an int in [-1, {self.num_stages - 1}] '
+                             f'(-1 freezes nothing), got {frozen_stages!r}')
+        if not 0. <= drop_path_rate < 1.:
+            raise ValueError(f'drop_path_rate must be in [0, 1), got {drop_path_rate}')
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.with_cp = with_cp
+
+        dims = self.dims
+        self.downsample_layers = nn.ModuleList([
+            nn.Sequential(
+                nn.Conv2d(in_channels, dims[0] // 2, kernel_size=3, stride=2, padding=1),
+                LayerNorm2d(dims[0] // 2, eps=1e-6),
+                nn.GELU(),
+                nn.Conv2d(dims[0] // 2, dims[0], kernel_size=3, stride=2, padding=1),
+                LayerNorm2d(dims[0], eps=1e-6))
+        ])
+        for i in range(self.num_stages - 1):
+            self.downsample_layers.append(
+                nn.Sequential(
+                    nn.Conv2d(dims[i], dims[i + 1], kernel_size=3, stride=2, padding=1),
+                    LayerNorm2d(dims[i + 1], eps=1e-6)))
+
+        dp_rates = torch.linspace(0, drop_path_rate, sum(self.depths)).tolist()
+        self.stages = nn.ModuleList()
+        cur = 0
+        for i in range(self.num_stages):
+            self.stages.append(nn.Sequential(*[
+                UniRepLKNetBlock(dims[i], self.kernel_sizes[i][j], drop_path=dp_rates[cur + j],
+                                 layer_scale_init_value=layer_scale_init_value, deploy=deploy,
+                                 norm_cfg=norm_cfg, with_cp=with_cp, use_lk_op=use_lk_op)
+                for j in range(self.depths[i])
+            ]))
+            cur += self.depths[i]
+        for i in self.out_indices:
+            self.add_module(f'norm{i}', LayerNorm2d(dims[i], eps=1e-6))
+        self._freeze_stages()
+
+    # -- configuration -------------------------------------------------------------------------
+    def _parse_arch(self, arch):
+        if isinstance(arch, str):
+            key = arch.lower()
+            if key not in self.arch_settings:
+                raise ValueError(f'unknown arch {arch!r}: expected one of '
+                                 f'{sorted(self.arch_settings)} or a dict of depths and dims')
+            setting = self.arch_settings[key]
+        elif isinstance(arch, dict):
+            unknown = set(arch) - {'depths', 'dims', 'kernel_sizes'}
+            missing = {'depths', 'dims'} - set(arch)
+            if unknown or missing:
+                raise ValueError(f'an arch dict needs depths and dims (kernel_sizes optional); '
+                                 f'missing {sorted(missing)}, unknown {sorted(unknown)}')
+            setting = dict(arch)
+            if 'kernel_sizes' not in setting:
+                defaults = {tuple(s['depths']): s['kernel_sizes'] for s in ARCH_SETTINGS.values()}
+                depths = tuple(setting['depths'])
+                if depths not in defaults:
+                    raise ValueError(f'no default kernel_sizes for depths {depths}: give '
+                                     f'kernel_sizes, or use depths among {sorted(defaults)}')
+                setting['kernel_sizes'] = defaults[depths]
+        else:
+            raise TypeError(f'arch must be a str or a dict, got {type(arch).__name__}')
+        depths = tuple(int(d) for d in setting['depths'])
+        dims = tuple(int(d) for d in setting['dims'])
+        kernel_sizes = tuple(tuple(int(k) for k in ks) for ks in setting['kernel_sizes'])
+        if len(depths) != 4 or len(dims) != 4 or len(kernel_sizes) != 4:
+            raise ValueError(f'depths, dims and kernel_sizes need 4 entries (one per stage); got '
+                             f'{len(depths)}, {len(dims)} and {len(kernel_sizes)}')
+        for i, (d, ks) in enumerate(zip(depths, kernel_sizes)):
+            if len(ks) != d:
+                raise ValueError(f'stage {i} has depth {d} but {len(ks)} kernel sizes: {ks}')
+            bad = [k for k in ks if k not in BLOCK_KERNELS]
+            if bad:
+                raise ValueError(f'stage {i}: kernel sizes must be in {BLOCK_KERNELS}, got {bad}')
+        return depths, dims, kernel_sizes
+
+    def _parse_out_indices(self, out_indices):
+        if isinstance(out_indices, int):
+            out_indices = (out_indices, )
+        result = []
+        for idx in out_indices:
+            if not isinstance(idx, int) or not -self.num_stages <= idx < self.num_stages:
+                raise ValueError(f'out_indices must be ints in [-4, 3], got {tuple(out_indices)}')
+            result.append(idx % self.num_stages)
+        if not result or len(set(result)) != len(result):
+            raise ValueError(f'out_indices must be non-empty and unique, got {tuple(out_indices)}')
+        return tuple(sorted(result))
+
+    @property
+    def deploy(self) -> bool:
+        """True once every block is in its inference structure."""
+        return all(block.deploy for stage in self.stages for block in stage)
+
+    # -- forward ---------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        outs = []
+        for i in range(self.num_stages):
+            x = self.stages[i](self.downsample_layers[i](x))
+            if i in self.out_indices:
+                outs.append(getattr(self, f'norm{i}')(x))
+        return tuple(outs)
+
+    # -- training behaviour ----------------------------------------------------------------------
+    def _freeze_stages(self) -> None:
+        for i in range(self.frozen_stages + 1):
+            modules = [self.downsample_layers[i], self.stages[i]]
+            if i in self.out_indices:
+                modules.append(getattr(self, f'norm{i}'))
+            for m in modules:
+                m.eval()
+                for p in m.parameters():
+                    p.requires_grad = False
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+    # -- re-parameterization ---------------------------------------------------------------------
+    def switch_to_deploy(self) -> None:
+        """Convert every block to the inference structure in place; outputs stay the same."""
+        for stage in self.stages:
+            for block in stage:
+                block.switch_to_deploy()
+
+    def reparameterize_unireplknet(self) -> None:
+        """Alias of :meth:`switch_to_deploy` (the authors' name)."""
+        self.switch_to_deploy()
+
+    # -- layer-wise lr decay ---------------------------------------------------------------------
+    def get_layer_depth(self, param_name: str, prefix: str = 'backbone.',
+                        num_layers: int = 12) -> Tuple[int, int]:
+        """Layer id of a parameter for layer-wise lr decay, and the number of layer ids.
+
+        The authors' rule with ``max = num_layers``: downsample 0/1/2/3 -> 0/2/3/max; stage 0 -> 1,
+        stage 1 -> 2, stage 2 block j -> 3 + j // 3 (at most max), stage 3 -> max; anything else
+        (output norms, neck, heads) -> max + 1. Returns ``(layer_id, num_layers + 2)`` so that
+        ``decay ** (total - layer_id - 1)`` is the lr scale and the heads get the base lr.
+        """
+        total = num_layers + 2
+        if not param_name.startswith(prefix):
+            return num_layers + 1, total
+        name = param_name[len(prefix):]
+        parts = name.split('.')
+        if parts[0] == 'downsample_layers':
+            layer_id = (0, 2, 3, num_layers)[int(parts[1])]
+        elif parts[0] == 'stages':
+            stage, block = int(parts[1]), int(parts[2])
+            layer_id = (1, 2, min(3 + block // 3, num_layers), num_layers)[stage]
+        else:
+            layer_id = num_layers + 1
+        return layer_id, total
+
+    # -- weights ---------------------------------------------------------------------------------
+    def init_weights(self) -> None:
+        if isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained':
+            self.load_pretrained(self.init_cfg['checkpoint'],
+                                 map_location=self.init_cfg.get('map_location', 'cpu'))
+            self._is_init = True
+            return
+        for m in self.modules():  # the authors' initialization
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                trunc_normal_(m.weight, std=.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        if self.init_cfg is not None:
+            super().init_weights()
+        self._is_init = True
+
+    def load_pretrained(self, checkpoint: str, map_location: str = 'cpu') -> Dict[str, list]:
+        """Load a checkpoint of the authors' or ours into this backbone.
+
+        Accepts a plain state dict, ``{'model': ...}`` or ``{'state_dict': ...}``; strips
+        ``module.`` and ``backbone.`` prefixes; ignores the classification ``head.*`` and final
+        ``norm.*``. Unmatched keys are logged by name. Raises if no key matches, if shapes differ,
+        or if the checkpoint is of the other structure (training vs deploy).
+
+        Returns:
+            dict: ``missing`` and ``unexpected`` key names.
+        """
+        ckpt = CheckpointLoader.load_checkpoint(checkpoint, map_location=map_location)
+        state = convert_checkpoint_state_dict(ckpt, source=str(checkpoint))
+        own = self.state_dict()
+        self._check_structure(state, str(checkpoint))
+        matched = [k for k in state if k in own]
+        if not matched:
+            raise RuntimeError(
+                f'checkpoint {checkpoint} matches none of the UniRepLKNet keys: it has e.g. '
+                f'{sorted(state)[:5]}, the backbone expects e.g. {sorted(own)[:5]}')
+        mismatched = [f'{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}'
+                      for k in matched if state[k].shape != own[k].shape]
+        if mismatched:
+            raise RuntimeError(
+                f'checkpoint {checkpoint} does not fit this UniRepLKNet (dims {self.dims}, depths '
+                f'{self.depths}); is it another variant? {len(mismatched)} shape mismatches, '
+                'e.g.:\n  ' + '\n  '.join(mismatched[:5]))
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        self.load_state_dict({k: state[k] for k in matched}, strict=False)
+        print_log(f'UniRepLKNet: loaded {len(matched)}/{len(own)} tensors from {checkpoint}',
+                  logger='current')
+        if missing:
+            print_log(f'UniRepLKNet: {len(missing)} keys not in the checkpoint (left as '
+                      f'initialized): {missing}', logger='current', level=30)
+        if unexpected:
+            print_log(f'UniRepLKNet: {len(unexpected)} checkpoint keys unused: {unexpected}',
+                      logger='current', level=30)
+        return dict(missing=missing, unexpected=unexpected)
+
+    def _check_structure(self, state: Dict[str, torch.Tensor], source: str) -> None:
+        ckpt_deploy = any(k.endswith('pwconv2.0.bias') for k in state)
+        ckpt_train = any(k.endswith('pwconv2.2.weight') or 'origin_bn' in k for k in state)
+        if self.deploy and ckpt_train and not ckpt_deploy:
+            raise RuntimeError(
+                f'checkpoint {source} is in the training structure but this backbone was built with '
+                'deploy=True: build it with deploy=False (and call switch_to_deploy() after '
+                'loading), or convert the checkpoint with tools/reparameterize.py')
+        if not self.deploy and ckpt_deploy and not ckpt_train:
+            raise RuntimeError(
+                f'checkpoint {source} is in the re-parameterized (deploy) structure: build the '
+                'backbone with deploy=True to load it')
+
+
+def convert_checkpoint_state_dict(ckpt, source: str = 'checkpoint') -> Dict[str, torch.Tensor]:
+    """The backbone's state dict from a released or saved checkpoint (see ``load_pretrained``)."""
+    if not isinstance(ckpt, dict):
+        raise TypeError(f'{source}: expected a dict (state dict or with a "state_dict" / "model" '
+                        f'entry), got {type(ckpt).__name__}')
+    for key in ('state_dict', 'model'):
+        if key in ckpt and isinstance(ckpt[key], dict):
+            ckpt = ckpt[key]
+            break
+    state = {}
+    has_backbone = any(k.replace('module.', '', 1).startswith('backbone.') for k in ckpt)
+    for k, v in ckpt.items():
+        if not isinstance(v, torch.Tensor):
+            continue
+        if k.startswith('module.'):
+            k = k[len('module.'):]
+        if has_backbone:
+            if not k.startswith('backbone.'):
+                continue  # a detector's or segmentor's neck and heads
+            k = k[len('backbone.'):]
+        if k.startswith('head.') or k.startswith('norm.'):
+            continue  # classification head and final norm
+        state[k] = v
+    return state
+
+
+def reparameterize_unireplknet(model: nn.Module) -> nn.Module:
+    """Switch every UniRepLKNet block inside ``model`` to deploy structure, in place."""
+    for m in list(model.modules()):
+        if isinstance(m, UniRepLKNetBlock):
+            m.switch_to_deploy()
+    return model
+
+
+__all__ = ['UniRepLKNet', 'UniRepLKNetBlock', 'DilatedReparamBlock', 'GRN', 'SEBlock',
+           'ARCH_SETTINGS', 'DILATED_BRANCHES', 'convert_checkpoint_state_dict',
+           'reparameterize_unireplknet']

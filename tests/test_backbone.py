@@ -1,0 +1,394 @@
+"""UniRepLKNet backbone: shapes, freezing, checkpointing, re-parameterization, checkpoints, figures."""
+import pathlib
+import re
+
+import pytest
+import torch
+import torch.nn as nn
+
+from mmunirep.models import UniRepLKNet
+from mmunirep.models.backbones.unireplknet import ARCH_SETTINGS, GRN, UniRepLKNetBlock
+
+ALL_ARCHS = ['a', 'f', 'p', 'n', 't', 's', 'b', 'l', 'xl']
+SMALL_ARCHS = ['a', 'f', 'p', 'n', 't', 's']
+STRIDES = (4, 8, 16, 32)
+
+
+def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random BN statistics and affine, GRN gamma/beta and layer scales, so that every folded term
+    matters (a fresh model has zero GRN parameters and 1e-6 layer scales)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(t, lo, hi):
+        t.copy_(torch.rand(t.shape, generator=g) * (hi - lo) + lo)
+
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                rand(m.running_mean, -0.5, 0.5)
+                rand(m.running_var, 0.5, 2.0)
+                rand(m.weight, 0.5, 1.5)
+                rand(m.bias, -0.5, 0.5)
+            elif isinstance(m, GRN):
+                rand(m.gamma, -0.5, 0.5)
+                if m.use_bias:
+                    rand(m.beta, -0.5, 0.5)
+            elif isinstance(m, UniRepLKNetBlock) and m.gamma is not None:
+                rand(m.gamma, 0.2, 1.0)
+    return model
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+@pytest.mark.parametrize('arch', SMALL_ARCHS)
+def test_output_shapes_every_small_variant(arch):
+    model = UniRepLKNet(arch=arch).eval()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        outs = model(x)
+    dims = ARCH_SETTINGS[arch]['dims']
+    assert len(outs) == 4
+    for out, dim, s in zip(outs, dims, STRIDES):
+        assert out.shape == (2, dim, 64 // s, 96 // s)
+
+
+@pytest.mark.parametrize('out_indices', [(0, ), (1, 3), (2, ), (-1, ), (0, 1, 2, 3)])
+def test_out_indices(out_indices):
+    model = UniRepLKNet(arch='a', out_indices=out_indices).eval()
+    wanted = sorted(i % 4 for i in out_indices)
+    for i in range(4):
+        assert hasattr(model, f'norm{i}') == (i in wanted)
+    with torch.no_grad():
+        outs = model(torch.randn(1, 3, 64, 64))
+    assert [o.shape[1] for o in outs] == [ARCH_SETTINGS['a']['dims'][i] for i in wanted]
+    assert [64 // o.shape[-1] for o in outs] == [STRIDES[i] for i in wanted]
+
+
+def test_odd_input_sizes():
+    model = UniRepLKNet(arch='a').eval()
+    with torch.no_grad():
+        outs = model(torch.randn(1, 3, 50, 77))
+    # every down-sampling conv is 3x3, stride 2, padding 1: ceil division at each step
+    sizes = [(50, 77)]
+    for _ in range(5):
+        h, w = sizes[-1]
+        sizes.append(((h + 1) // 2, (w + 1) // 2))
+    assert [tuple(o.shape[-2:]) for o in outs] == sizes[2:]
+
+
+@pytest.mark.parametrize('frozen_stages', [-1, 0, 1, 3])
+def test_frozen_stages(frozen_stages):
+    model = UniRepLKNet(arch='a', frozen_stages=frozen_stages)
+    model.train()
+    for i in range(4):
+        frozen = i <= frozen_stages
+        for part in (model.downsample_layers[i], model.stages[i], getattr(model, f'norm{i}')):
+            assert all(p.requires_grad != frozen for p in part.parameters())
+            assert all(m.training != frozen for m in part.modules())
+    # frozen weights really do not change in a training step
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if frozen_stages == 3:
+        assert not trainable
+        return
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.SGD(trainable, lr=0.1)
+    sum(o.mean() for o in model(torch.randn(2, 3, 32, 32))).backward()
+    opt.step()
+    after = model.state_dict()
+    for k, v in before.items():
+        m = re.match(r'(downsample_layers|stages)\.(\d)\.|norm(\d)\.', k)
+        stage = int(m.group(2) or m.group(3))
+        if stage <= frozen_stages:
+            assert torch.equal(v, after[k]), k
+
+
+def test_norm_eval():
+    model = UniRepLKNet(arch='a', norm_eval=True).train()
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and all(not m.training for m in bns)
+    assert model.stages[2][0].se.training  # everything else trains
+    model = UniRepLKNet(arch='a', norm_eval=False).train()
+    assert all(m.training for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+
+
+def test_with_cp_same_outputs_and_gradients():
+    torch.manual_seed(0)
+    ref = UniRepLKNet(arch='a', with_cp=False)
+    ref.init_weights()
+    randomize(ref)
+    ckp = UniRepLKNet(arch='a', with_cp=True)
+    ckp.load_state_dict(ref.state_dict())
+    ref.train()
+    ckp.train()
+    x = torch.randn(2, 3, 64, 64)
+    outs_ref, outs_ckp = ref(x), ckp(x)
+    for a, b in zip(outs_ref, outs_ckp):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    sum((o * o).mean() for o in outs_ref).backward()
+    sum((o * o).mean() for o in outs_ckp).backward()
+    for (name, p_ref), p_ckp in zip(ref.named_parameters(), ckp.parameters()):
+        assert p_ref.grad is not None, name
+        torch.testing.assert_close(p_ckp.grad, p_ref.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize('arch', ALL_ARCHS)
+def test_reparameterization_every_variant(arch):
+    """Outputs agree to 1e-5 relative (fp32) and the deploy state dict loads strictly."""
+    torch.manual_seed(1)
+    size = 64 if arch in SMALL_ARCHS else 32
+    model = UniRepLKNet(arch=arch)
+    if arch in SMALL_ARCHS:  # (torch's default init is random too; trunc_normal_ is slow on XL)
+        model.init_weights()
+    randomize(model).eval()
+    x = torch.randn(1, 3, size, size)
+    with torch.no_grad():
+        before = model(x)
+    model.switch_to_deploy()
+    assert model.deploy
+    keys = set(model.state_dict())
+    assert not any('origin_bn' in k or 'dil_conv' in k or '.beta' in k
+                   or re.search(r'stages\.\d+\.\d+\.gamma$', k) or 'pwconv2.2' in k for k in keys)
+    with torch.no_grad():
+        after = model(x)
+    for a, b in zip(after, before):
+        assert rel_err(a, b) < 1e-5
+    deploy = UniRepLKNet(arch=arch, deploy=True).eval()
+    assert set(deploy.state_dict()) == keys
+    deploy.load_state_dict(model.state_dict(), strict=True)
+    with torch.no_grad():
+        again = deploy(x)
+    for a, b in zip(again, after):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_reparameterize_alias_and_timm():
+    from timm.utils.model import reparameterize_model
+    torch.manual_seed(2)
+    model = randomize(UniRepLKNet(arch='a')).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+    via_timm = reparameterize_model(model)  # a converted copy
+    assert via_timm.deploy and not model.deploy
+    model.reparameterize_unireplknet()
+    assert model.deploy
+    with torch.no_grad():
+        for a, b, c in zip(via_timm(x), model(x), ref):
+            assert rel_err(a, c) < 1e-5 and rel_err(b, c) < 1e-5
+    model.switch_to_deploy()  # idempotent
+
+
+def test_authors_flat_deploy_keys_load():
+    """The authors' deploy=True model stores large kernels as dwconv.weight; we accept it."""
+    model = randomize(UniRepLKNet(arch='a')).eval()
+    model.switch_to_deploy()
+    state = {re.sub(r'dwconv\.lk_origin\.', 'dwconv.', k): v for k, v in model.state_dict().items()}
+    assert any(re.search(r'stages\.1\.0\.dwconv\.weight', k) for k in state)
+    deploy = UniRepLKNet(arch='a', deploy=True)
+    deploy.load_state_dict(state, strict=True)
+    for k, v in model.state_dict().items():
+        assert torch.equal(deploy.state_dict()[k], v)
+
+
+def test_layer_scale_disabled_and_bad_kernel():
+    model = UniRepLKNet(arch='a', layer_scale_init_value=0)
+    assert all(b.gamma is None for s in model.stages for b in s)
+    with pytest.raises(ValueError, match='kernel sizes'):
+        UniRepLKNet(arch=dict(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64),
+                              kernel_sizes=((3, ), (4, ), (13, ), (13, ))))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+def test_reparameterization_on_cuda():
+    model = randomize(UniRepLKNet(arch='a')).cuda().eval()
+    x = torch.randn(1, 3, 64, 64, device='cuda')
+    with torch.no_grad():
+        before = model(x)
+        model.switch_to_deploy()
+        after = model(x)
+    assert all(p.is_cuda for p in model.parameters())
+    for a, b in zip(after, before):
+        assert rel_err(a, b) < 1e-4  # TF32 may be on for convs
+
+
+# --------------------------------------------------------------------------------------------
+# checkpoints
+# --------------------------------------------------------------------------------------------
+def classification_state_dict(arch: str, seed: int = 3) -> dict:
+    """A state dict in the layout of the authors' released ImageNet checkpoints."""
+    torch.manual_seed(seed)
+    backbone = randomize(UniRepLKNet(arch=arch, out_indices=(3, )), seed=seed)
+    state = {k: v for k, v in backbone.state_dict().items() if not k.startswith('norm3.')}
+    dim = ARCH_SETTINGS[arch]['dims'][-1]
+    state['norm.weight'] = torch.randn(dim)
+    state['norm.bias'] = torch.randn(dim)
+    state['head.weight'] = torch.randn(1000, dim)
+    state['head.bias'] = torch.randn(1000)
+    return state
+
+
+@pytest.mark.parametrize('layout', ['plain', 'model', 'state_dict', 'module.', 'backbone.'])
+def test_load_released_checkpoint_layouts(tmp_path, layout):
+    state = classification_state_dict('a')
+    if layout == 'plain':
+        ckpt = state
+    elif layout == 'model':
+        ckpt = {'model': state, 'epoch': 300}
+    elif layout == 'state_dict':
+        ckpt = {'state_dict': state, 'meta': {'note': 'x'}}
+    elif layout == 'module.':
+        ckpt = {'model': {'module.' + k: v for k, v in state.items()}}
+    else:  # a detector's full state dict: backbone.* next to neck and heads
+        ckpt = {'state_dict': {**{'backbone.' + k: v for k, v in state.items()},
+                               'neck.lateral_convs.0.conv.weight': torch.randn(4, 4, 1, 1)}}
+    path = tmp_path / 'ckpt.pth'
+    torch.save(ckpt, path)
+    model = UniRepLKNet(arch='a', init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    model.init_weights()
+    own = model.state_dict()
+    for k, v in state.items():
+        if k.startswith(('head.', 'norm.')):
+            continue
+        assert torch.equal(own[k], v), k
+
+
+def test_load_reports_unmatched_keys(tmp_path):
+    state = classification_state_dict('a')
+    state['stages.0.0.extra'] = torch.randn(3)
+    path = tmp_path / 'ckpt.pth'
+    torch.save(state, path)
+    result = UniRepLKNet(arch='a').load_pretrained(str(path))
+    assert result['unexpected'] == ['stages.0.0.extra']
+    # norm0..norm3 exist only in the backbone form: reported missing
+    assert result['missing'] == [f'norm{i}.{p}' for i in range(4) for p in ('bias', 'weight')]
+
+
+def test_load_errors(tmp_path):
+    path = tmp_path / 'ckpt.pth'
+    torch.save(classification_state_dict('a'), path)
+    with pytest.raises(RuntimeError, match='another variant'):
+        UniRepLKNet(arch='f').load_pretrained(str(path))
+    torch.save({'model': {'foo.weight': torch.randn(3), 'bar': torch.randn(2)}}, path)
+    with pytest.raises(RuntimeError, match='matches none'):
+        UniRepLKNet(arch='a', init_cfg=dict(type='Pretrained', checkpoint=str(path))).init_weights()
+    with pytest.raises(FileNotFoundError):
+        UniRepLKNet(arch='a').load_pretrained(str(tmp_path / 'missing.pth'))
+    # training checkpoint into a deploy model and the reverse: the message names the flag
+    torch.save(classification_state_dict('a'), path)
+    with pytest.raises(RuntimeError, match='deploy=False'):
+        UniRepLKNet(arch='a', deploy=True).load_pretrained(str(path))
+    model = UniRepLKNet(arch='a')
+    model.switch_to_deploy()
+    torch.save(model.state_dict(), path)
+    with pytest.raises(RuntimeError, match='deploy=True'):
+        UniRepLKNet(arch='a').load_pretrained(str(path))
+
+
+def test_pretrained_argument_is_mapped_with_deprecation(tmp_path):
+    path = tmp_path / 'ckpt.pth'
+    torch.save(classification_state_dict('a'), path)
+    with pytest.warns(DeprecationWarning, match='init_cfg'):
+        model = UniRepLKNet(arch='a', pretrained=str(path))
+    assert model.init_cfg == dict(type='Pretrained', checkpoint=str(path))
+    with pytest.raises(ValueError, match='not both'):
+        UniRepLKNet(arch='a', pretrained=str(path), init_cfg=dict(type='Pretrained', checkpoint='x'))
+
+
+def test_default_init_is_random_not_zero():
+    model = UniRepLKNet(arch='a')
+    model.init_weights()
+    w = model.stages[2][0].pwconv1[1].weight
+    assert 0.01 < w.std().item() < 0.03  # trunc_normal(std=0.02)
+
+
+# --------------------------------------------------------------------------------------------
+# argument validation
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(arch='z'), 'unknown arch'),
+    (dict(arch=dict(depths=(1, 1, 1, 1))), 'needs depths and dims'),
+    (dict(arch=dict(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64))), 'no default kernel_sizes'),
+    (dict(arch=dict(depths=(1, 1, 1, 2), dims=(8, 16, 32, 64),
+                    kernel_sizes=((3, ), (3, ), (3, ), (3, )))), 'stage 3 has depth 2'),
+    (dict(out_indices=(4, )), 'out_indices'),
+    (dict(out_indices=(1, 1)), 'unique'),
+    (dict(frozen_stages=4), 'frozen_stages'),
+    (dict(frozen_stages=-2), 'frozen_stages'),
+    (dict(norm_cfg=dict(type='GN')), "'BN' or 'SyncBN'"),
+    (dict(drop_path_rate=1.5), 'drop_path_rate'),
+])
+def test_bad_arguments(kwargs, match):
+    kwargs.setdefault('arch', 'a')
+    with pytest.raises(ValueError, match=match):
+        UniRepLKNet(**kwargs)
+
+
+def test_custom_arch_dict_and_syncbn_config():
+    model = UniRepLKNet(arch=dict(depths=(1, 1, 2, 1), dims=(8, 16, 32, 64),
+                                  kernel_sizes=((3, ), (7, ), (9, 5), (17, ))),
+                        norm_cfg=dict(type='SyncBN', momentum=0.03))
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert bns and all(isinstance(m, nn.SyncBatchNorm) and m.momentum == 0.03 for m in bns)
+    model.eval()
+    with torch.no_grad():
+        outs = model(torch.randn(1, 3, 64, 64))
+    assert [o.shape[1] for o in outs] == [8, 16, 32, 64]
+
+
+# --------------------------------------------------------------------------------------------
+# layer-wise decay ids (REFERENCE.md)
+# --------------------------------------------------------------------------------------------
+def test_get_layer_depth_follows_the_authors_rule():
+    model = UniRepLKNet(arch='a')
+    f = model.get_layer_depth
+    assert f('backbone.downsample_layers.0.0.weight') == (0, 14)
+    assert f('backbone.downsample_layers.1.0.weight')[0] == 2
+    assert f('backbone.downsample_layers.2.1.bias')[0] == 3
+    assert f('backbone.downsample_layers.3.0.weight')[0] == 12
+    assert f('backbone.stages.0.1.dwconv.weight')[0] == 1
+    assert f('backbone.stages.1.0.gamma')[0] == 2
+    assert [f(f'backbone.stages.2.{j}.gamma')[0] for j in range(9)] == [3, 3, 3, 4, 4, 4, 5, 5, 5]
+    assert f('backbone.stages.2.26.gamma')[0] == 11
+    assert f('backbone.stages.3.0.gamma')[0] == 12
+    assert f('backbone.norm2.weight')[0] == 13
+    assert f('neck.fpn_convs.0.conv.weight')[0] == 13
+    assert f('backbone.stages.2.17.gamma', num_layers=9) == (8, 11)
+    assert f('stages.0.0.gamma', prefix='') == (1, 14)
+
+
+# --------------------------------------------------------------------------------------------
+# figures of REFERENCE.md: params (inference structure, 1000-class head) and FLOPs @224
+# --------------------------------------------------------------------------------------------
+class Classifier(nn.Module):
+
+    def __init__(self, arch):
+        super().__init__()
+        self.backbone = UniRepLKNet(arch=arch, out_indices=(3, ), deploy=True)
+        self.head = nn.Linear(self.backbone.dims[-1], 1000)
+
+    def forward(self, x):
+        return self.head(self.backbone(x)[0].mean((2, 3)))
+
+
+@pytest.mark.parametrize('arch, params_m, flops_g', [
+    ('a', 4.4, 0.6), ('f', 6.2, 0.9), ('p', 10.7, 1.6), ('n', 18.3, 2.8), ('t', 31, 4.9),
+    ('s', 56, 9.1), ('b', 98, None), ('l', 218, None), ('xl', 386, None)])
+def test_params_and_flops_match_the_paper(arch, params_m, flops_g):
+    model = Classifier(arch)
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    unit = 1 if params_m >= 20 else 0.1  # the table's precision (it rounds S, truncates XL)
+    assert abs(params - params_m) < unit
+    if flops_g is not None:
+        from mmengine.analysis import FlopAnalyzer
+        with torch.no_grad():
+            flops = FlopAnalyzer(model, torch.randn(1, 3, 224, 224)).unsupported_ops_warnings(
+                False).uncalled_modules_warnings(False).total() / 1e9
+        assert round(flops, 1) == flops_g
+
+
+def test_no_print_in_package():
+    root = pathlib.Path(__file__).resolve().parents[1] / 'mmunirep'
+    offenders = [str(p) for p in root.rglob('*.py') if re.search(r'^\s*print\(', p.read_text(), re.M)]
+    assert not offenders
