@@ -392,3 +392,14 @@ def test_no_print_in_package():
     root = pathlib.Path(__file__).resolve().parents[1] / 'mmunirep'
     offenders = [str(p) for p in root.rglob('*.py') if re.search(r'^\s*print\(', p.read_text(), re.M)]
     assert not offenders
+
+
+def test_any_load_of_the_other_structure_fails_clearly():
+    """Also through load_state_dict(strict=False), as mmengine's Runner loads."""
+    model = UniRepLKNet(arch='a')
+    model.switch_to_deploy()
+    with pytest.raises(RuntimeError, match='deploy=True'):
+        UniRepLKNet(arch='a').load_state_dict(model.state_dict(), strict=False)
+    with pytest.raises(RuntimeError, match='deploy=False'):
+        UniRepLKNet(arch='a', deploy=True).load_state_dict(UniRepLKNet(arch='a').state_dict(),
+                                                           strict=False)

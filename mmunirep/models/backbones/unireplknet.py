@@ -425,6 +425,10 @@ class UniRepLKNet(BaseModule):
         for i in self.out_indices:
             self.add_module(f'norm{i}', LayerNorm2d(dims[i], eps=1e-6))
         self._freeze_stages()
+        # Any load (ours, mmengine's Runner with strict=False, a user's) of a checkpoint of the
+        # other structure fails with a message naming the right flag, instead of leaving half
+        # the weights untouched.
+        self._register_load_state_dict_pre_hook(self._check_loaded_structure)
 
     # -- configuration -------------------------------------------------------------------------
     def _parse_arch(self, arch):
@@ -600,6 +604,10 @@ class UniRepLKNet(BaseModule):
             print_log(f'UniRepLKNet: {len(unexpected)} checkpoint keys unused: {unexpected}',
                       logger='current', level=30)
         return dict(missing=missing, unexpected=unexpected)
+
+    def _check_loaded_structure(self, state_dict, prefix, *args) -> None:
+        keys = {k[len(prefix):]: None for k in state_dict if k.startswith(prefix)}
+        self._check_structure(keys, 'the state dict being loaded')
 
     def _check_structure(self, state: Dict[str, torch.Tensor], source: str) -> None:
         ckpt_deploy = any(k.endswith('pwconv2.0.bias') for k in state)

@@ -1,0 +1,13 @@
+# UperNet 160k, ADE20K: UniRepLKNet-S, IN-22K pretrained, 640x640.
+# Paper: mIoU 52.3 (ss) / 52.7 (ms), 86M params, 1618G FLOPs
+# (ss: single-scale test; ms: multi-scale + flip, `tools/test.py --tta`; FLOPs at 2560x640)
+# As the authors' S IN-22K configs: layer-wise decay 0.9 over 9 layer ids (not 12).
+_base_ = ['./_base_/upernet_unireplknet_160k_ade20k_640.py']
+model = dict(
+    backbone=dict(
+        arch='s',
+        drop_path_rate=0.3,
+        init_cfg=dict(checkpoint='https://huggingface.co/DingXiaoH/UniRepLKNet/resolve/main/unireplknet_s_in22k_to_in1k_384_acc86.44.pth')),
+    decode_head=dict(in_channels=[96, 192, 384, 768]),
+    auxiliary_head=dict(in_channels=384))
+optim_wrapper = dict(paramwise_cfg=dict(num_layers=9, decay_rate=0.9))

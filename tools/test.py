@@ -1,0 +1,78 @@
+"""Evaluate a checkpoint: COCO bbox/segm mAP for detectors, mIoU for segmentors.
+
+    python tools/test.py CONFIG CHECKPOINT [--out results.pkl] [--show-dir DIR] [--tta]
+"""
+import argparse
+import os
+import os.path as osp
+
+from mmengine.evaluator import DumpResults
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
+
+from mmunirep.utils import framework_of, prepare_cfg
+from mmunirep.utils.config_utils import DictAction
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Test a UniRepLKNet detector or segmentor')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='the dir to save the evaluation log')
+    parser.add_argument('--out', help='dump the raw predictions to this pickle file')
+    parser.add_argument('--show-dir', help='save drawn predictions into this directory')
+    parser.add_argument('--tta', action='store_true',
+                        help='test-time augmentation (multi-scale + flip, the "ms" of the paper)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, e.g. model.backbone.deploy=True')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if not osp.isfile(args.checkpoint):
+        raise FileNotFoundError(f'checkpoint not found: {args.checkpoint!r}')
+    cfg = prepare_cfg(args.config, args.work_dir, args.cfg_options, args.launcher)
+    framework = framework_of(cfg)
+    cfg.load_from = args.checkpoint
+    # the checkpoint provides every weight: do not fetch the backbone's pretrained file
+    if cfg.model.get('backbone', {}).get('init_cfg') is not None:
+        cfg.model.backbone.init_cfg = None
+
+    if args.show_dir:
+        hook = cfg.default_hooks.get('visualization')
+        if hook is None:
+            raise ValueError('--show-dir needs default_hooks.visualization in the config')
+        hook['draw'] = True
+        hook['interval'] = 1
+        if framework == 'mmdet':
+            hook['test_out_dir'] = osp.abspath(args.show_dir)
+        else:
+            cfg.visualizer['save_dir'] = osp.abspath(args.show_dir)
+    if args.tta:
+        if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
+            raise ValueError('--tta needs tta_model and tta_pipeline in the config')
+        cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+        cfg.tta_model.module = cfg.model
+        cfg.model = cfg.tta_model
+
+    runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
+    if args.out:
+        if not args.out.endswith(('.pkl', '.pickle')):
+            raise ValueError(f'--out must be a .pkl file, got {args.out!r}')
+        if framework == 'mmdet':
+            from mmdet.evaluation import DumpDetResults
+            runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
+        else:
+            runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
+    return runner.test()
+
+
+if __name__ == '__main__':
+    main()
