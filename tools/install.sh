@@ -71,36 +71,28 @@ else
   OPS=cpu
 fi
 WHEEL_DIR="$CACHE/wheels/mmcv-$MMCV_VERSION-$PYTAG-torch$TORCHVER-$OPS"
-installed_mmcv=$("$PY" -c 'import mmcv, mmcv.ops; print(mmcv.__version__)' 2>/dev/null || true)
-if [ "$installed_mmcv" = "$MMCV_VERSION" ] && [ -n "$(ls "$WHEEL_DIR"/mmcv-*.whl 2>/dev/null)" ]; then
-  say "step 3/5: mmcv $MMCV_VERSION with ops already installed"
+if [ -n "$(ls "$WHEEL_DIR"/mmcv-*.whl 2>/dev/null)" ]; then
+  say "step 3/5: reusing the cached mmcv wheel in $WHEEL_DIR"
 else
-  if [ -z "$(ls "$WHEEL_DIR"/mmcv-*.whl 2>/dev/null)" ]; then
-    say "step 3/5: building mmcv $MMCV_VERSION ($OPS ops) from source; about 21 min on 2 cores, once per machine"
-    work=$(mktemp -d)
-    trap 'rm -rf "$work"' EXIT
-    "$PY" -m pip download --disable-pip-version-check -q --no-deps --no-binary :all: \
-      --no-build-isolation -d "$work" "mmcv==$MMCV_VERSION"
-    tar -xzf "$work"/mmcv-"$MMCV_VERSION".tar.gz -C "$work"
-    src="$work/mmcv-$MMCV_VERSION"
-    # torch >= 2.10 headers need C++20; mmcv 2.1.0 asks for C++14/17.
-    sed -i -e 's/-std=c++14/-std=c++20/g' -e 's/-std=c++17/-std=c++20/g' "$src/setup.py"
-    grep -q -- '-std=c++20' "$src/setup.py" || die "could not patch mmcv's C++ standard in $src/setup.py"
-    MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} "$PY" -m pip wheel --disable-pip-version-check \
-      --no-deps --no-build-isolation -w "$work/dist" "$src"
-    mkdir -p "$WHEEL_DIR"
-    cp "$work"/dist/mmcv-*.whl "$WHEEL_DIR"/
-    rm -rf "$work"; trap - EXIT
-  else
-    say "step 3/5: reusing cached mmcv wheel from $WHEEL_DIR"
-  fi
-  pipi -q --no-deps --force-reinstall "$WHEEL_DIR"/mmcv-*.whl
-  # mmcv's own runtime requirements (its wheel was installed without them)
-  pipi -q addict 'numpy' packaging Pillow pyyaml yapf opencv-python
+  say "step 3/5: building mmcv $MMCV_VERSION ($OPS ops) from source; about 17-21 min on 2 cores, once per machine"
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
+  "$PY" -m pip download --disable-pip-version-check -q --no-deps --no-binary :all: \
+    --no-build-isolation -d "$work" "mmcv==$MMCV_VERSION"
+  tar -xzf "$work"/mmcv-"$MMCV_VERSION".tar.gz -C "$work"
+  src="$work/mmcv-$MMCV_VERSION"
+  # torch >= 2.10 headers need C++20; mmcv 2.1.0 asks for C++14/17.
+  sed -i -e 's/-std=c++14/-std=c++20/g' -e 's/-std=c++17/-std=c++20/g' "$src/setup.py"
+  grep -q -- '-std=c++20' "$src/setup.py" || die "could not patch mmcv's C++ standard in $src/setup.py"
+  MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} "$PY" -m pip wheel --disable-pip-version-check \
+    --no-deps --no-build-isolation -w "$work/dist" "$src"
+  mkdir -p "$WHEEL_DIR"
+  cp "$work"/dist/mmcv-*.whl "$WHEEL_DIR"/
+  rm -rf "$work"; trap - EXIT
 fi
 
-say "step 4/5: mmengine, mmdet, mmsegmentation, timm, pycocotools, test tools, mmunirep (editable)"
-pipi -q -r "$ROOT/requirements/stack.txt"
+say "step 4/5: mmcv (cached wheel), mmengine, mmdet, mmsegmentation, timm, pycocotools, test tools, mmunirep (editable)"
+pipi -q -r "$ROOT/requirements/stack.txt" "$(ls "$WHEEL_DIR"/mmcv-*.whl | head -n 1)"
 pipi -q --no-build-isolation -e "$ROOT"
 
 say "step 5/5: import check"

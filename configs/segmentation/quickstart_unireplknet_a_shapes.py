@@ -7,7 +7,7 @@
 # weights (this must run where nothing can be downloaded, so the backbone starts from random
 # initialization), plain BN instead of SyncBN (one process), no gradient checkpointing, 128x128
 # crops, UperNet/FCN heads with 64/32 channels instead of 512/256, 3 classes, a higher lr, and
-# 300 iterations.
+# 200 iterations.
 _base_ = ['mmseg::_base_/default_runtime.py']
 
 custom_imports = dict(imports=['mmunirep'], allow_failed_imports=False)
@@ -134,7 +134,7 @@ optim_wrapper = dict(
     constructor='UniRepLKNetLayerDecayOptimWrapperConstructor',
     paramwise_cfg=dict(num_layers=6, decay_rate=1.0),
     optimizer=dict(type='AdamW', lr=2e-3, betas=(0.9, 0.999), weight_decay=0.05))
-max_iters = 300
+max_iters = 200
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=30),
     dict(type='PolyLR', power=1.0, eta_min=0.0, by_epoch=False, begin=30, end=max_iters)
