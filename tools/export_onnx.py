@@ -1,0 +1,128 @@
+"""Export the deploy structure of a UniRepLKNet backbone or segmentor to ONNX, and check it.
+
+    python tools/export_onnx.py CONFIG [--checkpoint CKPT] --out model.onnx [--part segmentor]
+
+``--part backbone`` exports the backbone (image -> its multi-scale features); ``--part segmentor``
+(MMSegmentation configs) exports image -> per-pixel class logits at the input size. The model is
+re-parameterized first (a training-structure checkpoint is converted on the way), exported with
+dynamic batch and spatial axes, then run in onnxruntime on a fresh random input and compared with
+PyTorch (relative max error <= --rtol). The graph holds only standard ONNX operators.
+
+Detectors are not exported: their RoI heads need mmcv's custom operators, and mmdeploy, the
+field's tool for them, does not support this stack (mmcv 2.1 on torch 2.14).
+"""
+import argparse
+import os
+import os.path as osp
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmengine.logging import print_log
+
+from mmunirep.models import reparameterize_unireplknet
+from mmunirep.utils import build_model, framework_of, load_exactly, prepare_cfg, read_state_dict
+
+
+class SegmentorLogits(nn.Module):
+    """image (N, 3, H, W, normalized) -> logits (N, num_classes, H, W)."""
+
+    def __init__(self, segmentor):
+        super().__init__()
+        self.segmentor = segmentor
+
+    def forward(self, x):
+        logits = self.segmentor.decode_head(self.segmentor.extract_feat(x))
+        return F.interpolate(logits, size=x.shape[-2:], mode='bilinear',
+                             align_corners=self.segmentor.decode_head.align_corners)
+
+
+class BackboneFeatures(nn.Module):
+
+    def __init__(self, backbone):
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, x):
+        return tuple(self.backbone(x))
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Export UniRepLKNet to ONNX')
+    parser.add_argument('config', help='config file')
+    parser.add_argument('--checkpoint', help='checkpoint (training or deploy structure)')
+    parser.add_argument('--out', required=True, help='output .onnx file')
+    parser.add_argument('--part', choices=['backbone', 'segmentor'], default='backbone')
+    parser.add_argument('--shape', type=int, nargs=2, default=(512, 512), metavar=('H', 'W'))
+    parser.add_argument('--opset', type=int, default=17)
+    parser.add_argument('--rtol', type=float, default=1e-4,
+                        help='max |onnx - torch| / max |torch| accepted')
+    return parser.parse_args(argv)
+
+
+def load_deploy_model(cfg, checkpoint):
+    if checkpoint is None:
+        model = build_model(cfg, deploy=False)
+        model.init_weights()
+    else:
+        state = read_state_dict(checkpoint)[0]
+        deploy = any(k.endswith('pwconv2.0.bias') for k in state)
+        model = build_model(cfg, deploy=deploy)
+        load_exactly(model, state, checkpoint)
+    return reparameterize_unireplknet(model).eval()
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = prepare_cfg(args.config)
+    if args.part == 'segmentor' and framework_of(cfg) != 'mmseg':
+        raise ValueError('--part segmentor needs an MMSegmentation config; detectors are not '
+                         'exported (see this script\'s docstring)')
+    model = load_deploy_model(cfg, args.checkpoint)
+    module = SegmentorLogits(model) if args.part == 'segmentor' else BackboneFeatures(model.backbone)
+    module.eval()
+    h, w = args.shape
+    example = torch.randn(1, 3, h, w)
+    with torch.no_grad():
+        n_out = 1 if args.part == 'segmentor' else len(module(example))
+    outputs = ['logits'] if args.part == 'segmentor' else [f'feat{i}' for i in range(n_out)]
+    dynamic = {'input': {0: 'batch', 2: 'height', 3: 'width'}}
+    dynamic.update({o: {0: 'batch', 2: f'{o}_h', 3: f'{o}_w'} for o in outputs})
+    os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
+    print_log(f'exporting {args.part} of {args.config} to {args.out}', logger='current')
+    # the TorchScript-based exporter: the dynamo exporter needs onnxscript and gives no benefit here
+    torch.onnx.export(module, (example, ), args.out, dynamo=False, opset_version=args.opset,
+                      input_names=['input'], output_names=outputs, dynamic_axes=dynamic)
+    return verify(module, args.out, (2, 3, h + 32, w - 32), args.rtol)
+
+
+def verify(module, path, shape, rtol):
+    """Run the ONNX file in onnxruntime on fresh data; compare with PyTorch."""
+    import onnx
+    import onnxruntime as ort
+    graph = onnx.load(path)
+    domains = {n.domain for n in graph.graph.node} - {'', 'ai.onnx'}
+    if domains:
+        raise RuntimeError(f'{path} uses custom operator domains {domains}')
+    x = torch.randn(*shape)
+    session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    onnx_outs = session.run(None, {'input': x.numpy()})
+    with torch.no_grad():
+        torch_outs = module(x)
+    torch_outs = [torch_outs] if isinstance(torch_outs, torch.Tensor) else list(torch_outs)
+    errors = []
+    for o, t in zip(onnx_outs, torch_outs):
+        t = t.numpy()
+        if o.shape != t.shape:
+            raise RuntimeError(f'ONNX output shape {o.shape} != PyTorch {t.shape}')
+        errors.append(float(np.abs(o - t).max() / np.abs(t).max()))
+    if max(errors) > rtol:
+        raise RuntimeError(f'ONNX and PyTorch differ: relative errors {errors} > {rtol}')
+    print_log(f'onnxruntime matches PyTorch on a {tuple(shape)} input: relative max errors '
+              f'{["%.2e" % e for e in errors]} (<= {rtol})', logger='current')
+    return errors
+
+
+if __name__ == '__main__':
+    main()
