@@ -403,3 +403,18 @@ def test_any_load_of_the_other_structure_fails_clearly():
     with pytest.raises(RuntimeError, match='deploy=False'):
         UniRepLKNet(arch='a', deploy=True).load_state_dict(UniRepLKNet(arch='a').state_dict(),
                                                            strict=False)
+
+
+def test_grn_is_finite_under_fp16():
+    """A large fp16 map would overflow the naive spatial norm; GRN computes it in fp32."""
+    grn = GRN(8)
+    with torch.no_grad():
+        grn.gamma.normal_(0, 0.5)
+        grn.beta.normal_(0, 0.5)
+    x = torch.randn(2, 64, 64, 8) * 2000  # spatial L2 norm ~ 1.3e5 > fp16 max (65504)
+    naive = torch.norm(x.half(), p=2, dim=(1, 2))
+    assert not torch.isfinite(naive).all()  # the hazard is real
+    out = grn(x.half())
+    ref = grn(x.double().float()).double()
+    assert torch.isfinite(out).all()
+    assert rel_err(out.double(), ref) < 2e-3  # fp16 rounding

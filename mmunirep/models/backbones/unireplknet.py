@@ -143,8 +143,10 @@ class GRN(nn.Module):
         return hasattr(self, 'beta')
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gx = torch.norm(x, p=2, dim=(1, 2), keepdim=True)
-        nx = gx / (gx.mean(dim=-1, keepdim=True) + 1e-6)
+        # The spatial L2 norm is taken in fp32: under fp16 autocast the sum of squares of a large
+        # map overflows (> 65504) and the normalized response becomes inf/NaN.
+        gx = torch.norm(x.float(), p=2, dim=(1, 2), keepdim=True)
+        nx = (gx / (gx.mean(dim=-1, keepdim=True) + 1e-6)).to(x.dtype)
         out = (self.gamma * nx + 1) * x
         return out + self.beta if self.use_bias else out
 
