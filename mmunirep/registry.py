@@ -7,6 +7,7 @@ unqualified ``type='UniRepLKNet'`` in their own registry and then its ancestors 
 sibling scope, so :func:`register_module` also registers each class in the root registry, which is
 every scope's ancestor.
 """
+from mmengine.registry import HOOKS as ROOT_HOOKS
 from mmengine.registry import MODELS as ROOT_MODELS
 from mmengine.registry import \
     OPTIM_WRAPPER_CONSTRUCTORS as ROOT_OPTIM_WRAPPER_CONSTRUCTORS
@@ -17,6 +18,7 @@ MODELS = Registry('model', parent=ROOT_MODELS, scope='mmunirep',
 OPTIM_WRAPPER_CONSTRUCTORS = Registry(
     'optimizer wrapper constructor', parent=ROOT_OPTIM_WRAPPER_CONSTRUCTORS,
     scope='mmunirep', locations=['mmunirep.engine'])
+HOOKS = Registry('hook', parent=ROOT_HOOKS, scope='mmunirep', locations=['mmunirep.engine'])
 
 
 def register_module(registry: Registry):

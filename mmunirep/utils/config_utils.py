@@ -2,7 +2,9 @@
 import os.path as osp
 from typing import Optional
 
-from mmengine.config import Config, DictAction  # noqa: F401  (DictAction re-exported for tools)
+import torch
+from mmengine.config import Config, ConfigDict, DictAction  # noqa: F401  (DictAction for tools)
+from mmengine.logging import print_log
 
 FRAMEWORKS = ('mmdet', 'mmseg')
 
@@ -25,9 +27,41 @@ def prepare_cfg(config: str, work_dir: Optional[str] = None, cfg_options: Option
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     framework_of(cfg)
+    if not torch.cuda.is_available():
+        adapt_to_cpu(cfg)
     cfg.launcher = launcher
     if work_dir is not None:
         cfg.work_dir = work_dir
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config))[0])
     return cfg
+
+
+def _replace_syncbn(node) -> int:
+    count = 0
+    if isinstance(node, dict):
+        if node.get('type') in ('SyncBN', 'MMSyncBN') and set(node) <= {
+                'type', 'requires_grad', 'eps', 'momentum'}:
+            node['type'] = 'BN'
+            count += 1
+        for value in node.values():
+            count += _replace_syncbn(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            count += _replace_syncbn(value)
+    return count
+
+
+def adapt_to_cpu(cfg: Config) -> None:
+    """Make a GPU recipe run on CPU processes, saying what changed.
+
+    torch's SyncBatchNorm needs CUDA tensors once a process group exists (several processes), so
+    every ``SyncBN`` norm config becomes ``BN`` (the same layer on one process); the NCCL backend
+    needs GPUs, so distributed runs use gloo.
+    """
+    changed = _replace_syncbn(cfg._cfg_dict['model'] if 'model' in cfg else {})
+    if changed:
+        print_log(f'no CUDA device: {changed} SyncBN norm configs replaced by BN', logger='current')
+    dist_cfg = cfg.get('env_cfg', {}).get('dist_cfg', {})
+    if dist_cfg.get('backend', 'nccl') == 'nccl':
+        cfg.merge_from_dict({'env_cfg.dist_cfg.backend': 'gloo'})
