@@ -4,9 +4,53 @@ The dependency ranges below are what mmunirep really supports. `tools/install.sh
 pinned, tested set of them (requirements/stack.txt) plus torch and a locally built mmcv; users with
 a working torch + mmcv can `pip install --no-build-isolation -e .` and keep theirs.
 """
+import glob
 import os
 
 from setuptools import find_packages, setup
+
+DEFAULT_CUDA_ARCHS = '8.0;8.6;9.0'  # A100, RTX 30xx / A10 / A40, H100 / H200
+
+
+def get_extensions():
+    """``mmunirep._ext``: the depthwise-conv op of ops/csrc, mmcv-style.
+
+    Built when CUDA is available or ``FORCE_CUDA=1`` (nvcc needed, no GPU needed);
+    ``MMUNIREP_WITH_OPS=0`` skips it. Without it the op falls back to ``F.conv2d``.
+    """
+    if os.getenv('MMUNIREP_WITH_OPS', '1') == '0':
+        return []
+    try:
+        import torch
+        from torch.utils.cpp_extension import CUDAExtension
+    except ImportError:
+        return []
+    if not (torch.cuda.is_available() or os.getenv('FORCE_CUDA', '0') == '1'):
+        return []
+    os.environ.setdefault('TORCH_CUDA_ARCH_LIST', DEFAULT_CUDA_ARCHS)
+    root = os.path.join('ops', 'csrc')
+    sources = sorted(glob.glob(os.path.join(root, 'pytorch', '*.cpp')) +
+                     glob.glob(os.path.join(root, 'pytorch', 'cpu', '*.cpp')) +
+                     glob.glob(os.path.join(root, 'pytorch', 'cuda', '*.cu')))
+    return [
+        CUDAExtension(
+            name='mmunirep._ext',
+            sources=sources,
+            include_dirs=[os.path.abspath(os.path.join(root, 'common', 'cuda'))],
+            define_macros=[('MMUNIREP_WITH_CUDA', None)],
+            extra_compile_args={
+                'cxx': ['-O3', '-std=c++20'],  # torch >= 2.10 headers need C++20
+                'nvcc': ['-O3', '-std=c++20', '--expt-relaxed-constexpr'],
+            })
+    ]
+
+
+def get_cmdclass():
+    try:
+        from torch.utils.cpp_extension import BuildExtension
+    except ImportError:
+        return {}
+    return {'build_ext': BuildExtension}
 
 
 def read_version():
@@ -33,5 +77,7 @@ setup(
         'seg': ['mmcv>=2.0.0rc4,<2.2.0', 'mmsegmentation>=1.1.0,<1.3.0', 'ftfy', 'regex'],
         'tests': ['pytest', 'onnx', 'onnxruntime'],
     },
+    ext_modules=get_extensions(),
+    cmdclass=get_cmdclass(),
     zip_safe=False,
 )

@@ -1,3 +1,5 @@
-from .depthwise_conv import DepthWiseConv2dImplicitGEMM, ext_available
+from .depthwise_conv import (DepthwiseConv2dFunction, DepthWiseConv2dImplicitGEMM,
+                             depthwise_conv2d, ext_available)
 
-__all__ = ['DepthWiseConv2dImplicitGEMM', 'ext_available']
+__all__ = ['DepthWiseConv2dImplicitGEMM', 'DepthwiseConv2dFunction', 'depthwise_conv2d',
+           'ext_available']

@@ -1,0 +1,188 @@
+// Direct depthwise 2-D convolution kernels (stride 1, "same" padding, odd square kernels).
+//
+// Layout: NCHW, contiguous; a "plane" is one (n, c) image of H x W. Accumulation is in acc_t
+// (float for half / bfloat16 / float, double for double).
+//
+// Forward (and input gradient, which is the same computation with the flipped filter): a block
+// computes a TILE_H x TILE_W tile of one plane. It stages the input tile plus its K-1 halo and the
+// plane's K x K filter in shared memory (zeros outside the image), then each thread keeps
+// PER_THREAD consecutive outputs of one row in registers and slides a register window along the
+// row; filter rows that fall entirely outside the image are skipped.
+//
+// Weight gradient: block (c, part) accumulates, for every tap, the sum over its share of
+// (n, tile) items of grad_out * shifted input in registers, and writes one partial sum per tap
+// into a workspace [parts, C, K*K]; a second kernel adds the parts in a fixed order
+// (deterministic, no atomics).
+#pragma once
+
+#include <cstdint>
+
+namespace mmunirep {
+
+constexpr int kTileH = 16;
+constexpr int kTileW = 32;
+constexpr int kPerThread = 4;   // outputs per thread, along W
+constexpr int kThreads = 128;   // kTileH * kTileW / kPerThread
+constexpr int kMaxKernel = 31;
+constexpr int kWgradThreads = 256;
+constexpr int kMaxTapsPerThread = (kMaxKernel * kMaxKernel + kWgradThreads - 1) / kWgradThreads;
+
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+depthwise_conv2d_forward_kernel(const scalar_t* __restrict__ input,
+                                const scalar_t* __restrict__ weight,
+                                const scalar_t* __restrict__ bias,
+                                scalar_t* __restrict__ output,
+                                int channels, int height, int width, int ksize,
+                                int tiles_w, bool flip) {
+  extern __shared__ unsigned char smem_raw[];
+  acc_t* s_in = reinterpret_cast<acc_t*>(smem_raw);
+  const int pad = ksize / 2;
+  const int sh = kTileH + ksize - 1;
+  const int sw = kTileW + ksize - 1;
+  acc_t* s_w = s_in + sh * sw;
+
+  const int64_t plane = blockIdx.x;
+  const int c = static_cast<int>(plane % channels);
+  const int h0 = (blockIdx.y / tiles_w) * kTileH;
+  const int w0 = (blockIdx.y % tiles_w) * kTileW;
+  const int64_t plane_size = static_cast<int64_t>(height) * width;
+  const scalar_t* in_plane = input + plane * plane_size;
+
+  const int taps = ksize * ksize;
+  for (int i = threadIdx.x; i < taps; i += blockDim.x) {
+    const int src = flip ? (taps - 1 - i) : i;
+    s_w[i] = static_cast<acc_t>(weight[static_cast<int64_t>(c) * taps + src]);
+  }
+  for (int i = threadIdx.x; i < sh * sw; i += blockDim.x) {
+    const int ih = h0 - pad + i / sw;
+    const int iw = w0 - pad + i % sw;
+    s_in[i] = (ih >= 0 && ih < height && iw >= 0 && iw < width)
+                  ? static_cast<acc_t>(in_plane[static_cast<int64_t>(ih) * width + iw])
+                  : acc_t(0);
+  }
+  __syncthreads();
+
+  const int row = threadIdx.x / (kTileW / kPerThread);
+  const int col = (threadIdx.x % (kTileW / kPerThread)) * kPerThread;
+  const int oh = h0 + row;
+  if (oh >= height) return;
+  acc_t acc[kPerThread];
+#pragma unroll
+  for (int p = 0; p < kPerThread; ++p) acc[p] = acc_t(0);
+  // rows of the filter that read only padding contribute nothing: skip them
+  const int kh_begin = max(0, pad - oh);
+  const int kh_end = min(ksize, height + pad - oh);
+  for (int kh = kh_begin; kh < kh_end; ++kh) {
+    const acc_t* s_row = s_in + (row + kh) * sw + col;
+    const acc_t* w_row = s_w + kh * ksize;
+    acc_t window[kPerThread];
+#pragma unroll
+    for (int p = 0; p < kPerThread; ++p) window[p] = s_row[p];
+    for (int kw = 0; kw < ksize; ++kw) {
+      const acc_t wv = w_row[kw];
+#pragma unroll
+      for (int p = 0; p < kPerThread; ++p) acc[p] += window[p] * wv;
+      if (kw + 1 < ksize) {  // slide the window: s_row[kPerThread + kw] is inside the halo
+#pragma unroll
+        for (int p = 0; p < kPerThread - 1; ++p) window[p] = window[p + 1];
+        window[kPerThread - 1] = s_row[kPerThread + kw];
+      }
+    }
+  }
+  const acc_t b = bias != nullptr ? static_cast<acc_t>(bias[c]) : acc_t(0);
+  scalar_t* out_row = output + plane * plane_size + static_cast<int64_t>(oh) * width;
+#pragma unroll
+  for (int p = 0; p < kPerThread; ++p) {
+    const int ow = w0 + col + p;
+    if (ow < width) out_row[ow] = static_cast<scalar_t>(acc[p] + b);
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kWgradThreads)
+depthwise_conv2d_weight_grad_kernel(const scalar_t* __restrict__ input,
+                                    const scalar_t* __restrict__ grad_out,
+                                    acc_t* __restrict__ workspace,  // [parts, C, K*K]
+                                    int batch, int channels, int height, int width, int ksize,
+                                    int tiles_w, int tiles_per_plane) {
+  extern __shared__ unsigned char smem_raw[];
+  acc_t* s_in = reinterpret_cast<acc_t*>(smem_raw);
+  const int pad = ksize / 2;
+  const int sh = kTileH + ksize - 1;
+  const int sw = kTileW + ksize - 1;
+  acc_t* s_g = s_in + sh * sw;
+
+  const int c = blockIdx.x;
+  const int part = blockIdx.y;
+  const int parts = gridDim.y;
+  const int taps = ksize * ksize;
+  const int64_t plane_size = static_cast<int64_t>(height) * width;
+  const int64_t items = static_cast<int64_t>(batch) * tiles_per_plane;
+
+  acc_t acc[kMaxTapsPerThread];
+#pragma unroll
+  for (int j = 0; j < kMaxTapsPerThread; ++j) acc[j] = acc_t(0);
+
+  for (int64_t item = part; item < items; item += parts) {
+    const int n = static_cast<int>(item / tiles_per_plane);
+    const int tile = static_cast<int>(item % tiles_per_plane);
+    const int h0 = (tile / tiles_w) * kTileH;
+    const int w0 = (tile % tiles_w) * kTileW;
+    const int64_t plane = static_cast<int64_t>(n) * channels + c;
+    const scalar_t* in_plane = input + plane * plane_size;
+    const scalar_t* g_plane = grad_out + plane * plane_size;
+    __syncthreads();  // the previous item's tiles are no longer read
+    for (int i = threadIdx.x; i < sh * sw; i += blockDim.x) {
+      const int ih = h0 - pad + i / sw;
+      const int iw = w0 - pad + i % sw;
+      s_in[i] = (ih >= 0 && ih < height && iw >= 0 && iw < width)
+                    ? static_cast<acc_t>(in_plane[static_cast<int64_t>(ih) * width + iw])
+                    : acc_t(0);
+    }
+    for (int i = threadIdx.x; i < kTileH * kTileW; i += blockDim.x) {
+      const int oh = h0 + i / kTileW;
+      const int ow = w0 + i % kTileW;
+      s_g[i] = (oh < height && ow < width)
+                   ? static_cast<acc_t>(g_plane[static_cast<int64_t>(oh) * width + ow])
+                   : acc_t(0);
+    }
+    __syncthreads();
+    const int rows = min(kTileH, height - h0);
+    const int cols = min(kTileW, width - w0);
+#pragma unroll
+    for (int j = 0; j < kMaxTapsPerThread; ++j) {
+      const int tap = threadIdx.x + j * blockDim.x;
+      if (tap < taps) {
+        const int kh = tap / ksize;
+        const int kw = tap % ksize;
+        acc_t sum = acc_t(0);
+        for (int r = 0; r < rows; ++r) {
+          const acc_t* g_row = s_g + r * kTileW;
+          const acc_t* i_row = s_in + (r + kh) * sw + kw;
+          for (int q = 0; q < cols; ++q) sum += g_row[q] * i_row[q];
+        }
+        acc[j] += sum;
+      }
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < kMaxTapsPerThread; ++j) {
+    const int tap = threadIdx.x + j * blockDim.x;
+    if (tap < taps)
+      workspace[(static_cast<int64_t>(part) * channels + c) * taps + tap] = acc[j];
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void depthwise_conv2d_reduce_parts_kernel(const acc_t* __restrict__ workspace,
+                                                     scalar_t* __restrict__ grad_weight,
+                                                     int parts, int64_t count) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= count) return;
+  acc_t sum = acc_t(0);
+  for (int p = 0; p < parts; ++p) sum += workspace[static_cast<int64_t>(p) * count + i];
+  grad_weight[i] = static_cast<scalar_t>(sum);
+}
+
+}  // namespace mmunirep

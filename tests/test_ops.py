@@ -1,0 +1,156 @@
+"""The depthwise-conv op: the fallback everywhere, the compiled kernels where CUDA is present."""
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mmunirep.models import UniRepLKNet
+from mmunirep.ops import DepthWiseConv2dImplicitGEMM, depthwise_conv2d, ext_available
+from mmunirep.ops import depthwise_conv as dw_module
+
+CUDA = torch.cuda.is_available() and ext_available()
+needs_cuda_op = pytest.mark.skipif(not CUDA, reason='needs a GPU and the built CUDA extension')
+
+
+@pytest.mark.parametrize('k, bias', [(3, False), (7, True), (13, True), (31, False)])
+def test_fallback_equals_conv2d(k, bias):
+    torch.manual_seed(k)
+    op = DepthWiseConv2dImplicitGEMM(6, k, bias=bias)
+    assert op.padding == (k // 2, k // 2) and op.groups == 6 and op.stride == (1, 1)
+    x = torch.randn(2, 6, 9, 11, requires_grad=True)
+    y = op(x)
+    ref = F.conv2d(x, op.weight, op.bias, padding=k // 2, groups=6)
+    torch.testing.assert_close(y, ref, rtol=0, atol=0)
+    y.square().sum().backward()
+    assert x.grad is not None and op.weight.grad is not None
+
+
+def test_fallback_warns_once_with_the_build_command(monkeypatch):
+    monkeypatch.setattr(dw_module, '_warned', False)
+    op = DepthWiseConv2dImplicitGEMM(4, 5)
+    with pytest.warns(UserWarning, match='FORCE_CUDA=1'):
+        op(torch.randn(1, 4, 8, 8))
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        op(torch.randn(1, 4, 8, 8))  # no second warning
+
+
+def test_state_dict_interchanges_with_conv2d():
+    op = DepthWiseConv2dImplicitGEMM(8, 13, bias=True)
+    conv = nn.Conv2d(8, 8, 13, padding=6, groups=8, bias=True)
+    assert set(op.state_dict()) == set(conv.state_dict())
+    conv.load_state_dict(op.state_dict())
+    op.load_state_dict(conv.state_dict())
+    x = torch.randn(1, 8, 20, 20)
+    torch.testing.assert_close(op(x), conv(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match='odd'):
+        DepthWiseConv2dImplicitGEMM(8, 4)
+
+
+def test_backbone_with_the_op_builds_and_reparameterizes():
+    torch.manual_seed(0)
+    ref = UniRepLKNet(arch='a')
+    with_op = UniRepLKNet(arch='a', use_lk_op=True)
+    assert any(isinstance(m, DepthWiseConv2dImplicitGEMM) for m in with_op.modules())
+    with_op.load_state_dict(ref.state_dict())  # same keys and shapes
+    for m in (ref, with_op):
+        for bn in m.modules():
+            if isinstance(bn, nn.BatchNorm2d):
+                bn.running_mean.uniform_(-0.3, 0.3)
+                bn.running_var.uniform_(0.5, 1.5)
+    with_op.load_state_dict(ref.state_dict())
+    ref.eval()
+    with_op.eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        before = ref(x)
+        with_op.switch_to_deploy()
+        after = with_op(x)
+    assert isinstance(with_op.stages[1][0].dwconv.lk_origin, DepthWiseConv2dImplicitGEMM)
+    assert with_op.stages[1][0].dwconv.lk_origin.bias is not None
+    for a, b in zip(after, before):
+        assert ((a - b).abs().max() / b.abs().max()).item() < 1e-5
+
+
+# ----------------------------------------------------------------------------------------------
+# GPU: the compiled kernels against an fp64 reference
+# ----------------------------------------------------------------------------------------------
+def reference(x, w, b):
+    x64, w64 = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    b64 = b.detach().double().requires_grad_() if b is not None else None
+    y = F.conv2d(x64, w64, b64, padding=w.shape[-1] // 2, groups=x.shape[1])
+    return x64, w64, b64, y
+
+
+TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float16: dict(rtol=1e-2, atol=1e-2),
+       torch.bfloat16: dict(rtol=5e-2, atol=5e-2)}
+
+
+@needs_cuda_op
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize('n, c, h, w, k', [
+    (1, 3, 5, 7, 3), (2, 7, 33, 17, 5), (4, 16, 20, 20, 7), (1, 5, 8, 8, 13), (3, 9, 40, 37, 13),
+    (2, 4, 30, 45, 17), (1, 3, 12, 70, 31), (64, 2, 9, 9, 13), (2, 11, 3, 3, 13)])
+def test_cuda_op_matches_fp64(dtype, n, c, h, w, k):
+    torch.manual_seed(n * 1000 + c * 10 + k)
+    x = torch.randn(n, c, h, w, device='cuda', dtype=dtype, requires_grad=True)
+    wt = (torch.randn(c, 1, k, k, device='cuda') / k).to(dtype).requires_grad_()
+    b = torch.randn(c, device='cuda', dtype=dtype, requires_grad=True)
+    y = depthwise_conv2d(x, wt, b)
+    x64, w64, b64, y64 = reference(x, wt, b)
+    g = torch.randn_like(y)
+    y.backward(g)
+    y64.backward(g.double())
+    scale = lambda t: t.abs().max().clamp_min(1)  # noqa: E731
+    for got, ref in ((y, y64), (x.grad, x64.grad), (wt.grad, w64.grad), (b.grad, b64.grad)):
+        torch.testing.assert_close(got.double() / scale(ref), ref / scale(ref), **TOL[dtype])
+
+
+@needs_cuda_op
+def test_cuda_op_channels_last_and_noncontiguous():
+    torch.manual_seed(1)
+    x = torch.randn(2, 8, 24, 24, device='cuda').to(memory_format=torch.channels_last)
+    wt = torch.randn(8, 1, 13, 13, device='cuda') / 13
+    y = depthwise_conv2d(x, wt)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    ref = F.conv2d(x.double(), wt.double(), padding=6, groups=8)
+    torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5)
+    x_nc = torch.randn(2, 8, 24, 48, device='cuda')[..., ::2]  # a strided view
+    torch.testing.assert_close(depthwise_conv2d(x_nc, wt).double(),
+                               F.conv2d(x_nc.double(), wt.double(), padding=6, groups=8),
+                               rtol=1e-5, atol=1e-5)
+
+
+@needs_cuda_op
+def test_cuda_op_gradcheck_double():
+    torch.manual_seed(2)
+    x = torch.randn(2, 3, 6, 5, device='cuda', dtype=torch.float64, requires_grad=True)
+    wt = torch.randn(3, 1, 5, 5, device='cuda', dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, device='cuda', dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(depthwise_conv2d, (x, wt, b))
+
+
+@needs_cuda_op
+def test_cuda_op_weight_grad_is_deterministic():
+    torch.manual_seed(3)
+    x = torch.randn(8, 16, 50, 50, device='cuda', requires_grad=True)
+    wt = torch.randn(16, 1, 13, 13, device='cuda', requires_grad=True)
+    grads = []
+    for _ in range(2):
+        wt.grad = None
+        depthwise_conv2d(x, wt).sum().backward()
+        grads.append(wt.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
+
+
+@needs_cuda_op
+def test_module_uses_the_kernels_under_autocast():
+    op = DepthWiseConv2dImplicitGEMM(8, 13, bias=True).cuda()
+    x = torch.randn(2, 8, 30, 30, device='cuda')
+    with torch.autocast('cuda', dtype=torch.float16):
+        y = op(x)
+    assert y.dtype == torch.float16
+    ref = F.conv2d(x.double(), op.weight.double(), op.bias.double(), padding=6, groups=8)
+    torch.testing.assert_close(y.double(), ref, rtol=1e-2, atol=1e-2)

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Build mmunirep's CUDA depthwise-conv extension (mmunirep/_ext*.so) in place.
+#
+#   bash tools/build_ops.sh            # for TORCH_CUDA_ARCH_LIST (default 8.0;8.6;9.0)
+#   TORCH_CUDA_ARCH_LIST=9.0 bash tools/build_ops.sh
+#
+# Needs nvcc and a CUDA build of torch, not a GPU. If CUDA_HOME is unset it is taken from the
+# real location of nvcc: some machines put a wrapper script on the PATH (torch would guess the
+# toolkit root from the wrapper's folder and fail to link cudart).
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PY=${PYTHON:-$ROOT/.venv/bin/python}
+[ -x "$PY" ] || PY=$(command -v python3)
+if [ -z "${CUDA_HOME:-}" ]; then
+  nvcc_path=$(command -v nvcc) || { echo "build_ops: nvcc not found; set CUDA_HOME" >&2; exit 1; }
+  real=$(sed -n 's/^exec \(.*\/bin\/nvcc\) .*/\1/p' "$nvcc_path" 2>/dev/null | head -n 1)
+  [ -n "$real" ] || real=$(readlink -f "$nvcc_path")
+  export CUDA_HOME=$(dirname "$(dirname "$real")")
+fi
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-"8.0;8.6;9.0"}
+export FORCE_CUDA=1 MAX_JOBS=${MAX_JOBS:-$(nproc)}
+echo "build_ops: CUDA_HOME=$CUDA_HOME TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST"
+cd "$ROOT"
+start=$(date +%s)
+"$PY" setup.py -q build_ext --inplace
+echo "build_ops: built $(ls mmunirep/_ext*.so) in $(( $(date +%s) - start )) s"
+"$PY" -c 'from mmunirep.ops import ext_available; assert ext_available(), "extension did not import"; print("build_ops: mmunirep._ext imports, with CUDA")'
