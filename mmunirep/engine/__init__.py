@@ -1,4 +1,4 @@
-from .hooks import EpochSeedHook
+from .hooks import ReproducibleResumeHook
 from .layer_decay_optim_wrapper import UniRepLKNetLayerDecayOptimWrapperConstructor
 
-__all__ = ['EpochSeedHook', 'UniRepLKNetLayerDecayOptimWrapperConstructor']
+__all__ = ['ReproducibleResumeHook', 'UniRepLKNetLayerDecayOptimWrapperConstructor']

@@ -1,27 +1,43 @@
 """Hooks for reproducible, resumable training."""
+import torch
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
-from mmengine.runner import set_random_seed
+from mmengine.runner import EpochBasedTrainLoop, set_random_seed
 
 from mmunirep.registry import HOOKS, register_module
 
 
 @register_module(HOOKS)
-class EpochSeedHook(Hook):
-    """Re-seed python, numpy and torch at the start of every training epoch with
-    ``seed + epoch``.
+class ReproducibleResumeHook(Hook):
+    """Make a resumed run continue exactly as the uninterrupted run would have (same seed,
+    deterministic ops): same data, same augmentations, same drop-path masks, same final weights.
 
-    mmengine seeds once, when the Runner starts, and does not store the random states in its
-    checkpoints, so a run resumed from the checkpoint of epoch ``e`` draws other augmentations and
-    drop-path masks than the uninterrupted run did in epoch ``e + 1``. With this hook both start
-    every epoch from the same state, and a resumed run (same seed, deterministic ops) ends with
-    the same weights. Needs ``randomness.seed`` in the config.
+    mmengine seeds once, when the Runner starts, and keeps no random state in its checkpoints:
+    - epoch-based loops resume at an epoch boundary, so python, numpy and torch are re-seeded with
+      ``seed + epoch`` at the start of every epoch, in the uninterrupted and the resumed run alike;
+    - iteration-based loops replay the data pipeline up to the resumed iteration (which re-draws
+      the python / numpy numbers of the augmentations), so the torch generator state, which the
+      model draws from (dropout, drop path), is saved in each checkpoint and restored on resume.
     """
     priority = 'VERY_HIGH'
 
     def before_train_epoch(self, runner) -> None:
-        if runner.seed is None:
-            raise ValueError('EpochSeedHook needs a seed: set randomness=dict(seed=...)')
-        seed = runner.seed + runner.epoch
-        set_random_seed(seed, deterministic=runner._randomness_cfg.get('deterministic', False))
-        print_log(f'epoch {runner.epoch + 1}: random seed {seed}', logger='current', level=10)
+        if isinstance(runner.train_loop, EpochBasedTrainLoop):
+            seed = runner.seed + runner.epoch
+            set_random_seed(seed, deterministic=runner._randomness_cfg.get('deterministic', False))
+            print_log(f'epoch {runner.epoch + 1}: random seed {seed}', logger='current', level=10)
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        checkpoint['torch_rng_state'] = dict(
+            cpu=torch.get_rng_state(),
+            cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        state = checkpoint.get('torch_rng_state')
+        if not getattr(runner, '_resume', False) or state is None:
+            return
+        torch.set_rng_state(state['cpu'])
+        if state['cuda'] and torch.cuda.is_available() and \
+                len(state['cuda']) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state['cuda'])
+        print_log('restored the torch random state of the checkpoint', logger='current')
