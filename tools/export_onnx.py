@@ -5,7 +5,8 @@
 ``--part backbone`` exports the backbone (image -> its multi-scale features); ``--part segmentor``
 (MMSegmentation configs) exports image -> per-pixel class logits at the input size. The model is
 re-parameterized first (a training-structure checkpoint is converted on the way), exported with
-dynamic batch and spatial axes, then run in onnxruntime on a fresh random input and compared with
+a dynamic batch axis (and dynamic spatial axes for the backbone; UperNet's pyramid pooling fixes
+the segmentor's input size to --shape), then run in onnxruntime on a fresh random input and compared with
 PyTorch (relative max error <= --rtol). The graph holds only standard ONNX operators.
 
 Detectors are not exported: their RoI heads need mmcv's custom operators, and mmdeploy, the
@@ -36,6 +37,45 @@ class SegmentorLogits(nn.Module):
         logits = self.segmentor.decode_head(self.segmentor.extract_feat(x))
         return F.interpolate(logits, size=x.shape[-2:], mode='bilinear',
                              align_corners=self.segmentor.decode_head.align_corners)
+
+
+class MatmulAdaptiveAvgPool2d(nn.Module):
+    """``nn.AdaptiveAvgPool2d`` as two matrix products, for a traced (fixed) input size.
+
+    torch's TorchScript ONNX exporter cannot export adaptive pooling to sizes that do not divide
+    the input (UperNet pools to 1, 2, 3 and 6). Bin ``i`` of ``n`` over ``L`` averages
+    ``[floor(i * L / n), ceil((i + 1) * L / n))``, as PyTorch does, so the result is the same.
+    """
+
+    def __init__(self, output_size):
+        super().__init__()
+        size = output_size if isinstance(output_size, (tuple, list)) else (output_size, ) * 2
+        self.output_size = tuple(size)
+
+    @staticmethod
+    def _matrix(n: int, length: int, like: torch.Tensor) -> torch.Tensor:
+        m = torch.zeros(n, length, dtype=like.dtype)
+        for i in range(n):
+            lo, hi = (i * length) // n, -(-((i + 1) * length) // n)
+            m[i, lo:hi] = 1.0 / (hi - lo)
+        return m
+
+    def forward(self, x):
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        oh = self.output_size[0] or h
+        ow = self.output_size[1] or w
+        ph, pw = self._matrix(oh, h, x), self._matrix(ow, w, x)
+        return torch.matmul(torch.matmul(ph, x), pw.t())
+
+
+def make_exportable(module: nn.Module) -> nn.Module:
+    """Replace adaptive average pooling by :class:`MatmulAdaptiveAvgPool2d`, in place."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.AdaptiveAvgPool2d):
+            setattr(module, name, MatmulAdaptiveAvgPool2d(child.output_size))
+        else:
+            make_exportable(child)
+    return module
 
 
 class BackboneFeatures(nn.Module):
@@ -80,21 +120,30 @@ def main(argv=None):
         raise ValueError('--part segmentor needs an MMSegmentation config; detectors are not '
                          'exported (see this script\'s docstring)')
     model = load_deploy_model(cfg, args.checkpoint)
-    module = SegmentorLogits(model) if args.part == 'segmentor' else BackboneFeatures(model.backbone)
+    if args.part == 'segmentor':
+        module = make_exportable(SegmentorLogits(model))
+    else:
+        module = BackboneFeatures(model.backbone)
     module.eval()
     h, w = args.shape
     example = torch.randn(1, 3, h, w)
     with torch.no_grad():
         n_out = 1 if args.part == 'segmentor' else len(module(example))
     outputs = ['logits'] if args.part == 'segmentor' else [f'feat{i}' for i in range(n_out)]
-    dynamic = {'input': {0: 'batch', 2: 'height', 3: 'width'}}
-    dynamic.update({o: {0: 'batch', 2: f'{o}_h', 3: f'{o}_w'} for o in outputs})
+    if args.part == 'backbone':
+        dynamic = {'input': {0: 'batch', 2: 'height', 3: 'width'}}
+        dynamic.update({o: {0: 'batch', 2: f'{o}_h', 3: f'{o}_w'} for o in outputs})
+        check_shape = (2, 3, h + 32, w - 32)
+    else:
+        # UperNet's pyramid pooling is exported for the fixed size --shape
+        dynamic = {'input': {0: 'batch'}, 'logits': {0: 'batch'}}
+        check_shape = (2, 3, h, w)
     os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
     print_log(f'exporting {args.part} of {args.config} to {args.out}', logger='current')
     # the TorchScript-based exporter: the dynamo exporter needs onnxscript and gives no benefit here
     torch.onnx.export(module, (example, ), args.out, dynamo=False, opset_version=args.opset,
                       input_names=['input'], output_names=outputs, dynamic_axes=dynamic)
-    return verify(module, args.out, (2, 3, h + 32, w - 32), args.rtol)
+    return verify(module, args.out, check_shape, args.rtol)
 
 
 def verify(module, path, shape, rtol):

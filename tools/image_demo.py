@@ -45,7 +45,8 @@ def main(argv=None):
         from mmseg.apis import MMSegInferencer
         inferencer = MMSegInferencer(model=cfg, weights=args.checkpoint, device=args.device)
         result = inferencer(args.image, return_vis=True, show=False)
-    vis = result['visualization'][0]  # RGB
+    vis = result['visualization']  # RGB; a list of one for DetInferencer
+    vis = vis[0] if isinstance(vis, (list, tuple)) else vis
     os.makedirs(osp.dirname(osp.abspath(args.out_file)), exist_ok=True)
     mmcv.imwrite(vis[..., ::-1], args.out_file)
     print_log(f'saved {args.out_file}', logger='current')

@@ -1,0 +1,50 @@
+"""Shared by the tests: load a script of tools/ as a module, tiny datasets, tiny configs."""
+import importlib.util
+import os.path as osp
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+DET_QUICKSTART = osp.join(ROOT, 'configs', 'detection', 'quickstart_unireplknet_a_shapes.py')
+SEG_QUICKSTART = osp.join(ROOT, 'configs', 'segmentation', 'quickstart_unireplknet_a_shapes.py')
+
+
+def load_tool(name: str):
+    """``tools/<name>.py`` as a module (tools/ is not a package), so tests call its ``main``."""
+    spec = importlib.util.spec_from_file_location(f'_tool_{name}',
+                                                  osp.join(ROOT, 'tools', name + '.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def tiny_seg_config(tmp_path, data_root: str, **overrides) -> str:
+    """The segmentation quick start on ``data_root`` with single-process loaders."""
+    extra = '\n'.join(f'{k} = {v!r}' for k, v in overrides.items())
+    path = tmp_path / 'tiny_seg.py'
+    path.write_text(f"""_base_ = [{SEG_QUICKSTART!r}]
+data_root = {data_root!r}
+train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
+                        dataset=dict(data_root=data_root))
+val_dataloader = dict(num_workers=0, persistent_workers=False, dataset=dict(data_root=data_root))
+test_dataloader = val_dataloader
+default_hooks = dict(logger=dict(interval=1))
+{extra}
+""")
+    return str(path)
+
+
+def tiny_det_config(tmp_path, data_root: str) -> str:
+    """The detection quick start on ``data_root`` with single-process loaders."""
+    root = data_root.rstrip('/') + '/'
+    ann_val = root + 'annotations/instances_val.json'
+    path = tmp_path / 'tiny_det.py'
+    path.write_text(f"""_base_ = [{DET_QUICKSTART!r}]
+train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
+                        dataset=dict(data_root={root!r}))
+val_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
+                      dataset=dict(data_root={root!r}))
+test_dataloader = val_dataloader
+val_evaluator = dict(ann_file={ann_val!r})
+test_evaluator = val_evaluator
+default_hooks = dict(logger=dict(interval=1))
+""")
+    return str(path)
