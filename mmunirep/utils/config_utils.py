@@ -29,6 +29,13 @@ def prepare_cfg(config: str, work_dir: Optional[str] = None, cfg_options: Option
     framework_of(cfg)
     if not torch.cuda.is_available():
         adapt_to_cpu(cfg)
+        if launcher == 'pytorch':
+            init_cpu_process_group()
+            # mmengine's DDP wrapper gets device_ids=[LOCAL_RANK] unless the config sets it, and
+            # DDP accepts device ids only for GPU modules
+            cfg.setdefault('model_wrapper_cfg', dict(
+                type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False,
+                find_unused_parameters=cfg.get('find_unused_parameters', False)))
     cfg.launcher = launcher
     if work_dir is not None:
         cfg.work_dir = work_dir
@@ -65,3 +72,16 @@ def adapt_to_cpu(cfg: Config) -> None:
     dist_cfg = cfg.get('env_cfg', {}).get('dist_cfg', {})
     if dist_cfg.get('backend', 'nccl') == 'nccl':
         cfg.merge_from_dict({'env_cfg.dist_cfg.backend': 'gloo'})
+
+
+def init_cpu_process_group() -> None:
+    """Join the torchrun process group over gloo, for CPU processes.
+
+    mmengine's pytorch launcher calls ``torch.cuda.set_device`` before it initializes the group,
+    which fails without a GPU; the Runner skips its own initialization when a group exists.
+    """
+    import torch.distributed as dist
+    if dist.is_available() and not dist.is_initialized():
+        dist.init_process_group(backend='gloo')
+        print_log(f'no CUDA device: rank {dist.get_rank()} of {dist.get_world_size()} joined '
+                  'the process group over gloo', logger='current')

@@ -1,0 +1,167 @@
+"""Reliability: exact resume after SIGKILL, two training processes, clear errors on bad input,
+odd inputs. Quick-start-sized segmentation model on generated data, CPU."""
+import os
+import os.path as osp
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from mmengine.config import Config
+
+import mmunirep  # noqa: F401
+from mmunirep.models import UniRepLKNet
+from mmunirep.utils import build_model
+from tool_utils import ROOT, load_tool, tiny_seg_config
+
+KILLER = '''
+"""Test helper: SIGKILL this training process mid-run, after leaving a torn checkpoint file."""
+import os
+import signal
+
+from mmengine.hooks import Hook
+from mmengine.registry import HOOKS
+
+
+@HOOKS.register_module()
+class KillAtIterHook(Hook):
+
+    def __init__(self, at_iter):
+        self.at_iter = at_iter
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        if runner.iter == self.at_iter:
+            good = os.path.join(runner.work_dir, f'iter_{self.at_iter}.pth')
+            with open(good, 'rb') as f:
+                head = f.read(1000)
+            # as if the process had died while writing the next checkpoint
+            with open(os.path.join(runner.work_dir, f'iter_{self.at_iter + 1}.pth'), 'wb') as f:
+                f.write(head)
+            os.kill(os.getpid(), signal.SIGKILL)
+'''
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp('rel_data') / 'shapes')
+    load_tool('make_shapes_ade20k').generate(root, num_train=8, num_val=2, size=64, seed=5)
+    return root
+
+
+def run_train(config, work_dir, *extra, env=None, check=True):
+    cmd = [sys.executable, osp.join(ROOT, 'tools', 'train.py'), config, '--work-dir',
+           str(work_dir), *extra]
+    full_env = dict(os.environ, OMP_NUM_THREADS='1', **(env or {}))
+    proc = subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True,
+                          timeout=600)
+    if check:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_sigkill_then_resume_ends_with_the_same_weights(data, tmp_path):
+    (tmp_path / 'killer.py').write_text(KILLER)
+    common = dict(
+        max_iters=6,
+        train_cfg=dict(max_iters=6, val_interval=6),
+        default_hooks=dict(checkpoint=dict(interval=2, max_keep_ckpts=-1)),
+        model=dict(backbone=dict(drop_path_rate=0.2)),  # the resumed run must redraw the same masks
+        randomness=dict(seed=123),
+        custom_hooks=[dict(type='ReproducibleResumeHook')])
+    config = tiny_seg_config(tmp_path, data, **common)
+    straight_log = run_train(config, tmp_path / 'straight')
+
+    killed_dir = tmp_path / 'killed'
+    killer_cfg = tmp_path / 'killer_cfg.py'
+    killer_cfg.write_text(f"""_base_ = [{config!r}]
+custom_imports = dict(imports=['mmunirep', 'killer'], allow_failed_imports=False)
+custom_hooks = [dict(type='ReproducibleResumeHook'), dict(type='KillAtIterHook', at_iter=4)]
+""")
+    proc = run_train(str(killer_cfg), killed_dir, env={'PYTHONPATH': str(tmp_path)}, check=False)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert (killed_dir / 'iter_5.pth').exists() and not (killed_dir / 'iter_6.pth').exists()
+    assert (killed_dir / 'last_checkpoint').read_text().strip().endswith('iter_4.pth')
+
+    proc = run_train(config, killed_dir, '--resume')
+    resumed_log = proc.stdout + proc.stderr
+    assert 'resumed' in resumed_log.lower() and 'iter_4.pth' in resumed_log
+    straight = torch.load(tmp_path / 'straight' / 'iter_6.pth', map_location='cpu',
+                          weights_only=False)
+    resumed = torch.load(killed_dir / 'iter_6.pth', map_location='cpu', weights_only=False)
+    assert resumed['meta']['iter'] == straight['meta']['iter'] == 6
+    for k, v in straight['state_dict'].items():
+        torch.testing.assert_close(resumed['state_dict'][k], v, rtol=1e-5, atol=1e-6, msg=k)
+    # and the evaluation at the end gives the same mIoU
+    a = re.findall(r'mIoU: ([0-9.]+)', straight_log.stdout + straight_log.stderr)
+    b = re.findall(r'mIoU: ([0-9.]+)', resumed_log)
+    assert a and b and float(a[-1]) == pytest.approx(float(b[-1]), abs=1e-6)
+
+
+def test_two_processes_train_and_test(data, tmp_path):
+    """tools/dist_train.sh / dist_test.sh with 2 CPU processes (gloo; SyncBN becomes BN)."""
+    config = tiny_seg_config(tmp_path, data, train_cfg=dict(max_iters=2, val_interval=2),
+                             default_hooks=dict(checkpoint=dict(interval=2)))
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHON=sys.executable, PORT='29517')
+    work = tmp_path / 'dist'
+    proc = subprocess.run(['bash', 'tools/dist_train.sh', config, '2', '--work-dir', str(work)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert 'of 2 joined the process group over gloo' in out and (work / 'iter_2.pth').exists()
+    proc = subprocess.run(['bash', 'tools/dist_test.sh', config, str(work / 'iter_2.pth'), '2',
+                           '--work-dir', str(tmp_path / 'dist_test')],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    # each process evaluates one of the 2 images; the gathered result equals one process's on both
+    dist_miou = float(re.findall(r'mIoU: ([0-9.]+)', out)[-1])
+    single = load_tool('test').main([config, str(work / 'iter_2.pth'), '--work-dir',
+                                     str(tmp_path / 'single_test')])
+    assert dist_miou == pytest.approx(single['mIoU'], abs=0.01)
+
+
+def test_missing_dataset_path_is_named(tmp_path):
+    config = tiny_seg_config(tmp_path, str(tmp_path / 'no_such_dataset'),
+                             train_cfg=dict(max_iters=1, val_interval=1))
+    with pytest.raises(Exception) as info:
+        load_tool('train').main([config, '--work-dir', str(tmp_path / 'w')])
+    assert 'no_such_dataset' in str(info.value)
+
+
+def test_corrupt_image_fails_with_its_path(data, tmp_path):
+    """mmcv's LoadImageFromFile raises on an unreadable image (ignore_empty=False), naming the
+    file; in test mode mmengine passes the error on instead of fetching another image."""
+    import shutil
+    root = tmp_path / 'shapes'
+    shutil.copytree(data, root)
+    val_dir = root / 'images' / 'validation'
+    victim = sorted(val_dir.iterdir())[0]
+    victim.write_bytes(b'not a jpeg')
+    config = tiny_seg_config(tmp_path, str(root))
+    model = build_model(Config.fromfile(config))
+    ckpt = tmp_path / 'm.pth'
+    torch.save({'state_dict': model.state_dict()}, ckpt)
+    with pytest.raises(Exception) as info:
+        load_tool('test').main([config, str(ckpt), '--work-dir', str(tmp_path / 'w')])
+    assert victim.name in str(info.value)
+
+
+@pytest.mark.parametrize('size', [(37, 53), (13, 13), (7, 100)])
+def test_odd_and_tiny_inputs(size):
+    """Sides that are not multiples of 32 and maps smaller than the 13x13 kernels."""
+    model = UniRepLKNet(arch='a').eval()
+    with torch.no_grad():
+        outs = model(torch.randn(1, 3, *size))
+    h, w = size
+    for o, s in zip(outs, (4, 8, 16, 32)):
+        assert o.shape[-2:] == (-(-h // s), -(-w // s)) and torch.isfinite(o).all()
+
+
+def test_batch_one_training_with_syncbn_on_one_process():
+    """SyncBN in a config becomes plain BN on one CPU process; batch 1 trains."""
+    model = UniRepLKNet(arch='a', norm_cfg=dict(type='SyncBN')).train()
+    out = model(torch.randn(1, 3, 96, 96))  # stage 4 is 3x3: BN has 9 values per channel
+    sum(o.mean() for o in out).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
