@@ -32,11 +32,21 @@ def get_extensions():
     sources = sorted(glob.glob(os.path.join(root, 'pytorch', '*.cpp')) +
                      glob.glob(os.path.join(root, 'pytorch', 'cpu', '*.cpp')) +
                      glob.glob(os.path.join(root, 'pytorch', 'cuda', '*.cu')))
+    include_dirs = [os.path.abspath(os.path.join(root, 'common', 'cuda'))]
+    # torch's CUDA headers include cuSPARSE / cuBLAS headers; a toolkit with only the compiler and
+    # runtime lacks them, while torch's pip dependencies (nvidia-*) ship them in site-packages
+    try:
+        import nvidia
+        for base in nvidia.__path__:
+            include_dirs += sorted(glob.glob(os.path.join(base, '*', 'include')))
+            include_dirs += sorted(glob.glob(os.path.join(base, 'include')))
+    except ImportError:
+        pass
     return [
         CUDAExtension(
             name='mmunirep._ext',
             sources=sources,
-            include_dirs=[os.path.abspath(os.path.join(root, 'common', 'cuda'))],
+            include_dirs=include_dirs,
             define_macros=[('MMUNIREP_WITH_CUDA', None)],
             extra_compile_args={
                 'cxx': ['-O3', '-std=c++20'],  # torch >= 2.10 headers need C++20

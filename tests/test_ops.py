@@ -154,3 +154,43 @@ def test_module_uses_the_kernels_under_autocast():
     assert y.dtype == torch.float16
     ref = F.conv2d(x.double(), op.weight.double(), op.bias.double(), padding=6, groups=8)
     torch.testing.assert_close(y.double(), ref, rtol=1e-2, atol=1e-2)
+
+
+# ----------------------------------------------------------------------------------------------
+# the compiled extension on the CPU (CI builds it with tools/build_ops.sh): bindings and checks
+# ----------------------------------------------------------------------------------------------
+needs_ext = pytest.mark.skipif(dw_module._ext is None,
+                               reason='extension not built (bash tools/build_ops.sh)')
+
+
+@needs_ext
+def test_extension_cpu_path_matches_conv2d():
+    ext = dw_module._ext
+    torch.manual_seed(4)
+    x = torch.randn(2, 5, 11, 9, dtype=torch.float64)
+    w = torch.randn(5, 1, 7, 7, dtype=torch.float64)
+    b = torch.randn(5, dtype=torch.float64)
+    y = ext.depthwise_conv2d_forward(x, w, b)
+    x_ref, w_ref, b_ref = (t.clone().requires_grad_() for t in (x, w, b))
+    y_ref = F.conv2d(x_ref, w_ref, b_ref, padding=3, groups=5)
+    torch.testing.assert_close(y, y_ref.detach(), rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(y)
+    y_ref.backward(g)
+    gx, gw, gb = ext.depthwise_conv2d_backward(g, x, w, True, True, True)
+    for got, ref in ((gx, x_ref.grad), (gw, w_ref.grad), (gb, b_ref.grad)):
+        torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
+
+
+@needs_ext
+@pytest.mark.parametrize('make, match', [
+    (lambda: (torch.randn(2, 4, 8, 8), torch.randn(4, 1, 4, 4), None), 'odd square kernel'),
+    (lambda: (torch.randn(2, 4, 8, 8), torch.randn(3, 1, 5, 5), None), 'weight'),
+    (lambda: (torch.randn(4, 8, 8), torch.randn(4, 1, 5, 5), None), '4-D'),
+    (lambda: (torch.randn(2, 4, 8, 8), torch.randn(4, 1, 5, 5).double(), None), 'weight is'),
+    (lambda: (torch.randn(2, 4, 8, 8), torch.randn(4, 1, 33, 33), None), '1 to 31'),
+    (lambda: (torch.randn(2, 4, 8, 8), torch.randn(4, 1, 5, 5), torch.randn(3)), 'bias'),
+])
+def test_extension_rejects_bad_arguments(make, match):
+    x, w, b = make()
+    with pytest.raises(RuntimeError, match=match):
+        dw_module._ext.depthwise_conv2d_forward(x, w, b)
