@@ -1,0 +1,121 @@
+"""Benchmark mmunirep's depthwise-conv CUDA kernels against PyTorch (needs a GPU).
+
+    python benchmarks/dwconv_benchmark.py [--dtypes fp32 fp16 bf16] [--repeats 20] [--out FILE]
+
+For each shape (N, C, H, W, K) and dtype it times, with CUDA events, the median of --repeats runs
+after --warmup runs: the forward pass, the input gradient and the weight gradient of
+(a) mmunirep's op, (b) F.conv2d on NCHW (PyTorch's own depthwise kernel) and (c) F.conv2d on
+channels_last (cuDNN), and prints each time, the ratio of the faster PyTorch path to ours, and
+ours as a fraction of the fp32 FMA floor (2*N*C*H*W*K*K FLOPs at the measured fp32 rate of a
+large matmul with TF32 off). Needs only torch and the built extension (tools/build_ops.sh).
+"""
+import argparse
+import statistics
+
+import torch
+import torch.nn.functional as F
+
+SHAPES = [  # (N, C, H, W, K) and where they come from
+    ((2, 192, 100, 168, 13), 'UniRepLKNet-S detection 1333x800, stage 2'),
+    ((2, 384, 50, 84, 13), 'UniRepLKNet-S detection, stage 3'),
+    ((2, 768, 25, 42, 13), 'UniRepLKNet-S detection, stage 4'),
+    ((64, 192, 28, 28, 13), 'classification 224, stage 2'),
+    ((64, 384, 14, 14, 13), 'classification 224, stage 3'),
+    ((64, 768, 7, 7, 13), 'classification 224, stage 4'),
+    ((64, 384, 32, 32, 7), 'RepLKNet micro-benchmark K=7'),
+    ((64, 384, 32, 32, 13), 'RepLKNet micro-benchmark K=13'),
+    ((64, 384, 32, 32, 31), 'RepLKNet micro-benchmark K=31'),
+    ((8, 384, 40, 40, 13), 'segmentation 640, stage 3'),
+]
+DTYPES = dict(fp32=torch.float32, fp16=torch.float16, bf16=torch.bfloat16)
+
+
+def cuda_time(fn, warmup, repeats):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def fp32_rate(warmup, repeats):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    a = torch.randn(8192, 8192, device='cuda')
+    ms = cuda_time(lambda: a @ a, warmup, repeats)
+    return 2 * 8192**3 / (ms * 1e-3)
+
+
+def bench_shape(shape, dtype, args, op):
+    n, c, h, w, k = shape
+    x = torch.randn(n, c, h, w, device='cuda', dtype=dtype, requires_grad=True)
+    wt = torch.randn(c, 1, k, k, device='cuda', dtype=dtype, requires_grad=True)
+    x_cl = x.detach().to(memory_format=torch.channels_last).requires_grad_()
+    g = torch.randn(n, c, h, w, device='cuda', dtype=dtype)
+    g_cl = g.to(memory_format=torch.channels_last)
+    paths = {
+        'ours': (lambda inp: op(inp, wt), x, g),
+        'torch_nchw': (lambda inp: F.conv2d(inp, wt, padding=k // 2, groups=c), x, g),
+        'torch_cl': (lambda inp: F.conv2d(inp, wt, padding=k // 2, groups=c), x_cl, g_cl),
+    }
+    result = {}
+    for name, (fn, inp, grad) in paths.items():
+        with torch.no_grad():
+            fwd = cuda_time(lambda: fn(inp), args.warmup, args.repeats)
+        y = fn(inp)
+        dgrad = cuda_time(lambda: torch.autograd.grad(y, inp, grad, retain_graph=True),
+                          args.warmup, args.repeats)
+        wgrad = cuda_time(lambda: torch.autograd.grad(y, wt, grad, retain_graph=True),
+                          args.warmup, args.repeats)
+        result[name] = dict(fwd=fwd, dgrad=dgrad, wgrad=wgrad)
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--dtypes', nargs='+', default=list(DTYPES), choices=list(DTYPES))
+    parser.add_argument('--warmup', type=int, default=5)
+    parser.add_argument('--repeats', type=int, default=20)
+    parser.add_argument('--out', help='also write the table to this file')
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit('dwconv_benchmark needs a CUDA device')
+    from mmunirep.ops import depthwise_conv2d, ext_available
+    if not ext_available():
+        raise SystemExit('the CUDA extension is not built: bash tools/build_ops.sh')
+    rate = fp32_rate(args.warmup, args.repeats)
+    lines = [f'device: {torch.cuda.get_device_name()}, torch {torch.__version__}, '
+             f'fp32 rate {rate / 1e12:.1f} TFLOP/s (matmul, TF32 off); median of '
+             f'{args.repeats} after {args.warmup} warm-up; times in ms; ratio = faster PyTorch '
+             'path / ours (> 1: ours faster); floor = FMA floor time / our forward time',
+             '| shape (N,C,H,W,K) | dtype | pass | ours | torch NCHW | torch CL | ratio | floor |',
+             '|---|---|---|---|---|---|---|---|']
+    for shape, _ in SHAPES:
+        n, c, h, w, k = shape
+        floor_ms = 2 * n * c * h * w * k * k / rate * 1e3
+        for dname in args.dtypes:
+            r = bench_shape(shape, DTYPES[dname], args, depthwise_conv2d)
+            for p in ('fwd', 'dgrad', 'wgrad'):
+                best = min(r['torch_nchw'][p], r['torch_cl'][p])
+                frac = f'{floor_ms / r["ours"][p]:.2f}' if p == 'fwd' else ''
+                lines.append(f'| {shape} | {dname} | {p} | {r["ours"][p]:.3f} | '
+                             f'{r["torch_nchw"][p]:.3f} | {r["torch_cl"][p]:.3f} | '
+                             f'{best / r["ours"][p]:.2f} | {frac} |')
+            total = {k_: sum(r[k_].values()) for k_ in r}
+            lines.append(f'| {shape} | {dname} | fwd+bwd | {total["ours"]:.3f} | '
+                         f'{total["torch_nchw"]:.3f} | {total["torch_cl"]:.3f} | '
+                         f'{min(total["torch_nchw"], total["torch_cl"]) / total["ours"]:.2f} | |')
+    text = '\n'.join(lines)
+    print(text)  # a benchmark script's output is its table
+    if args.out:
+        with open(args.out, 'w') as f:
+            f.write(text + '\n')
+
+
+if __name__ == '__main__':
+    main()
