@@ -1,5 +1,5 @@
 # Cascade Mask R-CNN 3x, UniRepLKNet-B (0.6), paper: box 54.8 / mask 47.4, 155M params, 978G FLOPs
-_base_ = ['./_base_/cascade_mask_rcnn_unireplknet_3x.py', './_base_/ema.py']
+_base_ = ['./_base_/cascade_mask_rcnn_unireplknet_3x_ema.py']
 model = dict(
     backbone=dict(
         arch='b',

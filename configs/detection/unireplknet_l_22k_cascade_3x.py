@@ -1,5 +1,5 @@
 # Cascade Mask R-CNN 3x, UniRepLKNet-L (0.7), paper: box 55.8 / mask 48.4, 276M params, 1385G FLOPs
-_base_ = ['./_base_/cascade_mask_rcnn_unireplknet_3x.py', './_base_/ema.py']
+_base_ = ['./_base_/cascade_mask_rcnn_unireplknet_3x_ema.py']
 model = dict(
     backbone=dict(
         arch='l',

@@ -1,5 +1,5 @@
 # Cascade Mask R-CNN 3x, UniRepLKNet-S (0.5), paper: box 54.3 / mask 47.1, 113M params, 835G FLOPs
-_base_ = ['./_base_/cascade_mask_rcnn_unireplknet_3x.py', './_base_/ema.py']
+_base_ = ['./_base_/cascade_mask_rcnn_unireplknet_3x_ema.py']
 model = dict(
     backbone=dict(
         arch='s',

@@ -1,5 +1,5 @@
 # Cascade Mask R-CNN 3x, UniRepLKNet-XL (0.7), paper: box 56.4 / mask 49.0, 443M params, 1952G FLOPs
-_base_ = ['./_base_/cascade_mask_rcnn_unireplknet_3x.py', './_base_/ema.py']
+_base_ = ['./_base_/cascade_mask_rcnn_unireplknet_3x_ema.py']
 model = dict(
     backbone=dict(
         arch='xl',

@@ -43,3 +43,6 @@ param_scheduler = [
 auto_scale_lr = dict(enable=True, base_batch_size=16)
 
 default_hooks = dict(checkpoint=dict(interval=1, max_keep_ckpts=5, save_best='auto'))
+
+# a run resumed after an interruption continues as the uninterrupted one would (mmunirep hook)
+custom_hooks = [dict(type='ReproducibleResumeHook')]
