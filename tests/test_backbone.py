@@ -418,3 +418,15 @@ def test_grn_is_finite_under_fp16():
     ref = grn(x.double().float()).double()
     assert torch.isfinite(out).all()
     assert rel_err(out.double(), ref) < 2e-3  # fp16 rounding
+
+
+def test_backbone_needs_only_torch_mmengine_timm():
+    import subprocess
+    import sys
+    code = ('import sys, torch, mmunirep\n'
+            'from mmunirep.models import UniRepLKNet\n'
+            'm = UniRepLKNet(arch="a"); m.switch_to_deploy()\n'
+            'bad = sorted({n.split(".")[0] for n in sys.modules} & {"mmdet", "mmseg", "mmcv"})\n'
+            'assert not bad, bad\n')
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
