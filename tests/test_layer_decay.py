@@ -84,3 +84,10 @@ def test_bad_configuration():
             type='UniRepLKNetLayerDecayOptimWrapperConstructor',
             optim_wrapper_cfg=dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=1.0)),
             paramwise_cfg=dict(decay_rate=0.5)))(nn.Sequential(nn.Linear(2, 2)))
+
+
+def test_stage2_ids_are_not_capped_like_the_authors():
+    """S (27 blocks) with num_layers=9, the authors' S IN-22K segmentation setting."""
+    model = UniRepLKNet(arch='a')
+    assert model.get_layer_depth('backbone.stages.2.26.gamma', num_layers=9) == (11, 11)
+    assert model.get_layer_depth('backbone.stages.3.0.gamma', num_layers=9) == (9, 11)

@@ -44,6 +44,10 @@ def main(argv=None):
     # the checkpoint provides every weight: do not fetch the backbone's pretrained file
     if cfg.model.get('backbone', {}).get('init_cfg') is not None:
         cfg.model.backbone.init_cfg = None
+    if cfg.model.get('pretrained') is not None:  # MMSegmentation's EncoderDecoder(pretrained=)
+        cfg.model.pretrained = None
+    if cfg.model.get('backbone', {}).get('pretrained') is not None:  # deprecated backbone arg
+        cfg.model.backbone.pretrained = None
 
     if args.show_dir:
         hook = cfg.default_hooks.get('visualization')

@@ -91,3 +91,6 @@ tta_pipeline = [
         ])
 ]
 tta_model = dict(type='SegTTAModel')
+
+# a run resumed after an interruption continues as the uninterrupted one would (mmunirep hook)
+custom_hooks = [dict(type='ReproducibleResumeHook')]

@@ -533,7 +533,7 @@ class UniRepLKNet(BaseModule):
         """Layer id of a parameter for layer-wise lr decay, and the number of layer ids.
 
         The authors' rule with ``max = num_layers``: downsample 0/1/2/3 -> 0/2/3/max; stage 0 -> 1,
-        stage 1 -> 2, stage 2 block j -> 3 + j // 3 (at most max), stage 3 -> max; anything else
+        stage 1 -> 2, stage 2 block j -> 3 + j // 3 (not capped), stage 3 -> max; anything else
         (output norms, neck, heads) -> max + 1. Returns ``(layer_id, num_layers + 2)`` so that
         ``decay ** (total - layer_id - 1)`` is the lr scale and the heads get the base lr.
         """
@@ -546,7 +546,9 @@ class UniRepLKNet(BaseModule):
             layer_id = (0, 2, 3, num_layers)[int(parts[1])]
         elif parts[0] == 'stages':
             stage, block = int(parts[1]), int(parts[2])
-            layer_id = (1, 2, min(3 + block // 3, num_layers), num_layers)[stage]
+            # not capped at num_layers, as in the authors' rule: with num_layers=9 (their S IN-22K
+            # segmentation configs) the last blocks of stage 2 get ids 10 and 11
+            layer_id = (1, 2, 3 + block // 3, num_layers)[stage]
         else:
             layer_id = num_layers + 1
         return layer_id, total
