@@ -294,3 +294,12 @@ def test_get_flops_detector():
     assert res['counted'] == ('backbone + neck + RPN head + RoI heads on 8 proposals '
                               '(masks on 4)')
     assert res['flops'] > 0 and res['params'] > res['backbone_params'] > 0
+
+
+def test_get_flops_counts_the_large_kernel_op_like_conv2d():
+    """With use_lk_op=True the count is that of the plain convolutions (same FLOPs)."""
+    get_flops = load_tool('get_flops')
+    plain = get_flops.get_flops(QUICKSTART, (64, 64))
+    with_op = get_flops.get_flops(QUICKSTART, (64, 64),
+                                  cfg_options={'model.backbone.use_lk_op': True})
+    assert with_op['flops'] == plain['flops'] and with_op['params'] == plain['params']

@@ -162,6 +162,10 @@ def get_flops(config: str, shape, cfg_options=None, num_proposals: int = 1000,
         if 'UniRepLKNet' not in str(cfg.model.get('backbone', {}).get('type', '')):
             raise ValueError('--deploy needs a UniRepLKNet backbone')
         cfg.model.backbone.deploy = True
+    if 'use_lk_op' in cfg.model.get('backbone', {}):
+        # The large-kernel op's CUDA path is an autograd Function, opaque to the tracer that
+        # counts FLOPs; its F.conv2d path has the same structure and FLOPs and is counted.
+        cfg.model.backbone.use_lk_op = False
     model = build_model(cfg, framework)
     result = dict(config=config, framework=framework, shape=tuple(shape), deploy=deploy)
 
