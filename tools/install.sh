@@ -49,11 +49,15 @@ if [ "$USE_VENV" = 1 ]; then
 else
   PY=$(command -v "$PYTHON") || die "no '$PYTHON' on PATH"
 fi
-pipi() { "$PY" -m pip install --disable-pip-version-check "$@"; }
+# mmcv's setup.py and mmengine (Config, at run time) import pkg_resources, which setuptools 81
+# removed; torch asks for setuptools>=77.0.3, which alone would upgrade it past 80. Every pip call
+# carries this pin so no step moves it.
+SETUPTOOLS='setuptools>=77.0.3,<81'
+pipi() { "$PY" -m pip install --disable-pip-version-check "$@" "$SETUPTOOLS"; }
 
 say "python: $("$PY" -c 'import sys; print(sys.executable, sys.version.split()[0])')"
 say "step 1/5: build tools"
-pipi -q 'setuptools<81' wheel ninja
+pipi -q wheel ninja
 
 say "step 2/5: $TORCH_SPEC"
 # shellcheck disable=SC2086
@@ -96,7 +100,10 @@ pipi -q -r "$ROOT/requirements/stack.txt" "$(ls "$WHEEL_DIR"/mmcv-*.whl | head -
 pipi -q --no-build-isolation -e "$ROOT"
 
 say "step 5/5: import check"
-"$PY" -c 'import mmunirep, mmcv.ops, mmdet, mmseg, timm
+(cd "$ROOT" && "$PY" -c 'import mmunirep, mmcv.ops, mmdet, mmseg, timm, pkg_resources
+from mmengine.config import Config
+Config.fromfile("configs/detection/unireplknet_t_1k_cascade_3x.py")
+Config.fromfile("configs/segmentation/unireplknet_t_1k_upernet_160k_512.py")
 print("mmunirep", mmunirep.__version__, "| mmcv", __import__("mmcv").__version__,
-      "| mmdet", mmdet.__version__, "| mmseg", mmseg.__version__, "| timm", timm.__version__)'
+      "| mmdet", mmdet.__version__, "| mmseg", mmseg.__version__, "| timm", timm.__version__)')
 say "done in $(( $(date +%s) - start )) s; activate with: source ${VENV:-<your env>}/bin/activate"
