@@ -34,7 +34,7 @@ model = dict(
         bbox_head=[
             dict(
                 type='ConvFCBBoxHead',
-                num_shared_convs=2,
+                num_shared_convs=1,
                 num_shared_fcs=1,
                 in_channels=channels,
                 conv_out_channels=channels,
@@ -65,7 +65,7 @@ model = dict(
         rcnn=[
             dict(assigner=dict(type='MaxIoUAssigner', pos_iou_thr=iou, neg_iou_thr=iou,
                                min_pos_iou=iou, match_low_quality=False, ignore_iof_thr=-1),
-                 sampler=dict(type='RandomSampler', num=64, pos_fraction=0.25,
+                 sampler=dict(type='RandomSampler', num=32, pos_fraction=0.25,
                               neg_pos_ub=-1, add_gt_as_proposals=True),
                  mask_size=28, pos_weight=-1, debug=False)
             for iou in (0.5, 0.6, 0.7)
@@ -118,7 +118,7 @@ test_evaluator = val_evaluator
 
 # schedule: short, from scratch, so a higher lr than the recipe's fine-tuning 1e-4 and no
 # layer-wise decay (nothing pretrained to preserve); evaluation once at the end.
-max_epochs = 12
+max_epochs = 8
 train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
 optim_wrapper = dict(
     paramwise_cfg=dict(decay_rate=1.0),
