@@ -5,7 +5,6 @@ CPU only; the training tests use a tiny generated shapes dataset and a quick-sta
 """
 import copy
 import glob
-import importlib.util
 import os
 import os.path as osp
 import subprocess
@@ -20,6 +19,7 @@ from mmengine.runner import Runner
 import mmunirep  # noqa: F401  (registers UniRepLKNet)
 from mmunirep.models import UniRepLKNet
 from mmunirep.models.backbones.unireplknet import ARCH_SETTINGS
+from tool_utils import load_tool as _load_tool
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DET_CONFIGS = sorted(glob.glob(osp.join(REPO, 'configs', 'detection', '*.py')))
@@ -35,13 +35,6 @@ RECIPES = {  # config -> arch, and the paper's Cascade Mask R-CNN parameter coun
 }
 CLASSES = ('circle', 'square', 'triangle')
 
-
-def _load_tool(name):
-    path = osp.join(REPO, 'tools', f'{name}.py')
-    spec = importlib.util.spec_from_file_location(f'mmunirep_tools_{name}', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _build_detector(cfg):

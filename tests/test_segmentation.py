@@ -1,7 +1,6 @@
 """Segmentation: the ADE20K configs, the quick start, tools/test.py --tta, MMSegmentation's own
 tools/train.py on a config that swaps in our backbone, and tools/get_flops.py (CPU, tiny data)."""
 import glob
-import importlib.util
 import os
 import os.path as osp
 import subprocess
@@ -14,6 +13,7 @@ from mmengine.registry import init_default_scope
 
 import mmunirep  # noqa: F401
 from mmunirep.models import UniRepLKNet
+from tool_utils import load_tool
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SEG_DIR = osp.join(ROOT, 'configs', 'segmentation')
@@ -43,12 +43,6 @@ PAPER = {
 ALL_CONFIGS = sorted(osp.basename(p) for p in glob.glob(osp.join(SEG_DIR, '*.py')))
 
 
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(f'_tool_{name}', osp.join(ROOT, 'tools',
-                                                                            name + '.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 make_shapes = load_tool('make_shapes_ade20k')
