@@ -337,6 +337,41 @@ def test_custom_arch_dict_and_syncbn_config():
     assert [o.shape[1] for o in outs] == [8, 16, 32, 64]
 
 
+
+def test_downsample_norm_cfg_batchnorm_option():
+    """downsample_norm_cfg=BN swaps exactly the 9 LayerNorms of arch A (2 stem, 3 down-sampling,
+    4 outputs) and nothing else; the default stays the paper's LayerNorm network; loading a
+    checkpoint of the other kind fails naming the flag; re-parameterization still agrees."""
+    from timm.layers import LayerNorm2d
+    paper = UniRepLKNet(arch='a')
+    bn = UniRepLKNet(arch='a', downsample_norm_cfg=dict(type='BN'))
+    assert sum(isinstance(m, LayerNorm2d) for m in paper.modules()) == 9
+    assert not any(isinstance(m, LayerNorm2d) for m in bn.modules())
+    n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in bn.modules())
+    assert n_bn - sum(isinstance(m, nn.BatchNorm2d) for m in paper.modules()) == 9
+    assert set(paper.state_dict()) <= set(bn.state_dict())  # same names, plus BN buffers
+    with pytest.raises(RuntimeError, match=r"downsample_norm_cfg=dict\(type='BN'\)"):
+        paper.load_state_dict(bn.state_dict())
+    with pytest.raises(RuntimeError, match='downsample_norm_cfg=None'):
+        bn.load_state_dict(paper.state_dict())
+    # trained-looking BN statistics, then the deploy structure gives the same outputs
+    for m in bn.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    for p in bn.parameters():
+        if p.abs().max() < 1e-3:  # layer scale, GRN, zero biases: away from 0
+            p.data.uniform_(0.1, 0.5)
+    bn.eval()
+    x = torch.randn(2, 3, 96, 80)
+    with torch.no_grad():
+        ref = bn(x)
+        bn.switch_to_deploy()
+        out = bn(x)
+    for r, o in zip(ref, out):
+        assert (r - o).abs().max() <= 1e-4 * r.abs().max()
+
 # --------------------------------------------------------------------------------------------
 # layer-wise decay ids (REFERENCE.md)
 # --------------------------------------------------------------------------------------------

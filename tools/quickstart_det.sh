@@ -19,9 +19,16 @@ WORK_DIR=${WORK_DIR:-work_dirs/quickstart_det}
 DATA_DIR=${DATA_DIR:-data/shapes_coco}
 START=$(date +%s)
 
-if [ ! -f "$DATA_DIR/annotations/instances_val.json" ]; then
-    echo "== generating the shapes dataset in $DATA_DIR"
+# regenerated when absent or written by another version of the generator
+WANT=$("$PYTHON" -c "import runpy; print(runpy.run_path('tools/make_shapes_coco.py')['DATASET_VERSION'])")
+HAVE=$("$PYTHON" -c "import json, sys; print(json.load(open(sys.argv[1]))['info']['version'])" \
+       "$DATA_DIR/annotations/instances_val.json" 2>/dev/null || echo none)
+if [ "$HAVE" != "$WANT" ]; then
+    echo "== generating the shapes dataset (version $WANT) in $DATA_DIR"
+    rm -rf "$DATA_DIR/train" "$DATA_DIR/val" "$DATA_DIR/annotations"
     "$PYTHON" tools/make_shapes_coco.py --out "$DATA_DIR"
+else
+    echo "== shapes dataset version $HAVE found in $DATA_DIR"
 fi
 DATA_ARGS=()  # the config reads data/shapes_coco; point it elsewhere if DATA_DIR says so
 if [ "$DATA_DIR" != data/shapes_coco ]; then

@@ -40,6 +40,12 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = prepare_cfg(args.config, args.work_dir, args.cfg_options, args.launcher)
     if args.amp:
+        import torch
+        if not torch.cuda.is_available():
+            # mmengine's AmpOptimWrapper asserts a GPU deep inside the Runner; say it up front
+            raise SystemExit('--amp trains in fp16 with mmengine\'s AmpOptimWrapper, which needs a '
+                             'CUDA GPU; none is visible (torch.cuda.is_available() is False). '
+                             'Train without --amp on the CPU.')
         wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
         if wrapper == 'AmpOptimWrapper':
             print_log('AMP is already enabled in the config', logger='current', level=30)

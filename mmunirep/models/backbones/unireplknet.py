@@ -352,6 +352,11 @@ class UniRepLKNet(BaseModule):
             blocks and output norms of stages ``0..i``.
         norm_eval (bool): keep the BatchNorms in eval mode during training.
         norm_cfg (dict): the BatchNorms inside the blocks: ``dict(type='BN')`` or ``'SyncBN'``.
+        downsample_norm_cfg (dict, optional): the norms of the stem, the down-sampling layers and
+            the outputs (``norm{i}``). None (default): the paper's channels-first LayerNorm,
+            which the released checkpoints hold. ``dict(type='BN')`` / ``'SyncBN'`` puts
+            BatchNorm there instead: not the paper's network, but one that trains detection
+            from scratch in minutes (the detection quick start; see its config).
         drop_path_rate (float): stochastic depth, linearly increasing over all blocks.
         layer_scale_init_value (float): initial layer scale; 0 or None disables it.
         with_cp (bool): gradient checkpointing of each block (saves memory, same results).
@@ -372,6 +377,7 @@ class UniRepLKNet(BaseModule):
                  frozen_stages: int = -1,
                  norm_eval: bool = False,
                  norm_cfg: dict = dict(type='BN'),
+                 downsample_norm_cfg: Optional[dict] = None,
                  drop_path_rate: float = 0.,
                  layer_scale_init_value: float = 1e-6,
                  with_cp: bool = False,
@@ -399,19 +405,26 @@ class UniRepLKNet(BaseModule):
         self.with_cp = with_cp
 
         dims = self.dims
+        self.downsample_norm_cfg = downsample_norm_cfg
+
+        def outer_norm(channels):
+            if downsample_norm_cfg is None:
+                return LayerNorm2d(channels, eps=1e-6)
+            return build_batch_norm(downsample_norm_cfg, channels)
+
         self.downsample_layers = nn.ModuleList([
             nn.Sequential(
                 nn.Conv2d(in_channels, dims[0] // 2, kernel_size=3, stride=2, padding=1),
-                LayerNorm2d(dims[0] // 2, eps=1e-6),
+                outer_norm(dims[0] // 2),
                 nn.GELU(),
                 nn.Conv2d(dims[0] // 2, dims[0], kernel_size=3, stride=2, padding=1),
-                LayerNorm2d(dims[0], eps=1e-6))
+                outer_norm(dims[0]))
         ])
         for i in range(self.num_stages - 1):
             self.downsample_layers.append(
                 nn.Sequential(
                     nn.Conv2d(dims[i], dims[i + 1], kernel_size=3, stride=2, padding=1),
-                    LayerNorm2d(dims[i + 1], eps=1e-6)))
+                    outer_norm(dims[i + 1])))
 
         dp_rates = torch.linspace(0, drop_path_rate, sum(self.depths)).tolist()
         self.stages = nn.ModuleList()
@@ -425,7 +438,7 @@ class UniRepLKNet(BaseModule):
             ]))
             cur += self.depths[i]
         for i in self.out_indices:
-            self.add_module(f'norm{i}', LayerNorm2d(dims[i], eps=1e-6))
+            self.add_module(f'norm{i}', outer_norm(dims[i]))
         self._freeze_stages()
         # Any load (ours, mmengine's Runner with strict=False, a user's) of a checkpoint of the
         # other structure fails with a message naming the right flag, instead of leaving half
@@ -614,6 +627,16 @@ class UniRepLKNet(BaseModule):
         self._check_structure(keys, 'the state dict being loaded')
 
     def _check_structure(self, state: Dict[str, torch.Tensor], source: str) -> None:
+        stem_norm = 'downsample_layers.0.1.'
+        if stem_norm + 'weight' in state:
+            ckpt_bn = stem_norm + 'running_mean' in state
+            own_bn = self.downsample_norm_cfg is not None
+            if ckpt_bn != own_bn:
+                have = 'BatchNorm' if ckpt_bn else 'LayerNorm (the paper\'s)'
+                flag = "downsample_norm_cfg=dict(type='BN')" if ckpt_bn else 'downsample_norm_cfg=None'
+                raise RuntimeError(
+                    f'checkpoint {source} has {have} in the stem and down-sampling layers, this '
+                    f'backbone the other kind: build it with {flag} to load it')
         ckpt_deploy = any(k.endswith('pwconv2.0.bias') for k in state)
         ckpt_train = any(k.endswith('pwconv2.2.weight') or 'origin_bn' in k for k in state)
         if self.deploy and ckpt_train and not ckpt_deploy:
