@@ -346,8 +346,8 @@ class UniRepLKNet(BaseModule):
         arch (str | dict): 'a', 'f', 'p', 'n', 't', 's', 'b', 'l' or 'xl', or a dict with
             ``depths`` and ``dims`` (4 each) and optional ``kernel_sizes`` (one tuple per stage).
         in_channels (int): image channels.
-        out_indices (Sequence[int]): stages to return; each goes through its own
-            channels-first LayerNorm ``norm{i}``.
+        out_indices (Sequence[int]): stages to return; each goes through its own output norm
+            ``norm{i}`` (channels-first LayerNorm unless ``downsample_norm_cfg`` says otherwise).
         frozen_stages (int): -1 freezes nothing; ``i >= 0`` freezes the down-sampling layers,
             blocks and output norms of stages ``0..i``.
         norm_eval (bool): keep the BatchNorms in eval mode during training.
