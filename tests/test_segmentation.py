@@ -13,7 +13,7 @@ from mmengine.registry import init_default_scope
 
 import mmunirep  # noqa: F401
 from mmunirep.models import UniRepLKNet
-from tool_utils import load_tool
+from tool_utils import load_tool, tiny_seg_config
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SEG_DIR = osp.join(ROOT, 'configs', 'segmentation')
@@ -179,22 +179,10 @@ def test_make_shapes_is_deterministic_and_ade_formatted(tmp_path):
             assert set(np.unique(label)) <= {0, 1, 2, 3} and 0 in label and label.max() >= 1
 
 
-def write_tiny_quickstart(tmp_path, data_root):
-    path = tmp_path / 'tiny_quickstart.py'
-    path.write_text(f"""_base_ = [{QUICKSTART!r}]
-data_root = {data_root!r}
-train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
-                        dataset=dict(data_root=data_root))
-val_dataloader = dict(num_workers=0, persistent_workers=False, dataset=dict(data_root=data_root))
-test_dataloader = val_dataloader
-train_cfg = dict(max_iters=1, val_interval=1)
-default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=1))
-""")
-    return str(path)
-
-
 def test_quickstart_train_test_tta(tmp_path, tiny_data):
-    config = write_tiny_quickstart(tmp_path, tiny_data)
+    config = tiny_seg_config(
+        tmp_path, tiny_data, train_cfg=dict(max_iters=1, val_interval=1),
+        default_hooks=dict(logger=dict(interval=1), checkpoint=dict(interval=1)))
     work_dir = str(tmp_path / 'work')
     load_tool('train').main([config, '--work-dir', work_dir])
     ckpt = osp.join(work_dir, 'iter_1.pth')
