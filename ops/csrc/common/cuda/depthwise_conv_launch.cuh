@@ -1,0 +1,121 @@
+// Launch logic of the depthwise convolution kernels (depthwise_conv_kernel.cuh), written once for
+// any "launcher": a callable `launch(kernel, grid, block, smem_bytes, args...)`.
+//
+// ops/csrc/pytorch/cuda/depthwise_conv_cuda.cu instantiates it with a launcher that runs
+// `kernel<<<grid, block, smem_bytes, stream>>>(args...)` on the current stream;
+// tests/csrc/depthwise_conv_emulated.cpp instantiates it with a CPU emulation of the CUDA
+// execution model, so that the grid, tiling, shared-memory sizing and workspace logic below and the
+// kernels themselves are tested in CI on machines without a GPU.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/AccumulateType.h>
+#include <ATen/Dispatch.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "depthwise_conv_kernel.cuh"
+
+namespace mmunirep {
+
+inline int ceil_div(int64_t a, int64_t b) { return static_cast<int>((a + b - 1) / b); }
+
+// The default dynamic shared memory a block may use without an opt-in attribute (all archs).
+constexpr size_t kMaxDefaultSmem = 48 * 1024;
+
+// The input gradient is the forward computation with the flipped filter and no bias.
+template <typename Launch>
+void launch_forward(const Launch& launch, const at::Tensor& input, const at::Tensor& weight,
+                    const at::Tensor* bias, at::Tensor& output, bool flip) {
+  const int64_t batch = input.size(0), channels = input.size(1);
+  const int height = static_cast<int>(input.size(2)), width = static_cast<int>(input.size(3));
+  const int ksize = static_cast<int>(weight.size(-1));
+  const int tiles_w = ceil_div(width, kTileW);
+  const int64_t tiles = static_cast<int64_t>(ceil_div(height, kTileH)) * tiles_w;
+  TORCH_CHECK(tiles <= 65535, "depthwise_conv2d: feature map ", height, "x", width,
+              " needs more than 65535 tiles of ", kTileH, "x", kTileW);
+  TORCH_CHECK(batch * channels <= INT32_MAX, "depthwise_conv2d: N*C = ", batch * channels,
+              " exceeds 2^31-1");
+  const dim3 grid(static_cast<unsigned>(batch * channels), static_cast<unsigned>(tiles));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
+                                  "depthwise_conv2d_forward", [&] {
+    using acc_t = at::acc_type<scalar_t, true>;
+    const size_t smem = sizeof(acc_t) * ((kTileH + ksize - 1) * (kTileW + ksize - 1) +
+                                         ksize * ksize);
+    TORCH_CHECK(smem <= kMaxDefaultSmem, "depthwise_conv2d: ", smem, " bytes of shared memory");
+    launch(depthwise_conv2d_forward_kernel<scalar_t, acc_t>, grid, dim3(kThreads), smem,
+           input.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(),
+           bias != nullptr ? bias->data_ptr<scalar_t>() : nullptr, output.data_ptr<scalar_t>(),
+           static_cast<int>(channels), height, width, ksize, tiles_w, flip);
+  });
+}
+
+template <typename Launch>
+at::Tensor depthwise_conv2d_forward_impl(const Launch& launch, const at::Tensor& input,
+                                         const at::Tensor& weight,
+                                         const c10::optional<at::Tensor>& bias) {
+  auto output = at::empty_like(input, at::MemoryFormat::Contiguous);
+  if (output.numel() == 0) return output;
+  launch_forward(launch, input, weight, bias.has_value() ? &bias.value() : nullptr, output, false);
+  return output;
+}
+
+template <typename Launch>
+std::vector<at::Tensor> depthwise_conv2d_backward_impl(const Launch& launch,
+                                                       const at::Tensor& grad_out,
+                                                       const at::Tensor& input,
+                                                       const at::Tensor& weight, bool need_input,
+                                                       bool need_weight, bool need_bias) {
+  at::Tensor grad_input, grad_weight, grad_bias;
+  if (need_input) {
+    grad_input = at::empty_like(input, at::MemoryFormat::Contiguous);
+    if (grad_input.numel() > 0) launch_forward(launch, grad_out, weight, nullptr, grad_input, true);
+  }
+  if (need_weight) {
+    const int64_t batch = input.size(0), channels = input.size(1);
+    const int height = static_cast<int>(input.size(2)), width = static_cast<int>(input.size(3));
+    const int ksize = static_cast<int>(weight.size(-1));
+    const int tiles_w = ceil_div(width, kTileW);
+    const int tiles_per_plane = ceil_div(height, kTileH) * tiles_w;
+    const int64_t items = batch * tiles_per_plane;
+    // enough blocks to fill the GPU, few enough that the reduction stays small
+    const int parts = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(items, 64)));
+    const auto acc_dtype = at::toAccumulateType(input.scalar_type(), /*is_cuda=*/true);
+    grad_weight = at::empty_like(weight, at::MemoryFormat::Contiguous);
+    if (items == 0 || channels == 0) {
+      grad_weight.zero_();
+    } else {
+      auto workspace =
+          at::empty({parts, channels, ksize * ksize}, input.options().dtype(acc_dtype));
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
+                                      "depthwise_conv2d_weight_grad", [&] {
+        using acc_t = at::acc_type<scalar_t, true>;
+        const size_t smem = sizeof(acc_t) * ((kTileH + ksize - 1) * (kTileW + ksize - 1) +
+                                             kTileH * kTileW);
+        TORCH_CHECK(smem <= kMaxDefaultSmem, "depthwise_conv2d: ", smem,
+                    " bytes of shared memory");
+        launch(depthwise_conv2d_weight_grad_kernel<scalar_t, acc_t>,
+               dim3(static_cast<unsigned>(channels), static_cast<unsigned>(parts)),
+               dim3(kWgradThreads), smem, input.data_ptr<scalar_t>(),
+               grad_out.data_ptr<scalar_t>(), workspace.data_ptr<acc_t>(),
+               static_cast<int>(batch), static_cast<int>(channels), height, width, ksize, tiles_w,
+               tiles_per_plane);
+        const int64_t count = channels * ksize * ksize;
+        launch(depthwise_conv2d_reduce_parts_kernel<scalar_t, acc_t>,
+               dim3(static_cast<unsigned>(ceil_div(count, 256))), dim3(256), size_t{0},
+               static_cast<const acc_t*>(workspace.data_ptr<acc_t>()),
+               grad_weight.data_ptr<scalar_t>(), parts, count);
+      });
+    }
+  }
+  if (need_bias) {
+    grad_bias = grad_out.sum({0, 2, 3}, /*keepdim=*/false,
+                             at::toAccumulateType(grad_out.scalar_type(), true))
+                    .to(grad_out.scalar_type());
+  }
+  return {grad_input, grad_weight, grad_bias};
+}
+
+}  // namespace mmunirep

@@ -1,0 +1,82 @@
+// mmunirep's CUDA depthwise-convolution kernels and their launch logic
+// (ops/csrc/common/cuda/depthwise_conv_{kernel,launch}.cuh), compiled unchanged for the CPU and run
+// under the CUDA emulation of cuda_emulator.h. Built on the fly by tests/test_ops_emulated.py.
+#include <torch/extension.h>
+
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "cuda_emulator.h"
+#include "depthwise_conv_launch.cuh"
+
+namespace mmunirep {
+// the kernels' `extern __shared__ unsigned char smem_raw[]`: one buffer, as blocks run in turn
+alignas(16) unsigned char smem_raw[cuda_emu::kSmemCapacity];
+}  // namespace mmunirep
+
+namespace {
+
+int64_t g_blocks_run = 0;  // counts emulated blocks, so the tests can see what was launched
+
+struct EmuLaunch {
+  template <typename... Params, typename... Args>
+  void operator()(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+                  Args&&... args) const {
+    const unsigned threads = block.x * block.y * block.z;
+    TORCH_CHECK(grid.x >= 1 && grid.y >= 1 && grid.z >= 1 && grid.y <= 65535 && grid.z <= 65535,
+                "emulated launch: invalid grid (", grid.x, ", ", grid.y, ", ", grid.z, ")");
+    TORCH_CHECK(threads >= 1 && threads <= 1024, "emulated launch: ", threads,
+                " threads per block");
+    TORCH_CHECK(smem <= 48 * 1024 && smem <= cuda_emu::kSmemCapacity,
+                "emulated launch: ", smem, " bytes of dynamic shared memory");
+    for (unsigned bz = 0; bz < grid.z; ++bz)
+      for (unsigned by = 0; by < grid.y; ++by)
+        for (unsigned bx = 0; bx < grid.x; ++bx) {
+          // NaN bytes: a read of shared memory that the block did not write poisons its result
+          std::memset(mmunirep::smem_raw, 0xFF, sizeof(mmunirep::smem_raw));
+          std::barrier<> bar(threads);
+          std::vector<std::thread> pool;
+          pool.reserve(threads);
+          for (unsigned t = 0; t < threads; ++t) {
+            pool.emplace_back([&, t] {
+              cuda_emu::tl_thread_idx =
+                  dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
+              cuda_emu::tl_block_idx = dim3(bx, by, bz);
+              cuda_emu::tl_block_dim = block;
+              cuda_emu::tl_grid_dim = grid;
+              cuda_emu::tl_barrier = &bar;
+              kernel(args...);
+              bar.arrive_and_drop();  // an exited thread no longer holds up __syncthreads()
+            });
+          }
+          for (auto& th : pool) th.join();
+          ++g_blocks_run;
+        }
+  }
+};
+
+at::Tensor forward(const at::Tensor& input, const at::Tensor& weight,
+                   const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(input.is_contiguous() && weight.is_contiguous(), "contiguous tensors expected");
+  return mmunirep::depthwise_conv2d_forward_impl(EmuLaunch{}, input, weight, bias);
+}
+
+std::vector<at::Tensor> backward(const at::Tensor& grad_out, const at::Tensor& input,
+                                 const at::Tensor& weight, bool need_input, bool need_weight,
+                                 bool need_bias) {
+  TORCH_CHECK(grad_out.is_contiguous() && input.is_contiguous() && weight.is_contiguous(),
+              "contiguous tensors expected");
+  return mmunirep::depthwise_conv2d_backward_impl(EmuLaunch{}, grad_out, input, weight,
+                                                  need_input, need_weight, need_bias);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("depthwise_conv2d_forward", &forward, "the CUDA forward kernel, emulated on the CPU");
+  m.def("depthwise_conv2d_backward", &backward, "the CUDA backward kernels, emulated on the CPU");
+  m.def("blocks_run", [] { return g_blocks_run; }, "emulated blocks run so far");
+  m.attr("tile_h") = mmunirep::kTileH;
+  m.attr("tile_w") = mmunirep::kTileW;
+}

@@ -1,0 +1,169 @@
+"""The CUDA depthwise-conv kernels, run on the CPU under an emulation of the CUDA execution model.
+
+tests/csrc/depthwise_conv_emulated.cpp compiles ops/csrc/common/cuda/depthwise_conv_kernel.cuh and
+its launch logic (depthwise_conv_launch.cuh) unchanged with the host compiler, against
+tests/csrc/cuda_emulator.h: every block of the grid runs with its threads as real concurrent
+threads and a real __syncthreads() barrier, and its shared memory starts as NaN bytes. So the
+tiling, halos, the flipped filter of the input gradient, the partitioned weight gradient and its
+reduction, the shared-memory sizing and the launch limits are checked here, on machines without a
+GPU, against an fp64 reference. Inputs sit inside NaN guard zones, so a read outside a tensor
+poisons the result. What this cannot show: speed, and anything specific to the GPU's compiler or
+memory system; tests/test_ops.py repeats the numerical checks on a real GPU.
+"""
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_ops import TOL, reference
+from torch.utils.cpp_extension import load
+
+from mmunirep.ops import DepthWiseConv2dImplicitGEMM, depthwise_conv2d
+from mmunirep.ops import depthwise_conv as dw_module
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOL = {**TOL, torch.float64: dict(rtol=1e-10, atol=1e-10)}
+
+
+@pytest.fixture(scope='module')
+def emu():
+    """The emulated kernels, compiled on first use (~30 s; torch caches the build)."""
+    return load('mmunirep_dwconv_emulated',
+                [os.path.join(ROOT, 'tests', 'csrc', 'depthwise_conv_emulated.cpp')],
+                extra_include_paths=[os.path.join(ROOT, 'tests', 'csrc'),
+                                     os.path.join(ROOT, 'ops', 'csrc', 'common', 'cuda')],
+                extra_cflags=['-O2', '-std=c++20', '-Wno-unknown-pragmas'])
+
+
+@pytest.fixture
+def emulated_ext(emu, monkeypatch):
+    """Route mmunirep.ops' autograd Function through the emulated kernels."""
+    monkeypatch.setattr(dw_module, '_ext', emu)
+    return emu
+
+
+def guarded(t: torch.Tensor, guard: int = 4096) -> torch.Tensor:
+    """A contiguous copy of ``t`` inside a buffer whose surroundings are NaN."""
+    buf = torch.full((t.numel() + 2 * guard,), float('nan'), dtype=t.dtype)
+    buf[guard:guard + t.numel()] = t.reshape(-1)
+    view = buf[guard:guard + t.numel()].view(t.shape)
+    assert view.is_contiguous() and view.storage_offset() == guard
+    return view
+
+
+def blocks_of(emu, fn):
+    before = emu.blocks_run()
+    out = fn()
+    return out, emu.blocks_run() - before
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize('n, c, h, w, k', [
+    (1, 3, 5, 7, 3),      # one partial tile
+    (2, 7, 33, 17, 5),    # three tile rows, odd channels
+    (1, 5, 8, 8, 13),     # map smaller than the kernel
+    (3, 3, 40, 37, 13),   # 3x2 tiles, partial at both edges
+    (2, 4, 30, 45, 17),
+    (1, 3, 12, 70, 31),   # largest kernel, 3 tile columns
+    (70, 1, 9, 9, 7),     # 70 weight-grad items over 64 parts: parts loop over several items
+    (2, 2, 3, 3, 13),     # map much smaller than the kernel
+])
+def test_emulated_kernels_match_fp64(emu, dtype, n, c, h, w, k):
+    g = torch.Generator().manual_seed(n * 1000 + c * 10 + k)
+    x = torch.randn(n, c, h, w, generator=g).to(dtype)
+    wt = (torch.randn(c, 1, k, k, generator=g) / k).to(dtype)
+    b = torch.randn(c, generator=g).to(dtype)
+    gy = torch.randn(n, c, h, w, generator=g).to(dtype)
+    x64, w64, b64, y64 = reference(x, wt, b)
+    y64.backward(gy.double())
+
+    y, fwd_blocks = blocks_of(emu, lambda: emu.depthwise_conv2d_forward(
+        guarded(x), guarded(wt), guarded(b)))
+    tiles = -(-h // emu.tile_h) * -(-w // emu.tile_w)
+    assert fwd_blocks == n * c * tiles
+    gx, gw, gb = emu.depthwise_conv2d_backward(guarded(gy), guarded(x), guarded(wt), True, True,
+                                               True)
+    scale = lambda t: t.abs().max().clamp_min(1)  # noqa: E731
+    for name, got, ref in (('output', y, y64), ('input grad', gx, x64.grad),
+                           ('weight grad', gw, w64.grad), ('bias grad', gb, b64.grad)):
+        assert got.dtype == dtype and got.shape == ref.shape, name
+        assert torch.isfinite(got).all(), f'{name}: NaN, i.e. a read outside the data'
+        torch.testing.assert_close(got.double() / scale(ref), ref / scale(ref), **TOL[dtype],
+                                   msg=lambda m: f'{name}: {m}')  # noqa: B023
+
+
+def test_emulated_weight_grad_is_deterministic(emu):
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(5, 3, 20, 40, generator=g)
+    gy = torch.randn(5, 3, 20, 40, generator=g)
+    wt = torch.randn(3, 1, 13, 13, generator=g)
+    first = emu.depthwise_conv2d_backward(gy, x, wt, False, True, False)[1]
+    second = emu.depthwise_conv2d_backward(gy, x, wt, False, True, False)[1]
+    assert torch.equal(first, second)
+    ref = reference(x, wt, None)
+    ref[3].backward(gy.double())
+    torch.testing.assert_close(first.double(), ref[1].grad, rtol=1e-5, atol=1e-4)
+
+
+def test_emulated_only_requested_gradients(emu):
+    x, gy = torch.randn(1, 2, 6, 6), torch.randn(1, 2, 6, 6)
+    gx, gw, gb = emu.depthwise_conv2d_backward(gy, x, torch.randn(2, 1, 3, 3), True, False, False)
+    assert gx is not None and gw is None and gb is None
+
+
+def test_emulated_empty_batch(emu):
+    x = torch.randn(0, 4, 10, 10)
+    wt = torch.randn(4, 1, 5, 5)
+    assert emu.depthwise_conv2d_forward(x, wt, None).shape == x.shape
+    gx, gw, _ = emu.depthwise_conv2d_backward(x, x, wt, True, True, False)
+    assert gx.shape == x.shape and torch.equal(gw, torch.zeros_like(wt))
+
+
+def test_emulated_autograd_function_gradcheck(emulated_ext):
+    """mmunirep.ops' autograd Function on the emulated kernels passes gradcheck in fp64."""
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(1, 2, 4, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    wt = torch.randn(2, 1, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(2, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(depthwise_conv2d, (x, wt, b), eps=1e-6, atol=1e-7)
+
+
+def test_emulated_channels_last_and_strided_inputs(emulated_ext):
+    """The Python wrapper's memory-format handling, on the emulated kernels."""
+    g = torch.Generator().manual_seed(7)
+    wt = torch.randn(4, 1, 7, 7, generator=g) / 7
+    x = torch.randn(2, 4, 18, 21, generator=g).to(memory_format=torch.channels_last)
+    y = depthwise_conv2d(x, wt)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y.double(), F.conv2d(x.double(), wt.double(), padding=3, groups=4),
+                               rtol=1e-5, atol=1e-5)
+    x_strided = torch.randn(2, 4, 18, 42, generator=g)[..., ::2]
+    torch.testing.assert_close(
+        depthwise_conv2d(x_strided, wt).double(),
+        F.conv2d(x_strided.double(), wt.double(), padding=3, groups=4), rtol=1e-5, atol=1e-5)
+
+
+def test_emulated_module_trains_like_conv2d(emulated_ext):
+    """DepthWiseConv2dImplicitGEMM's forward and backward through the kernels equal nn.Conv2d's
+    (the module's fast path is taken for CUDA inputs only, so this calls the function directly
+    with the module's parameters)."""
+    torch.manual_seed(8)
+    op = DepthWiseConv2dImplicitGEMM(6, 13, bias=True)
+    ref = torch.nn.Conv2d(6, 6, 13, padding=6, groups=6, bias=True)
+    ref.load_state_dict(op.state_dict())
+    x = torch.randn(2, 6, 20, 36)
+    y = depthwise_conv2d(x, op.weight, op.bias)
+    y_ref = ref(x)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    gy = torch.randn_like(y)
+    y.backward(gy)
+    y_ref.backward(gy)
+    torch.testing.assert_close(op.weight.grad, ref.weight.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(op.bias.grad, ref.bias.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_emulated_launch_limits_are_enforced(emu):
+    """A map needing more than 65535 tiles (grid.y) is refused with a clear error, not launched."""
+    x = torch.empty(1, 1, 16 * 2048, 32 * 33)  # 2048 x 33 = 67584 tiles, 138 MB, never written
+    with pytest.raises(RuntimeError, match='more than 65535 tiles'):
+        emu.depthwise_conv2d_forward(x, torch.randn(1, 1, 3, 3), None)
