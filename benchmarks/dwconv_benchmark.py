@@ -11,6 +11,7 @@ large matmul with TF32 off). Needs only torch and the built extension (tools/bui
 """
 import argparse
 import statistics
+import time
 
 import torch
 import torch.nn.functional as F
@@ -30,32 +31,42 @@ SHAPES = [  # (N, C, H, W, K) and where they come from
 DTYPES = dict(fp32=torch.float32, fp16=torch.float16, bf16=torch.bfloat16)
 
 
+DEVICE = 'cuda'
+
+
 def cuda_time(fn, warmup, repeats):
+    """Median ms of ``fn`` after warm-up: CUDA events (perf_counter in a --device cpu smoke run)."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
+        if DEVICE == 'cuda':
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
 
 
 def fp32_rate(warmup, repeats):
     torch.backends.cuda.matmul.allow_tf32 = False
-    a = torch.randn(8192, 8192, device='cuda')
+    size = 8192 if DEVICE == 'cuda' else 512
+    a = torch.randn(size, size, device=DEVICE)
     ms = cuda_time(lambda: a @ a, warmup, repeats)
-    return 2 * 8192**3 / (ms * 1e-3)
+    return 2 * size**3 / (ms * 1e-3)
 
 
 def bench_shape(shape, dtype, args, op):
     n, c, h, w, k = shape
-    x = torch.randn(n, c, h, w, device='cuda', dtype=dtype)
-    wt = torch.randn(c, 1, k, k, device='cuda', dtype=dtype) / k
-    g = torch.randn(n, c, h, w, device='cuda', dtype=dtype)
+    x = torch.randn(n, c, h, w, device=DEVICE, dtype=dtype)
+    wt = torch.randn(c, 1, k, k, device=DEVICE, dtype=dtype) / k
+    g = torch.randn(n, c, h, w, device=DEVICE, dtype=dtype)
     ref = F.conv2d(x.float(), wt.float(), padding=k // 2, groups=c)
     err = ((op(x, wt).float() - ref).abs().max() / ref.abs().max()).item()
     tol = 1e-4 if dtype == torch.float32 else 2e-2
@@ -93,20 +104,42 @@ def main():
     parser.add_argument('--warmup', type=int, default=5)
     parser.add_argument('--repeats', type=int, default=20)
     parser.add_argument('--out', help='also write the table to this file')
+    parser.add_argument('--shapes', nargs='+', metavar='N,C,H,W,K',
+                        help='instead of the shapes of the issue, e.g. 2,192,100,168,13')
+    parser.add_argument('--device', default='cuda',
+                        help='cpu: a smoke run of this script on the extension\'s CPU path '
+                        '(for tests only)')
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit('dwconv_benchmark needs a CUDA device')
+    global DEVICE
+    DEVICE = args.device
     from mmunirep.ops import depthwise_conv2d, ext_available
-    if not ext_available():
-        raise SystemExit('the CUDA extension is not built: bash tools/build_ops.sh')
+    from mmunirep.ops import depthwise_conv as dw
+    if DEVICE == 'cuda':
+        if not torch.cuda.is_available():
+            raise SystemExit('dwconv_benchmark needs a CUDA device')
+        if not ext_available():
+            raise SystemExit('the CUDA extension is not built: bash tools/build_ops.sh')
+        device_name = torch.cuda.get_device_name()
+    elif dw._ext is None:
+        raise SystemExit('the extension is not built: bash tools/build_ops.sh')
+    else:
+        device_name = f'{DEVICE} (smoke run: the extension\'s CPU path)'
+    shapes = SHAPES
+    if args.shapes:
+        try:
+            shapes = [(tuple(int(v) for v in s.split(',')), 'command line') for s in args.shapes]
+        except ValueError:
+            raise SystemExit(f'--shapes expects N,C,H,W,K with integers, got {args.shapes}')
+        if any(len(s) != 5 for s, _ in shapes):
+            raise SystemExit(f'--shapes expects five integers N,C,H,W,K each, got {args.shapes}')
     rate = fp32_rate(args.warmup, args.repeats)
-    lines = [f'device: {torch.cuda.get_device_name()}, torch {torch.__version__}, '
+    lines = [f'device: {device_name}, torch {torch.__version__}, '
              f'fp32 rate {rate / 1e12:.1f} TFLOP/s (matmul, TF32 off); median of '
              f'{args.repeats} after {args.warmup} warm-up; times in ms; ratio = faster PyTorch '
              'path / ours (> 1: ours faster); floor = FMA floor time / our forward time',
              '| shape (N,C,H,W,K) | dtype | pass | ours | torch NCHW | torch CL | ratio | floor |',
              '|---|---|---|---|---|---|---|---|']
-    for shape, _ in SHAPES:
+    for shape, _ in shapes:
         n, c, h, w, k = shape
         floor_ms = 2 * n * c * h * w * k * k / rate * 1e3
         for dname in args.dtypes:

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Everything about the op that needs a GPU, in one command: build, GPU tests, kernel benchmark and
+# the end-to-end training step, for a GPU machine that has a CUDA build of torch, nvcc and timm but
+# not mmengine (as the GPU machines lent to our sessions).
+#
+#   bash benchmarks/gpu_session.sh prepare          # here, with the package registries: downloads
+#                                                   # the pure-Python dependencies the backbone and
+#                                                   # pytest need into .gpu_wheels/ (cp312, ~20 MB)
+#   bash benchmarks/gpu_session.sh run OUT_DIR      # on the GPU machine, with .gpu_wheels/ carried
+#
+# `run` unpacks only the wheels whose module does not import already into a private folder on
+# PYTHONPATH (no pip needed, nothing installed system-wide); if OpenCV is missing it puts a stub
+# `cv2` there, which mmengine imports for its visualizer and which none of this code calls. Then:
+#   OUT/device.txt      nvidia-smi, torch and CUDA versions
+#   OUT/build.txt       tools/build_ops.sh for the GPU's own architecture
+#   OUT/tests.txt       pytest tests/test_ops.py (the GPU tests no longer skip)
+#   OUT/dwconv.md       benchmarks/dwconv_benchmark.py, fp32 / fp16 / bf16, every shape
+#   OUT/train_step.md   benchmarks/train_step_benchmark.py, UniRepLKNet-S at 2x3x800x1333
+#   OUT/summary.txt     each step's exit status and duration
+# A step that fails is recorded and the next one runs (the benchmarks need the build).
+set -uo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+WHEELS=${GPU_WHEELS:-$ROOT/.gpu_wheels}
+PY=${PYTHON:-python3}
+# module to try : distribution to download
+DEPS="mmengine:mmengine==0.10.7 addict:addict yapf:yapf platformdirs:platformdirs
+termcolor:termcolor rich:rich pygments:pygments markdown_it:markdown-it-py mdurl:mdurl
+yaml:pyyaml numpy:numpy pytest:pytest pluggy:pluggy iniconfig:iniconfig packaging:packaging
+setuptools:setuptools"
+
+cmd=${1:-}
+case "$cmd" in
+prepare)
+  mkdir -p "$WHEELS"
+  dists=()
+  for spec in $DEPS; do dists+=("${spec#*:}"); done
+  "${PIP:-$ROOT/.venv/bin/pip}" download --no-deps --only-binary=:all: -d "$WHEELS" \
+    --python-version "${GPU_PYTHON_VERSION:-3.12}" --implementation cp \
+    --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux_2_28_x86_64 --platform any "${dists[@]}"
+  echo "gpu_session: $(ls "$WHEELS" | wc -l) wheels, $(du -sh "$WHEELS" | cut -f1) in $WHEELS"
+  ;;
+run)
+  OUT=${2:?usage: bash benchmarks/gpu_session.sh run OUT_DIR}
+  mkdir -p "$OUT"
+  OUT=$(cd "$OUT" && pwd)
+  cd "$ROOT"
+  SITE=$(mktemp -d)/site
+  mkdir -p "$SITE"
+  export PYTHONPATH="$ROOT:$SITE${PYTHONPATH:+:$PYTHONPATH}"
+  summary="$OUT/summary.txt"
+  : >"$summary"
+  step() {  # step NAME LOGFILE TIMEOUT_S CMD...
+    local name=$1 log=$2 limit=$3 t0 rc
+    shift 3
+    t0=$(date +%s)
+    echo "== $name: $*" | tee -a "$log"
+    timeout "$limit" "$@" >>"$log" 2>&1
+    rc=$?
+    echo "$name: exit $rc in $(( $(date +%s) - t0 )) s" | tee -a "$summary"
+    return $rc
+  }
+  # dependencies: unpack the wheels of the modules that do not import
+  missing=()
+  for spec in $DEPS; do
+    "$PY" -c "import ${spec%%:*}" 2>/dev/null || missing+=("${spec#*:}")
+  done
+  echo "gpu_session: unpacking ${missing[*]:-nothing} into $SITE" | tee -a "$summary"
+  "$PY" - "$WHEELS" "$SITE" "${missing[@]}" <<'EOF' || exit 1
+import glob, os, re, sys, zipfile
+wheels, site, dists = sys.argv[1], sys.argv[2], sys.argv[3:]
+for dist in dists:
+    name = re.split('[=<>]', dist)[0].replace('-', '_').lower()
+    found = [w for w in glob.glob(os.path.join(wheels, '*.whl'))
+             if os.path.basename(w).lower().startswith(name + '-')]
+    if not found:
+        sys.exit(f'gpu_session: no wheel of {dist} in {wheels} (run `prepare` where pip can reach PyPI)')
+    zipfile.ZipFile(sorted(found)[-1]).extractall(site)
+EOF
+  if ! "$PY" -c "import cv2" 2>/dev/null; then
+    mkdir -p "$SITE/cv2"
+    cat >"$SITE/cv2/__init__.py" <<'EOF'
+"""Stub: mmengine imports cv2 for its visualizer; the GPU session never draws."""
+def __getattr__(name):
+    raise ImportError(f'cv2.{name}: OpenCV is not installed on this machine (stub module)')
+EOF
+  fi
+  step device "$OUT/device.txt" 60 bash -c "nvidia-smi; \"$PY\" -c 'import torch, timm, mmengine; print(\"torch\", torch.__version__, \"CUDA\", torch.version.cuda, \"cudnn\", torch.backends.cudnn.version(), \"timm\", timm.__version__, \"mmengine\", mmengine.__version__); print(torch.cuda.get_device_name(), torch.cuda.get_device_capability())'"
+  arch=$("$PY" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")
+  if step build "$OUT/build.txt" 240 env PYTHON="$PY" TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-$arch}" \
+      MAX_JOBS="${MAX_JOBS:-$(nproc)}" bash tools/build_ops.sh; then
+    step tests "$OUT/tests.txt" 150 "$PY" -m pytest tests/test_ops.py -q -rs -p no:cacheprovider
+    step dwconv "$OUT/dwconv.log" 150 "$PY" benchmarks/dwconv_benchmark.py --out "$OUT/dwconv.md"
+    step train_step "$OUT/train_step.log" 150 "$PY" benchmarks/train_step_benchmark.py \
+      --precision fp32 bf16 fp16 --out "$OUT/train_step.md"
+  fi
+  cat "$summary"
+  ;;
+*)
+  sed -n '2,20p' "$0"
+  exit 2
+  ;;
+esac

@@ -1,0 +1,224 @@
+"""One training step of the UniRepLKNet backbone with and without mmunirep's CUDA op (needs a GPU).
+
+    python benchmarks/train_step_benchmark.py [--arch s] [--batch 2] [--size 800 1333]
+        [--precision fp32 bf16 fp16] [--repeats 10] [--warmup 3] [--out FILE]
+
+The backbone is built as configs/detection's Cascade Mask R-CNN builds it (arch S, drop path 0.5,
+gradient checkpointing, BatchNorm, which SyncBN is on one GPU), twice with the same weights:
+``use_lk_op=False`` (PyTorch's convolution) and ``use_lk_op=True`` (the op). A training step is
+the forward pass on a batch of --batch images of --size, a loss that is a fixed random projection
+of the four output maps, the backward pass and an AdamW step. The two models are timed
+alternately with CUDA events (median of --repeats after --warmup) with the same seed per step (so
+the same drop-path masks), and their peak memory is recorded. The inference structure
+(``deploy=True``, no_grad forward) is timed the same way.
+
+Before timing, one fp32 step of both models (TF32 off) must agree: outputs and every parameter's
+gradient within 1e-3 relative (of each tensor's largest value); otherwise the script stops.
+
+The neck and heads of the detector are not included: they need mmcv / MMDetection, which the GPU
+machines we benchmark on do not have, and they add the same time to both sides, so the ratio here
+is the backbone's (the upper bound of the detector's).
+"""
+import argparse
+import math
+import statistics
+import sys
+import time
+import warnings
+
+import torch
+
+PRECISIONS = dict(fp32=None, bf16=torch.bfloat16, fp16=torch.float16)
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--arch', default='s')
+    parser.add_argument('--batch', type=int, default=2)
+    parser.add_argument('--size', type=int, nargs=2, default=(800, 1333), metavar=('H', 'W'))
+    parser.add_argument('--drop-path', type=float, default=0.5)
+    parser.add_argument('--no-cp', action='store_true', help='without gradient checkpointing')
+    parser.add_argument('--precision', nargs='+', default=['fp32', 'bf16'],
+                        choices=list(PRECISIONS))
+    parser.add_argument('--warmup', type=int, default=3)
+    parser.add_argument('--repeats', type=int, default=10)
+    parser.add_argument('--out', help='also write the table to this file')
+    parser.add_argument('--device', default='cuda',
+                        help='cpu: a smoke run of this script (the op falls back; for tests only)')
+    return parser.parse_args()
+
+
+def build_pair(args, deploy=False):
+    from mmunirep.models import UniRepLKNet
+    torch.manual_seed(0)
+    kwargs = dict(arch=args.arch, drop_path_rate=0. if deploy else args.drop_path,
+                  with_cp=not args.no_cp and not deploy)
+    ref = UniRepLKNet(use_lk_op=False, **kwargs)
+    # trained-like BatchNorm statistics and layer scales, so that the deploy fold is not trivial
+    for m in ref.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    op = UniRepLKNet(use_lk_op=True, **kwargs)
+    op.load_state_dict(ref.state_dict())
+    if deploy:
+        for m in (ref, op):
+            m.eval()
+            m.switch_to_deploy()
+    return ref.to(args.device), op.to(args.device)
+
+
+def make_step(model, batch, projections, amp_dtype):
+    """A training step as mmengine's (Amp)OptimWrapper runs it: fp16 with a dynamic loss scale."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+    device = batch.device.type
+    scaler = torch.amp.GradScaler(device, enabled=amp_dtype == torch.float16)
+
+    def step(seed):
+        torch.manual_seed(seed)
+        with torch.autocast(device, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            outs = model(batch)
+            loss = sum((o.float() * p).mean() for o, p in zip(outs, projections))
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def time_alternating(fns, warmup, repeats, device):
+    """Median ms of each callable, run alternately; peak memory (GiB) of each (CUDA only)."""
+    times = {name: [] for name in fns}
+    peaks = {name: float('nan') for name in fns}
+    cuda = device == 'cuda'
+    for i in range(warmup + repeats):
+        for name, fn in fns.items():
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                start = torch.cuda.Event(enable_timing=True)
+                end = torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn(i)
+                end.record()
+                end.synchronize()
+                ms = start.elapsed_time(end)
+                peak = torch.cuda.max_memory_allocated() / 2**30
+                peaks[name] = peak if math.isnan(peaks[name]) else max(peaks[name], peak)
+            else:
+                t0 = time.perf_counter()
+                fn(i)
+                ms = (time.perf_counter() - t0) * 1e3
+            if i >= warmup:
+                times[name].append(ms)
+    return {name: statistics.median(t) for name, t in times.items()}, peaks
+
+
+def rel(a, b):
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-12)).item()
+
+
+def check_one_step(args, batch, projections):
+    """Both models, one fp32 step from the same weights and seed: outputs and gradients agree."""
+    prev = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    ref, op = build_pair(args)
+    results = []
+    for model in (ref, op):
+        torch.manual_seed(123)
+        outs = model(batch)
+        loss = sum((o * p).mean() for o, p in zip(outs, projections))
+        loss.backward()
+        results.append(([o.detach() for o in outs],
+                        {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = prev
+    if not all(torch.isfinite(o).all() for o in results[0][0]):
+        raise SystemExit('the reference step is not finite')
+    out_err = max(rel(a, b) for a, b in zip(results[1][0], results[0][0]))
+    assert results[0][1].keys() == results[1][1].keys()
+    grad_err, worst = max((rel(results[1][1][n], g), n) for n, g in results[0][1].items())
+    if out_err > 1e-3 or grad_err > 1e-3:
+        raise SystemExit(f'with the op the step differs: outputs {out_err:.2e}, gradients '
+                         f'{grad_err:.2e} ({worst}); limit 1e-3')
+    del ref, op
+    empty_cache(args.device)
+    return out_err, grad_err
+
+
+def empty_cache(device):
+    if device == 'cuda':
+        torch.cuda.empty_cache()
+
+
+def main():
+    args = parse_args()
+    from mmunirep.ops import depthwise_conv as dw
+    if args.device == 'cuda':
+        if not torch.cuda.is_available():
+            raise SystemExit('train_step_benchmark needs a CUDA device')
+        if not dw.ext_available():
+            raise SystemExit('the CUDA extension is not built: bash tools/build_ops.sh')
+        # the op must really run: its fallback warning becomes an error
+        warnings.filterwarnings('error', message=".*mmunirep's CUDA depthwise op is not used")
+        device_name = f'{torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA ' \
+                      f'{torch.version.cuda}'
+    else:
+        warnings.filterwarnings('ignore', message=".*mmunirep's CUDA depthwise op is not used")
+        device_name = f'{args.device} (smoke run: the op falls back to F.conv2d), torch ' \
+                      f'{torch.__version__}'
+
+    g = torch.Generator(device=args.device).manual_seed(0)
+    batch = torch.randn(args.batch, 3, *args.size, device=args.device, generator=g)
+    with torch.no_grad():
+        shapes = [o.shape for o in build_pair(args)[0].eval()(batch[:1])]
+    projections = [torch.randn(args.batch, *s[1:], device=args.device, generator=g)
+                   for s in shapes]
+    empty_cache(args.device)
+    out_err, grad_err = check_one_step(args, batch, projections)
+
+    lines = [
+        f'device: {device_name}; command: python {" ".join(sys.argv)}',
+        f'UniRepLKNet-{args.arch.upper()} backbone, batch {args.batch}x3x{args.size[0]}x'
+        f'{args.size[1]}, drop path {args.drop_path}, gradient checkpointing '
+        f'{not args.no_cp}; median of {args.repeats} after {args.warmup} warm-up, alternating; '
+        f'one fp32 step agrees (outputs {out_err:.1e}, gradients {grad_err:.1e} relative)',
+        '| what | precision | PyTorch conv (ms) | mmunirep op (ms) | speed-up | peak GiB PyTorch '
+        '/ op |', '|---|---|---|---|---|---|']
+    for pname in args.precision:
+        amp = PRECISIONS[pname]
+        ref, op = build_pair(args)
+        for m in (ref, op):
+            m.train()
+        fns = dict(ref=make_step(ref, batch, projections, amp),
+                   op=make_step(op, batch, projections, amp))
+        t, peak = time_alternating(fns, args.warmup, args.repeats, args.device)
+        lines.append(f'| training step | {pname} | {t["ref"]:.1f} | {t["op"]:.1f} | '
+                     f'{t["ref"] / t["op"]:.2f}x | {peak["ref"]:.2f} / {peak["op"]:.2f} |')
+        del ref, op, fns
+        empty_cache(args.device)
+
+        ref, op = build_pair(args, deploy=True)
+
+        def infer(model):
+            def run(_):
+                with torch.no_grad(), torch.autocast(args.device, dtype=amp or torch.float32,
+                                                     enabled=amp is not None):
+                    model(batch)
+            return run
+
+        t, peak = time_alternating(dict(ref=infer(ref), op=infer(op)), args.warmup, args.repeats,
+                                   args.device)
+        lines.append(f'| inference (deploy) | {pname} | {t["ref"]:.1f} | {t["op"]:.1f} | '
+                     f'{t["ref"] / t["op"]:.2f}x | {peak["ref"]:.2f} / {peak["op"]:.2f} |')
+        del ref, op
+        empty_cache(args.device)
+    text = '\n'.join(lines)
+    print(text)  # a benchmark script's output is its table
+    if args.out:
+        with open(args.out, 'w') as f:
+            f.write(text + '\n')
+
+
+if __name__ == '__main__':
+    main()

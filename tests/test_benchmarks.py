@@ -1,0 +1,65 @@
+"""The GPU benchmark scripts run end to end (on the CPU, as smoke runs), so that a GPU session's
+few minutes are not lost to a script error. Their figures here mean nothing: the op falls back."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from mmunirep.ops import depthwise_conv as dw_module
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(*args, check=True):
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f'{args} failed:\n{proc.stdout}\n{proc.stderr}')
+    return proc
+
+
+def table_rows(path):
+    with open(path) as f:
+        return [line.strip('|\n').split('|') for line in f if re.match(r'\| [^-]', line)][1:]
+
+
+def test_train_step_benchmark_smoke(tmp_path):
+    out = tmp_path / 'train_step.md'
+    run('benchmarks/train_step_benchmark.py', '--device', 'cpu', '--arch', 'a', '--size', '64',
+        '96', '--repeats', '1', '--warmup', '0', '--precision', 'fp32', 'bf16', '--out', str(out))
+    rows = table_rows(out)
+    assert [(r[0].strip(), r[1].strip()) for r in rows] == [
+        ('training step', 'fp32'), ('inference (deploy)', 'fp32'), ('training step', 'bf16'),
+        ('inference (deploy)', 'bf16')]
+    for r in rows:
+        ref_ms, op_ms, ratio = float(r[2]), float(r[3]), float(r[4].strip().rstrip('x'))
+        assert ref_ms > 0 and op_ms > 0 and ratio == pytest.approx(ref_ms / op_ms, rel=0.05)
+    assert 'one fp32 step agrees' in out.read_text()
+
+
+@pytest.mark.skipif(dw_module._ext is None, reason='extension not built (bash tools/build_ops.sh)')
+def test_dwconv_benchmark_smoke(tmp_path):
+    out = tmp_path / 'dwconv.md'
+    run('benchmarks/dwconv_benchmark.py', '--device', 'cpu', '--shapes', '2,3,20,37,7',
+        '--dtypes', 'fp32', '--repeats', '1', '--warmup', '0', '--out', str(out))
+    rows = table_rows(out)
+    assert [r[2].strip() for r in rows] == ['fwd', 'dgrad', 'wgrad', 'fwd+bwd']
+    for r in rows:
+        ours, nchw, cl, ratio = (float(v) for v in r[3:7])
+        assert ratio == pytest.approx(min(nchw, cl) / ours, rel=0.05)
+
+
+def test_dwconv_benchmark_rejects_bad_shapes():
+    proc = run('benchmarks/dwconv_benchmark.py', '--device', 'cpu', '--shapes', '2,3,20',
+               check=False)
+    assert proc.returncode != 0
+    if dw_module._ext is not None:
+        assert 'five integers N,C,H,W,K' in proc.stderr
+
+
+def test_gpu_session_usage():
+    proc = subprocess.run(['bash', 'benchmarks/gpu_session.sh'], cwd=ROOT, capture_output=True,
+                          text=True)
+    assert proc.returncode == 2 and 'prepare' in proc.stdout and 'run OUT_DIR' in proc.stdout
