@@ -10,6 +10,8 @@ ours as a fraction of the fp32 FMA floor (2*N*C*H*W*K*K FLOPs at the measured fp
 large matmul with TF32 off). Needs only torch and the built extension (tools/build_ops.sh).
 """
 import argparse
+import contextlib
+import os
 import statistics
 import time
 
@@ -28,6 +30,7 @@ SHAPES = [  # (N, C, H, W, K) and where they come from
     ((64, 384, 32, 32, 31), 'RepLKNet micro-benchmark K=31'),
     ((8, 384, 40, 40, 13), 'segmentation 640, stage 3'),
 ]
+COMPILED_K = (7, 13, 31)  # kernel sizes with compile-time kernels (ops/csrc)
 DTYPES = dict(fp32=torch.float32, fp16=torch.float16, bf16=torch.bfloat16)
 
 
@@ -68,10 +71,13 @@ def bench_shape(shape, dtype, args, op):
     wt = torch.randn(c, 1, k, k, device=DEVICE, dtype=dtype) / k
     g = torch.randn(n, c, h, w, device=DEVICE, dtype=dtype)
     ref = F.conv2d(x.float(), wt.float(), padding=k // 2, groups=c)
-    err = ((op(x, wt).float() - ref).abs().max() / ref.abs().max()).item()
     tol = 1e-4 if dtype == torch.float32 else 2e-2
-    if err > tol:  # timing a wrong result is pointless
-        raise SystemExit(f'{shape} {dtype}: ours differs from F.conv2d by {err:.2e} (> {tol})')
+    for run_time_k in (False, True):
+        with generic_kernels(run_time_k):
+            err = ((op(x, wt).float() - ref).abs().max() / ref.abs().max()).item()
+        if err > tol:  # timing a wrong result is pointless
+            raise SystemExit(f'{shape} {dtype} (run-time K: {run_time_k}): ours differs from '
+                             f'F.conv2d by {err:.2e} (> {tol})')
     convs = {
         'ours': (lambda inp, weight: op(inp, weight), torch.contiguous_format),
         'torch_nchw': (lambda inp, weight: F.conv2d(inp, weight, padding=k // 2, groups=c),
@@ -79,23 +85,50 @@ def bench_shape(shape, dtype, args, op):
         'torch_cl': (lambda inp, weight: F.conv2d(inp, weight, padding=k // 2, groups=c),
                      torch.channels_last),
     }
+    if k in COMPILED_K and dtype != torch.float64:  # ours, forcing the run-time-K kernels
+        convs['ours_generic'] = convs['ours']
     result = {}
     for name, (fn, fmt) in convs.items():
-        inp, grad = x.contiguous(memory_format=fmt), g.contiguous(memory_format=fmt)
-        with torch.no_grad():
-            fwd = cuda_time(lambda: fn(inp, wt), args.warmup, args.repeats)
-        # one graph per gradient, so that each pass computes only its own gradient (a custom
-        # autograd Function computes every gradient whose input requires grad)
-        x_req = inp.detach().requires_grad_()
-        y = fn(x_req, wt)
-        dgrad = cuda_time(lambda: torch.autograd.grad(y, x_req, grad, retain_graph=True),
-                          args.warmup, args.repeats)
-        w_req = wt.detach().requires_grad_()
-        y = fn(inp, w_req)
-        wgrad = cuda_time(lambda: torch.autograd.grad(y, w_req, grad, retain_graph=True),
-                          args.warmup, args.repeats)
-        result[name] = dict(fwd=fwd, dgrad=dgrad, wgrad=wgrad)
+        with generic_kernels(name == 'ours_generic'):
+            result[name] = time_passes(fn, fmt, x, wt, g, args)
     return result
+
+
+@contextlib.contextmanager
+def generic_kernels(on):
+    """MMUNIREP_DWCONV_GENERIC=1 (read at every launch) while the block runs."""
+    if on:
+        os.environ['MMUNIREP_DWCONV_GENERIC'] = '1'
+    try:
+        yield
+    finally:
+        os.environ.pop('MMUNIREP_DWCONV_GENERIC', None)
+
+
+def time_passes(fn, fmt, x, wt, g, args):
+    """Forward, input-gradient and weight-gradient times (ms) of conv ``fn`` on memory format
+    ``fmt``."""
+    inp, grad = x.contiguous(memory_format=fmt), g.contiguous(memory_format=fmt)
+    with torch.no_grad():
+        fwd = cuda_time(lambda: fn(inp, wt), args.warmup, args.repeats)
+    # one graph per gradient, so that each pass computes only its own gradient (a custom
+    # autograd Function computes every gradient whose input requires grad)
+    x_req = inp.detach().requires_grad_()
+    y = fn(x_req, wt)
+    dgrad = cuda_time(lambda: torch.autograd.grad(y, x_req, grad, retain_graph=True),
+                      args.warmup, args.repeats)
+    w_req = wt.detach().requires_grad_()
+    y = fn(inp, w_req)
+    wgrad = cuda_time(lambda: torch.autograd.grad(y, w_req, grad, retain_graph=True),
+                      args.warmup, args.repeats)
+    return dict(fwd=fwd, dgrad=dgrad, wgrad=wgrad)
+
+
+def generic(r, p=None):
+    """The run-time-K time of pass ``p`` (or of the total), where there is one."""
+    if 'ours_generic' not in r:
+        return ''
+    return f'{(r["ours_generic"][p] if p else r["ours_generic"]):.3f}'
 
 
 def main():
@@ -136,9 +169,10 @@ def main():
     lines = [f'device: {device_name}, torch {torch.__version__}, '
              f'fp32 rate {rate / 1e12:.1f} TFLOP/s (matmul, TF32 off); median of '
              f'{args.repeats} after {args.warmup} warm-up; times in ms; ratio = faster PyTorch '
-             'path / ours (> 1: ours faster); floor = FMA floor time / our forward time',
-             '| shape (N,C,H,W,K) | dtype | pass | ours | torch NCHW | torch CL | ratio | floor |',
-             '|---|---|---|---|---|---|---|---|']
+             'path / ours (> 1: ours faster); floor = FMA floor time / our forward time; '
+             'run-time K = ours with MMUNIREP_DWCONV_GENERIC=1 (sizes with compile-time kernels)',
+             '| shape (N,C,H,W,K) | dtype | pass | ours | torch NCHW | torch CL | ratio | floor '
+             '| ours, run-time K |', '|---|---|---|---|---|---|---|---|---|']
     for shape, _ in shapes:
         n, c, h, w, k = shape
         floor_ms = 2 * n * c * h * w * k * k / rate * 1e3
@@ -149,11 +183,12 @@ def main():
                 frac = f'{floor_ms / r["ours"][p]:.2f}' if p == 'fwd' else ''
                 lines.append(f'| {shape} | {dname} | {p} | {r["ours"][p]:.3f} | '
                              f'{r["torch_nchw"][p]:.3f} | {r["torch_cl"][p]:.3f} | '
-                             f'{best / r["ours"][p]:.2f} | {frac} |')
+                             f'{best / r["ours"][p]:.2f} | {frac} | {generic(r, p)} |')
             total = {k_: sum(r[k_].values()) for k_ in r}
             lines.append(f'| {shape} | {dname} | fwd+bwd | {total["ours"]:.3f} | '
                          f'{total["torch_nchw"]:.3f} | {total["torch_cl"]:.3f} | '
-                         f'{min(total["torch_nchw"], total["torch_cl"]) / total["ours"]:.2f} | |')
+                         f'{min(total["torch_nchw"], total["torch_cl"]) / total["ours"]:.2f} | | '
+                         f'{generic(total)} |')
     text = '\n'.join(lines)
     print(text)  # a benchmark script's output is its table
     if args.out:

@@ -49,6 +49,7 @@ def test_dwconv_benchmark_smoke(tmp_path):
     for r in rows:
         ours, nchw, cl, ratio = (float(v) for v in r[3:7])
         assert ratio == pytest.approx(min(nchw, cl) / ours, rel=0.05)
+        assert float(r[8]) > 0  # K = 7 has compile-time kernels: the run-time-K column is there
 
 
 def test_dwconv_benchmark_rejects_bad_shapes():

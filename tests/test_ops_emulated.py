@@ -57,8 +57,7 @@ def blocks_of(emu, fn):
     return out, emu.blocks_run() - before
 
 
-@pytest.mark.parametrize('dtype', [torch.float32, torch.float16, torch.bfloat16, torch.float64])
-@pytest.mark.parametrize('n, c, h, w, k', [
+CASES = [
     (1, 3, 5, 7, 3),      # one partial tile
     (2, 7, 33, 17, 5),    # three tile rows, odd channels
     (1, 5, 8, 8, 13),     # map smaller than the kernel
@@ -67,8 +66,13 @@ def blocks_of(emu, fn):
     (1, 3, 12, 70, 31),   # largest kernel, 3 tile columns
     (70, 1, 9, 9, 7),     # 70 weight-grad items over 64 parts: parts loop over several items
     (2, 2, 3, 3, 13),     # map much smaller than the kernel
-])
-def test_emulated_kernels_match_fp64(emu, dtype, n, c, h, w, k):
+]
+COMPILED_K = (7, 13, 31)  # sizes with compile-time kernels (float, half, bfloat16)
+
+
+def check_against_fp64(emu, dtype, n, c, h, w, k):
+    """Run forward and backward on NaN-guarded inputs, compare with fp64; return the threads per
+    block of the forward and weight-gradient launches."""
     g = torch.Generator().manual_seed(n * 1000 + c * 10 + k)
     x = torch.randn(n, c, h, w, generator=g).to(dtype)
     wt = (torch.randn(c, 1, k, k, generator=g) / k).to(dtype)
@@ -77,12 +81,16 @@ def test_emulated_kernels_match_fp64(emu, dtype, n, c, h, w, k):
     x64, w64, b64, y64 = reference(x, wt, b)
     y64.backward(gy.double())
 
+    emu.block_sizes()
     y, fwd_blocks = blocks_of(emu, lambda: emu.depthwise_conv2d_forward(
         guarded(x), guarded(wt), guarded(b)))
     tiles = -(-h // emu.tile_h) * -(-w // emu.tile_w)
     assert fwd_blocks == n * c * tiles
     gx, gw, gb = emu.depthwise_conv2d_backward(guarded(gy), guarded(x), guarded(wt), True, True,
                                                True)
+    # launches: forward; input gradient; weight gradient + reduction
+    fwd_threads, dgrad_threads, wgrad_threads, _ = emu.block_sizes()
+    assert fwd_threads == dgrad_threads
     scale = lambda t: t.abs().max().clamp_min(1)  # noqa: E731
     for name, got, ref in (('output', y, y64), ('input grad', gx, x64.grad),
                            ('weight grad', gw, w64.grad), ('bias grad', gb, b64.grad)):
@@ -90,6 +98,26 @@ def test_emulated_kernels_match_fp64(emu, dtype, n, c, h, w, k):
         assert torch.isfinite(got).all(), f'{name}: NaN, i.e. a read outside the data'
         torch.testing.assert_close(got.double() / scale(ref), ref / scale(ref), **TOL[dtype],
                                    msg=lambda m: f'{name}: {m}')  # noqa: B023
+    return fwd_threads, wgrad_threads
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize('n, c, h, w, k', CASES)
+def test_emulated_kernels_match_fp64(emu, dtype, n, c, h, w, k):
+    """The kernels the op picks: compile-time K where there is one, else the run-time-K ones."""
+    fwd_threads, wgrad_threads = check_against_fp64(emu, dtype, n, c, h, w, k)
+    if k in COMPILED_K and dtype != torch.float64:
+        assert (fwd_threads, wgrad_threads) == (64, 16 * k), 'compile-time-K kernels expected'
+    else:
+        assert (fwd_threads, wgrad_threads) == (128, 256), 'run-time-K kernels expected'
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('n, c, h, w, k', [case for case in CASES if case[-1] in COMPILED_K])
+def test_emulated_generic_kernels_match_fp64(emu, monkeypatch, dtype, n, c, h, w, k):
+    """MMUNIREP_DWCONV_GENERIC=1: the run-time-K kernels for the sizes that have compile-time ones."""
+    monkeypatch.setenv('MMUNIREP_DWCONV_GENERIC', '1')
+    assert check_against_fp64(emu, dtype, n, c, h, w, k) == (128, 256)
 
 
 def test_emulated_weight_grad_is_deterministic(emu):

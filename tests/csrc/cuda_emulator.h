@@ -39,6 +39,7 @@ constexpr size_t kSmemCapacity = 64 * 1024;
 #define __global__
 #define __device__
 #define __host__
+#define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __shared__
 #define __syncthreads() (::cuda_emu::tl_barrier->arrive_and_wait())

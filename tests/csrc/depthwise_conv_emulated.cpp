@@ -17,7 +17,9 @@ alignas(16) unsigned char smem_raw[cuda_emu::kSmemCapacity];
 
 namespace {
 
-int64_t g_blocks_run = 0;  // counts emulated blocks, so the tests can see what was launched
+// what was launched, so that the tests can see which kernels ran
+int64_t g_blocks_run = 0;
+std::vector<unsigned> g_block_sizes;  // threads per block of each launch
 
 struct EmuLaunch {
   template <typename... Params, typename... Args>
@@ -30,6 +32,7 @@ struct EmuLaunch {
                 " threads per block");
     TORCH_CHECK(smem <= 48 * 1024 && smem <= cuda_emu::kSmemCapacity,
                 "emulated launch: ", smem, " bytes of dynamic shared memory");
+    g_block_sizes.push_back(threads);
     for (unsigned bz = 0; bz < grid.z; ++bz)
       for (unsigned by = 0; by < grid.y; ++by)
         for (unsigned bx = 0; bx < grid.x; ++bx) {
@@ -77,6 +80,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("depthwise_conv2d_forward", &forward, "the CUDA forward kernel, emulated on the CPU");
   m.def("depthwise_conv2d_backward", &backward, "the CUDA backward kernels, emulated on the CPU");
   m.def("blocks_run", [] { return g_blocks_run; }, "emulated blocks run so far");
+  m.def("block_sizes", [] { auto out = g_block_sizes; g_block_sizes.clear(); return out; },
+        "threads per block of each launch since the last call");
   m.attr("tile_h") = mmunirep::kTileH;
   m.attr("tile_w") = mmunirep::kTileW;
 }

@@ -13,6 +13,20 @@
 // (n, tile) items of grad_out * shifted input in registers, and writes one partial sum per tap
 // into a workspace [parts, C, K*K]; a second kernel adds the parts in a fixed order
 // (deterministic, no atomics).
+//
+// Those kernels take the kernel size at run time and work for any odd size and every dtype. For
+// the sizes that matter (13: UniRepLKNet's large kernels; 7 and 31: RepLKNet's benchmark) and the
+// float / half / bfloat16 inputs, the "_k" kernels below take it at compile time, which lets the
+// compiler unroll the filter loops and keep the sliding windows in registers without moves:
+// - forward / input gradient: 8 outputs per thread (64 threads per 16x32 tile); per filter row a
+//   thread loads its 8 + K - 1 inputs once and does 8 * K FMAs;
+// - weight gradient: thread (kh, r) owns the K taps of filter row kh for output row r of the tile
+//   and accumulates them in registers over all its items (8 outputs at a time: 8 + K - 1 inputs
+//   and 8 gradients loaded for 8 * K FMAs), then the block sums its 16 rows through shared memory
+//   in a fixed tree order (deterministic).
+// Shared-memory rows have an odd pitch, so the threads of a warp that read different rows hit
+// different banks. Shared memory is only ever the dynamic buffer (extern __shared__): the tests'
+// CUDA emulator poisons it with NaN before every block (tests/csrc/cuda_emulator.h).
 #pragma once
 
 #include <cstdint>
@@ -183,6 +197,184 @@ __global__ void depthwise_conv2d_reduce_parts_kernel(const acc_t* __restrict__ w
   acc_t sum = acc_t(0);
   for (int p = 0; p < parts; ++p) sum += workspace[static_cast<int64_t>(p) * count + i];
   grad_weight[i] = static_cast<scalar_t>(sum);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Kernels for a compile-time kernel size K (see the top of this file)
+// ------------------------------------------------------------------------------------------------
+constexpr int kFwdPerThreadK = 8;
+constexpr int kFwdThreadsK = kTileH * kTileW / kFwdPerThreadK;  // 64
+constexpr int kGradRowPitch = kTileW + 1;                        // odd pitch of the tile of grad_out
+
+// odd pitch of a staged input row of kTileW + K - 1 values (K odd, so kTileW + K - 1 is even)
+__host__ __device__ constexpr int staged_pitch(int k) { return kTileW + k; }
+
+__host__ __device__ constexpr int forward_k_smem_elems(int k) {
+  return (kTileH + k - 1) * staged_pitch(k) + k * k;
+}
+
+__host__ __device__ constexpr int weight_grad_k_smem_elems(int k) {
+  // the staged tiles during the loop, then the first round of the row reduction
+  return (kTileH + k - 1) * staged_pitch(k) + kTileH * kGradRowPitch > (kTileH / 2) * k * k
+             ? (kTileH + k - 1) * staged_pitch(k) + kTileH * kGradRowPitch
+             : (kTileH / 2) * k * k;
+}
+
+// stage the input tile of a plane with its halo (zeros outside the image) in rows of pitch `pitch`
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ void stage_input_tile(acc_t* s_in, const scalar_t* __restrict__ in_plane,
+                                                 int height, int width, int h0, int w0, int pad,
+                                                 int rows, int cols, int pitch) {
+  for (int i = threadIdx.x; i < rows * cols; i += blockDim.x) {
+    const int r = i / cols, q = i % cols;
+    const int ih = h0 - pad + r, iw = w0 - pad + q;
+    s_in[r * pitch + q] = (ih >= 0 && ih < height && iw >= 0 && iw < width)
+                              ? static_cast<acc_t>(in_plane[static_cast<int64_t>(ih) * width + iw])
+                              : acc_t(0);
+  }
+}
+
+template <typename scalar_t, typename acc_t, int K>
+__global__ void __launch_bounds__(kFwdThreadsK)
+depthwise_conv2d_forward_k_kernel(const scalar_t* __restrict__ input,
+                                  const scalar_t* __restrict__ weight,
+                                  const scalar_t* __restrict__ bias,
+                                  scalar_t* __restrict__ output,
+                                  int channels, int height, int width, int tiles_w, bool flip) {
+  constexpr int pad = K / 2;
+  constexpr int sh = kTileH + K - 1;
+  constexpr int sw = staged_pitch(K);
+  constexpr int P = kFwdPerThreadK;
+  extern __shared__ unsigned char smem_raw[];
+  acc_t* s_in = reinterpret_cast<acc_t*>(smem_raw);
+  acc_t* s_w = s_in + sh * sw;
+
+  const int64_t plane = blockIdx.x;
+  const int c = static_cast<int>(plane % channels);
+  const int h0 = (blockIdx.y / tiles_w) * kTileH;
+  const int w0 = (blockIdx.y % tiles_w) * kTileW;
+  const int64_t plane_size = static_cast<int64_t>(height) * width;
+
+  for (int i = threadIdx.x; i < K * K; i += blockDim.x)
+    s_w[i] = static_cast<acc_t>(weight[static_cast<int64_t>(c) * K * K + (flip ? K * K - 1 - i : i)]);
+  stage_input_tile(s_in, input + plane * plane_size, height, width, h0, w0, pad, sh,
+                   kTileW + K - 1, sw);
+  __syncthreads();
+
+  const int row = threadIdx.x / (kTileW / P);
+  const int col = (threadIdx.x % (kTileW / P)) * P;
+  const int oh = h0 + row;
+  if (oh >= height || w0 + col >= width) return;  // no output of this thread is in the image
+  acc_t acc[P];
+#pragma unroll
+  for (int p = 0; p < P; ++p) acc[p] = acc_t(0);
+  const int kh_begin = max(0, pad - oh);  // filter rows that read only padding are skipped
+  const int kh_end = min(K, height + pad - oh);
+  for (int kh = kh_begin; kh < kh_end; ++kh) {
+    const acc_t* s_row = s_in + (row + kh) * sw + col;
+    const acc_t* w_row = s_w + kh * K;
+    acc_t x[P + K - 1];
+#pragma unroll
+    for (int j = 0; j < P + K - 1; ++j) x[j] = s_row[j];
+#pragma unroll
+    for (int kw = 0; kw < K; ++kw) {
+      const acc_t wv = w_row[kw];
+#pragma unroll
+      for (int p = 0; p < P; ++p) acc[p] += x[p + kw] * wv;
+    }
+  }
+  const acc_t b = bias != nullptr ? static_cast<acc_t>(bias[c]) : acc_t(0);
+  scalar_t* out_row = output + plane * plane_size + static_cast<int64_t>(oh) * width;
+#pragma unroll
+  for (int p = 0; p < P; ++p) {
+    const int ow = w0 + col + p;
+    if (ow < width) out_row[ow] = static_cast<scalar_t>(acc[p] + b);
+  }
+}
+
+template <typename scalar_t, typename acc_t, int K>
+__global__ void __launch_bounds__(K * kTileH)
+depthwise_conv2d_weight_grad_k_kernel(const scalar_t* __restrict__ input,
+                                      const scalar_t* __restrict__ grad_out,
+                                      acc_t* __restrict__ workspace,  // [parts, C, K*K]
+                                      int batch, int channels, int height, int width, int tiles_w,
+                                      int tiles_per_plane) {
+  constexpr int pad = K / 2;
+  constexpr int sh = kTileH + K - 1;
+  constexpr int sw = staged_pitch(K);
+  constexpr int Q = 8;  // outputs per inner step
+  extern __shared__ unsigned char smem_raw[];
+  acc_t* s_in = reinterpret_cast<acc_t*>(smem_raw);
+  acc_t* s_g = s_in + sh * sw;
+
+  const int c = blockIdx.x;
+  const int part = blockIdx.y;
+  const int parts = gridDim.y;
+  const int kh = threadIdx.x / kTileH;  // this thread's filter row
+  const int r = threadIdx.x % kTileH;   // and output row of the tile
+  const int64_t plane_size = static_cast<int64_t>(height) * width;
+  const int64_t items = static_cast<int64_t>(batch) * tiles_per_plane;
+
+  acc_t acc[K];
+#pragma unroll
+  for (int j = 0; j < K; ++j) acc[j] = acc_t(0);
+
+  for (int64_t item = part; item < items; item += parts) {
+    const int n = static_cast<int>(item / tiles_per_plane);
+    const int tile = static_cast<int>(item % tiles_per_plane);
+    const int h0 = (tile / tiles_w) * kTileH;
+    const int w0 = (tile % tiles_w) * kTileW;
+    const int64_t plane = static_cast<int64_t>(n) * channels + c;
+    const scalar_t* g_plane = grad_out + plane * plane_size;
+    __syncthreads();  // the previous item's tiles are no longer read
+    stage_input_tile(s_in, input + plane * plane_size, height, width, h0, w0, pad, sh,
+                     kTileW + K - 1, sw);
+    for (int i = threadIdx.x; i < kTileH * kTileW; i += blockDim.x) {
+      const int oh = h0 + i / kTileW, ow = w0 + i % kTileW;
+      s_g[(i / kTileW) * kGradRowPitch + i % kTileW] =
+          (oh < height && ow < width)
+              ? static_cast<acc_t>(g_plane[static_cast<int64_t>(oh) * width + ow])
+              : acc_t(0);
+    }
+    __syncthreads();
+    if (h0 + r >= height) continue;  // this output row is outside the image (its grads are 0)
+    const acc_t* g_row = s_g + r * kGradRowPitch;
+    const acc_t* i_row = s_in + (r + kh) * sw;
+#pragma unroll
+    for (int q0 = 0; q0 < kTileW; q0 += Q) {
+      if (w0 + q0 >= width) break;  // the rest of the row is outside the image
+      acc_t g[Q], x[Q + K - 1];
+#pragma unroll
+      for (int j = 0; j < Q; ++j) g[j] = g_row[q0 + j];
+#pragma unroll
+      for (int j = 0; j < Q + K - 1; ++j) x[j] = i_row[q0 + j];
+#pragma unroll
+      for (int kw = 0; kw < K; ++kw) {
+#pragma unroll
+        for (int j = 0; j < Q; ++j) acc[kw] += g[j] * x[j + kw];
+      }
+    }
+  }
+
+  // sum the kTileH row partials of each tap in a fixed tree order through shared memory
+  acc_t* red = reinterpret_cast<acc_t*>(smem_raw);  // [kTileH / 2][K * K]
+  for (int half = kTileH / 2; half >= 1; half /= 2) {
+    __syncthreads();
+    if (r >= half && r < 2 * half) {
+#pragma unroll
+      for (int kw = 0; kw < K; ++kw) red[(r - half) * K * K + kh * K + kw] = acc[kw];
+    }
+    __syncthreads();
+    if (r < half) {
+#pragma unroll
+      for (int kw = 0; kw < K; ++kw) acc[kw] += red[r * K * K + kh * K + kw];
+    }
+  }
+  if (r == 0) {
+#pragma unroll
+    for (int kw = 0; kw < K; ++kw)
+      workspace[(static_cast<int64_t>(part) * channels + c) * K * K + kh * K + kw] = acc[kw];
+  }
 }
 
 }  // namespace mmunirep

@@ -14,6 +14,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <type_traits>
 #include <vector>
 
 #include "depthwise_conv_kernel.cuh"
@@ -24,6 +26,29 @@ inline int ceil_div(int64_t a, int64_t b) { return static_cast<int>((a + b - 1) 
 
 // The default dynamic shared memory a block may use without an opt-in attribute (all archs).
 constexpr size_t kMaxDefaultSmem = 48 * 1024;
+
+// MMUNIREP_DWCONV_GENERIC=1 runs the run-time-K kernels for every size (to compare them).
+inline bool use_generic_kernels() {
+  const char* v = std::getenv("MMUNIREP_DWCONV_GENERIC");
+  return v != nullptr && v[0] == '1';
+}
+
+// Calls f(std::integral_constant<int, K>) for the kernel sizes with compile-time kernels; false
+// for the others. float / half / bfloat16 only: double always takes the run-time-K kernels.
+template <typename scalar_t, typename F>
+bool with_compiled_ksize(int ksize, F&& f) {
+  if constexpr (std::is_same_v<scalar_t, double>) {
+    return false;
+  } else {
+    if (use_generic_kernels()) return false;
+    switch (ksize) {
+      case 7: f(std::integral_constant<int, 7>{}); return true;
+      case 13: f(std::integral_constant<int, 13>{}); return true;
+      case 31: f(std::integral_constant<int, 31>{}); return true;
+      default: return false;
+    }
+  }
+}
 
 // The input gradient is the forward computation with the flipped filter and no bias.
 template <typename Launch>
@@ -42,12 +67,23 @@ void launch_forward(const Launch& launch, const at::Tensor& input, const at::Ten
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                   "depthwise_conv2d_forward", [&] {
     using acc_t = at::acc_type<scalar_t, true>;
+    const scalar_t* bias_ptr = bias != nullptr ? bias->data_ptr<scalar_t>() : nullptr;
+    if (with_compiled_ksize<scalar_t>(ksize, [&](auto k) {
+          constexpr int K = decltype(k)::value;
+          constexpr size_t smem = sizeof(acc_t) * forward_k_smem_elems(K);
+          static_assert(smem <= kMaxDefaultSmem, "forward_k: too much shared memory");
+          launch(depthwise_conv2d_forward_k_kernel<scalar_t, acc_t, K>, grid, dim3(kFwdThreadsK),
+                 smem, input.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(), bias_ptr,
+                 output.data_ptr<scalar_t>(), static_cast<int>(channels), height, width, tiles_w,
+                 flip);
+        }))
+      return;
     const size_t smem = sizeof(acc_t) * ((kTileH + ksize - 1) * (kTileW + ksize - 1) +
                                          ksize * ksize);
     TORCH_CHECK(smem <= kMaxDefaultSmem, "depthwise_conv2d: ", smem, " bytes of shared memory");
     launch(depthwise_conv2d_forward_kernel<scalar_t, acc_t>, grid, dim3(kThreads), smem,
-           input.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(),
-           bias != nullptr ? bias->data_ptr<scalar_t>() : nullptr, output.data_ptr<scalar_t>(),
+           input.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(), bias_ptr,
+           output.data_ptr<scalar_t>(),
            static_cast<int>(channels), height, width, ksize, tiles_w, flip);
   });
 }
@@ -92,16 +128,26 @@ std::vector<at::Tensor> depthwise_conv2d_backward_impl(const Launch& launch,
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                       "depthwise_conv2d_weight_grad", [&] {
         using acc_t = at::acc_type<scalar_t, true>;
-        const size_t smem = sizeof(acc_t) * ((kTileH + ksize - 1) * (kTileW + ksize - 1) +
-                                             kTileH * kTileW);
-        TORCH_CHECK(smem <= kMaxDefaultSmem, "depthwise_conv2d: ", smem,
-                    " bytes of shared memory");
-        launch(depthwise_conv2d_weight_grad_kernel<scalar_t, acc_t>,
-               dim3(static_cast<unsigned>(channels), static_cast<unsigned>(parts)),
-               dim3(kWgradThreads), smem, input.data_ptr<scalar_t>(),
-               grad_out.data_ptr<scalar_t>(), workspace.data_ptr<acc_t>(),
-               static_cast<int>(batch), static_cast<int>(channels), height, width, ksize, tiles_w,
-               tiles_per_plane);
+        const dim3 grid(static_cast<unsigned>(channels), static_cast<unsigned>(parts));
+        if (!with_compiled_ksize<scalar_t>(ksize, [&](auto k) {
+              constexpr int K = decltype(k)::value;
+              constexpr size_t smem = sizeof(acc_t) * weight_grad_k_smem_elems(K);
+              static_assert(smem <= kMaxDefaultSmem, "weight_grad_k: too much shared memory");
+              launch(depthwise_conv2d_weight_grad_k_kernel<scalar_t, acc_t, K>, grid,
+                     dim3(K * kTileH), smem, input.data_ptr<scalar_t>(),
+                     grad_out.data_ptr<scalar_t>(), workspace.data_ptr<acc_t>(),
+                     static_cast<int>(batch), static_cast<int>(channels), height, width,
+                     tiles_w, tiles_per_plane);
+            })) {
+          const size_t smem = sizeof(acc_t) * ((kTileH + ksize - 1) * (kTileW + ksize - 1) +
+                                               kTileH * kTileW);
+          TORCH_CHECK(smem <= kMaxDefaultSmem, "depthwise_conv2d: ", smem,
+                      " bytes of shared memory");
+          launch(depthwise_conv2d_weight_grad_kernel<scalar_t, acc_t>, grid, dim3(kWgradThreads),
+                 smem, input.data_ptr<scalar_t>(), grad_out.data_ptr<scalar_t>(),
+                 workspace.data_ptr<acc_t>(), static_cast<int>(batch),
+                 static_cast<int>(channels), height, width, ksize, tiles_w, tiles_per_plane);
+        }
         const int64_t count = channels * ksize * ksize;
         launch(depthwise_conv2d_reduce_parts_kernel<scalar_t, acc_t>,
                dim3(static_cast<unsigned>(ceil_div(count, 256))), dim3(256), size_t{0},
