@@ -6,8 +6,8 @@ tests/csrc/cuda_emulator.h: every block of the grid runs with its threads as rea
 threads and a real __syncthreads() barrier, and its shared memory starts as NaN bytes. So the
 tiling, halos, the flipped filter of the input gradient, the partitioned weight gradient and its
 reduction, the shared-memory sizing and the launch limits are checked here, on machines without a
-GPU, against an fp64 reference. Inputs sit inside NaN guard zones, so a read outside a tensor
-poisons the result. What this cannot show: speed, and anything specific to the GPU's compiler or
+GPU, against an fp64 reference. Inputs sit inside NaN guard zones and the tensors the op allocates
+start as NaN, so a read outside a tensor or an element never written poisons the result. What this cannot show: speed, and anything specific to the GPU's compiler or
 memory system; tests/test_ops.py repeats the numerical checks on a real GPU.
 """
 import os
@@ -66,13 +66,29 @@ CASES = [
     (1, 3, 12, 70, 31),   # largest kernel, 3 tile columns
     (70, 1, 9, 9, 7),     # 70 weight-grad items over 64 parts: parts loop over several items
     (2, 2, 3, 3, 13),     # map much smaller than the kernel
+    (3, 5, 7, 7, 13),     # classification's 7x7: 15 planes in blocks of 8
+    (2, 3, 14, 14, 13),   # classification's 14x14
+    (2, 3, 12, 5, 7),
 ]
 COMPILED_K = (7, 13, 31)  # sizes with compile-time kernels (float, half, bfloat16)
 
 
-def check_against_fp64(emu, dtype, n, c, h, w, k):
-    """Run forward and backward on NaN-guarded inputs, compare with fp64; return the threads per
-    block of the forward and weight-gradient launches."""
+def expected_launches(n, c, h, w, k, dtype, generic=False):
+    """(forward blocks, forward threads per block, weight-grad threads per block) that the
+    launch logic should pick (ops/csrc/common/cuda: TileShape, with_tile_shape)."""
+    def tiles(th, tw):
+        return -(-h // th) * -(-w // tw)
+    if generic or k not in COMPILED_K or dtype == torch.float64:
+        return n * c * tiles(16, 32), 128, 256
+    if k <= 13 and h <= 8 and w <= 8:  # whole 8x8 maps of 8 planes
+        return -(-n * c // 8) * tiles(8, 8), 8 * 8 * 1, 8 * k
+    if k <= 13 and h <= 16 and w <= 16:  # whole 16x16 maps of 8 planes
+        return -(-n * c // 8) * tiles(16, 16), 8 * 16 * 2, 16 * k
+    return n * c * tiles(16, 32), 16 * 4, 16 * k
+
+
+def check_against_fp64(emu, dtype, n, c, h, w, k, generic=False):
+    """Run forward and backward on NaN-guarded inputs, compare with fp64, check the launches."""
     g = torch.Generator().manual_seed(n * 1000 + c * 10 + k)
     x = torch.randn(n, c, h, w, generator=g).to(dtype)
     wt = (torch.randn(c, 1, k, k, generator=g) / k).to(dtype)
@@ -84,32 +100,27 @@ def check_against_fp64(emu, dtype, n, c, h, w, k):
     emu.block_sizes()
     y, fwd_blocks = blocks_of(emu, lambda: emu.depthwise_conv2d_forward(
         guarded(x), guarded(wt), guarded(b)))
-    tiles = -(-h // emu.tile_h) * -(-w // emu.tile_w)
-    assert fwd_blocks == n * c * tiles
     gx, gw, gb = emu.depthwise_conv2d_backward(guarded(gy), guarded(x), guarded(wt), True, True,
                                                True)
     # launches: forward; input gradient; weight gradient + reduction
     fwd_threads, dgrad_threads, wgrad_threads, _ = emu.block_sizes()
     assert fwd_threads == dgrad_threads
+    assert (fwd_blocks, fwd_threads, wgrad_threads) == expected_launches(n, c, h, w, k, dtype,
+                                                                         generic)
     scale = lambda t: t.abs().max().clamp_min(1)  # noqa: E731
     for name, got, ref in (('output', y, y64), ('input grad', gx, x64.grad),
                            ('weight grad', gw, w64.grad), ('bias grad', gb, b64.grad)):
         assert got.dtype == dtype and got.shape == ref.shape, name
-        assert torch.isfinite(got).all(), f'{name}: NaN, i.e. a read outside the data'
+        assert torch.isfinite(got).all(), f'{name}: NaN, i.e. a read outside the data or an element never written'
         torch.testing.assert_close(got.double() / scale(ref), ref / scale(ref), **TOL[dtype],
                                    msg=lambda m: f'{name}: {m}')  # noqa: B023
-    return fwd_threads, wgrad_threads
 
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize('n, c, h, w, k', CASES)
 def test_emulated_kernels_match_fp64(emu, dtype, n, c, h, w, k):
     """The kernels the op picks: compile-time K where there is one, else the run-time-K ones."""
-    fwd_threads, wgrad_threads = check_against_fp64(emu, dtype, n, c, h, w, k)
-    if k in COMPILED_K and dtype != torch.float64:
-        assert (fwd_threads, wgrad_threads) == (64, 16 * k), 'compile-time-K kernels expected'
-    else:
-        assert (fwd_threads, wgrad_threads) == (128, 256), 'run-time-K kernels expected'
+    check_against_fp64(emu, dtype, n, c, h, w, k)
 
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
@@ -117,7 +128,7 @@ def test_emulated_kernels_match_fp64(emu, dtype, n, c, h, w, k):
 def test_emulated_generic_kernels_match_fp64(emu, monkeypatch, dtype, n, c, h, w, k):
     """MMUNIREP_DWCONV_GENERIC=1: the run-time-K kernels for the sizes that have compile-time ones."""
     monkeypatch.setenv('MMUNIREP_DWCONV_GENERIC', '1')
-    assert check_against_fp64(emu, dtype, n, c, h, w, k) == (128, 256)
+    check_against_fp64(emu, dtype, n, c, h, w, k, generic=True)
 
 
 def test_emulated_weight_grad_is_deterministic(emu):

@@ -1,6 +1,7 @@
 // mmunirep's CUDA depthwise-convolution kernels and their launch logic
 // (ops/csrc/common/cuda/depthwise_conv_{kernel,launch}.cuh), compiled unchanged for the CPU and run
 // under the CUDA emulation of cuda_emulator.h. Built on the fly by tests/test_ops_emulated.py.
+#include <c10/core/CPUAllocator.h>
 #include <torch/extension.h>
 
 #include <cstring>
@@ -22,6 +23,8 @@ int64_t g_blocks_run = 0;
 std::vector<unsigned> g_block_sizes;  // threads per block of each launch
 
 struct EmuLaunch {
+  // a small emulated GPU, so that the weight gradient's blocks loop over several items
+  int multiprocessors() const { return 2; }
   template <typename... Params, typename... Args>
   void operator()(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
                   Args&&... args) const {
@@ -59,9 +62,40 @@ struct EmuLaunch {
   }
 };
 
+// While the emulated op runs, new CPU tensors (its outputs, the weight gradient's workspace) start
+// as NaN bytes, so that an element the kernels fail to write cannot pass for a right one (it
+// could otherwise hold a previous, identical result from memory the allocator reuses).
+struct PoisonAllocator final : c10::Allocator {
+  c10::Allocator* base = nullptr;
+  c10::DataPtr allocate(size_t n) override {
+    c10::DataPtr ptr = base->allocate(n);
+    if (n > 0) std::memset(ptr.get(), 0xFF, n);
+    return ptr;
+  }
+  c10::DeleterFnPtr raw_deleter() const override { return base->raw_deleter(); }
+  void copy_data(void* dest, const void* src, std::size_t count) const override {
+    std::memcpy(dest, src, count);
+  }
+};
+
+class PoisonNewTensors {
+ public:
+  PoisonNewTensors() {
+    poison_.base = c10::GetCPUAllocator();
+    previous_ = poison_.base;
+    c10::SetCPUAllocator(&poison_, /*priority=*/255);
+  }
+  ~PoisonNewTensors() { c10::SetCPUAllocator(previous_, /*priority=*/255); }
+
+ private:
+  static inline PoisonAllocator poison_;
+  c10::Allocator* previous_;
+};
+
 at::Tensor forward(const at::Tensor& input, const at::Tensor& weight,
                    const c10::optional<at::Tensor>& bias) {
   TORCH_CHECK(input.is_contiguous() && weight.is_contiguous(), "contiguous tensors expected");
+  PoisonNewTensors poison;
   return mmunirep::depthwise_conv2d_forward_impl(EmuLaunch{}, input, weight, bias);
 }
 
@@ -70,6 +104,7 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_out, const at::Tensor& i
                                  bool need_bias) {
   TORCH_CHECK(grad_out.is_contiguous() && input.is_contiguous() && weight.is_contiguous(),
               "contiguous tensors expected");
+  PoisonNewTensors poison;
   return mmunirep::depthwise_conv2d_backward_impl(EmuLaunch{}, grad_out, input, weight,
                                                   need_input, need_weight, need_bias);
 }

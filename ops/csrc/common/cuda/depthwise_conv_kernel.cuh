@@ -18,8 +18,9 @@
 // the sizes that matter (13: UniRepLKNet's large kernels; 7 and 31: RepLKNet's benchmark) and the
 // float / half / bfloat16 inputs, the "_k" kernels below take it at compile time, which lets the
 // compiler unroll the filter loops and keep the sliding windows in registers without moves:
-// - forward / input gradient: 8 outputs per thread (64 threads per 16x32 tile); per filter row a
-//   thread loads its 8 + K - 1 inputs once and does 8 * K FMAs;
+// - forward / input gradient: 8 outputs per thread; per filter row a thread loads its 8 + K - 1
+//   inputs once and does 8 * K FMAs; tiles of 16x32 outputs of one plane, or, for maps that fit,
+//   whole 16x16 or 8x8 maps of 8 planes per block (TileShape);
 // - weight gradient: thread (kh, r) owns the K taps of filter row kh for output row r of the tile
 //   and accumulates them in registers over all its items (8 outputs at a time: 8 + K - 1 inputs
 //   and 8 gradients loaded for 8 * K FMAs), then the block sums its 16 rows through shared memory
@@ -200,71 +201,90 @@ __global__ void depthwise_conv2d_reduce_parts_kernel(const acc_t* __restrict__ w
 }
 
 // ------------------------------------------------------------------------------------------------
-// Kernels for a compile-time kernel size K (see the top of this file)
+// Kernels for a compile-time kernel size K and tile shape (see the top of this file)
 // ------------------------------------------------------------------------------------------------
-constexpr int kFwdPerThreadK = 8;
-constexpr int kFwdThreadsK = kTileH * kTileW / kFwdPerThreadK;  // 64
-constexpr int kGradRowPitch = kTileW + 1;                        // odd pitch of the tile of grad_out
-
-// odd pitch of a staged input row of kTileW + K - 1 values (K odd, so kTileW + K - 1 is even)
-__host__ __device__ constexpr int staged_pitch(int k) { return kTileW + k; }
-
-__host__ __device__ constexpr int forward_k_smem_elems(int k) {
-  return (kTileH + k - 1) * staged_pitch(k) + k * k;
-}
-
-__host__ __device__ constexpr int weight_grad_k_smem_elems(int k) {
-  // the staged tiles during the loop, then the first round of the row reduction
-  return (kTileH + k - 1) * staged_pitch(k) + kTileH * kGradRowPitch > (kTileH / 2) * k * k
-             ? (kTileH + k - 1) * staged_pitch(k) + kTileH * kGradRowPitch
-             : (kTileH / 2) * k * k;
-}
+// A tile shape: TH x TW outputs of each of PLANES consecutive (n, c) planes per forward block.
+// 16x32 x 1 plane for large maps; for maps that fit in 16x16 or 8x8 one block covers whole maps
+// of 8 planes, so that small maps (classification's 14x14 and 7x7) do not leave most threads idle.
+template <int TH_, int TW_, int PLANES_>
+struct TileShape {
+  static constexpr int TH = TH_, TW = TW_, PLANES = PLANES_;
+  static constexpr int kPerThread = 8;  // forward outputs per thread, along W
+  static constexpr int kFwdThreads = PLANES * TH * (TW / kPerThread);
+  static_assert(TW % kPerThread == 0, "tile width must be a multiple of 8");
+  // odd pitches: the threads of a warp that read different rows hit different banks
+  static constexpr int staged_pitch(int k) { return TW + k; }  // TW + k - 1 values, made odd
+  static constexpr int kGradPitch = TW + 1;
+  static constexpr int forward_smem_elems(int k) {
+    return PLANES * ((TH + k - 1) * staged_pitch(k) + k * k);
+  }
+  static constexpr int weight_grad_smem_elems(int k) {
+    // the staged tiles during the loop, then the first round of the row reduction
+    return (TH + k - 1) * staged_pitch(k) + TH * kGradPitch > (TH / 2) * k * k
+               ? (TH + k - 1) * staged_pitch(k) + TH * kGradPitch
+               : (TH / 2) * k * k;
+  }
+};
+using TileLarge = TileShape<16, 32, 1>;
+using TileMedium = TileShape<16, 16, 8>;
+using TileSmall = TileShape<8, 8, 8>;
 
 // stage the input tile of a plane with its halo (zeros outside the image) in rows of pitch `pitch`
 template <typename scalar_t, typename acc_t>
 __device__ __forceinline__ void stage_input_tile(acc_t* s_in, const scalar_t* __restrict__ in_plane,
                                                  int height, int width, int h0, int w0, int pad,
-                                                 int rows, int cols, int pitch) {
-  for (int i = threadIdx.x; i < rows * cols; i += blockDim.x) {
+                                                 int rows, int cols, int pitch, int first,
+                                                 int stride) {
+  for (int i = first; i < rows * cols; i += stride) {
     const int r = i / cols, q = i % cols;
     const int ih = h0 - pad + r, iw = w0 - pad + q;
-    s_in[r * pitch + q] = (ih >= 0 && ih < height && iw >= 0 && iw < width)
+    s_in[r * pitch + q] = (in_plane != nullptr && ih >= 0 && ih < height && iw >= 0 && iw < width)
                               ? static_cast<acc_t>(in_plane[static_cast<int64_t>(ih) * width + iw])
                               : acc_t(0);
   }
 }
 
-template <typename scalar_t, typename acc_t, int K>
-__global__ void __launch_bounds__(kFwdThreadsK)
+template <typename scalar_t, typename acc_t, int K, typename Tile>
+__global__ void __launch_bounds__(Tile::kFwdThreads)
 depthwise_conv2d_forward_k_kernel(const scalar_t* __restrict__ input,
                                   const scalar_t* __restrict__ weight,
                                   const scalar_t* __restrict__ bias,
-                                  scalar_t* __restrict__ output,
-                                  int channels, int height, int width, int tiles_w, bool flip) {
+                                  scalar_t* __restrict__ output, int64_t planes, int channels,
+                                  int height, int width, int tiles_w, bool flip) {
+  constexpr int TH = Tile::TH, TW = Tile::TW, PLANES = Tile::PLANES, P = Tile::kPerThread;
   constexpr int pad = K / 2;
-  constexpr int sh = kTileH + K - 1;
-  constexpr int sw = staged_pitch(K);
-  constexpr int P = kFwdPerThreadK;
+  constexpr int sh = TH + K - 1;
+  constexpr int sw = Tile::staged_pitch(K);
+  constexpr int stage = sh * sw + K * K;  // one plane's staged input and filter
   extern __shared__ unsigned char smem_raw[];
-  acc_t* s_in = reinterpret_cast<acc_t*>(smem_raw);
-  acc_t* s_w = s_in + sh * sw;
+  acc_t* smem = reinterpret_cast<acc_t*>(smem_raw);
 
-  const int64_t plane = blockIdx.x;
-  const int c = static_cast<int>(plane % channels);
-  const int h0 = (blockIdx.y / tiles_w) * kTileH;
-  const int w0 = (blockIdx.y % tiles_w) * kTileW;
+  const int64_t plane0 = static_cast<int64_t>(blockIdx.x) * PLANES;
+  const int h0 = (blockIdx.y / tiles_w) * TH;
+  const int w0 = (blockIdx.y % tiles_w) * TW;
   const int64_t plane_size = static_cast<int64_t>(height) * width;
 
-  for (int i = threadIdx.x; i < K * K; i += blockDim.x)
-    s_w[i] = static_cast<acc_t>(weight[static_cast<int64_t>(c) * K * K + (flip ? K * K - 1 - i : i)]);
-  stage_input_tile(s_in, input + plane * plane_size, height, width, h0, w0, pad, sh,
-                   kTileW + K - 1, sw);
+  // stage every plane's filter and input tile; each plane's share of the threads does its own
+  constexpr int threads_per_plane = Tile::kFwdThreads / PLANES;
+  const int p_idx = threadIdx.x / threads_per_plane;
+  const int t_in_plane = threadIdx.x % threads_per_plane;
+  const int64_t plane = plane0 + p_idx;
+  const bool plane_valid = plane < planes;
+  const int c = static_cast<int>(plane % channels);
+  acc_t* s_in = smem + p_idx * stage;
+  acc_t* s_w = s_in + sh * sw;
+  for (int i = t_in_plane; i < K * K; i += threads_per_plane)
+    s_w[i] = plane_valid ? static_cast<acc_t>(
+                               weight[static_cast<int64_t>(c) * K * K + (flip ? K * K - 1 - i : i)])
+                         : acc_t(0);
+  stage_input_tile(s_in, plane_valid ? input + plane * plane_size : nullptr, height, width, h0,
+                   w0, pad, sh, TW + K - 1, sw, t_in_plane, threads_per_plane);
   __syncthreads();
 
-  const int row = threadIdx.x / (kTileW / P);
-  const int col = (threadIdx.x % (kTileW / P)) * P;
+  const int row = t_in_plane / (TW / P);
+  const int col = (t_in_plane % (TW / P)) * P;
   const int oh = h0 + row;
-  if (oh >= height || w0 + col >= width) return;  // no output of this thread is in the image
+  if (!plane_valid || oh >= height || w0 + col >= width) return;  // nothing of it in the image
   acc_t acc[P];
 #pragma unroll
   for (int p = 0; p < P; ++p) acc[p] = acc_t(0);
@@ -292,16 +312,20 @@ depthwise_conv2d_forward_k_kernel(const scalar_t* __restrict__ input,
   }
 }
 
-template <typename scalar_t, typename acc_t, int K>
-__global__ void __launch_bounds__(K * kTileH)
+// Block (c, part): thread (kh, r) accumulates the K taps of filter row kh over output row r of
+// each of the block's (n, tile) items. Tile::PLANES is not used: the items of a block are already
+// several planes (the samples n) of its channel.
+template <typename scalar_t, typename acc_t, int K, typename Tile>
+__global__ void __launch_bounds__(K * Tile::TH)
 depthwise_conv2d_weight_grad_k_kernel(const scalar_t* __restrict__ input,
                                       const scalar_t* __restrict__ grad_out,
                                       acc_t* __restrict__ workspace,  // [parts, C, K*K]
                                       int batch, int channels, int height, int width, int tiles_w,
                                       int tiles_per_plane) {
+  constexpr int TH = Tile::TH, TW = Tile::TW;
   constexpr int pad = K / 2;
-  constexpr int sh = kTileH + K - 1;
-  constexpr int sw = staged_pitch(K);
+  constexpr int sh = TH + K - 1;
+  constexpr int sw = Tile::staged_pitch(K);
   constexpr int Q = 8;  // outputs per inner step
   extern __shared__ unsigned char smem_raw[];
   acc_t* s_in = reinterpret_cast<acc_t*>(smem_raw);
@@ -310,8 +334,8 @@ depthwise_conv2d_weight_grad_k_kernel(const scalar_t* __restrict__ input,
   const int c = blockIdx.x;
   const int part = blockIdx.y;
   const int parts = gridDim.y;
-  const int kh = threadIdx.x / kTileH;  // this thread's filter row
-  const int r = threadIdx.x % kTileH;   // and output row of the tile
+  const int kh = threadIdx.x / TH;  // this thread's filter row
+  const int r = threadIdx.x % TH;   // and output row of the tile
   const int64_t plane_size = static_cast<int64_t>(height) * width;
   const int64_t items = static_cast<int64_t>(batch) * tiles_per_plane;
 
@@ -322,26 +346,26 @@ depthwise_conv2d_weight_grad_k_kernel(const scalar_t* __restrict__ input,
   for (int64_t item = part; item < items; item += parts) {
     const int n = static_cast<int>(item / tiles_per_plane);
     const int tile = static_cast<int>(item % tiles_per_plane);
-    const int h0 = (tile / tiles_w) * kTileH;
-    const int w0 = (tile % tiles_w) * kTileW;
+    const int h0 = (tile / tiles_w) * TH;
+    const int w0 = (tile % tiles_w) * TW;
     const int64_t plane = static_cast<int64_t>(n) * channels + c;
     const scalar_t* g_plane = grad_out + plane * plane_size;
     __syncthreads();  // the previous item's tiles are no longer read
     stage_input_tile(s_in, input + plane * plane_size, height, width, h0, w0, pad, sh,
-                     kTileW + K - 1, sw);
-    for (int i = threadIdx.x; i < kTileH * kTileW; i += blockDim.x) {
-      const int oh = h0 + i / kTileW, ow = w0 + i % kTileW;
-      s_g[(i / kTileW) * kGradRowPitch + i % kTileW] =
+                     TW + K - 1, sw, static_cast<int>(threadIdx.x), static_cast<int>(blockDim.x));
+    for (int i = threadIdx.x; i < TH * TW; i += blockDim.x) {
+      const int oh = h0 + i / TW, ow = w0 + i % TW;
+      s_g[(i / TW) * Tile::kGradPitch + i % TW] =
           (oh < height && ow < width)
               ? static_cast<acc_t>(g_plane[static_cast<int64_t>(oh) * width + ow])
               : acc_t(0);
     }
     __syncthreads();
     if (h0 + r >= height) continue;  // this output row is outside the image (its grads are 0)
-    const acc_t* g_row = s_g + r * kGradRowPitch;
+    const acc_t* g_row = s_g + r * Tile::kGradPitch;
     const acc_t* i_row = s_in + (r + kh) * sw;
 #pragma unroll
-    for (int q0 = 0; q0 < kTileW; q0 += Q) {
+    for (int q0 = 0; q0 < TW; q0 += Q) {
       if (w0 + q0 >= width) break;  // the rest of the row is outside the image
       acc_t g[Q], x[Q + K - 1];
 #pragma unroll
@@ -356,9 +380,9 @@ depthwise_conv2d_weight_grad_k_kernel(const scalar_t* __restrict__ input,
     }
   }
 
-  // sum the kTileH row partials of each tap in a fixed tree order through shared memory
-  acc_t* red = reinterpret_cast<acc_t*>(smem_raw);  // [kTileH / 2][K * K]
-  for (int half = kTileH / 2; half >= 1; half /= 2) {
+  // sum the TH row partials of each tap in a fixed tree order through shared memory
+  acc_t* red = reinterpret_cast<acc_t*>(smem_raw);  // [TH / 2][K * K]
+  for (int half = TH / 2; half >= 1; half /= 2) {
     __syncthreads();
     if (r >= half && r < 2 * half) {
 #pragma unroll

@@ -14,6 +14,7 @@ namespace {
 
 struct CudaLaunch {
   cudaStream_t stream;
+  int multiprocessors() const { return at::cuda::getCurrentDeviceProperties()->multiProcessorCount; }
   template <typename... Params, typename... Args>
   void operator()(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
                   Args&&... args) const {
