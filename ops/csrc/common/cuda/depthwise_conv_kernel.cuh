@@ -42,6 +42,35 @@ constexpr int kMaxKernel = 31;
 constexpr int kWgradThreads = 256;
 constexpr int kMaxTapsPerThread = (kMaxKernel * kMaxKernel + kWgradThreads - 1) / kWgradThreads;
 
+// stage the input tile of a plane with its halo (zeros outside the image) in rows of pitch `pitch`
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ void stage_input_tile(acc_t* s_in, const scalar_t* __restrict__ in_plane,
+                                                 int height, int width, int h0, int w0, int pad,
+                                                 int rows, int cols, int pitch, int first,
+                                                 int stride) {
+  for (int i = first; i < rows * cols; i += stride) {
+    const int r = i / cols, q = i % cols;
+    const int ih = h0 - pad + r, iw = w0 - pad + q;
+    s_in[r * pitch + q] = (in_plane != nullptr && ih >= 0 && ih < height && iw >= 0 && iw < width)
+                              ? static_cast<acc_t>(in_plane[static_cast<int64_t>(ih) * width + iw])
+                              : acc_t(0);
+  }
+}
+
+// stage grad_out's th x tw tile of a plane (zeros outside the image) in rows of pitch `pitch`
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ void stage_grad_tile(acc_t* s_g, const scalar_t* __restrict__ g_plane,
+                                                int height, int width, int h0, int w0, int th,
+                                                int tw, int pitch) {
+  for (int i = threadIdx.x; i < th * tw; i += blockDim.x) {
+    const int oh = h0 + i / tw, ow = w0 + i % tw;
+    s_g[(i / tw) * pitch + i % tw] =
+        (oh < height && ow < width)
+            ? static_cast<acc_t>(g_plane[static_cast<int64_t>(oh) * width + ow])
+            : acc_t(0);
+  }
+}
+
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
 depthwise_conv2d_forward_kernel(const scalar_t* __restrict__ input,
@@ -69,13 +98,8 @@ depthwise_conv2d_forward_kernel(const scalar_t* __restrict__ input,
     const int src = flip ? (taps - 1 - i) : i;
     s_w[i] = static_cast<acc_t>(weight[static_cast<int64_t>(c) * taps + src]);
   }
-  for (int i = threadIdx.x; i < sh * sw; i += blockDim.x) {
-    const int ih = h0 - pad + i / sw;
-    const int iw = w0 - pad + i % sw;
-    s_in[i] = (ih >= 0 && ih < height && iw >= 0 && iw < width)
-                  ? static_cast<acc_t>(in_plane[static_cast<int64_t>(ih) * width + iw])
-                  : acc_t(0);
-  }
+  stage_input_tile(s_in, in_plane, height, width, h0, w0, pad, sh, sw, sw,
+                   static_cast<int>(threadIdx.x), static_cast<int>(blockDim.x));
   __syncthreads();
 
   const int row = threadIdx.x / (kTileW / kPerThread);
@@ -148,20 +172,9 @@ depthwise_conv2d_weight_grad_kernel(const scalar_t* __restrict__ input,
     const scalar_t* in_plane = input + plane * plane_size;
     const scalar_t* g_plane = grad_out + plane * plane_size;
     __syncthreads();  // the previous item's tiles are no longer read
-    for (int i = threadIdx.x; i < sh * sw; i += blockDim.x) {
-      const int ih = h0 - pad + i / sw;
-      const int iw = w0 - pad + i % sw;
-      s_in[i] = (ih >= 0 && ih < height && iw >= 0 && iw < width)
-                    ? static_cast<acc_t>(in_plane[static_cast<int64_t>(ih) * width + iw])
-                    : acc_t(0);
-    }
-    for (int i = threadIdx.x; i < kTileH * kTileW; i += blockDim.x) {
-      const int oh = h0 + i / kTileW;
-      const int ow = w0 + i % kTileW;
-      s_g[i] = (oh < height && ow < width)
-                   ? static_cast<acc_t>(g_plane[static_cast<int64_t>(oh) * width + ow])
-                   : acc_t(0);
-    }
+    stage_input_tile(s_in, in_plane, height, width, h0, w0, pad, sh, sw, sw,
+                     static_cast<int>(threadIdx.x), static_cast<int>(blockDim.x));
+    stage_grad_tile(s_g, g_plane, height, width, h0, w0, kTileH, kTileW, kTileW);
     __syncthreads();
     const int rows = min(kTileH, height - h0);
     const int cols = min(kTileW, width - w0);
@@ -228,21 +241,6 @@ struct TileShape {
 using TileLarge = TileShape<16, 32, 1>;
 using TileMedium = TileShape<16, 16, 8>;
 using TileSmall = TileShape<8, 8, 8>;
-
-// stage the input tile of a plane with its halo (zeros outside the image) in rows of pitch `pitch`
-template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ void stage_input_tile(acc_t* s_in, const scalar_t* __restrict__ in_plane,
-                                                 int height, int width, int h0, int w0, int pad,
-                                                 int rows, int cols, int pitch, int first,
-                                                 int stride) {
-  for (int i = first; i < rows * cols; i += stride) {
-    const int r = i / cols, q = i % cols;
-    const int ih = h0 - pad + r, iw = w0 - pad + q;
-    s_in[r * pitch + q] = (in_plane != nullptr && ih >= 0 && ih < height && iw >= 0 && iw < width)
-                              ? static_cast<acc_t>(in_plane[static_cast<int64_t>(ih) * width + iw])
-                              : acc_t(0);
-  }
-}
 
 template <typename scalar_t, typename acc_t, int K, typename Tile>
 __global__ void __launch_bounds__(Tile::kFwdThreads)
@@ -353,13 +351,7 @@ depthwise_conv2d_weight_grad_k_kernel(const scalar_t* __restrict__ input,
     __syncthreads();  // the previous item's tiles are no longer read
     stage_input_tile(s_in, input + plane * plane_size, height, width, h0, w0, pad, sh,
                      TW + K - 1, sw, static_cast<int>(threadIdx.x), static_cast<int>(blockDim.x));
-    for (int i = threadIdx.x; i < TH * TW; i += blockDim.x) {
-      const int oh = h0 + i / TW, ow = w0 + i % TW;
-      s_g[(i / TW) * Tile::kGradPitch + i % TW] =
-          (oh < height && ow < width)
-              ? static_cast<acc_t>(g_plane[static_cast<int64_t>(oh) * width + ow])
-              : acc_t(0);
-    }
+    stage_grad_tile(s_g, g_plane, height, width, h0, w0, TH, TW, Tile::kGradPitch);
     __syncthreads();
     if (h0 + r >= height) continue;  // this output row is outside the image (its grads are 0)
     const acc_t* g_row = s_g + r * Tile::kGradPitch;
