@@ -182,6 +182,25 @@ def test_emulated_channels_last_and_strided_inputs(emulated_ext):
         F.conv2d(x_strided.double(), wt.double(), padding=3, groups=4), rtol=1e-5, atol=1e-5)
 
 
+def test_emulated_autocast_computes_in_the_autocast_dtype(emulated_ext):
+    """Under autocast the op computes in the autocast dtype, as F.conv2d does, from fp32 inputs
+    and parameters; the gradients reach the fp32 parameters."""
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(2, 4, 12, 20, generator=g, requires_grad=True)
+    wt = (torch.randn(4, 1, 13, 13, generator=g) / 13).requires_grad_()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        y = depthwise_conv2d(x, wt)
+        y_ref = F.conv2d(x, wt, padding=6, groups=4)
+    assert y.dtype == y_ref.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), y_ref.float(), rtol=2e-2, atol=2e-2)
+    y.float().sum().backward()
+    assert x.grad.dtype == wt.grad.dtype == torch.float32
+    _, w64, _, y64 = reference(x, wt, None)
+    y64.sum().backward()
+    torch.testing.assert_close(wt.grad.double(), w64.grad, rtol=3e-2,
+                               atol=3e-2 * w64.grad.abs().max().item())
+
+
 def test_emulated_module_trains_like_conv2d(emulated_ext):
     """DepthWiseConv2dImplicitGEMM's forward and backward through the kernels equal nn.Conv2d's
     (the module's fast path is taken for CUDA inputs only, so this calls the function directly

@@ -64,8 +64,11 @@ class DepthwiseConv2dFunction(torch.autograd.Function):
 
 def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias=None) -> torch.Tensor:
     """Depthwise conv, stride 1, padding k // 2, on the compiled kernels. ``x``: NCHW or
-    channels_last; the output keeps the input's memory format. Under autocast the weight and bias
-    follow the input's dtype."""
+    channels_last; the output keeps the input's memory format. Under autocast it computes in the
+    autocast dtype, as ``F.conv2d`` does (the input, weight and bias are cast to it); otherwise
+    the weight and bias follow the input's dtype."""
+    if torch.is_autocast_enabled(x.device.type):
+        x = x.to(torch.get_autocast_dtype(x.device.type))
     channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
         memory_format=torch.channels_last)
     x_c = x.contiguous()
