@@ -79,8 +79,9 @@ setup(
     license='Apache-2.0',
     python_requires='>=3.8',
     packages=find_packages(include=['mmunirep', 'mmunirep.*']),
-    # The backbone itself needs only these three.
-    install_requires=['torch>=2.0', 'mmengine>=0.10.0,<1.0', 'timm>=0.9'],
+    # The backbone itself needs only these three. torch 2.4 is the first with the APIs we call:
+    # torch.amp.custom_fwd(device_type=...), torch.get_autocast_dtype, add_safe_globals.
+    install_requires=['torch>=2.4', 'mmengine>=0.10.0,<1.0', 'timm>=0.9'],
     extras_require={
         # mmdet 3.3 / mmseg 1.2 accept only mmcv>=2.0.0rc4,<2.2.0; mmdet imports six undeclared.
         'det': ['mmcv>=2.0.0rc4,<2.2.0', 'mmdet>=3.1.0,<3.4.0', 'pycocotools', 'six'],
