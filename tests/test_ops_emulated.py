@@ -10,14 +10,17 @@ GPU, against an fp64 reference. Inputs sit inside NaN guard zones and the tensor
 start as NaN, so a read outside a tensor or an element never written poisons the result. What this cannot show: speed, and anything specific to the GPU's compiler or
 memory system; tests/test_ops.py repeats the numerical checks on a real GPU.
 """
+import copy
 import os
 
 import pytest
 import torch
 import torch.nn.functional as F
+from test_backbone import randomize, rel_err
 from test_ops import TOL, reference
 from torch.utils.cpp_extension import load
 
+from mmunirep.models import UniRepLKNet
 from mmunirep.ops import DepthWiseConv2dImplicitGEMM, depthwise_conv2d
 from mmunirep.ops import depthwise_conv as dw_module
 
@@ -218,6 +221,61 @@ def test_emulated_module_trains_like_conv2d(emulated_ext):
     y_ref.backward(gy)
     torch.testing.assert_close(op.weight.grad, ref.weight.grad, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(op.bias.grad, ref.bias.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_emulated_backbone_matches_pytorch_convs(emulated_ext, monkeypatch):
+    """A small UniRepLKNet (A's layout, fewer channels and blocks) with use_lk_op=True, its 13x13
+    convs on the emulated kernels (stage maps of 8x8, 4x4 and 2x2: all smaller than the kernel),
+    against the same network with PyTorch's convs: one training step's outputs and every
+    gradient, each no further from an fp64 run than 4x the fp32 PyTorch run's own error (+1e-6
+    of the outputs' / the largest gradient's scale), then the re-parameterized structure's
+    outputs."""
+    calls = []
+
+    def fast_path_for_cpu(self, x):  # the module takes its CUDA path for CUDA inputs only
+        calls.append(x.shape)
+        return None
+
+    monkeypatch.setattr(DepthWiseConv2dImplicitGEMM, '_fast_path_refusal', fast_path_for_cpu)
+    arch = dict(depths=(1, 1, 2, 1), dims=(16, 24, 32, 40),
+                kernel_sizes=((3, ), (13, ), (13, 13), (13, )))
+    ref = randomize(UniRepLKNet(arch=arch, drop_path_rate=0.2), seed=1)
+    ref64 = copy.deepcopy(ref).double()
+    with_op = UniRepLKNet(arch=arch, drop_path_rate=0.2, use_lk_op=True)
+    with_op.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(10))
+    runs = []
+    for model, inp in ((ref64, x.double()), (ref, x), (with_op, x)):
+        torch.manual_seed(11)  # the same drop-path masks
+        outs = model(inp)
+        sum((o * (i + 1)).mean() for i, o in enumerate(outs)).backward()
+        runs.append(([o.detach().double() for o in outs],
+                     {n: p.grad.double() for n, p in model.named_parameters()}))
+    assert len(calls) == 4  # every large-kernel conv took the kernels
+    (outs64, grads64), (outs32, grads32), (outs_op, grads_op) = runs
+
+    def no_worse(ours, torch32, exact, floor, what):
+        err_ours = (ours - exact).abs().max().item()
+        err_torch = (torch32 - exact).abs().max().item()
+        assert err_ours <= 4 * err_torch + floor, (what, err_ours, err_torch, floor)
+
+    for i, (a, b, c) in enumerate(zip(outs_op, outs32, outs64)):
+        no_worse(a, b, c, 1e-6 * c.abs().max().item(), f'output {i}')
+    # gradients that are 0 in exact arithmetic (a conv's bias before a norm) are fp32 noise of
+    # the size of the terms that cancel: the floor is relative to the largest gradient
+    grad_scale = max(g.abs().max().item() for g in grads64.values())
+    for name, exact in grads64.items():
+        no_worse(grads_op[name], grads32[name], exact, 1e-6 * grad_scale, name)
+
+    calls.clear()
+    for model in (ref, with_op):
+        model.eval()
+        model.switch_to_deploy()
+    with torch.no_grad():
+        for a, b in zip(with_op(x), ref(x)):
+            assert rel_err(a, b) < 1e-5
+    assert len(calls) == 4 and isinstance(with_op.stages[1][0].dwconv.lk_origin,
+                                          DepthWiseConv2dImplicitGEMM)
 
 
 def test_emulated_launch_limits_are_enforced(emu):
