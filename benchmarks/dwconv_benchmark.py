@@ -169,7 +169,8 @@ def main():
     lines = [f'device: {device_name}, torch {torch.__version__}, '
              f'fp32 rate {rate / 1e12:.1f} TFLOP/s (matmul, TF32 off); median of '
              f'{args.repeats} after {args.warmup} warm-up; times in ms; ratio = faster PyTorch '
-             'path / ours (> 1: ours faster); floor = FMA floor time / our forward time; '
+             'path / ours (> 1: ours faster); floor = FMA floor time / our time (each pass is '
+             '2*N*C*H*W*K*K FLOPs); '
              'run-time K = ours with MMUNIREP_DWCONV_GENERIC=1 (sizes with compile-time kernels)',
              '| shape (N,C,H,W,K) | dtype | pass | ours | torch NCHW | torch CL | ratio | floor '
              '| ours, run-time K |', '|---|---|---|---|---|---|---|---|---|']
@@ -180,7 +181,7 @@ def main():
             r = bench_shape(shape, DTYPES[dname], args, depthwise_conv2d)
             for p in ('fwd', 'dgrad', 'wgrad'):
                 best = min(r['torch_nchw'][p], r['torch_cl'][p])
-                frac = f'{floor_ms / r["ours"][p]:.2f}' if p == 'fwd' else ''
+                frac = f'{floor_ms / r["ours"][p]:.2f}'  # every pass has the same FLOPs
                 lines.append(f'| {shape} | {dname} | {p} | {r["ours"][p]:.3f} | '
                              f'{r["torch_nchw"][p]:.3f} | {r["torch_cl"][p]:.3f} | '
                              f'{best / r["ours"][p]:.2f} | {frac} | {generic(r, p)} |')
