@@ -76,7 +76,8 @@ def make_step(model, batch, projections, amp_dtype):
 
     def step(seed):
         torch.manual_seed(seed)
-        with torch.autocast(device, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        with torch.autocast(device, dtype=amp_dtype or torch.float32,
+                            enabled=amp_dtype is not None):
             outs = model(batch)
             loss = sum((o.float() * p).mean() for o, p in zip(outs, projections))
         scaler.scale(loss).backward()

@@ -6,8 +6,9 @@ tests/csrc/cuda_emulator.h: every block of the grid runs with its threads as rea
 threads and a real __syncthreads() barrier, and its shared memory starts as NaN bytes. So the
 tiling, halos, the flipped filter of the input gradient, the partitioned weight gradient and its
 reduction, the shared-memory sizing and the launch limits are checked here, on machines without a
-GPU, against an fp64 reference. Inputs sit inside NaN guard zones and the tensors the op allocates
-start as NaN, so a read outside a tensor or an element never written poisons the result. What this cannot show: speed, and anything specific to the GPU's compiler or
+GPU, against an fp64 reference. Inputs sit inside NaN guard zones and the tensors the op
+allocates start as NaN, so a read outside a tensor or an element never written poisons the
+result. What this cannot show: speed, and anything specific to the GPU's compiler or
 memory system; tests/test_ops.py repeats the numerical checks on a real GPU.
 """
 import copy
@@ -114,7 +115,8 @@ def check_against_fp64(emu, dtype, n, c, h, w, k, generic=False):
     for name, got, ref in (('output', y, y64), ('input grad', gx, x64.grad),
                            ('weight grad', gw, w64.grad), ('bias grad', gb, b64.grad)):
         assert got.dtype == dtype and got.shape == ref.shape, name
-        assert torch.isfinite(got).all(), f'{name}: NaN, i.e. a read outside the data or an element never written'
+        assert torch.isfinite(got).all(), \
+            f'{name}: NaN, i.e. a read outside the data or an element never written'
         torch.testing.assert_close(got.double() / scale(ref), ref / scale(ref), **TOL[dtype],
                                    msg=lambda m: f'{name}: {m}')  # noqa: B023
 
@@ -129,7 +131,7 @@ def test_emulated_kernels_match_fp64(emu, dtype, n, c, h, w, k):
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize('n, c, h, w, k', [case for case in CASES if case[-1] in COMPILED_K])
 def test_emulated_generic_kernels_match_fp64(emu, monkeypatch, dtype, n, c, h, w, k):
-    """MMUNIREP_DWCONV_GENERIC=1: the run-time-K kernels for the sizes that have compile-time ones."""
+    """MMUNIREP_DWCONV_GENERIC=1: the run-time-K kernels, for sizes that have compile-time ones."""
     monkeypatch.setenv('MMUNIREP_DWCONV_GENERIC', '1')
     check_against_fp64(emu, dtype, n, c, h, w, k, generic=True)
 

@@ -5,9 +5,9 @@
 // here. What it models: a grid of blocks run one after another; the threads of a block as real OS
 // threads running concurrently, so __syncthreads() is a real barrier (a thread that has returned
 // counts as arrived, as on sm_70+); blockIdx / threadIdx / blockDim / gridDim per thread; dynamic
-// shared memory of exactly the requested size, refilled with NaN bytes before every block so that
-// reading it before writing it poisons the result; the launch limits (grid.y, grid.z <= 65535,
-// block <= 1024 threads, dynamic shared memory <= 48 KiB without an opt-in). What it does not
+// shared memory (one buffer, as blocks run in turn) refilled with NaN bytes before every block so
+// that reading it before writing it poisons the result; the launch limits (grid.y, grid.z <=
+// 65535, block <= 1024 threads, dynamic shared memory <= 48 KiB without an opt-in). What it does not
 // model: warps (the kernels use no warp intrinsics), timing, the memory model beyond the barrier.
 #pragma once
 

@@ -117,6 +117,4 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("blocks_run", [] { return g_blocks_run; }, "emulated blocks run so far");
   m.def("block_sizes", [] { auto out = g_block_sizes; g_block_sizes.clear(); return out; },
         "threads per block of each launch since the last call");
-  m.attr("tile_h") = mmunirep::kTileH;
-  m.attr("tile_w") = mmunirep::kTileW;
 }
