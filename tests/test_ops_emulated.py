@@ -2,8 +2,10 @@
 
 tests/csrc/depthwise_conv_emulated.cpp compiles ops/csrc/common/cuda/depthwise_conv_kernel.cuh and
 its launch logic (depthwise_conv_launch.cuh) unchanged with the host compiler, against
-tests/csrc/cuda_emulator.h: every block of the grid runs with its threads as real concurrent
-threads and a real __syncthreads() barrier, and its shared memory starts as NaN bytes. So the
+tests/csrc/cuda_emulator.h: the threads of each block run as cooperative fibers from one
+__syncthreads() to the next (in increasing order by default; decreasing order and concurrent OS
+threads with a real barrier in the schedule test, whose results must be bitwise equal), and its
+shared memory starts as NaN bytes. So the
 tiling, halos, the flipped filter of the input gradient, the partitioned weight gradient and its
 reduction, the shared-memory sizing and the launch limits are checked here, on machines without a
 GPU, against an fp64 reference. Inputs sit inside NaN guard zones and the tensors the op
@@ -134,6 +136,35 @@ def test_emulated_generic_kernels_match_fp64(emu, monkeypatch, dtype, n, c, h, w
     """MMUNIREP_DWCONV_GENERIC=1: the run-time-K kernels, for sizes that have compile-time ones."""
     monkeypatch.setenv('MMUNIREP_DWCONV_GENERIC', '1')
     check_against_fp64(emu, dtype, n, c, h, w, k, generic=True)
+
+
+@pytest.mark.parametrize('n, c, h, w, k', [
+    (3, 3, 40, 37, 13), (3, 5, 7, 7, 13), (2, 3, 14, 14, 13), (1, 3, 12, 70, 31),
+    (2, 7, 33, 17, 5), (70, 1, 9, 9, 7)])
+def test_emulated_results_do_not_depend_on_the_schedule(emu, n, c, h, w, k):
+    """The threads of a block run in increasing order, in decreasing order (cooperative, from
+    barrier to barrier) and as concurrent OS threads: a missing __syncthreads() would make the
+    results depend on the order; they must be bitwise equal."""
+    g = torch.Generator().manual_seed(12)
+    x, gy = torch.randn(n, c, h, w, generator=g), torch.randn(n, c, h, w, generator=g)
+    wt, b = torch.randn(c, 1, k, k, generator=g) / k, torch.randn(c, generator=g)
+    results = {}
+    try:
+        for schedule in ('forward', 'reverse', 'threads'):
+            emu.set_schedule(schedule)
+            results[schedule] = [emu.depthwise_conv2d_forward(x, wt, b)] + list(
+                emu.depthwise_conv2d_backward(gy, x, wt, True, True, False)[:2])
+    finally:
+        emu.set_schedule('forward')
+    for schedule in ('reverse', 'threads'):
+        for name, a, ref in zip(('output', 'input grad', 'weight grad'), results[schedule],
+                                results['forward']):
+            assert torch.equal(a, ref), f'{name} differs between forward and {schedule} order'
+
+
+def test_emulated_schedule_names_are_checked(emu):
+    with pytest.raises(RuntimeError, match='expected threads, forward or reverse, got random'):
+        emu.set_schedule('random')
 
 
 def test_emulated_weight_grad_is_deterministic(emu):

@@ -21,6 +21,7 @@ namespace {
 // what was launched, so that the tests can see which kernels ran
 int64_t g_blocks_run = 0;
 std::vector<unsigned> g_block_sizes;  // threads per block of each launch
+cuda_emu::Schedule g_schedule = cuda_emu::Schedule::kForward;
 
 struct EmuLaunch {
   // a small emulated GPU, so that the weight gradient's blocks loop over several items
@@ -36,27 +37,13 @@ struct EmuLaunch {
     TORCH_CHECK(smem <= 48 * 1024 && smem <= cuda_emu::kSmemCapacity,
                 "emulated launch: ", smem, " bytes of dynamic shared memory");
     g_block_sizes.push_back(threads);
+    const std::function<void()> body = [&] { kernel(args...); };
     for (unsigned bz = 0; bz < grid.z; ++bz)
       for (unsigned by = 0; by < grid.y; ++by)
         for (unsigned bx = 0; bx < grid.x; ++bx) {
           // NaN bytes: a read of shared memory that the block did not write poisons its result
           std::memset(mmunirep::smem_raw, 0xFF, sizeof(mmunirep::smem_raw));
-          std::barrier<> bar(threads);
-          std::vector<std::thread> pool;
-          pool.reserve(threads);
-          for (unsigned t = 0; t < threads; ++t) {
-            pool.emplace_back([&, t] {
-              cuda_emu::tl_thread_idx =
-                  dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
-              cuda_emu::tl_block_idx = dim3(bx, by, bz);
-              cuda_emu::tl_block_dim = block;
-              cuda_emu::tl_grid_dim = grid;
-              cuda_emu::tl_barrier = &bar;
-              kernel(args...);
-              bar.arrive_and_drop();  // an exited thread no longer holds up __syncthreads()
-            });
-          }
-          for (auto& th : pool) th.join();
+          cuda_emu::run_block(dim3(bx, by, bz), block, grid, g_schedule, body);
           ++g_blocks_run;
         }
   }
@@ -115,6 +102,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("depthwise_conv2d_forward", &forward, "the CUDA forward kernel, emulated on the CPU");
   m.def("depthwise_conv2d_backward", &backward, "the CUDA backward kernels, emulated on the CPU");
   m.def("blocks_run", [] { return g_blocks_run; }, "emulated blocks run so far");
+  m.def(
+      "set_schedule",
+      [](const std::string& name) {
+        if (name == "threads") g_schedule = cuda_emu::Schedule::kThreads;
+        else if (name == "forward") g_schedule = cuda_emu::Schedule::kForward;
+        else if (name == "reverse") g_schedule = cuda_emu::Schedule::kReverse;
+        else TORCH_CHECK(false, "schedule: expected threads, forward or reverse, got ", name);
+      },
+      "how the threads of a block run (cuda_emulator.h)");
   m.def("block_sizes", [] { auto out = g_block_sizes; g_block_sizes.clear(); return out; },
         "threads per block of each launch since the last call");
 }
