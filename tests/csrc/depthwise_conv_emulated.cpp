@@ -5,7 +5,6 @@
 #include <torch/extension.h>
 
 #include <cstring>
-#include <thread>
 #include <vector>
 
 #include "cuda_emulator.h"
@@ -34,7 +33,7 @@ struct EmuLaunch {
                 "emulated launch: invalid grid (", grid.x, ", ", grid.y, ", ", grid.z, ")");
     TORCH_CHECK(threads >= 1 && threads <= 1024, "emulated launch: ", threads,
                 " threads per block");
-    TORCH_CHECK(smem <= 48 * 1024 && smem <= cuda_emu::kSmemCapacity,
+    TORCH_CHECK(smem <= mmunirep::kMaxDefaultSmem && smem <= cuda_emu::kSmemCapacity,
                 "emulated launch: ", smem, " bytes of dynamic shared memory");
     g_block_sizes.push_back(threads);
     const std::function<void()> body = [&] { kernel(args...); };
