@@ -75,6 +75,7 @@ CASES = [
     (3, 5, 7, 7, 13),     # classification's 7x7: 15 planes in blocks of 8
     (2, 3, 14, 14, 13),   # classification's 14x14
     (2, 3, 12, 5, 7),
+    (2, 3, 20, 64, 13),   # 16-byte aligned rows: whole runs of 8 outputs take the 16-byte stores
 ]
 COMPILED_K = (7, 13, 31)  # sizes with compile-time kernels (float, half, bfloat16)
 

@@ -25,8 +25,12 @@
 //   and accumulates them in registers over all its items (8 outputs at a time: 8 + K - 1 inputs
 //   and 8 gradients loaded for 8 * K FMAs), then the block sums its 16 rows through shared memory
 //   in a fixed tree order (deterministic).
-// Shared-memory rows have an odd pitch, so the threads of a warp that read different rows hit
-// different banks. Shared memory is only ever the dynamic buffer (extern __shared__): the tests'
+// Shared-memory rows have an odd pitch and the planes of a block are padded apart, so that every
+// shared-memory load of the forward and weight-gradient loops is conflict-free: TileShape's
+// forward_bank_ways / weight_grad_bank_ways compute it from the kernels' own thread mapping and a
+// static_assert in each kernel requires it. Tiles are staged column by column (stage_input_tile),
+// and a thread's 8 forward outputs go out in 16-byte stores where the row allows.
+// Shared memory is only ever the dynamic buffer (extern __shared__): the tests'
 // CUDA emulator poisons it with NaN before every block (tests/csrc/cuda_emulator.h).
 #pragma once
 
@@ -42,33 +46,50 @@ constexpr int kMaxKernel = 31;
 constexpr int kWgradThreads = 256;
 constexpr int kMaxTapsPerThread = (kMaxKernel * kMaxKernel + kWgradThreads - 1) / kWgradThreads;
 
-// stage the input tile of a plane with its halo (zeros outside the image) in rows of pitch `pitch`
+// Stage the rows x cols box at (h0 - pad, w0 - pad) of a plane into rows of pitch `pitch` (zeros
+// outside the image, and everywhere if in_plane is null); this is thread `first` of `stride`.
+// Each thread owns columns, not elements: with stride >= cols it takes column first % cols of every
+// (stride / cols)-th row (the stride % cols left-over threads idle), else columns first, first +
+// stride, ... of every row. A column's rows inside the image are a range found once, so an element
+// costs a load, a store and pointer increments: an element-wise walk (a division, a 64-bit
+// product and both bounds tests per element) took about 30 instructions per element, which was a
+// quarter of a forward block's instructions for large maps and more for small ones.
 template <typename scalar_t, typename acc_t>
 __device__ __forceinline__ void stage_input_tile(acc_t* s_in, const scalar_t* __restrict__ in_plane,
                                                  int height, int width, int h0, int w0, int pad,
                                                  int rows, int cols, int pitch, int first,
                                                  int stride) {
-  for (int i = first; i < rows * cols; i += stride) {
-    const int r = i / cols, q = i % cols;
-    const int ih = h0 - pad + r, iw = w0 - pad + q;
-    s_in[r * pitch + q] = (in_plane != nullptr && ih >= 0 && ih < height && iw >= 0 && iw < width)
-                              ? static_cast<acc_t>(in_plane[static_cast<int64_t>(ih) * width + iw])
-                              : acc_t(0);
+  const bool by_rows = stride >= cols;
+  const int r_first = by_rows ? first / cols : 0, r_step = by_rows ? stride / cols : 1;
+  if (r_first >= r_step) return;  // a left-over thread
+  const int q_step = by_rows ? cols : stride;
+  const int ih0 = h0 - pad, iw0 = w0 - pad;
+  for (int q = by_rows ? first % cols : first; q < cols; q += q_step) {
+    acc_t* dst = s_in + q;
+    // rows [r_lo, r_hi) of this column are inside the image
+    const bool column_inside =
+        in_plane != nullptr && static_cast<unsigned>(iw0 + q) < static_cast<unsigned>(width);
+    const int r_lo = column_inside ? min(max(-ih0, 0), rows) : rows;
+    const int r_hi = max(r_lo, min(height - ih0, rows));
+    int r = r_first;
+    for (; r < r_lo; r += r_step) dst[r * pitch] = acc_t(0);
+    if (r < r_hi) {
+      const scalar_t* src = in_plane + static_cast<int64_t>(ih0 + r) * width + iw0 + q;
+      const int64_t src_step = static_cast<int64_t>(r_step) * width;
+#pragma unroll 4
+      for (; r < r_hi; r += r_step, src += src_step) dst[r * pitch] = static_cast<acc_t>(*src);
+    }
+    for (; r < rows; r += r_step) dst[r * pitch] = acc_t(0);
   }
 }
 
-// stage grad_out's th x tw tile of a plane (zeros outside the image) in rows of pitch `pitch`
+// stage grad_out's th x tw tile of a plane (zeros outside the image) in rows of pitch `pitch`:
+// the walk of stage_input_tile without halo (rows and columns past the image read as zeros)
 template <typename scalar_t, typename acc_t>
 __device__ __forceinline__ void stage_grad_tile(acc_t* s_g, const scalar_t* __restrict__ g_plane,
                                                 int height, int width, int h0, int w0, int th,
-                                                int tw, int pitch) {
-  for (int i = threadIdx.x; i < th * tw; i += blockDim.x) {
-    const int oh = h0 + i / tw, ow = w0 + i % tw;
-    s_g[(i / tw) * pitch + i % tw] =
-        (oh < height && ow < width)
-            ? static_cast<acc_t>(g_plane[static_cast<int64_t>(oh) * width + ow])
-            : acc_t(0);
-  }
+                                                int tw, int pitch, int first, int stride) {
+  stage_input_tile(s_g, g_plane, height, width, h0, w0, 0, th, tw, pitch, first, stride);
 }
 
 template <typename scalar_t, typename acc_t>
@@ -174,7 +195,8 @@ depthwise_conv2d_weight_grad_kernel(const scalar_t* __restrict__ input,
     __syncthreads();  // the previous item's tiles are no longer read
     stage_input_tile(s_in, in_plane, height, width, h0, w0, pad, sh, sw, sw,
                      static_cast<int>(threadIdx.x), static_cast<int>(blockDim.x));
-    stage_grad_tile(s_g, g_plane, height, width, h0, w0, kTileH, kTileW, kTileW);
+    stage_grad_tile(s_g, g_plane, height, width, h0, w0, kTileH, kTileW, kTileW,
+                    static_cast<int>(threadIdx.x), static_cast<int>(blockDim.x));
     __syncthreads();
     const int rows = min(kTileH, height - h0);
     const int cols = min(kTileW, width - w0);
@@ -213,29 +235,130 @@ __global__ void depthwise_conv2d_reduce_parts_kernel(const acc_t* __restrict__ w
   grad_weight[i] = static_cast<scalar_t>(sum);
 }
 
+// Write the n <= P outputs acc + b of a thread to out[0, n). A full run of P at a 16-byte aligned
+// address goes out in 16-byte stores: whole 32-byte sectors from fewer instructions, where the
+// scalar stores of a warp (8 outputs apart per lane) each touch a sector per lane.
+template <int P, typename scalar_t, typename acc_t>
+__device__ __forceinline__ void store_outputs(scalar_t* __restrict__ out, const acc_t (&acc)[P],
+                                              acc_t b, int n) {
+  constexpr int kPack = 16 / static_cast<int>(sizeof(scalar_t));
+  struct alignas(16) Pack {
+    scalar_t v[kPack];
+  };
+  if constexpr (P % kPack == 0) {
+    if (n == P && reinterpret_cast<uintptr_t>(out) % 16 == 0) {
+#pragma unroll
+      for (int i = 0; i < P; i += kPack) {
+        Pack pack;
+#pragma unroll
+        for (int j = 0; j < kPack; ++j) pack.v[j] = static_cast<scalar_t>(acc[i + j] + b);
+        *reinterpret_cast<Pack*>(out + i) = pack;
+      }
+      return;
+    }
+  }
+#pragma unroll
+  for (int p = 0; p < P; ++p)
+    if (p < n) out[p] = static_cast<scalar_t>(acc[p] + b);
+}
+
 // ------------------------------------------------------------------------------------------------
 // Kernels for a compile-time kernel size K and tile shape (see the top of this file)
 // ------------------------------------------------------------------------------------------------
+// The most distinct 4-byte words that one of the 32 banks serves to the n lanes of a warp that
+// read words[0, n) in one shared-memory load (1: conflict-free; equal words are a broadcast).
+constexpr int warp_bank_ways(const int* words, int n) {
+  int worst = 0;
+  for (int lane = 0; lane < n; ++lane) {
+    int ways = 0;  // distinct words in this lane's bank, each counted at its first lane
+    for (int other = 0; other < n; ++other) {
+      bool first = words[other] % 32 == words[lane] % 32;
+      for (int prev = 0; prev < other && first; ++prev) first = words[prev] != words[other];
+      ways += first ? 1 : 0;
+    }
+    worst = ways > worst ? ways : worst;
+  }
+  return worst;
+}
+constexpr int max_of(int a, int b, int c) { return a > b ? (a > c ? a : c) : (b > c ? b : c); }
+
 // A tile shape: TH x TW outputs of each of PLANES consecutive (n, c) planes per forward block.
 // 16x32 x 1 plane for large maps; for maps that fit in 16x16 or 8x8 one block covers whole maps
 // of 8 planes, so that small maps (classification's 14x14 and 7x7) do not leave most threads idle.
+//
+// Forward threads: a warp covers 8 rows x kColGroups column groups (8 outputs each) of
+// kWarpPlanes planes. With odd row pitches the 8 rows fall in 8 different banks modulo 8, the
+// column groups add multiples of 8, and each plane's staging area (plane_stride) is padded so that
+// the planes of a warp add the remaining multiples of 8: every shared-memory load of the forward
+// loop is conflict-free (forward_bank_ways below checks it at compile time).
 template <int TH_, int TW_, int PLANES_>
 struct TileShape {
   static constexpr int TH = TH_, TW = TW_, PLANES = PLANES_;
   static constexpr int kPerThread = 8;  // forward outputs per thread, along W
-  static constexpr int kFwdThreads = PLANES * TH * (TW / kPerThread);
-  static_assert(TW % kPerThread == 0, "tile width must be a multiple of 8");
+  static constexpr int kColGroups = TW / kPerThread;
+  static constexpr int kWarpPlanes = 32 / (8 * kColGroups);
+  static constexpr int kFwdThreads = PLANES * TH * kColGroups;
+  static_assert(TW % kPerThread == 0 && (kColGroups == 1 || kColGroups == 2 || kColGroups == 4),
+                "tile width must be 8, 16 or 32");
+  static_assert(TH % 8 == 0 && PLANES % kWarpPlanes == 0, "a warp covers 8 rows of whole planes");
   // odd pitches: the threads of a warp that read different rows hit different banks
   static constexpr int staged_pitch(int k) { return TW + k; }  // TW + k - 1 values, made odd
   static constexpr int kGradPitch = TW + 1;
-  static constexpr int forward_smem_elems(int k) {
-    return PLANES * ((TH + k - 1) * staged_pitch(k) + k * k);
+  // one plane's staged input rows and filter, padded to start 32 / kWarpPlanes banks after the
+  // previous plane's
+  static constexpr int plane_stride(int k) {
+    const int n = (TH + k - 1) * staged_pitch(k) + k * k;
+    return kWarpPlanes == 1 ? n : n + ((32 / kWarpPlanes - n % 32) % 32 + 32) % 32;
   }
+  static constexpr int forward_smem_elems(int k) { return PLANES * plane_stride(k); }
   static constexpr int weight_grad_smem_elems(int k) {
     // the staged tiles during the loop, then the first round of the row reduction
     return (TH + k - 1) * staged_pitch(k) + TH * kGradPitch > (TH / 2) * k * k
                ? (TH + k - 1) * staged_pitch(k) + TH * kGradPitch
                : (TH / 2) * k * k;
+  }
+
+  // forward thread -> (plane of the block, output row, first output column) of its 8 outputs
+  struct Position {
+    int plane, row, col;
+  };
+  static constexpr Position forward_position(int tid) {
+    const int lane = tid % 32, warp = tid / 32, row_groups = TH / 8;
+    return {(warp / row_groups) * kWarpPlanes + lane / (8 * kColGroups),
+            (warp % row_groups) * 8 + (lane / kColGroups) % 8, (lane % kColGroups) * kPerThread};
+  }
+
+  // The most distinct 4-byte words one bank serves to a warp in one shared-memory load of the
+  // forward loop: the first input of each thread's window and the filter tap (its other loads
+  // shift all lanes by the same offset). 1 means conflict-free.
+  static constexpr int forward_bank_ways(int k) {
+    int worst = 1;
+    for (int warp = 0; warp < kFwdThreads / 32; ++warp) {
+      int inputs[32] = {}, taps[32] = {};
+      for (int lane = 0; lane < 32; ++lane) {
+        const Position p = forward_position(warp * 32 + lane);
+        inputs[lane] = p.plane * plane_stride(k) + p.row * staged_pitch(k) + p.col;
+        taps[lane] = p.plane * plane_stride(k) + (TH + k - 1) * staged_pitch(k);
+      }
+      worst = max_of(worst, warp_bank_ways(inputs, 32), warp_bank_ways(taps, 32));
+    }
+    return worst;
+  }
+  // The same for the weight-gradient loop (thread (kh, r) = (tid / TH, tid % TH)): its first
+  // staged input and gradient; a warp's last lanes may be past the block's K * TH threads.
+  static constexpr int weight_grad_bank_ways(int k) {
+    int worst = 1;
+    for (int warp = 0; warp * 32 < k * TH; ++warp) {
+      int inputs[32] = {}, grads[32] = {};
+      const int lanes = k * TH - warp * 32 < 32 ? k * TH - warp * 32 : 32;
+      for (int lane = 0; lane < lanes; ++lane) {
+        const int kh = (warp * 32 + lane) / TH, r = (warp * 32 + lane) % TH;
+        inputs[lane] = (r + kh) * staged_pitch(k);
+        grads[lane] = r * kGradPitch;
+      }
+      worst = max_of(worst, warp_bank_ways(inputs, lanes), warp_bank_ways(grads, lanes));
+    }
+    return worst;
   }
 };
 using TileLarge = TileShape<16, 32, 1>;
@@ -253,7 +376,9 @@ depthwise_conv2d_forward_k_kernel(const scalar_t* __restrict__ input,
   constexpr int pad = K / 2;
   constexpr int sh = TH + K - 1;
   constexpr int sw = Tile::staged_pitch(K);
-  constexpr int stage = sh * sw + K * K;  // one plane's staged input and filter
+  constexpr int stage = Tile::plane_stride(K);  // one plane's staged input and filter
+  static_assert(sizeof(acc_t) != 4 || Tile::forward_bank_ways(K) == 1,
+                "forward_k: bank conflicts in the forward loop's shared-memory loads");
   extern __shared__ unsigned char smem_raw[];
   acc_t* smem = reinterpret_cast<acc_t*>(smem_raw);
 
@@ -262,27 +387,31 @@ depthwise_conv2d_forward_k_kernel(const scalar_t* __restrict__ input,
   const int w0 = (blockIdx.y % tiles_w) * TW;
   const int64_t plane_size = static_cast<int64_t>(height) * width;
 
-  // stage every plane's filter and input tile; each plane's share of the threads does its own
-  constexpr int threads_per_plane = Tile::kFwdThreads / PLANES;
-  const int p_idx = threadIdx.x / threads_per_plane;
-  const int t_in_plane = threadIdx.x % threads_per_plane;
-  const int64_t plane = plane0 + p_idx;
-  const bool plane_valid = plane < planes;
-  const int c = static_cast<int>(plane % channels);
-  acc_t* s_in = smem + p_idx * stage;
-  acc_t* s_w = s_in + sh * sw;
-  for (int i = t_in_plane; i < K * K; i += threads_per_plane)
-    s_w[i] = plane_valid ? static_cast<acc_t>(
-                               weight[static_cast<int64_t>(c) * K * K + (flip ? K * K - 1 - i : i)])
-                         : acc_t(0);
-  stage_input_tile(s_in, plane_valid ? input + plane * plane_size : nullptr, height, width, h0,
-                   w0, pad, sh, TW + K - 1, sw, t_in_plane, threads_per_plane);
+  {  // stage every plane's filter and input tile; each plane's share of the threads does its own
+    constexpr int threads_per_plane = Tile::kFwdThreads / PLANES;
+    const int p_idx = threadIdx.x / threads_per_plane;
+    const int t_in_plane = threadIdx.x % threads_per_plane;
+    const int64_t plane = plane0 + p_idx;
+    const bool plane_valid = plane < planes;
+    const int c = static_cast<int>(plane % channels);
+    acc_t* s_in = smem + p_idx * stage;
+    acc_t* s_w = s_in + sh * sw;
+    for (int i = t_in_plane; i < K * K; i += threads_per_plane)
+      s_w[i] = plane_valid ? static_cast<acc_t>(weight[static_cast<int64_t>(c) * K * K +
+                                                       (flip ? K * K - 1 - i : i)])
+                           : acc_t(0);
+    stage_input_tile(s_in, plane_valid ? input + plane * plane_size : nullptr, height, width,
+                     h0, w0, pad, sh, TW + K - 1, sw, t_in_plane, threads_per_plane);
+  }
   __syncthreads();
 
-  const int row = t_in_plane / (TW / P);
-  const int col = (t_in_plane % (TW / P)) * P;
+  const auto pos = Tile::forward_position(static_cast<int>(threadIdx.x));
+  const int64_t plane = plane0 + pos.plane;
+  const int row = pos.row, col = pos.col;
   const int oh = h0 + row;
-  if (!plane_valid || oh >= height || w0 + col >= width) return;  // nothing of it in the image
+  if (plane >= planes || oh >= height || w0 + col >= width) return;  // nothing of it in the image
+  const acc_t* s_in = smem + pos.plane * stage;
+  const acc_t* s_w = s_in + sh * sw;
   acc_t acc[P];
 #pragma unroll
   for (int p = 0; p < P; ++p) acc[p] = acc_t(0);
@@ -301,13 +430,10 @@ depthwise_conv2d_forward_k_kernel(const scalar_t* __restrict__ input,
       for (int p = 0; p < P; ++p) acc[p] += x[p + kw] * wv;
     }
   }
+  const int c = static_cast<int>(plane % channels);
   const acc_t b = bias != nullptr ? static_cast<acc_t>(bias[c]) : acc_t(0);
-  scalar_t* out_row = output + plane * plane_size + static_cast<int64_t>(oh) * width;
-#pragma unroll
-  for (int p = 0; p < P; ++p) {
-    const int ow = w0 + col + p;
-    if (ow < width) out_row[ow] = static_cast<scalar_t>(acc[p] + b);
-  }
+  store_outputs<P>(output + plane * plane_size + static_cast<int64_t>(oh) * width + w0 + col, acc,
+                   b, min(P, width - w0 - col));
 }
 
 // Block (c, part): thread (kh, r) accumulates the K taps of filter row kh over output row r of
@@ -325,6 +451,8 @@ depthwise_conv2d_weight_grad_k_kernel(const scalar_t* __restrict__ input,
   constexpr int sh = TH + K - 1;
   constexpr int sw = Tile::staged_pitch(K);
   constexpr int Q = 8;  // outputs per inner step
+  static_assert(sizeof(acc_t) != 4 || Tile::weight_grad_bank_ways(K) == 1,
+                "weight_grad_k: bank conflicts in the weight-gradient loop's shared-memory loads");
   extern __shared__ unsigned char smem_raw[];
   acc_t* s_in = reinterpret_cast<acc_t*>(smem_raw);
   acc_t* s_g = s_in + sh * sw;
@@ -350,8 +478,9 @@ depthwise_conv2d_weight_grad_k_kernel(const scalar_t* __restrict__ input,
     const scalar_t* g_plane = grad_out + plane * plane_size;
     __syncthreads();  // the previous item's tiles are no longer read
     stage_input_tile(s_in, input + plane * plane_size, height, width, h0, w0, pad, sh,
-                     TW + K - 1, sw, static_cast<int>(threadIdx.x), static_cast<int>(blockDim.x));
-    stage_grad_tile(s_g, g_plane, height, width, h0, w0, TH, TW, Tile::kGradPitch);
+                     TW + K - 1, sw, static_cast<int>(threadIdx.x), K * TH);
+    stage_grad_tile(s_g, g_plane, height, width, h0, w0, TH, TW, Tile::kGradPitch,
+                    static_cast<int>(threadIdx.x), K * TH);
     __syncthreads();
     if (h0 + r >= height) continue;  // this output row is outside the image (its grads are 0)
     const acc_t* g_row = s_g + r * Tile::kGradPitch;
