@@ -92,6 +92,27 @@ __device__ __forceinline__ void stage_grad_tile(acc_t* s_g, const scalar_t* __re
   stage_input_tile(s_g, g_plane, height, width, h0, w0, 0, th, tw, pitch, first, stride);
 }
 
+// The (n, tile) items part, part + parts, ... of a weight-gradient block, of the batch x
+// tiles_per_plane items of its channel, advanced with a carry (parts = gridDim.y): item /
+// tiles_per_plane on a 64-bit item index called a 64-bit division routine per item, a large share
+// of an item's work for small maps. The steps are recomputed from the launch constants rather than
+// held, which kept ptxas from spilling them.
+struct ItemWalk {
+  int n, tile;
+  __device__ ItemWalk(int tiles_per_plane)
+      : n(static_cast<int>(blockIdx.y) / tiles_per_plane),
+        tile(static_cast<int>(blockIdx.y) % tiles_per_plane) {}
+  __device__ void next(int tiles_per_plane) {
+    const int parts = static_cast<int>(gridDim.y);
+    n += parts / tiles_per_plane;
+    tile += parts % tiles_per_plane;
+    if (tile >= tiles_per_plane) {
+      tile -= tiles_per_plane;
+      ++n;
+    }
+  }
+};
+
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
 depthwise_conv2d_forward_kernel(const scalar_t* __restrict__ input,
@@ -175,20 +196,17 @@ depthwise_conv2d_weight_grad_kernel(const scalar_t* __restrict__ input,
 
   const int c = blockIdx.x;
   const int part = blockIdx.y;
-  const int parts = gridDim.y;
   const int taps = ksize * ksize;
   const int64_t plane_size = static_cast<int64_t>(height) * width;
-  const int64_t items = static_cast<int64_t>(batch) * tiles_per_plane;
 
   acc_t acc[kMaxTapsPerThread];
 #pragma unroll
   for (int j = 0; j < kMaxTapsPerThread; ++j) acc[j] = acc_t(0);
 
-  for (int64_t item = part; item < items; item += parts) {
-    const int n = static_cast<int>(item / tiles_per_plane);
-    const int tile = static_cast<int>(item % tiles_per_plane);
-    const int h0 = (tile / tiles_w) * kTileH;
-    const int w0 = (tile % tiles_w) * kTileW;
+  for (ItemWalk it(tiles_per_plane); it.n < batch; it.next(tiles_per_plane)) {
+    const int n = it.n;
+    const int h0 = (it.tile / tiles_w) * kTileH;
+    const int w0 = (it.tile % tiles_w) * kTileW;
     const int64_t plane = static_cast<int64_t>(n) * channels + c;
     const scalar_t* in_plane = input + plane * plane_size;
     const scalar_t* g_plane = grad_out + plane * plane_size;
@@ -459,21 +477,18 @@ depthwise_conv2d_weight_grad_k_kernel(const scalar_t* __restrict__ input,
 
   const int c = blockIdx.x;
   const int part = blockIdx.y;
-  const int parts = gridDim.y;
   const int kh = threadIdx.x / TH;  // this thread's filter row
   const int r = threadIdx.x % TH;   // and output row of the tile
   const int64_t plane_size = static_cast<int64_t>(height) * width;
-  const int64_t items = static_cast<int64_t>(batch) * tiles_per_plane;
 
   acc_t acc[K];
 #pragma unroll
   for (int j = 0; j < K; ++j) acc[j] = acc_t(0);
 
-  for (int64_t item = part; item < items; item += parts) {
-    const int n = static_cast<int>(item / tiles_per_plane);
-    const int tile = static_cast<int>(item % tiles_per_plane);
-    const int h0 = (tile / tiles_w) * TH;
-    const int w0 = (tile % tiles_w) * TW;
+  for (ItemWalk it(tiles_per_plane); it.n < batch; it.next(tiles_per_plane)) {
+    const int n = it.n;
+    const int h0 = (it.tile / tiles_w) * TH;
+    const int w0 = (it.tile % tiles_w) * TW;
     const int64_t plane = static_cast<int64_t>(n) * channels + c;
     const scalar_t* g_plane = grad_out + plane * plane_size;
     __syncthreads();  // the previous item's tiles are no longer read
