@@ -6,7 +6,7 @@ with benchmarks/sass_report.py: the compile-time-K forward kernels keep the inpu
 the accumulators in registers (exactly 8 * K FFMAs per filter row, each input loaded from shared
 memory once, no local memory), write 16-byte stores, and keep a tight loop; the weight-gradient
 kernels keep their filter row in registers (8 * K FFMAs per 8 outputs of a tile row, each staged
-value loaded once) with no local memory in that loop. A regression there (an array moved to local
+value loaded once, 32 outputs per item) with no local memory among those FFMAs. A regression there (an array moved to local
 memory, a window re-read per tap) would pass every emulated test and cost the GPU speed.
 """
 import os
@@ -69,10 +69,11 @@ def test_weight_grad_kernels_keep_filter_rows_in_registers(kernels):
     for (dtype, ksize, (th, tw, _)), k in found.items():
         lo, hi, nested = k.hot_loop()
         row = sass_report.summarize(k)
-        steps = tw // 8  # unrolled 8-output steps along a tile row
-        assert row['ffma'] == steps * 8 * ksize, (k.name, row)
-        # per step 8 gradients and the inputs not already held from the previous step
-        assert row['lds'] <= steps * 8 + (8 + ksize - 1) + (steps - 1) * 8, (k.name, row)
+        samples, steps = 32 // tw, tw // 8  # an item: samples x (8-output steps of a tile row)
+        assert row['ffma'] == samples * steps * 8 * ksize, (k.name, row)
+        # per step 8 gradients and the inputs not already held from the sample's previous step
+        assert row['lds'] <= samples * (steps * 8 + (8 + ksize - 1) + (steps - 1) * 8), \
+            (k.name, row)
         ffma_at = [a for a, op, _ in k.instrs if lo <= a <= hi and sass_report.is_ffma(op)]
         assert local_memory(k, min(ffma_at), max(ffma_at)) == 0, (k.name, 'spills in the FMAs')
 

@@ -23,8 +23,9 @@
 //   whole 16x16 or 8x8 maps of 8 planes per block (TileShape);
 // - weight gradient: thread (kh, r) owns the K taps of filter row kh for output row r of the tile
 //   and accumulates them in registers over all its items (8 outputs at a time: 8 + K - 1 inputs
-//   and 8 gradients loaded for 8 * K FMAs), then the block sums its 16 rows through shared memory
-//   in a fixed tree order (deterministic).
+//   and 8 gradients loaded for 8 * K FMAs; an item is a 16x32 tile of one sample, or a 16x16 /
+//   8x8 tile of 2 / 4 samples), then the block sums its rows through shared memory in a fixed
+//   tree order (deterministic).
 // Shared-memory rows have an odd pitch and the planes of a block are padded apart, so that every
 // shared-memory load of the forward and weight-gradient loops is conflict-free: TileShape's
 // forward_bank_ways / weight_grad_bank_ways compute it from the kernels' own thread mapping and a
@@ -329,10 +330,12 @@ struct TileShape {
     return kWarpPlanes == 1 ? n : n + ((32 / kWarpPlanes - n % 32) % 32 + 32) % 32;
   }
   static constexpr int forward_smem_elems(int k) { return PLANES * plane_stride(k); }
+  // weight gradient: samples per item, so that an item's rows hold 32 outputs like TileLarge's
+  static constexpr int kWgradSamples = 32 / TW;
   static constexpr int weight_grad_smem_elems(int k) {
     // the staged tiles during the loop, then the first round of the row reduction
-    return (TH + k - 1) * staged_pitch(k) + TH * kGradPitch > (TH / 2) * k * k
-               ? (TH + k - 1) * staged_pitch(k) + TH * kGradPitch
+    return kWgradSamples * ((TH + k - 1) * staged_pitch(k) + TH * kGradPitch) > (TH / 2) * k * k
+               ? kWgradSamples * ((TH + k - 1) * staged_pitch(k) + TH * kGradPitch)
                : (TH / 2) * k * k;
   }
 
@@ -455,8 +458,10 @@ depthwise_conv2d_forward_k_kernel(const scalar_t* __restrict__ input,
 }
 
 // Block (c, part): thread (kh, r) accumulates the K taps of filter row kh over output row r of
-// each of the block's (n, tile) items. Tile::PLANES is not used: the items of a block are already
-// several planes (the samples n) of its channel.
+// each of the block's items. An item is one tile of Tile::kWgradSamples consecutive samples n of
+// the block's channel (Tile::PLANES is the forward's), so that an item of a small-map tile holds
+// as many 8-output steps as a 16x32 tile's row and the per-item work (barriers, staging set-up,
+// the item walk) is spread as thinly.
 template <typename scalar_t, typename acc_t, int K, typename Tile>
 __global__ void __launch_bounds__(K * Tile::TH)
 depthwise_conv2d_weight_grad_k_kernel(const scalar_t* __restrict__ input,
@@ -464,54 +469,64 @@ depthwise_conv2d_weight_grad_k_kernel(const scalar_t* __restrict__ input,
                                       acc_t* __restrict__ workspace,  // [parts, C, K*K]
                                       int batch, int channels, int height, int width, int tiles_w,
                                       int tiles_per_plane) {
-  constexpr int TH = Tile::TH, TW = Tile::TW;
+  constexpr int TH = Tile::TH, TW = Tile::TW, S = Tile::kWgradSamples;
   constexpr int pad = K / 2;
   constexpr int sh = TH + K - 1;
   constexpr int sw = Tile::staged_pitch(K);
+  constexpr int stage = sh * sw + TH * Tile::kGradPitch;  // one sample's input and grad tiles
   constexpr int Q = 8;  // outputs per inner step
   static_assert(sizeof(acc_t) != 4 || Tile::weight_grad_bank_ways(K) == 1,
                 "weight_grad_k: bank conflicts in the weight-gradient loop's shared-memory loads");
   extern __shared__ unsigned char smem_raw[];
-  acc_t* s_in = reinterpret_cast<acc_t*>(smem_raw);
-  acc_t* s_g = s_in + sh * sw;
+  acc_t* smem = reinterpret_cast<acc_t*>(smem_raw);
 
   const int c = blockIdx.x;
   const int part = blockIdx.y;
   const int kh = threadIdx.x / TH;  // this thread's filter row
   const int r = threadIdx.x % TH;   // and output row of the tile
   const int64_t plane_size = static_cast<int64_t>(height) * width;
+  const int groups = (batch + S - 1) / S;  // items per tile position
 
   acc_t acc[K];
 #pragma unroll
   for (int j = 0; j < K; ++j) acc[j] = acc_t(0);
 
-  for (ItemWalk it(tiles_per_plane); it.n < batch; it.next(tiles_per_plane)) {
-    const int n = it.n;
+  for (ItemWalk it(tiles_per_plane); it.n < groups; it.next(tiles_per_plane)) {
     const int h0 = (it.tile / tiles_w) * TH;
     const int w0 = (it.tile % tiles_w) * TW;
-    const int64_t plane = static_cast<int64_t>(n) * channels + c;
-    const scalar_t* g_plane = grad_out + plane * plane_size;
+    const int samples = min(S, batch - it.n * S);
     __syncthreads();  // the previous item's tiles are no longer read
-    stage_input_tile(s_in, input + plane * plane_size, height, width, h0, w0, pad, sh,
-                     TW + K - 1, sw, static_cast<int>(threadIdx.x), K * TH);
-    stage_grad_tile(s_g, g_plane, height, width, h0, w0, TH, TW, Tile::kGradPitch,
-                    static_cast<int>(threadIdx.x), K * TH);
+#pragma unroll
+    for (int p = 0; p < S; ++p) {
+      const int64_t plane = static_cast<int64_t>(it.n * S + p) * channels + c;
+      acc_t* s_in = smem + p * stage;
+      // a sample past the batch is staged as zeros (and skipped below)
+      stage_input_tile(s_in, p < samples ? input + plane * plane_size : nullptr, height, width,
+                       h0, w0, pad, sh, TW + K - 1, sw, static_cast<int>(threadIdx.x), K * TH);
+      stage_grad_tile(s_in + sh * sw, p < samples ? grad_out + plane * plane_size : nullptr,
+                      height, width, h0, w0, TH, TW, Tile::kGradPitch,
+                      static_cast<int>(threadIdx.x), K * TH);
+    }
     __syncthreads();
     if (h0 + r >= height) continue;  // this output row is outside the image (its grads are 0)
-    const acc_t* g_row = s_g + r * Tile::kGradPitch;
-    const acc_t* i_row = s_in + (r + kh) * sw;
 #pragma unroll
-    for (int q0 = 0; q0 < TW; q0 += Q) {
-      if (w0 + q0 >= width) break;  // the rest of the row is outside the image
-      acc_t g[Q], x[Q + K - 1];
+    for (int p = 0; p < S; ++p) {
+      if (p >= samples) break;
+      const acc_t* g_row = smem + p * stage + sh * sw + r * Tile::kGradPitch;
+      const acc_t* i_row = smem + p * stage + (r + kh) * sw;
 #pragma unroll
-      for (int j = 0; j < Q; ++j) g[j] = g_row[q0 + j];
+      for (int q0 = 0; q0 < TW; q0 += Q) {
+        if (w0 + q0 >= width) break;  // the rest of the row is outside the image
+        acc_t g[Q], x[Q + K - 1];
 #pragma unroll
-      for (int j = 0; j < Q + K - 1; ++j) x[j] = i_row[q0 + j];
+        for (int j = 0; j < Q; ++j) g[j] = g_row[q0 + j];
 #pragma unroll
-      for (int kw = 0; kw < K; ++kw) {
+        for (int j = 0; j < Q + K - 1; ++j) x[j] = i_row[q0 + j];
 #pragma unroll
-        for (int j = 0; j < Q; ++j) acc[kw] += g[j] * x[j + kw];
+        for (int kw = 0; kw < K; ++kw) {
+#pragma unroll
+          for (int j = 0; j < Q; ++j) acc[kw] += g[j] * x[j + kw];
+        }
       }
     }
   }

@@ -156,11 +156,12 @@ std::vector<at::Tensor> depthwise_conv2d_backward_impl(const Launch& launch,
         using acc_t = at::acc_type<scalar_t, true>;
         at::Tensor workspace;  // [parts, C, K*K]
         int parts = 0;
-        // tiles of th x tw: the grid, and a workspace with one slice per part
-        auto plan = [&](int th, int tw, int threads) {
+        // items of th x tw tiles of `samples` samples: the grid, and a workspace with one slice
+        // per part
+        auto plan = [&](int th, int tw, int samples, int threads) {
           const int tiles_per_plane = static_cast<int>(count_tiles(height, width, th, tw));
-          parts = weight_grad_parts(batch * tiles_per_plane, channels, threads,
-                                    launch.multiprocessors());
+          parts = weight_grad_parts((batch + samples - 1) / samples * tiles_per_plane, channels,
+                                    threads, launch.multiprocessors());
           workspace = at::empty({parts, channels, ksize * ksize}, input.options().dtype(acc_dtype));
           return std::make_pair(dim3(static_cast<unsigned>(channels), static_cast<unsigned>(parts)),
                                 tiles_per_plane);
@@ -169,7 +170,8 @@ std::vector<at::Tensor> depthwise_conv2d_backward_impl(const Launch& launch,
               constexpr int K = decltype(k)::value;
               with_tile_shape<K>(height, width, [&](auto tile) {
                 using Tile = decltype(tile);
-                const auto [grid, tiles_per_plane] = plan(Tile::TH, Tile::TW, K * Tile::TH);
+                const auto [grid, tiles_per_plane] =
+                    plan(Tile::TH, Tile::TW, Tile::kWgradSamples, K * Tile::TH);
                 constexpr size_t smem = sizeof(acc_t) * Tile::weight_grad_smem_elems(K);
                 static_assert(smem <= kMaxDefaultSmem, "weight_grad_k: too much shared memory");
                 launch(depthwise_conv2d_weight_grad_k_kernel<scalar_t, acc_t, K, Tile>, grid,
@@ -179,7 +181,7 @@ std::vector<at::Tensor> depthwise_conv2d_backward_impl(const Launch& launch,
                        ceil_div(width, Tile::TW), tiles_per_plane);
               });
             })) {
-          const auto [grid, tiles_per_plane] = plan(kTileH, kTileW, kWgradThreads);
+          const auto [grid, tiles_per_plane] = plan(kTileH, kTileW, 1, kWgradThreads);
           const size_t smem = sizeof(acc_t) * ((kTileH + ksize - 1) * (kTileW + ksize - 1) +
                                                kTileH * kTileW);
           TORCH_CHECK(smem <= kMaxDefaultSmem, "depthwise_conv2d: ", smem,
