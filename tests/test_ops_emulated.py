@@ -91,7 +91,7 @@ def expected_launches(n, c, h, w, k, dtype, generic=False):
         return -(-n * c // 8) * tiles(8, 8), 8 * 8 * 1, 8 * k
     if k <= 13 and h <= 16 and w <= 16:  # whole 16x16 maps of 8 planes
         return -(-n * c // 8) * tiles(16, 16), 8 * 16 * 2, 16 * k
-    return n * c * tiles(16, 32), 16 * 4, 16 * k
+    return -(-n * c // 2) * tiles(16, 32), 2 * 16 * 2, 16 * k  # 16x32 tiles of 2 planes
 
 
 def check_against_fp64(emu, dtype, n, c, h, w, k, generic=False):

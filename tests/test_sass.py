@@ -3,8 +3,8 @@
 The emulated tests (test_ops_emulated.py) check what the kernels compute; they cannot see what
 nvcc made of them. This reads the sm_90 build (CI builds it before the tests; README "The op")
 with benchmarks/sass_report.py: the compile-time-K forward kernels keep the input window and
-the accumulators in registers (exactly 8 * K FFMAs per filter row, each input loaded from shared
-memory once, no local memory), write 16-byte stores, and keep a tight loop; the weight-gradient
+the accumulators in registers (exactly P * K FFMAs per filter row for P outputs per thread, each
+input loaded from shared memory once, no local memory), write 16-byte stores, and keep a tight loop; the weight-gradient
 kernels keep their filter row in registers (8 * K FFMAs per 8 outputs of a tile row, each staged
 value loaded once, 32 outputs per item) with no local memory among those FFMAs. A regression there (an array moved to local
 memory, a window re-read per tap) would pass every emulated test and cost the GPU speed.
@@ -37,7 +37,8 @@ def compiled_k(kernels, kind):
     """{(dtype, K, tile): kernel} of the compile-time-K kernels of one kind."""
     out = {}
     for k in kernels:
-        m = re.search(kind + r'_k_kernel<(\w+), float, (\d+), TileShape<(\d+), (\d+), (\d+)', k.name)
+        m = re.search(kind + r'_k_kernel<(\w+), float, (\d+), TileShape<(\d+), (\d+), (\d+)',
+                      k.name)
         if m:
             out[(m.group(1), int(m.group(2)), tuple(map(int, m.group(3, 4, 5))))] = k
     return out
@@ -54,10 +55,11 @@ def test_forward_kernels_keep_window_and_outputs_in_registers(kernels):
     for (dtype, ksize, tile), k in found.items():
         lo, hi, nested = k.hot_loop()
         row = sass_report.summarize(k)
+        per_thread = 16 if tile == (16, 32, 2) else 8  # outputs per thread (TileShape)
         assert not nested, (k.name, 'the filter-row loop should have no inner loop')
-        assert row['ffma'] == 8 * ksize, (k.name, row)
-        # 8 + K - 1 inputs and K taps per filter row, each loaded once
-        assert row['lds'] == 8 + ksize - 1 + ksize, (k.name, row)
+        assert row['ffma'] == per_thread * ksize, (k.name, row)
+        # P + K - 1 inputs and K taps per filter row, each loaded once
+        assert row['lds'] == per_thread + ksize - 1 + ksize, (k.name, row)
         assert row['ffma_share'] >= 0.6, (k.name, row)
         assert local_memory(k) == 0, k.name
         assert row['stg128'] >= 1, (k.name, 'no 16-byte output stores')
@@ -83,7 +85,7 @@ def test_report_writes_a_row_per_kernel(kernels, tmp_path):
     sass_report.main(['--so', SO, '--arch', 'sm_90', '--out', str(out)])
     rows = [line for line in out.read_text().splitlines() if line.startswith('| sm_90')]
     assert len(rows) == len(kernels)
-    assert any('forward_k_kernel<float, float, 13, TileShape<16, 32, 1> >` | 0 | 2 | 104 | 33 |'
+    assert any('forward_k_kernel<float, float, 13, TileShape<16, 32, 2, 16> >` | 0 | 4 | 208 | 41 |'
                in r for r in rows), rows
 
 

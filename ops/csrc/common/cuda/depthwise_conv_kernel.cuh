@@ -287,50 +287,54 @@ __device__ __forceinline__ void store_outputs(scalar_t* __restrict__ out, const 
 // The most distinct 4-byte words that one of the 32 banks serves to the n lanes of a warp that
 // read words[0, n) in one shared-memory load (1: conflict-free; equal words are a broadcast).
 constexpr int warp_bank_ways(const int* words, int n) {
-  int worst = 0;
+  int ways[32] = {};  // distinct words per bank: each counted at the first lane that reads it
   for (int lane = 0; lane < n; ++lane) {
-    int ways = 0;  // distinct words in this lane's bank, each counted at its first lane
-    for (int other = 0; other < n; ++other) {
-      bool first = words[other] % 32 == words[lane] % 32;
-      for (int prev = 0; prev < other && first; ++prev) first = words[prev] != words[other];
-      ways += first ? 1 : 0;
-    }
-    worst = ways > worst ? ways : worst;
+    bool first = true;
+    for (int prev = 0; prev < lane && first; ++prev) first = words[prev] != words[lane];
+    ways[((words[lane] % 32) + 32) % 32] += first ? 1 : 0;
   }
+  int worst = 0;
+  for (int bank = 0; bank < 32; ++bank) worst = ways[bank] > worst ? ways[bank] : worst;
   return worst;
 }
 constexpr int max_of(int a, int b, int c) { return a > b ? (a > c ? a : c) : (b > c ? b : c); }
 
-// A tile shape: TH x TW outputs of each of PLANES consecutive (n, c) planes per forward block.
-// 16x32 x 1 plane for large maps; for maps that fit in 16x16 or 8x8 one block covers whole maps
-// of 8 planes, so that small maps (classification's 14x14 and 7x7) do not leave most threads idle.
+// A tile shape: TH x TW outputs of each of PLANES consecutive (n, c) planes per forward block, P
+// consecutive outputs of a row per thread. Large maps: 16x32 tiles of 2 planes, 16 outputs per
+// thread (per filter row 16 * K FMAs for 16 + K - 1 + K shared-memory loads: 208 for 41 at
+// K = 13, where 8 outputs per thread do 104 for 33). Maps that fit in 16x16 or 8x8: one block
+// covers whole maps of 8 planes, 8 outputs per thread, so that small maps (classification's
+// 14x14 and 7x7) do not leave most threads idle.
 //
-// Forward threads: a warp covers 8 rows x kColGroups column groups (8 outputs each) of
+// Forward threads: a warp covers 8 rows x kColGroups column groups (P outputs each) of
 // kWarpPlanes planes. With odd row pitches the 8 rows fall in 8 different banks modulo 8, the
-// column groups add multiples of 8, and each plane's staging area (plane_stride) is padded so that
-// the planes of a warp add the remaining multiples of 8: every shared-memory load of the forward
-// loop is conflict-free (forward_bank_ways below checks it at compile time).
-template <int TH_, int TW_, int PLANES_>
+// column groups add multiples of 8 (P = 8) or 16 (P = 16), and each plane's staging area
+// (plane_stride) is padded so that the planes of a warp add the other multiples of 8: every
+// shared-memory load of the forward loop is conflict-free (forward_bank_ways below checks it at
+// compile time).
+template <int TH_, int TW_, int PLANES_, int P_ = 8>
 struct TileShape {
   static constexpr int TH = TH_, TW = TW_, PLANES = PLANES_;
-  static constexpr int kPerThread = 8;  // forward outputs per thread, along W
+  static constexpr int kPerThread = P_;  // forward outputs per thread, along W
   static constexpr int kColGroups = TW / kPerThread;
   static constexpr int kWarpPlanes = 32 / (8 * kColGroups);
   static constexpr int kFwdThreads = PLANES * TH * kColGroups;
   static_assert(TW % kPerThread == 0 && (kColGroups == 1 || kColGroups == 2 || kColGroups == 4),
-                "tile width must be 8, 16 or 32");
+                "a tile row must be 1, 2 or 4 threads' outputs");
   static_assert(TH % 8 == 0 && PLANES % kWarpPlanes == 0, "a warp covers 8 rows of whole planes");
   // odd pitches: the threads of a warp that read different rows hit different banks
   static constexpr int staged_pitch(int k) { return TW + k; }  // TW + k - 1 values, made odd
   static constexpr int kGradPitch = TW + 1;
-  // one plane's staged input rows and filter, padded to start 32 / kWarpPlanes banks after the
-  // previous plane's
+  // one plane's staged input rows and filter, padded (by the least of 0 to 31 elements) so that
+  // the planes of a warp start in the banks that make its loads conflict-free
   static constexpr int plane_stride(int k) {
     const int n = (TH + k - 1) * staged_pitch(k) + k * k;
-    return kWarpPlanes == 1 ? n : n + ((32 / kWarpPlanes - n % 32) % 32 + 32) % 32;
+    for (int pad = 0; pad < 32; ++pad)
+      if (forward_bank_ways_with(k, n + pad) == 1) return n + pad;
+    return n;  // none: the static_assert in the forward kernel reports it
   }
   static constexpr int forward_smem_elems(int k) { return PLANES * plane_stride(k); }
-  // weight gradient: samples per item, so that an item's rows hold 32 outputs like TileLarge's
+  // weight gradient: samples per item, so that an item's rows hold 32 outputs as a 16x32 tile's
   static constexpr int kWgradSamples = 32 / TW;
   static constexpr int weight_grad_smem_elems(int k) {
     // the staged tiles during the loop, then the first round of the row reduction
@@ -339,7 +343,7 @@ struct TileShape {
                : (TH / 2) * k * k;
   }
 
-  // forward thread -> (plane of the block, output row, first output column) of its 8 outputs
+  // forward thread -> (plane of the block, output row, first output column) of its P outputs
   struct Position {
     int plane, row, col;
   };
@@ -352,14 +356,15 @@ struct TileShape {
   // The most distinct 4-byte words one bank serves to a warp in one shared-memory load of the
   // forward loop: the first input of each thread's window and the filter tap (its other loads
   // shift all lanes by the same offset). 1 means conflict-free.
-  static constexpr int forward_bank_ways(int k) {
+  static constexpr int forward_bank_ways(int k) { return forward_bank_ways_with(k, plane_stride(k)); }
+  static constexpr int forward_bank_ways_with(int k, int stride) {
     int worst = 1;
     for (int warp = 0; warp < kFwdThreads / 32; ++warp) {
       int inputs[32] = {}, taps[32] = {};
       for (int lane = 0; lane < 32; ++lane) {
         const Position p = forward_position(warp * 32 + lane);
-        inputs[lane] = p.plane * plane_stride(k) + p.row * staged_pitch(k) + p.col;
-        taps[lane] = p.plane * plane_stride(k) + (TH + k - 1) * staged_pitch(k);
+        inputs[lane] = p.plane * stride + p.row * staged_pitch(k) + p.col;
+        taps[lane] = p.plane * stride + (TH + k - 1) * staged_pitch(k);
       }
       worst = max_of(worst, warp_bank_ways(inputs, 32), warp_bank_ways(taps, 32));
     }
@@ -382,7 +387,7 @@ struct TileShape {
     return worst;
   }
 };
-using TileLarge = TileShape<16, 32, 1>;
+using TileLarge = TileShape<16, 32, 2, 16>;
 using TileMedium = TileShape<16, 16, 8>;
 using TileSmall = TileShape<8, 8, 8>;
 
@@ -438,9 +443,11 @@ depthwise_conv2d_forward_k_kernel(const scalar_t* __restrict__ input,
   for (int p = 0; p < P; ++p) acc[p] = acc_t(0);
   const int kh_begin = max(0, pad - oh);  // filter rows that read only padding are skipped
   const int kh_end = min(K, height + pad - oh);
-  for (int kh = kh_begin; kh < kh_end; ++kh) {
-    const acc_t* s_row = s_in + (row + kh) * sw + col;
-    const acc_t* w_row = s_w + kh * K;
+  // the rows' addresses advance by a constant (recomputing them from the thread's position cost
+  // the loop ~30 instructions when ptxas rematerialized that position to save registers)
+  const acc_t* s_row = s_in + (row + kh_begin) * sw + col;
+  const acc_t* w_row = s_w + kh_begin * K;
+  for (int kh = kh_begin; kh < kh_end; ++kh, s_row += sw, w_row += K) {
     acc_t x[P + K - 1];
 #pragma unroll
     for (int j = 0; j < P + K - 1; ++j) x[j] = s_row[j];

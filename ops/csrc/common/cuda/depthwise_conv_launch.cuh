@@ -53,7 +53,7 @@ bool with_compiled_ksize(int ksize, F&& f) {
 
 // Calls f(Tile{}) with the tile shape for an H x W map (TileShape in the kernel header): whole
 // maps of 8 planes per block where they fit in 8x8 or 16x16 (K <= 13: the shared memory of 8
-// planes of a larger kernel exceeds 48 KiB), else 16x32 tiles of one plane.
+// planes of a larger kernel exceeds 48 KiB), else 16x32 tiles of 2 planes.
 template <int K, typename F>
 void with_tile_shape(int height, int width, F&& f) {
   if constexpr (K <= 13) {
