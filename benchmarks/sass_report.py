@@ -172,7 +172,40 @@ def main(argv=None):
     print('\n'.join(lines))
     if args.out:
         with open(args.out, 'w') as f:
-            f.write('\n'.join(lines) + '\n')
+            f.write(header(so, argv if argv is not None else sys.argv[1:]) + '\n'.join(lines) + '\n')
+
+
+def tool_version(cmd):
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return 'unknown'
+    found = re.findall(r'release [\d.]+, V[\d.]+', out)
+    return found[-1] if found else 'unknown'
+
+
+def header(so, argv):
+    """What the table is, and how it was made (written above it by --out)."""
+    import torch
+    sources = subprocess.run(['git', 'log', '-1', '--format=%h', '--', 'ops/csrc'], cwd=ROOT,
+                             capture_output=True, text=True).stdout.strip() or 'unknown'
+    return (
+        '# Static SASS report of the op\'s kernels: not a measurement\n\n'
+        'What nvcc made of the kernels, read from the machine code '
+        '(`benchmarks/sass_report.py`; no GPU involved).\n\n'
+        f'- sources: ops/csrc as of commit {sources}; extension `{os.path.basename(so)}` built '
+        f'by `tools/build_ops.sh` with nvcc {tool_version(["nvcc", "--version"])}, torch '
+        f'{torch.__version__}\n'
+        f'- disassembler: cuobjdump {tool_version([find_cuobjdump(), "--version"])}\n'
+        f'- command: `python benchmarks/sass_report.py {" ".join(argv)}`\n\n'
+        'Reading it: an SM sub-partition issues one instruction per cycle and takes one warp FFMA '
+        'per cycle, so the FFMA share of a hot loop bounds the fraction of the fp32 FMA peak that '
+        'loop can reach, before memory stalls, tile staging and partial tiles. A conflict-free '
+        'warp LDS takes one of the SM\'s one-per-cycle shared-memory wavefronts against four warp '
+        'FFMAs, so LDS per FFMA under 0.25 keeps shared memory from binding; the loads of these '
+        'loops are conflict-free by a compile-time check (TileShape::forward_bank_ways / '
+        'weight_grad_bank_ways). Weight-gradient rows count the item loop without its nested '
+        'staging loops. LDL/STL: local-memory instructions (spills).\n\n')
 
 
 if __name__ == '__main__':
