@@ -13,6 +13,7 @@
 # `cv2` there, which mmengine imports for its visualizer and which none of this code calls. Then:
 #   OUT/device.txt      nvidia-smi, torch and CUDA versions
 #   OUT/build.txt       tools/build_ops.sh for the GPU's own architecture
+#   OUT/sass.md         benchmarks/sass_report.py on that build (needs the toolkit's cuobjdump)
 #   OUT/tests.txt       pytest tests/test_ops.py (the GPU tests no longer skip)
 #   OUT/dwconv.md       benchmarks/dwconv_benchmark.py, fp32 / fp16 / bf16, every shape
 #   OUT/train_step.md   benchmarks/train_step_benchmark.py, UniRepLKNet-S at 2x3x800x1333
@@ -89,6 +90,8 @@ EOF
   arch=$("$PY" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")
   if step build "$OUT/build.txt" 240 env PYTHON="$PY" TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-$arch}" \
       MAX_JOBS="${MAX_JOBS:-$(nproc)}" bash tools/build_ops.sh; then
+    step sass "$OUT/sass.log" 60 "$PY" benchmarks/sass_report.py --arch "sm_${arch/./}" \
+      --out "$OUT/sass.md"
     step tests "$OUT/tests.txt" 150 "$PY" -m pytest tests/test_ops.py -q -rs -p no:cacheprovider
     step dwconv "$OUT/dwconv.log" 150 "$PY" benchmarks/dwconv_benchmark.py --out "$OUT/dwconv.md"
     step train_step "$OUT/train_step.log" 150 "$PY" benchmarks/train_step_benchmark.py \
@@ -97,7 +100,7 @@ EOF
   cat "$summary"
   ;;
 *)
-  sed -n '2,20p' "$0"
+  sed -n '2,21p' "$0"
   exit 2
   ;;
 esac

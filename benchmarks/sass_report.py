@@ -7,16 +7,17 @@ It disassembles the extension with cuobjdump (the CUDA toolkit's, or pip's nvidi
 with nvidia-cuda-nvdisasm, which requirements/stack.txt installs) and reports, for each kernel:
 - local-memory instructions (LDL / STL: register spills, or arrays the compiler could not keep in
   registers);
-- its hot loop, the loop with the most FFMAs (outside the loops nested in it, which the
-  weight-gradient kernels' tile staging is): its FFMA, shared-memory load (LDS) and total
-  instruction counts, nested loops left out. An SM sub-partition issues one instruction per cycle and its FP32 units
-  take one FFMA per cycle, so the FFMA share of the hot loop bounds the fraction of the fp32 FMA
-  peak that loop can reach; LDS per FFMA says how hard it leans on shared memory (a conflict-free
-  LDS of a warp takes one of the SM's one-per-cycle shared-memory wavefronts, against four FFMAs);
+- its hot loop, the loop with the most FFMAs (outside the loops nested in it, which the weight-
+  gradient kernels' tile staging is): its FFMA, shared-memory load (LDS) and total instruction
+  counts, nested loops left out. An SM sub-partition issues one instruction per cycle and its FP32
+  units take one FFMA per cycle, so the FFMA share of the hot loop bounds the fraction of the fp32
+  FMA peak that loop can reach; LDS per FFMA says how hard it leans on shared memory (a conflict-
+  free LDS of a warp takes one of the SM's one-per-cycle shared-memory wavefronts, against four
+  FFMAs);
 - whether it writes global memory with 16-byte stores (STG.E.128).
 These are static facts about the code, not measurements: benchmarks/dwconv_benchmark.py measures.
 No tool of the field reads SASS loops this way (cuobjdump / nvdisasm only print them), hence this
-script. tests/test_benchmarks.py checks the properties the kernels are written for on CI's build.
+script. tests/test_sass.py checks the properties the kernels are written for on CI's build.
 """
 import argparse
 import glob
@@ -172,7 +173,8 @@ def main(argv=None):
     print('\n'.join(lines))
     if args.out:
         with open(args.out, 'w') as f:
-            f.write(header(so, argv if argv is not None else sys.argv[1:]) + '\n'.join(lines) + '\n')
+            f.write(header(so, argv if argv is not None else sys.argv[1:]))
+            f.write('\n'.join(lines) + '\n')
 
 
 def tool_version(cmd):
@@ -187,8 +189,11 @@ def tool_version(cmd):
 def header(so, argv):
     """What the table is, and how it was made (written above it by --out)."""
     import torch
-    sources = subprocess.run(['git', 'log', '-1', '--format=%h', '--', 'ops/csrc'], cwd=ROOT,
-                             capture_output=True, text=True).stdout.strip() or 'unknown'
+    try:
+        sources = subprocess.run(['git', 'log', '-1', '--format=%h', '--', 'ops/csrc'], cwd=ROOT,
+                                 capture_output=True, text=True).stdout.strip() or 'unknown'
+    except OSError:  # no git (a GPU machine given a copy of the tree)
+        sources = 'unknown'
     return (
         '# Static SASS report of the op\'s kernels: not a measurement\n\n'
         'What nvcc made of the kernels, read from the machine code '

@@ -70,7 +70,9 @@ CASES = [
     (3, 3, 40, 37, 13),   # 3x2 tiles, partial at both edges
     (2, 4, 30, 45, 17),
     (1, 3, 12, 70, 31),   # largest kernel, 3 tile columns
-    (70, 1, 9, 9, 7),     # 70 weight-grad items over 64 parts: parts loop over several items
+    (70, 1, 9, 9, 7),     # 70 samples in 35 two-sample weight-grad items, one per part
+    (9, 40, 7, 7, 13),    # one weight-grad part per channel walks 3 four-sample items, 1 partial
+    (5, 40, 14, 14, 7),   # the same with 16x16 tiles: 3 two-sample items
     (2, 2, 3, 3, 13),     # map much smaller than the kernel
     (3, 5, 7, 7, 13),     # classification's 7x7: 15 planes in blocks of 8
     (2, 3, 14, 14, 13),   # classification's 14x14

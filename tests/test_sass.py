@@ -1,13 +1,14 @@
 """The compiled kernels' machine code (SASS) has the properties they are written for.
 
-The emulated tests (test_ops_emulated.py) check what the kernels compute; they cannot see what
-nvcc made of them. This reads the sm_90 build (CI builds it before the tests; README "The op")
-with benchmarks/sass_report.py: the compile-time-K forward kernels keep the input window and
-the accumulators in registers (exactly P * K FFMAs per filter row for P outputs per thread, each
-input loaded from shared memory once, no local memory), write 16-byte stores, and keep a tight loop; the weight-gradient
-kernels keep their filter row in registers (8 * K FFMAs per 8 outputs of a tile row, each staged
-value loaded once, 32 outputs per item) with no local memory among those FFMAs. A regression there (an array moved to local
-memory, a window re-read per tap) would pass every emulated test and cost the GPU speed.
+The emulated tests (test_ops_emulated.py) check what the kernels compute; they cannot see what nvcc
+made of them. This reads the sm_90 build (CI builds it before the tests; README "The op") with
+benchmarks/sass_report.py: the compile-time-K forward kernels keep the input window and the
+accumulators in registers (exactly P * K FFMAs per filter row for P outputs per thread, each input
+loaded from shared memory once, no local memory), write 16-byte stores, and keep a tight loop; the
+weight-gradient kernels keep their filter row in registers (8 * K FFMAs per 8 outputs of a tile
+row, each staged value loaded once, 32 outputs per item) with no local memory among those FFMAs. A
+regression there (an array moved to local memory, a loop left rolled so that loads are no longer
+shared between taps) would pass every emulated test and cost the GPU speed.
 """
 import os
 import re

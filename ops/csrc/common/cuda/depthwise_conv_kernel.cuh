@@ -356,7 +356,9 @@ struct TileShape {
   // The most distinct 4-byte words one bank serves to a warp in one shared-memory load of the
   // forward loop: the first input of each thread's window and the filter tap (its other loads
   // shift all lanes by the same offset). 1 means conflict-free.
-  static constexpr int forward_bank_ways(int k) { return forward_bank_ways_with(k, plane_stride(k)); }
+  static constexpr int forward_bank_ways(int k) {
+    return forward_bank_ways_with(k, plane_stride(k));
+  }
   static constexpr int forward_bank_ways_with(int k, int stride) {
     int worst = 1;
     for (int warp = 0; warp < kFwdThreads / 32; ++warp) {
