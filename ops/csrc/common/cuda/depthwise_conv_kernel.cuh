@@ -18,9 +18,9 @@
 // the sizes that matter (13: UniRepLKNet's large kernels; 7 and 31: RepLKNet's benchmark) and the
 // float / half / bfloat16 inputs, the "_k" kernels below take it at compile time, which lets the
 // compiler unroll the filter loops and keep the sliding windows in registers without moves:
-// - forward / input gradient: 8 outputs per thread; per filter row a thread loads its 8 + K - 1
-//   inputs once and does 8 * K FMAs; tiles of 16x32 outputs of one plane, or, for maps that fit,
-//   whole 16x16 or 8x8 maps of 8 planes per block (TileShape);
+// - forward / input gradient: P outputs per thread; per filter row a thread loads its P + K - 1
+//   inputs once and does P * K FMAs; 16x32 tiles of 2 planes with P = 16, or, for maps that fit,
+//   whole 16x16 or 8x8 maps of 8 planes per block with P = 8 (TileShape);
 // - weight gradient: thread (kh, r) owns the K taps of filter row kh for output row r of the tile
 //   and accumulates them in registers over all its items (8 outputs at a time: 8 + K - 1 inputs
 //   and 8 gradients loaded for 8 * K FMAs; an item is a 16x32 tile of one sample, or a 16x16 /
@@ -30,7 +30,7 @@
 // shared-memory load of the forward and weight-gradient loops is conflict-free: TileShape's
 // forward_bank_ways / weight_grad_bank_ways compute it from the kernels' own thread mapping and a
 // static_assert in each kernel requires it. Tiles are staged column by column (stage_input_tile),
-// and a thread's 8 forward outputs go out in 16-byte stores where the row allows.
+// and a thread's P forward outputs go out in 16-byte stores where the row allows.
 // Shared memory is only ever the dynamic buffer (extern __shared__): the tests'
 // CUDA emulator poisons it with NaN before every block (tests/csrc/cuda_emulator.h).
 #pragma once
