@@ -97,7 +97,7 @@ __device__ __forceinline__ void stage_grad_tile(acc_t* s_g, const scalar_t* __re
 // tiles_per_plane items of its channel, advanced with a carry (parts = gridDim.y): item /
 // tiles_per_plane on a 64-bit item index called a 64-bit division routine per item, a large share
 // of an item's work for small maps. The steps are recomputed from the launch constants rather than
-// held, which kept ptxas from spilling them.
+// held in registers for the whole kernel.
 struct ItemWalk {
   int n, tile;
   __device__ ItemWalk(int tiles_per_plane)
@@ -256,7 +256,7 @@ __global__ void depthwise_conv2d_reduce_parts_kernel(const acc_t* __restrict__ w
 
 // Write the n <= P outputs acc + b of a thread to out[0, n). A full run of P at a 16-byte aligned
 // address goes out in 16-byte stores: whole 32-byte sectors from fewer instructions, where the
-// scalar stores of a warp (8 outputs apart per lane) each touch a sector per lane.
+// scalar stores of a warp (P outputs apart per lane) each touch a sector per lane.
 template <int P, typename scalar_t, typename acc_t>
 __device__ __forceinline__ void store_outputs(scalar_t* __restrict__ out, const acc_t (&acc)[P],
                                               acc_t b, int n) {
