@@ -78,6 +78,8 @@ CASES = [
     (2, 3, 14, 14, 13),   # classification's 14x14
     (2, 3, 12, 5, 7),
     (2, 3, 20, 64, 13),   # 16-byte aligned rows: whole runs of 8 outputs take the 16-byte stores
+    (2, 3, 16, 16, 13),   # segmentation 512's 16x16: a whole-map tile filled to its edges
+    (3, 2, 16, 11, 7),    # a whole-map tile filled in height only
 ]
 COMPILED_K = (7, 13, 31)  # sizes with compile-time kernels (float, half, bfloat16)
 
@@ -89,10 +91,14 @@ def expected_launches(n, c, h, w, k, dtype, generic=False):
         return -(-h // th) * -(-w // tw)
     if generic or k not in COMPILED_K or dtype == torch.float64:
         return n * c * tiles(16, 32), 128, 256
-    if k <= 13 and h <= 8 and w <= 8:  # whole 8x8 maps of 8 planes
-        return -(-n * c // 8) * tiles(8, 8), 8 * 8 * 1, 8 * k
-    if k <= 13 and h <= 16 and w <= 16:  # whole 16x16 maps of 8 planes
-        return -(-n * c // 8) * tiles(16, 16), 8 * 16 * 2, 16 * k
+    # whole-map tiles' weight gradient: the (filter row, output row) pairs whose input row is
+    # inside the map, in whole warps
+    pairs = sum(1 for kh in range(k) for r in range(h) if 0 <= r + kh - k // 2 < h)
+    whole_map_wgrad = -(-pairs // 32) * 32
+    if k <= 13 and h <= 8 and w <= 8:  # whole 8x8 maps of 8 planes, a row per thread
+        return -(-n * c // 8) * tiles(8, 8), 8 * 8, whole_map_wgrad
+    if k <= 13 and h <= 16 and w <= 16:  # whole 16x16 maps of 8 planes, a row per thread
+        return -(-n * c // 8) * tiles(16, 16), 8 * 16, whole_map_wgrad
     return -(-n * c // 2) * tiles(16, 32), 2 * 16 * 2, 16 * k  # 16x32 tiles of 2 planes
 
 

@@ -7,7 +7,8 @@
 // computes a TILE_H x TILE_W tile of one plane. It stages the input tile plus its K-1 halo and the
 // plane's K x K filter in shared memory (zeros outside the image), then each thread keeps
 // PER_THREAD consecutive outputs of one row in registers and slides a register window along the
-// row; filter rows that fall entirely outside the image are skipped.
+// row; filter rows that fall entirely outside the image are skipped (and, for maps that fit in
+// one tile, the columns outside it: whole-map tiles below).
 //
 // Weight gradient: block (c, part) accumulates, for every tap, the sum over its share of
 // (n, tile) items of grad_out * shifted input in registers, and writes one partial sum per tap
@@ -20,12 +21,18 @@
 // compiler unroll the filter loops and keep the sliding windows in registers without moves:
 // - forward / input gradient: P outputs per thread; per filter row a thread loads its P + K - 1
 //   inputs once and does P * K FMAs; 16x32 tiles of 2 planes with P = 16, or, for maps that fit,
-//   whole 16x16 or 8x8 maps of 8 planes per block with P = 8 (TileShape);
+//   whole 16x16 or 8x8 maps of 8 planes per block with a row per thread (TileShape);
 // - weight gradient: thread (kh, r) owns the K taps of filter row kh for output row r of the tile
 //   and accumulates them in registers over all its items (8 outputs at a time: 8 + K - 1 inputs
 //   and 8 gradients loaded for 8 * K FMAs; an item is a 16x32 tile of one sample, or a 16x16 /
 //   8x8 tile of 2 / 4 samples), then the block sums its rows through shared memory in a fixed
-//   tree order (deterministic).
+//   order (deterministic);
+// - whole-map tiles (maps of at most 16x16) stage the map without its halo and leave out, at
+//   compile time, the FMAs on padding left and right of the map, and their weight gradient runs
+//   only the (kh, r) whose input row is inside the map (TileShape::kWholeMap, WholeMapRows).
+//   Larger maps skip the filter rows above and below the image; their tiles at the image's left
+//   and right edges still multiply the halo's zeros (a run-time test per FMA would cost more than
+//   the K / 2 columns of an edge tile it saves).
 // Shared-memory rows have an odd pitch and the planes of a block are padded apart, so that every
 // shared-memory load of the forward and weight-gradient loops is conflict-free: TileShape's
 // forward_bank_ways / weight_grad_bank_ways compute it from the kernels' own thread mapping and a
@@ -299,12 +306,47 @@ constexpr int warp_bank_ways(const int* words, int n) {
 }
 constexpr int max_of(int a, int b, int c) { return a > b ? (a > c ? a : c) : (b > c ? b : c); }
 
+// The weight gradient's (filter row kh, output row r) pairs of a whole-map tile (below) whose
+// input row r + kh - k / 2 lies inside a map of `height` rows, numbered by kh, then r: thread t of
+// the block takes pair t. The other pairs would multiply padding only. At K = 13 a 7-row map has
+// 49 pairs of the 13 x 8 that a K x TH thread grid would run.
+struct WholeMapRows {
+  int k, height;
+  struct Pair {
+    int kh, r;  // kh == k: past the last pair
+  };
+  constexpr int first_row(int kh) const { return k / 2 - kh > 0 ? k / 2 - kh : 0; }
+  constexpr int count(int kh) const {
+    const int end = height + k / 2 - kh < height ? height + k / 2 - kh : height;
+    return end > first_row(kh) ? end - first_row(kh) : 0;
+  }
+  constexpr int first_pair(int kh) const {
+    int t = 0;
+    for (int i = 0; i < kh; ++i) t += count(i);
+    return t;
+  }
+  constexpr int pairs() const { return first_pair(k); }
+  constexpr Pair pair(int t) const {
+    for (int kh = 0; kh < k; t -= count(kh), ++kh)
+      if (t < count(kh)) return {kh, first_row(kh) + t};
+    return {k, 0};
+  }
+};
+
 // A tile shape: TH x TW outputs of each of PLANES consecutive (n, c) planes per forward block, P
 // consecutive outputs of a row per thread. Large maps: 16x32 tiles of 2 planes, 16 outputs per
 // thread (per filter row 16 * K FMAs for 16 + K - 1 + K shared-memory loads: 208 for 41 at
-// K = 13, where 8 outputs per thread do 104 for 33). Maps that fit in 16x16 or 8x8: one block
-// covers whole maps of 8 planes, 8 outputs per thread, so that small maps (classification's
+// K = 13, where 8 outputs per thread do 104 for 33). Maps that fit in 8x8 or 16x16: one block
+// covers whole maps of 8 planes, a whole row per thread, so that small maps (classification's
 // 14x14 and 7x7) do not leave most threads idle.
+//
+// Whole-map tiles (WHOLE; with_tile_shape uses them only for maps of at most TH x TW, so a tile
+// starts at row and column 0 and everything of it past the map is padding): the halo around the
+// map is all padding, so they stage the map alone, and the kernels leave out, at compile time,
+// every FMA whose input column lies left or right of the map's TW columns (window_in_map), and
+// the weight gradient runs only the (filter row, output row) pairs whose input row is inside it
+// (WholeMapRows). At K = 13 a 7x7 map's forward row of 8 outputs takes 62 FMAs instead of 104;
+// its weight gradient 49 pairs of 62 FMAs instead of 104 pairs of 104.
 //
 // Forward threads: a warp covers 8 rows x kColGroups column groups (P outputs each) of
 // kWarpPlanes planes. With odd row pitches the 8 rows fall in 8 different banks modulo 8, the
@@ -312,23 +354,35 @@ constexpr int max_of(int a, int b, int c) { return a > b ? (a > c ? a : c) : (b 
 // (plane_stride) is padded so that the planes of a warp add the other multiples of 8: every
 // shared-memory load of the forward loop is conflict-free (forward_bank_ways below checks it at
 // compile time).
-template <int TH_, int TW_, int PLANES_, int P_ = 8>
+template <int TH_, int TW_, int PLANES_, int P_, bool WHOLE_>
 struct TileShape {
   static constexpr int TH = TH_, TW = TW_, PLANES = PLANES_;
   static constexpr int kPerThread = P_;  // forward outputs per thread, along W
+  static constexpr bool kWholeMap = WHOLE_;
   static constexpr int kColGroups = TW / kPerThread;
   static constexpr int kWarpPlanes = 32 / (8 * kColGroups);
   static constexpr int kFwdThreads = PLANES * TH * kColGroups;
   static_assert(TW % kPerThread == 0 && (kColGroups == 1 || kColGroups == 2 || kColGroups == 4),
                 "a tile row must be 1, 2 or 4 threads' outputs");
   static_assert(TH % 8 == 0 && PLANES % kWarpPlanes == 0, "a warp covers 8 rows of whole planes");
+  static_assert(!kWholeMap || kColGroups == 1, "a whole-map tile gives a thread a whole row");
+  // The staged box: the tile and its K - 1 halo, or a whole map alone. Staged (row, column) =
+  // (i, j) of the tile with its halo, less staged_offset (the halo's pad rows and columns).
+  static constexpr int halo(int k) { return kWholeMap ? 0 : k - 1; }
+  static constexpr int staged_offset(int k) { return kWholeMap ? k / 2 : 0; }
+  static constexpr int staged_rows(int k) { return TH + halo(k); }
   // odd pitches: the threads of a warp that read different rows hit different banks
-  static constexpr int staged_pitch(int k) { return TW + k; }  // TW + k - 1 values, made odd
+  static constexpr int staged_pitch(int k) { return TW + halo(k) + 1; }  // TW even, k odd
   static constexpr int kGradPitch = TW + 1;
+  // whether column j of a thread's window (j = 0 .. P + K - 2, the tile's column j - K / 2) can
+  // be inside the map: always but for whole-map tiles, whose columns past TW are padding
+  static constexpr bool window_in_map(int k, int j) {
+    return !kWholeMap || (j >= k / 2 && j < k / 2 + TW);
+  }
   // one plane's staged input rows and filter, padded (by the least of 0 to 31 elements) so that
   // the planes of a warp start in the banks that make its loads conflict-free
   static constexpr int plane_stride(int k) {
-    const int n = (TH + k - 1) * staged_pitch(k) + k * k;
+    const int n = staged_rows(k) * staged_pitch(k) + k * k;
     for (int pad = 0; pad < 32; ++pad)
       if (forward_bank_ways_with(k, n + pad) == 1) return n + pad;
     return n;  // none: the static_assert in the forward kernel reports it
@@ -338,9 +392,9 @@ struct TileShape {
   static constexpr int kWgradSamples = 32 / TW;
   static constexpr int weight_grad_smem_elems(int k) {
     // the staged tiles during the loop, then the first round of the row reduction
-    return kWgradSamples * ((TH + k - 1) * staged_pitch(k) + TH * kGradPitch) > (TH / 2) * k * k
-               ? kWgradSamples * ((TH + k - 1) * staged_pitch(k) + TH * kGradPitch)
-               : (TH / 2) * k * k;
+    const int staged = kWgradSamples * (staged_rows(k) * staged_pitch(k) + TH * kGradPitch);
+    const int reduce = kWholeMap ? TH * k * k : (TH / 2) * k * k;  // [pairs][k] or [TH / 2][k * k]
+    return staged > reduce ? staged : reduce;
   }
 
   // forward thread -> (plane of the block, output row, first output column) of its P outputs
@@ -372,26 +426,46 @@ struct TileShape {
     }
     return worst;
   }
-  // The same for the weight-gradient loop (thread (kh, r) = (tid / TH, tid % TH)): its first
-  // staged input and gradient; a warp's last lanes may be past the block's K * TH threads.
+  // Weight-gradient threads: thread (kh, r) of a K x TH grid owns the K taps of filter row kh for
+  // output row r of the tile; whole-map tiles run the WholeMapRows pairs only, in whole warps.
+  struct WgradThread {
+    int kh, r;
+    bool active;
+  };
+  static constexpr WgradThread weight_grad_thread(int k, int height, int tid) {
+    if constexpr (kWholeMap) {
+      const WholeMapRows::Pair p = WholeMapRows{k, height}.pair(tid);
+      return {p.kh, p.r, p.kh < k};
+    } else {
+      return {tid / TH, tid % TH, true};
+    }
+  }
+  static constexpr int weight_grad_threads(int k, int height) {
+    return kWholeMap ? (WholeMapRows{k, height}.pairs() + 31) / 32 * 32 : k * TH;
+  }
+  // The same as forward_bank_ways for the weight-gradient loop: its first staged input and
+  // gradient, for every map height a whole-map tile serves (idle lanes read nothing).
   static constexpr int weight_grad_bank_ways(int k) {
     int worst = 1;
-    for (int warp = 0; warp * 32 < k * TH; ++warp) {
-      int inputs[32] = {}, grads[32] = {};
-      const int lanes = k * TH - warp * 32 < 32 ? k * TH - warp * 32 : 32;
-      for (int lane = 0; lane < lanes; ++lane) {
-        const int kh = (warp * 32 + lane) / TH, r = (warp * 32 + lane) % TH;
-        inputs[lane] = (r + kh) * staged_pitch(k);
-        grads[lane] = r * kGradPitch;
+    for (int height = kWholeMap ? 1 : TH; height <= TH; ++height) {
+      const int threads = weight_grad_threads(k, height);
+      for (int warp = 0; warp * 32 < threads; ++warp) {
+        int inputs[32] = {}, grads[32] = {}, lanes = 0;
+        for (int lane = 0; lane < 32 && warp * 32 + lane < threads; ++lane) {
+          const WgradThread t = weight_grad_thread(k, height, warp * 32 + lane);
+          if (!t.active) continue;
+          inputs[lanes] = (t.r + t.kh - staged_offset(k)) * staged_pitch(k);
+          grads[lanes++] = t.r * kGradPitch;
+        }
+        worst = max_of(worst, warp_bank_ways(inputs, lanes), warp_bank_ways(grads, lanes));
       }
-      worst = max_of(worst, warp_bank_ways(inputs, lanes), warp_bank_ways(grads, lanes));
     }
     return worst;
   }
 };
-using TileLarge = TileShape<16, 32, 2, 16>;
-using TileMedium = TileShape<16, 16, 8>;
-using TileSmall = TileShape<8, 8, 8>;
+using TileLarge = TileShape<16, 32, 2, 16, false>;
+using TileMedium = TileShape<16, 16, 8, 16, true>;
+using TileSmall = TileShape<8, 8, 8, 8, true>;
 
 template <typename scalar_t, typename acc_t, int K, typename Tile>
 __global__ void __launch_bounds__(Tile::kFwdThreads)
@@ -402,8 +476,9 @@ depthwise_conv2d_forward_k_kernel(const scalar_t* __restrict__ input,
                                   int height, int width, int tiles_w, bool flip) {
   constexpr int TH = Tile::TH, TW = Tile::TW, PLANES = Tile::PLANES, P = Tile::kPerThread;
   constexpr int pad = K / 2;
-  constexpr int sh = TH + K - 1;
+  constexpr int sh = Tile::staged_rows(K);
   constexpr int sw = Tile::staged_pitch(K);
+  constexpr int off = Tile::staged_offset(K);
   constexpr int stage = Tile::plane_stride(K);  // one plane's staged input and filter
   static_assert(sizeof(acc_t) != 4 || Tile::forward_bank_ways(K) == 1,
                 "forward_k: bank conflicts in the forward loop's shared-memory loads");
@@ -429,7 +504,8 @@ depthwise_conv2d_forward_k_kernel(const scalar_t* __restrict__ input,
                                                        (flip ? K * K - 1 - i : i)])
                            : acc_t(0);
     stage_input_tile(s_in, plane_valid ? input + plane * plane_size : nullptr, height, width,
-                     h0, w0, pad, sh, TW + K - 1, sw, t_in_plane, threads_per_plane);
+                     h0, w0, pad - off, sh, TW + Tile::halo(K), sw, t_in_plane,
+                     threads_per_plane);
   }
   __syncthreads();
 
@@ -447,17 +523,19 @@ depthwise_conv2d_forward_k_kernel(const scalar_t* __restrict__ input,
   const int kh_end = min(K, height + pad - oh);
   // the rows' addresses advance by a constant (recomputing them from the thread's position cost
   // the loop ~30 instructions when ptxas rematerialized that position to save registers)
-  const acc_t* s_row = s_in + (row + kh_begin) * sw + col;
+  const acc_t* s_row = s_in + (row + kh_begin - off) * sw + col;
   const acc_t* w_row = s_w + kh_begin * K;
   for (int kh = kh_begin; kh < kh_end; ++kh, s_row += sw, w_row += K) {
-    acc_t x[P + K - 1];
+    acc_t x[P + K - 1];  // the row's window: x[j] is column j - pad of the thread's first output
 #pragma unroll
-    for (int j = 0; j < P + K - 1; ++j) x[j] = s_row[j];
+    for (int j = 0; j < P + K - 1; ++j)
+      x[j] = Tile::window_in_map(K, j) ? s_row[j - off] : acc_t(0);
 #pragma unroll
     for (int kw = 0; kw < K; ++kw) {
       const acc_t wv = w_row[kw];
 #pragma unroll
-      for (int p = 0; p < P; ++p) acc[p] += x[p + kw] * wv;
+      for (int p = 0; p < P; ++p)
+        if (Tile::window_in_map(K, p + kw)) acc[p] += x[p + kw] * wv;  // folded at compile time
     }
   }
   const int c = static_cast<int>(plane % channels);
@@ -467,10 +545,12 @@ depthwise_conv2d_forward_k_kernel(const scalar_t* __restrict__ input,
 }
 
 // Block (c, part): thread (kh, r) accumulates the K taps of filter row kh over output row r of
-// each of the block's items. An item is one tile of Tile::kWgradSamples consecutive samples n of
-// the block's channel (Tile::PLANES is the forward's), so that an item of a small-map tile holds
-// as many 8-output steps as a 16x32 tile's row and the per-item work (barriers, staging set-up,
-// the item walk) is spread as thinly.
+// each of the block's items (Tile::weight_grad_thread: every (kh, r) of a K x TH grid, or for a
+// whole-map tile only the pairs whose input row is inside the map, in Tile::weight_grad_threads
+// threads). An item is one tile of Tile::kWgradSamples consecutive samples n of the block's
+// channel (Tile::PLANES is the forward's), so that an item of a small-map tile holds as many
+// 8-output steps as a 16x32 tile's row and the per-item work (barriers, staging set-up, the item
+// walk) is spread as thinly.
 template <typename scalar_t, typename acc_t, int K, typename Tile>
 __global__ void __launch_bounds__(K * Tile::TH)
 depthwise_conv2d_weight_grad_k_kernel(const scalar_t* __restrict__ input,
@@ -480,8 +560,9 @@ depthwise_conv2d_weight_grad_k_kernel(const scalar_t* __restrict__ input,
                                       int tiles_per_plane) {
   constexpr int TH = Tile::TH, TW = Tile::TW, S = Tile::kWgradSamples;
   constexpr int pad = K / 2;
-  constexpr int sh = TH + K - 1;
+  constexpr int sh = Tile::staged_rows(K);
   constexpr int sw = Tile::staged_pitch(K);
+  constexpr int off = Tile::staged_offset(K);
   constexpr int stage = sh * sw + TH * Tile::kGradPitch;  // one sample's input and grad tiles
   constexpr int Q = 8;  // outputs per inner step
   static_assert(sizeof(acc_t) != 4 || Tile::weight_grad_bank_ways(K) == 1,
@@ -491,8 +572,11 @@ depthwise_conv2d_weight_grad_k_kernel(const scalar_t* __restrict__ input,
 
   const int c = blockIdx.x;
   const int part = blockIdx.y;
-  const int kh = threadIdx.x / TH;  // this thread's filter row
-  const int r = threadIdx.x % TH;   // and output row of the tile
+  // the K x TH grid's threads: a compile-time count, which spares the staging loops a division
+  const int threads = Tile::kWholeMap ? static_cast<int>(blockDim.x) : K * TH;
+  const auto me = Tile::weight_grad_thread(K, height, static_cast<int>(threadIdx.x));
+  const int kh = me.kh;  // this thread's filter row
+  const int r = me.r;    // and output row of the tile
   const int64_t plane_size = static_cast<int64_t>(height) * width;
   const int groups = (batch + S - 1) / S;  // items per tile position
 
@@ -505,59 +589,105 @@ depthwise_conv2d_weight_grad_k_kernel(const scalar_t* __restrict__ input,
     const int w0 = (it.tile % tiles_w) * TW;
     const int samples = min(S, batch - it.n * S);
     __syncthreads();  // the previous item's tiles are no longer read
+    if constexpr (Tile::kWholeMap) {
+      // The S samples' maps, each thread the same positions of every one: a whole-map tile has
+      // about one position per thread, so stage_input_tile's set-up for each of the 2 * S
+      // tiles (~30 instructions) would cost more than the copying.
+      static_assert(sw == Tile::kGradPitch, "whole maps: input and gradient share a layout");
+      const int64_t first = (static_cast<int64_t>(it.n) * S * channels + c) * plane_size;
+      const int64_t step = static_cast<int64_t>(channels) * plane_size;  // to the next sample
+      for (int pos = threadIdx.x; pos < TH * TW; pos += threads) {
+        const int i = pos / TW, j = pos % TW;
+        const bool inside = i < height && j < width;
+        const int64_t src = first + (inside ? i * width + j : 0);
 #pragma unroll
-    for (int p = 0; p < S; ++p) {
-      const int64_t plane = static_cast<int64_t>(it.n * S + p) * channels + c;
-      acc_t* s_in = smem + p * stage;
-      // a sample past the batch is staged as zeros (and skipped below)
-      stage_input_tile(s_in, p < samples ? input + plane * plane_size : nullptr, height, width,
-                       h0, w0, pad, sh, TW + K - 1, sw, static_cast<int>(threadIdx.x), K * TH);
-      stage_grad_tile(s_in + sh * sw, p < samples ? grad_out + plane * plane_size : nullptr,
-                      height, width, h0, w0, TH, TW, Tile::kGradPitch,
-                      static_cast<int>(threadIdx.x), K * TH);
+        for (int p = 0; p < S; ++p) {
+          const bool read = inside && p < samples;  // a sample past the batch is staged as zeros
+          smem[p * stage + i * sw + j] =
+              read ? static_cast<acc_t>(input[src + p * step]) : acc_t(0);
+          smem[p * stage + sh * sw + i * sw + j] =
+              read ? static_cast<acc_t>(grad_out[src + p * step]) : acc_t(0);
+        }
+      }
+    } else {
+#pragma unroll
+      for (int p = 0; p < S; ++p) {
+        const int64_t plane = static_cast<int64_t>(it.n * S + p) * channels + c;
+        acc_t* s_in = smem + p * stage;
+        // a sample past the batch is staged as zeros (and skipped below)
+        stage_input_tile(s_in, p < samples ? input + plane * plane_size : nullptr, height,
+                         width, h0, w0, pad, sh, TW + K - 1, sw, static_cast<int>(threadIdx.x),
+                         threads);
+        stage_grad_tile(s_in + sh * sw, p < samples ? grad_out + plane * plane_size : nullptr,
+                        height, width, h0, w0, TH, TW, Tile::kGradPitch,
+                        static_cast<int>(threadIdx.x), threads);
+      }
     }
     __syncthreads();
-    if (h0 + r >= height) continue;  // this output row is outside the image (its grads are 0)
+    // no pair, or this output row is outside the image (its grads are 0)
+    if (!me.active || h0 + r >= height) continue;
 #pragma unroll
     for (int p = 0; p < S; ++p) {
       if (p >= samples) break;
       const acc_t* g_row = smem + p * stage + sh * sw + r * Tile::kGradPitch;
-      const acc_t* i_row = smem + p * stage + (r + kh) * sw;
+      const acc_t* i_row = smem + p * stage + (r + kh - off) * sw;
 #pragma unroll
       for (int q0 = 0; q0 < TW; q0 += Q) {
         if (w0 + q0 >= width) break;  // the rest of the row is outside the image
+        // x[j]: column q0 + j - pad of the tile (whole-map tiles: not staged, and skipped,
+        // outside the map's TW columns)
         acc_t g[Q], x[Q + K - 1];
 #pragma unroll
         for (int j = 0; j < Q; ++j) g[j] = g_row[q0 + j];
 #pragma unroll
-        for (int j = 0; j < Q + K - 1; ++j) x[j] = i_row[q0 + j];
+        for (int j = 0; j < Q + K - 1; ++j)
+          x[j] = Tile::window_in_map(K, q0 + j) ? i_row[q0 + j - off] : acc_t(0);
 #pragma unroll
         for (int kw = 0; kw < K; ++kw) {
 #pragma unroll
-          for (int j = 0; j < Q; ++j) acc[kw] += g[j] * x[j + kw];
+          for (int j = 0; j < Q; ++j)
+            if (Tile::window_in_map(K, q0 + j + kw)) acc[kw] += g[j] * x[j + kw];
         }
       }
     }
   }
 
-  // sum the TH row partials of each tap in a fixed tree order through shared memory
-  acc_t* red = reinterpret_cast<acc_t*>(smem_raw);  // [TH / 2][K * K]
-  for (int half = TH / 2; half >= 1; half /= 2) {
+  const int64_t out = (static_cast<int64_t>(part) * channels + c) * K * K;
+  if constexpr (Tile::kWholeMap) {
+    // each tap's sum over the pairs of its filter row, in their order, through shared memory
+    const WholeMapRows rows{K, height};
+    acc_t* red = reinterpret_cast<acc_t*>(smem_raw);  // [pairs][K]
     __syncthreads();
-    if (r >= half && r < 2 * half) {
+    if (me.active) {
 #pragma unroll
-      for (int kw = 0; kw < K; ++kw) red[(r - half) * K * K + kh * K + kw] = acc[kw];
+      for (int kw = 0; kw < K; ++kw) red[threadIdx.x * K + kw] = acc[kw];
     }
     __syncthreads();
-    if (r < half) {
-#pragma unroll
-      for (int kw = 0; kw < K; ++kw) acc[kw] += red[r * K * K + kh * K + kw];
+    for (int tap = threadIdx.x; tap < K * K; tap += threads) {
+      const int tap_kh = tap / K, first = rows.first_pair(tap_kh), count = rows.count(tap_kh);
+      acc_t sum = acc_t(0);
+      for (int i = 0; i < count; ++i) sum += red[(first + i) * K + tap % K];
+      workspace[out + tap] = sum;
     }
-  }
-  if (r == 0) {
+  } else {
+    // sum the TH row partials of each tap in a fixed tree order through shared memory
+    acc_t* red = reinterpret_cast<acc_t*>(smem_raw);  // [TH / 2][K * K]
+    for (int half = TH / 2; half >= 1; half /= 2) {
+      __syncthreads();
+      if (r >= half && r < 2 * half) {
 #pragma unroll
-    for (int kw = 0; kw < K; ++kw)
-      workspace[(static_cast<int64_t>(part) * channels + c) * K * K + kh * K + kw] = acc[kw];
+        for (int kw = 0; kw < K; ++kw) red[(r - half) * K * K + kh * K + kw] = acc[kw];
+      }
+      __syncthreads();
+      if (r < half) {
+#pragma unroll
+        for (int kw = 0; kw < K; ++kw) acc[kw] += red[r * K * K + kh * K + kw];
+      }
+    }
+    if (r == 0) {
+#pragma unroll
+      for (int kw = 0; kw < K; ++kw) workspace[out + kh * K + kw] = acc[kw];
+    }
   }
 }
 

@@ -53,7 +53,8 @@ bool with_compiled_ksize(int ksize, F&& f) {
 
 // Calls f(Tile{}) with the tile shape for an H x W map (TileShape in the kernel header): whole
 // maps of 8 planes per block where they fit in 8x8 or 16x16 (K <= 13: the shared memory of 8
-// planes of a larger kernel exceeds 48 KiB), else 16x32 tiles of 2 planes.
+// planes of a larger kernel exceeds 48 KiB), else 16x32 tiles of 2 planes. The whole-map tiles
+// rely on it: they are only ever given maps of at most TH x TW.
 template <int K, typename F>
 void with_tile_shape(int height, int width, F&& f) {
   if constexpr (K <= 13) {
@@ -170,12 +171,13 @@ std::vector<at::Tensor> depthwise_conv2d_backward_impl(const Launch& launch,
               constexpr int K = decltype(k)::value;
               with_tile_shape<K>(height, width, [&](auto tile) {
                 using Tile = decltype(tile);
+                const int threads = Tile::weight_grad_threads(K, height);
                 const auto [grid, tiles_per_plane] =
-                    plan(Tile::TH, Tile::TW, Tile::kWgradSamples, K * Tile::TH);
+                    plan(Tile::TH, Tile::TW, Tile::kWgradSamples, threads);
                 constexpr size_t smem = sizeof(acc_t) * Tile::weight_grad_smem_elems(K);
                 static_assert(smem <= kMaxDefaultSmem, "weight_grad_k: too much shared memory");
                 launch(depthwise_conv2d_weight_grad_k_kernel<scalar_t, acc_t, K, Tile>, grid,
-                       dim3(K * Tile::TH), smem, input.data_ptr<scalar_t>(),
+                       dim3(threads), smem, input.data_ptr<scalar_t>(),
                        grad_out.data_ptr<scalar_t>(), workspace.data_ptr<acc_t>(),
                        static_cast<int>(batch), static_cast<int>(channels), height, width,
                        ceil_div(width, Tile::TW), tiles_per_plane);
