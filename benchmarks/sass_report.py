@@ -210,7 +210,10 @@ def header(so, argv):
         'FFMAs, so LDS per FFMA under 0.25 keeps shared memory from binding; the loads of these '
         'loops are conflict-free by a compile-time check (TileShape::forward_bank_ways / '
         'weight_grad_bank_ways). Weight-gradient rows count the item loop without its nested '
-        'staging loops. LDL/STL: local-memory instructions (spills).\n\n')
+        'staging loops. Whole-map tiles (`TileShape<..., true>`, maps of at most 8x8 or 16x16) '
+        'leave out the FMAs on the padding left and right of the tile (62 per row of 8 outputs '
+        'at K = 13, not 8 * 13), so a lower FFMA share there can be less work, not worse code. '
+        'LDL/STL: local-memory instructions (spills).\n\n')
 
 
 if __name__ == '__main__':
