@@ -99,7 +99,8 @@ def expected_launches(n, c, h, w, k, dtype, generic=False):
         return -(-n * c // 8) * tiles(8, 8), 8 * 8, whole_map_wgrad
     if k <= 13 and h <= 16 and w <= 16:  # whole 16x16 maps of 8 planes, a row per thread
         return -(-n * c // 8) * tiles(16, 16), 8 * 16, whole_map_wgrad
-    return -(-n * c // 2) * tiles(16, 32), 2 * 16 * 2, 16 * k  # 16x32 tiles of 2 planes
+    planes = 4 if k <= 13 else 2  # 16x32 tiles of 4 planes, 2 for K = 31
+    return -(-n * c // planes) * tiles(16, 32), planes * 16 * 2, 16 * k
 
 
 def check_against_fp64(emu, dtype, n, c, h, w, k, generic=False):

@@ -106,7 +106,7 @@ def test_report_writes_a_row_per_kernel(kernels, tmp_path):
     sass_report.main(['--so', SO, '--arch', 'sm_90', '--out', str(out)])
     rows = [line for line in out.read_text().splitlines() if line.startswith('| sm_90')]
     assert len(rows) == len(kernels)
-    assert any('forward_k_kernel<float, float, 13, TileShape<16, 32, 2, 16, false> >` | 0 | 4 | '
+    assert any('forward_k_kernel<float, float, 13, TileShape<16, 32, 4, 16, false> >` | 0 | 4 | '
                '208 | 41 |' in r for r in rows), rows
 
 

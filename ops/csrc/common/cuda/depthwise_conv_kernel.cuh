@@ -20,8 +20,9 @@
 // float / half / bfloat16 inputs, the "_k" kernels below take it at compile time, which lets the
 // compiler unroll the filter loops and keep the sliding windows in registers without moves:
 // - forward / input gradient: P outputs per thread; per filter row a thread loads its P + K - 1
-//   inputs once and does P * K FMAs; 16x32 tiles of 2 planes with P = 16, or, for maps that fit,
-//   whole 16x16 or 8x8 maps of 8 planes per block with a row per thread (TileShape);
+//   inputs once and does P * K FMAs; 16x32 tiles of 4 planes (2 for K = 31) with P = 16, or, for
+//   maps that fit, whole 16x16 or 8x8 maps of 8 planes per block with a row per thread
+//   (TileShape);
 // - weight gradient: thread (kh, r) owns the K taps of filter row kh for output row r of the tile
 //   and accumulates them in registers over all its items (8 outputs at a time: 8 + K - 1 inputs
 //   and 8 gradients loaded for 8 * K FMAs; an item is a 16x32 tile of one sample, or a 16x16 /
@@ -334,11 +335,11 @@ struct WholeMapRows {
 };
 
 // A tile shape: TH x TW outputs of each of PLANES consecutive (n, c) planes per forward block, P
-// consecutive outputs of a row per thread. Large maps: 16x32 tiles of 2 planes, 16 outputs per
-// thread (per filter row 16 * K FMAs for 16 + K - 1 + K shared-memory loads: 208 for 41 at
-// K = 13, where 8 outputs per thread do 104 for 33). Maps that fit in 8x8 or 16x16: one block
-// covers whole maps of 8 planes, a whole row per thread, so that small maps (classification's
-// 14x14 and 7x7) do not leave most threads idle.
+// consecutive outputs of a row per thread. Large maps: 16x32 tiles of 4 planes (2 for K > 13),
+// 16 outputs per thread (per filter row 16 * K FMAs for 16 + K - 1 + K shared-memory loads: 208
+// for 41 at K = 13, where 8 outputs per thread do 104 for 33). Maps that fit in 8x8 or 16x16:
+// one block covers whole maps of 8 planes, a whole row per thread, so that small maps
+// (classification's 14x14 and 7x7) do not leave most threads idle.
 //
 // Whole-map tiles (WHOLE; with_tile_shape uses them only for maps of at most TH x TW, so a tile
 // starts at row and column 0 and everything of it past the map is padding): the halo around the
@@ -348,23 +349,27 @@ struct WholeMapRows {
 // (WholeMapRows). At K = 13 a 7x7 map's forward row of 8 outputs takes 62 FMAs instead of 104;
 // its weight gradient 49 pairs of 62 FMAs instead of 104 pairs of 104.
 //
-// Forward threads: a warp covers 8 rows x kColGroups column groups (P outputs each) of
-// kWarpPlanes planes. With odd row pitches the 8 rows fall in 8 different banks modulo 8, the
-// column groups add multiples of 8 (P = 8) or 16 (P = 16), and each plane's staging area
-// (plane_stride) is padded so that the planes of a warp add the other multiples of 8: every
-// shared-memory load of the forward loop is conflict-free (forward_bank_ways below checks it at
-// compile time).
+// Forward threads: a warp covers 8 consecutive rows of kWarpPlanes planes (up to 4) in
+// kWarpCols column groups (P outputs of each row; 1 where the block has 4 planes), so that a
+// column group past the map's right edge is whole warps that return at once (with lanes of both
+// column groups, a 40-wide map's second 16x32 tile ran its warps for its 8 columns), and 8 rows
+// past the map's bottom too. With odd row pitches the 8 rows fall in different banks, the column
+// groups of a warp add multiples of P, and each plane's staging area (plane_stride) is padded so
+// that the planes of a warp take the other banks: every shared-memory load of the forward loop is
+// conflict-free (forward_bank_ways below checks it at compile time).
 template <int TH_, int TW_, int PLANES_, int P_, bool WHOLE_>
 struct TileShape {
   static constexpr int TH = TH_, TW = TW_, PLANES = PLANES_;
   static constexpr int kPerThread = P_;  // forward outputs per thread, along W
   static constexpr bool kWholeMap = WHOLE_;
   static constexpr int kColGroups = TW / kPerThread;
-  static constexpr int kWarpPlanes = 32 / (8 * kColGroups);
+  static constexpr int kWarpPlanes = PLANES < 4 ? PLANES : 4;
+  static constexpr int kWarpCols = 4 / kWarpPlanes;
   static constexpr int kFwdThreads = PLANES * TH * kColGroups;
-  static_assert(TW % kPerThread == 0 && (kColGroups == 1 || kColGroups == 2 || kColGroups == 4),
-                "a tile row must be 1, 2 or 4 threads' outputs");
-  static_assert(TH % 8 == 0 && PLANES % kWarpPlanes == 0, "a warp covers 8 rows of whole planes");
+  static_assert(TW % kPerThread == 0, "a tile row must be whole threads' outputs");
+  static_assert(4 % kWarpPlanes == 0 && PLANES % kWarpPlanes == 0 && kColGroups % kWarpCols == 0 &&
+                    TH % 8 == 0,
+                "a warp covers 8 rows of kWarpPlanes whole planes in kWarpCols column groups");
   static_assert(!kWholeMap || kColGroups == 1, "a whole-map tile gives a thread a whole row");
   // The staged box: the tile and its K - 1 halo, or a whole map alone. Staged (row, column) =
   // (i, j) of the tile with its halo, less staged_offset (the halo's pad rows and columns).
@@ -402,9 +407,15 @@ struct TileShape {
     int plane, row, col;
   };
   static constexpr Position forward_position(int tid) {
-    const int lane = tid % 32, warp = tid / 32, row_groups = TH / 8;
-    return {(warp / row_groups) * kWarpPlanes + lane / (8 * kColGroups),
-            (warp % row_groups) * 8 + (lane / kColGroups) % 8, (lane % kColGroups) * kPerThread};
+    // lanes: row fastest, then column group, then plane; warps: column groups fastest, then
+    // rows, then planes
+    const int lane = tid % 32, warp = tid / 32;
+    const int col_warps = kColGroups / kWarpCols, row_groups = TH / 8;
+    const int cols = (warp % col_warps) * kWarpCols + (lane / 8) % kWarpCols;
+    const int rows = (warp / col_warps) % row_groups;
+    const int planes = warp / (col_warps * row_groups);
+    return {planes * kWarpPlanes + lane / (8 * kWarpCols), rows * 8 + lane % 8,
+            cols * kPerThread};
   }
 
   // The most distinct 4-byte words one bank serves to a warp in one shared-memory load of the
@@ -463,7 +474,8 @@ struct TileShape {
     return worst;
   }
 };
-using TileLarge = TileShape<16, 32, 2, 16, false>;
+using TileLarge = TileShape<16, 32, 4, 16, false>;
+using TileLargeBigK = TileShape<16, 32, 2, 16, false>;  // K > 13: 4 planes' halos exceed 48 KiB
 using TileMedium = TileShape<16, 16, 8, 16, true>;
 using TileSmall = TileShape<8, 8, 8, 8, true>;
 

@@ -52,16 +52,18 @@ bool with_compiled_ksize(int ksize, F&& f) {
 }
 
 // Calls f(Tile{}) with the tile shape for an H x W map (TileShape in the kernel header): whole
-// maps of 8 planes per block where they fit in 8x8 or 16x16 (K <= 13: the shared memory of 8
-// planes of a larger kernel exceeds 48 KiB), else 16x32 tiles of 2 planes. The whole-map tiles
-// rely on it: they are only ever given maps of at most TH x TW.
+// maps of 8 planes per block where they fit in 8x8 or 16x16, else 16x32 tiles of 4 planes (K <=
+// 13: the shared memory of 8 or 4 planes of a larger kernel exceeds 48 KiB; 2 planes for it). The
+// whole-map tiles rely on it: they are only ever given maps of at most TH x TW.
 template <int K, typename F>
 void with_tile_shape(int height, int width, F&& f) {
   if constexpr (K <= 13) {
     if (height <= 8 && width <= 8) return f(TileSmall{});
     if (height <= 16 && width <= 16) return f(TileMedium{});
+    f(TileLarge{});
+  } else {
+    f(TileLargeBigK{});
   }
-  f(TileLarge{});
 }
 
 inline int64_t count_tiles(int height, int width, int th, int tw) {
