@@ -94,10 +94,12 @@ TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float16: dict(rtol=1e-2,
 @pytest.mark.parametrize('n, c, h, w, k', [
     (1, 3, 5, 7, 3), (2, 7, 33, 17, 5), (4, 16, 20, 20, 7), (1, 5, 8, 8, 13), (3, 9, 40, 37, 13),
     (2, 4, 30, 45, 17), (1, 3, 12, 70, 31), (64, 2, 9, 9, 13), (2, 11, 3, 3, 13),
-    (3, 5, 7, 7, 13), (2, 3, 14, 14, 13), (2, 3, 100, 168, 13), (70, 1, 9, 9, 7)])
+    (3, 5, 7, 7, 13), (2, 3, 14, 14, 13), (2, 3, 16, 16, 13), (3, 2, 16, 11, 7),
+    (2, 3, 100, 168, 13), (2, 6, 25, 42, 13), (70, 1, 9, 9, 7)])
 def test_cuda_op_matches_fp64(monkeypatch, generic, dtype, n, c, h, w, k):
-    """The kernels the op picks (compile-time K for 7, 13, 31; whole small maps of 8 planes),
-    and the run-time-K kernels forced by MMUNIREP_DWCONV_GENERIC=1."""
+    """The kernels the op picks (compile-time K for 7, 13, 31; whole small maps of 8 planes,
+    filled or not; 16x32 tiles whose right half or bottom rows lie past the map), and the
+    run-time-K kernels forced by MMUNIREP_DWCONV_GENERIC=1."""
     if generic:
         monkeypatch.setenv('MMUNIREP_DWCONV_GENERIC', '1')
     torch.manual_seed(n * 1000 + c * 10 + k)
