@@ -438,7 +438,10 @@ struct TileShape {
     return worst;
   }
   // Weight-gradient threads: thread (kh, r) of a K x TH grid owns the K taps of filter row kh for
-  // output row r of the tile; whole-map tiles run the WholeMapRows pairs only, in whole warps.
+  // output row r of the tile, numbered by 8-row group, then kh, then r, so that the warps of a
+  // group past the map's bottom edge skip their items' work together (numbered by kh, then r, a
+  // warp held 2 filter rows of all 16 output rows); whole-map tiles run the WholeMapRows pairs
+  // only, in whole warps.
   struct WgradThread {
     int kh, r;
     bool active;
@@ -448,7 +451,8 @@ struct TileShape {
       const WholeMapRows::Pair p = WholeMapRows{k, height}.pair(tid);
       return {p.kh, p.r, p.kh < k};
     } else {
-      return {tid / TH, tid % TH, true};
+      const int group = tid / (8 * k), in_group = tid % (8 * k);
+      return {in_group / 8, group * 8 + in_group % 8, true};
     }
   }
   static constexpr int weight_grad_threads(int k, int height) {
