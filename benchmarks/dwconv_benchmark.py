@@ -7,7 +7,10 @@ after --warmup runs: the forward pass, the input gradient and the weight gradien
 (a) mmunirep's op, (b) F.conv2d on NCHW (PyTorch's own depthwise kernel) and (c) F.conv2d on
 channels_last (cuDNN), and prints each time, the ratio of the faster PyTorch path to ours, and
 ours as a fraction of the fp32 FMA floor (2*N*C*H*W*K*K FLOPs at the measured fp32 rate of a
-large matmul with TF32 off). Needs only torch and the built extension (tools/build_ops.sh).
+large matmul with TF32 off). That floor counts the taps that read the padding too; the op leaves
+out most of them on maps near the kernel's size (a 7x7 map at K = 13 reads padding with 71% of its
+taps), so the last column gives the share of taps inside the map, and the floor fraction can
+exceed 1 where it is small. Needs only torch and the built extension (tools/build_ops.sh).
 """
 import argparse
 import contextlib
@@ -131,6 +134,14 @@ def generic(r, p=None):
     return f'{(r["ours_generic"][p] if p else r["ours_generic"]):.3f}'
 
 
+def taps_in_map(h, w, k):
+    """The share of the K*K taps of all H*W outputs that read the map, not its padding ("same"
+    padding: the rows and the columns count apart, as the taps of a row are the product of both)."""
+    def along(n):
+        return sum(min(k, n + k // 2 - o) - max(0, k // 2 - o) for o in range(n))
+    return along(h) * along(w) / (h * w * k * k)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--dtypes', nargs='+', default=list(DTYPES), choices=list(DTYPES))
@@ -170,13 +181,15 @@ def main():
              f'fp32 rate {rate / 1e12:.1f} TFLOP/s (matmul, TF32 off); median of '
              f'{args.repeats} after {args.warmup} warm-up; times in ms; ratio = faster PyTorch '
              'path / ours (> 1: ours faster); floor = FMA floor time / our time (each pass is '
-             '2*N*C*H*W*K*K FLOPs); '
-             'run-time K = ours with MMUNIREP_DWCONV_GENERIC=1 (sizes with compile-time kernels)',
+             '2*N*C*H*W*K*K FLOPs, padding taps included); '
+             'run-time K = ours with MMUNIREP_DWCONV_GENERIC=1 (sizes with compile-time kernels); '
+             'in map = share of the K*K taps that read the map, not its padding',
              '| shape (N,C,H,W,K) | dtype | pass | ours | torch NCHW | torch CL | ratio | floor '
-             '| ours, run-time K |', '|---|---|---|---|---|---|---|---|---|']
+             '| ours, run-time K | in map |', '|---|---|---|---|---|---|---|---|---|---|']
     for shape, _ in shapes:
         n, c, h, w, k = shape
         floor_ms = 2 * n * c * h * w * k * k / rate * 1e3
+        in_map = f'{taps_in_map(h, w, k):.2f}'
         for dname in args.dtypes:
             r = bench_shape(shape, DTYPES[dname], args, depthwise_conv2d)
             for p in ('fwd', 'dgrad', 'wgrad'):
@@ -184,12 +197,12 @@ def main():
                 frac = f'{floor_ms / r["ours"][p]:.2f}'  # every pass has the same FLOPs
                 lines.append(f'| {shape} | {dname} | {p} | {r["ours"][p]:.3f} | '
                              f'{r["torch_nchw"][p]:.3f} | {r["torch_cl"][p]:.3f} | '
-                             f'{best / r["ours"][p]:.2f} | {frac} | {generic(r, p)} |')
+                             f'{best / r["ours"][p]:.2f} | {frac} | {generic(r, p)} | {in_map} |')
             total = {k_: sum(r[k_].values()) for k_ in r}
             lines.append(f'| {shape} | {dname} | fwd+bwd | {total["ours"]:.3f} | '
                          f'{total["torch_nchw"]:.3f} | {total["torch_cl"]:.3f} | '
                          f'{min(total["torch_nchw"], total["torch_cl"]) / total["ours"]:.2f} | | '
-                         f'{generic(total)} |')
+                         f'{generic(total)} | {in_map} |')
     text = '\n'.join(lines)
     print(text)  # a benchmark script's output is its table
     if args.out:

@@ -6,6 +6,8 @@ import subprocess
 import sys
 
 import pytest
+import torch
+import torch.nn.functional as F
 
 from mmunirep.ops import depthwise_conv as dw_module
 
@@ -46,10 +48,15 @@ def test_dwconv_benchmark_smoke(tmp_path):
         '--dtypes', 'fp32', '--repeats', '1', '--warmup', '0', '--out', str(out))
     rows = table_rows(out)
     assert [r[2].strip() for r in rows] == ['fwd', 'dgrad', 'wgrad', 'fwd+bwd']
+    # the share of taps inside the map, counted here by convolving ones with ones
+    ones = torch.ones(1, 1, 20, 37, dtype=torch.float64)
+    in_map = F.conv2d(ones, torch.ones(1, 1, 7, 7, dtype=torch.float64), padding=3).sum().item()
     for r in rows:
         ours, nchw, cl, ratio = (float(v) for v in r[3:7])
         assert ratio == pytest.approx(min(nchw, cl) / ours, rel=0.05)
         assert float(r[8]) > 0  # K = 7 has compile-time kernels: the run-time-K column is there
+        assert float(r[9]) == pytest.approx(in_map / (20 * 37 * 49), abs=0.005)
+        assert float(r[9]) < 1
 
 
 def test_dwconv_benchmark_rejects_bad_shapes():
