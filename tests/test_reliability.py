@@ -16,7 +16,7 @@ from mmengine.optim import OptimWrapper
 
 import mmunirep  # noqa: F401
 from mmunirep.models import UniRepLKNet
-from mmunirep.utils import build_model
+from mmunirep.utils import build_model, leave_process_group
 from tool_utils import ROOT, load_tool, tiny_det_config, tiny_seg_config
 
 KILLER = '''
@@ -123,6 +123,25 @@ def test_two_processes_train_and_test(data, tmp_path):
     single = load_tool('test').main([config, str(work / 'iter_2.pth'), '--work-dir',
                                      str(tmp_path / 'single_test')])
     assert dist_miou == pytest.approx(single['mIoU'], abs=0.01)
+
+
+def test_tools_leave_the_process_group_before_exit():
+    """tools/train.py and test.py destroy the process group after a run (gloo's threads could
+    otherwise abort the process at exit, which the 2-process test above once did in CI)."""
+    import torch.distributed as dist
+    leave_process_group()  # no group: nothing to do
+    dist.init_process_group('gloo', init_method='tcp://127.0.0.1:29531', rank=0, world_size=1)
+    try:
+        assert dist.is_initialized()
+        leave_process_group()
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    for tool, call in (('train', 'runner.train()\n    leave_process_group()'),
+                       ('test', 'metrics = runner.test()\n    leave_process_group()')):
+        with open(osp.join(ROOT, 'tools', f'{tool}.py')) as f:
+            assert call in f.read(), tool
 
 
 def test_missing_dataset_path_is_named(tmp_path):

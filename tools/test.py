@@ -10,7 +10,7 @@ from mmengine.evaluator import DumpResults
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from mmunirep.utils import framework_of, prepare_cfg
+from mmunirep.utils import framework_of, leave_process_group, prepare_cfg
 from mmunirep.utils.config_utils import DictAction
 
 
@@ -75,7 +75,9 @@ def main(argv=None):
             runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
         else:
             runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
-    return runner.test()
+    metrics = runner.test()
+    leave_process_group()
+    return metrics
 
 
 if __name__ == '__main__':

@@ -10,7 +10,7 @@ from mmengine.logging import print_log
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from mmunirep.utils import prepare_cfg
+from mmunirep.utils import leave_process_group, prepare_cfg
 from mmunirep.utils.config_utils import DictAction
 
 
@@ -68,6 +68,7 @@ def main(argv=None):
         cfg.load_from = args.resume
     runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
     runner.train()
+    leave_process_group()
 
 
 if __name__ == '__main__':

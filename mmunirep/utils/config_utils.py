@@ -85,3 +85,17 @@ def init_cpu_process_group() -> None:
         dist.init_process_group(backend='gloo')
         print_log(f'no CUDA device: rank {dist.get_rank()} of {dist.get_world_size()} joined '
                   'the process group over gloo', logger='current')
+
+
+def leave_process_group() -> None:
+    """Destroy the process group, if there is one, while the interpreter is fully alive.
+
+    Neither mmengine's Runner nor torch does it before exit, and with gloo a worker thread that
+    still holds work when the interpreter finalizes can abort the process ("terminate called
+    without an active exception", SIGABRT: pytorch/pytorch#190489); a 2-process CPU training run
+    in CI here hit it once. The tools call it after a successful run only: after a failure the
+    other ranks may never reach it.
+    """
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
