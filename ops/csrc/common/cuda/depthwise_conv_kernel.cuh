@@ -458,6 +458,16 @@ struct TileShape {
   static constexpr int weight_grad_threads(int k, int height) {
     return kWholeMap ? (WholeMapRows{k, height}.pairs() + 31) / 32 * 32 : k * TH;
   }
+  // the kernel's __launch_bounds__: whole warps of up to K x TH pairs (a launch with more threads
+  // than its bounds fails on a GPU, and the emulator cannot see them: weight_grad_threads_fit)
+  static constexpr int weight_grad_max_threads(int k) {
+    return kWholeMap ? (k * TH + 31) / 32 * 32 : k * TH;
+  }
+  static constexpr bool weight_grad_threads_fit(int k) {
+    for (int height = 1; height <= TH; ++height)
+      if (weight_grad_threads(k, height) > weight_grad_max_threads(k)) return false;
+    return true;
+  }
   // The same as forward_bank_ways for the weight-gradient loop: its first staged input and
   // gradient, for every map height a whole-map tile serves (idle lanes read nothing).
   static constexpr int weight_grad_bank_ways(int k) {
@@ -568,7 +578,7 @@ depthwise_conv2d_forward_k_kernel(const scalar_t* __restrict__ input,
 // 8-output steps as a 16x32 tile's row and the per-item work (barriers, staging set-up, the item
 // walk) is spread as thinly.
 template <typename scalar_t, typename acc_t, int K, typename Tile>
-__global__ void __launch_bounds__(K * Tile::TH)
+__global__ void __launch_bounds__(Tile::weight_grad_max_threads(K))
 depthwise_conv2d_weight_grad_k_kernel(const scalar_t* __restrict__ input,
                                       const scalar_t* __restrict__ grad_out,
                                       acc_t* __restrict__ workspace,  // [parts, C, K*K]
@@ -583,6 +593,8 @@ depthwise_conv2d_weight_grad_k_kernel(const scalar_t* __restrict__ input,
   constexpr int Q = 8;  // outputs per inner step
   static_assert(sizeof(acc_t) != 4 || Tile::weight_grad_bank_ways(K) == 1,
                 "weight_grad_k: bank conflicts in the weight-gradient loop's shared-memory loads");
+  static_assert(Tile::weight_grad_threads_fit(K),
+                "weight_grad_k: a launch would exceed the kernel's __launch_bounds__");
   extern __shared__ unsigned char smem_raw[];
   acc_t* smem = reinterpret_cast<acc_t*>(smem_raw);
 
