@@ -7,6 +7,8 @@
 #                                                   # the pure-Python dependencies the backbone and
 #                                                   # pytest need into .gpu_wheels/ (cp312, ~20 MB)
 #   bash benchmarks/gpu_session.sh run OUT_DIR      # on the GPU machine, with .gpu_wheels/ carried
+#   bash benchmarks/gpu_session.sh run OUT_DIR dwconv train_step   # only these steps (the build
+#                                                   # of an earlier call on the same machine is used)
 #
 # `run` unpacks only the wheels whose module does not import already into a private folder on
 # PYTHONPATH (no pip needed, nothing installed system-wide); if OpenCV is missing it puts a stub
@@ -18,7 +20,11 @@
 #   OUT/dwconv.md       benchmarks/dwconv_benchmark.py, fp32 / fp16 / bf16, every shape
 #   OUT/train_step.md   benchmarks/train_step_benchmark.py, UniRepLKNet-S at 2x3x800x1333
 #   OUT/summary.txt     each step's exit status and duration
-# A step that fails is recorded and the next one runs (the benchmarks need the build).
+# A step that fails is recorded and the next one runs (the benchmarks need the build). The steps
+# share a time budget, GPU_SESSION_BUDGET_S (570 s: a device call is cut at 600 s), so that a slow
+# step shortens the later ones instead of the call being cut before summary.txt is written; a
+# step left with under 20 s is recorded as skipped. DWCONV_ARGS / TRAIN_STEP_ARGS replace the
+# benchmarks' default arguments (e.g. DWCONV_ARGS="--dtypes fp32 --shapes 2,192,100,168,13").
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 WHEELS=${GPU_WHEELS:-$ROOT/.gpu_wheels}
@@ -42,7 +48,15 @@ prepare)
   echo "gpu_session: $(ls "$WHEELS" | wc -l) wheels, $(du -sh "$WHEELS" | cut -f1) in $WHEELS"
   ;;
 run)
-  OUT=${2:?usage: bash benchmarks/gpu_session.sh run OUT_DIR}
+  OUT=${2:?usage: bash benchmarks/gpu_session.sh run OUT_DIR [STEP...]}
+  shift 2
+  ALL_STEPS="device build sass tests dwconv train_step"
+  STEPS=${*:-$ALL_STEPS}
+  for s in $STEPS; do
+    [[ " $ALL_STEPS " == *" $s "* ]] || { echo "gpu_session: unknown step '$s' (steps: $ALL_STEPS)" >&2; exit 2; }
+  done
+  wants() { [[ " $STEPS " == *" $1 "* ]]; }
+  deadline=$(( $(date +%s) + ${GPU_SESSION_BUDGET_S:-570} ))
   mkdir -p "$OUT"
   OUT=$(cd "$OUT" && pwd)
   cd "$ROOT"
@@ -51,11 +65,17 @@ run)
   export PYTHONPATH="$ROOT:$SITE${PYTHONPATH:+:$PYTHONPATH}"
   summary="$OUT/summary.txt"
   : >"$summary"
-  step() {  # step NAME LOGFILE TIMEOUT_S CMD...
+  step() {  # step NAME LOGFILE TIMEOUT_S CMD...: if selected, within the time budget
     local name=$1 log=$2 limit=$3 t0 rc
     shift 3
+    wants "$name" || return 0
     t0=$(date +%s)
-    echo "== $name: $*" | tee -a "$log"
+    (( limit > deadline - t0 )) && limit=$(( deadline - t0 ))
+    if (( limit < 20 )); then
+      echo "$name: skipped, $(( deadline - t0 )) s left of the time budget" | tee -a "$summary"
+      return 1
+    fi
+    echo "== $name (at most $limit s): $*" | tee -a "$log"
     timeout "$limit" "$@" >>"$log" 2>&1
     rc=$?
     echo "$name: exit $rc in $(( $(date +%s) - t0 )) s" | tee -a "$summary"
@@ -87,20 +107,26 @@ def __getattr__(name):
 EOF
   fi
   step device "$OUT/device.txt" 60 bash -c "nvidia-smi; \"$PY\" -c 'import torch, timm, mmengine; print(\"torch\", torch.__version__, \"CUDA\", torch.version.cuda, \"cudnn\", torch.backends.cudnn.version(), \"timm\", timm.__version__, \"mmengine\", mmengine.__version__); print(torch.cuda.get_device_name(), torch.cuda.get_device_capability())'"
-  arch=$("$PY" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")
-  if step build "$OUT/build.txt" 240 env PYTHON="$PY" TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-$arch}" \
-      MAX_JOBS="${MAX_JOBS:-$(nproc)}" bash tools/build_ops.sh; then
+  arch=$("$PY" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())" 2>/dev/null)
+  step build "$OUT/build.txt" 240 env PYTHON="$PY" TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-$arch}" \
+    MAX_JOBS="${MAX_JOBS:-$(nproc)}" bash tools/build_ops.sh
+  # the other steps need the extension: this call's build, or an earlier call's on this machine
+  if "$PY" -c 'from mmunirep.ops import ext_available; assert ext_available()' 2>/dev/null; then
     step sass "$OUT/sass.log" 60 "$PY" benchmarks/sass_report.py --arch "sm_${arch/./}" \
       --out "$OUT/sass.md"
     step tests "$OUT/tests.txt" 150 "$PY" -m pytest tests/test_ops.py -q -rs -p no:cacheprovider
-    step dwconv "$OUT/dwconv.log" 150 "$PY" benchmarks/dwconv_benchmark.py --out "$OUT/dwconv.md"
+    # the *_ARGS are word lists: unquoted on purpose
+    step dwconv "$OUT/dwconv.log" 150 "$PY" benchmarks/dwconv_benchmark.py \
+      ${DWCONV_ARGS:-} --out "$OUT/dwconv.md"
     step train_step "$OUT/train_step.log" 150 "$PY" benchmarks/train_step_benchmark.py \
-      --precision fp32 bf16 fp16 --out "$OUT/train_step.md"
+      ${TRAIN_STEP_ARGS:---precision fp32 bf16 fp16} --out "$OUT/train_step.md"
+  else
+    echo "gpu_session: mmunirep._ext does not import with CUDA; no step after the build ran" | tee -a "$summary"
   fi
   cat "$summary"
   ;;
 *)
-  sed -n '2,21p' "$0"
+  sed -n '2,27p' "$0"
   exit 2
   ;;
 esac

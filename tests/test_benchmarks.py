@@ -71,3 +71,20 @@ def test_gpu_session_usage():
     proc = subprocess.run(['bash', 'benchmarks/gpu_session.sh'], cwd=ROOT, capture_output=True,
                           text=True)
     assert proc.returncode == 2 and 'prepare' in proc.stdout and 'run OUT_DIR' in proc.stdout
+
+
+def test_gpu_session_rejects_unknown_steps():
+    proc = subprocess.run(['bash', 'benchmarks/gpu_session.sh', 'run', 'unused_out', 'benchmark'],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "unknown step 'benchmark'" in proc.stderr and 'dwconv train_step' in proc.stderr
+
+
+def test_gpu_session_skips_steps_past_its_time_budget(tmp_path):
+    # with no time left, the selected step is recorded as skipped instead of being started
+    env = dict(os.environ, GPU_SESSION_BUDGET_S='0', PYTHON=sys.executable)
+    proc = subprocess.run(['bash', 'benchmarks/gpu_session.sh', 'run', str(tmp_path), 'build'],
+                          cwd=ROOT, capture_output=True, text=True, env=env)
+    summary = (tmp_path / 'summary.txt').read_text()
+    assert 'build: skipped' in summary and 'left of the time budget' in summary, proc.stdout
+    assert not (tmp_path / 'build.txt').exists()
