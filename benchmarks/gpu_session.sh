@@ -110,8 +110,11 @@ EOF
   arch=$("$PY" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())" 2>/dev/null)
   step build "$OUT/build.txt" 240 env PYTHON="$PY" TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-$arch}" \
     MAX_JOBS="${MAX_JOBS:-$(nproc)}" bash tools/build_ops.sh
-  # the other steps need the extension: this call's build, or an earlier call's on this machine
-  if "$PY" -c 'from mmunirep.ops import ext_available; assert ext_available()' 2>/dev/null; then
+  build_rc=$?  # 0 also when the build is not selected
+  # the other steps need the extension: this call's build, or (build not selected) an earlier
+  # call's on this machine; never a stale one left by a build that failed
+  if (( build_rc == 0 )) &&
+      "$PY" -c 'from mmunirep.ops import ext_available; assert ext_available()' 2>/dev/null; then
     step sass "$OUT/sass.log" 60 "$PY" benchmarks/sass_report.py --arch "sm_${arch/./}" \
       --out "$OUT/sass.md"
     step tests "$OUT/tests.txt" 150 "$PY" -m pytest tests/test_ops.py -q -rs -p no:cacheprovider
@@ -121,7 +124,8 @@ EOF
     step train_step "$OUT/train_step.log" 150 "$PY" benchmarks/train_step_benchmark.py \
       ${TRAIN_STEP_ARGS:---precision fp32 bf16 fp16} --out "$OUT/train_step.md"
   else
-    echo "gpu_session: mmunirep._ext does not import with CUDA; no step after the build ran" | tee -a "$summary"
+    echo "gpu_session: no usable build of mmunirep._ext (build exit $build_rc, or no CUDA in it);" \
+      "no step after the build ran" | tee -a "$summary"
   fi
   cat "$summary"
   ;;

@@ -88,3 +88,4 @@ def test_gpu_session_skips_steps_past_its_time_budget(tmp_path):
     summary = (tmp_path / 'summary.txt').read_text()
     assert 'build: skipped' in summary and 'left of the time budget' in summary, proc.stdout
     assert not (tmp_path / 'build.txt').exists()
+    assert "no step after the build ran" in summary  # a skipped build is not a usable one
