@@ -14,7 +14,7 @@
 # PYTHONPATH (no pip needed, nothing installed system-wide); if OpenCV is missing it puts a stub
 # `cv2` there, which mmengine imports for its visualizer and which none of this code calls. Then:
 #   OUT/device.txt      nvidia-smi, torch and CUDA versions
-#   OUT/build.txt       tools/build_ops.sh for the GPU's own architecture
+#   OUT/build.txt       tools/build_ops.sh for the GPU's own architecture (none: TORCH_CUDA_ARCH_LIST)
 #   OUT/sass.md         benchmarks/sass_report.py on that build (needs the toolkit's cuobjdump)
 #   OUT/tests.txt       pytest tests/test_ops.py (the GPU tests no longer skip)
 #   OUT/dwconv.md       benchmarks/dwconv_benchmark.py, fp32 / fp16 / bf16, every shape
@@ -108,6 +108,8 @@ EOF
   fi
   step device "$OUT/device.txt" 60 bash -c "nvidia-smi; \"$PY\" -c 'import torch, timm, mmengine; print(\"torch\", torch.__version__, \"CUDA\", torch.version.cuda, \"cudnn\", torch.backends.cudnn.version(), \"timm\", timm.__version__, \"mmengine\", mmengine.__version__); print(torch.cuda.get_device_name(), torch.cuda.get_device_capability())'"
   arch=$("$PY" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())" 2>/dev/null)
+  # no GPU answering (a dry run on a CPU machine): the first architecture asked for
+  [[ -n "$arch" ]] || { arch=${TORCH_CUDA_ARCH_LIST:-}; arch=${arch%%;*}; arch=${arch%%+*}; }
   step build "$OUT/build.txt" 240 env PYTHON="$PY" TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-$arch}" \
     MAX_JOBS="${MAX_JOBS:-$(nproc)}" bash tools/build_ops.sh
   build_rc=$?  # 0 also when the build is not selected

@@ -89,3 +89,23 @@ def test_gpu_session_skips_steps_past_its_time_budget(tmp_path):
     assert 'build: skipped' in summary and 'left of the time budget' in summary, proc.stdout
     assert not (tmp_path / 'build.txt').exists()
     assert "no step after the build ran" in summary  # a skipped build is not a usable one
+
+
+def test_gpu_session_dry_run_of_the_sass_step(tmp_path):
+    # a rehearsal on a machine without a GPU: no capability answers, so the session takes the first
+    # architecture of TORCH_CUDA_ARCH_LIST, and with the build not selected it uses the one here
+    sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+    import sass_report
+    if sass_report.find_extension() is None or sass_report.find_cuobjdump() is None:
+        pytest.skip('needs the built CUDA extension and cuobjdump (tools/build_ops.sh, '
+                    'requirements/stack.txt)')
+    if torch.cuda.is_available():
+        pytest.skip('a GPU answers: the session would take its architecture, not the list')
+    env = dict(os.environ, PYTHON=sys.executable, TORCH_CUDA_ARCH_LIST='9.0+PTX;8.0')
+    proc = subprocess.run(['bash', 'benchmarks/gpu_session.sh', 'run', str(tmp_path), 'sass'],
+                          cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    summary = (tmp_path / 'summary.txt').read_text()
+    assert 'sass: exit 0' in summary, proc.stdout + proc.stderr
+    assert '--arch sm_90 ' in (tmp_path / 'sass.log').read_text()
+    rows = [r for r in table_rows(tmp_path / 'sass.md') if 'forward_k_kernel' in r[1]]
+    assert rows and all(r[0].strip() == 'sm_90' for r in rows)
