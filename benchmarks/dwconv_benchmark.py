@@ -5,12 +5,15 @@
 For each shape (N, C, H, W, K) and dtype it times, with CUDA events, the median of --repeats runs
 after --warmup runs: the forward pass, the input gradient and the weight gradient of
 (a) mmunirep's op, (b) F.conv2d on NCHW (PyTorch's own depthwise kernel) and (c) F.conv2d on
-channels_last (cuDNN), and prints each time, the ratio of the faster PyTorch path to ours, and
-ours as a fraction of the fp32 FMA floor (2*N*C*H*W*K*K FLOPs at the measured fp32 rate of a
+channels_last (cuDNN, with ``cudnn.benchmark`` on so that it times its algorithms and takes the
+fastest: the strongest PyTorch baseline), and prints each time, the ratio of the faster PyTorch
+path to ours, and ours as a fraction of the fp32 FMA floor (2*N*C*H*W*K*K FLOPs at the measured fp32 rate of a
 large matmul with TF32 off). That floor counts the taps that read the padding too; the op leaves
 out most of them on maps near the kernel's size (a 7x7 map at K = 13 reads padding with 71% of its
 taps), so the last column gives the share of taps inside the map, and the floor fraction can
 exceed 1 where it is small. Needs only torch and the built extension (tools/build_ops.sh).
+Rows are written as they are measured; with --time-budget the script stops starting rows that
+would end past it (exit 3, the table names what it left out).
 """
 import argparse
 import contextlib
@@ -20,6 +23,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from bench_utils import STOPPED_EXIT_CODE, Report, TimeBudget, add_budget_argument
 
 SHAPES = [  # (N, C, H, W, K) and where they come from
     ((2, 192, 100, 168, 13), 'UniRepLKNet-S detection 1333x800, stage 2'),
@@ -153,7 +157,16 @@ def main():
     parser.add_argument('--device', default='cuda',
                         help='cpu: a smoke run of this script on the extension\'s CPU path '
                         '(for tests only)')
+    parser.add_argument('--no-cudnn-benchmark', action='store_true',
+                        help='let cuDNN pick its algorithm by heuristics instead of timing them '
+                        '(the default times them: the strongest PyTorch baseline)')
+    add_budget_argument(parser)
     args = parser.parse_args()
+    try:
+        budget = TimeBudget(args.time_budget)
+    except ValueError as e:
+        raise SystemExit(str(e))
+    torch.backends.cudnn.benchmark = not args.no_cudnn_benchmark
     global DEVICE
     DEVICE = args.device
     from mmunirep.ops import depthwise_conv2d, ext_available
@@ -177,37 +190,42 @@ def main():
         if any(len(s) != 5 for s, _ in shapes):
             raise SystemExit(f'--shapes expects five integers N,C,H,W,K each, got {args.shapes}')
     rate = fp32_rate(args.warmup, args.repeats)
-    lines = [f'device: {device_name}, torch {torch.__version__}, '
-             f'fp32 rate {rate / 1e12:.1f} TFLOP/s (matmul, TF32 off); median of '
-             f'{args.repeats} after {args.warmup} warm-up; times in ms; ratio = faster PyTorch '
-             'path / ours (> 1: ours faster); floor = FMA floor time / our time (each pass is '
-             '2*N*C*H*W*K*K FLOPs, padding taps included); '
-             'run-time K = ours with MMUNIREP_DWCONV_GENERIC=1 (sizes with compile-time kernels); '
-             'in map = share of the K*K taps that read the map, not its padding',
-             '| shape (N,C,H,W,K) | dtype | pass | ours | torch NCHW | torch CL | ratio | floor '
-             '| ours, run-time K | in map |', '|---|---|---|---|---|---|---|---|---|---|']
-    for shape, _ in shapes:
+    report = Report(args.out)
+    report.add(f'device: {device_name}, torch {torch.__version__}, '
+               f'fp32 rate {rate / 1e12:.1f} TFLOP/s (matmul, TF32 off); median of '
+               f'{args.repeats} after {args.warmup} warm-up; cudnn.benchmark '
+               f'{torch.backends.cudnn.benchmark}; times in ms; ratio = faster PyTorch '
+               'path / ours (> 1: ours faster); floor = FMA floor time / our time (each pass is '
+               '2*N*C*H*W*K*K FLOPs, padding taps included); '
+               'run-time K = ours with MMUNIREP_DWCONV_GENERIC=1 (sizes with compile-time kernels); '
+               'in map = share of the K*K taps that read the map, not its padding',
+               '| shape (N,C,H,W,K) | dtype | pass | ours | torch NCHW | torch CL | ratio | floor '
+               '| ours, run-time K | in map |', '|---|---|---|---|---|---|---|---|---|---|')
+    items = [(shape, dname) for shape, _ in shapes for dname in args.dtypes]
+    last_s = 0.
+    for i, (shape, dname) in enumerate(items):
+        if not budget.allows(last_s):  # the next item is expected to take as long as the last
+            report.add(budget.stop_line(f'{sh} {d}' for sh, d in items[i:]))
+            raise SystemExit(STOPPED_EXIT_CODE)
+        t0 = time.monotonic()
         n, c, h, w, k = shape
         floor_ms = 2 * n * c * h * w * k * k / rate * 1e3
         in_map = f'{taps_in_map(h, w, k):.2f}'
-        for dname in args.dtypes:
-            r = bench_shape(shape, DTYPES[dname], args, depthwise_conv2d)
-            for p in ('fwd', 'dgrad', 'wgrad'):
-                best = min(r['torch_nchw'][p], r['torch_cl'][p])
-                frac = f'{floor_ms / r["ours"][p]:.2f}'  # every pass has the same FLOPs
-                lines.append(f'| {shape} | {dname} | {p} | {r["ours"][p]:.3f} | '
-                             f'{r["torch_nchw"][p]:.3f} | {r["torch_cl"][p]:.3f} | '
-                             f'{best / r["ours"][p]:.2f} | {frac} | {generic(r, p)} | {in_map} |')
-            total = {k_: sum(r[k_].values()) for k_ in r}
-            lines.append(f'| {shape} | {dname} | fwd+bwd | {total["ours"]:.3f} | '
-                         f'{total["torch_nchw"]:.3f} | {total["torch_cl"]:.3f} | '
-                         f'{min(total["torch_nchw"], total["torch_cl"]) / total["ours"]:.2f} | | '
-                         f'{generic(total)} | {in_map} |')
-    text = '\n'.join(lines)
-    print(text)  # a benchmark script's output is its table
-    if args.out:
-        with open(args.out, 'w') as f:
-            f.write(text + '\n')
+        r = bench_shape(shape, DTYPES[dname], args, depthwise_conv2d)
+        lines = []
+        for p in ('fwd', 'dgrad', 'wgrad'):
+            best = min(r['torch_nchw'][p], r['torch_cl'][p])
+            frac = f'{floor_ms / r["ours"][p]:.2f}'  # every pass has the same FLOPs
+            lines.append(f'| {shape} | {dname} | {p} | {r["ours"][p]:.3f} | '
+                         f'{r["torch_nchw"][p]:.3f} | {r["torch_cl"][p]:.3f} | '
+                         f'{best / r["ours"][p]:.2f} | {frac} | {generic(r, p)} | {in_map} |')
+        total = {k_: sum(r[k_].values()) for k_ in r}
+        lines.append(f'| {shape} | {dname} | fwd+bwd | {total["ours"]:.3f} | '
+                     f'{total["torch_nchw"]:.3f} | {total["torch_cl"]:.3f} | '
+                     f'{min(total["torch_nchw"], total["torch_cl"]) / total["ours"]:.2f} | | '
+                     f'{generic(total)} | {in_map} |')
+        report.add(*lines)
+        last_s = time.monotonic() - t0
 
 
 if __name__ == '__main__':

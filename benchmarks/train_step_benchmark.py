@@ -27,6 +27,7 @@ import time
 import warnings
 
 import torch
+from bench_utils import STOPPED_EXIT_CODE, Report, TimeBudget, add_budget_argument
 
 PRECISIONS = dict(fp32=None, bf16=torch.bfloat16, fp16=torch.float16)
 
@@ -45,6 +46,7 @@ def parse_args():
     parser.add_argument('--out', help='also write the table to this file')
     parser.add_argument('--device', default='cuda',
                         help='cpu: a smoke run of this script (the op falls back; for tests only)')
+    add_budget_argument(parser)
     return parser.parse_args()
 
 
@@ -66,6 +68,15 @@ def build_pair(args, deploy=False):
             m.eval()
             m.switch_to_deploy()
     return ref.to(args.device), op.to(args.device)
+
+
+def make_inference(model, batch, amp, device):
+    """A no_grad forward pass (of the deploy structure) under the same autocast."""
+    def run(_):
+        with torch.no_grad(), torch.autocast(device, dtype=amp or torch.float32,
+                                             enabled=amp is not None):
+            model(batch)
+    return run
 
 
 def make_step(model, batch, projections, amp_dtype):
@@ -154,6 +165,10 @@ def empty_cache(device):
 
 def main():
     args = parse_args()
+    try:
+        budget = TimeBudget(args.time_budget)
+    except ValueError as e:
+        raise SystemExit(str(e))
     from mmunirep.ops import depthwise_conv as dw
     if args.device == 'cuda':
         if not torch.cuda.is_available():
@@ -178,47 +193,39 @@ def main():
     empty_cache(args.device)
     out_err, grad_err = check_one_step(args, batch, projections)
 
-    lines = [
+    report = Report(args.out)
+    report.add(
         f'device: {device_name}; command: python {" ".join(sys.argv)}',
         f'UniRepLKNet-{args.arch.upper()} backbone, batch {args.batch}x3x{args.size[0]}x'
         f'{args.size[1]}, drop path {args.drop_path}, gradient checkpointing '
         f'{not args.no_cp}; median of {args.repeats} after {args.warmup} warm-up, alternating; '
         f'one fp32 step agrees (outputs {out_err:.1e}, gradients {grad_err:.1e} relative)',
         '| what | precision | PyTorch conv (ms) | mmunirep op (ms) | speed-up | peak GiB PyTorch '
-        '/ op |', '|---|---|---|---|---|---|']
-    for pname in args.precision:
+        '/ op |', '|---|---|---|---|---|---|')
+    items = [(what, p) for p in args.precision for what in ('training step', 'inference (deploy)')]
+    last_s = 0.
+    for i, (what, pname) in enumerate(items):
+        if not budget.allows(last_s):  # the next item is expected to take as long as the last
+            report.add(budget.stop_line(f'{w} {p}' for w, p in items[i:]))
+            raise SystemExit(STOPPED_EXIT_CODE)
+        t0 = time.monotonic()
         amp = PRECISIONS[pname]
-        ref, op = build_pair(args)
-        for m in (ref, op):
-            m.train()
-        fns = dict(ref=make_step(ref, batch, projections, amp),
-                   op=make_step(op, batch, projections, amp))
+        if what == 'training step':
+            ref, op = build_pair(args)
+            for m in (ref, op):
+                m.train()
+            fns = dict(ref=make_step(ref, batch, projections, amp),
+                       op=make_step(op, batch, projections, amp))
+        else:
+            ref, op = build_pair(args, deploy=True)
+            fns = dict(ref=make_inference(ref, batch, amp, args.device),
+                       op=make_inference(op, batch, amp, args.device))
         t, peak = time_alternating(fns, args.warmup, args.repeats, args.device)
-        lines.append(f'| training step | {pname} | {t["ref"]:.1f} | {t["op"]:.1f} | '
-                     f'{t["ref"] / t["op"]:.2f}x | {peak["ref"]:.2f} / {peak["op"]:.2f} |')
+        report.add(f'| {what} | {pname} | {t["ref"]:.1f} | {t["op"]:.1f} | '
+                   f'{t["ref"] / t["op"]:.2f}x | {peak["ref"]:.2f} / {peak["op"]:.2f} |')
         del ref, op, fns
         empty_cache(args.device)
-
-        ref, op = build_pair(args, deploy=True)
-
-        def infer(model):
-            def run(_):
-                with torch.no_grad(), torch.autocast(args.device, dtype=amp or torch.float32,
-                                                     enabled=amp is not None):
-                    model(batch)
-            return run
-
-        t, peak = time_alternating(dict(ref=infer(ref), op=infer(op)), args.warmup, args.repeats,
-                                   args.device)
-        lines.append(f'| inference (deploy) | {pname} | {t["ref"]:.1f} | {t["op"]:.1f} | '
-                     f'{t["ref"] / t["op"]:.2f}x | {peak["ref"]:.2f} / {peak["op"]:.2f} |')
-        del ref, op
-        empty_cache(args.device)
-    text = '\n'.join(lines)
-    print(text)  # a benchmark script's output is its table
-    if args.out:
-        with open(args.out, 'w') as f:
-            f.write(text + '\n')
+        last_s = time.monotonic() - t0
 
 
 if __name__ == '__main__':

@@ -109,3 +109,43 @@ def test_gpu_session_dry_run_of_the_sass_step(tmp_path):
     assert '--arch sm_90 ' in (tmp_path / 'sass.log').read_text()
     rows = [r for r in table_rows(tmp_path / 'sass.md') if 'forward_k_kernel' in r[1]]
     assert rows and all(r[0].strip() == 'sm_90' for r in rows)
+
+
+@pytest.mark.skipif(dw_module._ext is None, reason='extension not built (bash tools/build_ops.sh)')
+def test_dwconv_benchmark_stops_at_its_time_budget(tmp_path):
+    # a budget that is over before the first row: the table says what it left out, exit 3
+    out = tmp_path / 'dwconv.md'
+    proc = run('benchmarks/dwconv_benchmark.py', '--device', 'cpu', '--shapes', '2,3,20,37,7',
+               '2,3,9,9,13', '--dtypes', 'fp32', '--repeats', '1', '--warmup', '0',
+               '--time-budget', '0.001', '--out', str(out), check=False)
+    assert proc.returncode == 3, proc.stderr
+    text = out.read_text()
+    assert text.splitlines()[1].startswith('| shape (N,C,H,W,K) |') and not table_rows(out)
+    assert 'time budget; not run: (2, 3, 20, 37, 7) fp32, (2, 3, 9, 9, 13) fp32' in text
+    # the budget also comes from the environment (gpu_session.sh sets it per step); bad values
+    # are refused
+    env = dict(os.environ, MMUNIREP_BENCH_TIME_BUDGET_S='-5')
+    proc = subprocess.run([sys.executable, 'benchmarks/dwconv_benchmark.py', '--device', 'cpu'],
+                          cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 1 and 'must be positive seconds, got -5.0' in proc.stderr
+
+
+def test_train_step_benchmark_stops_at_its_time_budget(tmp_path):
+    out = tmp_path / 'train_step.md'
+    proc = run('benchmarks/train_step_benchmark.py', '--device', 'cpu', '--arch', 'a', '--size',
+               '64', '96', '--repeats', '1', '--warmup', '0', '--precision', 'fp32',
+               '--time-budget', '0.001', '--out', str(out), check=False)
+    assert proc.returncode == 3, proc.stderr
+    assert not table_rows(out)
+    assert out.read_text().rstrip().endswith(
+        'not run: training step fp32, inference (deploy) fp32')
+
+
+def test_time_budget_counts_the_next_item():
+    sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+    from bench_utils import TimeBudget
+    budget = TimeBudget(60)
+    assert budget.allows(30) and not budget.allows(61)
+    assert TimeBudget(None).allows(1e9)
+    with pytest.raises(ValueError, match='positive seconds, got 0'):
+        TimeBudget(0)

@@ -1,0 +1,59 @@
+"""What both GPU benchmark scripts need to finish inside a device call's time limit.
+
+A lent GPU machine runs one command for at most 600 s, and `gpu_session.sh` gives each step a part
+of that. These scripts therefore write their table as it grows, with each row flushed, so a run
+that is cut short keeps the rows it finished. They also stop starting new work once the next item
+would overrun their time budget, and they say in the table what was left out. Neither torch nor
+mmengine offers this: their benchmark helpers time one callable, they do not budget a whole
+table.
+"""
+import os
+import time
+
+BUDGET_ENV = 'MMUNIREP_BENCH_TIME_BUDGET_S'
+STOPPED_EXIT_CODE = 3  # the table is valid but partial: the time budget ran out
+
+
+def add_budget_argument(parser):
+    default = os.environ.get(BUDGET_ENV)
+    parser.add_argument(
+        '--time-budget', type=float, default=float(default) if default else None, metavar='S',
+        help='stop starting new rows once the next would end after S seconds (default: '
+        f'${BUDGET_ENV}, which gpu_session.sh sets from its step limit, else no limit)')
+
+
+class Report:
+    """Lines of a table: printed and appended to ``path`` (if any) at once, flushed."""
+
+    def __init__(self, path=None):
+        self.path = path
+        if path:
+            open(path, 'w').close()
+
+    def add(self, *lines):
+        for line in lines:
+            print(line, flush=True)  # a benchmark script's output is its table
+            if self.path:
+                with open(self.path, 'a') as f:
+                    f.write(line + '\n')
+
+
+class TimeBudget:
+    """Seconds since creation against a budget (None: unlimited)."""
+
+    def __init__(self, seconds):
+        if seconds is not None and seconds <= 0:
+            raise ValueError(f'--time-budget must be positive seconds, got {seconds}')
+        self.seconds = seconds
+        self.start = time.monotonic()
+
+    def elapsed(self):
+        return time.monotonic() - self.start
+
+    def allows(self, estimate_s):
+        """Whether work expected to take ``estimate_s`` seconds still ends inside the budget."""
+        return self.seconds is None or self.elapsed() + estimate_s <= self.seconds
+
+    def stop_line(self, left_out):
+        return (f'stopped after {self.elapsed():.0f} s of the {self.seconds:g} s time budget; '
+                f'not run: {", ".join(left_out)}')
