@@ -7,8 +7,8 @@ after --warmup runs: the forward pass, the input gradient and the weight gradien
 (a) mmunirep's op, (b) F.conv2d on NCHW (PyTorch's own depthwise kernel) and (c) F.conv2d on
 channels_last (cuDNN, with ``cudnn.benchmark`` on so that it times its algorithms and takes the
 fastest: the strongest PyTorch baseline), and prints each time, the ratio of the faster PyTorch
-path to ours, and ours as a fraction of the fp32 FMA floor (2*N*C*H*W*K*K FLOPs at the measured fp32 rate of a
-large matmul with TF32 off). That floor counts the taps that read the padding too; the op leaves
+path to ours, and ours as a fraction of the fp32 FMA floor (2*N*C*H*W*K*K FLOPs at the measured
+fp32 rate of a large matmul with TF32 off). That floor counts the taps that read the padding too; the op leaves
 out most of them on maps near the kernel's size (a 7x7 map at K = 13 reads padding with 71% of its
 taps), so the last column gives the share of taps inside the map, and the floor fraction can
 exceed 1 where it is small. Needs only torch and the built extension (tools/build_ops.sh).
@@ -197,7 +197,8 @@ def main():
                f'{torch.backends.cudnn.benchmark}; times in ms; ratio = faster PyTorch '
                'path / ours (> 1: ours faster); floor = FMA floor time / our time (each pass is '
                '2*N*C*H*W*K*K FLOPs, padding taps included); '
-               'run-time K = ours with MMUNIREP_DWCONV_GENERIC=1 (sizes with compile-time kernels); '
+               'run-time K = ours with MMUNIREP_DWCONV_GENERIC=1 (sizes with compile-time '
+               'kernels); '
                'in map = share of the K*K taps that read the map, not its padding',
                '| shape (N,C,H,W,K) | dtype | pass | ours | torch NCHW | torch CL | ratio | floor '
                '| ours, run-time K | in map |', '|---|---|---|---|---|---|---|---|---|---|')
