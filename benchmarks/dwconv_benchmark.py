@@ -3,15 +3,15 @@
     python benchmarks/dwconv_benchmark.py [--dtypes fp32 fp16 bf16] [--repeats 20] [--out FILE]
 
 For each shape (N, C, H, W, K) and dtype it times, with CUDA events, the median of --repeats runs
-after --warmup runs: the forward pass, the input gradient and the weight gradient of
-(a) mmunirep's op, (b) F.conv2d on NCHW (PyTorch's own depthwise kernel) and (c) F.conv2d on
-channels_last (cuDNN, with ``cudnn.benchmark`` on so that it times its algorithms and takes the
-fastest: the strongest PyTorch baseline), and prints each time, the ratio of the faster PyTorch
-path to ours, and ours as a fraction of the fp32 FMA floor (2*N*C*H*W*K*K FLOPs at the measured
-fp32 rate of a large matmul with TF32 off). That floor counts the taps that read the padding too; the op leaves
-out most of them on maps near the kernel's size (a 7x7 map at K = 13 reads padding with 71% of its
-taps), so the last column gives the share of taps inside the map, and the floor fraction can
-exceed 1 where it is small. Needs only torch and the built extension (tools/build_ops.sh).
+after --warmup runs: the forward pass, the input gradient and the weight gradient of (a) mmunirep's
+op, (b) F.conv2d on NCHW (PyTorch's own depthwise kernel) and (c) F.conv2d on channels_last (cuDNN,
+with ``cudnn.benchmark`` on so that it times its algorithms and takes the fastest: the strongest
+PyTorch baseline), and prints each time, the ratio of the faster PyTorch path to ours, and ours as a
+fraction of the fp32 FMA floor (2*N*C*H*W*K*K FLOPs at the measured fp32 rate of a large matmul with
+TF32 off). That floor counts the taps that read the padding too; the op leaves out most of them on
+maps near the kernel's size (a 7x7 map at K = 13 reads padding with 71% of its taps), so the last
+column gives the share of taps inside the map, and the floor fraction can exceed 1 where it is
+small. Needs only torch and the built extension (tools/build_ops.sh).
 Rows are written as they are measured; with --time-budget the script stops starting rows that
 would end past it (exit 3, the table names what it left out).
 """
