@@ -12,13 +12,16 @@ TF32 off). That floor counts the taps that read the padding too; the op leaves o
 maps near the kernel's size (a 7x7 map at K = 13 reads padding with 71% of its taps), so the last
 column gives the share of taps inside the map, and the floor fraction can exceed 1 where it is
 small. Needs only torch and the built extension (tools/build_ops.sh).
-Rows are written as they are measured; with --time-budget the script stops starting rows that
-would end past it (exit 3, the table names what it left out).
+Each shape's forward, input and weight gradients are first checked against an fp64 F.conv2d; a
+shape that is wrong or raises gets a row that says so, the others still run, and the exit status
+is 4. Rows are written as they are measured; with --time-budget the script stops starting rows
+that would end past it (exit 3, the table names what it left out).
 """
 import argparse
 import contextlib
 import os
 import statistics
+import sys
 import time
 
 import torch
@@ -39,6 +42,7 @@ SHAPES = [  # (N, C, H, W, K) and where they come from
 ]
 COMPILED_K = (7, 13, 31)  # kernel sizes with compile-time kernels (ops/csrc)
 DTYPES = dict(fp32=torch.float32, fp16=torch.float16, bf16=torch.bfloat16)
+FAILED_EXIT_CODE = 4  # some shape was wrong or raised: its row says which and why
 
 
 DEVICE = 'cuda'
@@ -72,19 +76,43 @@ def fp32_rate(warmup, repeats):
     return 2 * size**3 / (ms * 1e-3)
 
 
+class WrongResult(Exception):
+    """Ours disagrees with the fp64 reference: the shape is reported, not timed."""
+
+
+def rel_err(ours, want):
+    return ((ours.double() - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
+
+
+def check_shape(shape, dtype, op, x, wt, g):
+    """Ours against F.conv2d in fp64: forward, input and weight gradients, with the compile-time
+    and the run-time-K kernels (timing a wrong result is pointless)."""
+    n, c, h, w, k = shape
+    xd, wd = x.double().requires_grad_(), wt.double().requires_grad_()
+    ref = F.conv2d(xd, wd, padding=k // 2, groups=c)
+    ref_dx, ref_dw = torch.autograd.grad(ref, (xd, wd), g.double())
+    # the GPU tests hold fp32 to 1e-5 of the largest value; 1e-4 leaves room for the longer sums
+    # of these shapes. fp16 / bf16 results are rounded to 2^-11 / 2^-8 of it
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    for run_time_k in (False, True):
+        with generic_kernels(run_time_k):
+            xo, wo = x.detach().requires_grad_(), wt.detach().requires_grad_()
+            y = op(xo, wo)
+            dx, dw = torch.autograd.grad(y, (xo, wo), g)
+        for name, ours, want in (('forward', y, ref), ('input gradient', dx, ref_dx),
+                                 ('weight gradient', dw, ref_dw)):
+            err = rel_err(ours, want.detach())
+            if not err <= tol:  # NaN too
+                raise WrongResult(f'{name}{" (run-time K)" if run_time_k else ""} differs from '
+                                  f'fp64 F.conv2d by {err:.2e} of its largest value (> {tol})')
+
+
 def bench_shape(shape, dtype, args, op):
     n, c, h, w, k = shape
     x = torch.randn(n, c, h, w, device=DEVICE, dtype=dtype)
     wt = torch.randn(c, 1, k, k, device=DEVICE, dtype=dtype) / k
     g = torch.randn(n, c, h, w, device=DEVICE, dtype=dtype)
-    ref = F.conv2d(x.float(), wt.float(), padding=k // 2, groups=c)
-    tol = 1e-4 if dtype == torch.float32 else 2e-2
-    for run_time_k in (False, True):
-        with generic_kernels(run_time_k):
-            err = ((op(x, wt).float() - ref).abs().max() / ref.abs().max()).item()
-        if err > tol:  # timing a wrong result is pointless
-            raise SystemExit(f'{shape} {dtype} (run-time K: {run_time_k}): ours differs from '
-                             f'F.conv2d by {err:.2e} (> {tol})')
+    check_shape(shape, dtype, op, x, wt, g)
     convs = {
         'ours': (lambda inp, weight: op(inp, weight), torch.contiguous_format),
         'torch_nchw': (lambda inp, weight: F.conv2d(inp, weight, padding=k // 2, groups=c),
@@ -203,7 +231,7 @@ def main():
                '| shape (N,C,H,W,K) | dtype | pass | ours | torch NCHW | torch CL | ratio | floor '
                '| ours, run-time K | in map |', '|---|---|---|---|---|---|---|---|---|---|')
     items = [(shape, dname) for shape, _ in shapes for dname in args.dtypes]
-    last_s = 0.
+    last_s, failed = 0., []
     for i, (shape, dname) in enumerate(items):
         if not budget.allows(last_s):  # the next item is expected to take as long as the last
             report.add(budget.stop_line(f'{sh} {d}' for sh, d in items[i:]))
@@ -212,7 +240,17 @@ def main():
         n, c, h, w, k = shape
         floor_ms = 2 * n * c * h * w * k * k / rate * 1e3
         in_map = f'{taps_in_map(h, w, k):.2f}'
-        r = bench_shape(shape, DTYPES[dname], args, depthwise_conv2d)
+        try:
+            r = bench_shape(shape, DTYPES[dname], args, depthwise_conv2d)
+        except (WrongResult, RuntimeError) as e:
+            # one wrong or failing shape is reported in its row and the others still run: a GPU
+            # session has one call for all of them (after a CUDA error the rest may fail alike)
+            what = 'WRONG' if isinstance(e, WrongResult) else f'ERROR ({type(e).__name__})'
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else ''
+            report.add(f'| {shape} | {dname} | {what}: {msg.replace("|", "/")} | | | | | | | |')
+            failed.append(f'{shape} {dname}')
+            last_s = time.monotonic() - t0
+            continue
         lines = []
         for p in ('fwd', 'dgrad', 'wgrad'):
             best = min(r['torch_nchw'][p], r['torch_cl'][p])
@@ -227,6 +265,10 @@ def main():
                      f'{generic(total)} | {in_map} |')
         report.add(*lines)
         last_s = time.monotonic() - t0
+    if failed:
+        print(f'dwconv_benchmark: wrong or failed, not timed: {", ".join(failed)}',
+              file=sys.stderr)
+        raise SystemExit(FAILED_EXIT_CODE)
 
 
 if __name__ == '__main__':

@@ -149,3 +149,44 @@ def test_time_budget_counts_the_next_item():
     assert TimeBudget(None).allows(1e9)
     with pytest.raises(ValueError, match='positive seconds, got 0'):
         TimeBudget(0)
+
+
+@pytest.mark.skipif(dw_module._ext is None, reason='extension not built (bash tools/build_ops.sh)')
+def test_dwconv_benchmark_reports_a_wrong_shape_and_goes_on(tmp_path, monkeypatch):
+    # an op whose weight gradient is off by 1e-3 for K = 13 only: that shape gets a WRONG row and
+    # is not timed, the K = 7 shape is still timed, and the exit status is 4
+    sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+    import dwconv_benchmark
+    import mmunirep.ops
+    right = mmunirep.ops.depthwise_conv2d
+
+    class ScaleGrad(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, w):
+            return w.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            return g * 1.001
+
+    def wrong_for_13(x, w):
+        return right(x, ScaleGrad.apply(w) if w.shape[-1] == 13 else w)
+
+    monkeypatch.setattr(mmunirep.ops, 'depthwise_conv2d', wrong_for_13)
+    out = tmp_path / 'dwconv.md'
+    monkeypatch.setattr(sys, 'argv', [
+        'dwconv_benchmark.py', '--device', 'cpu', '--shapes', '2,3,9,9,13', '2,3,20,37,7',
+        '--dtypes', 'fp32', '--repeats', '1', '--warmup', '0', '--out', str(out)])
+    # main() sets these two process-wide: restored after it
+    flags = torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            dwconv_benchmark.main()
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32 = flags
+    assert exit_info.value.code == 4
+    rows = table_rows(out)
+    assert rows[0][:2] == [' (2, 3, 9, 9, 13) ', ' fp32 ']
+    assert rows[0][2].startswith(' WRONG: weight gradient differs from fp64 F.conv2d by 1.00e-03')
+    assert [r[2].strip() for r in rows[1:]] == ['fwd', 'dgrad', 'wgrad', 'fwd+bwd']
+    assert all(r[0].strip() == '(2, 3, 20, 37, 7)' for r in rows[1:])
