@@ -54,6 +54,10 @@ class TimeBudget:
         """Whether work expected to take ``estimate_s`` seconds still ends inside the budget."""
         return self.seconds is None or self.elapsed() + estimate_s <= self.seconds
 
-    def stop_line(self, left_out):
-        return (f'stopped after {self.elapsed():.0f} s of the {self.seconds:g} s time budget; '
-                f'not run: {", ".join(left_out)}')
+    def stop_if_short(self, report, estimate_s, left_out):
+        """Before an item expected to take ``estimate_s`` seconds: if it would overrun, say in
+        ``report`` what is left out and exit with STOPPED_EXIT_CODE."""
+        if not self.allows(estimate_s):
+            report.add(f'stopped after {self.elapsed():.0f} s of the {self.seconds:g} s time '
+                       f'budget; not run: {", ".join(left_out)}')
+            raise SystemExit(STOPPED_EXIT_CODE)

@@ -26,7 +26,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from bench_utils import STOPPED_EXIT_CODE, Report, TimeBudget, add_budget_argument
+from bench_utils import Report, TimeBudget, add_budget_argument
 
 SHAPES = [  # (N, C, H, W, K) and where they come from
     ((2, 192, 100, 168, 13), 'UniRepLKNet-S detection 1333x800, stage 2'),
@@ -233,9 +233,8 @@ def main():
     items = [(shape, dname) for shape, _ in shapes for dname in args.dtypes]
     last_s, failed = 0., []
     for i, (shape, dname) in enumerate(items):
-        if not budget.allows(last_s):  # the next item is expected to take as long as the last
-            report.add(budget.stop_line(f'{sh} {d}' for sh, d in items[i:]))
-            raise SystemExit(STOPPED_EXIT_CODE)
+        # the next item is expected to take as long as the last
+        budget.stop_if_short(report, last_s, (f'{sh} {d}' for sh, d in items[i:]))
         t0 = time.monotonic()
         n, c, h, w, k = shape
         floor_ms = 2 * n * c * h * w * k * k / rate * 1e3

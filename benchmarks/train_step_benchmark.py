@@ -27,7 +27,7 @@ import time
 import warnings
 
 import torch
-from bench_utils import STOPPED_EXIT_CODE, Report, TimeBudget, add_budget_argument
+from bench_utils import Report, TimeBudget, add_budget_argument
 
 PRECISIONS = dict(fp32=None, bf16=torch.bfloat16, fp16=torch.float16)
 
@@ -205,9 +205,8 @@ def main():
     items = [(what, p) for p in args.precision for what in ('training step', 'inference (deploy)')]
     last_s = 0.
     for i, (what, pname) in enumerate(items):
-        if not budget.allows(last_s):  # the next item is expected to take as long as the last
-            report.add(budget.stop_line(f'{w} {p}' for w, p in items[i:]))
-            raise SystemExit(STOPPED_EXIT_CODE)
+        # the next item is expected to take as long as the last
+        budget.stop_if_short(report, last_s, (f'{w} {p}' for w, p in items[i:]))
         t0 = time.monotonic()
         amp = PRECISIONS[pname]
         if what == 'training step':
