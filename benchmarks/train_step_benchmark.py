@@ -203,10 +203,11 @@ def main():
         '| what | precision | PyTorch conv (ms) | mmunirep op (ms) | speed-up | peak GiB PyTorch '
         '/ op |', '|---|---|---|---|---|---|')
     items = [(what, p) for p in args.precision for what in ('training step', 'inference (deploy)')]
-    last_s = 0.
+    last_s = {}  # per kind of item: a training step takes far longer than an inference
     for i, (what, pname) in enumerate(items):
-        # the next item is expected to take as long as the last
-        budget.stop_if_short(report, last_s, (f'{w} {p}' for w, p in items[i:]))
+        # the next item is expected to take as long as the last of its kind (or any last one)
+        estimate = last_s.get(what, max(last_s.values(), default=0.))
+        budget.stop_if_short(report, estimate, (f'{w} {p}' for w, p in items[i:]))
         t0 = time.monotonic()
         amp = PRECISIONS[pname]
         if what == 'training step':
@@ -224,7 +225,7 @@ def main():
                    f'{t["ref"] / t["op"]:.2f}x | {peak["ref"]:.2f} / {peak["op"]:.2f} |')
         del ref, op, fns
         empty_cache(args.device)
-        last_s = time.monotonic() - t0
+        last_s[what] = time.monotonic() - t0
 
 
 if __name__ == '__main__':
