@@ -12,6 +12,25 @@ from setuptools import find_packages, setup
 DEFAULT_CUDA_ARCHS = '8.0;8.6;9.0'  # A100, RTX 30xx / A10 / A40, H100 / H200
 
 
+def shared_cxx_runtime():
+    """Link arguments that make the extension use the C++ runtime torch has loaded.
+
+    A toolchain whose driver finds only the static libstdc++ (as the /opt/gcc one of our GPU
+    machines) links a private copy of the C++ runtime into the extension. Such an extension imports
+    and computes, but the errors torch's libc10 throws (TORCH_CHECK) are caught by the private copy
+    and the process dies of a segmentation fault instead of raising. Linking the very
+    libstdc++.so.6 of this process (read from /proc/self/maps; Linux only, as CUDA extensions are)
+    satisfies those symbols first, so nothing of the static archive is linked in.
+    """
+    import torch  # noqa: F401  (loads libstdc++.so.6)
+    try:
+        with open('/proc/self/maps') as f:
+            paths = {line.split()[-1] for line in f if '/libstdc++.so' in line}
+    except OSError:
+        return []
+    return sorted(paths)[:1]
+
+
 def get_extensions():
     """``mmunirep._ext``: the depthwise-conv op of ops/csrc, mmcv-style.
 
@@ -48,10 +67,13 @@ def get_extensions():
             sources=sources,
             include_dirs=include_dirs,
             define_macros=[('MMUNIREP_WITH_CUDA', None)],
+            # no -std: torch's BuildExtension adds the standard of its own build (C++17 for torch
+            # 2.11, C++20 for 2.14)
             extra_compile_args={
-                'cxx': ['-O3', '-std=c++20'],  # torch >= 2.10 headers need C++20
-                'nvcc': ['-O3', '-std=c++20', '--expt-relaxed-constexpr'],
-            })
+                'cxx': ['-O3'],
+                'nvcc': ['-O3', '--expt-relaxed-constexpr'],
+            },
+            extra_link_args=shared_cxx_runtime())
     ]
 
 

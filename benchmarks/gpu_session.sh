@@ -14,11 +14,13 @@
 # PYTHONPATH (no pip needed, nothing installed system-wide); if OpenCV is missing it puts a stub
 # `cv2` there, which mmengine imports for its visualizer and which none of this code calls. Then:
 #   OUT/device.txt      nvidia-smi, torch and CUDA versions
-#   OUT/build.txt       tools/build_ops.sh for the GPU's own architecture (none: TORCH_CUDA_ARCH_LIST)
+#   OUT/build.txt       tools/build_ops.sh for the GPU's own architecture (none: TORCH_CUDA_ARCH_LIST),
+#                       then the log of the SASS step
 #   OUT/sass.md         benchmarks/sass_report.py on that build (needs the toolkit's cuobjdump)
 #   OUT/tests.txt       pytest tests/test_ops.py (the GPU tests no longer skip)
 #   OUT/dwconv.md       benchmarks/dwconv_benchmark.py, fp32 / fp16 / bf16, every shape
 #   OUT/train_step.md   benchmarks/train_step_benchmark.py, UniRepLKNet-S at 2x3x800x1333
+#   OUT/bench.log       the two benchmarks' output and errors
 #   OUT/summary.txt     each step's exit status and duration
 # A step that fails is recorded and the next one runs (the benchmarks need the build). The steps
 # share a time budget, GPU_SESSION_BUDGET_S (570 s: a device call is cut at 600 s), so that a slow
@@ -119,13 +121,13 @@ EOF
   # call's on this machine; never a stale one left by a build that failed
   if (( build_rc == 0 )) &&
       "$PY" -c 'from mmunirep.ops import ext_available; assert ext_available()' 2>/dev/null; then
-    step sass "$OUT/sass.log" 60 "$PY" benchmarks/sass_report.py --arch "sm_${arch/./}" \
+    step sass "$OUT/build.txt" 60 "$PY" benchmarks/sass_report.py --arch "sm_${arch/./}" \
       --out "$OUT/sass.md"
     step tests "$OUT/tests.txt" 150 "$PY" -m pytest tests/test_ops.py -q -rs -p no:cacheprovider
     # the *_ARGS are word lists: unquoted on purpose
-    step dwconv "$OUT/dwconv.log" 240 "$PY" benchmarks/dwconv_benchmark.py \
+    step dwconv "$OUT/bench.log" 240 "$PY" benchmarks/dwconv_benchmark.py \
       ${DWCONV_ARGS:-} --out "$OUT/dwconv.md"
-    step train_step "$OUT/train_step.log" 150 "$PY" benchmarks/train_step_benchmark.py \
+    step train_step "$OUT/bench.log" 150 "$PY" benchmarks/train_step_benchmark.py \
       ${TRAIN_STEP_ARGS:---precision fp32 bf16 fp16} --out "$OUT/train_step.md"
   else
     echo "gpu_session: no usable build of mmunirep._ext (build exit $build_rc, or no CUDA in it);" \
@@ -134,7 +136,7 @@ EOF
   cat "$summary"
   ;;
 *)
-  sed -n '2,29p' "$0"
+  sed -n '2,30p' "$0"
   exit 2
   ;;
 esac

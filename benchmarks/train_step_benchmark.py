@@ -12,14 +12,16 @@ alternately with CUDA events (median of --repeats after --warmup) with the same 
 the same drop-path masks), and their peak memory is recorded. The inference structure
 (``deploy=True``, no_grad forward) is timed the same way.
 
-Before timing, one fp32 step of both models (TF32 off) must agree: outputs and every parameter's
-gradient within 1e-3 relative (of each tensor's largest value); otherwise the script stops.
+Before timing, one fp32 step of both models (TF32 off, drop path off) is compared with the same
+step in float64: the op's outputs and parameter gradients must be within 4x the error of PyTorch's
+fp32 step + 1e-5 (relative to each tensor's largest value); otherwise the script stops.
 
 The neck and heads of the detector are not included: they need mmcv / MMDetection, which the GPU
 machines we benchmark on do not have, and they add the same time to both sides, so the ratio here
 is the backbone's (the upper bound of the detector's).
 """
 import argparse
+import copy
 import math
 import statistics
 import sys
@@ -132,30 +134,45 @@ def rel(a, b):
 
 
 def check_one_step(args, batch, projections):
-    """Both models, one fp32 step from the same weights and seed: outputs and gradients agree."""
+    """One step from the same weights, with the op and without it in fp32 (TF32 off), and without
+    it in float64: every output and parameter gradient of the op's step must be as close to
+    float64 as PyTorch's fp32 step is, within 4x its error plus 1e-5 (errors relative to each
+    tensor's largest float64 value). A fixed limit on op vs PyTorch failed at random: gradients
+    that are sums with cancellation differ by up to 6e-4 of their largest value between any two
+    fp32 summation orders. Drop path is off here so that the float64 model draws the same masks.
+    Returns the worst tensor: (name, op error, PyTorch error)."""
     prev = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    ref, op = build_pair(args)
+    ref, op = build_pair(argparse.Namespace(**{**vars(args), 'drop_path': 0.}))
+    ref64 = copy.deepcopy(ref).double()
     results = []
-    for model in (ref, op):
-        torch.manual_seed(123)
-        outs = model(batch)
-        loss = sum((o * p).mean() for o, p in zip(outs, projections))
+    for model, dtype in ((ref64, torch.float64), (ref, torch.float32), (op, torch.float32)):
+        outs = model(batch.to(dtype))
+        loss = sum((o * p.to(dtype)).mean() for o, p in zip(outs, projections))
         loss.backward()
-        results.append(([o.detach() for o in outs],
-                        {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+        tensors = {f'output {i}': o.detach() for i, o in enumerate(outs)}
+        tensors.update((n, p.grad) for n, p in model.named_parameters() if p.grad is not None)
+        results.append(tensors)
+        del outs, loss
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = prev
-    if not all(torch.isfinite(o).all() for o in results[0][0]):
-        raise SystemExit('the reference step is not finite')
-    out_err = max(rel(a, b) for a, b in zip(results[1][0], results[0][0]))
-    assert results[0][1].keys() == results[1][1].keys()
-    grad_err, worst = max((rel(results[1][1][n], g), n) for n, g in results[0][1].items())
-    if out_err > 1e-3 or grad_err > 1e-3:
-        raise SystemExit(f'with the op the step differs: outputs {out_err:.2e}, gradients '
-                         f'{grad_err:.2e} ({worst}); limit 1e-3')
-    del ref, op
+    exact, pytorch, ours = results
+    if not all(torch.isfinite(t).all() for t in exact.values()):
+        raise SystemExit('the float64 reference step is not finite')
+    if not exact.keys() == pytorch.keys() == ours.keys():
+        raise SystemExit('the models with and without the op have different parameters')
+    worst, failed = None, []
+    for name, t in exact.items():
+        e_ours, e_pytorch = rel(ours[name], t), rel(pytorch[name], t)
+        if e_ours > 4 * e_pytorch + 1e-5:
+            failed.append(f'{name}: {e_ours:.1e} (PyTorch fp32: {e_pytorch:.1e})')
+        if worst is None or e_ours - e_pytorch > worst[1] - worst[2]:
+            worst = (name, e_ours, e_pytorch)
+    if failed:
+        raise SystemExit('with the op the fp32 step is further from float64 than PyTorch\'s '
+                         '(limit 4x PyTorch\'s error + 1e-5): ' + '; '.join(failed[:5]))
+    del ref, op, ref64, results
     empty_cache(args.device)
-    return out_err, grad_err
+    return worst
 
 
 def empty_cache(device):
@@ -191,7 +208,7 @@ def main():
     projections = [torch.randn(args.batch, *s[1:], device=args.device, generator=g)
                    for s in shapes]
     empty_cache(args.device)
-    out_err, grad_err = check_one_step(args, batch, projections)
+    worst = check_one_step(args, batch, projections)
 
     report = Report(args.out)
     report.add(
@@ -199,7 +216,8 @@ def main():
         f'UniRepLKNet-{args.arch.upper()} backbone, batch {args.batch}x3x{args.size[0]}x'
         f'{args.size[1]}, drop path {args.drop_path}, gradient checkpointing '
         f'{not args.no_cp}; median of {args.repeats} after {args.warmup} warm-up, alternating; '
-        f'one fp32 step agrees (outputs {out_err:.1e}, gradients {grad_err:.1e} relative)',
+        f'one fp32 step agrees with float64 as PyTorch\'s does (largest excess: {worst[0]}, '
+        f'{worst[1]:.1e} with the op, {worst[2]:.1e} without, relative to its largest value)',
         '| what | precision | PyTorch conv (ms) | mmunirep op (ms) | speed-up | peak GiB PyTorch '
         '/ op |', '|---|---|---|---|---|---|')
     items = [(what, p) for p in args.precision for what in ('training step', 'inference (deploy)')]

@@ -41,6 +41,36 @@ def test_train_step_benchmark_smoke(tmp_path):
     assert 'one fp32 step agrees' in out.read_text()
 
 
+@pytest.mark.parametrize('perturb', [0., 1e-3])
+def test_train_step_check_refuses_a_wrong_op_model(monkeypatch, perturb):
+    """The agreement check passes identical models and stops on a large-kernel weight of the op's
+    model that is off by 1e-3 of its scale (a kernel that is slightly wrong)."""
+    import argparse
+    sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+    import train_step_benchmark as tsb
+    build = tsb.build_pair
+
+    def build_wrong(args, deploy=False):
+        ref, op = build(args, deploy)
+        w = dict(op.named_parameters())['stages.1.0.dwconv.lk_origin.weight']
+        with torch.no_grad():
+            w.add_(torch.randn_like(w) * w.abs().max() * perturb)
+        return ref, op
+
+    monkeypatch.setattr(tsb, 'build_pair', build_wrong)
+    args = argparse.Namespace(arch='a', drop_path=0.5, no_cp=False, device='cpu')
+    g = torch.Generator().manual_seed(1)
+    batch = torch.randn(1, 3, 64, 64, generator=g)
+    projections = [torch.randn(1, c, 64 // s, 64 // s, generator=g)
+                   for c, s in ((40, 4), (80, 8), (160, 16), (320, 32))]
+    if perturb == 0:
+        name, e_ours, e_pytorch = tsb.check_one_step(args, batch, projections)
+        assert e_ours <= 4 * e_pytorch + 1e-5
+    else:
+        with pytest.raises(SystemExit, match='further from float64 than PyTorch'):
+            tsb.check_one_step(args, batch, projections)
+
+
 @pytest.mark.skipif(dw_module._ext is None, reason='extension not built (bash tools/build_ops.sh)')
 def test_dwconv_benchmark_smoke(tmp_path):
     out = tmp_path / 'dwconv.md'
@@ -106,7 +136,7 @@ def test_gpu_session_dry_run_of_the_sass_step(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
     summary = (tmp_path / 'summary.txt').read_text()
     assert 'sass: exit 0' in summary, proc.stdout + proc.stderr
-    assert '--arch sm_90 ' in (tmp_path / 'sass.log').read_text()
+    assert '--arch sm_90 ' in (tmp_path / 'build.txt').read_text()
     rows = [r for r in table_rows(tmp_path / 'sass.md') if 'forward_k_kernel' in r[1]]
     assert rows and all(r[0].strip() == 'sm_90' for r in rows)
 

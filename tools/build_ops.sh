@@ -25,3 +25,17 @@ start=$(date +%s)
 "$PY" setup.py -q build_ext --inplace
 echo "build_ops: built $(ls mmunirep/_ext*.so) in $(( $(date +%s) - start )) s"
 "$PY" -c 'from mmunirep.ops import ext_available; assert ext_available(), "extension did not import"; print("build_ops: mmunirep._ext imports, with CUDA")'
+# A C++ error must come back as a Python RuntimeError: an extension built on another C++ standard
+# than torch's imported and computed, but died (SIGSEGV) on its first TORCH_CHECK.
+"$PY" -c '
+import torch, mmunirep._ext as ext
+try:
+    ext.depthwise_conv2d_forward(torch.randn(1, 2, 5, 5), torch.randn(2, 1, 4, 4), None)
+except RuntimeError as err:
+    assert "odd square kernel" in str(err), err
+    print("build_ops: its errors raise RuntimeError")
+else:
+    raise SystemExit("build_ops: a 4x4 kernel was not refused")' || {
+  echo "build_ops: the extension cannot raise its errors (exit $?); build it with the C++ standard torch was built with" >&2
+  exit 1
+}
