@@ -1,4 +1,5 @@
 """The depthwise-conv op: the fallback everywhere, the compiled kernels where CUDA is present."""
+import subprocess
 import warnings
 
 import pytest
@@ -187,6 +188,25 @@ def test_extension_cpu_path_matches_conv2d():
     gx, gw, gb = ext.depthwise_conv2d_backward(g, x, w, True, True, True)
     for got, ref in ((gx, x_ref.grad), (gw, w_ref.grad), (gb, b_ref.grad)):
         torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
+
+
+@needs_ext
+def test_extension_uses_the_shared_cxx_runtime():
+    """The extension must take the C++ runtime (__cxa_throw, __gxx_personality_v0) from the
+    libstdc++.so torch uses, not carry a copy: built with a toolchain that links libstdc++
+    statically (the GPU machines' /opt/gcc), every TORCH_CHECK error was a segmentation fault.
+    setup.py links the process's libstdc++.so.6 first (shared_cxx_runtime)."""
+    import shutil
+    nm = shutil.which('nm')
+    if nm is None:
+        pytest.skip('needs binutils nm')
+    symbols = subprocess.run([nm, '-D', dw_module._ext.__file__], capture_output=True, text=True,
+                             check=True).stdout.splitlines()
+    runtime = {line.split()[-1].split('@')[0]: line.split()[-2] for line in symbols
+               if line.split() and line.split()[-1].split('@')[0] in
+               ('__cxa_throw', '__cxa_begin_catch', '__gxx_personality_v0')}
+    assert runtime, 'the extension throws no C++ exception at all?'
+    assert set(runtime.values()) == {'U'}, f'the extension defines its own C++ runtime: {runtime}'
 
 
 @needs_ext
