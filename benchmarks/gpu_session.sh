@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Everything about the op that needs a GPU, in one command: build, GPU tests, kernel benchmark and
-# the end-to-end training step, for a GPU machine that has a CUDA build of torch, nvcc and timm but
-# not mmengine (as the GPU machines lent to our sessions).
+# Everything about the op that needs a GPU, in one command: build, GPU tests, kernel benchmark,
+# end-to-end training step and an ncu profile, for a GPU machine that has a CUDA build of torch,
+# nvcc and timm but not mmengine (as the GPU machines lent to our sessions).
 #
 #   bash benchmarks/gpu_session.sh prepare          # here, with the package registries: downloads
 #                                                   # the pure-Python dependencies the backbone and
@@ -20,14 +20,15 @@
 #   OUT/tests.txt       pytest tests/test_ops.py (the GPU tests no longer skip)
 #   OUT/dwconv.md       benchmarks/dwconv_benchmark.py, fp32 / fp16 / bf16, every shape
 #   OUT/train_step.md   benchmarks/train_step_benchmark.py, UniRepLKNet-S at 2x3x800x1333
-#   OUT/bench.log       the two benchmarks' output and errors
+#   OUT/bench.log       the two benchmarks' output and errors, then the `profile` step's ncu report
+#                       of benchmarks/profile_kernels.py (occupancy, issue, warp states per kernel)
 #   OUT/summary.txt     each step's exit status and duration
 # A step that fails is recorded and the next one runs (the benchmarks need the build). The steps
 # share a time budget, GPU_SESSION_BUDGET_S (570 s: a device call is cut at 600 s), so that a slow
 # step shortens the later ones instead of the call being cut before summary.txt is written; a
 # step left with under 20 s is recorded as skipped. The benchmarks write their tables row by row
 # and stop starting rows 15 s before their step's limit (exit 3: a partial table that says what it
-# left out). DWCONV_ARGS / TRAIN_STEP_ARGS replace their default arguments
+# left out). DWCONV_ARGS / TRAIN_STEP_ARGS / PROFILE_ARGS replace their default arguments
 # (e.g. DWCONV_ARGS="--dtypes fp32 --shapes 2,192,100,168,13").
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -54,7 +55,7 @@ prepare)
 run)
   OUT=${2:?usage: bash benchmarks/gpu_session.sh run OUT_DIR [STEP...]}
   shift 2
-  ALL_STEPS="device build sass tests dwconv train_step"
+  ALL_STEPS="device build sass tests dwconv train_step profile"
   STEPS=${*:-$ALL_STEPS}
   for s in $STEPS; do
     [[ " $ALL_STEPS " == *" $s "* ]] || { echo "gpu_session: unknown step '$s' (steps: $ALL_STEPS)" >&2; exit 2; }
@@ -129,6 +130,11 @@ EOF
       ${DWCONV_ARGS:-} --out "$OUT/dwconv.md"
     step train_step "$OUT/bench.log" 150 "$PY" benchmarks/train_step_benchmark.py \
       ${TRAIN_STEP_ARGS:---precision fp32 bf16 fp16} --out "$OUT/train_step.md"
+    # clocks not locked: KINDS.md saw ncu read counters on these machines with --clock-control none
+    step profile "$OUT/bench.log" 120 "${NCU:-ncu}" --clock-control none \
+      -k 'regex:depthwise_conv2d_(forward|weight_grad)_k' --section SpeedOfLight \
+      --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats \
+      "$PY" benchmarks/profile_kernels.py ${PROFILE_ARGS:-}
   else
     echo "gpu_session: no usable build of mmunirep._ext (build exit $build_rc, or no CUDA in it);" \
       "no step after the build ran" | tee -a "$summary"
@@ -136,7 +142,7 @@ EOF
   cat "$summary"
   ;;
 *)
-  sed -n '2,30p' "$0"
+  sed -n '2,32p' "$0"
   exit 2
   ;;
 esac

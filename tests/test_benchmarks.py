@@ -97,6 +97,33 @@ def test_dwconv_benchmark_rejects_bad_shapes():
         assert 'five integers N,C,H,W,K' in proc.stderr
 
 
+def test_profile_kernels_refuses_bad_shapes_and_a_missing_gpu():
+    proc = run('benchmarks/profile_kernels.py', '--shapes', '2,3,20', check=False)
+    assert proc.returncode != 0 and 'five integers N,C,H,W,K' in proc.stderr
+    if not torch.cuda.is_available():
+        proc = run('benchmarks/profile_kernels.py', check=False)
+        assert proc.returncode != 0 and 'needs a CUDA device' in proc.stderr
+
+
+def test_gpu_session_profile_step_runs_ncu_on_the_kernels(tmp_path):
+    """The profile step hands ncu the kernel filter, the sections and profile_kernels.py (a fake
+    ncu records its arguments; the real one is on the GPU machines only)."""
+    if dw_module._ext is None:
+        pytest.skip('extension not built (bash tools/build_ops.sh)')
+    fake = tmp_path / 'ncu'
+    fake.write_text('#!/bin/sh\necho "fake ncu: $*"\n')
+    fake.chmod(0o755)
+    env = dict(os.environ, PYTHON=sys.executable, NCU=str(fake), PROFILE_ARGS='--dtypes bf16')
+    proc = subprocess.run(['bash', 'benchmarks/gpu_session.sh', 'run', str(tmp_path / 'out'),
+                           'profile'], cwd=ROOT, capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert 'profile: exit 0' in (tmp_path / 'out' / 'summary.txt').read_text(), proc.stdout
+    log = (tmp_path / 'out' / 'bench.log').read_text()
+    assert "-k regex:depthwise_conv2d_(forward|weight_grad)_k" in log
+    assert '--section WarpStateStats' in log
+    assert 'benchmarks/profile_kernels.py --dtypes bf16' in log
+
+
 def test_gpu_session_usage():
     proc = subprocess.run(['bash', 'benchmarks/gpu_session.sh'], cwd=ROOT, capture_output=True,
                           text=True)

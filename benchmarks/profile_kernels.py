@@ -1,0 +1,58 @@
+"""Run the op's kernels once per shape and pass, for a profiler (needs a GPU).
+
+    ncu --clock-control none -k 'regex:depthwise_conv2d_(forward|weight_grad)_k' \
+        --section SpeedOfLight --section Occupancy --section WarpStateStats \
+        python benchmarks/profile_kernels.py [--shapes N,C,H,W,K ...] [--dtypes fp32 bf16]
+
+Each (shape, dtype) runs the forward pass and the weight gradient once (the input gradient is the
+forward kernel with the flipped filter) after printing a `case` line, so that the profiler's
+report can be read case by case. ``gpu_session.sh`` runs it under ncu as its `profile` step. The
+default cases are the three kernels' main tile shapes: 16x32 tiles at K = 13 (detection), at
+K = 7 in bf16 (RepLKNet, where cuDNN is closest) and 8x8 whole maps (classification stage 4).
+"""
+import argparse
+
+import torch
+
+DTYPES = dict(fp32=torch.float32, fp16=torch.float16, bf16=torch.bfloat16)
+CASES = [((2, 192, 100, 168, 13), 'fp32'), ((64, 384, 32, 32, 7), 'bf16'),
+         ((64, 768, 7, 7, 13), 'fp32')]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--shapes', nargs='+', metavar='N,C,H,W,K',
+                        help='instead of the default cases, e.g. 2,192,100,168,13')
+    parser.add_argument('--dtypes', nargs='+', choices=list(DTYPES),
+                        help='with --shapes (default fp32)')
+    args = parser.parse_args()
+    if args.shapes:
+        try:
+            shapes = [tuple(int(v) for v in s.split(',')) for s in args.shapes]
+        except ValueError:
+            raise SystemExit(f'--shapes expects N,C,H,W,K with integers, got {args.shapes}')
+        if any(len(s) != 5 for s in shapes):
+            raise SystemExit(f'--shapes expects five integers N,C,H,W,K each, got {args.shapes}')
+        cases = [(s, d) for s in shapes for d in (args.dtypes or ['fp32'])]
+    else:
+        cases = CASES
+    if not torch.cuda.is_available():
+        raise SystemExit('profile_kernels needs a CUDA device')
+    from mmunirep.ops import depthwise_conv as dw
+    if not dw.ext_available():
+        raise SystemExit('the CUDA extension is not built: bash tools/build_ops.sh')
+    g = torch.Generator(device='cuda').manual_seed(0)
+    for (n, c, h, w, k), dname in cases:
+        dtype = DTYPES[dname]
+        x = torch.randn(n, c, h, w, device='cuda', dtype=dtype, generator=g)
+        weight = torch.randn(c, 1, k, k, device='cuda', dtype=dtype, generator=g)
+        grad = torch.randn(n, c, h, w, device='cuda', dtype=dtype, generator=g)
+        torch.cuda.synchronize()
+        print(f'case {(n, c, h, w, k)} {dname}: forward, then weight gradient', flush=True)
+        dw._ext.depthwise_conv2d_forward(x, weight, None)
+        dw._ext.depthwise_conv2d_backward(grad, x, weight, False, True, False)
+        torch.cuda.synchronize()
+
+
+if __name__ == '__main__':
+    main()
