@@ -25,8 +25,9 @@ start=$(date +%s)
 "$PY" setup.py -q build_ext --inplace
 echo "build_ops: built $(ls mmunirep/_ext*.so) in $(( $(date +%s) - start )) s"
 "$PY" -c 'from mmunirep.ops import ext_available; assert ext_available(), "extension did not import"; print("build_ops: mmunirep._ext imports, with CUDA")'
-# A C++ error must come back as a Python RuntimeError: an extension built on another C++ standard
-# than torch's imported and computed, but died (SIGSEGV) on its first TORCH_CHECK.
+# A C++ error must come back as a Python RuntimeError: an extension with a private copy of the C++
+# runtime (linked by a toolchain that finds only the static libstdc++) imported and computed, but
+# died (SIGSEGV) on its first TORCH_CHECK. setup.py links the libstdc++.so torch has loaded.
 "$PY" -c '
 import torch, mmunirep._ext as ext
 try:
@@ -36,6 +37,8 @@ except RuntimeError as err:
     print("build_ops: its errors raise RuntimeError")
 else:
     raise SystemExit("build_ops: a 4x4 kernel was not refused")' || {
-  echo "build_ops: the extension cannot raise its errors (exit $?); build it with the C++ standard torch was built with" >&2
+  echo "build_ops: the extension cannot raise its errors (exit $?). Check that it needs" \
+    "libstdc++.so.6 (readelf -d) and does not define __cxa_throw itself (nm -D): if it does, build" \
+    "with a compiler that links the C++ runtime dynamically (e.g. CXX=/usr/bin/g++)" >&2
   exit 1
 }
