@@ -61,3 +61,15 @@ class TimeBudget:
             report.add(f'stopped after {self.elapsed():.0f} s of the {self.seconds:g} s time '
                        f'budget; not run: {", ".join(left_out)}')
             raise SystemExit(STOPPED_EXIT_CODE)
+
+
+def parse_shapes(values):
+    """The (N, C, H, W, K) tuples of a --shapes argument ('2,192,100,168,13' ...); SystemExit with
+    what was expected and what was given otherwise."""
+    try:
+        shapes = [tuple(int(v) for v in s.split(',')) for s in values]
+    except ValueError:
+        raise SystemExit(f'--shapes expects N,C,H,W,K with integers, got {values}')
+    if any(len(s) != 5 for s in shapes):
+        raise SystemExit(f'--shapes expects five integers N,C,H,W,K each, got {values}')
+    return shapes

@@ -26,7 +26,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from bench_utils import Report, TimeBudget, add_budget_argument
+from bench_utils import Report, TimeBudget, add_budget_argument, parse_shapes
 
 SHAPES = [  # (N, C, H, W, K) and where they come from
     ((2, 192, 100, 168, 13), 'UniRepLKNet-S detection 1333x800, stage 2'),
@@ -211,12 +211,7 @@ def main():
         device_name = f'{DEVICE} (smoke run: the extension\'s CPU path)'
     shapes = SHAPES
     if args.shapes:
-        try:
-            shapes = [(tuple(int(v) for v in s.split(',')), 'command line') for s in args.shapes]
-        except ValueError:
-            raise SystemExit(f'--shapes expects N,C,H,W,K with integers, got {args.shapes}')
-        if any(len(s) != 5 for s, _ in shapes):
-            raise SystemExit(f'--shapes expects five integers N,C,H,W,K each, got {args.shapes}')
+        shapes = [(s, 'command line') for s in parse_shapes(args.shapes)]
     rate = fp32_rate(args.warmup, args.repeats)
     report = Report(args.out)
     report.add(f'device: {device_name}, torch {torch.__version__}, '

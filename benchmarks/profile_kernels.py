@@ -13,6 +13,7 @@ K = 7 in bf16 (RepLKNet, where cuDNN is closest) and 8x8 whole maps (classificat
 import argparse
 
 import torch
+from bench_utils import parse_shapes
 
 DTYPES = dict(fp32=torch.float32, fp16=torch.float16, bf16=torch.bfloat16)
 CASES = [((2, 192, 100, 168, 13), 'fp32'), ((64, 384, 32, 32, 7), 'bf16'),
@@ -27,13 +28,7 @@ def main():
                         help='with --shapes (default fp32)')
     args = parser.parse_args()
     if args.shapes:
-        try:
-            shapes = [tuple(int(v) for v in s.split(',')) for s in args.shapes]
-        except ValueError:
-            raise SystemExit(f'--shapes expects N,C,H,W,K with integers, got {args.shapes}')
-        if any(len(s) != 5 for s in shapes):
-            raise SystemExit(f'--shapes expects five integers N,C,H,W,K each, got {args.shapes}')
-        cases = [(s, d) for s in shapes for d in (args.dtypes or ['fp32'])]
+        cases = [(s, d) for s in parse_shapes(args.shapes) for d in (args.dtypes or ['fp32'])]
     else:
         cases = CASES
     if not torch.cuda.is_available():

@@ -202,9 +202,13 @@ def test_extension_uses_the_shared_cxx_runtime():
         pytest.skip('needs binutils nm')
     symbols = subprocess.run([nm, '-D', dw_module._ext.__file__], capture_output=True, text=True,
                              check=True).stdout.splitlines()
-    runtime = {line.split()[-1].split('@')[0]: line.split()[-2] for line in symbols
-               if line.split() and line.split()[-1].split('@')[0] in
-               ('__cxa_throw', '__cxa_begin_catch', '__gxx_personality_v0')}
+    # nm lines: '[address] TYPE name[@version]'; U = imported, T = defined here
+    wanted = ('__cxa_throw', '__cxa_begin_catch', '__gxx_personality_v0')
+    runtime = {}
+    for fields in (line.split() for line in symbols):
+        name = fields[-1].split('@')[0] if len(fields) >= 2 else None
+        if name in wanted:
+            runtime[name] = fields[-2]
     assert runtime, 'the extension throws no C++ exception at all?'
     assert set(runtime.values()) == {'U'}, f'the extension defines its own C++ runtime: {runtime}'
 
