@@ -3,15 +3,17 @@
     python benchmarks/dwconv_benchmark.py [--dtypes fp32 fp16 bf16] [--repeats 20] [--out FILE]
 
 For each shape (N, C, H, W, K) and dtype it times, with CUDA events, the median of --repeats runs
-after --warmup runs: the forward pass, the input gradient and the weight gradient of (a) mmunirep's
-op, (b) F.conv2d on NCHW (PyTorch's own depthwise kernel) and (c) F.conv2d on channels_last (cuDNN,
-with ``cudnn.benchmark`` on so that it times its algorithms and takes the fastest: the strongest
-PyTorch baseline), and prints each time, the ratio of the faster PyTorch path to ours, and ours as a
-fraction of the fp32 FMA floor (2*N*C*H*W*K*K FLOPs at the measured fp32 rate of a large matmul with
-TF32 off). That floor counts the taps that read the padding too; the op leaves out most of them on
-maps near the kernel's size (a 7x7 map at K = 13 reads padding with 71% of its taps), so the last
-column gives the share of taps inside the map, and the floor fraction can exceed 1 where it is
-small. Needs only torch and the built extension (tools/build_ops.sh).
+after --warmup runs (each queued behind a spin kernel, so that the events see the call's GPU work
+and not the CPU's time to launch it; --timing idle counts that too): the forward pass, the input
+gradient and the weight gradient of (a) mmunirep's op, (b) F.conv2d on NCHW (PyTorch's own depthwise
+kernel) and (c) F.conv2d on channels_last (cuDNN, with ``cudnn.benchmark`` on so that it times its
+algorithms and takes the fastest: the strongest PyTorch baseline), and prints each time, the ratio
+of the faster PyTorch path to ours, and ours as a fraction of the fp32 FMA floor (2*N*C*H*W*K*K
+FLOPs at the measured fp32 rate of a large matmul with TF32 off). That floor counts the taps that
+read the padding too; the op leaves out most of them on maps near the kernel's size (a 7x7 map at
+K = 13 reads padding with 71% of its taps), so the last column gives the share of taps inside the map,
+and the floor fraction can exceed 1 where it is small. Needs only torch and the built extension
+(tools/build_ops.sh).
 Each shape's forward, input and weight gradients are first checked against an fp64 F.conv2d; a
 shape that is wrong or raises gets a row that says so, the others still run, and the exit status
 is 4. Rows are written as they are measured; with --time-budget the script stops starting rows
@@ -19,6 +21,7 @@ that would end past it (exit 3, the table names what it left out).
 """
 import argparse
 import contextlib
+import functools
 import os
 import statistics
 import sys
@@ -46,26 +49,68 @@ FAILED_EXIT_CODE = 4  # some shape was wrong or raised: its row says which and w
 
 
 DEVICE = 'cuda'
+TIMING = 'queued'  # or 'idle' (--timing)
+TIMING_WORDS = dict(queued='each call queued behind a spin kernel: its GPU work alone',
+                    idle='each call on an idle GPU: its CPU launch cost included')
 
 
 def cuda_time(fn, warmup, repeats):
-    """Median ms of ``fn`` after warm-up: CUDA events (perf_counter in a --device cpu smoke run)."""
+    """Median ms of ``fn`` after warm-up: CUDA events (perf_counter in a --device cpu smoke run).
+
+    With TIMING 'queued' (the default) each timed call is queued behind a spin kernel that keeps
+    the GPU busy while the CPU enqueues the call, so the events measure the call's GPU work alone,
+    as in a network whose GPU queue is full (training). Without it ('idle'), a call on an idle GPU
+    also counts the CPU's time to launch it (Python, the autograd engine, the dispatcher: tens of
+    us, a large share of these 40 to 300 us passes). The head start is twice the call's measured
+    CPU time; a repeat whose CPU time outran it is timed again with twice the head start.
+    """
     for _ in range(warmup):
         fn()
     times = []
-    for _ in range(repeats):
-        if DEVICE == 'cuda':
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
+    if DEVICE != 'cuda':
+        for _ in range(repeats):
             t0 = time.perf_counter()
             fn()
             times.append((time.perf_counter() - t0) * 1e3)
+        return statistics.median(times)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    head_ms = 2 * (time.perf_counter() - t0) * 1e3 + 0.05
+    torch.cuda.synchronize()
+    while len(times) < repeats:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        if TIMING == 'queued':
+            torch.cuda._sleep(max(1, round(head_ms * spin_cycles_per_ms())))
+        t0 = time.perf_counter()
+        start.record()
+        fn()
+        end.record()
+        cpu_ms = (time.perf_counter() - t0) * 1e3
+        end.synchronize()
+        if TIMING == 'queued' and cpu_ms > head_ms:  # the GPU may have waited for the CPU
+            head_ms *= 2
+            if head_ms > 1000:
+                raise RuntimeError(f'cuda_time: the CPU needs {cpu_ms:.1f} ms to enqueue one call')
+            continue
+        times.append(start.elapsed_time(end))
     return statistics.median(times)
+
+
+@functools.lru_cache(maxsize=None)
+def spin_cycles_per_ms():
+    """The cycles of torch.cuda._sleep (a spin on the GPU's clock) per ms, measured once."""
+    cycles = 1 << 22
+    torch.cuda._sleep(cycles)  # first call: module load
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    rates = []
+    for _ in range(3):
+        start.record()
+        torch.cuda._sleep(cycles)
+        end.record()
+        end.synchronize()
+        rates.append(cycles / start.elapsed_time(end))
+    return statistics.median(rates)
 
 
 def fp32_rate(warmup, repeats):
@@ -188,6 +233,11 @@ def main():
     parser.add_argument('--no-cudnn-benchmark', action='store_true',
                         help='let cuDNN pick its algorithm by heuristics instead of timing them '
                         '(the default times them: the strongest PyTorch baseline)')
+    parser.add_argument('--timing', choices=('queued', 'idle'), default='queued',
+                        help='queued (default): time each call\'s GPU work, queued behind a spin '
+                        'kernel so that the CPU\'s launch cost is not counted; idle: time each '
+                        'call on an idle GPU, launch cost included (the method of the tables '
+                        'before 2026-11-23)')
     add_budget_argument(parser)
     args = parser.parse_args()
     try:
@@ -195,8 +245,8 @@ def main():
     except ValueError as e:
         raise SystemExit(str(e))
     torch.backends.cudnn.benchmark = not args.no_cudnn_benchmark
-    global DEVICE
-    DEVICE = args.device
+    global DEVICE, TIMING
+    DEVICE, TIMING = args.device, args.timing
     from mmunirep.ops import depthwise_conv2d, ext_available
     from mmunirep.ops import depthwise_conv as dw
     if DEVICE == 'cuda':
@@ -216,7 +266,8 @@ def main():
     report = Report(args.out)
     report.add(f'device: {device_name}, torch {torch.__version__}, '
                f'fp32 rate {rate / 1e12:.1f} TFLOP/s (matmul, TF32 off); median of '
-               f'{args.repeats} after {args.warmup} warm-up; cudnn.benchmark '
+               f'{args.repeats} after {args.warmup} warm-up; timing {args.timing} '
+               f'({TIMING_WORDS[args.timing]}); cudnn.benchmark '
                f'{torch.backends.cudnn.benchmark}; times in ms; ratio = faster PyTorch '
                'path / ours (> 1: ours faster); floor = FMA floor time / our time (each pass is '
                '2*N*C*H*W*K*K FLOPs, padding taps included); '

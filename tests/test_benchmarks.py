@@ -4,6 +4,7 @@ import os
 import re
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -247,3 +248,74 @@ def test_dwconv_benchmark_reports_a_wrong_shape_and_goes_on(tmp_path, monkeypatc
     assert rows[0][2].startswith(' WRONG: weight gradient differs from fp64 F.conv2d by 1.00e-03')
     assert [r[2].strip() for r in rows[1:]] == ['fwd', 'dgrad', 'wgrad', 'fwd+bwd']
     assert all(r[0].strip() == '(2, 3, 20, 37, 7)' for r in rows[1:])
+
+
+class FakeGpu:
+    """A GPU timeline for dwconv_benchmark.cuda_time: work starts when the stream reaches it and
+    the CPU has enqueued it, so a call that the CPU launches slowly leaves the GPU idle."""
+    SPIN_CYCLES_PER_MS = 1.5e6
+
+    def __init__(self, cpu_ms, gpu_ms):
+        self.cpu_now = 0.       # ms
+        self.gpu_free = 0.      # when the stream has done everything enqueued so far
+        self.cpu_ms, self.gpu_ms = cpu_ms, gpu_ms
+        self.calls = 0
+        gpu = self
+
+        class Event:
+            def __init__(self, enable_timing=False):
+                self.at = None
+
+            def record(self):
+                self.at = gpu.gpu_free = max(gpu.gpu_free, gpu.cpu_now)
+
+            def synchronize(self):
+                gpu.cpu_now = max(gpu.cpu_now, self.at)
+
+            def elapsed_time(self, end):
+                return end.at - self.at
+        self.Event = Event
+
+    def enqueue(self, ms):
+        self.gpu_free = max(self.gpu_free, self.cpu_now) + ms
+
+    def sleep(self, cycles):
+        self.enqueue(cycles / self.SPIN_CYCLES_PER_MS)
+
+    def synchronize(self):
+        self.cpu_now = max(self.cpu_now, self.gpu_free)
+
+    def perf_counter(self):
+        return self.cpu_now / 1e3
+
+    def fn(self):
+        # the CPU's launch cost (which may grow between calls), then the GPU work it enqueues
+        cpu = self.cpu_ms(self.calls) if callable(self.cpu_ms) else self.cpu_ms
+        self.calls += 1
+        self.cpu_now += cpu
+        self.enqueue(self.gpu_ms)
+
+
+@pytest.mark.parametrize('cpu_ms', [0.08, 0.5, lambda call: 0.01 if call < 2 else 0.4])
+def test_cuda_time_counts_the_gpu_work_not_the_launch(monkeypatch, cpu_ms):
+    # the last case launches faster in the calls that set the head start than in the timed ones:
+    # cuda_time must see that the CPU outran the spin, and time those repeats again
+    sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+    import dwconv_benchmark as db
+    gpu = FakeGpu(cpu_ms, gpu_ms=0.05)
+    monkeypatch.setattr(db.torch.cuda, 'Event', gpu.Event)
+    monkeypatch.setattr(db.torch.cuda, '_sleep', gpu.sleep)
+    monkeypatch.setattr(db.torch.cuda, 'synchronize', gpu.synchronize)
+    monkeypatch.setattr(db, 'time', types.SimpleNamespace(perf_counter=gpu.perf_counter))
+    monkeypatch.setattr(db, 'DEVICE', 'cuda')
+    db.spin_cycles_per_ms.cache_clear()
+    try:
+        monkeypatch.setattr(db, 'TIMING', 'queued')
+        assert db.spin_cycles_per_ms() == pytest.approx(gpu.SPIN_CYCLES_PER_MS, rel=1e-9)
+        assert db.cuda_time(gpu.fn, warmup=1, repeats=5) == pytest.approx(0.05, abs=1e-9)
+        # on an idle GPU the launch is counted: the method of the earlier tables
+        monkeypatch.setattr(db, 'TIMING', 'idle')
+        cpu = cpu_ms(99) if callable(cpu_ms) else cpu_ms
+        assert db.cuda_time(gpu.fn, warmup=1, repeats=5) == pytest.approx(cpu + 0.05, abs=1e-9)
+    finally:
+        db.spin_cycles_per_ms.cache_clear()
