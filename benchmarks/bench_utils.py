@@ -5,7 +5,7 @@ of that. These scripts therefore write their table as it grows, with each row fl
 that is cut short keeps the rows it finished. They also stop starting new work once the next item
 would overrun their time budget, and they say in the table what was left out. Neither torch nor
 mmengine offers this: their benchmark helpers time one callable, they do not budget a whole
-table.
+table. The shape parser and pipelined_applies serve dwconv_benchmark.py and profile_kernels.py.
 """
 import os
 import time
@@ -73,3 +73,10 @@ def parse_shapes(values):
     if any(len(s) != 5 for s in shapes):
         raise SystemExit(f'--shapes expects five integers N,C,H,W,K each, got {values}')
     return shapes
+
+
+def pipelined_applies(h, w, k):
+    """Whether MMUNIREP_DWCONV_PIPELINE=1 changes the weight-gradient kernel of an H x W map at
+    K: compile-time K (7, 13, 31) and a map too large for a whole-map tile (16x16 up to K = 13;
+    ops/csrc/common/cuda/depthwise_conv_launch.cuh, with_tile_shape)."""
+    return k in (7, 13, 31) and (k > 13 or h > 16 or w > 16)

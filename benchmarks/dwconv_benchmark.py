@@ -11,8 +11,8 @@ algorithms and takes the fastest: the strongest PyTorch baseline), and prints ea
 of the faster PyTorch path to ours, and ours as a fraction of the fp32 FMA floor (2*N*C*H*W*K*K
 FLOPs at the measured fp32 rate of a large matmul with TF32 off). That floor counts the taps that
 read the padding too; the op leaves out most of them on maps near the kernel's size (a 7x7 map at
-K = 13 reads padding with 71% of its taps), so the last column gives the share of taps inside the map,
-and the floor fraction can exceed 1 where it is small. Needs only torch and the built extension
+K = 13 reads padding with 71% of its taps), so the last column gives the share of taps inside the
+map, and the floor fraction can exceed 1 where it is small. Needs only torch and the built extension
 (tools/build_ops.sh).
 Each shape's forward, input and weight gradients are first checked against an fp64 F.conv2d; a
 shape that is wrong or raises gets a row that says so, the others still run, and the exit status
@@ -29,7 +29,8 @@ import time
 
 import torch
 import torch.nn.functional as F
-from bench_utils import Report, TimeBudget, add_budget_argument, parse_shapes
+from bench_utils import (Report, TimeBudget, add_budget_argument, parse_shapes,
+                         pipelined_applies)
 
 SHAPES = [  # (N, C, H, W, K) and where they come from
     ((2, 192, 100, 168, 13), 'UniRepLKNet-S detection 1333x800, stage 2'),
@@ -130,8 +131,8 @@ def rel_err(ours, want):
 
 
 def check_shape(shape, dtype, op, x, wt, g):
-    """Ours against F.conv2d in fp64: forward, input and weight gradients, with the compile-time
-    and the run-time-K kernels (timing a wrong result is pointless)."""
+    """Ours against F.conv2d in fp64: forward, input and weight gradients, with each variant of
+    the kernels (VARIANTS; timing a wrong result is pointless)."""
     n, c, h, w, k = shape
     xd, wd = x.double().requires_grad_(), wt.double().requires_grad_()
     ref = F.conv2d(xd, wd, padding=k // 2, groups=c)
@@ -139,8 +140,10 @@ def check_shape(shape, dtype, op, x, wt, g):
     # the GPU tests hold fp32 to 1e-5 of the largest value; 1e-4 leaves room for the longer sums
     # of these shapes. fp16 / bf16 results are rounded to 2^-11 / 2^-8 of it
     tol = 1e-4 if dtype == torch.float32 else 2e-2
-    for run_time_k in (False, True):
-        with generic_kernels(run_time_k):
+    for variant in VARIANTS:
+        if variant == 'pipelined' and not pipelined_applies(h, w, k):
+            continue  # the same kernels as the default
+        with kernel_variant(variant):
             xo, wo = x.detach().requires_grad_(), wt.detach().requires_grad_()
             y = op(xo, wo)
             dx, dw = torch.autograd.grad(y, (xo, wo), g)
@@ -148,7 +151,7 @@ def check_shape(shape, dtype, op, x, wt, g):
                                  ('weight gradient', dw, ref_dw)):
             err = rel_err(ours, want.detach())
             if not err <= tol:  # NaN too
-                raise WrongResult(f'{name}{" (run-time K)" if run_time_k else ""} differs from '
+                raise WrongResult(f'{name}{f" ({variant})" if variant else ""} differs from '
                                   f'fp64 F.conv2d by {err:.2e} of its largest value (> {tol})')
 
 
@@ -165,50 +168,75 @@ def bench_shape(shape, dtype, args, op):
         'torch_cl': (lambda inp, weight: F.conv2d(inp, weight, padding=k // 2, groups=c),
                      torch.channels_last),
     }
-    if k in COMPILED_K and dtype != torch.float64:  # ours, forcing the run-time-K kernels
-        convs['ours_generic'] = convs['ours']
     result = {}
     for name, (fn, fmt) in convs.items():
-        with generic_kernels(name == 'ours_generic'):
-            result[name] = time_passes(fn, fmt, x, wt, g, args)
+        result[name] = time_passes(fn, fmt, x, wt, g, args)
+    if k in COMPILED_K:  # ours, forcing the run-time-K kernels
+        with kernel_variant('run-time K'):
+            result['ours_generic'] = time_passes(convs['ours'][0], torch.contiguous_format, x,
+                                                 wt, g, args)
+    if pipelined_applies(h, w, k):  # ours with the pipelined weight-gradient kernel
+        with kernel_variant('pipelined'):
+            result['ours_pipelined'] = time_passes(convs['ours'][0], torch.contiguous_format, x,
+                                                   wt, g, args, passes=('wgrad', ))
     return result
 
 
+VARIANTS = {None: {}, 'run-time K': {'MMUNIREP_DWCONV_GENERIC': '1'},
+            'pipelined': {'MMUNIREP_DWCONV_PIPELINE': '1'}}  # the op's kernels, and how to pick
+
+
 @contextlib.contextmanager
-def generic_kernels(on):
-    """MMUNIREP_DWCONV_GENERIC=1 (read at every launch) while the block runs."""
-    if on:
-        os.environ['MMUNIREP_DWCONV_GENERIC'] = '1'
+def kernel_variant(variant):
+    """The op's kernels of ``variant`` (environment variables read at every launch) while the
+    block runs: its defaults (None), the run-time-K kernels, the pipelined weight gradient."""
+    os.environ.update(VARIANTS[variant])
     try:
         yield
     finally:
-        os.environ.pop('MMUNIREP_DWCONV_GENERIC', None)
+        for name in VARIANTS[variant]:
+            os.environ.pop(name, None)
 
 
-def time_passes(fn, fmt, x, wt, g, args):
+def time_passes(fn, fmt, x, wt, g, args, passes=('fwd', 'dgrad', 'wgrad')):
     """Forward, input-gradient and weight-gradient times (ms) of conv ``fn`` on memory format
-    ``fmt``."""
+    ``fmt`` (those of ``passes``)."""
     inp, grad = x.contiguous(memory_format=fmt), g.contiguous(memory_format=fmt)
-    with torch.no_grad():
-        fwd = cuda_time(lambda: fn(inp, wt), args.warmup, args.repeats)
+    times = {}
+    if 'fwd' in passes:
+        with torch.no_grad():
+            times['fwd'] = cuda_time(lambda: fn(inp, wt), args.warmup, args.repeats)
     # one graph per gradient, so that each pass computes only its own gradient (a custom
     # autograd Function computes every gradient whose input requires grad)
-    x_req = inp.detach().requires_grad_()
-    y = fn(x_req, wt)
-    dgrad = cuda_time(lambda: torch.autograd.grad(y, x_req, grad, retain_graph=True),
-                      args.warmup, args.repeats)
-    w_req = wt.detach().requires_grad_()
-    y = fn(inp, w_req)
-    wgrad = cuda_time(lambda: torch.autograd.grad(y, w_req, grad, retain_graph=True),
-                      args.warmup, args.repeats)
-    return dict(fwd=fwd, dgrad=dgrad, wgrad=wgrad)
+    if 'dgrad' in passes:
+        x_req = inp.detach().requires_grad_()
+        y = fn(x_req, wt)
+        times['dgrad'] = cuda_time(lambda: torch.autograd.grad(y, x_req, grad, retain_graph=True),
+                                   args.warmup, args.repeats)
+    if 'wgrad' in passes:
+        w_req = wt.detach().requires_grad_()
+        y = fn(inp, w_req)
+        times['wgrad'] = cuda_time(lambda: torch.autograd.grad(y, w_req, grad, retain_graph=True),
+                                   args.warmup, args.repeats)
+    return times
 
 
 def generic(r, p=None):
     """The run-time-K time of pass ``p`` (or of the total), where there is one."""
     if 'ours_generic' not in r:
         return ''
-    return f'{(r["ours_generic"][p] if p else r["ours_generic"]):.3f}'
+    return f'{(r["ours_generic"][p] if p else sum(r["ours_generic"].values())):.3f}'
+
+
+def pipelined(r, p, best):
+    """The time with the pipelined weight gradient of the wgrad row (p) or of the total (None),
+    and its ratio to the faster PyTorch path ``best``, where it applies."""
+    if 'ours_pipelined' not in r or p not in ('wgrad', None):
+        return ''
+    ours = r['ours_pipelined']['wgrad']
+    if p is None:
+        ours += r['ours']['fwd'] + r['ours']['dgrad']
+    return f'{ours:.3f} ({best / ours:.2f}x)'
 
 
 def taps_in_map(h, w, k):
@@ -272,10 +300,12 @@ def main():
                'path / ours (> 1: ours faster); floor = FMA floor time / our time (each pass is '
                '2*N*C*H*W*K*K FLOPs, padding taps included); '
                'run-time K = ours with MMUNIREP_DWCONV_GENERIC=1 (sizes with compile-time '
-               'kernels); '
+               'kernels); pipelined wgrad = ours with MMUNIREP_DWCONV_PIPELINE=1 (maps larger '
+               'than a whole-map tile), its ratio to the faster PyTorch path in brackets; '
                'in map = share of the K*K taps that read the map, not its padding',
                '| shape (N,C,H,W,K) | dtype | pass | ours | torch NCHW | torch CL | ratio | floor '
-               '| ours, run-time K | in map |', '|---|---|---|---|---|---|---|---|---|---|')
+               '| ours, run-time K | ours, pipelined wgrad | in map |',
+               '|---|---|---|---|---|---|---|---|---|---|---|')
     items = [(shape, dname) for shape, _ in shapes for dname in args.dtypes]
     last_s, failed = 0., []
     for i, (shape, dname) in enumerate(items):
@@ -292,7 +322,7 @@ def main():
             # session has one call for all of them (after a CUDA error the rest may fail alike)
             what = 'WRONG' if isinstance(e, WrongResult) else f'ERROR ({type(e).__name__})'
             msg = str(e).strip().splitlines()[0] if str(e).strip() else ''
-            report.add(f'| {shape} | {dname} | {what}: {msg.replace("|", "/")} | | | | | | | |')
+            report.add(f'| {shape} | {dname} | {what}: {msg.replace("|", "/")} | | | | | | | | |')
             failed.append(f'{shape} {dname}')
             last_s = time.monotonic() - t0
             continue
@@ -302,12 +332,14 @@ def main():
             frac = f'{floor_ms / r["ours"][p]:.2f}'  # every pass has the same FLOPs
             lines.append(f'| {shape} | {dname} | {p} | {r["ours"][p]:.3f} | '
                          f'{r["torch_nchw"][p]:.3f} | {r["torch_cl"][p]:.3f} | '
-                         f'{best / r["ours"][p]:.2f} | {frac} | {generic(r, p)} | {in_map} |')
-        total = {k_: sum(r[k_].values()) for k_ in r}
+                         f'{best / r["ours"][p]:.2f} | {frac} | {generic(r, p)} | '
+                         f'{pipelined(r, p, best)} | {in_map} |')
+        total = {k_: sum(r[k_].values()) for k_ in ('ours', 'torch_nchw', 'torch_cl')}
+        best = min(total['torch_nchw'], total['torch_cl'])
         lines.append(f'| {shape} | {dname} | fwd+bwd | {total["ours"]:.3f} | '
                      f'{total["torch_nchw"]:.3f} | {total["torch_cl"]:.3f} | '
-                     f'{min(total["torch_nchw"], total["torch_cl"]) / total["ours"]:.2f} | | '
-                     f'{generic(total)} | {in_map} |')
+                     f'{best / total["ours"]:.2f} | | {generic(r)} | {pipelined(r, None, best)} '
+                     f'| {in_map} |')
         report.add(*lines)
         last_s = time.monotonic() - t0
     if failed:

@@ -118,6 +118,30 @@ def test_cuda_op_matches_fp64(monkeypatch, generic, dtype, n, c, h, w, k):
 
 
 @needs_cuda_op
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize('n, c, h, w, k', [
+    (4, 16, 20, 20, 7), (3, 9, 40, 37, 13), (1, 3, 12, 70, 31), (2, 3, 100, 168, 13),
+    (2, 6, 25, 42, 13), (5, 3, 17, 33, 7)])
+def test_cuda_pipelined_weight_grad_matches_the_default(monkeypatch, dtype, n, c, h, w, k):
+    """MMUNIREP_DWCONV_PIPELINE=1 (16x32 tiles of compile-time K): the pipelined weight-gradient
+    kernel sums the same products in the same order as the default one, so its result is bitwise
+    the same, and within the dtype's tolerance of fp64."""
+    torch.manual_seed(n * 100 + h + k)
+    x = torch.randn(n, c, h, w, device='cuda', dtype=dtype)
+    wt = (torch.randn(c, 1, k, k, device='cuda') / k).to(dtype)
+    g = torch.randn(n, c, h, w, device='cuda', dtype=dtype)
+    plain = dw_module._ext.depthwise_conv2d_backward(g, x, wt, False, True, False)[1]
+    monkeypatch.setenv('MMUNIREP_DWCONV_PIPELINE', '1')
+    piped = dw_module._ext.depthwise_conv2d_backward(g, x, wt, False, True, False)[1]
+    assert torch.isfinite(piped).all()
+    assert torch.equal(piped, plain)
+    _, w64, _, y64 = reference(x, wt, None)
+    y64.backward(g.double())
+    scale = w64.grad.abs().max()
+    torch.testing.assert_close(piped.double() / scale, w64.grad / scale, **TOL[dtype])
+
+
+@needs_cuda_op
 def test_cuda_op_channels_last_and_noncontiguous():
     torch.manual_seed(1)
     x = torch.randn(2, 8, 24, 24, device='cuda').to(memory_format=torch.channels_last)

@@ -148,13 +148,57 @@ def test_emulated_generic_kernels_match_fp64(emu, monkeypatch, dtype, n, c, h, w
     check_against_fp64(emu, dtype, n, c, h, w, k, generic=True)
 
 
+def weight_grads(emu, n, c, h, w, k, dtype):
+    """The weight gradient of fresh random data, and its launch: (kernel address, shared memory
+    bytes)."""
+    g = torch.Generator().manual_seed(n * 100 + h * 10 + k)
+    x, gy = torch.randn(n, c, h, w, generator=g), torch.randn(n, c, h, w, generator=g)
+    wt = torch.randn(c, 1, k, k, generator=g) / k
+    x, gy, wt = x.to(dtype), gy.to(dtype), wt.to(dtype)
+    emu.launches()
+    gw = emu.depthwise_conv2d_backward(guarded(gy), guarded(x), guarded(wt), False, True,
+                                       False)[1]
+    wgrad_launch, _reduce = emu.launches()
+    return gw, wgrad_launch, (x, gy, wt)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize('n, c, h, w, k', [case for case in CASES if case[-1] in COMPILED_K])
+def test_emulated_pipelined_weight_grad(emu, monkeypatch, dtype, n, c, h, w, k):
+    """MMUNIREP_DWCONV_PIPELINE=1: maps larger than 16x16 (tiles with a halo) take the pipelined
+    weight-gradient kernel, with two sets of staging buffers; it sums the same products in the
+    same order, so its result is bitwise the default kernel's, and that matches fp64. Whole-map
+    tiles keep their kernel."""
+    plain, (plain_kernel, plain_smem), (x, gy, wt) = weight_grads(emu, n, c, h, w, k, dtype)
+    monkeypatch.setenv('MMUNIREP_DWCONV_PIPELINE', '1')
+    piped, (piped_kernel, piped_smem), _ = weight_grads(emu, n, c, h, w, k, dtype)
+    large = not (k <= 13 and h <= 16 and w <= 16)
+    assert (piped_kernel != plain_kernel) == large
+    if large:  # staged input (16 + K - 1 rows of pitch 32 + K) and gradient (16 x 33) tiles, or
+        # the row reduction's 8 x K*K partials where they are more
+        staged = (16 + k - 1) * (32 + k) + 16 * 33
+        assert (plain_smem, piped_smem) == (4 * max(staged, 8 * k * k),
+                                            4 * max(2 * staged, 8 * k * k))
+    assert torch.isfinite(piped).all()
+    assert torch.equal(piped, plain)
+    _, w64, _, y64 = reference(x, wt, None)
+    y64.backward(gy.double())
+    scale = w64.grad.abs().max()
+    torch.testing.assert_close(piped.double() / scale, w64.grad / scale, **TOL[dtype])
+
+
 @pytest.mark.parametrize('n, c, h, w, k', [
     (3, 3, 40, 37, 13), (3, 5, 7, 7, 13), (2, 3, 14, 14, 13), (1, 3, 12, 70, 31),
     (2, 7, 33, 17, 5), (70, 1, 9, 9, 7)])
-def test_emulated_results_do_not_depend_on_the_schedule(emu, n, c, h, w, k):
+@pytest.mark.parametrize('pipelined', [False, True], ids=['plain', 'pipelined'])
+def test_emulated_results_do_not_depend_on_the_schedule(emu, monkeypatch, pipelined, n, c, h, w,
+                                                        k):
     """The threads of a block run in increasing order, in decreasing order (cooperative, from
     barrier to barrier) and as concurrent OS threads: a missing __syncthreads() would make the
-    results depend on the order; they must be bitwise equal."""
+    results depend on the order; they must be bitwise equal. Also with the pipelined weight
+    gradient (MMUNIREP_DWCONV_PIPELINE=1), whose one barrier per item must be enough."""
+    if pipelined:
+        monkeypatch.setenv('MMUNIREP_DWCONV_PIPELINE', '1')
     g = torch.Generator().manual_seed(12)
     x, gy = torch.randn(n, c, h, w, generator=g), torch.randn(n, c, h, w, generator=g)
     wt, b = torch.randn(c, 1, k, k, generator=g) / k, torch.randn(c, generator=g)

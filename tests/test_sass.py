@@ -37,15 +37,18 @@ def kernels():
 
 
 def compiled_k(kernels, kind):
-    """{(dtype, K, (TH, TW, planes, P, whole map)): kernel} of the compile-time-K kernels of one
-    kind."""
+    """{(dtype, K, (TH, TW, planes, P, whole map), pipelined): kernel} of the compile-time-K
+    kernels of one kind (pipelined: the weight gradient's variant, False for the forward)."""
     out = {}
     for k in kernels:
         m = re.search(kind + r'_k_kernel<(\w+), float, (\d+), '
-                      r'TileShape<(\d+), (\d+), (\d+), (\d+), (true|false)>', k.name)
+                      r'TileShape<(\d+), (\d+), (\d+), (\d+), (true|false)>(, (true|false))?',
+                      k.name)
         if m:
             tile = tuple(map(int, m.group(3, 4, 5, 6))) + (m.group(7) == 'true',)
-            out[(m.group(1), int(m.group(2)), tile)] = k
+            key = (m.group(1), int(m.group(2)), tile, m.group(9) == 'true')
+            assert key not in out, (k.name, 'two kernels with one key')
+            out[key] = k
     return out
 
 
@@ -63,7 +66,7 @@ def test_forward_kernels_keep_window_and_outputs_in_registers(kernels):
     found = compiled_k(kernels, 'forward')
     # 3 dtypes x (K 7 and 13 in three tile shapes, K 31 in one)
     assert len(found) == 3 * 7, sorted(found)
-    for (dtype, ksize, (th, tw, planes, per_thread, whole)), k in found.items():
+    for (dtype, ksize, (th, tw, planes, per_thread, whole), _), k in found.items():
         lo, hi, nested = k.hot_loop()
         row = sass_report.summarize(k)
         assert not nested, (k.name, 'the filter-row loop should have no inner loop')
@@ -83,8 +86,12 @@ def test_forward_kernels_keep_window_and_outputs_in_registers(kernels):
 
 def test_weight_grad_kernels_keep_filter_rows_in_registers(kernels):
     found = compiled_k(kernels, 'weight_grad')
-    assert len(found) == 3 * 7, sorted(found)
-    for (dtype, ksize, (th, tw, _, _, whole)), k in found.items():
+    # 3 dtypes x (K 7 and 13 in three tile shapes, K 31 in one, and the pipelined variant of the
+    # three large-map tiles: MMUNIREP_DWCONV_PIPELINE=1)
+    assert len(found) == 3 * (7 + 3), sorted(found)
+    assert sorted(key[:3] for key in found if key[3]) == sorted(
+        key[:3] for key in found if not key[3] and not key[2][4])
+    for (dtype, ksize, (th, tw, _, _, whole), pipelined), k in found.items():
         lo, hi, nested = k.hot_loop()
         row = sass_report.summarize(k)
         samples, steps = 32 // tw, tw // 8  # an item: samples x (8-output steps of a tile row)
@@ -99,6 +106,30 @@ def test_weight_grad_kernels_keep_filter_rows_in_registers(kernels):
                 (k.name, row)
         ffma_at = [a for a, op, _ in k.instrs if lo <= a <= hi and sass_report.is_ffma(op)]
         assert local_memory(k, min(ffma_at), max(ffma_at)) == 0, (k.name, 'spills in the FMAs')
+
+
+def test_pipelined_weight_grad_loads_the_next_item_before_computing_this_one(kernels):
+    """The pipelined weight gradient's item loop (MMUNIREP_DWCONV_PIPELINE=1) stores the
+    prefetched item to shared memory, passes its one barrier, then issues the next item's global
+    loads (one per BoxPrefetch slot) before the first FFMA: so they are in flight during the
+    FMAs. A compiler that sank the loads to their stores would pass every other test."""
+    found = {key: k for key, k in compiled_k(kernels, 'weight_grad').items() if key[3]}
+    assert len(found) == 3 * 3
+    for (dtype, ksize, (th, tw, _, _, _), _), k in found.items():
+        lo, hi, nested = k.hot_loop()
+        assert not nested, k.name
+        ops = [op.split('.')[0] for a, op, _ in k.instrs if lo <= a <= hi]
+        at = {name: [i for i, op in enumerate(ops) if op == name]
+              for name in ('LDG', 'STS', 'BAR', 'FFMA')}
+        # BoxPrefetch's slots: rows of the box / (threads // columns), for the input's
+        # (TH + K - 1) x (TW + K - 1) box and the gradient's TH x TW, K x TH threads
+        threads = ksize * th
+        slots = sum(-(-rows // (threads // cols))
+                    for rows, cols in ((th + ksize - 1, tw + ksize - 1), (th, tw)))
+        assert len(at['LDG']) == len(at['STS']) == slots, (k.name, slots, at)
+        assert len(at['BAR']) == 1, (k.name, 'one barrier per item')
+        assert max(at['STS']) < at['BAR'][0] < min(at['LDG']), k.name
+        assert max(at['LDG']) < min(at['FFMA']), (k.name, 'loads issued after the FMAs began')
 
 
 def test_report_writes_a_row_per_kernel(kernels, tmp_path):

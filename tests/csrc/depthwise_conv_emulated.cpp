@@ -4,7 +4,9 @@
 #include <c10/core/CPUAllocator.h>
 #include <torch/extension.h>
 
+#include <cstdint>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "cuda_emulator.h"
@@ -20,6 +22,8 @@ namespace {
 // what was launched, so that the tests can see which kernels ran
 int64_t g_blocks_run = 0;
 std::vector<unsigned> g_block_sizes;  // threads per block of each launch
+std::vector<size_t> g_smem_sizes;     // dynamic shared memory bytes of each launch
+std::vector<int64_t> g_kernels;       // the kernel (its address) of each launch
 cuda_emu::Schedule g_schedule = cuda_emu::Schedule::kForward;
 
 struct EmuLaunch {
@@ -36,6 +40,8 @@ struct EmuLaunch {
     TORCH_CHECK(smem <= mmunirep::kMaxDefaultSmem && smem <= cuda_emu::kSmemCapacity,
                 "emulated launch: ", smem, " bytes of dynamic shared memory");
     g_block_sizes.push_back(threads);
+    g_smem_sizes.push_back(smem);
+    g_kernels.push_back(static_cast<int64_t>(reinterpret_cast<uintptr_t>(kernel)));
     const std::function<void()> body = [&] { kernel(args...); };
     for (unsigned bz = 0; bz < grid.z; ++bz)
       for (unsigned by = 0; by < grid.y; ++by)
@@ -112,4 +118,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "how the threads of a block run (cuda_emulator.h)");
   m.def("block_sizes", [] { auto out = g_block_sizes; g_block_sizes.clear(); return out; },
         "threads per block of each launch since the last call");
+  m.def(
+      "launches",
+      [] {
+        std::vector<std::pair<int64_t, size_t>> out;
+        for (size_t i = 0; i < g_kernels.size(); ++i)
+          out.emplace_back(g_kernels[i], g_smem_sizes[i]);
+        g_kernels.clear();
+        g_smem_sizes.clear();
+        return out;
+      },
+      "(kernel address, dynamic shared memory bytes) of each launch since the last call");
 }

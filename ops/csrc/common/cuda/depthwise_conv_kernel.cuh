@@ -27,7 +27,9 @@
 //   and accumulates them in registers over all its items (8 outputs at a time: 8 + K - 1 inputs
 //   and 8 gradients loaded for 8 * K FMAs; an item is a 16x32 tile of one sample, or a 16x16 /
 //   8x8 tile of 2 / 4 samples), then the block sums its rows through shared memory in a fixed
-//   order (deterministic);
+//   order (deterministic); a pipelined variant for large maps (MMUNIREP_DWCONV_PIPELINE=1, not
+//   the default until a GPU measures it) loads the next item into registers while it computes
+//   this one, with two sets of staging buffers and one barrier per item;
 // - whole-map tiles (maps of at most 16x16) stage the map without its halo and leave out, at
 //   compile time, the FMAs on padding left and right of the map, and their weight gradient runs
 //   only the (kh, r) whose input row is inside the map (TileShape::kWholeMap, WholeMapRows).
@@ -334,6 +336,60 @@ struct WholeMapRows {
   }
 };
 
+// A thread's share of a ROWS x COLS box staged by THREADS threads, held in registers between a
+// load from global memory and the store to shared memory, so that the loads of the next item are
+// in flight while the current one is computed (the pipelined weight gradient below). The walk is
+// stage_input_tile's with compile-time sizes: with THREADS >= COLS thread t takes column t % COLS
+// of rows t / COLS + i * (THREADS / COLS), i < kRows (the THREADS % COLS left-over threads
+// none); else columns t + j * THREADS of every row. Values outside the image load as zeros.
+template <typename scalar_t, typename acc_t, int ROWS, int COLS, int THREADS>
+struct BoxPrefetch {
+  static constexpr bool kByRows = THREADS >= COLS;
+  static constexpr int kRowStep = kByRows ? THREADS / COLS : 1;
+  static constexpr int kRows = (ROWS + kRowStep - 1) / kRowStep;
+  static constexpr int kCols = kByRows ? 1 : (COLS + THREADS - 1) / THREADS;
+  scalar_t v[kCols][kRows];
+
+  static __device__ __forceinline__ int first_row(int t) { return kByRows ? t / COLS : 0; }
+  static __device__ __forceinline__ int column(int t, int j) {
+    return kByRows ? t % COLS : t + j * THREADS;
+  }
+  // the box at (h0 - pad, w0 - pad) of a plane (all zeros if `plane` is null)
+  __device__ __forceinline__ void load(const scalar_t* __restrict__ plane, int height, int width,
+                                       int h0, int w0, int pad, int t) {
+    const int r0 = first_row(t), ih0 = h0 - pad + r0;
+#pragma unroll
+    for (int j = 0; j < kCols; ++j) {
+      const int q = column(t, j), iw = w0 - pad + q;
+      const bool column_inside = plane != nullptr && r0 < kRowStep && q < COLS &&
+                                 static_cast<unsigned>(iw) < static_cast<unsigned>(width);
+      const int64_t first = column_inside ? static_cast<int64_t>(ih0) * width + iw : 0;
+#pragma unroll
+      for (int i = 0; i < kRows; ++i) {
+        const int ih = ih0 + i * kRowStep;
+        const bool inside = column_inside && r0 + i * kRowStep < ROWS &&
+                            static_cast<unsigned>(ih) < static_cast<unsigned>(height);
+        v[j][i] = inside ? plane[first + static_cast<int64_t>(i) * kRowStep * width]
+                         : scalar_t(0);
+      }
+    }
+  }
+  // into rows of pitch `pitch` at dst
+  __device__ __forceinline__ void store(acc_t* dst, int pitch, int t) const {
+    const int r0 = first_row(t);
+    if (r0 >= kRowStep) return;  // a left-over thread
+#pragma unroll
+    for (int j = 0; j < kCols; ++j) {
+      const int q = column(t, j);
+      if (q >= COLS) continue;
+#pragma unroll
+      for (int i = 0; i < kRows; ++i)
+        if (r0 + i * kRowStep < ROWS)
+          dst[(r0 + i * kRowStep) * pitch + q] = static_cast<acc_t>(v[j][i]);
+    }
+  }
+};
+
 // A tile shape: TH x TW outputs of each of PLANES consecutive (n, c) planes per forward block, P
 // consecutive outputs of a row per thread. Large maps: 16x32 tiles of 4 planes (2 for K > 13),
 // 16 outputs per thread (per filter row 16 * K FMAs for 16 + K - 1 + K shared-memory loads: 208
@@ -395,9 +451,11 @@ struct TileShape {
   static constexpr int forward_smem_elems(int k) { return PLANES * plane_stride(k); }
   // weight gradient: samples per item, so that an item's rows hold 32 outputs as a 16x32 tile's
   static constexpr int kWgradSamples = 32 / TW;
-  static constexpr int weight_grad_smem_elems(int k) {
-    // the staged tiles during the loop, then the first round of the row reduction
-    const int staged = kWgradSamples * (staged_rows(k) * staged_pitch(k) + TH * kGradPitch);
+  static constexpr int weight_grad_smem_elems(int k, bool pipelined = false) {
+    // the staged tiles during the loop (two sets when pipelined), then the first round of the
+    // row reduction
+    const int staged = (pipelined ? 2 : 1) * kWgradSamples *
+                       (staged_rows(k) * staged_pitch(k) + TH * kGradPitch);
     const int reduce = kWholeMap ? TH * k * k : (TH / 2) * k * k;  // [pairs][k] or [TH / 2][k * k]
     return staged > reduce ? staged : reduce;
   }
@@ -577,7 +635,15 @@ depthwise_conv2d_forward_k_kernel(const scalar_t* __restrict__ input,
 // channel (Tile::PLANES is the forward's), so that an item of a small-map tile holds as many
 // 8-output steps as a 16x32 tile's row and the per-item work (barriers, staging set-up, the item
 // walk) is spread as thinly.
-template <typename scalar_t, typename acc_t, int K, typename Tile>
+//
+// PIPELINED (tiles of large maps only; MMUNIREP_DWCONV_PIPELINE=1 picks it, to be measured
+// against the other): two sets of staging buffers, and each thread loads its share of the next
+// item's tiles into registers (BoxPrefetch) before it computes the current item, then stores them
+// into the other set. The global loads' latency is then spent computing rather than waiting, and
+// an item costs one barrier instead of two, for 2x the staging memory and the registers of the
+// prefetched values. ncu showed the plain kernel's warps without an eligible instruction for
+// 38 to 40% of its cycles, at a register-limited occupancy: staging and barriers not hidden.
+template <typename scalar_t, typename acc_t, int K, typename Tile, bool PIPELINED>
 __global__ void __launch_bounds__(Tile::weight_grad_max_threads(K))
 depthwise_conv2d_weight_grad_k_kernel(const scalar_t* __restrict__ input,
                                       const scalar_t* __restrict__ grad_out,
@@ -595,6 +661,7 @@ depthwise_conv2d_weight_grad_k_kernel(const scalar_t* __restrict__ input,
                 "weight_grad_k: bank conflicts in the weight-gradient loop's shared-memory loads");
   static_assert(Tile::weight_grad_threads_fit(K),
                 "weight_grad_k: a launch would exceed the kernel's __launch_bounds__");
+  static_assert(!PIPELINED || !Tile::kWholeMap, "weight_grad_k: pipelined for large maps only");
   extern __shared__ unsigned char smem_raw[];
   acc_t* smem = reinterpret_cast<acc_t*>(smem_raw);
 
@@ -612,53 +679,15 @@ depthwise_conv2d_weight_grad_k_kernel(const scalar_t* __restrict__ input,
 #pragma unroll
   for (int j = 0; j < K; ++j) acc[j] = acc_t(0);
 
-  for (ItemWalk it(tiles_per_plane); it.n < groups; it.next(tiles_per_plane)) {
-    const int h0 = (it.tile / tiles_w) * TH;
-    const int w0 = (it.tile % tiles_w) * TW;
-    const int samples = min(S, batch - it.n * S);
-    __syncthreads();  // the previous item's tiles are no longer read
-    if constexpr (Tile::kWholeMap) {
-      // The S samples' maps, each thread the same positions of every one: a whole-map tile has
-      // about one position per thread, so stage_input_tile's set-up for each of the 2 * S
-      // tiles (~30 instructions) would cost more than the copying.
-      static_assert(sw == Tile::kGradPitch, "whole maps: input and gradient share a layout");
-      const int64_t first = (static_cast<int64_t>(it.n) * S * channels + c) * plane_size;
-      const int64_t step = static_cast<int64_t>(channels) * plane_size;  // to the next sample
-      for (int pos = threadIdx.x; pos < TH * TW; pos += threads) {
-        const int i = pos / TW, j = pos % TW;
-        const bool inside = i < height && j < width;
-        const int64_t src = first + (inside ? i * width + j : 0);
-#pragma unroll
-        for (int p = 0; p < S; ++p) {
-          const bool read = inside && p < samples;  // a sample past the batch is staged as zeros
-          smem[p * stage + i * sw + j] =
-              read ? static_cast<acc_t>(input[src + p * step]) : acc_t(0);
-          smem[p * stage + sh * sw + i * sw + j] =
-              read ? static_cast<acc_t>(grad_out[src + p * step]) : acc_t(0);
-        }
-      }
-    } else {
-#pragma unroll
-      for (int p = 0; p < S; ++p) {
-        const int64_t plane = static_cast<int64_t>(it.n * S + p) * channels + c;
-        acc_t* s_in = smem + p * stage;
-        // a sample past the batch is staged as zeros (and skipped below)
-        stage_input_tile(s_in, p < samples ? input + plane * plane_size : nullptr, height,
-                         width, h0, w0, pad, sh, TW + K - 1, sw, static_cast<int>(threadIdx.x),
-                         threads);
-        stage_grad_tile(s_in + sh * sw, p < samples ? grad_out + plane * plane_size : nullptr,
-                        height, width, h0, w0, TH, TW, Tile::kGradPitch,
-                        static_cast<int>(threadIdx.x), threads);
-      }
-    }
-    __syncthreads();
+  // this thread's taps over the item at (h0, w0) of `samples` samples staged at `item`
+  const auto accumulate = [&](const acc_t* item, int h0, int w0, int samples) {
     // no pair, or this output row is outside the image (its grads are 0)
-    if (!me.active || h0 + r >= height) continue;
+    if (!me.active || h0 + r >= height) return;
 #pragma unroll
     for (int p = 0; p < S; ++p) {
       if (p >= samples) break;
-      const acc_t* g_row = smem + p * stage + sh * sw + r * Tile::kGradPitch;
-      const acc_t* i_row = smem + p * stage + (r + kh - off) * sw;
+      const acc_t* g_row = item + p * stage + sh * sw + r * Tile::kGradPitch;
+      const acc_t* i_row = item + p * stage + (r + kh - off) * sw;
 #pragma unroll
       for (int q0 = 0; q0 < TW; q0 += Q) {
         if (w0 + q0 >= width) break;  // the rest of the row is outside the image
@@ -677,6 +706,85 @@ depthwise_conv2d_weight_grad_k_kernel(const scalar_t* __restrict__ input,
             if (Tile::window_in_map(K, q0 + j + kw)) acc[kw] += g[j] * x[j + kw];
         }
       }
+    }
+  };
+
+  if constexpr (PIPELINED) {
+    constexpr int T = K * TH;
+    const int t = static_cast<int>(threadIdx.x);
+    BoxPrefetch<scalar_t, acc_t, sh, TW + K - 1, T> in_next[S];
+    BoxPrefetch<scalar_t, acc_t, TH, TW, T> grad_next[S];
+    const auto prefetch = [&](const ItemWalk& it) {
+      const int h0 = (it.tile / tiles_w) * TH, w0 = (it.tile % tiles_w) * TW;
+#pragma unroll
+      for (int p = 0; p < S; ++p) {
+        const bool valid = it.n * S + p < batch;  // a sample past the batch is staged as zeros
+        const int64_t plane = static_cast<int64_t>(it.n * S + p) * channels + c;
+        in_next[p].load(valid ? input + plane * plane_size : nullptr, height, width, h0, w0, pad,
+                        t);
+        grad_next[p].load(valid ? grad_out + plane * plane_size : nullptr, height, width, h0, w0,
+                          0, t);
+      }
+    };
+    ItemWalk it(tiles_per_plane);
+    if (it.n < groups) prefetch(it);
+    for (int set = 0; it.n < groups; set ^= 1) {
+      acc_t* item = smem + set * S * stage;
+#pragma unroll
+      for (int p = 0; p < S; ++p) {
+        in_next[p].store(item + p * stage, sw, t);
+        grad_next[p].store(item + p * stage + sh * sw, Tile::kGradPitch, t);
+      }
+      // the item is staged; and every thread is done with the other set (read two items ago)
+      __syncthreads();
+      const int h0 = (it.tile / tiles_w) * TH, w0 = (it.tile % tiles_w) * TW;
+      const int samples = min(S, batch - it.n * S);
+      it.next(tiles_per_plane);
+      if (it.n < groups) prefetch(it);  // in flight while this item is computed
+      accumulate(item, h0, w0, samples);
+    }
+  } else {
+    for (ItemWalk it(tiles_per_plane); it.n < groups; it.next(tiles_per_plane)) {
+      const int h0 = (it.tile / tiles_w) * TH;
+      const int w0 = (it.tile % tiles_w) * TW;
+      const int samples = min(S, batch - it.n * S);
+      __syncthreads();  // the previous item's tiles are no longer read
+      if constexpr (Tile::kWholeMap) {
+        // The S samples' maps, each thread the same positions of every one: a whole-map tile
+        // has about one position per thread, so stage_input_tile's set-up for each of the 2 * S
+        // tiles (~30 instructions) would cost more than the copying.
+        static_assert(sw == Tile::kGradPitch, "whole maps: input and gradient share a layout");
+        const int64_t first = (static_cast<int64_t>(it.n) * S * channels + c) * plane_size;
+        const int64_t step = static_cast<int64_t>(channels) * plane_size;  // to the next sample
+        for (int pos = threadIdx.x; pos < TH * TW; pos += threads) {
+          const int i = pos / TW, j = pos % TW;
+          const bool inside = i < height && j < width;
+          const int64_t src = first + (inside ? i * width + j : 0);
+#pragma unroll
+          for (int p = 0; p < S; ++p) {
+            const bool read = inside && p < samples;  // a sample past the batch: zeros
+            smem[p * stage + i * sw + j] =
+                read ? static_cast<acc_t>(input[src + p * step]) : acc_t(0);
+            smem[p * stage + sh * sw + i * sw + j] =
+                read ? static_cast<acc_t>(grad_out[src + p * step]) : acc_t(0);
+          }
+        }
+      } else {
+#pragma unroll
+        for (int p = 0; p < S; ++p) {
+          const int64_t plane = static_cast<int64_t>(it.n * S + p) * channels + c;
+          acc_t* s_in = smem + p * stage;
+          // a sample past the batch is staged as zeros (and skipped below)
+          stage_input_tile(s_in, p < samples ? input + plane * plane_size : nullptr, height,
+                           width, h0, w0, pad, sh, TW + K - 1, sw,
+                           static_cast<int>(threadIdx.x), threads);
+          stage_grad_tile(s_in + sh * sw, p < samples ? grad_out + plane * plane_size : nullptr,
+                          height, width, h0, w0, TH, TW, Tile::kGradPitch,
+                          static_cast<int>(threadIdx.x), threads);
+        }
+      }
+      __syncthreads();
+      accumulate(smem, h0, w0, samples);
     }
   }
 

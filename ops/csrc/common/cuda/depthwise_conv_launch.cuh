@@ -34,6 +34,13 @@ inline bool use_generic_kernels() {
   return v != nullptr && v[0] == '1';
 }
 
+// MMUNIREP_DWCONV_PIPELINE=1 runs the pipelined weight-gradient kernels where there are some
+// (compile-time K, maps larger than 16x16), to measure them against the default ones.
+inline bool use_pipelined_weight_grad() {
+  const char* v = std::getenv("MMUNIREP_DWCONV_PIPELINE");
+  return v != nullptr && v[0] == '1';
+}
+
 // Calls f(std::integral_constant<int, K>) for the kernel sizes with compile-time kernels; false
 // for the others. float / half / bfloat16 only: double always takes the run-time-K kernels.
 template <typename scalar_t, typename F>
@@ -176,13 +183,22 @@ std::vector<at::Tensor> depthwise_conv2d_backward_impl(const Launch& launch,
                 const int threads = Tile::weight_grad_threads(K, height);
                 const auto [grid, tiles_per_plane] =
                     plan(Tile::TH, Tile::TW, Tile::kWgradSamples, threads);
-                constexpr size_t smem = sizeof(acc_t) * Tile::weight_grad_smem_elems(K);
-                static_assert(smem <= kMaxDefaultSmem, "weight_grad_k: too much shared memory");
-                launch(depthwise_conv2d_weight_grad_k_kernel<scalar_t, acc_t, K, Tile>, grid,
-                       dim3(threads), smem, input.data_ptr<scalar_t>(),
-                       grad_out.data_ptr<scalar_t>(), workspace.data_ptr<acc_t>(),
-                       static_cast<int>(batch), static_cast<int>(channels), height, width,
-                       ceil_div(width, Tile::TW), tiles_per_plane);
+                auto run = [&](auto pipelined) {
+                  constexpr bool kPipelined = decltype(pipelined)::value;
+                  constexpr size_t smem =
+                      sizeof(acc_t) * Tile::weight_grad_smem_elems(K, kPipelined);
+                  static_assert(smem <= kMaxDefaultSmem, "weight_grad_k: too much shared memory");
+                  launch(depthwise_conv2d_weight_grad_k_kernel<scalar_t, acc_t, K, Tile,
+                                                               kPipelined>,
+                         grid, dim3(threads), smem, input.data_ptr<scalar_t>(),
+                         grad_out.data_ptr<scalar_t>(), workspace.data_ptr<acc_t>(),
+                         static_cast<int>(batch), static_cast<int>(channels), height, width,
+                         ceil_div(width, Tile::TW), tiles_per_plane);
+                };
+                if constexpr (!Tile::kWholeMap) {
+                  if (use_pipelined_weight_grad()) return run(std::true_type{});
+                }
+                run(std::false_type{});
               });
             })) {
           const auto [grid, tiles_per_plane] = plan(kTileH, kTileW, 1, kWgradThreads);
