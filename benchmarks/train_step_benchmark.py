@@ -23,6 +23,7 @@ is the backbone's (the upper bound of the detector's).
 import argparse
 import copy
 import math
+import os
 import statistics
 import sys
 import time
@@ -50,6 +51,11 @@ def parse_args():
                         help='cpu: a smoke run of this script (the op falls back; for tests only)')
     add_budget_argument(parser)
     return parser.parse_args()
+
+
+def pipelined():
+    """Whether the op runs its pipelined weight-gradient kernel (read at every launch)."""
+    return os.environ.get('MMUNIREP_DWCONV_PIPELINE', '').startswith('1')
 
 
 def build_pair(args, deploy=False):
@@ -212,7 +218,8 @@ def main():
 
     report = Report(args.out)
     report.add(
-        f'device: {device_name}; command: python {" ".join(sys.argv)}',
+        f'device: {device_name}; command: python {" ".join(sys.argv)}; the op\'s weight '
+        f'gradient: {"pipelined (MMUNIREP_DWCONV_PIPELINE=1)" if pipelined() else "default"}',
         f'UniRepLKNet-{args.arch.upper()} backbone, batch {args.batch}x3x{args.size[0]}x'
         f'{args.size[1]}, drop path {args.drop_path}, gradient checkpointing '
         f'{not args.no_cp}; median of {args.repeats} after {args.warmup} warm-up, alternating; '

@@ -40,6 +40,7 @@ def test_train_step_benchmark_smoke(tmp_path):
         ref_ms, op_ms, ratio = float(r[2]), float(r[3]), float(r[4].strip().rstrip('x'))
         assert ref_ms > 0 and op_ms > 0 and ratio == pytest.approx(ref_ms / op_ms, rel=0.05)
     assert 'one fp32 step agrees' in out.read_text()
+    assert "the op's weight gradient: default" in out.read_text()
 
 
 @pytest.mark.parametrize('perturb', [0., 1e-3])
@@ -131,6 +132,22 @@ def test_gpu_session_profile_step_runs_ncu_on_the_kernels(tmp_path):
     assert "-k regex:depthwise_conv2d_(forward|weight_grad)_k" in log
     assert '--section WarpStateStats' in log
     assert 'benchmarks/profile_kernels.py --dtypes bf16' in log
+
+
+def test_gpu_session_train_step_pipelined_step(tmp_path):
+    """The last step runs the training-step benchmark with the pipelined weight gradient on the
+    op's side (here a CPU smoke run, where the op falls back; its header says which kernel)."""
+    env = dict(os.environ, PYTHON=sys.executable, TRAIN_STEP_PIPELINED_ARGS=(
+        '--device cpu --arch a --size 64 96 --repeats 1 --warmup 0 --precision fp32'))
+    env.pop('MMUNIREP_DWCONV_PIPELINE', None)
+    proc = subprocess.run(['bash', 'benchmarks/gpu_session.sh', 'run', str(tmp_path / 'out'),
+                           'train_step_pipelined'], cwd=ROOT, capture_output=True, text=True,
+                          env=env, timeout=300)
+    summary = (tmp_path / 'out' / 'summary.txt').read_text()
+    assert 'train_step_pipelined: exit 0' in summary, (proc.stdout, proc.stderr)
+    log = (tmp_path / 'out' / 'bench.log').read_text()
+    assert "the op's weight gradient: pipelined (MMUNIREP_DWCONV_PIPELINE=1)" in log
+    assert '| training step | fp32 |' in log
 
 
 def test_gpu_session_usage():
