@@ -38,6 +38,8 @@ class Kernel:
     mangled: str
     name: str = ''
     instrs: list = field(default_factory=list)  # (address, opcode with modifiers, text)
+    registers: int = None  # per thread, and stack bytes (spills), from cuobjdump -res-usage
+    stack: int = None
 
     def count(self, pred, lo=0, hi=1 << 62, skip=()):
         """Instructions in [lo, hi], outside the ranges `skip`, whose opcode satisfies pred."""
@@ -113,7 +115,40 @@ def disassemble(so, arch=None, cuobjdump=None):
             'nvidia-cuda-nvdisasm` (requirements/stack.txt), or set CUDA_HOME')
     cmd = [tool, '-sass'] + (['-arch', arch] if arch else []) + [so]
     text = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    return parse(text)
+    kernels = parse(text)
+    cmd = [tool, '-res-usage'] + (['-arch', arch] if arch else []) + [so]
+    usage = parse_resource_usage(subprocess.run(cmd, capture_output=True, text=True,
+                                                check=True).stdout)
+    for k in kernels:
+        k.registers, k.stack = usage.get((k.arch, k.mangled), (None, None))
+    return kernels
+
+
+def parse_resource_usage(text):
+    """{(arch, mangled name): (registers per thread, stack bytes)} from cuobjdump -res-usage."""
+    out, cur_arch, name = {}, None, None
+    for line in text.splitlines():
+        m = re.match(r'\s*arch = (sm_\w+)', line)
+        if m:
+            cur_arch = m.group(1)
+            continue
+        m = re.match(r'\s*Function (\S+):', line)
+        if m:
+            name = m.group(1)
+            continue
+        m = re.search(r'REG:(\d+) STACK:(\d+)', line)
+        if m and name is not None:
+            out[(cur_arch, name)] = (int(m.group(1)), int(m.group(2)))
+            name = None
+    return out
+
+
+def blocks_per_sm(registers, threads, max_blocks=32, max_warps=64, register_file=65536):
+    """Resident blocks per SM that the registers allow (sm_80 / sm_90 limits: registers are
+    allocated per warp in units of 256; shared memory not counted)."""
+    warps = -(-threads // 32)
+    per_warp = -(-registers * 32 // 256) * 256
+    return min(max_blocks, max_warps // warps, register_file // (warps * per_warp))
 
 
 def parse(text):
@@ -143,6 +178,7 @@ def summarize(k):
     """One row of the report: the facts above for kernel k."""
     hot = k.hot_loop()
     row = dict(arch=k.arch, kernel=k.name.split('(')[0].replace('void ', ''),
+               registers=k.registers, stack=k.stack,
                local=k.count(lambda op: op.split('.')[0] in ('LDL', 'STL')),
                stg128=k.count(lambda op: op.startswith('STG') and op.endswith('.128')))
     if hot:
@@ -164,12 +200,14 @@ def main(argv=None):
     if so is None or not os.path.exists(so):
         sys.exit('sass_report: no extension: build it first (bash tools/build_ops.sh)')
     rows = [summarize(k) for k in disassemble(so, args.arch)]
-    lines = ['| arch | kernel | LDL/STL | STG.128 | hot loop FFMA | LDS | instructions | '
-             'FFMA share | LDS per FFMA |', '|---|---|---|---|---|---|---|---|---|']
+    lines = ['| arch | kernel | registers | stack | LDL/STL | STG.128 | hot loop FFMA | LDS | '
+             'instructions | FFMA share | LDS per FFMA |',
+             '|---|---|---|---|---|---|---|---|---|---|---|']
     for r in sorted(rows, key=lambda r: (r['arch'], r['kernel'])):
         hot = (f"{r['ffma']} | {r['lds']} | {r['total']} | {r['ffma_share']:.0%} | "
                f"{r['lds_per_ffma']:.2f}" if 'ffma' in r else '- | - | - | - | -')
-        lines.append(f"| {r['arch']} | `{r['kernel']}` | {r['local']} | {r['stg128']} | {hot} |")
+        lines.append(f"| {r['arch']} | `{r['kernel']}` | {r['registers']} | {r['stack']} | "
+                     f"{r['local']} | {r['stg128']} | {hot} |")
     print('\n'.join(lines))
     if args.out:
         with open(args.out, 'w') as f:
@@ -213,6 +251,7 @@ def header(so, argv):
         'staging loops. Whole-map tiles (`TileShape<..., true>`, maps of at most 8x8 or 16x16) '
         'leave out the FMAs on the padding left and right of the tile (62 per row of 8 outputs '
         'at K = 13, not 8 * 13), so a lower FFMA share there can be less work, not worse code. '
+        'Registers per thread and stack bytes (spills) from `cuobjdump -res-usage`. '
         'LDL/STL: local-memory instructions (spills).\n\n')
 
 
