@@ -126,21 +126,29 @@ def disassemble(so, arch=None, cuobjdump=None):
 
 def parse_resource_usage(text):
     """{(arch, mangled name): (registers per thread, stack bytes)} from cuobjdump -res-usage."""
-    out, cur_arch, name = {}, None, None
+    out = {}
+    for arch, name, line in by_function(text, r'\s*Function (\S+):'):
+        m = re.search(r'REG:(\d+) STACK:(\d+)', line or '')
+        if m:
+            out.setdefault((arch, name), (int(m.group(1)), int(m.group(2))))
+    return out
+
+
+def by_function(text, header):
+    """(architecture, function, line) for each line of cuobjdump's output that follows a function
+    header (the regex ``header``, the mangled name its group); line None for the header itself."""
+    arch = name = None
     for line in text.splitlines():
         m = re.match(r'\s*arch = (sm_\w+)', line)
         if m:
-            cur_arch = m.group(1)
+            arch = m.group(1)
             continue
-        m = re.match(r'\s*Function (\S+):', line)
+        m = re.match(header, line)
         if m:
             name = m.group(1)
-            continue
-        m = re.search(r'REG:(\d+) STACK:(\d+)', line)
-        if m and name is not None:
-            out[(cur_arch, name)] = (int(m.group(1)), int(m.group(2)))
-            name = None
-    return out
+            yield arch, name, None
+        elif name is not None:
+            yield arch, name, line
 
 
 def blocks_per_sm(registers, threads, max_blocks=32, max_warps=64, register_file=65536):
@@ -152,21 +160,15 @@ def blocks_per_sm(registers, threads, max_blocks=32, max_warps=64, register_file
 
 
 def parse(text):
-    kernels, cur_arch, cur = [], None, None
-    for line in text.splitlines():
-        m = re.match(r'\s*arch = (sm_\w+)', line)
-        if m:
-            cur_arch = m.group(1)
-            continue
-        m = re.match(r'\s*Function : (\S+)', line)
-        if m:
-            cur = Kernel(cur_arch, m.group(1))
-            kernels.append(cur)
+    kernels = []
+    for arch, name, line in by_function(text, r'\s*Function : (\S+)'):
+        if line is None:
+            kernels.append(Kernel(arch, name))
             continue
         m = re.match(r'\s*/\*([0-9a-f]{4,})\*/\s+(.*?);', line)
-        if m and cur is not None:
+        if m:
             text_ = re.sub(r'^@!?U?P\w+\s+', '', m.group(2).strip())  # drop the predicate
-            cur.instrs.append((int(m.group(1), 16), text_.split()[0], text_))
+            kernels[-1].instrs.append((int(m.group(1), 16), text_.split()[0], text_))
     if not kernels:
         raise ValueError('no kernels in the cuobjdump output: is this a CUDA build of the op?')
     for k, name in zip(kernels, demangle([k.mangled for k in kernels])):

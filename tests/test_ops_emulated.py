@@ -20,7 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from test_backbone import randomize, rel_err
-from test_ops import TOL, reference
+from test_ops import TOL, assert_same_weight_grad_as_fp64, reference
 from torch.utils.cpp_extension import load
 
 from mmunirep.models import UniRepLKNet
@@ -179,12 +179,7 @@ def test_emulated_pipelined_weight_grad(emu, monkeypatch, dtype, n, c, h, w, k):
         staged = (16 + k - 1) * (32 + k) + 16 * 33
         assert (plain_smem, piped_smem) == (4 * max(staged, 8 * k * k),
                                             4 * max(2 * staged, 8 * k * k))
-    assert torch.isfinite(piped).all()
-    assert torch.equal(piped, plain)
-    _, w64, _, y64 = reference(x, wt, None)
-    y64.backward(gy.double())
-    scale = w64.grad.abs().max()
-    torch.testing.assert_close(piped.double() / scale, w64.grad / scale, **TOL[dtype])
+    assert_same_weight_grad_as_fp64(piped, plain, x, wt, gy)
 
 
 @pytest.mark.parametrize('n, c, h, w, k', [
