@@ -92,7 +92,9 @@ def cuda_time(fn, warmup, repeats):
         if TIMING == 'queued' and cpu_ms > head_ms:  # the GPU may have waited for the CPU
             head_ms *= 2
             if head_ms > 1000:
-                raise RuntimeError(f'cuda_time: the CPU needs {cpu_ms:.1f} ms to enqueue one call')
+                raise RuntimeError(f'cuda_time: the CPU took {cpu_ms:.1f} ms to enqueue one call, '
+                                   'longer than any head start: does the call wait for the GPU? '
+                                   '(--timing idle times it without one)')
             continue
         times.append(start.elapsed_time(end))
     return statistics.median(times)

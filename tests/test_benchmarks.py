@@ -321,26 +321,49 @@ class FakeGpu:
         self.enqueue(self.gpu_ms)
 
 
-@pytest.mark.parametrize('cpu_ms', [0.08, 0.5, lambda call: 0.01 if call < 2 else 0.4])
-def test_cuda_time_counts_the_gpu_work_not_the_launch(monkeypatch, cpu_ms):
-    # the last case launches faster in the calls that set the head start than in the timed ones:
-    # cuda_time must see that the CPU outran the spin, and time those repeats again
+def on_fake_gpu(monkeypatch, gpu):
+    """dwconv_benchmark with its CUDA events, spin, synchronize and clock on ``gpu``'s timeline."""
     sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
     import dwconv_benchmark as db
-    gpu = FakeGpu(cpu_ms, gpu_ms=0.05)
     monkeypatch.setattr(db.torch.cuda, 'Event', gpu.Event)
     monkeypatch.setattr(db.torch.cuda, '_sleep', gpu.sleep)
     monkeypatch.setattr(db.torch.cuda, 'synchronize', gpu.synchronize)
     monkeypatch.setattr(db, 'time', types.SimpleNamespace(perf_counter=gpu.perf_counter))
     monkeypatch.setattr(db, 'DEVICE', 'cuda')
-    db.spin_cycles_per_ms.cache_clear()
-    try:
-        monkeypatch.setattr(db, 'TIMING', 'queued')
-        assert db.spin_cycles_per_ms() == pytest.approx(gpu.SPIN_CYCLES_PER_MS, rel=1e-9)
-        assert db.cuda_time(gpu.fn, warmup=1, repeats=5) == pytest.approx(0.05, abs=1e-9)
-        # on an idle GPU the launch is counted: the method of the earlier tables
-        monkeypatch.setattr(db, 'TIMING', 'idle')
-        cpu = cpu_ms(99) if callable(cpu_ms) else cpu_ms
-        assert db.cuda_time(gpu.fn, warmup=1, repeats=5) == pytest.approx(cpu + 0.05, abs=1e-9)
-    finally:
-        db.spin_cycles_per_ms.cache_clear()
+    monkeypatch.setattr(db, 'TIMING', 'queued')
+    db.spin_cycles_per_ms.cache_clear()  # measured on this timeline
+    return db
+
+
+@pytest.fixture
+def clear_spin_rate():
+    yield
+    sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+    import dwconv_benchmark as db
+    db.spin_cycles_per_ms.cache_clear()  # not the fake timeline's for later tests
+
+
+@pytest.mark.parametrize('cpu_ms', [0.08, 0.5, lambda call: 0.01 if call < 2 else 0.4])
+def test_cuda_time_counts_the_gpu_work_not_the_launch(monkeypatch, clear_spin_rate, cpu_ms):
+    # the last case launches faster in the calls that set the head start than in the timed ones:
+    # cuda_time must see that the CPU outran the spin, and time those repeats again
+    gpu = FakeGpu(cpu_ms, gpu_ms=0.05)
+    db = on_fake_gpu(monkeypatch, gpu)
+    assert db.spin_cycles_per_ms() == pytest.approx(gpu.SPIN_CYCLES_PER_MS, rel=1e-9)
+    assert db.cuda_time(gpu.fn, warmup=1, repeats=5) == pytest.approx(0.05, abs=1e-9)
+    # on an idle GPU the launch is counted: the method of the earlier tables
+    monkeypatch.setattr(db, 'TIMING', 'idle')
+    cpu = cpu_ms(99) if callable(cpu_ms) else cpu_ms
+    assert db.cuda_time(gpu.fn, warmup=1, repeats=5) == pytest.approx(cpu + 0.05, abs=1e-9)
+
+
+def test_cuda_time_refuses_a_call_that_waits_for_the_gpu(monkeypatch, clear_spin_rate):
+    # a call that synchronizes outlasts any head start: a clear error, not an endless doubling
+    gpu = FakeGpu(0.01, gpu_ms=0.05)
+    db = on_fake_gpu(monkeypatch, gpu)
+
+    def waits():
+        gpu.fn()
+        gpu.synchronize()
+    with pytest.raises(RuntimeError, match='does the call wait for the GPU'):
+        db.cuda_time(waits, warmup=1, repeats=3)

@@ -628,6 +628,15 @@ depthwise_conv2d_forward_k_kernel(const scalar_t* __restrict__ input,
                    b, min(P, width - w0 - col));
 }
 
+// The resident blocks per SM the pipelined weight gradient asks ptxas for (__launch_bounds__'
+// second argument; 0: no request, as the default kernels): as many as the default kernel gets
+// with its registers, so that the two differ in the pipelining alone. Left to itself ptxas gave
+// the pipelined fp32 K = 13 kernel 67 registers per thread (4 blocks of 208 threads per SM
+// against 5) and K = 7 64 (8 blocks of 112 against 10). With these it takes 56 at K = 13 (5
+// blocks) and 56 at K = 7 (9 blocks; 10 would need 48, which spills), without local memory.
+// K = 31 keeps one block per SM either way (over 64 registers).
+constexpr int pipelined_weight_grad_min_blocks(int k) { return k == 13 ? 5 : k == 7 ? 9 : 0; }
+
 // Block (c, part): thread (kh, r) accumulates the K taps of filter row kh over output row r of
 // each of the block's items (Tile::weight_grad_thread: every (kh, r) of a K x TH grid, or for a
 // whole-map tile only the pairs whose input row is inside the map, in Tile::weight_grad_threads
@@ -643,15 +652,6 @@ depthwise_conv2d_forward_k_kernel(const scalar_t* __restrict__ input,
 // an item costs one barrier instead of two, for 2x the staging memory and the registers of the
 // prefetched values. ncu showed the plain kernel's warps without an eligible instruction for
 // 38 to 40% of its cycles, at a register-limited occupancy: staging and barriers not hidden.
-// The resident blocks per SM the pipelined weight gradient asks ptxas for (__launch_bounds__'
-// second argument; 0: no request, as the default kernels): as many as the default kernel gets
-// with its registers, so that the two differ in the pipelining alone. Left to itself ptxas gave
-// the pipelined fp32 K = 13 kernel 67 registers per thread (4 blocks of 208 threads per SM
-// against 5) and K = 7 64 (8 blocks of 112 against 10). With these it takes 56 at K = 13 (5
-// blocks) and 56 at K = 7 (9 blocks; 10 would need 48, which spills), without local memory.
-// K = 31 keeps one block per SM either way (over 64 registers).
-constexpr int pipelined_weight_grad_min_blocks(int k) { return k == 13 ? 5 : k == 7 ? 9 : 0; }
-
 template <typename scalar_t, typename acc_t, int K, typename Tile, bool PIPELINED>
 __global__ void __launch_bounds__(Tile::weight_grad_max_threads(K),
                                   PIPELINED ? pipelined_weight_grad_min_blocks(K) : 0)
