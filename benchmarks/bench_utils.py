@@ -5,8 +5,10 @@ of that. These scripts therefore write their table as it grows, with each row fl
 that is cut short keeps the rows it finished. They also stop starting new work once the next item
 would overrun their time budget, and they say in the table what was left out. Neither torch nor
 mmengine offers this: their benchmark helpers time one callable, they do not budget a whole
-table. The shape parser and pipelined_applies serve dwconv_benchmark.py and profile_kernels.py.
+table. The shape parser and the kernel variants' switches serve dwconv_benchmark.py and
+profile_kernels.py.
 """
+import contextlib
 import os
 import time
 
@@ -73,6 +75,28 @@ def parse_shapes(values):
     if any(len(s) != 5 for s in shapes):
         raise SystemExit(f'--shapes expects five integers N,C,H,W,K each, got {values}')
     return shapes
+
+
+# MMUNIREP_DWCONV_FWD_TILE's forward tiles (rows x columns x planes of a forward block)
+FWD_TILES = ('16x32x2', '32x32x2')
+
+
+def fwd_tiles_apply(h, w, k):
+    """Whether MMUNIREP_DWCONV_FWD_TILE changes the forward tile of an H x W map at K: K = 7 and
+    13, maps larger than 16x16 (depthwise_conv_launch.cuh, with_forward_tile_shape)."""
+    return k in (7, 13) and (h > 16 or w > 16)
+
+
+@contextlib.contextmanager
+def environ(variables):
+    """Environment variables set (the op reads its switches at every launch) while the block
+    runs, removed after."""
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name in variables:
+            os.environ.pop(name, None)
 
 
 def pipelined_applies(h, w, k):

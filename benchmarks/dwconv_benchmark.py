@@ -20,17 +20,15 @@ is 4. Rows are written as they are measured; with --time-budget the script stops
 that would end past it (exit 3, the table names what it left out).
 """
 import argparse
-import contextlib
 import functools
-import os
 import statistics
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
-from bench_utils import (Report, TimeBudget, add_budget_argument, parse_shapes,
-                         pipelined_applies)
+from bench_utils import (FWD_TILES, Report, TimeBudget, add_budget_argument, environ,
+                         fwd_tiles_apply, parse_shapes, pipelined_applies)
 
 SHAPES = [  # (N, C, H, W, K) and where they come from
     ((2, 192, 100, 168, 13), 'UniRepLKNet-S detection 1333x800, stage 2'),
@@ -143,7 +141,7 @@ def check_shape(shape, dtype, op, x, wt, g):
     # of these shapes. fp16 / bf16 results are rounded to 2^-11 / 2^-8 of it
     tol = 1e-4 if dtype == torch.float32 else 2e-2
     for variant in VARIANTS:
-        if variant == 'pipelined' and not pipelined_applies(h, w, k):
+        if not variant_applies(variant, h, w, k):
             continue  # the same kernels as the default
         with kernel_variant(variant):
             xo, wo = x.detach().requires_grad_(), wt.detach().requires_grad_()
@@ -177,27 +175,36 @@ def bench_shape(shape, dtype, args, op):
         with kernel_variant('run-time K'):
             result['ours_generic'] = time_passes(convs['ours'][0], torch.contiguous_format, x,
                                                  wt, g, args)
-    if pipelined_applies(h, w, k):  # ours with the pipelined weight-gradient kernel
+    if variant_applies('pipelined', h, w, k):  # ours with the pipelined weight-gradient kernel
         with kernel_variant('pipelined'):
             result['ours_pipelined'] = time_passes(convs['ours'][0], torch.contiguous_format, x,
                                                    wt, g, args, passes=('wgrad', ))
+    for tile in FWD_TILES:  # ours on the other forward tiles: forward and input gradient
+        if variant_applies(tile, h, w, k):
+            with kernel_variant(tile):
+                result[tile] = time_passes(convs['ours'][0], torch.contiguous_format, x, wt, g,
+                                           args, passes=('fwd', 'dgrad'))
     return result
 
 
 VARIANTS = {None: {}, 'run-time K': {'MMUNIREP_DWCONV_GENERIC': '1'},
-            'pipelined': {'MMUNIREP_DWCONV_PIPELINE': '1'}}  # the op's kernels, and how to pick
+            'pipelined': {'MMUNIREP_DWCONV_PIPELINE': '1'},
+            **{t: {'MMUNIREP_DWCONV_FWD_TILE': t} for t in FWD_TILES}}  # and how to pick them
 
 
-@contextlib.contextmanager
+def variant_applies(variant, h, w, k):
+    """Whether ``variant`` runs other kernels than the default for an H x W map at K."""
+    if variant == 'pipelined':
+        return pipelined_applies(h, w, k)
+    if variant in FWD_TILES:
+        return fwd_tiles_apply(h, w, k)
+    return True
+
+
 def kernel_variant(variant):
-    """The op's kernels of ``variant`` (environment variables read at every launch) while the
-    block runs: its defaults (None), the run-time-K kernels, the pipelined weight gradient."""
-    os.environ.update(VARIANTS[variant])
-    try:
-        yield
-    finally:
-        for name in VARIANTS[variant]:
-            os.environ.pop(name, None)
+    """The op's kernels of ``variant`` while the block runs: its defaults (None), the run-time-K
+    kernels, the pipelined weight gradient, the other forward tiles."""
+    return environ(VARIANTS[variant])
 
 
 def time_passes(fn, fmt, x, wt, g, args, passes=('fwd', 'dgrad', 'wgrad')):
@@ -228,6 +235,14 @@ def generic(r, p=None):
     if 'ours_generic' not in r:
         return ''
     return f'{(r["ours_generic"][p] if p else sum(r["ours_generic"].values())):.3f}'
+
+
+def fwd_tiles(r, p, best):
+    """The times on the other forward tiles of the fwd or dgrad row (p), with their ratios to
+    the faster PyTorch path ``best``, where they apply."""
+    if p not in ('fwd', 'dgrad'):
+        return ''
+    return ' / '.join(f'{t}: {r[t][p]:.3f} ({best / r[t][p]:.2f}x)' for t in FWD_TILES if t in r)
 
 
 def pipelined(r, p, best):
@@ -304,10 +319,12 @@ def main():
                'run-time K = ours with MMUNIREP_DWCONV_GENERIC=1 (sizes with compile-time '
                'kernels); pipelined wgrad = ours with MMUNIREP_DWCONV_PIPELINE=1 (maps larger '
                'than a whole-map tile), its ratio to the faster PyTorch path in brackets; '
+               'other fwd tiles = ours with MMUNIREP_DWCONV_FWD_TILE (rows x columns x planes '
+               'of a forward block; maps larger than 16x16, K = 7 and 13; default 16x32x4); '
                'in map = share of the K*K taps that read the map, not its padding',
                '| shape (N,C,H,W,K) | dtype | pass | ours | torch NCHW | torch CL | ratio | floor '
-               '| ours, run-time K | ours, pipelined wgrad | in map |',
-               '|---|---|---|---|---|---|---|---|---|---|---|')
+               '| ours, run-time K | ours, pipelined wgrad | ours, other fwd tiles | in map |',
+               '|---|---|---|---|---|---|---|---|---|---|---|---|')
     items = [(shape, dname) for shape, _ in shapes for dname in args.dtypes]
     last_s, failed = 0., []
     for i, (shape, dname) in enumerate(items):
@@ -324,7 +341,7 @@ def main():
             # session has one call for all of them (after a CUDA error the rest may fail alike)
             what = 'WRONG' if isinstance(e, WrongResult) else f'ERROR ({type(e).__name__})'
             msg = str(e).strip().splitlines()[0] if str(e).strip() else ''
-            report.add(f'| {shape} | {dname} | {what}: {msg.replace("|", "/")} | | | | | | | | |')
+            report.add(f'| {shape} | {dname} | {what}: {msg.replace("|", "/")} | | | | | | | | | |')
             failed.append(f'{shape} {dname}')
             last_s = time.monotonic() - t0
             continue
@@ -335,13 +352,13 @@ def main():
             lines.append(f'| {shape} | {dname} | {p} | {r["ours"][p]:.3f} | '
                          f'{r["torch_nchw"][p]:.3f} | {r["torch_cl"][p]:.3f} | '
                          f'{best / r["ours"][p]:.2f} | {frac} | {generic(r, p)} | '
-                         f'{pipelined(r, p, best)} | {in_map} |')
+                         f'{pipelined(r, p, best)} | {fwd_tiles(r, p, best)} | {in_map} |')
         total = {k_: sum(r[k_].values()) for k_ in ('ours', 'torch_nchw', 'torch_cl')}
         best = min(total['torch_nchw'], total['torch_cl'])
         lines.append(f'| {shape} | {dname} | fwd+bwd | {total["ours"]:.3f} | '
                      f'{total["torch_nchw"]:.3f} | {total["torch_cl"]:.3f} | '
                      f'{best / total["ours"]:.2f} | | {generic(r)} | {pipelined(r, None, best)} '
-                     f'| {in_map} |')
+                     f'| | {in_map} |')
         report.add(*lines)
         last_s = time.monotonic() - t0
     if failed:

@@ -6,16 +6,16 @@
 
 Each (shape, dtype) runs the forward pass and the weight gradient once (the input gradient is the
 forward kernel with the flipped filter), and for maps larger than 16x16 the pipelined weight
-gradient too (MMUNIREP_DWCONV_PIPELINE=1; its kernel's name ends in `, true>`), after printing a
-`case` line, so that the profiler's report can be read case by case. ``gpu_session.sh`` runs it under ncu as its `profile` step. The
+gradient too (MMUNIREP_DWCONV_PIPELINE=1; its kernel's name ends in `, true>`) and, at K = 7 and
+13, the forward on the other tiles (MMUNIREP_DWCONV_FWD_TILE; the tile is in the kernel's name),
+after printing a `case` line, so that the profiler's report can be read case by case. ``gpu_session.sh`` runs it under ncu as its `profile` step. The
 default cases are the three kernels' main tile shapes: 16x32 tiles at K = 13 (detection), at
 K = 7 in bf16 (RepLKNet, where cuDNN is closest) and 8x8 whole maps (classification stage 4).
 """
 import argparse
-import os
 
 import torch
-from bench_utils import parse_shapes, pipelined_applies
+from bench_utils import FWD_TILES, environ, fwd_tiles_apply, parse_shapes, pipelined_applies
 
 DTYPES = dict(fp32=torch.float32, fp16=torch.float16, bf16=torch.bfloat16)
 CASES = [((2, 192, 100, 168, 13), 'fp32'), ((64, 384, 32, 32, 7), 'bf16'),
@@ -46,16 +46,18 @@ def main():
         grad = torch.randn(n, c, h, w, device='cuda', dtype=dtype, generator=g)
         torch.cuda.synchronize()
         pipelined = pipelined_applies(h, w, k)
+        tiles = FWD_TILES if fwd_tiles_apply(h, w, k) else ()
         print(f'case {(n, c, h, w, k)} {dname}: forward, then weight gradient'
-              + (', then the pipelined weight gradient' if pipelined else ''), flush=True)
+              + (', then the pipelined weight gradient' if pipelined else '')
+              + ''.join(f', then the forward on {t} tiles' for t in tiles), flush=True)
         dw._ext.depthwise_conv2d_forward(x, weight, None)
         dw._ext.depthwise_conv2d_backward(grad, x, weight, False, True, False)
         if pipelined:
-            os.environ['MMUNIREP_DWCONV_PIPELINE'] = '1'
-            try:
+            with environ({'MMUNIREP_DWCONV_PIPELINE': '1'}):
                 dw._ext.depthwise_conv2d_backward(grad, x, weight, False, True, False)
-            finally:
-                os.environ.pop('MMUNIREP_DWCONV_PIPELINE')
+        for t in tiles:
+            with environ({'MMUNIREP_DWCONV_FWD_TILE': t}):
+                dw._ext.depthwise_conv2d_forward(x, weight, None)
         torch.cuda.synchronize()
 
 

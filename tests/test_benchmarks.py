@@ -95,8 +95,16 @@ def test_dwconv_benchmark_smoke(tmp_path):
             assert float(m.group(2)) == pytest.approx(min(nchw, cl) / float(m.group(1)), rel=0.05)
         else:
             assert r[9].strip() == ''
-        assert float(r[10]) == pytest.approx(in_map / (20 * 37 * 49), abs=0.005)
-        assert float(r[10]) < 1
+        # and at K = 7 the forward and input gradient on the other forward tiles, with ratios
+        if r[2].strip() in ('fwd', 'dgrad'):
+            tiles = re.findall(r'(\w+): (\d+\.\d+) \((\d+\.\d+)x\)', r[10])
+            assert [t[0] for t in tiles] == ['16x32x2', '32x32x2'], r
+            for _, ms, tile_ratio in tiles:
+                assert float(tile_ratio) == pytest.approx(min(nchw, cl) / float(ms), rel=0.05)
+        else:
+            assert r[10].strip() == ''
+        assert float(r[11]) == pytest.approx(in_map / (20 * 37 * 49), abs=0.005)
+        assert float(r[11]) < 1
 
 
 def test_dwconv_benchmark_rejects_bad_shapes():

@@ -136,6 +136,36 @@ def test_cuda_pipelined_weight_grad_matches_the_default(monkeypatch, dtype, n, c
     assert_same_weight_grad_as_fp64(piped, plain, x, wt, g)
 
 
+@needs_cuda_op
+@pytest.mark.parametrize('tile', ['16x32x2', '32x32x2'])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize('n, c, h, w, k', [
+    (4, 16, 20, 20, 7), (3, 9, 40, 37, 13), (2, 3, 100, 168, 13), (2, 6, 25, 42, 13),
+    (5, 3, 17, 33, 7)])
+def test_cuda_forward_tiles_match_the_default(monkeypatch, tile, dtype, n, c, h, w, k):
+    """MMUNIREP_DWCONV_FWD_TILE (maps larger than 16x16, K = 7 and 13): the forward and input
+    gradient on other tiles sum the same products in the same order, so they are bitwise the
+    default tiles' results, and within the dtype's tolerance of fp64."""
+    torch.manual_seed(n * 100 + h + k)
+    x = torch.randn(n, c, h, w, device='cuda', dtype=dtype)
+    wt = (torch.randn(c, 1, k, k, device='cuda') / k).to(dtype)
+    b = torch.randn(c, device='cuda', dtype=dtype)
+    g = torch.randn(n, c, h, w, device='cuda', dtype=dtype)
+
+    def run():
+        return (dw_module._ext.depthwise_conv2d_forward(x, wt, b),
+                dw_module._ext.depthwise_conv2d_backward(g, x, wt, True, False, False)[0])
+    default = run()
+    monkeypatch.setenv('MMUNIREP_DWCONV_FWD_TILE', tile)
+    tiled = run()
+    x64, w64, b64, y64 = reference(x, wt, b)
+    y64.backward(g.double())
+    for got, same, ref in zip(tiled, default, (y64, x64.grad)):
+        assert torch.equal(got, same)
+        scale = ref.abs().max()
+        torch.testing.assert_close(got.double() / scale, ref.detach() / scale, **TOL[dtype])
+
+
 def assert_same_weight_grad_as_fp64(piped, plain, x, wt, g):
     """The pipelined weight gradient is bitwise the default one and within its dtype's tolerance
     of fp64 (relative to the largest value)."""

@@ -84,13 +84,17 @@ CASES = [
 COMPILED_K = (7, 13, 31)  # sizes with compile-time kernels (float, half, bfloat16)
 
 
-def expected_launches(n, c, h, w, k, dtype, generic=False):
+def expected_launches(n, c, h, w, k, dtype, generic=False, fwd_tile=None):
     """(forward blocks, forward threads per block, weight-grad threads per block) that the
-    launch logic should pick (ops/csrc/common/cuda: TileShape, with_tile_shape)."""
+    launch logic should pick (ops/csrc/common/cuda: TileShape, with_tile_shape; fwd_tile: the
+    (rows, planes) of 32-column tiles that MMUNIREP_DWCONV_FWD_TILE asks for)."""
     def tiles(th, tw):
         return -(-h // th) * -(-w // tw)
     if generic or k not in COMPILED_K or dtype == torch.float64:
         return n * c * tiles(16, 32), 128, 256
+    if fwd_tile and k <= 13 and (h > 16 or w > 16):  # 2 column groups of 16 outputs per row
+        th, planes = fwd_tile
+        return -(-n * c // planes) * tiles(th, 32), planes * th * 2, 16 * k
     # whole-map tiles' weight gradient: the (filter row, output row) pairs whose input row is
     # inside the map, in whole warps
     pairs = sum(1 for kh in range(k) for r in range(h) if 0 <= r + kh - k // 2 < h)
@@ -103,8 +107,9 @@ def expected_launches(n, c, h, w, k, dtype, generic=False):
     return -(-n * c // planes) * tiles(16, 32), planes * 16 * 2, 16 * k
 
 
-def check_against_fp64(emu, dtype, n, c, h, w, k, generic=False):
-    """Run forward and backward on NaN-guarded inputs, compare with fp64, check the launches."""
+def check_against_fp64(emu, dtype, n, c, h, w, k, generic=False, fwd_tile=None):
+    """Run forward and backward on NaN-guarded inputs, compare with fp64, check the launches;
+    return the output and the input gradient."""
     g = torch.Generator().manual_seed(n * 1000 + c * 10 + k)
     x = torch.randn(n, c, h, w, generator=g).to(dtype)
     wt = (torch.randn(c, 1, k, k, generator=g) / k).to(dtype)
@@ -122,7 +127,7 @@ def check_against_fp64(emu, dtype, n, c, h, w, k, generic=False):
     fwd_threads, dgrad_threads, wgrad_threads, _ = emu.block_sizes()
     assert fwd_threads == dgrad_threads
     assert (fwd_blocks, fwd_threads, wgrad_threads) == expected_launches(n, c, h, w, k, dtype,
-                                                                         generic)
+                                                                         generic, fwd_tile)
     scale = lambda t: t.abs().max().clamp_min(1)  # noqa: E731
     for name, got, ref in (('output', y, y64), ('input grad', gx, x64.grad),
                            ('weight grad', gw, w64.grad), ('bias grad', gb, b64.grad)):
@@ -131,6 +136,7 @@ def check_against_fp64(emu, dtype, n, c, h, w, k, generic=False):
             f'{name}: NaN, i.e. a read outside the data or an element never written'
         torch.testing.assert_close(got.double() / scale(ref), ref / scale(ref), **TOL[dtype],
                                    msg=lambda m: f'{name}: {m}')  # noqa: B023
+    return y, gx
 
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float16, torch.bfloat16, torch.float64])
@@ -146,6 +152,32 @@ def test_emulated_generic_kernels_match_fp64(emu, monkeypatch, dtype, n, c, h, w
     """MMUNIREP_DWCONV_GENERIC=1: the run-time-K kernels, for sizes that have compile-time ones."""
     monkeypatch.setenv('MMUNIREP_DWCONV_GENERIC', '1')
     check_against_fp64(emu, dtype, n, c, h, w, k, generic=True)
+
+
+@pytest.mark.parametrize('variant, rows, planes', [('16x32x2', 16, 2), ('32x32x2', 32, 2)])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('n, c, h, w, k', [
+    case for case in CASES if case[-1] in (7, 13) and (case[2] > 16 or case[3] > 16)] + [
+    (2, 5, 25, 42, 13),   # detection's stage-4 map: a 32-row tile past its bottom
+    (3, 3, 33, 17, 7),    # one column group of 16 past the right edge, 2 tile rows of 32
+    (1, 3, 70, 40, 13)])  # 3 tall tiles, the last mostly past the map
+def test_emulated_forward_tile_variants(emu, monkeypatch, variant, rows, planes, dtype, n, c, h,
+                                        w, k):
+    """MMUNIREP_DWCONV_FWD_TILE: the forward and input gradient of maps larger than 16x16 at
+    K = 7 and 13 on 16x32 tiles of 2 planes or 32x32 tiles of 2 planes, against fp64 and
+    bitwise against the default tiles (each output sums the same products in the same order)."""
+    default = check_against_fp64(emu, dtype, n, c, h, w, k)
+    monkeypatch.setenv('MMUNIREP_DWCONV_FWD_TILE', variant)
+    tiled = check_against_fp64(emu, dtype, n, c, h, w, k, fwd_tile=(rows, planes))
+    for name, a, b in zip(('output', 'input grad'), tiled, default):
+        assert torch.equal(a, b), name
+
+
+def test_emulated_forward_tile_variant_names_are_checked(emu, monkeypatch):
+    monkeypatch.setenv('MMUNIREP_DWCONV_FWD_TILE', '64x64')
+    x = torch.randn(1, 2, 20, 20)
+    with pytest.raises(RuntimeError, match="expected 16x32x2 or 32x32x2 .or unset., got '64x64'"):
+        emu.depthwise_conv2d_forward(x, torch.randn(2, 1, 13, 13), None)
 
 
 def weight_grads(emu, n, c, h, w, k, dtype):

@@ -22,7 +22,7 @@
 // - forward / input gradient: P outputs per thread; per filter row a thread loads its P + K - 1
 //   inputs once and does P * K FMAs; 16x32 tiles of 4 planes (2 for K = 31) with P = 16, or, for
 //   maps that fit, whole 16x16 or 8x8 maps of 8 planes per block with a row per thread
-//   (TileShape);
+//   (TileShape; MMUNIREP_DWCONV_FWD_TILE picks other large-map tiles, to measure them);
 // - weight gradient: thread (kh, r) owns the K taps of filter row kh for output row r of the tile
 //   and accumulates them in registers over all its items (8 outputs at a time: 8 + K - 1 inputs
 //   and 8 gradients loaded for 8 * K FMAs; an item is a 16x32 tile of one sample, or a 16x16 /
@@ -548,6 +548,13 @@ struct TileShape {
 };
 using TileLarge = TileShape<16, 32, 4, 16, false>;
 using TileLargeBigK = TileShape<16, 32, 2, 16, false>;  // K > 13: 4 planes' halos exceed 48 KiB
+// Forward tiles of large maps to measure against TileLarge (MMUNIREP_DWCONV_FWD_TILE, forward and
+// input gradient at K = 7 and 13 only): 2 planes per block, half the shared memory (twice the
+// resident blocks that shared memory allows, which limited the forward's occupancy to 9 blocks
+// of 4 warps on the H100); and 32x32 tiles of 2 planes, whose K - 1 halo is a smaller share of
+// the staged box (44 x 44 inputs for 1024 outputs at K = 13 against 28 x 44 for 512).
+using TileLarge2Planes = TileLargeBigK;
+using TileTall = TileShape<32, 32, 2, 16, false>;
 using TileMedium = TileShape<16, 16, 8, 16, true>;
 using TileSmall = TileShape<8, 8, 8, 8, true>;
 

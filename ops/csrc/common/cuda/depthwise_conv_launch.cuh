@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -73,6 +74,36 @@ void with_tile_shape(int height, int width, F&& f) {
   }
 }
 
+// MMUNIREP_DWCONV_FWD_TILE picks another forward tile for maps larger than 16x16 at K <= 13, to
+// measure it against the default (TileLarge): 16x32x2 (TileLarge2Planes) or 32x32x2 (TileTall).
+// Unset or empty: the default; anything else is an error rather than silently the default.
+inline int forward_tile_variant() {
+  const char* v = std::getenv("MMUNIREP_DWCONV_FWD_TILE");
+  if (v == nullptr || v[0] == '\0') return 0;
+  const std::string name(v);
+  if (name == "16x32x2") return 1;
+  if (name == "32x32x2") return 2;
+  TORCH_CHECK(false, "MMUNIREP_DWCONV_FWD_TILE: expected 16x32x2 or 32x32x2 (or unset), got '",
+              name, "'");
+  return 0;
+}
+
+// with_tile_shape for the forward kernels (forward and input gradient), with the tile of
+// forward_tile_variant() where it applies
+template <int K, typename F>
+void with_forward_tile_shape(int height, int width, F&& f) {
+  if constexpr (K <= 13) {
+    if (height > 16 || width > 16) {
+      switch (forward_tile_variant()) {
+        case 1: return f(TileLarge2Planes{});
+        case 2: return f(TileTall{});
+        default: break;
+      }
+    }
+  }
+  with_tile_shape<K>(height, width, f);
+}
+
 inline int64_t count_tiles(int height, int width, int th, int tw) {
   const int64_t tiles = static_cast<int64_t>(ceil_div(height, th)) * ceil_div(width, tw);
   TORCH_CHECK(tiles <= 65535, "depthwise_conv2d: feature map ", height, "x", width,
@@ -95,7 +126,7 @@ void launch_forward(const Launch& launch, const at::Tensor& input, const at::Ten
     const scalar_t* bias_ptr = bias != nullptr ? bias->data_ptr<scalar_t>() : nullptr;
     if (with_compiled_ksize<scalar_t>(ksize, [&](auto k) {
           constexpr int K = decltype(k)::value;
-          with_tile_shape<K>(height, width, [&](auto tile) {
+          with_forward_tile_shape<K>(height, width, [&](auto tile) {
             using Tile = decltype(tile);
             const int64_t tiles = count_tiles(height, width, Tile::TH, Tile::TW);
             const dim3 grid(static_cast<unsigned>(ceil_div(batch * channels, Tile::PLANES)),
