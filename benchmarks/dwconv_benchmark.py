@@ -18,6 +18,15 @@ Each shape's forward, input and weight gradients are first checked against an fp
 shape that is wrong or raises gets a row that says so, the others still run, and the exit status
 is 4. Rows are written as they are measured; with --time-budget the script stops starting rows
 that would end past it (exit 3, the table names what it left out).
+
+    python benchmarks/dwconv_benchmark.py --parts-sweep [--dtypes fp32 bf16]
+
+instead times our weight gradient alone with each number of parts per channel (its blocks sum
+their share of a channel's items, then a second kernel adds the parts; MMUNIREP_DWCONV_WGRAD_PARTS
+forces the count): the op's rule (weight_grad_parts in ops/csrc/common/cuda/
+depthwise_conv_launch.cuh, a model of waves of resident blocks), the rule it replaced ("legacy"),
+and PARTS_SWEEP, each checked against fp64 first. Its table says how far the rule is from the
+best count measured.
 """
 import argparse
 import functools
@@ -264,6 +273,61 @@ def taps_in_map(h, w, k):
     return along(h) * along(w) / (h * w * k * k)
 
 
+PARTS_SWEEP = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 48, 64)  # capped at a channel's items
+
+
+def sweep_parts(shape, dtype, args, op):
+    """Our weight gradient's time (ms) with the op's parts rule (None), the legacy rule and each
+    count of PARTS_SWEEP (MMUNIREP_DWCONV_WGRAD_PARTS), each result first checked against fp64."""
+    n, c, h, w, k = shape
+    x = torch.randn(n, c, h, w, device=DEVICE, dtype=dtype)
+    wt = torch.randn(c, 1, k, k, device=DEVICE, dtype=dtype) / k
+    g = torch.randn(n, c, h, w, device=DEVICE, dtype=dtype)
+    xd, wd = x.double(), wt.double().requires_grad_()
+    ref_dw, = torch.autograd.grad(F.conv2d(xd, wd, padding=k // 2, groups=c), wd, g.double())
+    tol = 1e-4 if dtype == torch.float32 else 2e-2  # as check_shape
+    times = {}
+    for parts in (None, 'legacy') + PARTS_SWEEP:
+        with environ({} if parts is None else {'MMUNIREP_DWCONV_WGRAD_PARTS': str(parts)}):
+            w_req = wt.detach().requires_grad_()
+            y = op(x, w_req)
+            dw, = torch.autograd.grad(y, w_req, g, retain_graph=True)
+            err = rel_err(dw, ref_dw)
+            if not err <= tol:
+                raise WrongResult(f'weight gradient with parts {parts or "by the rule"} differs '
+                                  f'from fp64 F.conv2d by {err:.2e} of its largest value (> {tol})')
+            times[parts] = cuda_time(lambda: torch.autograd.grad(y, w_req, g, retain_graph=True),
+                                     args.warmup, args.repeats)
+    return times
+
+
+def parts_sweep_main(args, shapes, report, budget, op):
+    report.add('| shape (N,C,H,W,K) | dtype | rule | legacy | legacy / rule | best count | best '
+               '| best / rule | ms by count |',
+               '|---|---|---|---|---|---|---|---|---|')
+    items = [(shape, dname) for shape, _ in shapes for dname in args.dtypes]
+    last_s, failed = 0., []
+    for i, (shape, dname) in enumerate(items):
+        budget.stop_if_short(report, last_s, (f'{sh} {d}' for sh, d in items[i:]))
+        t0 = time.monotonic()
+        try:
+            t = sweep_parts(shape, DTYPES[dname], args, op)
+        except (WrongResult, RuntimeError) as e:
+            what = 'WRONG' if isinstance(e, WrongResult) else f'ERROR ({type(e).__name__})'
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else ''
+            report.add(f'| {shape} | {dname} | {what}: {msg.replace("|", "/")} | | | | | | |')
+            failed.append(f'{shape} {dname}')
+            last_s = time.monotonic() - t0
+            continue
+        best = min(PARTS_SWEEP, key=lambda p: t[p])
+        by_count = ', '.join(f'{p}: {t[p]:.3f}' for p in PARTS_SWEEP)
+        report.add(f'| {shape} | {dname} | {t[None]:.3f} | {t["legacy"]:.3f} | '
+                   f'{t["legacy"] / t[None]:.2f} | {best} | {t[best]:.3f} | '
+                   f'{t[best] / t[None]:.2f} | {by_count} |')
+        last_s = time.monotonic() - t0
+    return failed
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--dtypes', nargs='+', default=list(DTYPES), choices=list(DTYPES))
@@ -283,6 +347,9 @@ def main():
                         'kernel so that the CPU\'s launch cost is not counted; idle: time each '
                         'call on an idle GPU, launch cost included (the method of the tables '
                         'before 2026-11-23)')
+    parser.add_argument('--parts-sweep', action='store_true',
+                        help='time our weight gradient with each number of parts per channel '
+                        'against the op\'s rule instead (see above)')
     add_budget_argument(parser)
     args = parser.parse_args()
     try:
@@ -307,8 +374,21 @@ def main():
     shapes = SHAPES
     if args.shapes:
         shapes = [(s, 'command line') for s in parse_shapes(args.shapes)]
-    rate = fp32_rate(args.warmup, args.repeats)
     report = Report(args.out)
+    if args.parts_sweep:
+        report.add(f'device: {device_name}, torch {torch.__version__}; our weight gradient by '
+                   f'parts per channel (MMUNIREP_DWCONV_WGRAD_PARTS; a count past a channel\'s '
+                   f'items runs one part per item); median of {args.repeats} after '
+                   f'{args.warmup} warm-up; timing {args.timing} ({TIMING_WORDS[args.timing]}); '
+                   'times in ms; rule = the op\'s default (weight_grad_parts), legacy = the rule '
+                   'before it; ratios > 1: the rule is faster')
+        failed = parts_sweep_main(args, shapes, report, budget, depthwise_conv2d)
+        if failed:
+            print(f'dwconv_benchmark: wrong or failed, not timed: {", ".join(failed)}',
+                  file=sys.stderr)
+            raise SystemExit(FAILED_EXIT_CODE)
+        return
+    rate = fp32_rate(args.warmup, args.repeats)
     report.add(f'device: {device_name}, torch {torch.__version__}, '
                f'fp32 rate {rate / 1e12:.1f} TFLOP/s (matmul, TF32 off); median of '
                f'{args.repeats} after {args.warmup} warm-up; timing {args.timing} '

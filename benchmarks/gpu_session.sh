@@ -22,15 +22,18 @@
 #   OUT/train_step.md   benchmarks/train_step_benchmark.py, UniRepLKNet-S at 2x3x800x1333
 #   OUT/bench.log       the two benchmarks' output and errors, then the `profile` step's ncu report
 #                       of benchmarks/profile_kernels.py (occupancy, issue, warp states per kernel),
-#                       then the training step with MMUNIREP_DWCONV_PIPELINE=1 (train_step_pipelined)
+#                       then the training step with MMUNIREP_DWCONV_PIPELINE=1 (train_step_pipelined),
+#                       then dwconv_benchmark.py --parts-sweep (parts_sweep: the weight gradient
+#                       by parts per channel against the op's rule)
 #   OUT/summary.txt     each step's exit status and duration
 # A step that fails is recorded and the next one runs (the benchmarks need the build). The steps
 # share a time budget, GPU_SESSION_BUDGET_S (570 s: a device call is cut at 600 s), so that a slow
 # step shortens the later ones instead of the call being cut before summary.txt is written; a
 # step left with under 20 s is recorded as skipped. The benchmarks write their tables row by row
 # and stop starting rows 15 s before their step's limit (exit 3: a partial table that says what it
-# left out). DWCONV_ARGS / TRAIN_STEP_ARGS / PROFILE_ARGS / TRAIN_STEP_PIPELINED_ARGS replace
-# their default arguments (e.g. DWCONV_ARGS="--dtypes fp32 --shapes 2,192,100,168,13").
+# left out). DWCONV_ARGS / TRAIN_STEP_ARGS / PROFILE_ARGS / TRAIN_STEP_PIPELINED_ARGS /
+# PARTS_SWEEP_ARGS replace their default arguments (e.g. DWCONV_ARGS="--dtypes fp32 --shapes
+# 2,192,100,168,13").
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 WHEELS=${GPU_WHEELS:-$ROOT/.gpu_wheels}
@@ -56,7 +59,7 @@ prepare)
 run)
   OUT=${2:?usage: bash benchmarks/gpu_session.sh run OUT_DIR [STEP...]}
   shift 2
-  ALL_STEPS="device build sass tests dwconv train_step profile train_step_pipelined"
+  ALL_STEPS="device build sass tests dwconv train_step profile train_step_pipelined parts_sweep"
   STEPS=${*:-$ALL_STEPS}
   for s in $STEPS; do
     [[ " $ALL_STEPS " == *" $s "* ]] || { echo "gpu_session: unknown step '$s' (steps: $ALL_STEPS)" >&2; exit 2; }
@@ -140,6 +143,10 @@ EOF
     # first step to go when the budget runs short); its table goes to bench.log only
     step train_step_pipelined "$OUT/bench.log" 120 env MMUNIREP_DWCONV_PIPELINE=1 \
       "$PY" benchmarks/train_step_benchmark.py ${TRAIN_STEP_PIPELINED_ARGS:---precision fp32 bf16}
+    # the weight gradient by parts per channel, against the op's rule (weight_grad_parts); its
+    # table goes to bench.log only
+    step parts_sweep "$OUT/bench.log" 120 "$PY" benchmarks/dwconv_benchmark.py --parts-sweep \
+      ${PARTS_SWEEP_ARGS:---dtypes fp32 bf16}
   else
     echo "gpu_session: no usable build of mmunirep._ext (build exit $build_rc, or no CUDA in it);" \
       "no step after the build ran" | tee -a "$summary"
@@ -147,7 +154,7 @@ EOF
   cat "$summary"
   ;;
 *)
-  sed -n '2,33p' "$0"
+  sed -n '2,36p' "$0"
   exit 2
   ;;
 esac

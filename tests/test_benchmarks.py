@@ -107,6 +107,62 @@ def test_dwconv_benchmark_smoke(tmp_path):
         assert float(r[11]) < 1
 
 
+def test_dwconv_benchmark_parts_sweep_smoke(tmp_path):
+    out = tmp_path / 'parts.md'
+    run('benchmarks/dwconv_benchmark.py', '--parts-sweep', '--device', 'cpu', '--shapes',
+        '2,3,20,37,7', '3,2,9,9,13', '--dtypes', 'fp32', '--repeats', '1', '--warmup', '0',
+        '--out', str(out))
+    rows = table_rows(out)
+    assert [(r[0].strip(), r[1].strip()) for r in rows] == [('(2, 3, 20, 37, 7)', 'fp32'),
+                                                           ('(3, 2, 9, 9, 13)', 'fp32')]
+    for r in rows:
+        rule, legacy, legacy_ratio, best, best_ms, best_ratio = (float(v) for v in r[2:8])
+        by_count = dict(re.findall(r'(\d+): (\d+\.\d+)', r[8]))
+        assert list(map(int, by_count)) == [1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 48, 64]
+        times = {int(p): float(t) for p, t in by_count.items()}
+        assert best_ms == min(times.values()) == times[int(best)]
+        assert legacy_ratio == pytest.approx(legacy / rule, rel=0.05, abs=0.01)
+        assert best_ratio == pytest.approx(best_ms / rule, rel=0.05, abs=0.01)
+
+
+def test_dwconv_benchmark_parts_sweep_checks_every_count(tmp_path, monkeypatch):
+    # an op whose weight gradient is off by 1e-3 with 5 parts only: a WRONG row that says so
+    sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+    import dwconv_benchmark
+    import mmunirep.ops
+    right = mmunirep.ops.depthwise_conv2d
+
+    class ScaleGrad(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, w):
+            return w.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            return g * 1.001
+
+    def wrong_with_5_parts(x, w):
+        five = os.environ.get('MMUNIREP_DWCONV_WGRAD_PARTS') == '5'
+        return right(x, ScaleGrad.apply(w) if five else w)
+
+    monkeypatch.setattr(mmunirep.ops, 'depthwise_conv2d', wrong_with_5_parts)
+    out = tmp_path / 'parts.md'
+    monkeypatch.setattr(sys, 'argv', [
+        'dwconv_benchmark.py', '--parts-sweep', '--device', 'cpu', '--shapes', '2,3,20,37,7',
+        '--dtypes', 'fp32', '--repeats', '1', '--warmup', '0', '--out', str(out)])
+    flags = torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            dwconv_benchmark.main()
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32 = flags
+    assert exit_info.value.code == 4
+    rows = table_rows(out)
+    assert len(rows) == 1 and rows[0][2].startswith(
+        ' WRONG: weight gradient with parts 5 differs from fp64 F.conv2d by 1.00e-03'), rows
+    assert 'MMUNIREP_DWCONV_WGRAD_PARTS' not in os.environ
+
+
 def test_dwconv_benchmark_rejects_bad_shapes():
     proc = run('benchmarks/dwconv_benchmark.py', '--device', 'cpu', '--shapes', '2,3,20',
                check=False)
@@ -156,6 +212,22 @@ def test_gpu_session_train_step_pipelined_step(tmp_path):
     log = (tmp_path / 'out' / 'bench.log').read_text()
     assert "the op's weight gradient: pipelined (MMUNIREP_DWCONV_PIPELINE=1)" in log
     assert '| training step | fp32 |' in log
+
+
+def test_gpu_session_parts_sweep_step(tmp_path):
+    """The step after it times the weight gradient by parts per channel (a CPU smoke run here)."""
+    if dw_module._ext is None:
+        pytest.skip('extension not built (bash tools/build_ops.sh)')
+    env = dict(os.environ, PYTHON=sys.executable, PARTS_SWEEP_ARGS=(
+        '--device cpu --shapes 2,3,20,37,7 --dtypes fp32 --repeats 1 --warmup 0'))
+    proc = subprocess.run(['bash', 'benchmarks/gpu_session.sh', 'run', str(tmp_path / 'out'),
+                           'parts_sweep'], cwd=ROOT, capture_output=True, text=True, env=env,
+                          timeout=300)
+    summary = (tmp_path / 'out' / 'summary.txt').read_text()
+    assert 'parts_sweep: exit 0' in summary, (proc.stdout, proc.stderr)
+    log = (tmp_path / 'out' / 'bench.log').read_text()
+    assert 'dwconv_benchmark.py --parts-sweep --device cpu' in log
+    assert re.search(r'\| \(2, 3, 20, 37, 7\) \| fp32 \| \d+\.\d+ \|', log), log
 
 
 def test_gpu_session_usage():

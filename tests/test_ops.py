@@ -125,15 +125,42 @@ def test_cuda_op_matches_fp64(monkeypatch, generic, dtype, n, c, h, w, k):
 def test_cuda_pipelined_weight_grad_matches_the_default(monkeypatch, dtype, n, c, h, w, k):
     """MMUNIREP_DWCONV_PIPELINE=1 (16x32 tiles of compile-time K): the pipelined weight-gradient
     kernel sums the same products in the same order as the default one, so its result is bitwise
-    the same, and within the dtype's tolerance of fp64."""
+    the same, and within the dtype's tolerance of fp64. Both with 3 parts per channel: by default
+    each kernel's parts follow from its own occupancy (weight_grad_parts), and other parts sum
+    in another order."""
     torch.manual_seed(n * 100 + h + k)
     x = torch.randn(n, c, h, w, device='cuda', dtype=dtype)
     wt = (torch.randn(c, 1, k, k, device='cuda') / k).to(dtype)
     g = torch.randn(n, c, h, w, device='cuda', dtype=dtype)
+    monkeypatch.setenv('MMUNIREP_DWCONV_WGRAD_PARTS', '3')
     plain = dw_module._ext.depthwise_conv2d_backward(g, x, wt, False, True, False)[1]
     monkeypatch.setenv('MMUNIREP_DWCONV_PIPELINE', '1')
     piped = dw_module._ext.depthwise_conv2d_backward(g, x, wt, False, True, False)[1]
     assert_same_weight_grad_as_fp64(piped, plain, x, wt, g)
+
+
+@needs_cuda_op
+@pytest.mark.parametrize('parts', [None, 'legacy', '1', '7', '64'])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('n, c, h, w, k', [
+    (4, 16, 20, 20, 7), (2, 3, 100, 168, 13), (9, 40, 7, 7, 13), (2, 5, 30, 45, 17)])
+def test_cuda_weight_grad_parts(monkeypatch, parts, dtype, n, c, h, w, k):
+    """The weight gradient with the parts per channel of the op's rule (weight_grad_parts, from
+    the kernel's occupancy on this GPU), of the rule before it and forced counts
+    (MMUNIREP_DWCONV_WGRAD_PARTS, which the benchmark's --parts-sweep times): within the dtype's
+    tolerance of fp64."""
+    if parts is not None:
+        monkeypatch.setenv('MMUNIREP_DWCONV_WGRAD_PARTS', parts)
+    torch.manual_seed(n * 100 + h + k)
+    x = torch.randn(n, c, h, w, device='cuda', dtype=dtype)
+    wt = (torch.randn(c, 1, k, k, device='cuda') / k).to(dtype)
+    g = torch.randn(n, c, h, w, device='cuda', dtype=dtype)
+    got = dw_module._ext.depthwise_conv2d_backward(g, x, wt, False, True, False)[1]
+    _, w64, _, y64 = reference(x, wt, None)
+    y64.backward(g.double())
+    scale = w64.grad.abs().max()
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got.double() / scale, w64.grad / scale, **TOL[dtype])
 
 
 @needs_cuda_op

@@ -200,7 +200,9 @@ def test_emulated_pipelined_weight_grad(emu, monkeypatch, dtype, n, c, h, w, k):
     """MMUNIREP_DWCONV_PIPELINE=1: maps larger than 16x16 (tiles with a halo) take the pipelined
     weight-gradient kernel, with two sets of staging buffers; it sums the same products in the
     same order, so its result is bitwise the default kernel's, and that matches fp64. Whole-map
-    tiles keep their kernel."""
+    tiles keep their kernel. Both with 3 parts per channel (the rule's count follows from each
+    kernel's occupancy)."""
+    monkeypatch.setenv('MMUNIREP_DWCONV_WGRAD_PARTS', '3')
     plain, (plain_kernel, plain_smem), (x, gy, wt) = weight_grads(emu, n, c, h, w, k, dtype)
     monkeypatch.setenv('MMUNIREP_DWCONV_PIPELINE', '1')
     piped, (piped_kernel, piped_smem), _ = weight_grads(emu, n, c, h, w, k, dtype)
@@ -246,6 +248,89 @@ def test_emulated_results_do_not_depend_on_the_schedule(emu, monkeypatch, pipeli
 def test_emulated_schedule_names_are_checked(emu):
     with pytest.raises(RuntimeError, match='expected threads, forward or reverse, got random'):
         emu.set_schedule('random')
+
+
+@pytest.mark.parametrize('groups, tiles_h, tiles_w, parts', [
+    (3, 3, 2, 5),    # a step of 0 groups, 2 tile rows and 1 column: both carries
+    (4, 2, 3, 4),    # 1 tile row and 1 column per step, carries into the group
+    (2, 1, 3, 2),    # one tile row: every carry from the columns is into the group
+    (5, 4, 5, 23),   # 1 group, 0 rows and 3 columns per step
+    (7, 1, 1, 3),    # whole-map tiles: one tile per plane
+    (2, 2, 2, 8),    # one item per part
+    (1, 3, 3, 1)])   # one part walks all
+def test_emulated_item_walks_cover_every_item_once(emu, groups, tiles_h, tiles_w, parts):
+    """ItemGrid / ItemWalk (the weight gradient's items, walked with additions and carries
+    instead of divisions): block `part` takes items part, part + parts, ... of the channel's
+    groups x tiles_h x tiles_w, numbered by group, then tile row, then tile column."""
+    walks = emu.item_walks(groups, tiles_h, tiles_w, parts)
+    number = lambda n, th, tw: (n * tiles_h + th) * tiles_w + tw  # noqa: E731
+    items = groups * tiles_h * tiles_w
+    assert len(walks) == parts
+    for part, walk in enumerate(walks):
+        assert [number(*item) for item in walk] == list(range(part, items, parts)), part
+        assert all(0 <= th < tiles_h and 0 <= tw < tiles_w for _, th, tw in walk), walk
+
+
+def modelled_waves_and_items(items, channels, slots, parts):
+    """weight_grad_parts' model of the grid's time in half items (depthwise_conv_launch.cuh)."""
+    return -(-channels * parts // slots) * (2 * -(-items // parts) + 1)
+
+
+@pytest.mark.parametrize('items, channels, slots', [
+    (128, 384, 1320),  # K = 7, (64, 384, 32, 32) on an H100: 10 blocks of 112 threads per SM
+    (84, 192, 660),    # K = 13, detection's (2, 192, 100, 168): 5 blocks of 208 threads per SM
+    (8, 768, 660), (16, 768, 3300), (3, 5, 8), (40, 3, 1000), (1, 7, 1), (200, 1, 2),
+    (10, 2, 7)])  # 3 and 10 parts tie: 3
+def test_emulated_weight_grad_parts_minimize_the_wave_model(emu, items, channels, slots):
+    """weight_grad_parts: between 1 and min(items, 64), the fewest parts of least modelled time
+    (waves x the most items of a block, plus half an item per block). Where all of a channel's
+    items fit in one wave of blocks of one item each, one part per item."""
+    parts = emu.weight_grad_parts(items, channels, slots)
+    assert 1 <= parts <= min(items, 64)
+    costs = {p: modelled_waves_and_items(items, channels, slots, p)
+             for p in range(1, min(items, 64) + 1)}
+    assert costs[parts] == min(costs.values())
+    assert all(costs[p] > costs[parts] for p in range(1, parts)), 'not the fewest parts'
+    if channels * items <= slots and items <= 64:
+        assert parts == items
+    if (items, channels, slots) == (128, 384, 1320):
+        # the former rule's 7 parts (2.04 waves of 19 items) against 2.91 waves of 13
+        assert parts == 10 and costs[7] > costs[10]
+
+
+def test_emulated_weight_grad_parts_reject_bad_input(emu):
+    with pytest.raises(RuntimeError, match=r'items 0, channels 4, slots 10 \(each at least 1'):
+        emu.weight_grad_parts(0, 4, 10)
+
+
+@pytest.mark.parametrize('forced', ['1', '3', '64', 'legacy'])
+def test_emulated_forced_weight_grad_parts(emu, monkeypatch, forced):
+    """MMUNIREP_DWCONV_WGRAD_PARTS (the benchmark's --parts-sweep): the weight gradient runs
+    with the parts asked for (at most one per item), and matches fp64 and the default's result
+    to the rounding of a different summation order."""
+    n, c, h, w, k = 5, 3, 40, 37, 13  # 5 groups of 3 x 2 tiles: 30 items per channel
+    default, _, (x, gy, wt) = weight_grads(emu, n, c, h, w, k, torch.float32)
+    emu.grid_y()
+    monkeypatch.setenv('MMUNIREP_DWCONV_WGRAD_PARTS', forced)
+    got, _, _ = weight_grads(emu, n, c, h, w, k, torch.float32)
+    wgrad_parts, reduce_blocks = emu.grid_y()
+    # legacy: one wave of 2048 // 208 = 9 blocks on each of the emulator's 2 SMs, over 3 channels
+    assert wgrad_parts == {'1': 1, '3': 3, '64': 30, 'legacy': 6}[forced]
+    assert reduce_blocks == 1
+    _, w64, _, y64 = reference(x, wt, None)
+    y64.backward(gy.double())
+    scale = w64.grad.abs().max()
+    torch.testing.assert_close(got.double() / scale, w64.grad / scale, **TOL[torch.float32])
+    torch.testing.assert_close(got / scale, default / scale, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('value', ['0', '65', 'ten', '4x'])
+def test_emulated_forced_weight_grad_parts_are_checked(emu, monkeypatch, value):
+    monkeypatch.setenv('MMUNIREP_DWCONV_WGRAD_PARTS', value)
+    x = torch.randn(1, 2, 20, 20)
+    with pytest.raises(RuntimeError, match=f"expected a count from 1 to 64 or legacy .or unset.,"
+                                           f" got '{value}'"):
+        emu.depthwise_conv2d_backward(x, x, torch.randn(2, 1, 13, 13), False, True, False)
 
 
 def test_emulated_weight_grad_is_deterministic(emu):

@@ -107,6 +107,10 @@ def test_weight_grad_kernels_keep_filter_rows_in_registers(kernels):
                 (k.name, row)
         ffma_at = [a for a, op, _ in k.instrs if lo <= a <= hi and sass_report.is_ffma(op)]
         assert local_memory(k, min(ffma_at), max(ffma_at)) == 0, (k.name, 'spills in the FMAs')
+        # the item walk adds and carries (ItemWalk): no integer division, whose routine is a
+        # float reciprocal (MUFU.RCP) of the divisor converted by I2F, in the item loop
+        division = k.count(lambda op: op.split('.')[0] in ('MUFU', 'I2F'), lo, hi, nested)
+        assert division == 0, (k.name, 'an integer division in the item loop')
 
 
 def test_pipelined_weight_grad_loads_the_next_item_before_computing_this_one(kernels):
@@ -136,9 +140,10 @@ def test_pipelined_weight_grad_loads_the_next_item_before_computing_this_one(ker
 def test_no_kernel_spills_and_the_pipelined_weight_grad_keeps_its_occupancy(kernels):
     """cuobjdump -res-usage: no compile-time-K kernel uses stack (spilled registers; the run-time-K
     weight gradient keeps its per-thread taps in a local array by design). The pipelined weight
-    gradient asks ptxas for the resident blocks the default kernel gets (its __launch_bounds__,
-    pipelined_weight_grad_min_blocks): at K = 13 as many, at K = 7 one fewer (the same count
-    would need 48 registers, which spills), so that a measured difference is the pipelining's."""
+    gradient asks ptxas for resident blocks (its __launch_bounds__,
+    pipelined_weight_grad_min_blocks): at K = 13 as many as the default kernel gets, so that a
+    measured difference is the pipelining's; at K = 7 9, where the default gets 12 with 40
+    registers (the pipelined kernel spills at 48) and ptxas left to itself gave 8."""
     found = compiled_k(kernels, 'weight_grad')
     for k in list(found.values()) + list(compiled_k(kernels, 'forward').values()):
         assert k.registers is not None and k.stack == 0, (k.name, k.registers, k.stack)
@@ -148,7 +153,10 @@ def test_no_kernel_spills_and_the_pipelined_weight_grad_keeps_its_occupancy(kern
         default = found[(dtype, ksize, tile, False)]
         threads = ksize * tile[0]
         ours, theirs = (sass_report.blocks_per_sm(x.registers, threads) for x in (k, default))
-        assert ours >= theirs - (ksize == 7), (k.name, k.registers, default.registers)
+        if ksize == 13:
+            assert ours >= theirs, (k.name, k.registers, default.registers)
+        else:
+            assert ours >= 9 and theirs >= 12, (k.name, k.registers, default.registers)
 
 
 def test_blocks_per_sm_matches_ncu():

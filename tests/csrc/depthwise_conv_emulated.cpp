@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -24,11 +25,20 @@ int64_t g_blocks_run = 0;
 std::vector<unsigned> g_block_sizes;  // threads per block of each launch
 std::vector<size_t> g_smem_sizes;     // dynamic shared memory bytes of each launch
 std::vector<int64_t> g_kernels;       // the kernel (its address) of each launch
+std::vector<unsigned> g_grid_y;       // gridDim.y of each launch (the weight gradient's parts)
 cuda_emu::Schedule g_schedule = cuda_emu::Schedule::kForward;
 
 struct EmuLaunch {
-  // a small emulated GPU, so that the weight gradient's blocks loop over several items
+  // a small emulated GPU, so that the weight gradient's blocks loop over several items: 2 SMs
+  // that each hold 2048 threads in whole warps, 32 blocks and 100 KiB of shared memory (the
+  // registers, which the GPU's occupancy calculator also counts, are not known here)
   int multiprocessors() const { return 2; }
+  template <typename... Params>
+  int resident_blocks(void (*)(Params...), int threads, size_t smem) const {
+    const int by_threads = 2048 / ((threads + 31) / 32 * 32);
+    const int by_smem = smem > 0 ? static_cast<int>(100 * 1024 / smem) : 32;
+    return std::min({32, by_threads, by_smem});
+  }
   template <typename... Params, typename... Args>
   void operator()(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
                   Args&&... args) const {
@@ -42,6 +52,7 @@ struct EmuLaunch {
     g_block_sizes.push_back(threads);
     g_smem_sizes.push_back(smem);
     g_kernels.push_back(static_cast<int64_t>(reinterpret_cast<uintptr_t>(kernel)));
+    g_grid_y.push_back(grid.y);
     const std::function<void()> body = [&] { kernel(args...); };
     for (unsigned bz = 0; bz < grid.z; ++bz)
       for (unsigned by = 0; by < grid.y; ++by)
@@ -118,6 +129,28 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "how the threads of a block run (cuda_emulator.h)");
   m.def("block_sizes", [] { auto out = g_block_sizes; g_block_sizes.clear(); return out; },
         "threads per block of each launch since the last call");
+  m.def("grid_y", [] { auto out = g_grid_y; g_grid_y.clear(); return out; },
+        "gridDim.y of each launch since the last call");
+  m.def("weight_grad_parts", &mmunirep::weight_grad_parts,
+        "the weight gradient's parts per channel for (items, channels, slots)");
+  m.def(
+      "item_walks",
+      [](int groups, int tiles_h, int tiles_w, int parts) {
+        // the (group, tile row, tile column) items that each block (part) walks, in order
+        const auto grid = mmunirep::ItemGrid::make(groups, tiles_h, tiles_w, parts);
+        std::vector<std::vector<std::tuple<int, int, int>>> out(parts);
+        for (int part = 0; part < parts; ++part) {
+          cuda_emu::tl_block_idx = dim3(0, part, 0);
+          cuda_emu::tl_grid_dim = dim3(1, parts, 1);
+          for (mmunirep::ItemWalk it(grid); it.valid(grid); it.next(grid)) {
+            out[part].emplace_back(it.n, it.th, it.tw);
+            TORCH_CHECK(out[part].size() <= static_cast<size_t>(groups) * tiles_h * tiles_w,
+                        "item_walks: part ", part, " walks more items than there are");
+          }
+        }
+        return out;
+      },
+      "the weight gradient's walk over items (ItemGrid / ItemWalk) for each part");
   m.def(
       "launches",
       [] {

@@ -103,22 +103,43 @@ __device__ __forceinline__ void stage_grad_tile(acc_t* s_g, const scalar_t* __re
   stage_input_tile(s_g, g_plane, height, width, h0, w0, 0, th, tw, pitch, first, stride);
 }
 
-// The (n, tile) items part, part + parts, ... of a weight-gradient block, of the batch x
-// tiles_per_plane items of its channel, advanced with a carry (parts = gridDim.y): item /
-// tiles_per_plane on a 64-bit item index called a 64-bit division routine per item, a large share
-// of an item's work for small maps. The steps are recomputed from the launch constants rather than
-// held in registers for the whole kernel.
+// The weight gradient's items of a channel: `groups` groups of samples (one sample, or a whole-map
+// tile's few) times tiles_h x tiles_w tiles, numbered by group, then tile row, then tile column.
+// Block (c, part) takes items part, part + parts, ... (parts = gridDim.y); the host splits that
+// step into whole groups, tile rows and tile columns (make), so that the kernels walk their items
+// with additions and carries. Dividing an item index by the tile counts on the GPU costs an
+// integer division routine (~25 instructions each): two per item were about 55 of the ~460
+// instructions of a K = 7 item loop besides its staging. As kernel parameters the steps sit in
+// the constant bank, not in registers.
+struct ItemGrid {
+  int groups, tiles_h, tiles_w;
+  int step_n, step_h, step_w;  // parts items = step_n groups + step_h tile rows + step_w columns
+  static ItemGrid make(int groups, int tiles_h, int tiles_w, int parts) {
+    const int tiles = tiles_h * tiles_w, rest = parts % tiles;
+    return {groups, tiles_h, tiles_w, parts / tiles, rest / tiles_w, rest % tiles_w};
+  }
+};
+
+// A block's walk over its items (ItemGrid): sample group n, tile row th and tile column tw.
 struct ItemWalk {
-  int n, tile;
-  __device__ ItemWalk(int tiles_per_plane)
-      : n(static_cast<int>(blockIdx.y) / tiles_per_plane),
-        tile(static_cast<int>(blockIdx.y) % tiles_per_plane) {}
-  __device__ void next(int tiles_per_plane) {
-    const int parts = static_cast<int>(gridDim.y);
-    n += parts / tiles_per_plane;
-    tile += parts % tiles_per_plane;
-    if (tile >= tiles_per_plane) {
-      tile -= tiles_per_plane;
+  int n, th, tw;
+  __device__ explicit ItemWalk(const ItemGrid& g) {
+    const int part = static_cast<int>(blockIdx.y), tiles = g.tiles_h * g.tiles_w;
+    n = part / tiles;
+    th = part % tiles / g.tiles_w;
+    tw = part % tiles % g.tiles_w;
+  }
+  __device__ bool valid(const ItemGrid& g) const { return n < g.groups; }
+  __device__ void next(const ItemGrid& g) {
+    tw += g.step_w;
+    th += g.step_h;
+    n += g.step_n;
+    if (tw >= g.tiles_w) {
+      tw -= g.tiles_w;
+      ++th;
+    }
+    if (th >= g.tiles_h) {
+      th -= g.tiles_h;
       ++n;
     }
   }
@@ -196,8 +217,8 @@ __global__ void __launch_bounds__(kWgradThreads)
 depthwise_conv2d_weight_grad_kernel(const scalar_t* __restrict__ input,
                                     const scalar_t* __restrict__ grad_out,
                                     acc_t* __restrict__ workspace,  // [parts, C, K*K]
-                                    int batch, int channels, int height, int width, int ksize,
-                                    int tiles_w, int tiles_per_plane) {
+                                    int channels, int height, int width, int ksize,
+                                    ItemGrid items) {  // groups: the batch
   extern __shared__ unsigned char smem_raw[];
   acc_t* s_in = reinterpret_cast<acc_t*>(smem_raw);
   const int pad = ksize / 2;
@@ -214,10 +235,10 @@ depthwise_conv2d_weight_grad_kernel(const scalar_t* __restrict__ input,
 #pragma unroll
   for (int j = 0; j < kMaxTapsPerThread; ++j) acc[j] = acc_t(0);
 
-  for (ItemWalk it(tiles_per_plane); it.n < batch; it.next(tiles_per_plane)) {
+  for (ItemWalk it(items); it.valid(items); it.next(items)) {
     const int n = it.n;
-    const int h0 = (it.tile / tiles_w) * kTileH;
-    const int w0 = (it.tile % tiles_w) * kTileW;
+    const int h0 = it.th * kTileH;
+    const int w0 = it.tw * kTileW;
     const int64_t plane = static_cast<int64_t>(n) * channels + c;
     const scalar_t* in_plane = input + plane * plane_size;
     const scalar_t* g_plane = grad_out + plane * plane_size;
@@ -636,12 +657,14 @@ depthwise_conv2d_forward_k_kernel(const scalar_t* __restrict__ input,
 }
 
 // The resident blocks per SM the pipelined weight gradient asks ptxas for (__launch_bounds__'
-// second argument; 0: no request, as the default kernels): as many as the default kernel gets
-// with its registers, so that the two differ in the pipelining alone. Left to itself ptxas gave
-// the pipelined fp32 K = 13 kernel 67 registers per thread (4 blocks of 208 threads per SM
-// against 5) and K = 7 64 (8 blocks of 112 against 10). With these it takes 56 at K = 13 (5
-// blocks) and 56 at K = 7 (9 blocks; 10 would need 48, which spills), without local memory.
-// K = 31 keeps one block per SM either way (over 64 registers).
+// second argument; 0: no request, as the default kernels): at K = 13 as many as the default
+// kernel gets with its registers, so that the two differ in the pipelining alone. Left to itself
+// ptxas gave the pipelined fp32 K = 13 kernel 67 registers per thread (4 blocks of 208 threads
+// per SM against 5) and K = 7 64 (8 blocks of 112). With these it takes 55 or 56 at K = 13 (5
+// blocks) and 56 at K = 7 (9 blocks), without local memory. The default K = 7 kernel takes 40
+// (12 blocks) since its item walk lost its divisions (ItemWalk); the pipelined one would spill
+// at 48 (10 blocks), so at K = 7 it trades 3 resident blocks for its prefetch. K = 31 keeps one
+// block per SM either way (over 64 registers).
 constexpr int pipelined_weight_grad_min_blocks(int k) { return k == 13 ? 5 : k == 7 ? 9 : 0; }
 
 // Block (c, part): thread (kh, r) accumulates the K taps of filter row kh over output row r of
@@ -665,8 +688,8 @@ __global__ void __launch_bounds__(Tile::weight_grad_max_threads(K),
 depthwise_conv2d_weight_grad_k_kernel(const scalar_t* __restrict__ input,
                                       const scalar_t* __restrict__ grad_out,
                                       acc_t* __restrict__ workspace,  // [parts, C, K*K]
-                                      int batch, int channels, int height, int width, int tiles_w,
-                                      int tiles_per_plane) {
+                                      int batch, int channels, int height, int width,
+                                      ItemGrid items) {  // groups: of Tile::kWgradSamples
   constexpr int TH = Tile::TH, TW = Tile::TW, S = Tile::kWgradSamples;
   constexpr int pad = K / 2;
   constexpr int sh = Tile::staged_rows(K);
@@ -690,7 +713,6 @@ depthwise_conv2d_weight_grad_k_kernel(const scalar_t* __restrict__ input,
   const int kh = me.kh;  // this thread's filter row
   const int r = me.r;    // and output row of the tile
   const int64_t plane_size = static_cast<int64_t>(height) * width;
-  const int groups = (batch + S - 1) / S;  // items per tile position
 
   acc_t acc[K];
 #pragma unroll
@@ -732,7 +754,7 @@ depthwise_conv2d_weight_grad_k_kernel(const scalar_t* __restrict__ input,
     BoxPrefetch<scalar_t, acc_t, sh, TW + K - 1, T> in_next[S];
     BoxPrefetch<scalar_t, acc_t, TH, TW, T> grad_next[S];
     const auto prefetch = [&](const ItemWalk& it) {
-      const int h0 = (it.tile / tiles_w) * TH, w0 = (it.tile % tiles_w) * TW;
+      const int h0 = it.th * TH, w0 = it.tw * TW;
 #pragma unroll
       for (int p = 0; p < S; ++p) {
         const bool valid = it.n * S + p < batch;  // a sample past the batch is staged as zeros
@@ -743,9 +765,9 @@ depthwise_conv2d_weight_grad_k_kernel(const scalar_t* __restrict__ input,
                           0, t);
       }
     };
-    ItemWalk it(tiles_per_plane);
-    if (it.n < groups) prefetch(it);
-    for (int set = 0; it.n < groups; set ^= 1) {
+    ItemWalk it(items);
+    if (it.valid(items)) prefetch(it);
+    for (int set = 0; it.valid(items); set ^= 1) {
       acc_t* item = smem + set * S * stage;
 #pragma unroll
       for (int p = 0; p < S; ++p) {
@@ -754,16 +776,16 @@ depthwise_conv2d_weight_grad_k_kernel(const scalar_t* __restrict__ input,
       }
       // the item is staged; and every thread is done with the other set (read two items ago)
       __syncthreads();
-      const int h0 = (it.tile / tiles_w) * TH, w0 = (it.tile % tiles_w) * TW;
+      const int h0 = it.th * TH, w0 = it.tw * TW;
       const int samples = min(S, batch - it.n * S);
-      it.next(tiles_per_plane);
-      if (it.n < groups) prefetch(it);  // in flight while this item is computed
+      it.next(items);
+      if (it.valid(items)) prefetch(it);  // in flight while this item is computed
       accumulate(item, h0, w0, samples);
     }
   } else {
-    for (ItemWalk it(tiles_per_plane); it.n < groups; it.next(tiles_per_plane)) {
-      const int h0 = (it.tile / tiles_w) * TH;
-      const int w0 = (it.tile % tiles_w) * TW;
+    for (ItemWalk it(items); it.valid(items); it.next(items)) {
+      const int h0 = it.th * TH;
+      const int w0 = it.tw * TW;
       const int samples = min(S, batch - it.n * S);
       __syncthreads();  // the previous item's tiles are no longer read
       if constexpr (Tile::kWholeMap) {

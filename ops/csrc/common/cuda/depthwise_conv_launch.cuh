@@ -1,6 +1,7 @@
 // Launch logic of the depthwise convolution kernels (depthwise_conv_kernel.cuh), written once for
-// any "launcher": a callable `launch(kernel, grid, block, smem_bytes, args...)` with a method
-// `multiprocessors()` (the device's SM count, which sizes the weight gradient's grid).
+// any "launcher": a callable `launch(kernel, grid, block, smem_bytes, args...)` with methods
+// `multiprocessors()` (the device's SM count) and `resident_blocks(kernel, threads, smem_bytes)`
+// (the kernel's blocks that fit on one SM at once), which size the weight gradient's grid.
 //
 // ops/csrc/pytorch/cuda/depthwise_conv_cuda.cu instantiates it with a launcher that runs
 // `kernel<<<grid, block, smem_bytes, stream>>>(args...)` on the current stream;
@@ -153,13 +154,63 @@ void launch_forward(const Launch& launch, const at::Tensor& input, const at::Ten
   });
 }
 
-// Blocks (c, part) of the weight gradient: about one wave of resident blocks over the GPU's
-// multiprocessors (2048 threads each), at most one part per item and 64 parts, so that each block
-// sums several items in registers before the fixed-order reduction over parts.
-inline int weight_grad_parts(int64_t items, int64_t channels, int threads, int multiprocessors) {
+// Parts of each channel's `items` for the weight gradient's channels x parts blocks, which each
+// sum their items in registers before the fixed-order reduction over parts. The blocks run in
+// waves of `slots` (the SMs times the kernel's resident blocks per SM: its occupancy), and a
+// block takes about its items' time plus a fixed cost (its start, with nothing to hide its first
+// staging, and its reduction), assumed half an item's. So the grid takes about
+//   ceil(channels * parts / slots) waves x (ceil(items / parts) + 1/2) items,
+// which this minimizes over 1 <= parts <= min(items, 64), the fewest parts among equals (a
+// smaller workspace and reduction). It counts a last, partial wave as a whole one, where a block
+// alone on its SM runs faster than among others. The rule it replaces (legacy_weight_grad_parts)
+// aimed at one wave of 2048 / threads blocks per SM, but registers allow fewer: on the H100 10 of
+// the K = 7 kernel's 112-thread blocks where it counted 18, so its 7 parts of (64, 384, 32, 32)
+// made 2.04 waves of 19 items (this picks 10: 2.91 waves of 13 items). The benchmark's
+// --parts-sweep measures both against every part count (MMUNIREP_DWCONV_WGRAD_PARTS).
+inline int weight_grad_parts(int64_t items, int64_t channels, int64_t slots) {
+  TORCH_CHECK(items >= 1 && channels >= 1 && slots >= 1, "weight_grad_parts: items ", items,
+              ", channels ", channels, ", slots ", slots, " (each at least 1 expected)");
+  int64_t best = 1, best_cost = INT64_MAX;
+  for (int64_t parts = 1; parts <= std::min<int64_t>(items, 64); ++parts) {
+    const int64_t waves = (channels * parts + slots - 1) / slots;
+    const int64_t cost = waves * (2 * ((items + parts - 1) / parts) + 1);  // in half items
+    if (cost < best_cost) best = parts, best_cost = cost;
+  }
+  return static_cast<int>(best);
+}
+
+// The rule before weight_grad_parts, kept to measure against it: about one wave of
+// 2048 / threads blocks per SM, at most one part per item and 64 parts.
+inline int legacy_weight_grad_parts(int64_t items, int64_t channels, int threads,
+                                    int multiprocessors) {
   const int64_t wave = static_cast<int64_t>(multiprocessors) * std::max(1, 2048 / threads);
   const int64_t parts = (wave + channels - 1) / channels;
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({parts, items, 64})));
+}
+
+// MMUNIREP_DWCONV_WGRAD_PARTS picks the weight gradient's parts per channel, to measure the rule
+// above: a count from 1 to 64 (fewer where a channel has fewer items), or "legacy" for
+// legacy_weight_grad_parts. Unset or empty: weight_grad_parts. Anything else is an error.
+template <typename Launch, typename Kernel>
+int choose_weight_grad_parts(const Launch& launch, Kernel kernel, int threads, size_t smem,
+                             int64_t items, int64_t channels) {
+  const char* v = std::getenv("MMUNIREP_DWCONV_WGRAD_PARTS");
+  const std::string forced = v != nullptr ? v : "";
+  if (forced == "legacy")
+    return legacy_weight_grad_parts(items, channels, threads, launch.multiprocessors());
+  if (!forced.empty()) {
+    char* end = nullptr;
+    const long parts = std::strtol(forced.c_str(), &end, 10);
+    TORCH_CHECK(*end == '\0' && parts >= 1 && parts <= 64,
+                "MMUNIREP_DWCONV_WGRAD_PARTS: expected a count from 1 to 64 or legacy (or "
+                "unset), got '", forced, "'");
+    return static_cast<int>(std::min<int64_t>(parts, items));
+  }
+  const int64_t slots = static_cast<int64_t>(launch.multiprocessors()) *
+                        launch.resident_blocks(kernel, threads, smem);
+  TORCH_CHECK(slots >= 1, "depthwise_conv2d: the weight-gradient kernel cannot run ", threads,
+              " threads with ", smem, " bytes of shared memory on this device");
+  return weight_grad_parts(items, channels, slots);
 }
 
 template <typename Launch>
@@ -197,34 +248,37 @@ std::vector<at::Tensor> depthwise_conv2d_backward_impl(const Launch& launch,
         using acc_t = at::acc_type<scalar_t, true>;
         at::Tensor workspace;  // [parts, C, K*K]
         int parts = 0;
-        // items of th x tw tiles of `samples` samples: the grid, and a workspace with one slice
-        // per part
-        auto plan = [&](int th, int tw, int samples, int threads) {
+        // items of th x tw tiles of `samples` samples for `kernel`: the grid, the items' walk,
+        // and a workspace with one slice per part
+        auto plan = [&](auto kernel, int threads, size_t smem, int th, int tw, int samples) {
           const int tiles_per_plane = static_cast<int>(count_tiles(height, width, th, tw));
-          parts = weight_grad_parts((batch + samples - 1) / samples * tiles_per_plane, channels,
-                                    threads, launch.multiprocessors());
+          const int groups = ceil_div(batch, samples);
+          parts = choose_weight_grad_parts(launch, kernel, threads, smem,
+                                           static_cast<int64_t>(groups) * tiles_per_plane,
+                                           channels);
           workspace = at::empty({parts, channels, ksize * ksize}, input.options().dtype(acc_dtype));
           return std::make_pair(dim3(static_cast<unsigned>(channels), static_cast<unsigned>(parts)),
-                                tiles_per_plane);
+                                ItemGrid::make(groups, ceil_div(height, th), ceil_div(width, tw),
+                                               parts));
         };
         if (!with_compiled_ksize<scalar_t>(ksize, [&](auto k) {
               constexpr int K = decltype(k)::value;
               with_tile_shape<K>(height, width, [&](auto tile) {
                 using Tile = decltype(tile);
                 const int threads = Tile::weight_grad_threads(K, height);
-                const auto [grid, tiles_per_plane] =
-                    plan(Tile::TH, Tile::TW, Tile::kWgradSamples, threads);
                 auto run = [&](auto pipelined) {
                   constexpr bool kPipelined = decltype(pipelined)::value;
                   constexpr size_t smem =
                       sizeof(acc_t) * Tile::weight_grad_smem_elems(K, kPipelined);
                   static_assert(smem <= kMaxDefaultSmem, "weight_grad_k: too much shared memory");
-                  launch(depthwise_conv2d_weight_grad_k_kernel<scalar_t, acc_t, K, Tile,
-                                                               kPipelined>,
-                         grid, dim3(threads), smem, input.data_ptr<scalar_t>(),
+                  const auto kernel =
+                      depthwise_conv2d_weight_grad_k_kernel<scalar_t, acc_t, K, Tile, kPipelined>;
+                  const auto [grid, items] =
+                      plan(kernel, threads, smem, Tile::TH, Tile::TW, Tile::kWgradSamples);
+                  launch(kernel, grid, dim3(threads), smem, input.data_ptr<scalar_t>(),
                          grad_out.data_ptr<scalar_t>(), workspace.data_ptr<acc_t>(),
                          static_cast<int>(batch), static_cast<int>(channels), height, width,
-                         ceil_div(width, Tile::TW), tiles_per_plane);
+                         items);
                 };
                 if constexpr (!Tile::kWholeMap) {
                   if (use_pipelined_weight_grad()) return run(std::true_type{});
@@ -232,16 +286,16 @@ std::vector<at::Tensor> depthwise_conv2d_backward_impl(const Launch& launch,
                 run(std::false_type{});
               });
             })) {
-          const auto [grid, tiles_per_plane] = plan(kTileH, kTileW, 1, kWgradThreads);
           const size_t smem = sizeof(acc_t) * ((kTileH + ksize - 1) * (kTileW + ksize - 1) +
                                                kTileH * kTileW);
           TORCH_CHECK(smem <= kMaxDefaultSmem, "depthwise_conv2d: ", smem,
                       " bytes of shared memory");
-          launch(depthwise_conv2d_weight_grad_kernel<scalar_t, acc_t>, grid, dim3(kWgradThreads),
-                 smem, input.data_ptr<scalar_t>(), grad_out.data_ptr<scalar_t>(),
-                 workspace.data_ptr<acc_t>(), static_cast<int>(batch),
-                 static_cast<int>(channels), height, width, ksize, ceil_div(width, kTileW),
-                 tiles_per_plane);
+          const auto kernel = depthwise_conv2d_weight_grad_kernel<scalar_t, acc_t>;
+          const auto [grid, items] = plan(kernel, kWgradThreads, smem, kTileH, kTileW, 1);
+          launch(kernel, grid, dim3(kWgradThreads), smem, input.data_ptr<scalar_t>(),
+                 grad_out.data_ptr<scalar_t>(),
+                 workspace.data_ptr<acc_t>(), static_cast<int>(channels), height, width, ksize,
+                 items);
         }
         const int64_t count = channels * ksize * ksize;
         launch(depthwise_conv2d_reduce_parts_kernel<scalar_t, acc_t>,

@@ -15,6 +15,13 @@ namespace {
 struct CudaLaunch {
   cudaStream_t stream;
   int multiprocessors() const { return at::cuda::getCurrentDeviceProperties()->multiProcessorCount; }
+  // the CUDA occupancy calculator: registers, shared memory, threads and the SM's block limit
+  template <typename... Params>
+  int resident_blocks(void (*kernel)(Params...), int threads, size_t smem) const {
+    int blocks = 0;
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, threads, smem));
+    return blocks;
+  }
   template <typename... Params, typename... Args>
   void operator()(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
                   Args&&... args) const {
