@@ -278,6 +278,7 @@ def modelled_waves_and_items(items, channels, slots, parts):
 
 @pytest.mark.parametrize('items, channels, slots', [
     (128, 384, 1320),  # K = 7, (64, 384, 32, 32) on an H100: 10 blocks of 112 threads per SM
+    (128, 384, 1584),  # the same with 12 (40 registers since the item walk has no division)
     (84, 192, 660),    # K = 13, detection's (2, 192, 100, 168): 5 blocks of 208 threads per SM
     (8, 768, 660), (16, 768, 3300), (3, 5, 8), (40, 3, 1000), (1, 7, 1), (200, 1, 2),
     (10, 2, 7)])  # 3 and 10 parts tie: 3
@@ -296,6 +297,8 @@ def test_emulated_weight_grad_parts_minimize_the_wave_model(emu, items, channels
     if (items, channels, slots) == (128, 384, 1320):
         # the former rule's 7 parts (2.04 waves of 19 items) against 2.91 waves of 13
         assert parts == 10 and costs[7] > costs[10]
+    if (items, channels, slots) == (128, 384, 1584):  # 7: 1.70 waves of 19; 4: 0.97 of 32
+        assert parts == 4 and costs[7] > costs[4]
 
 
 def test_emulated_weight_grad_parts_reject_bad_input(emu):

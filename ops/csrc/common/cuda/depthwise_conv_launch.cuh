@@ -163,10 +163,12 @@ void launch_forward(const Launch& launch, const at::Tensor& input, const at::Ten
 // which this minimizes over 1 <= parts <= min(items, 64), the fewest parts among equals (a
 // smaller workspace and reduction). It counts a last, partial wave as a whole one, where a block
 // alone on its SM runs faster than among others. The rule it replaces (legacy_weight_grad_parts)
-// aimed at one wave of 2048 / threads blocks per SM, but registers allow fewer: on the H100 10 of
+// aimed at one wave of 2048 / threads blocks per SM, but registers allow fewer: on the H100 12 of
 // the K = 7 kernel's 112-thread blocks where it counted 18, so its 7 parts of (64, 384, 32, 32)
-// made 2.04 waves of 19 items (this picks 10: 2.91 waves of 13 items). The benchmark's
-// --parts-sweep measures both against every part count (MMUNIREP_DWCONV_WGRAD_PARTS).
+// make 1.70 waves of 19 items (this picks 4: 0.97 of a wave of 32 items; with the 10 blocks per
+// SM that ncu saw before the item walk lost its divisions, 2.04 waves against 10 parts' 2.91 of
+// 13). The benchmark's --parts-sweep measures both against every count
+// (MMUNIREP_DWCONV_WGRAD_PARTS).
 inline int weight_grad_parts(int64_t items, int64_t channels, int64_t slots) {
   TORCH_CHECK(items >= 1 && channels >= 1 && slots >= 1, "weight_grad_parts: items ", items,
               ", channels ", channels, ", slots ", slots, " (each at least 1 expected)");
