@@ -301,31 +301,63 @@ def sweep_parts(shape, dtype, args, op):
     return times
 
 
-def parts_sweep_main(args, shapes, report, budget, op):
-    report.add('| shape (N,C,H,W,K) | dtype | rule | legacy | legacy / rule | best count | best '
-               '| best / rule | ms by count |',
-               '|---|---|---|---|---|---|---|---|---|')
+def run_rows(args, shapes, report, budget, columns, measure):
+    """The table's rows for each shape and dtype, within the time budget: ``measure(shape,
+    dtype name)`` returns an item's lines. One wrong or failing item is reported in its row and
+    the others still run: a GPU session has one call for all of them (after a CUDA error the rest
+    may fail alike). Exit FAILED_EXIT_CODE after the last if any did."""
     items = [(shape, dname) for shape, _ in shapes for dname in args.dtypes]
     last_s, failed = 0., []
     for i, (shape, dname) in enumerate(items):
+        # the next item is expected to take as long as the last
         budget.stop_if_short(report, last_s, (f'{sh} {d}' for sh, d in items[i:]))
         t0 = time.monotonic()
         try:
-            t = sweep_parts(shape, DTYPES[dname], args, op)
+            lines = measure(shape, dname)
         except (WrongResult, RuntimeError) as e:
             what = 'WRONG' if isinstance(e, WrongResult) else f'ERROR ({type(e).__name__})'
             msg = str(e).strip().splitlines()[0] if str(e).strip() else ''
-            report.add(f'| {shape} | {dname} | {what}: {msg.replace("|", "/")} | | | | | | |')
+            report.add(f'| {shape} | {dname} | {what}: {msg.replace("|", "/")} |' +
+                       ' |' * (columns - 3))
             failed.append(f'{shape} {dname}')
-            last_s = time.monotonic() - t0
-            continue
-        best = min(PARTS_SWEEP, key=lambda p: t[p])
-        by_count = ', '.join(f'{p}: {t[p]:.3f}' for p in PARTS_SWEEP)
-        report.add(f'| {shape} | {dname} | {t[None]:.3f} | {t["legacy"]:.3f} | '
-                   f'{t["legacy"] / t[None]:.2f} | {best} | {t[best]:.3f} | '
-                   f'{t[best] / t[None]:.2f} | {by_count} |')
+        else:
+            report.add(*lines)
         last_s = time.monotonic() - t0
-    return failed
+    if failed:
+        print(f'dwconv_benchmark: wrong or failed, not timed: {", ".join(failed)}',
+              file=sys.stderr)
+        raise SystemExit(FAILED_EXIT_CODE)
+
+
+def parts_sweep_rows(args, op, shape, dname):
+    t = sweep_parts(shape, DTYPES[dname], args, op)
+    best = min(PARTS_SWEEP, key=lambda p: t[p])
+    by_count = ', '.join(f'{p}: {t[p]:.3f}' for p in PARTS_SWEEP)
+    return [f'| {shape} | {dname} | {t[None]:.3f} | {t["legacy"]:.3f} | '
+            f'{t["legacy"] / t[None]:.2f} | {best} | {t[best]:.3f} | {t[best] / t[None]:.2f} | '
+            f'{by_count} |']
+
+
+def benchmark_rows(args, op, rate, shape, dname):
+    n, c, h, w, k = shape
+    floor_ms = 2 * n * c * h * w * k * k / rate * 1e3
+    in_map = f'{taps_in_map(h, w, k):.2f}'
+    r = bench_shape(shape, DTYPES[dname], args, op)
+    lines = []
+    for p in ('fwd', 'dgrad', 'wgrad'):
+        best = min(r['torch_nchw'][p], r['torch_cl'][p])
+        frac = f'{floor_ms / r["ours"][p]:.2f}'  # every pass has the same FLOPs
+        lines.append(f'| {shape} | {dname} | {p} | {r["ours"][p]:.3f} | '
+                     f'{r["torch_nchw"][p]:.3f} | {r["torch_cl"][p]:.3f} | '
+                     f'{best / r["ours"][p]:.2f} | {frac} | {generic(r, p)} | '
+                     f'{pipelined(r, p, best)} | {fwd_tiles(r, p, best)} | {in_map} |')
+    total = {k_: sum(r[k_].values()) for k_ in ('ours', 'torch_nchw', 'torch_cl')}
+    best = min(total['torch_nchw'], total['torch_cl'])
+    lines.append(f'| {shape} | {dname} | fwd+bwd | {total["ours"]:.3f} | '
+                 f'{total["torch_nchw"]:.3f} | {total["torch_cl"]:.3f} | '
+                 f'{best / total["ours"]:.2f} | | {generic(r)} | {pipelined(r, None, best)} '
+                 f'| | {in_map} |')
+    return lines
 
 
 def main():
@@ -382,11 +414,10 @@ def main():
                    f'{args.warmup} warm-up; timing {args.timing} ({TIMING_WORDS[args.timing]}); '
                    'times in ms; rule = the op\'s default (weight_grad_parts), legacy = the rule '
                    'before it; ratios > 1: the rule is faster')
-        failed = parts_sweep_main(args, shapes, report, budget, depthwise_conv2d)
-        if failed:
-            print(f'dwconv_benchmark: wrong or failed, not timed: {", ".join(failed)}',
-                  file=sys.stderr)
-            raise SystemExit(FAILED_EXIT_CODE)
+        report.add('| shape (N,C,H,W,K) | dtype | rule | legacy | legacy / rule | best count '
+                   '| best | best / rule | ms by count |', '|---|---|---|---|---|---|---|---|---|')
+        run_rows(args, shapes, report, budget, 9,
+                 functools.partial(parts_sweep_rows, args, depthwise_conv2d))
         return
     rate = fp32_rate(args.warmup, args.repeats)
     report.add(f'device: {device_name}, torch {torch.__version__}, '
@@ -405,46 +436,8 @@ def main():
                '| shape (N,C,H,W,K) | dtype | pass | ours | torch NCHW | torch CL | ratio | floor '
                '| ours, run-time K | ours, pipelined wgrad | ours, other fwd tiles | in map |',
                '|---|---|---|---|---|---|---|---|---|---|---|---|')
-    items = [(shape, dname) for shape, _ in shapes for dname in args.dtypes]
-    last_s, failed = 0., []
-    for i, (shape, dname) in enumerate(items):
-        # the next item is expected to take as long as the last
-        budget.stop_if_short(report, last_s, (f'{sh} {d}' for sh, d in items[i:]))
-        t0 = time.monotonic()
-        n, c, h, w, k = shape
-        floor_ms = 2 * n * c * h * w * k * k / rate * 1e3
-        in_map = f'{taps_in_map(h, w, k):.2f}'
-        try:
-            r = bench_shape(shape, DTYPES[dname], args, depthwise_conv2d)
-        except (WrongResult, RuntimeError) as e:
-            # one wrong or failing shape is reported in its row and the others still run: a GPU
-            # session has one call for all of them (after a CUDA error the rest may fail alike)
-            what = 'WRONG' if isinstance(e, WrongResult) else f'ERROR ({type(e).__name__})'
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else ''
-            report.add(f'| {shape} | {dname} | {what}: {msg.replace("|", "/")} | | | | | | | | | |')
-            failed.append(f'{shape} {dname}')
-            last_s = time.monotonic() - t0
-            continue
-        lines = []
-        for p in ('fwd', 'dgrad', 'wgrad'):
-            best = min(r['torch_nchw'][p], r['torch_cl'][p])
-            frac = f'{floor_ms / r["ours"][p]:.2f}'  # every pass has the same FLOPs
-            lines.append(f'| {shape} | {dname} | {p} | {r["ours"][p]:.3f} | '
-                         f'{r["torch_nchw"][p]:.3f} | {r["torch_cl"][p]:.3f} | '
-                         f'{best / r["ours"][p]:.2f} | {frac} | {generic(r, p)} | '
-                         f'{pipelined(r, p, best)} | {fwd_tiles(r, p, best)} | {in_map} |')
-        total = {k_: sum(r[k_].values()) for k_ in ('ours', 'torch_nchw', 'torch_cl')}
-        best = min(total['torch_nchw'], total['torch_cl'])
-        lines.append(f'| {shape} | {dname} | fwd+bwd | {total["ours"]:.3f} | '
-                     f'{total["torch_nchw"]:.3f} | {total["torch_cl"]:.3f} | '
-                     f'{best / total["ours"]:.2f} | | {generic(r)} | {pipelined(r, None, best)} '
-                     f'| | {in_map} |')
-        report.add(*lines)
-        last_s = time.monotonic() - t0
-    if failed:
-        print(f'dwconv_benchmark: wrong or failed, not timed: {", ".join(failed)}',
-              file=sys.stderr)
-        raise SystemExit(FAILED_EXIT_CODE)
+    run_rows(args, shapes, report, budget, 12,
+             functools.partial(benchmark_rows, args, depthwise_conv2d, rate))
 
 
 if __name__ == '__main__':

@@ -125,38 +125,47 @@ def test_dwconv_benchmark_parts_sweep_smoke(tmp_path):
         assert best_ratio == pytest.approx(best_ms / rule, rel=0.05, abs=0.01)
 
 
-def test_dwconv_benchmark_parts_sweep_checks_every_count(tmp_path, monkeypatch):
-    # an op whose weight gradient is off by 1e-3 with 5 parts only: a WRONG row that says so
+class ScaleGrad(torch.autograd.Function):
+    """The identity, whose gradient comes back 1e-3 too large."""
+    @staticmethod
+    def forward(ctx, w):
+        return w.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * 1.001
+
+
+def dwconv_main_exit(monkeypatch, op, *argv):
+    """dwconv_benchmark.main() run here with ``op`` as mmunirep's depthwise_conv2d: its exit
+    status."""
     sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
     import dwconv_benchmark
     import mmunirep.ops
-    right = mmunirep.ops.depthwise_conv2d
-
-    class ScaleGrad(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, w):
-            return w.clone()
-
-        @staticmethod
-        def backward(ctx, g):
-            return g * 1.001
-
-    def wrong_with_5_parts(x, w):
-        five = os.environ.get('MMUNIREP_DWCONV_WGRAD_PARTS') == '5'
-        return right(x, ScaleGrad.apply(w) if five else w)
-
-    monkeypatch.setattr(mmunirep.ops, 'depthwise_conv2d', wrong_with_5_parts)
-    out = tmp_path / 'parts.md'
-    monkeypatch.setattr(sys, 'argv', [
-        'dwconv_benchmark.py', '--parts-sweep', '--device', 'cpu', '--shapes', '2,3,20,37,7',
-        '--dtypes', 'fp32', '--repeats', '1', '--warmup', '0', '--out', str(out)])
+    monkeypatch.setattr(mmunirep.ops, 'depthwise_conv2d', op)
+    monkeypatch.setattr(sys, 'argv', ['dwconv_benchmark.py', *argv])
+    # main() sets these two process-wide: restored after it
     flags = torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32
     try:
         with pytest.raises(SystemExit) as exit_info:
             dwconv_benchmark.main()
     finally:
         torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32 = flags
-    assert exit_info.value.code == 4
+    return exit_info.value.code
+
+
+def test_dwconv_benchmark_parts_sweep_checks_every_count(tmp_path, monkeypatch):
+    # an op whose weight gradient is off by 1e-3 with 5 parts only: a WRONG row that says so
+    right = dw_module.depthwise_conv2d
+
+    def wrong_with_5_parts(x, w):
+        five = os.environ.get('MMUNIREP_DWCONV_WGRAD_PARTS') == '5'
+        return right(x, ScaleGrad.apply(w) if five else w)
+
+    out = tmp_path / 'parts.md'
+    assert dwconv_main_exit(monkeypatch, wrong_with_5_parts, '--parts-sweep', '--device', 'cpu',
+                            '--shapes', '2,3,20,37,7', '--dtypes', 'fp32', '--repeats', '1',
+                            '--warmup', '0', '--out', str(out)) == 4
     rows = table_rows(out)
     assert len(rows) == 1 and rows[0][2].startswith(
         ' WRONG: weight gradient with parts 5 differs from fp64 F.conv2d by 1.00e-03'), rows
@@ -318,36 +327,15 @@ def test_time_budget_counts_the_next_item():
 def test_dwconv_benchmark_reports_a_wrong_shape_and_goes_on(tmp_path, monkeypatch):
     # an op whose weight gradient is off by 1e-3 for K = 13 only: that shape gets a WRONG row and
     # is not timed, the K = 7 shape is still timed, and the exit status is 4
-    sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
-    import dwconv_benchmark
-    import mmunirep.ops
-    right = mmunirep.ops.depthwise_conv2d
-
-    class ScaleGrad(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, w):
-            return w.clone()
-
-        @staticmethod
-        def backward(ctx, g):
-            return g * 1.001
+    right = dw_module.depthwise_conv2d
 
     def wrong_for_13(x, w):
         return right(x, ScaleGrad.apply(w) if w.shape[-1] == 13 else w)
 
-    monkeypatch.setattr(mmunirep.ops, 'depthwise_conv2d', wrong_for_13)
     out = tmp_path / 'dwconv.md'
-    monkeypatch.setattr(sys, 'argv', [
-        'dwconv_benchmark.py', '--device', 'cpu', '--shapes', '2,3,9,9,13', '2,3,20,37,7',
-        '--dtypes', 'fp32', '--repeats', '1', '--warmup', '0', '--out', str(out)])
-    # main() sets these two process-wide: restored after it
-    flags = torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32
-    try:
-        with pytest.raises(SystemExit) as exit_info:
-            dwconv_benchmark.main()
-    finally:
-        torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32 = flags
-    assert exit_info.value.code == 4
+    assert dwconv_main_exit(monkeypatch, wrong_for_13, '--device', 'cpu', '--shapes',
+                            '2,3,9,9,13', '2,3,20,37,7', '--dtypes', 'fp32', '--repeats', '1',
+                            '--warmup', '0', '--out', str(out)) == 4
     rows = table_rows(out)
     assert rows[0][:2] == [' (2, 3, 9, 9, 13) ', ' fp32 ']
     assert rows[0][2].startswith(' WRONG: weight gradient differs from fp64 F.conv2d by 1.00e-03')
