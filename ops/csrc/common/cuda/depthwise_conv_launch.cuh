@@ -295,9 +295,8 @@ std::vector<at::Tensor> depthwise_conv2d_backward_impl(const Launch& launch,
           const auto kernel = depthwise_conv2d_weight_grad_kernel<scalar_t, acc_t>;
           const auto [grid, items] = plan(kernel, kWgradThreads, smem, kTileH, kTileW, 1);
           launch(kernel, grid, dim3(kWgradThreads), smem, input.data_ptr<scalar_t>(),
-                 grad_out.data_ptr<scalar_t>(),
-                 workspace.data_ptr<acc_t>(), static_cast<int>(channels), height, width, ksize,
-                 items);
+                 grad_out.data_ptr<scalar_t>(), workspace.data_ptr<acc_t>(),
+                 static_cast<int>(channels), height, width, ksize, items);
         }
         const int64_t count = channels * ksize * ksize;
         launch(depthwise_conv2d_reduce_parts_kernel<scalar_t, acc_t>,
