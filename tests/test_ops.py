@@ -156,11 +156,7 @@ def test_cuda_weight_grad_parts(monkeypatch, parts, dtype, n, c, h, w, k):
     wt = (torch.randn(c, 1, k, k, device='cuda') / k).to(dtype)
     g = torch.randn(n, c, h, w, device='cuda', dtype=dtype)
     got = dw_module._ext.depthwise_conv2d_backward(g, x, wt, False, True, False)[1]
-    _, w64, _, y64 = reference(x, wt, None)
-    y64.backward(g.double())
-    scale = w64.grad.abs().max()
-    assert torch.isfinite(got).all()
-    torch.testing.assert_close(got.double() / scale, w64.grad / scale, **TOL[dtype])
+    assert_weight_grad_near_fp64(got, x, wt, g)
 
 
 @needs_cuda_op
@@ -193,15 +189,22 @@ def test_cuda_forward_tiles_match_the_default(monkeypatch, tile, dtype, n, c, h,
         torch.testing.assert_close(got.double() / scale, ref.detach() / scale, **TOL[dtype])
 
 
-def assert_same_weight_grad_as_fp64(piped, plain, x, wt, g):
-    """The pipelined weight gradient is bitwise the default one and within its dtype's tolerance
-    of fp64 (relative to the largest value)."""
-    assert torch.isfinite(piped).all()
-    assert torch.equal(piped, plain)
+def assert_weight_grad_near_fp64(got, x, wt, g):
+    """A weight gradient is finite and within its dtype's tolerance of fp64, relative to the
+    largest value; returns that value."""
+    assert torch.isfinite(got).all()
     _, w64, _, y64 = reference(x, wt, None)
     y64.backward(g.double())
     scale = w64.grad.abs().max()
-    torch.testing.assert_close(piped.double() / scale, w64.grad / scale, **TOL[x.dtype])
+    torch.testing.assert_close(got.double() / scale, w64.grad / scale, **TOL[x.dtype])
+    return scale
+
+
+def assert_same_weight_grad_as_fp64(piped, plain, x, wt, g):
+    """The pipelined weight gradient is bitwise the default one and within its dtype's tolerance
+    of fp64 (relative to the largest value)."""
+    assert torch.equal(piped, plain)
+    assert_weight_grad_near_fp64(piped, x, wt, g)
 
 
 @needs_cuda_op

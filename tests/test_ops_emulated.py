@@ -20,7 +20,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from test_backbone import randomize, rel_err
-from test_ops import TOL, assert_same_weight_grad_as_fp64, reference
+from test_ops import (TOL, assert_same_weight_grad_as_fp64, assert_weight_grad_near_fp64,
+                      reference)
 from torch.utils.cpp_extension import load
 
 from mmunirep.models import UniRepLKNet
@@ -320,10 +321,7 @@ def test_emulated_forced_weight_grad_parts(emu, monkeypatch, forced):
     # legacy: one wave of 2048 // 208 = 9 blocks on each of the emulator's 2 SMs, over 3 channels
     assert wgrad_parts == {'1': 1, '3': 3, '64': 30, 'legacy': 6}[forced]
     assert reduce_blocks == 1
-    _, w64, _, y64 = reference(x, wt, None)
-    y64.backward(gy.double())
-    scale = w64.grad.abs().max()
-    torch.testing.assert_close(got.double() / scale, w64.grad / scale, **TOL[torch.float32])
+    scale = assert_weight_grad_near_fp64(got, x, wt, gy)
     torch.testing.assert_close(got / scale, default / scale, rtol=1e-5, atol=1e-6)
 
 
