@@ -150,7 +150,7 @@ def check_shape(shape, dtype, op, x, wt, g):
     # of these shapes. fp16 / bf16 results are rounded to 2^-11 / 2^-8 of it
     tol = 1e-4 if dtype == torch.float32 else 2e-2
     for variant in VARIANTS:
-        if not variant_applies(variant, h, w, k):
+        if not variant_applies(variant, h, w, k, dtype):
             continue  # the same kernels as the default
         with kernel_variant(variant):
             xo, wo = x.detach().requires_grad_(), wt.detach().requires_grad_()
@@ -184,12 +184,13 @@ def bench_shape(shape, dtype, args, op):
         with kernel_variant('run-time K'):
             result['ours_generic'] = time_passes(convs['ours'][0], torch.contiguous_format, x,
                                                  wt, g, args)
-    if variant_applies('pipelined', h, w, k):  # ours with the pipelined weight-gradient kernel
-        with kernel_variant('pipelined'):
-            result['ours_pipelined'] = time_passes(convs['ours'][0], torch.contiguous_format, x,
-                                                   wt, g, args, passes=('wgrad', ))
+    for variant in ('pipelined', 'tensor cores'):  # ours with another weight-gradient kernel
+        if variant_applies(variant, h, w, k, dtype):
+            with kernel_variant(variant):
+                result[WGRAD_VARIANTS[variant]] = time_passes(
+                    convs['ours'][0], torch.contiguous_format, x, wt, g, args, passes=('wgrad', ))
     for tile in FWD_TILES:  # ours on the other forward tiles: forward and input gradient
-        if variant_applies(tile, h, w, k):
+        if variant_applies(tile, h, w, k, dtype):
             with kernel_variant(tile):
                 result[tile] = time_passes(convs['ours'][0], torch.contiguous_format, x, wt, g,
                                            args, passes=('fwd', 'dgrad'))
@@ -198,13 +199,18 @@ def bench_shape(shape, dtype, args, op):
 
 VARIANTS = {None: {}, 'run-time K': {'MMUNIREP_DWCONV_GENERIC': '1'},
             'pipelined': {'MMUNIREP_DWCONV_PIPELINE': '1'},
+            'tensor cores': {'MMUNIREP_DWCONV_WGRAD_TC': '1'},
             **{t: {'MMUNIREP_DWCONV_FWD_TILE': t} for t in FWD_TILES}}  # and how to pick them
+WGRAD_VARIANTS = {'pipelined': 'ours_pipelined', 'tensor cores': 'ours_tc'}  # their results
 
 
-def variant_applies(variant, h, w, k):
-    """Whether ``variant`` runs other kernels than the default for an H x W map at K."""
+def variant_applies(variant, h, w, k, dtype):
+    """Whether ``variant`` runs other kernels than the default for an H x W map at K in
+    ``dtype``."""
     if variant == 'pipelined':
         return pipelined_applies(h, w, k)
+    if variant == 'tensor cores':  # half and bfloat16 only
+        return pipelined_applies(h, w, k) and dtype in (torch.float16, torch.bfloat16)
     if variant in FWD_TILES:
         return fwd_tiles_apply(h, w, k)
     return True
@@ -212,7 +218,7 @@ def variant_applies(variant, h, w, k):
 
 def kernel_variant(variant):
     """The op's kernels of ``variant`` while the block runs: its defaults (None), the run-time-K
-    kernels, the pipelined weight gradient, the other forward tiles."""
+    kernels, the pipelined or tensor-core weight gradient, the other forward tiles."""
     return environ(VARIANTS[variant])
 
 
@@ -254,12 +260,13 @@ def fwd_tiles(r, p, best):
     return ' / '.join(f'{t}: {r[t][p]:.3f} ({best / r[t][p]:.2f}x)' for t in FWD_TILES if t in r)
 
 
-def pipelined(r, p, best):
-    """The time with the pipelined weight gradient of the wgrad row (p) or of the total (None),
-    and its ratio to the faster PyTorch path ``best``, where it applies."""
-    if 'ours_pipelined' not in r or p not in ('wgrad', None):
+def wgrad_variant(r, key, p, best):
+    """The time with another weight-gradient kernel (r[key]: the pipelined or the tensor-core
+    one) of the wgrad row (p) or of the total (None), and its ratio to the faster PyTorch path
+    ``best``, where it applies."""
+    if key not in r or p not in ('wgrad', None):
         return ''
-    ours = r['ours_pipelined']['wgrad']
+    ours = r[key]['wgrad']
     if p is None:
         ours += r['ours']['fwd'] + r['ours']['dgrad']
     return f'{ours:.3f} ({best / ours:.2f}x)'
@@ -350,13 +357,16 @@ def benchmark_rows(args, op, rate, shape, dname):
         lines.append(f'| {shape} | {dname} | {p} | {r["ours"][p]:.3f} | '
                      f'{r["torch_nchw"][p]:.3f} | {r["torch_cl"][p]:.3f} | '
                      f'{best / r["ours"][p]:.2f} | {frac} | {generic(r, p)} | '
-                     f'{pipelined(r, p, best)} | {fwd_tiles(r, p, best)} | {in_map} |')
+                     f'{wgrad_variant(r, "ours_pipelined", p, best)} | '
+                     f'{wgrad_variant(r, "ours_tc", p, best)} | {fwd_tiles(r, p, best)} | '
+                     f'{in_map} |')
     total = {k_: sum(r[k_].values()) for k_ in ('ours', 'torch_nchw', 'torch_cl')}
     best = min(total['torch_nchw'], total['torch_cl'])
     lines.append(f'| {shape} | {dname} | fwd+bwd | {total["ours"]:.3f} | '
                  f'{total["torch_nchw"]:.3f} | {total["torch_cl"]:.3f} | '
-                 f'{best / total["ours"]:.2f} | | {generic(r)} | {pipelined(r, None, best)} '
-                 f'| | {in_map} |')
+                 f'{best / total["ours"]:.2f} | | {generic(r)} | '
+                 f'{wgrad_variant(r, "ours_pipelined", None, best)} | '
+                 f'{wgrad_variant(r, "ours_tc", None, best)} | | {in_map} |')
     return lines
 
 
@@ -430,13 +440,16 @@ def main():
                'run-time K = ours with MMUNIREP_DWCONV_GENERIC=1 (sizes with compile-time '
                'kernels); pipelined wgrad = ours with MMUNIREP_DWCONV_PIPELINE=1 (maps larger '
                'than a whole-map tile), its ratio to the faster PyTorch path in brackets; '
+               'tensor-core wgrad = ours with MMUNIREP_DWCONV_WGRAD_TC=1 (the same maps, fp16 '
+               'and bf16), likewise; '
                'other fwd tiles = ours with MMUNIREP_DWCONV_FWD_TILE (rows x columns x planes '
                'of a forward block; maps larger than 16x16, K = 7 and 13; default 16x32x4); '
                'in map = share of the K*K taps that read the map, not its padding',
                '| shape (N,C,H,W,K) | dtype | pass | ours | torch NCHW | torch CL | ratio | floor '
-               '| ours, run-time K | ours, pipelined wgrad | ours, other fwd tiles | in map |',
-               '|---|---|---|---|---|---|---|---|---|---|---|---|')
-    run_rows(args, shapes, report, budget, 12,
+               '| ours, run-time K | ours, pipelined wgrad | ours, tensor-core wgrad '
+               '| ours, other fwd tiles | in map |',
+               '|---|---|---|---|---|---|---|---|---|---|---|---|---|')
+    run_rows(args, shapes, report, budget, 13,
              functools.partial(benchmark_rows, args, depthwise_conv2d, rate))
 
 

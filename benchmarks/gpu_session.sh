@@ -20,7 +20,9 @@
 #   OUT/tests.txt       pytest tests/test_ops.py (the GPU tests no longer skip)
 #   OUT/dwconv.md       benchmarks/dwconv_benchmark.py, fp32 / fp16 / bf16, every shape
 #   OUT/train_step.md   benchmarks/train_step_benchmark.py, UniRepLKNet-S at 2x3x800x1333
-#   OUT/bench.log       the two benchmarks' output and errors, then the `profile` step's ncu report
+#   OUT/bench.log       the two benchmarks' output and errors, then the training step in bf16 /
+#                       fp16 with MMUNIREP_DWCONV_WGRAD_TC=1 (train_step_tc: the tensor-core weight
+#                       gradient), then the `profile` step's ncu report
 #                       of benchmarks/profile_kernels.py (occupancy, issue, warp states per kernel),
 #                       then the training step with MMUNIREP_DWCONV_PIPELINE=1 (train_step_pipelined),
 #                       then dwconv_benchmark.py --parts-sweep (parts_sweep: the weight gradient
@@ -31,9 +33,9 @@
 # step shortens the later ones instead of the call being cut before summary.txt is written; a
 # step left with under 20 s is recorded as skipped. The benchmarks write their tables row by row
 # and stop starting rows 15 s before their step's limit (exit 3: a partial table that says what it
-# left out). DWCONV_ARGS / TRAIN_STEP_ARGS / PROFILE_ARGS / TRAIN_STEP_PIPELINED_ARGS /
-# PARTS_SWEEP_ARGS replace their default arguments (e.g. DWCONV_ARGS="--dtypes fp32 --shapes
-# 2,192,100,168,13").
+# left out). DWCONV_ARGS / TRAIN_STEP_ARGS / TRAIN_STEP_TC_ARGS / PROFILE_ARGS /
+# TRAIN_STEP_PIPELINED_ARGS / PARTS_SWEEP_ARGS replace their default arguments (e.g.
+# DWCONV_ARGS="--dtypes fp32 --shapes 2,192,100,168,13").
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 WHEELS=${GPU_WHEELS:-$ROOT/.gpu_wheels}
@@ -59,7 +61,7 @@ prepare)
 run)
   OUT=${2:?usage: bash benchmarks/gpu_session.sh run OUT_DIR [STEP...]}
   shift 2
-  ALL_STEPS="device build sass tests dwconv train_step profile train_step_pipelined parts_sweep"
+  ALL_STEPS="device build sass tests dwconv train_step train_step_tc profile train_step_pipelined parts_sweep"
   STEPS=${*:-$ALL_STEPS}
   for s in $STEPS; do
     [[ " $ALL_STEPS " == *" $s "* ]] || { echo "gpu_session: unknown step '$s' (steps: $ALL_STEPS)" >&2; exit 2; }
@@ -134,6 +136,10 @@ EOF
       ${DWCONV_ARGS:-} --out "$OUT/dwconv.md"
     step train_step "$OUT/bench.log" 150 "$PY" benchmarks/train_step_benchmark.py \
       ${TRAIN_STEP_ARGS:---precision fp32 bf16 fp16} --out "$OUT/train_step.md"
+    # the training step in half precision with the tensor-core weight gradient on the op's side;
+    # its table goes to bench.log only (a call returns at most 8 files from OUT)
+    step train_step_tc "$OUT/bench.log" 120 env MMUNIREP_DWCONV_WGRAD_TC=1 \
+      "$PY" benchmarks/train_step_benchmark.py ${TRAIN_STEP_TC_ARGS:---precision bf16 fp16}
     # clocks not locked: KINDS.md saw ncu read counters on these machines with --clock-control none
     step profile "$OUT/bench.log" 120 "${NCU:-ncu}" --clock-control none \
       -k 'regex:depthwise_conv2d_(forward|weight_grad)_k' --section SpeedOfLight \
@@ -154,7 +160,7 @@ EOF
   cat "$summary"
   ;;
 *)
-  sed -n '2,36p' "$0"
+  sed -n '2,38p' "$0"
   exit 2
   ;;
 esac

@@ -7,9 +7,10 @@ It disassembles the extension with cuobjdump (the CUDA toolkit's, or pip's nvidi
 with nvidia-cuda-nvdisasm, which requirements/stack.txt installs) and reports, for each kernel:
 - local-memory instructions (LDL / STL: register spills, or arrays the compiler could not keep in
   registers);
-- its hot loop, the loop with the most FFMAs (outside the loops nested in it, which the weight-
-  gradient kernels' tile staging is): its FFMA, shared-memory load (LDS) and total instruction
-  counts, nested loops left out. An SM sub-partition issues one instruction per cycle and its FP32
+- its hot loop, the loop with the most FFMAs or tensor-core HMMAs (outside the loops nested in
+  it, which the weight-gradient kernels' tile staging is): its FFMA, HMMA, shared-memory load (LDS
+  and LDSM, the tensor cores' fragment loads) and total instruction counts, nested loops left
+  out. An SM sub-partition issues one instruction per cycle and its FP32
   units take one FFMA per cycle, so the FFMA share of the hot loop bounds the fraction of the fp32
   FMA peak that loop can reach; LDS per FFMA says how hard it leans on shared memory (a conflict-
   free LDS of a warp takes one of the SM's one-per-cycle shared-memory wavefronts, against four
@@ -56,13 +57,13 @@ class Kernel:
         return out
 
     def hot_loop(self):
-        """(start, end, nested loops) of the loop with the most FFMAs outside its nested loops
-        (the staging loops inside a weight-gradient item loop are counted on their own), the
-        innermost of equals; None without FFMA loops."""
+        """(start, end, nested loops) of the loop with the most FFMAs or HMMAs outside its nested
+        loops (the staging loops inside a weight-gradient item loop are counted on their own),
+        the innermost of equals; None without such loops."""
         loops, best = self.loops(), None
         for lo, hi in loops:
             nested = [(a, b) for a, b in loops if lo <= a and b <= hi and (a, b) != (lo, hi)]
-            key = (self.count(is_ffma, lo, hi, nested), -(hi - lo))
+            key = (self.count(lambda op: is_ffma(op) or is_hmma(op), lo, hi, nested), -(hi - lo))
             if key[0] and (best is None or key > best[0]):
                 best = (key, (lo, hi, nested))
         return None if best is None else best[1]
@@ -72,8 +73,12 @@ def is_ffma(op):
     return op.split('.')[0] == 'FFMA'
 
 
+def is_hmma(op):
+    return op.split('.')[0] == 'HMMA'
+
+
 def is_lds(op):
-    return op.split('.')[0] == 'LDS'
+    return op.split('.')[0] in ('LDS', 'LDSM')
 
 
 def find_cuobjdump():
@@ -187,8 +192,8 @@ def summarize(k):
         lo, hi, nested = hot
         ffma, lds = k.count(is_ffma, lo, hi, nested), k.count(is_lds, lo, hi, nested)
         total = k.count(lambda op: True, lo, hi, nested)
-        row.update(ffma=ffma, lds=lds, total=total, ffma_share=ffma / total,
-                   lds_per_ffma=lds / ffma)
+        row.update(ffma=ffma, hmma=k.count(is_hmma, lo, hi, nested), lds=lds, total=total,
+                   ffma_share=ffma / total, lds_per_ffma=lds / ffma if ffma else None)
     return row
 
 
@@ -202,12 +207,13 @@ def main(argv=None):
     if so is None or not os.path.exists(so):
         sys.exit('sass_report: no extension: build it first (bash tools/build_ops.sh)')
     rows = [summarize(k) for k in disassemble(so, args.arch)]
-    lines = ['| arch | kernel | registers | stack | LDL/STL | STG.128 | hot loop FFMA | LDS | '
-             'instructions | FFMA share | LDS per FFMA |',
-             '|---|---|---|---|---|---|---|---|---|---|---|']
+    lines = ['| arch | kernel | registers | stack | LDL/STL | STG.128 | hot loop FFMA | HMMA | '
+             'LDS | instructions | FFMA share | LDS per FFMA |',
+             '|---|---|---|---|---|---|---|---|---|---|---|---|']
     for r in sorted(rows, key=lambda r: (r['arch'], r['kernel'])):
-        hot = (f"{r['ffma']} | {r['lds']} | {r['total']} | {r['ffma_share']:.0%} | "
-               f"{r['lds_per_ffma']:.2f}" if 'ffma' in r else '- | - | - | - | -')
+        per_ffma = f"{r['lds_per_ffma']:.2f}" if r.get('lds_per_ffma') is not None else '-'
+        hot = (f"{r['ffma']} | {r['hmma']} | {r['lds']} | {r['total']} | "
+               f"{r['ffma_share']:.0%} | {per_ffma}" if 'ffma' in r else '- | - | - | - | - | -')
         lines.append(f"| {r['arch']} | `{r['kernel']}` | {r['registers']} | {r['stack']} | "
                      f"{r['local']} | {r['stg128']} | {hot} |")
     print('\n'.join(lines))
@@ -250,7 +256,9 @@ def header(so, argv):
         'FFMAs, so LDS per FFMA under 0.25 keeps shared memory from binding; the loads of these '
         'loops are conflict-free by a compile-time check (TileShape::forward_bank_ways / '
         'weight_grad_bank_ways). Weight-gradient rows count the item loop without its nested '
-        'staging loops. Whole-map tiles (`TileShape<..., true>`, maps of at most 8x8 or 16x16) '
+        'staging loops. The tensor-core weight gradient (`weight_grad_tc`, '
+        'MMUNIREP_DWCONV_WGRAD_TC=1) has HMMAs (two per 16x16x16 wmma product) where the others '
+        'have FFMAs, and LDSM (its fragment loads) among its LDS. Whole-map tiles (`TileShape<..., true>`, maps of at most 8x8 or 16x16) '
         'leave out the FMAs on the padding left and right of the tile (62 per row of 8 outputs '
         'at K = 13, not 8 * 13), so a lower FFMA share there can be less work, not worse code. '
         'Registers per thread and stack bytes (spills) from `cuobjdump -res-usage`. '

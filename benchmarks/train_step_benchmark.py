@@ -53,9 +53,15 @@ def parse_args():
     return parser.parse_args()
 
 
-def pipelined():
-    """Whether the op runs its pipelined weight-gradient kernel (read at every launch)."""
-    return os.environ.get('MMUNIREP_DWCONV_PIPELINE', '').startswith('1')
+def weight_grad_kernel():
+    """Which weight-gradient kernel the op runs (its switches are read at every launch): the
+    tensor-core one (fp16 / bf16; it takes precedence), the pipelined one or the default."""
+    if os.environ.get('MMUNIREP_DWCONV_WGRAD_TC', '') == '1':
+        return 'tensor cores in fp16 / bf16 (MMUNIREP_DWCONV_WGRAD_TC=1)'
+    if os.environ.get('MMUNIREP_DWCONV_PIPELINE', '').startswith('1'):
+        return 'pipelined (MMUNIREP_DWCONV_PIPELINE=1)'
+    return 'default'
+
 
 
 def build_pair(args, deploy=False):
@@ -219,7 +225,7 @@ def main():
     report = Report(args.out)
     report.add(
         f'device: {device_name}; command: python {" ".join(sys.argv)}; the op\'s weight '
-        f'gradient: {"pipelined (MMUNIREP_DWCONV_PIPELINE=1)" if pipelined() else "default"}',
+        f'gradient: {weight_grad_kernel()}',
         f'UniRepLKNet-{args.arch.upper()} backbone, batch {args.batch}x3x{args.size[0]}x'
         f'{args.size[1]}, drop path {args.drop_path}, gradient checkpointing '
         f'{not args.no_cp}; median of {args.repeats} after {args.warmup} warm-up, alternating; '

@@ -77,9 +77,10 @@ def test_train_step_check_refuses_a_wrong_op_model(monkeypatch, perturb):
 def test_dwconv_benchmark_smoke(tmp_path):
     out = tmp_path / 'dwconv.md'
     run('benchmarks/dwconv_benchmark.py', '--device', 'cpu', '--shapes', '2,3,20,37,7',
-        '--dtypes', 'fp32', '--repeats', '1', '--warmup', '0', '--out', str(out))
+        '--dtypes', 'fp32', 'fp16', '--repeats', '1', '--warmup', '0', '--out', str(out))
     rows = table_rows(out)
-    assert [r[2].strip() for r in rows] == ['fwd', 'dgrad', 'wgrad', 'fwd+bwd']
+    assert [(r[1].strip(), r[2].strip()) for r in rows] == [
+        (d, p) for d in ('fp32', 'fp16') for p in ('fwd', 'dgrad', 'wgrad', 'fwd+bwd')]
     # the share of taps inside the map, counted here by convolving ones with ones
     ones = torch.ones(1, 1, 20, 37, dtype=torch.float64)
     in_map = F.conv2d(ones, torch.ones(1, 1, 7, 7, dtype=torch.float64), padding=3).sum().item()
@@ -87,24 +88,27 @@ def test_dwconv_benchmark_smoke(tmp_path):
         ours, nchw, cl, ratio = (float(v) for v in r[3:7])
         assert ratio == pytest.approx(min(nchw, cl) / ours, rel=0.05)
         assert float(r[8]) > 0  # K = 7 has compile-time kernels: the run-time-K column is there
-        # a 20x37 map takes 16x32 tiles, so the pipelined weight gradient is timed: its time and
-        # its ratio to the faster PyTorch path, on the rows with a weight gradient
-        if r[2].strip() in ('wgrad', 'fwd+bwd'):
-            m = re.fullmatch(r' (\d+\.\d+) \((\d+\.\d+)x\) ', r[9])
-            assert m, r
-            assert float(m.group(2)) == pytest.approx(min(nchw, cl) / float(m.group(1)), rel=0.05)
-        else:
-            assert r[9].strip() == ''
+        # a 20x37 map takes 16x32 tiles, so the pipelined weight gradient is timed, and in fp16
+        # the tensor-core one: their times and ratios to the faster PyTorch path, on the rows
+        # with a weight gradient
+        for column, timed in ((9, True), (10, r[1].strip() == 'fp16')):
+            if timed and r[2].strip() in ('wgrad', 'fwd+bwd'):
+                m = re.fullmatch(r' (\d+\.\d+) \((\d+\.\d+)x\) ', r[column])
+                assert m, r
+                assert float(m.group(2)) == pytest.approx(min(nchw, cl) / float(m.group(1)),
+                                                          rel=0.05)
+            else:
+                assert r[column].strip() == ''
         # and at K = 7 the forward and input gradient on the other forward tiles, with ratios
         if r[2].strip() in ('fwd', 'dgrad'):
-            tiles = re.findall(r'(\w+): (\d+\.\d+) \((\d+\.\d+)x\)', r[10])
+            tiles = re.findall(r'(\w+): (\d+\.\d+) \((\d+\.\d+)x\)', r[11])
             assert [t[0] for t in tiles] == ['16x32x2', '32x32x2'], r
             for _, ms, tile_ratio in tiles:
                 assert float(tile_ratio) == pytest.approx(min(nchw, cl) / float(ms), rel=0.05)
         else:
-            assert r[10].strip() == ''
-        assert float(r[11]) == pytest.approx(in_map / (20 * 37 * 49), abs=0.005)
-        assert float(r[11]) < 1
+            assert r[11].strip() == ''
+        assert float(r[12]) == pytest.approx(in_map / (20 * 37 * 49), abs=0.005)
+        assert float(r[12]) < 1
 
 
 def test_dwconv_benchmark_parts_sweep_smoke(tmp_path):
@@ -207,20 +211,24 @@ def test_gpu_session_profile_step_runs_ncu_on_the_kernels(tmp_path):
     assert 'benchmarks/profile_kernels.py --dtypes bf16' in log
 
 
-def test_gpu_session_train_step_pipelined_step(tmp_path):
-    """The last step runs the training-step benchmark with the pipelined weight gradient on the
-    op's side (here a CPU smoke run, where the op falls back; its header says which kernel)."""
-    env = dict(os.environ, PYTHON=sys.executable, TRAIN_STEP_PIPELINED_ARGS=(
-        '--device cpu --arch a --size 64 96 --repeats 1 --warmup 0 --precision fp32'))
+@pytest.mark.parametrize('step, precision, kernel', [
+    ('train_step_pipelined', 'fp32', 'pipelined (MMUNIREP_DWCONV_PIPELINE=1)'),
+    ('train_step_tc', 'bf16', 'tensor cores in fp16 / bf16 (MMUNIREP_DWCONV_WGRAD_TC=1)')])
+def test_gpu_session_train_step_variant_steps(tmp_path, step, precision, kernel):
+    """Two steps run the training-step benchmark with another weight-gradient kernel on the op's
+    side (here CPU smoke runs, where the op falls back; the header says which kernel)."""
+    env = dict(os.environ, PYTHON=sys.executable)
+    env[f'{step.upper()}_ARGS'] = ('--device cpu --arch a --size 64 96 --repeats 1 --warmup 0 '
+                                   f'--precision {precision}')
     env.pop('MMUNIREP_DWCONV_PIPELINE', None)
+    env.pop('MMUNIREP_DWCONV_WGRAD_TC', None)
     proc = subprocess.run(['bash', 'benchmarks/gpu_session.sh', 'run', str(tmp_path / 'out'),
-                           'train_step_pipelined'], cwd=ROOT, capture_output=True, text=True,
-                          env=env, timeout=300)
+                           step], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
     summary = (tmp_path / 'out' / 'summary.txt').read_text()
-    assert 'train_step_pipelined: exit 0' in summary, (proc.stdout, proc.stderr)
+    assert f'{step}: exit 0' in summary, (proc.stdout, proc.stderr)
     log = (tmp_path / 'out' / 'bench.log').read_text()
-    assert "the op's weight gradient: pipelined (MMUNIREP_DWCONV_PIPELINE=1)" in log
-    assert '| training step | fp32 |' in log
+    assert f"the op's weight gradient: {kernel}" in log
+    assert f'| training step | {precision} |' in log
 
 
 def test_gpu_session_parts_sweep_step(tmp_path):

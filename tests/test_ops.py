@@ -139,6 +139,40 @@ def test_cuda_pipelined_weight_grad_matches_the_default(monkeypatch, dtype, n, c
     assert_same_weight_grad_as_fp64(piped, plain, x, wt, g)
 
 
+def weight_grad_kernels(fn):
+    """fn() and the names of the CUDA kernels it ran whose name says weight_grad."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        out = fn()
+        torch.cuda.synchronize()
+    return out, {e.key for e in prof.key_averages() if 'weight_grad' in e.key}
+
+
+@needs_cuda_op
+@pytest.mark.parametrize('parts', [None, '1', '5'])
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize('n, c, h, w, k', [
+    (4, 16, 20, 20, 7), (3, 9, 40, 37, 13), (1, 3, 12, 70, 31), (2, 3, 100, 168, 13),
+    (2, 6, 25, 42, 13), (5, 3, 17, 33, 7), (8, 4, 40, 40, 13), (2, 2, 17, 200, 7)])
+def test_cuda_tensor_core_weight_grad(monkeypatch, parts, dtype, n, c, h, w, k):
+    """MMUNIREP_DWCONV_WGRAD_TC=1 (half / bfloat16, maps larger than 16x16): the tensor-core
+    weight-gradient kernel runs (the profiler sees it) and matches fp64 within the dtype's
+    tolerance, with the parts of the op's rule and forced ones. The emulator cannot show the
+    GPU's fragment layouts or its tensor cores' sums: this is their test."""
+    if parts is not None:
+        monkeypatch.setenv('MMUNIREP_DWCONV_WGRAD_PARTS', parts)
+    monkeypatch.setenv('MMUNIREP_DWCONV_WGRAD_TC', '1')
+    torch.manual_seed(n * 100 + h + k)
+    x = torch.randn(n, c, h, w, device='cuda', dtype=dtype)
+    wt = (torch.randn(c, 1, k, k, device='cuda') / k).to(dtype)
+    g = torch.randn(n, c, h, w, device='cuda', dtype=dtype)
+    got, kernels = weight_grad_kernels(
+        lambda: dw_module._ext.depthwise_conv2d_backward(g, x, wt, False, True, False)[1])
+    assert any('weight_grad_tc' in name for name in kernels), kernels
+    assert_weight_grad_near_fp64(got, x, wt, g)
+    again = dw_module._ext.depthwise_conv2d_backward(g, x, wt, False, True, False)[1]
+    assert torch.equal(again, got)  # deterministic: no atomics, a fixed order of the sums
+
+
 @needs_cuda_op
 @pytest.mark.parametrize('parts', [None, 'legacy', '1', '7', '64'])
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])

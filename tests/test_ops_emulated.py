@@ -217,6 +217,72 @@ def test_emulated_pipelined_weight_grad(emu, monkeypatch, dtype, n, c, h, w, k):
     assert_same_weight_grad_as_fp64(piped, plain, x, wt, gy)
 
 
+# the tensor-core weight gradient's block (TensorCoreWgrad<K>): threads (7, 7 and 8 warps of 1, 2
+# and 4 filter rows) and shared memory bytes, the larger of the staged half-precision tiles (16 +
+# K - 1 input rows of pitch 48, 48, 80 and 16 gradient rows of 48) and the warps' fp32 scratch
+# for one filter row's 16 x 16 NF sums (NF = 2, 2, 3)
+TC_LAUNCH = {7: (224, 4 * 7 * 512), 13: (224, 4 * 7 * 512), 31: (256, 4 * 8 * 768)}
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize('n, c, h, w, k', [case for case in CASES if case[-1] in COMPILED_K])
+def test_emulated_tensor_core_weight_grad(emu, monkeypatch, dtype, n, c, h, w, k):
+    """MMUNIREP_DWCONV_WGRAD_TC=1: half and bfloat16 maps larger than 16x16 take the tensor-core
+    weight gradient (wmma, emulated on whole matrices), which matches fp64 within the dtype's
+    tolerance; fp32 and whole-map tiles keep their kernel and its result, bitwise."""
+    default, (default_kernel, _), (x, gy, wt) = weight_grads(emu, n, c, h, w, k, dtype)
+    emu.block_sizes()
+    monkeypatch.setenv('MMUNIREP_DWCONV_WGRAD_TC', '1')
+    got, (kernel, smem), _ = weight_grads(emu, n, c, h, w, k, dtype)
+    threads, _reduce = emu.block_sizes()
+    tensor_cores = dtype != torch.float32 and not (k <= 13 and h <= 16 and w <= 16)
+    assert (kernel != default_kernel) == tensor_cores
+    if tensor_cores:
+        assert (threads, smem) == TC_LAUNCH[k]
+        assert_weight_grad_near_fp64(got, x, wt, gy)
+    else:
+        assert torch.equal(got, default)
+
+
+def test_emulated_tensor_core_weight_grad_does_not_depend_on_the_schedule(emu, monkeypatch):
+    """The tensor-core weight gradient in the three schedules of the emulator: bitwise equal (its
+    barriers before staging, after staging and around the scratch of the final sums)."""
+    monkeypatch.setenv('MMUNIREP_DWCONV_WGRAD_TC', '1')
+    g = torch.Generator().manual_seed(21)
+    x, gy = (torch.randn(2, 3, 20, 40, generator=g).half() for _ in range(2))
+    wt = (torch.randn(3, 1, 7, 7, generator=g) / 7).half()
+    results = {}
+    try:
+        for schedule in ('forward', 'reverse', 'threads'):
+            emu.set_schedule(schedule)
+            results[schedule] = emu.depthwise_conv2d_backward(gy, x, wt, False, True, False)[1]
+    finally:
+        emu.set_schedule('forward')
+    assert torch.equal(results['reverse'], results['forward'])
+    assert torch.equal(results['threads'], results['forward'])
+    assert_weight_grad_near_fp64(results['forward'], x, wt, gy)
+
+
+@pytest.mark.parametrize('value', ['yes', '2', 'true'])
+def test_emulated_tensor_core_switch_is_checked(emu, monkeypatch, value):
+    monkeypatch.setenv('MMUNIREP_DWCONV_WGRAD_TC', value)
+    x = torch.randn(1, 2, 20, 20).half()
+    with pytest.raises(RuntimeError, match=f"WGRAD_TC: expected 1 or 0 .or unset., got '{value}'"):
+        emu.depthwise_conv2d_backward(x, x, torch.randn(2, 1, 7, 7).half(), False, True, False)
+
+
+@pytest.mark.parametrize('kind, message', [
+    ('partial', r'made by 16 of its 32 lanes'),
+    ('divergent', r'call 0 of warp 0 differs between lanes'),
+    ('misaligned', r'must be 32-byte aligned')])
+def test_emulated_wmma_misuse_is_caught(emu, kind, message):
+    """The emulated wmma fails, as the GPU would misbehave, where a kernel calls it with part of a
+    warp, with different pointers in one warp or with a misaligned fragment pointer."""
+    emu.wmma_misuse('right')  # all lanes, one aligned pointer: no error
+    with pytest.raises(RuntimeError, match=message):
+        emu.wmma_misuse(kind)
+
+
 @pytest.mark.parametrize('n, c, h, w, k', [
     (3, 3, 40, 37, 13), (3, 5, 7, 7, 13), (2, 3, 14, 14, 13), (1, 3, 12, 70, 31),
     (2, 7, 33, 17, 5), (70, 1, 9, 9, 7)])

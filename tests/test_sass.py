@@ -137,6 +137,32 @@ def test_pipelined_weight_grad_loads_the_next_item_before_computing_this_one(ker
         assert max(at['LDG']) < min(at['FFMA']), (k.name, 'loads issued after the FMAs began')
 
 
+def test_tensor_core_weight_grad_multiplies_on_the_tensor_cores(kernels):
+    """The tensor-core weight gradient (MMUNIREP_DWCONV_WGRAD_TC=1, half and bfloat16): per item,
+    2 fragments of the gradient tile and, for each of a warp's filter rows, NF + 1 of the input
+    loaded from shared memory as matrices (LDSM, one per 16x16 fragment) and 2 NF products of
+    16x16x16 (2 HMMA each), the loops unrolled; no generic loads and register transposes (nvcc
+    made bfloat16's wmma::load_matrix_sync LD.E + MOVM, hence load_shared_fragment's PTX), no
+    local memory, no division in the item loop."""
+    found = {}
+    for k in kernels:
+        m = re.search(r'weight_grad_tc_kernel<(\w+), (\d+)>', k.name)
+        if m:
+            found[(m.group(1), int(m.group(2)))] = k
+    assert sorted(found) == [(d, ksize) for d in ('BFloat16', 'Half') for ksize in (7, 13, 31)]
+    for (dtype, ksize), k in found.items():
+        nf, rows = -(-(16 + ksize - 1) // 16), -(-ksize // 8)  # TensorCoreWgrad<K>
+        lo, hi, nested = k.hot_loop()
+
+        def count(name):
+            return k.count(lambda op: op.split('.')[0] == name, lo, hi, nested)
+        assert count('HMMA') == rows * 2 * nf * 2, (k.name, count('HMMA'))
+        assert count('LDSM') == 2 + rows * (nf + 1), (k.name, count('LDSM'))
+        assert count('LD') == count('MOVM') == 0, (k.name, 'generic loads, register transposes')
+        assert count('MUFU') == count('I2F') == 0, (k.name, 'a division in the item loop')
+        assert local_memory(k) == 0 and k.stack == 0, k.name
+
+
 def test_no_kernel_spills_and_the_pipelined_weight_grad_keeps_its_occupancy(kernels):
     """cuobjdump -res-usage: no compile-time-K kernel uses stack (spilled registers; the run-time-K
     weight gradient keeps its per-thread taps in a local array by design). The pipelined weight
@@ -175,7 +201,7 @@ def test_report_writes_a_row_per_kernel(kernels, tmp_path):
     rows = [line for line in out.read_text().splitlines() if line.startswith('| sm_90')]
     assert len(rows) == len(kernels)
     assert any(re.search(r'forward_k_kernel<float, float, 13, TileShape<16, 32, 4, 16, false> >` '
-                         r'\| \d+ \| 0 \| 0 \| 4 \| 208 \| 41 \|', r) for r in rows), rows
+                         r'\| \d+ \| 0 \| 0 \| 4 \| 208 \| 0 \| 41 \|', r) for r in rows), rows
 
 
 def test_parse_rejects_output_without_kernels():

@@ -13,8 +13,10 @@
 //   one __syncthreads() to the next in turn, in increasing or decreasing thread order. This is
 //   deterministic and much faster, and a missing barrier shows as a result that depends on the
 //   order: kernels must give bitwise the same result in every schedule.
-// What it does not model: warps (the kernels use no warp intrinsics), timing, the memory model
-// beyond the barrier.
+// Warps appear only in wmma (below): the tensor cores' matrix operations, emulated per thread on
+// whole matrices, with a check that each is called by all lanes of a warp with the same arguments
+// and aligned as the GPU requires. What it does not model: other warp-level operations (the
+// kernels use none), timing, the memory model beyond the barrier.
 #pragma once
 
 #include <c10/util/Exception.h>
@@ -24,7 +26,13 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <map>
+#include <mutex>
+#include <sstream>
+#include <string>
 #include <thread>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include <ucontext.h>
@@ -61,6 +69,62 @@ struct FiberState {
 inline FiberState g_fibers;
 constexpr size_t kFiberStack = 64 * 1024;
 
+// wmma's warp-collective calls of the block that runs: each is made by every lane of a warp, in
+// the same order and with the same arguments (as on the GPU, where anything else is undefined).
+// Errors are recorded here and raised by run_block after the block (an exception must not unwind
+// through a fiber's stack).
+struct WarpCalls {
+  std::mutex mutex;
+  std::map<std::pair<unsigned, unsigned>, std::pair<std::string, unsigned>> calls;  // (warp, n)
+  std::vector<unsigned> made;  // calls so far, per thread of the block
+  std::string error;
+};
+inline WarpCalls g_warp_calls;
+
+inline unsigned linear_thread_index() {
+  return tl_thread_idx.x + tl_block_dim.x * (tl_thread_idx.y + tl_block_dim.y * tl_thread_idx.z);
+}
+
+inline void warp_error(const std::string& message) {
+  std::lock_guard<std::mutex> lock(g_warp_calls.mutex);
+  if (g_warp_calls.error.empty()) g_warp_calls.error = message;
+}
+
+// a warp-collective call `what` (its name and arguments) by this thread
+inline void warp_collective(const std::string& what) {
+  const unsigned t = linear_thread_index();
+  std::lock_guard<std::mutex> lock(g_warp_calls.mutex);
+  const auto key = std::make_pair(t / 32, g_warp_calls.made[t]++);
+  auto [it, fresh] = g_warp_calls.calls.try_emplace(key, what, 0u);
+  if (!fresh && it->second.first != what && g_warp_calls.error.empty()) {
+    std::ostringstream msg;
+    msg << "wmma: call " << key.second << " of warp " << key.first << " differs between lanes ("
+        << it->second.first << " against " << what << " by thread " << t << ")";
+    g_warp_calls.error = msg.str();
+  }
+  ++it->second.second;
+}
+
+inline void begin_warp_calls(unsigned threads) {
+  g_warp_calls.calls.clear();
+  g_warp_calls.made.assign(threads, 0);
+  g_warp_calls.error.clear();
+}
+
+// after a block: every call by all lanes of its warp
+inline void check_warp_calls(unsigned threads) {
+  for (const auto& [key, call] : g_warp_calls.calls) {
+    const unsigned lanes = std::min(32u, threads - key.first * 32);
+    if (call.second != lanes && g_warp_calls.error.empty()) {
+      std::ostringstream msg;
+      msg << "wmma: " << call.first << " (call " << key.second << " of warp " << key.first
+          << ") made by " << call.second << " of its " << lanes << " lanes";
+      g_warp_calls.error = msg.str();
+    }
+  }
+  TORCH_CHECK(g_warp_calls.error.empty(), "emulated block: ", g_warp_calls.error);
+}
+
 inline void fiber_entry() {
   const int me = g_fibers.starting;
   (*g_fibers.body)();
@@ -77,6 +141,7 @@ inline void run_block(dim3 bidx, dim3 block, dim3 grid, Schedule schedule,
     tl_block_dim = block;
     tl_grid_dim = grid;
   };
+  begin_warp_calls(threads);
   if (schedule == Schedule::kThreads) {
     std::barrier<> bar(threads);
     std::vector<std::thread> pool;
@@ -90,6 +155,7 @@ inline void run_block(dim3 bidx, dim3 block, dim3 grid, Schedule schedule,
       });
     }
     for (auto& th : pool) th.join();
+    check_warp_calls(threads);
     return;
   }
   FiberState& f = g_fibers;
@@ -121,8 +187,101 @@ inline void run_block(dim3 bidx, dim3 block, dim3 grid, Schedule schedule,
       live += f.done[t] ? 0 : 1;
     }
   }
+  check_warp_calls(threads);
 }
 }  // namespace cuda_emu
+
+// nvcuda::wmma for 16x16x16 fragments. A fragment is spread over the 32 lanes of a warp on the
+// GPU, in a layout CUDA leaves unspecified; here every lane holds the whole matrix and computes
+// the whole product. That is the same result for kernels that, as wmma requires, only ever load,
+// multiply, fill and store whole fragments with all lanes of a warp (warp_collective checks
+// it), and it fails (run_block raises) where a pointer is not 32-byte aligned or a leading
+// dimension not a multiple of 16 bytes, as the GPU requires. The products of half / bfloat16
+// elements are exact in fp32; they are summed in k order here, in the tensor cores' own order
+// there.
+namespace nvcuda::wmma {
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+
+template <typename Use, int M, int N, int K, typename T, typename Layout = void>
+struct fragment {
+  static_assert(M == 16 && N == 16 && K == 16, "emulated wmma: 16x16x16 fragments only");
+  static constexpr int kRows = std::is_same_v<Use, matrix_b> ? K : M;
+  static constexpr int kCols = std::is_same_v<Use, matrix_a> ? K : N;
+  T v[kRows * kCols];  // row-major
+  T& at(int i, int j) { return v[i * kCols + j]; }
+  const T& at(int i, int j) const { return v[i * kCols + j]; }
+};
+
+namespace detail {
+template <typename T>
+void check_matrix(const char* op, const T* ptr, unsigned ldm) {
+  std::ostringstream what;
+  what << op << "(" << static_cast<const void*>(ptr) << ", ldm " << ldm << ")";
+  ::cuda_emu::warp_collective(what.str());
+  if (reinterpret_cast<uintptr_t>(ptr) % 32 != 0 || (ldm * sizeof(T)) % 16 != 0)
+    ::cuda_emu::warp_error(what.str() + ": the pointer must be 32-byte aligned and the leading "
+                           "dimension a multiple of 16 bytes");
+}
+template <typename Frag, typename T>
+void load(Frag& a, const T* ptr, unsigned ldm, bool row_major) {
+  for (int i = 0; i < Frag::kRows; ++i)
+    for (int j = 0; j < Frag::kCols; ++j)
+      a.at(i, j) = row_major ? ptr[i * ldm + j] : ptr[j * ldm + i];
+}
+}  // namespace detail
+
+template <typename Use, typename T, typename Layout>
+void load_matrix_sync(fragment<Use, 16, 16, 16, T, Layout>& a, const T* ptr, unsigned ldm) {
+  static_assert(std::is_same_v<Layout, row_major> || std::is_same_v<Layout, col_major>,
+                "emulated wmma: matrix_a / matrix_b fragments have a layout");
+  detail::check_matrix("load_matrix_sync", ptr, ldm);
+  detail::load(a, ptr, ldm, std::is_same_v<Layout, row_major>);
+}
+
+template <typename T>
+void load_matrix_sync(fragment<accumulator, 16, 16, 16, T>& a, const T* ptr, unsigned ldm,
+                      layout_t layout) {
+  detail::check_matrix("load_matrix_sync", ptr, ldm);
+  detail::load(a, ptr, ldm, layout == mem_row_major);
+}
+
+template <typename T>
+void store_matrix_sync(T* ptr, const fragment<accumulator, 16, 16, 16, T>& a, unsigned ldm,
+                       layout_t layout) {
+  detail::check_matrix("store_matrix_sync", ptr, ldm);
+  for (int i = 0; i < 16; ++i)
+    for (int j = 0; j < 16; ++j)
+      (layout == mem_row_major ? ptr[i * ldm + j] : ptr[j * ldm + i]) = a.at(i, j);
+}
+
+template <typename Use, typename T, typename Layout, typename V>
+void fill_fragment(fragment<Use, 16, 16, 16, T, Layout>& a, const V& value) {
+  ::cuda_emu::warp_collective("fill_fragment");
+  for (T& x : a.v) x = static_cast<T>(value);
+}
+
+template <typename T, typename LayoutA, typename LayoutB>
+void mma_sync(fragment<accumulator, 16, 16, 16, float>& d,
+              const fragment<matrix_a, 16, 16, 16, T, LayoutA>& a,
+              const fragment<matrix_b, 16, 16, 16, T, LayoutB>& b,
+              const fragment<accumulator, 16, 16, 16, float>& c) {
+  ::cuda_emu::warp_collective("mma_sync");
+  fragment<accumulator, 16, 16, 16, float> out;  // d may be c
+  for (int i = 0; i < 16; ++i)
+    for (int j = 0; j < 16; ++j) {
+      float sum = c.at(i, j);
+      for (int k = 0; k < 16; ++k)
+        sum += static_cast<float>(a.at(i, k)) * static_cast<float>(b.at(k, j));
+      out.at(i, j) = sum;
+    }
+  d = out;
+}
+}  // namespace nvcuda::wmma
 
 #define threadIdx (::cuda_emu::tl_thread_idx)
 #define blockIdx (::cuda_emu::tl_block_idx)

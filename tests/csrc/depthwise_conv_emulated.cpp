@@ -14,8 +14,9 @@
 #include "depthwise_conv_launch.cuh"
 
 namespace mmunirep {
-// the kernels' `extern __shared__ unsigned char smem_raw[]`: one buffer, as blocks run in turn
-alignas(16) unsigned char smem_raw[cuda_emu::kSmemCapacity];
+// the kernels' `extern __shared__ unsigned char smem_raw[]`: one buffer, as blocks run in turn,
+// aligned as the GPU's dynamic shared memory is at least (wmma's fragments need 32 bytes)
+alignas(128) unsigned char smem_raw[cuda_emu::kSmemCapacity];
 }  // namespace mmunirep
 
 namespace {
@@ -33,6 +34,7 @@ struct EmuLaunch {
   // that each hold 2048 threads in whole warps, 32 blocks and 100 KiB of shared memory (the
   // registers, which the GPU's occupancy calculator also counts, are not known here)
   int multiprocessors() const { return 2; }
+  bool tensor_cores() const { return true; }  // the emulated wmma (cuda_emulator.h)
   template <typename... Params>
   int resident_blocks(void (*)(Params...), int threads, size_t smem) const {
     const int by_threads = 2048 / ((threads + 31) / 32 * 32);
@@ -112,11 +114,35 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_out, const at::Tensor& i
                                                   need_input, need_weight, need_bias);
 }
 
+// Kernels that use wmma wrongly, to show that the emulator catches it (test_ops_emulated.py):
+// a call by some lanes of a warp only, lanes that pass different pointers, a misaligned pointer.
+void wmma_misuse_kernel(int kind) {
+  namespace wmma = nvcuda::wmma;
+  auto* tile = reinterpret_cast<c10::Half*>(mmunirep::smem_raw);
+  for (int i = threadIdx.x; i < 512; i += blockDim.x) tile[i] = c10::Half(1.0f);
+  __syncthreads();
+  wmma::fragment<wmma::matrix_a, 16, 16, 16, c10::Half, wmma::row_major> a;
+  const int lane = static_cast<int>(threadIdx.x) % 32;
+  if (kind == 0 && lane < 16) wmma::load_matrix_sync(a, tile, 16);           // half the lanes
+  if (kind == 1) wmma::load_matrix_sync(a, tile + (lane < 8 ? 0 : 16), 16);  // two pointers
+  if (kind == 2) wmma::load_matrix_sync(a, tile + 8, 16);                   // 16-byte aligned
+  if (kind == 3) wmma::load_matrix_sync(a, tile, 16);                       // right
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("depthwise_conv2d_forward", &forward, "the CUDA forward kernel, emulated on the CPU");
   m.def("depthwise_conv2d_backward", &backward, "the CUDA backward kernels, emulated on the CPU");
+  m.def(
+      "wmma_misuse",
+      [](const std::string& kind) {
+        const int k = kind == "partial" ? 0 : kind == "divergent" ? 1 : kind == "misaligned" ? 2
+                      : kind == "right" ? 3 : -1;
+        TORCH_CHECK(k >= 0, "wmma_misuse: expected partial, divergent, misaligned or right");
+        EmuLaunch{}(wmma_misuse_kernel, dim3(1), dim3(64), size_t{1024}, k);
+      },
+      "run a kernel that uses wmma wrongly (or, for 'right', rightly) in the emulator");
   m.def("blocks_run", [] { return g_blocks_run; }, "emulated blocks run so far");
   m.def(
       "set_schedule",

@@ -45,7 +45,16 @@
 // CUDA emulator poisons it with NaN before every block (tests/csrc/cuda_emulator.h).
 #pragma once
 
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
 #include <cstdint>
+
+#ifdef __CUDACC__
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <mma.h>
+#endif
 
 namespace mmunirep {
 
@@ -864,6 +873,201 @@ depthwise_conv2d_weight_grad_k_kernel(const scalar_t* __restrict__ input,
       for (int kw = 0; kw < K; ++kw) workspace[out + kh * K + kw] = acc[kw];
     }
   }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Tensor-core weight gradient (half / bfloat16, compile-time K, maps larger than 16x16)
+// ------------------------------------------------------------------------------------------------
+// MMUNIREP_DWCONV_WGRAD_TC=1 (not the default until a GPU measures it and checks it against
+// fp64). For filter row kh, an item (a 16x32 tile of one sample, staged with its halo) adds
+//   dW[kh][kw] += sum over r < 16, w < 32 of g[r][w] * x[r + kh][w + kw]    (staged coordinates)
+// Split w = 16a + i (a = 0, 1; i < 16) and take the 16 x 16 matrices A_a[i][r] = g[r][16a + i]
+// and the 16 x 16 NF matrices B_a[r][j] = x[r + kh][16a + j]: their products summed over a and
+// the items, C[i][j] = sum of g[r][16a + i] * x[r + kh][16a + j], hold the taps on diagonals,
+// dW[kh][kw] = sum over i of C[i][i + kw]. C is NF 16x16 accumulator fragments per filter row,
+// each item adds 2 NF m16n16k16 products (wmma: the tensor cores, half or bfloat16 products
+// exact in fp32, fp32 sums), and the block reads the diagonals at its end. Only K of every
+// 16 NF columns of C are taps (K = 7: 7 of 32), but the tensor cores multiply about 16 times as
+// fast as the fp32 FMAs (H100: ~990 against ~67 TFLOP/s dense), where the FMA kernel reaches
+// 0.15 to 0.27 of the fp32 FMA floor at K = 7 and 13. B_a's column blocks repeat across a
+// (B_1's block f is B_0's block f + 1), so a filter row loads NF + 1 fragments of B, not 2 NF.
+// A warp owns the accumulators of kRowsPerWarp filter rows (kh = warp, warp + kWarps, ...).
+// What the emulator cannot show: the GPU's fragment layouts (wmma leaves them opaque, and the
+// kernel only loads, multiplies and stores whole fragments) and the tensor cores' own order of
+// their fp32 sums (the tests compare with fp64 within the dtype's tolerance).
+template <int K>
+struct TensorCoreWgrad {
+  static constexpr int TH = 16, TW = 32;  // an item: a 16x32 tile of one sample (TileLarge's)
+  static constexpr int NF = (16 + K - 1 + 15) / 16;  // C's 16-column blocks: j < 16 + K - 1
+  static constexpr int kRowsPerWarp = (K + 7) / 8;   // at most 8 warps
+  static constexpr int kWarps = (K + kRowsPerWarp - 1) / kRowsPerWarp;
+  static constexpr int kThreads = 32 * kWarps;
+  static constexpr int kStagedRows = TH + K - 1;
+  static constexpr int kStagedCols = TW + K - 1;
+  // Row pitches in elements: wmma wants 32-byte aligned fragments, so multiples of 16; odd
+  // multiples, so that 8 consecutive rows (one phase of a fragment load) start in 4 different
+  // 32-byte groups of banks (2-way conflicts) where an even multiple puts them in 2 or 1.
+  static constexpr int odd_multiple_of_16(int n) {
+    const int m = (n + 15) / 16;
+    return 16 * (m % 2 == 1 ? m : m + 1);
+  }
+  // B's column blocks 0 .. NF (16a + 16f, a <= 1, f < NF): past the staged box they read zeros
+  static constexpr int kInPitch = odd_multiple_of_16(16 * (NF + 1));
+  static constexpr int kGradPitch = odd_multiple_of_16(TW);
+  static constexpr int kStagedElems = kStagedRows * kInPitch + TH * kGradPitch;
+  static constexpr int kScratch = 16 * 16 * NF;  // floats: one filter row's C, per warp
+  static constexpr size_t smem_bytes(size_t elem_size) {
+    const size_t staged = kStagedElems * elem_size, scratch = sizeof(float) * kWarps * kScratch;
+    return staged > scratch ? staged : scratch;
+  }
+  static_assert(kStagedCols <= 16 * (NF + 1) && 16 * (NF + 1) <= kInPitch, "B's columns");
+  static_assert(K <= 32, "a tap per lane when the diagonals are summed");
+};
+
+// the element type of wmma's fragments for scalar_t (the emulator's wmma takes c10's own types)
+template <typename T>
+struct TensorCoreElement {
+  using type = T;
+};
+#ifdef __CUDACC__
+template <>
+struct TensorCoreElement<c10::Half> {
+  using type = __half;
+};
+template <>
+struct TensorCoreElement<c10::BFloat16> {
+  using type = __nv_bfloat16;
+};
+#endif
+
+// wmma::load_matrix_sync from shared memory. nvcc 13.0 lowers the bfloat16 ones to generic loads
+// (LD.E, each through the generic-to-shared window) and register transposes (MOVM), where the
+// half ones become shared-memory matrix loads (LDSM); for bfloat16 the PTX instruction with its
+// .shared state space gives the LDSM. The fragments' registers are those mma.h's own loads write
+// (4 per bfloat16 fragment of 16x16: 8 elements per lane).
+template <typename Frag, typename T>
+__device__ __forceinline__ void load_shared_fragment(Frag& f, const T* p, unsigned ldm) {
+  nvcuda::wmma::load_matrix_sync(f, p, ldm);
+}
+#ifdef __CUDACC__
+__device__ __forceinline__ void load_shared_fragment(
+    nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, __nv_bfloat16,
+                           nvcuda::wmma::col_major>& f,
+    const __nv_bfloat16* p, unsigned ldm) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  static_assert(sizeof(f.x) == 16, "a bfloat16 16x16 fragment: 4 registers per lane");
+  unsigned* r = reinterpret_cast<unsigned*>(&f.x[0]);
+  asm volatile("wmma.load.a.sync.aligned.col.m16n16k16.shared.bf16 {%0, %1, %2, %3}, [%4], %5;"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(static_cast<unsigned>(__cvta_generic_to_shared(p))), "r"(ldm));
+#endif
+}
+__device__ __forceinline__ void load_shared_fragment(
+    nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 16, __nv_bfloat16,
+                           nvcuda::wmma::row_major>& f,
+    const __nv_bfloat16* p, unsigned ldm) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  static_assert(sizeof(f.x) == 16, "a bfloat16 16x16 fragment: 4 registers per lane");
+  unsigned* r = reinterpret_cast<unsigned*>(&f.x[0]);
+  asm volatile("wmma.load.b.sync.aligned.row.m16n16k16.shared.bf16 {%0, %1, %2, %3}, [%4], %5;"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(static_cast<unsigned>(__cvta_generic_to_shared(p))), "r"(ldm));
+#endif
+}
+#endif
+
+template <typename scalar_t, int K>
+__global__ void __launch_bounds__(TensorCoreWgrad<K>::kThreads)
+depthwise_conv2d_weight_grad_tc_kernel(const scalar_t* __restrict__ input,
+                                       const scalar_t* __restrict__ grad_out,
+                                       float* __restrict__ workspace,  // [parts, C, K*K]
+                                       int batch, int channels, int height, int width,
+                                       ItemGrid items) {  // groups: single samples
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();  // half / bfloat16 wmma needs sm_80; the launch logic never runs it on older GPUs
+#else
+  namespace wmma = nvcuda::wmma;
+  using S = TensorCoreWgrad<K>;
+  using elem_t = typename TensorCoreElement<scalar_t>::type;
+  using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, elem_t, wmma::col_major>;
+  using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 16, elem_t, wmma::row_major>;
+  using FragC = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
+  constexpr int NF = S::NF, R = S::kRowsPerWarp, IP = S::kInPitch, GP = S::kGradPitch;
+  constexpr int extra = IP - S::kStagedCols;  // columns past the staged box
+  static_assert(sizeof(scalar_t) == 2 && sizeof(elem_t) == 2, "weight_grad_tc: half or bfloat16");
+  extern __shared__ unsigned char smem_raw[];
+  scalar_t* s_in = reinterpret_cast<scalar_t*>(smem_raw);  // kStagedRows x IP
+  scalar_t* s_g = s_in + S::kStagedRows * IP;               // TH x GP
+  const elem_t* e_in = reinterpret_cast<const elem_t*>(s_in);
+  const elem_t* e_g = reinterpret_cast<const elem_t*>(s_g);
+  (void)batch;  // an item is one sample: the item grid's groups are the batch
+
+  const int c = blockIdx.x;
+  const int t = static_cast<int>(threadIdx.x), warp = t / 32;
+  const int64_t plane_size = static_cast<int64_t>(height) * width;
+
+  // the columns that B's last blocks read past the staged box: zeros, once (staging never
+  // writes them); they meet only entries of C off the K diagonals, but stay finite
+  for (int e = t; e < S::kStagedRows * extra; e += S::kThreads)
+    s_in[(e / extra) * IP + S::kStagedCols + e % extra] = scalar_t(0);
+
+  FragC acc[R][NF];
+#pragma unroll
+  for (int i = 0; i < R; ++i)
+#pragma unroll
+    for (int f = 0; f < NF; ++f) wmma::fill_fragment(acc[i][f], 0.0f);
+
+  for (ItemWalk it(items); it.valid(items); it.next(items)) {
+    const int h0 = it.th * S::TH, w0 = it.tw * S::TW;
+    const int64_t plane = static_cast<int64_t>(it.n) * channels + c;
+    __syncthreads();  // the previous item's tiles are no longer read
+    stage_input_tile(s_in, input + plane * plane_size, height, width, h0, w0, K / 2,
+                     S::kStagedRows, S::kStagedCols, IP, t, S::kThreads);
+    stage_grad_tile(s_g, grad_out + plane * plane_size, height, width, h0, w0, S::TH, S::TW, GP,
+                    t, S::kThreads);
+    __syncthreads();
+    FragA a[2];  // A_a: columns 16a .. 16a + 15 of the gradient tile, as 16 x 16 col-major
+    load_shared_fragment(a[0], e_g, GP);
+    load_shared_fragment(a[1], e_g + 16, GP);
+#pragma unroll
+    for (int i = 0; i < R; ++i) {
+      const int kh = warp + i * S::kWarps;
+      if (kh >= K) break;  // the same for the whole warp
+      FragB b[NF + 1];  // input rows kh .. kh + 15, column blocks 0 .. NF
+#pragma unroll
+      for (int s = 0; s <= NF; ++s) load_shared_fragment(b[s], e_in + kh * IP + 16 * s, IP);
+#pragma unroll
+      for (int f = 0; f < NF; ++f) {
+        wmma::mma_sync(acc[i][f], a[0], b[f], acc[i][f]);
+        wmma::mma_sync(acc[i][f], a[1], b[f + 1], acc[i][f]);
+      }
+    }
+  }
+
+  // each filter row's taps: the sums of C's K diagonals, in row order (deterministic), through
+  // the warp's scratch; block-wide barriers (the emulator has no warp-level ones), taken by
+  // every thread the same number of times
+  const int64_t out = (static_cast<int64_t>(blockIdx.y) * channels + c) * K * K;
+  float* scratch = reinterpret_cast<float*>(smem_raw) + warp * S::kScratch;  // 16 x 16 NF
+  const int lane = t % 32;
+#pragma unroll
+  for (int i = 0; i < R; ++i) {
+    const int kh = warp + i * S::kWarps;
+    __syncthreads();  // the staged tiles, or the previous row's scratch, are no longer read
+    if (kh < K) {
+#pragma unroll
+      for (int f = 0; f < NF; ++f)
+        wmma::store_matrix_sync(scratch + 16 * f, acc[i][f], 16 * NF, wmma::mem_row_major);
+    }
+    __syncthreads();
+    if (kh < K && lane < K) {
+      float sum = 0.0f;
+#pragma unroll
+      for (int r = 0; r < 16; ++r) sum += scratch[r * 16 * NF + r + lane];
+      workspace[out + kh * K + lane] = sum;
+    }
+  }
+#endif
 }
 
 }  // namespace mmunirep

@@ -1,7 +1,8 @@
 // Launch logic of the depthwise convolution kernels (depthwise_conv_kernel.cuh), written once for
 // any "launcher": a callable `launch(kernel, grid, block, smem_bytes, args...)` with methods
 // `multiprocessors()` (the device's SM count) and `resident_blocks(kernel, threads, smem_bytes)`
-// (the kernel's blocks that fit on one SM at once), which size the weight gradient's grid.
+// (the kernel's blocks that fit on one SM at once), which size the weight gradient's grid, and
+// `tensor_cores()` (whether the device runs half / bfloat16 wmma: sm_80 and newer).
 //
 // ops/csrc/pytorch/cuda/depthwise_conv_cuda.cu instantiates it with a launcher that runs
 // `kernel<<<grid, block, smem_bytes, stream>>>(args...)` on the current stream;
@@ -41,6 +42,22 @@ inline bool use_generic_kernels() {
 inline bool use_pipelined_weight_grad() {
   const char* v = std::getenv("MMUNIREP_DWCONV_PIPELINE");
   return v != nullptr && v[0] == '1';
+}
+
+// MMUNIREP_DWCONV_WGRAD_TC=1 runs the tensor-core weight gradient (depthwise_conv2d_weight_grad_
+// tc_kernel) for half and bfloat16 where there is one (compile-time K, maps larger than 16x16), to
+// measure it against the default FMA kernels. Unset, empty or 0: the default; anything else is an
+// error, and so is 1 on a GPU without half / bfloat16 tensor cores (before sm_80).
+template <typename Launch>
+bool use_tensor_core_weight_grad(const Launch& launch) {
+  const char* v = std::getenv("MMUNIREP_DWCONV_WGRAD_TC");
+  const std::string value = v != nullptr ? v : "";
+  if (value.empty() || value == "0") return false;
+  TORCH_CHECK(value == "1", "MMUNIREP_DWCONV_WGRAD_TC: expected 1 or 0 (or unset), got '", value,
+              "'");
+  TORCH_CHECK(launch.tensor_cores(), "MMUNIREP_DWCONV_WGRAD_TC=1: the tensor-core weight "
+              "gradient needs a GPU of compute capability 8.0 or newer");
+  return true;
 }
 
 // Calls f(std::integral_constant<int, K>) for the kernel sizes with compile-time kernels; false
@@ -283,6 +300,24 @@ std::vector<at::Tensor> depthwise_conv2d_backward_impl(const Launch& launch,
                          items);
                 };
                 if constexpr (!Tile::kWholeMap) {
+                  if constexpr (sizeof(scalar_t) == 2) {  // half, bfloat16
+                    if (use_tensor_core_weight_grad(launch)) {
+                      using Shape = TensorCoreWgrad<K>;
+                      static_assert(Shape::TH == Tile::TH && Shape::TW == Tile::TW &&
+                                        Tile::kWgradSamples == 1,
+                                    "weight_grad_tc: TileLarge's items");
+                      constexpr size_t smem = Shape::smem_bytes(sizeof(scalar_t));
+                      static_assert(smem <= kMaxDefaultSmem, "weight_grad_tc: shared memory");
+                      const auto kernel = depthwise_conv2d_weight_grad_tc_kernel<scalar_t, K>;
+                      const auto [grid, items] =
+                          plan(kernel, Shape::kThreads, smem, Shape::TH, Shape::TW, 1);
+                      launch(kernel, grid, dim3(Shape::kThreads), smem,
+                             input.data_ptr<scalar_t>(), grad_out.data_ptr<scalar_t>(),
+                             workspace.data_ptr<acc_t>(), static_cast<int>(batch),
+                             static_cast<int>(channels), height, width, items);
+                      return;
+                    }
+                  }
                   if (use_pipelined_weight_grad()) return run(std::true_type{});
                 }
                 run(std::false_type{});

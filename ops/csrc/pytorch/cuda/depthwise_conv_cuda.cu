@@ -15,6 +15,8 @@ namespace {
 struct CudaLaunch {
   cudaStream_t stream;
   int multiprocessors() const { return at::cuda::getCurrentDeviceProperties()->multiProcessorCount; }
+  // half / bfloat16 wmma (the tensor-core weight gradient): sm_80 and newer
+  bool tensor_cores() const { return at::cuda::getCurrentDeviceProperties()->major >= 8; }
   // the CUDA occupancy calculator: registers, shared memory, threads and the SM's block limit
   template <typename... Params>
   int resident_blocks(void (*kernel)(Params...), int threads, size_t smem) const {
