@@ -142,7 +142,7 @@ EOF
       "$PY" benchmarks/train_step_benchmark.py ${TRAIN_STEP_TC_ARGS:---precision bf16 fp16}
     # clocks not locked: KINDS.md saw ncu read counters on these machines with --clock-control none
     step profile "$OUT/bench.log" 120 "${NCU:-ncu}" --clock-control none \
-      -k 'regex:depthwise_conv2d_(forward|weight_grad)_k' --section SpeedOfLight \
+      -k 'regex:depthwise_conv2d_(forward|weight_grad)_(k|tc)_kernel' --section SpeedOfLight \
       --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats \
       "$PY" benchmarks/profile_kernels.py ${PROFILE_ARGS:-}
     # the training step again with the pipelined weight gradient on the op's side (last: the

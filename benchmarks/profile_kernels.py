@@ -1,12 +1,13 @@
 """Run the op's kernels once per shape and pass, for a profiler (needs a GPU).
 
-    ncu --clock-control none -k 'regex:depthwise_conv2d_(forward|weight_grad)_k' \
+    ncu --clock-control none -k 'regex:depthwise_conv2d_(forward|weight_grad)_(k|tc)_kernel' \
         --section SpeedOfLight --section Occupancy --section WarpStateStats \
         python benchmarks/profile_kernels.py [--shapes N,C,H,W,K ...] [--dtypes fp32 bf16]
 
 Each (shape, dtype) runs the forward pass and the weight gradient once (the input gradient is the
 forward kernel with the flipped filter), and for maps larger than 16x16 the pipelined weight
-gradient too (MMUNIREP_DWCONV_PIPELINE=1; its kernel's name ends in `, true>`) and, at K = 7 and
+gradient too (MMUNIREP_DWCONV_PIPELINE=1; its kernel's name ends in `, true>`), in fp16 / bf16
+the tensor-core one (MMUNIREP_DWCONV_WGRAD_TC=1; `weight_grad_tc_kernel`) and, at K = 7 and
 13, the forward on the other tiles (MMUNIREP_DWCONV_FWD_TILE; the tile is in the kernel's name),
 after printing a `case` line, so that the profiler's report can be read case by case. ``gpu_session.sh`` runs it under ncu as its `profile` step. The
 default cases are the three kernels' main tile shapes: 16x32 tiles at K = 13 (detection), at
@@ -46,14 +47,19 @@ def main():
         grad = torch.randn(n, c, h, w, device='cuda', dtype=dtype, generator=g)
         torch.cuda.synchronize()
         pipelined = pipelined_applies(h, w, k)
+        tensor_cores = pipelined and dtype in (torch.float16, torch.bfloat16)  # the same maps
         tiles = FWD_TILES if fwd_tiles_apply(h, w, k) else ()
         print(f'case {(n, c, h, w, k)} {dname}: forward, then weight gradient'
               + (', then the pipelined weight gradient' if pipelined else '')
+              + (', then the tensor-core weight gradient' if tensor_cores else '')
               + ''.join(f', then the forward on {t} tiles' for t in tiles), flush=True)
         dw._ext.depthwise_conv2d_forward(x, weight, None)
         dw._ext.depthwise_conv2d_backward(grad, x, weight, False, True, False)
         if pipelined:
             with environ({'MMUNIREP_DWCONV_PIPELINE': '1'}):
+                dw._ext.depthwise_conv2d_backward(grad, x, weight, False, True, False)
+        if tensor_cores:
+            with environ({'MMUNIREP_DWCONV_WGRAD_TC': '1'}):
                 dw._ext.depthwise_conv2d_backward(grad, x, weight, False, True, False)
         for t in tiles:
             with environ({'MMUNIREP_DWCONV_FWD_TILE': t}):

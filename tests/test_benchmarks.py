@@ -206,7 +206,7 @@ def test_gpu_session_profile_step_runs_ncu_on_the_kernels(tmp_path):
                           timeout=300)
     assert 'profile: exit 0' in (tmp_path / 'out' / 'summary.txt').read_text(), proc.stdout
     log = (tmp_path / 'out' / 'bench.log').read_text()
-    assert "-k regex:depthwise_conv2d_(forward|weight_grad)_k" in log
+    assert "-k regex:depthwise_conv2d_(forward|weight_grad)_(k|tc)_kernel" in log
     assert '--section WarpStateStats' in log
     assert 'benchmarks/profile_kernels.py --dtypes bf16' in log
 
