@@ -184,11 +184,14 @@ def bench_shape(shape, dtype, args, op):
         with kernel_variant('run-time K'):
             result['ours_generic'] = time_passes(convs['ours'][0], torch.contiguous_format, x,
                                                  wt, g, args)
-    for variant in ('pipelined', 'tensor cores'):  # ours with another weight-gradient kernel
-        if variant_applies(variant, h, w, k, dtype):
-            with kernel_variant(variant):
-                result[WGRAD_VARIANTS[variant]] = time_passes(
-                    convs['ours'][0], torch.contiguous_format, x, wt, g, args, passes=('wgrad', ))
+    if variant_applies('pipelined', h, w, k, dtype):  # ours with the pipelined weight gradient
+        with kernel_variant('pipelined'):
+            result['ours_pipelined'] = time_passes(convs['ours'][0], torch.contiguous_format, x,
+                                                   wt, g, args, passes=('wgrad', ))
+    if variant_applies('tensor cores', h, w, k, dtype):  # ours with the tensor-core kernels
+        with kernel_variant('tensor cores'):
+            result['ours_tc'] = time_passes(convs['ours'][0], torch.contiguous_format, x, wt, g,
+                                            args)
     for tile in FWD_TILES:  # ours on the other forward tiles: forward and input gradient
         if variant_applies(tile, h, w, k, dtype):
             with kernel_variant(tile):
@@ -199,9 +202,8 @@ def bench_shape(shape, dtype, args, op):
 
 VARIANTS = {None: {}, 'run-time K': {'MMUNIREP_DWCONV_GENERIC': '1'},
             'pipelined': {'MMUNIREP_DWCONV_PIPELINE': '1'},
-            'tensor cores': {'MMUNIREP_DWCONV_WGRAD_TC': '1'},
+            'tensor cores': {'MMUNIREP_DWCONV_WGRAD_TC': '1', 'MMUNIREP_DWCONV_FWD_TC': '1'},
             **{t: {'MMUNIREP_DWCONV_FWD_TILE': t} for t in FWD_TILES}}  # and how to pick them
-WGRAD_VARIANTS = {'pipelined': 'ours_pipelined', 'tensor cores': 'ours_tc'}  # their results
 
 
 def variant_applies(variant, h, w, k, dtype):
@@ -218,7 +220,7 @@ def variant_applies(variant, h, w, k, dtype):
 
 def kernel_variant(variant):
     """The op's kernels of ``variant`` while the block runs: its defaults (None), the run-time-K
-    kernels, the pipelined or tensor-core weight gradient, the other forward tiles."""
+    kernels, the pipelined weight gradient, the tensor-core kernels, the other forward tiles."""
     return environ(VARIANTS[variant])
 
 
@@ -260,15 +262,24 @@ def fwd_tiles(r, p, best):
     return ' / '.join(f'{t}: {r[t][p]:.3f} ({best / r[t][p]:.2f}x)' for t in FWD_TILES if t in r)
 
 
-def wgrad_variant(r, key, p, best):
-    """The time with another weight-gradient kernel (r[key]: the pipelined or the tensor-core
-    one) of the wgrad row (p) or of the total (None), and its ratio to the faster PyTorch path
-    ``best``, where it applies."""
-    if key not in r or p not in ('wgrad', None):
+def pipelined(r, p, best):
+    """The time with the pipelined weight gradient of the wgrad row (p) or of the total (None),
+    and its ratio to the faster PyTorch path ``best``, where it applies."""
+    if 'ours_pipelined' not in r or p not in ('wgrad', None):
         return ''
-    ours = r[key]['wgrad']
+    ours = r['ours_pipelined']['wgrad']
     if p is None:
         ours += r['ours']['fwd'] + r['ours']['dgrad']
+    return f'{ours:.3f} ({best / ours:.2f}x)'
+
+
+def tensor_cores(r, p, best):
+    """The time with the tensor-core kernels of pass p (None: the total), and its ratio to the
+    faster PyTorch path ``best``, where they apply (fp16 / bf16, maps larger than 16x16; the
+    forward and input gradient at K = 7 and 13 only, else the default kernels' times again)."""
+    if 'ours_tc' not in r:
+        return ''
+    ours = r['ours_tc'][p] if p else sum(r['ours_tc'].values())
     return f'{ours:.3f} ({best / ours:.2f}x)'
 
 
@@ -357,16 +368,14 @@ def benchmark_rows(args, op, rate, shape, dname):
         lines.append(f'| {shape} | {dname} | {p} | {r["ours"][p]:.3f} | '
                      f'{r["torch_nchw"][p]:.3f} | {r["torch_cl"][p]:.3f} | '
                      f'{best / r["ours"][p]:.2f} | {frac} | {generic(r, p)} | '
-                     f'{wgrad_variant(r, "ours_pipelined", p, best)} | '
-                     f'{wgrad_variant(r, "ours_tc", p, best)} | {fwd_tiles(r, p, best)} | '
-                     f'{in_map} |')
+                     f'{pipelined(r, p, best)} | {tensor_cores(r, p, best)} | '
+                     f'{fwd_tiles(r, p, best)} | {in_map} |')
     total = {k_: sum(r[k_].values()) for k_ in ('ours', 'torch_nchw', 'torch_cl')}
     best = min(total['torch_nchw'], total['torch_cl'])
     lines.append(f'| {shape} | {dname} | fwd+bwd | {total["ours"]:.3f} | '
                  f'{total["torch_nchw"]:.3f} | {total["torch_cl"]:.3f} | '
                  f'{best / total["ours"]:.2f} | | {generic(r)} | '
-                 f'{wgrad_variant(r, "ours_pipelined", None, best)} | '
-                 f'{wgrad_variant(r, "ours_tc", None, best)} | | {in_map} |')
+                 f'{pipelined(r, None, best)} | {tensor_cores(r, None, best)} | | {in_map} |')
     return lines
 
 
@@ -440,13 +449,14 @@ def main():
                'run-time K = ours with MMUNIREP_DWCONV_GENERIC=1 (sizes with compile-time '
                'kernels); pipelined wgrad = ours with MMUNIREP_DWCONV_PIPELINE=1 (maps larger '
                'than a whole-map tile), its ratio to the faster PyTorch path in brackets; '
-               'tensor-core wgrad = ours with MMUNIREP_DWCONV_WGRAD_TC=1 (the same maps, fp16 '
-               'and bf16), likewise; '
+               'tensor cores = ours with MMUNIREP_DWCONV_WGRAD_TC=1 and MMUNIREP_DWCONV_FWD_TC=1 '
+               '(the same maps in fp16 and bf16; the forward and input gradient at K = 7 and 13 '
+               'only), likewise; '
                'other fwd tiles = ours with MMUNIREP_DWCONV_FWD_TILE (rows x columns x planes '
                'of a forward block; maps larger than 16x16, K = 7 and 13; default 16x32x4); '
                'in map = share of the K*K taps that read the map, not its padding',
                '| shape (N,C,H,W,K) | dtype | pass | ours | torch NCHW | torch CL | ratio | floor '
-               '| ours, run-time K | ours, pipelined wgrad | ours, tensor-core wgrad '
+               '| ours, run-time K | ours, pipelined wgrad | ours, tensor cores '
                '| ours, other fwd tiles | in map |',
                '|---|---|---|---|---|---|---|---|---|---|---|---|---|')
     run_rows(args, shapes, report, budget, 13,

@@ -21,9 +21,10 @@
 #   OUT/dwconv.md       benchmarks/dwconv_benchmark.py, fp32 / fp16 / bf16, every shape
 #   OUT/train_step.md   benchmarks/train_step_benchmark.py, UniRepLKNet-S at 2x3x800x1333
 #   OUT/bench.log       the two benchmarks' output and errors, then the training step in bf16 /
-#                       fp16 with MMUNIREP_DWCONV_WGRAD_TC=1 (train_step_tc: the tensor-core weight
-#                       gradient), then the `profile` step's ncu report
-#                       of benchmarks/profile_kernels.py (occupancy, issue, warp states per kernel),
+#                       fp16 with MMUNIREP_DWCONV_FWD_TC=1 and MMUNIREP_DWCONV_WGRAD_TC=1
+#                       (train_step_tc: the tensor-core kernels), then the `profile` step's ncu
+#                       report of benchmarks/profile_kernels.py (occupancy, issue, warp states per
+#                       kernel),
 #                       then the training step with MMUNIREP_DWCONV_PIPELINE=1 (train_step_pipelined),
 #                       then dwconv_benchmark.py --parts-sweep (parts_sweep: the weight gradient
 #                       by parts per channel against the op's rule)
@@ -136,9 +137,9 @@ EOF
       ${DWCONV_ARGS:-} --out "$OUT/dwconv.md"
     step train_step "$OUT/bench.log" 150 "$PY" benchmarks/train_step_benchmark.py \
       ${TRAIN_STEP_ARGS:---precision fp32 bf16 fp16} --out "$OUT/train_step.md"
-    # the training step in half precision with the tensor-core weight gradient on the op's side;
-    # its table goes to bench.log only (a call returns at most 8 files from OUT)
-    step train_step_tc "$OUT/bench.log" 120 env MMUNIREP_DWCONV_WGRAD_TC=1 \
+    # the training step in half precision with the tensor-core kernels on the op's side; its
+    # table goes to bench.log only (a call returns at most 8 files from OUT)
+    step train_step_tc "$OUT/bench.log" 120 env MMUNIREP_DWCONV_WGRAD_TC=1 MMUNIREP_DWCONV_FWD_TC=1 \
       "$PY" benchmarks/train_step_benchmark.py ${TRAIN_STEP_TC_ARGS:---precision bf16 fp16}
     # clocks not locked: KINDS.md saw ncu read counters on these machines with --clock-control none
     step profile "$OUT/bench.log" 120 "${NCU:-ncu}" --clock-control none \
@@ -160,7 +161,7 @@ EOF
   cat "$summary"
   ;;
 *)
-  sed -n '2,38p' "$0"
+  sed -n '2,39p' "$0"
   exit 2
   ;;
 esac

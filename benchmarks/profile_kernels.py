@@ -7,7 +7,8 @@
 Each (shape, dtype) runs the forward pass and the weight gradient once (the input gradient is the
 forward kernel with the flipped filter), and for maps larger than 16x16 the pipelined weight
 gradient too (MMUNIREP_DWCONV_PIPELINE=1; its kernel's name ends in `, true>`), in fp16 / bf16
-the tensor-core one (MMUNIREP_DWCONV_WGRAD_TC=1; `weight_grad_tc_kernel`) and, at K = 7 and
+the tensor-core forward (K = 7 and 13) and weight gradient (MMUNIREP_DWCONV_FWD_TC=1,
+MMUNIREP_DWCONV_WGRAD_TC=1; `forward_tc_kernel`, `weight_grad_tc_kernel`) and, at K = 7 and
 13, the forward on the other tiles (MMUNIREP_DWCONV_FWD_TILE; the tile is in the kernel's name),
 after printing a `case` line, so that the profiler's report can be read case by case. ``gpu_session.sh`` runs it under ncu as its `profile` step. The
 default cases are the three kernels' main tile shapes: 16x32 tiles at K = 13 (detection), at
@@ -51,7 +52,8 @@ def main():
         tiles = FWD_TILES if fwd_tiles_apply(h, w, k) else ()
         print(f'case {(n, c, h, w, k)} {dname}: forward, then weight gradient'
               + (', then the pipelined weight gradient' if pipelined else '')
-              + (', then the tensor-core weight gradient' if tensor_cores else '')
+              + (', then the tensor-core forward (K <= 13) and weight gradient'
+                 if tensor_cores else '')
               + ''.join(f', then the forward on {t} tiles' for t in tiles), flush=True)
         dw._ext.depthwise_conv2d_forward(x, weight, None)
         dw._ext.depthwise_conv2d_backward(grad, x, weight, False, True, False)
@@ -59,7 +61,8 @@ def main():
             with environ({'MMUNIREP_DWCONV_PIPELINE': '1'}):
                 dw._ext.depthwise_conv2d_backward(grad, x, weight, False, True, False)
         if tensor_cores:
-            with environ({'MMUNIREP_DWCONV_WGRAD_TC': '1'}):
+            with environ({'MMUNIREP_DWCONV_WGRAD_TC': '1', 'MMUNIREP_DWCONV_FWD_TC': '1'}):
+                dw._ext.depthwise_conv2d_forward(x, weight, None)
                 dw._ext.depthwise_conv2d_backward(grad, x, weight, False, True, False)
         for t in tiles:
             with environ({'MMUNIREP_DWCONV_FWD_TILE': t}):

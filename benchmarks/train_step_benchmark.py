@@ -53,14 +53,17 @@ def parse_args():
     return parser.parse_args()
 
 
-def weight_grad_kernel():
-    """Which weight-gradient kernel the op runs (its switches are read at every launch): the
-    tensor-core one (fp16 / bf16; it takes precedence), the pipelined one or the default."""
-    if os.environ.get('MMUNIREP_DWCONV_WGRAD_TC', '') == '1':
-        return 'tensor cores in fp16 / bf16 (MMUNIREP_DWCONV_WGRAD_TC=1)'
+def op_kernels():
+    """Which kernels the op runs (its switches are read at every launch): its tensor-core ones
+    in fp16 / bf16 (they take precedence), the pipelined weight gradient, or the defaults."""
+    switches = [f'MMUNIREP_DWCONV_{s}_TC=1' for s in ('FWD', 'WGRAD')
+                if os.environ.get(f'MMUNIREP_DWCONV_{s}_TC', '') == '1']
+    words = []
+    if switches:
+        words.append(f'tensor cores in fp16 / bf16 ({", ".join(switches)})')
     if os.environ.get('MMUNIREP_DWCONV_PIPELINE', '').startswith('1'):
-        return 'pipelined (MMUNIREP_DWCONV_PIPELINE=1)'
-    return 'default'
+        words.append('pipelined weight gradient (MMUNIREP_DWCONV_PIPELINE=1)')
+    return '; '.join(words) or 'default'
 
 
 
@@ -224,8 +227,8 @@ def main():
 
     report = Report(args.out)
     report.add(
-        f'device: {device_name}; command: python {" ".join(sys.argv)}; the op\'s weight '
-        f'gradient: {weight_grad_kernel()}',
+        f'device: {device_name}; command: python {" ".join(sys.argv)}; the op\'s kernels: '
+        f'{op_kernels()}',
         f'UniRepLKNet-{args.arch.upper()} backbone, batch {args.batch}x3x{args.size[0]}x'
         f'{args.size[1]}, drop path {args.drop_path}, gradient checkpointing '
         f'{not args.no_cp}; median of {args.repeats} after {args.warmup} warm-up, alternating; '

@@ -40,7 +40,7 @@ def test_train_step_benchmark_smoke(tmp_path):
         ref_ms, op_ms, ratio = float(r[2]), float(r[3]), float(r[4].strip().rstrip('x'))
         assert ref_ms > 0 and op_ms > 0 and ratio == pytest.approx(ref_ms / op_ms, rel=0.05)
     assert 'one fp32 step agrees' in out.read_text()
-    assert "the op's weight gradient: default" in out.read_text()
+    assert "the op's kernels: default" in out.read_text()
 
 
 @pytest.mark.parametrize('perturb', [0., 1e-3])
@@ -88,11 +88,12 @@ def test_dwconv_benchmark_smoke(tmp_path):
         ours, nchw, cl, ratio = (float(v) for v in r[3:7])
         assert ratio == pytest.approx(min(nchw, cl) / ours, rel=0.05)
         assert float(r[8]) > 0  # K = 7 has compile-time kernels: the run-time-K column is there
-        # a 20x37 map takes 16x32 tiles, so the pipelined weight gradient is timed, and in fp16
-        # the tensor-core one: their times and ratios to the faster PyTorch path, on the rows
-        # with a weight gradient
-        for column, timed in ((9, True), (10, r[1].strip() == 'fp16')):
-            if timed and r[2].strip() in ('wgrad', 'fwd+bwd'):
+        # a 20x37 map takes 16x32 tiles, so the pipelined weight gradient is timed (the rows
+        # with a weight gradient), and in fp16 the tensor-core kernels (every row): their times
+        # and ratios to the faster PyTorch path
+        fp16 = r[1].strip() == 'fp16'
+        for column, timed in ((9, r[2].strip() in ('wgrad', 'fwd+bwd')), (10, fp16)):
+            if timed:
                 m = re.fullmatch(r' (\d+\.\d+) \((\d+\.\d+)x\) ', r[column])
                 assert m, r
                 assert float(m.group(2)) == pytest.approx(min(nchw, cl) / float(m.group(1)),
@@ -212,22 +213,24 @@ def test_gpu_session_profile_step_runs_ncu_on_the_kernels(tmp_path):
 
 
 @pytest.mark.parametrize('step, precision, kernel', [
-    ('train_step_pipelined', 'fp32', 'pipelined (MMUNIREP_DWCONV_PIPELINE=1)'),
-    ('train_step_tc', 'bf16', 'tensor cores in fp16 / bf16 (MMUNIREP_DWCONV_WGRAD_TC=1)')])
+    ('train_step_pipelined', 'fp32', 'pipelined weight gradient (MMUNIREP_DWCONV_PIPELINE=1)'),
+    ('train_step_tc', 'bf16', 'tensor cores in fp16 / bf16 (MMUNIREP_DWCONV_FWD_TC=1, '
+                              'MMUNIREP_DWCONV_WGRAD_TC=1)')])
 def test_gpu_session_train_step_variant_steps(tmp_path, step, precision, kernel):
-    """Two steps run the training-step benchmark with another weight-gradient kernel on the op's
-    side (here CPU smoke runs, where the op falls back; the header says which kernel)."""
+    """Two steps run the training-step benchmark with other kernels on the op's side (here CPU
+    smoke runs, where the op falls back; the header says which kernels)."""
     env = dict(os.environ, PYTHON=sys.executable)
     env[f'{step.upper()}_ARGS'] = ('--device cpu --arch a --size 64 96 --repeats 1 --warmup 0 '
                                    f'--precision {precision}')
     env.pop('MMUNIREP_DWCONV_PIPELINE', None)
     env.pop('MMUNIREP_DWCONV_WGRAD_TC', None)
+    env.pop('MMUNIREP_DWCONV_FWD_TC', None)
     proc = subprocess.run(['bash', 'benchmarks/gpu_session.sh', 'run', str(tmp_path / 'out'),
                            step], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
     summary = (tmp_path / 'out' / 'summary.txt').read_text()
     assert f'{step}: exit 0' in summary, (proc.stdout, proc.stderr)
     log = (tmp_path / 'out' / 'bench.log').read_text()
-    assert f"the op's weight gradient: {kernel}" in log
+    assert f"the op's kernels: {kernel}" in log
     assert f'| training step | {precision} |' in log
 
 

@@ -174,6 +174,39 @@ def test_cuda_tensor_core_weight_grad(monkeypatch, parts, dtype, n, c, h, w, k):
 
 
 @needs_cuda_op
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize('n, c, h, w, k', [
+    (4, 16, 20, 20, 7), (3, 9, 40, 37, 13), (2, 3, 100, 168, 13), (2, 6, 25, 42, 13),
+    (5, 3, 17, 33, 7), (8, 4, 40, 40, 13), (2, 2, 17, 200, 7), (1, 3, 70, 40, 13)])
+def test_cuda_tensor_core_forward(monkeypatch, dtype, n, c, h, w, k):
+    """MMUNIREP_DWCONV_FWD_TC=1 (half / bfloat16, K = 7 and 13, maps larger than 16x16): the
+    tensor-core forward kernel runs for the output and the input gradient (the profiler sees it)
+    and both match fp64 within the dtype's tolerance, bitwise repeatably."""
+    monkeypatch.setenv('MMUNIREP_DWCONV_FWD_TC', '1')
+    torch.manual_seed(n * 100 + h + k)
+    x = torch.randn(n, c, h, w, device='cuda', dtype=dtype)
+    wt = (torch.randn(c, 1, k, k, device='cuda') / k).to(dtype)
+    b = torch.randn(c, device='cuda', dtype=dtype)
+    g = torch.randn(n, c, h, w, device='cuda', dtype=dtype)
+
+    def run():
+        return (dw_module._ext.depthwise_conv2d_forward(x, wt, b),
+                dw_module._ext.depthwise_conv2d_backward(g, x, wt, True, False, False)[0])
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        got = run()
+        torch.cuda.synchronize()
+    launched = [e.key for e in prof.key_averages() if 'forward_tc' in e.key]
+    assert launched and sum(e.count for e in prof.key_averages() if 'forward_tc' in e.key) == 2
+    x64, w64, b64, y64 = reference(x, wt, b)
+    y64.backward(g.double())
+    for out, ref in zip(got, (y64, x64.grad)):
+        assert torch.isfinite(out).all()
+        scale = ref.abs().max()
+        torch.testing.assert_close(out.double() / scale, ref.detach() / scale, **TOL[dtype])
+    assert all(torch.equal(a, b_) for a, b_ in zip(run(), got))
+
+
+@needs_cuda_op
 @pytest.mark.parametrize('parts', [None, 'legacy', '1', '7', '64'])
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize('n, c, h, w, k', [

@@ -263,12 +263,79 @@ def test_emulated_tensor_core_weight_grad_does_not_depend_on_the_schedule(emu, m
     assert_weight_grad_near_fp64(results['forward'], x, wt, gy)
 
 
+# the tensor-core forward's block (TensorCoreFwd<K>): shared memory bytes of the K Toeplitz
+# matrices (32 rows of pitch 24), the staged tile (32 + K - 1 rows of pitch 48) and the 4 warps'
+# fp32 scratch (16 rows of pitch 20), all in half precision but the scratch
+TC_FWD_SMEM = {k: 2 * (k * 32 * 24 + (32 + k - 1) * 48) + 4 * 4 * 16 * 20 for k in (7, 13)}
+
+
+def forward_passes(emu, n, c, h, w, k, dtype):
+    """The output and input gradient of fresh random data, their launches, and the data."""
+    g = torch.Generator().manual_seed(n * 100 + h * 10 + k)
+    x, gy = (torch.randn(n, c, h, w, generator=g).to(dtype) for _ in range(2))
+    wt = (torch.randn(c, 1, k, k, generator=g) / k).to(dtype)
+    b = torch.randn(c, generator=g).to(dtype)
+    emu.launches()
+    y = emu.depthwise_conv2d_forward(guarded(x), guarded(wt), guarded(b))
+    gx = emu.depthwise_conv2d_backward(guarded(gy), guarded(x), guarded(wt), True, False,
+                                       False)[0]
+    return (y, gx), emu.launches(), (x, wt, b, gy)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize('n, c, h, w, k', [case for case in CASES if case[-1] in COMPILED_K] + [
+    (2, 3, 33, 17, 7), (1, 2, 70, 40, 13)])
+def test_emulated_tensor_core_forward(emu, monkeypatch, dtype, n, c, h, w, k):
+    """MMUNIREP_DWCONV_FWD_TC=1: half and bfloat16 maps larger than 16x16 at K = 7 and 13 take
+    the tensor-core forward and input gradient (Toeplitz matrices of the filter rows, emulated
+    wmma), which match fp64 within the dtype's tolerance; fp32, whole-map tiles and K = 31 keep
+    their kernels and results, bitwise."""
+    default, default_launches, _ = forward_passes(emu, n, c, h, w, k, dtype)
+    monkeypatch.setenv('MMUNIREP_DWCONV_FWD_TC', '1')
+    got, launches, (x, wt, b, gy) = forward_passes(emu, n, c, h, w, k, dtype)
+    tensor_cores = dtype != torch.float32 and k <= 13 and (h > 16 or w > 16)
+    for (kernel, smem), (default_kernel, _) in zip(launches, default_launches):
+        assert (kernel != default_kernel) == tensor_cores
+        assert not tensor_cores or smem == TC_FWD_SMEM[k]
+    if not tensor_cores:
+        assert all(torch.equal(a, d) for a, d in zip(got, default))
+        return
+    x64, w64, b64, y64 = reference(x, wt, b)
+    y64.backward(gy.double())
+    for name, out, ref in (('output', got[0], y64), ('input grad', got[1], x64.grad)):
+        assert torch.isfinite(out).all(), name
+        scale = ref.abs().max()
+        torch.testing.assert_close(out.double() / scale, ref.detach() / scale, **TOL[dtype],
+                                   msg=lambda m: f'{name}: {m}')  # noqa: B023
+
+
+def test_emulated_tensor_core_forward_does_not_depend_on_the_schedule(emu, monkeypatch):
+    """The tensor-core forward and input gradient in the emulator's three schedules: bitwise
+    equal (its barriers around the staged tile)."""
+    monkeypatch.setenv('MMUNIREP_DWCONV_FWD_TC', '1')
+    g = torch.Generator().manual_seed(22)
+    x, gy = (torch.randn(2, 3, 40, 37, generator=g).bfloat16() for _ in range(2))
+    wt = (torch.randn(3, 1, 13, 13, generator=g) / 13).bfloat16()
+    b = torch.randn(3, generator=g).bfloat16()
+    results = {}
+    try:
+        for schedule in ('forward', 'reverse', 'threads'):
+            emu.set_schedule(schedule)
+            results[schedule] = (emu.depthwise_conv2d_forward(x, wt, b),
+                                 emu.depthwise_conv2d_backward(gy, x, wt, True, False, False)[0])
+    finally:
+        emu.set_schedule('forward')
+    for schedule in ('reverse', 'threads'):
+        assert all(torch.equal(a, ref) for a, ref in zip(results[schedule], results['forward']))
+
+
+@pytest.mark.parametrize('name', ['MMUNIREP_DWCONV_WGRAD_TC', 'MMUNIREP_DWCONV_FWD_TC'])
 @pytest.mark.parametrize('value', ['yes', '2', 'true'])
-def test_emulated_tensor_core_switch_is_checked(emu, monkeypatch, value):
-    monkeypatch.setenv('MMUNIREP_DWCONV_WGRAD_TC', value)
+def test_emulated_tensor_core_switches_are_checked(emu, monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
     x = torch.randn(1, 2, 20, 20).half()
-    with pytest.raises(RuntimeError, match=f"WGRAD_TC: expected 1 or 0 .or unset., got '{value}'"):
-        emu.depthwise_conv2d_backward(x, x, torch.randn(2, 1, 7, 7).half(), False, True, False)
+    with pytest.raises(RuntimeError, match=f"{name}: expected 1 or 0 .or unset., got '{value}'"):
+        emu.depthwise_conv2d_backward(x, x, torch.randn(2, 1, 7, 7).half(), True, True, False)
 
 
 @pytest.mark.parametrize('kind, message', [

@@ -163,6 +163,31 @@ def test_tensor_core_weight_grad_multiplies_on_the_tensor_cores(kernels):
         assert local_memory(k) == 0 and k.stack == 0, k.name
 
 
+def test_tensor_core_forward_multiplies_on_the_tensor_cores(kernels):
+    """The tensor-core forward and input gradient (MMUNIREP_DWCONV_FWD_TC=1, half and bfloat16,
+    K = 7 and 13): its filter-row loop loads, per 16x16x16 product (2 HMMA), one fragment of the
+    staged input and one of the filter row's Toeplitz matrix from shared memory as matrices
+    (LDSM), NF products per filter row; no generic loads, register transposes or local memory."""
+    found = {}
+    for k in kernels:
+        m = re.search(r'forward_tc_kernel<(\w+), (\d+)>', k.name)
+        if m:
+            found[(m.group(1), int(m.group(2)))] = k
+    assert sorted(found) == [(d, ksize) for d in ('BFloat16', 'Half') for ksize in (7, 13)]
+    for (dtype, ksize), k in found.items():
+        nf = -(-(16 + ksize - 1) // 16)
+        lo, hi, nested = k.hot_loop()
+        assert not nested, k.name
+
+        def count(name):
+            return k.count(lambda op: op.split('.')[0] == name, lo, hi)
+        hmma = count('HMMA')
+        assert hmma > 0 and hmma % (2 * nf) == 0, (k.name, hmma)  # whole filter rows
+        assert count('LDSM') == hmma, (k.name, count('LDSM'), hmma)
+        assert count('LD') == count('MOVM') == 0, (k.name, 'generic loads, register transposes')
+        assert local_memory(k) == 0 and k.stack == 0, k.name
+
+
 def test_no_kernel_spills_and_the_pipelined_weight_grad_keeps_its_occupancy(kernels):
     """cuobjdump -res-usage: no compile-time-K kernel uses stack (spilled registers; the run-time-K
     weight gradient keeps its per-thread taps in a local array by design). The pipelined weight

@@ -15,8 +15,9 @@
 //   order: kernels must give bitwise the same result in every schedule.
 // Warps appear only in wmma (below): the tensor cores' matrix operations, emulated per thread on
 // whole matrices, with a check that each is called by all lanes of a warp with the same arguments
-// and aligned as the GPU requires. What it does not model: other warp-level operations (the
-// kernels use none), timing, the memory model beyond the barrier.
+// and aligned as the GPU requires (__syncwarp after a wmma store has nothing to wait for here).
+// What it does not model: other warp-level operations (the kernels use none), timing, the memory
+// model beyond the barrier.
 #pragma once
 
 #include <c10/util/Exception.h>
@@ -294,6 +295,9 @@ void mma_sync(fragment<accumulator, 16, 16, 16, float>& d,
 #define __launch_bounds__(...)
 #define __shared__
 #define __syncthreads() (::cuda_emu::syncthreads())
+// The kernels' only warp-level barrier follows a wmma store, whose emulation gives every lane the
+// whole matrix (below): each lane then reads what it wrote itself, so there is nothing to wait for.
+#define __syncwarp(...) ((void)0)
 
 using std::max;
 using std::min;

@@ -43,6 +43,10 @@
 // and a thread's P forward outputs go out in 16-byte stores where the row allows.
 // Shared memory is only ever the dynamic buffer (extern __shared__): the tests'
 // CUDA emulator poisons it with NaN before every block (tests/csrc/cuda_emulator.h).
+// At the end of this file, tensor-core (wmma) kernels for half / bfloat16, opt-in until a GPU
+// measures them: the weight gradient (MMUNIREP_DWCONV_WGRAD_TC=1) and the forward / input
+// gradient (MMUNIREP_DWCONV_FWD_TC=1), as products whose diagonals, or Toeplitz matrices of the
+// filter rows, hold the taps.
 #pragma once
 
 #include <c10/util/BFloat16.h>
@@ -963,6 +967,18 @@ __device__ __forceinline__ void load_shared_fragment(
 #endif
 }
 __device__ __forceinline__ void load_shared_fragment(
+    nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, __nv_bfloat16,
+                           nvcuda::wmma::row_major>& f,
+    const __nv_bfloat16* p, unsigned ldm) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  static_assert(sizeof(f.x) == 16, "a bfloat16 16x16 fragment: 4 registers per lane");
+  unsigned* r = reinterpret_cast<unsigned*>(&f.x[0]);
+  asm volatile("wmma.load.a.sync.aligned.row.m16n16k16.shared.bf16 {%0, %1, %2, %3}, [%4], %5;"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(static_cast<unsigned>(__cvta_generic_to_shared(p))), "r"(ldm));
+#endif
+}
+__device__ __forceinline__ void load_shared_fragment(
     nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 16, __nv_bfloat16,
                            nvcuda::wmma::row_major>& f,
     const __nv_bfloat16* p, unsigned ldm) {
@@ -1065,6 +1081,129 @@ depthwise_conv2d_weight_grad_tc_kernel(const scalar_t* __restrict__ input,
 #pragma unroll
       for (int r = 0; r < 16; ++r) sum += scratch[r * 16 * NF + r + lane];
       workspace[out + kh * K + lane] = sum;
+    }
+  }
+#endif
+}
+
+// ------------------------------------------------------------------------------------------------
+// Tensor-core forward and input gradient (half / bfloat16, K = 7 and 13, maps larger than 16x16)
+// ------------------------------------------------------------------------------------------------
+// MMUNIREP_DWCONV_FWD_TC=1 (not the default until a GPU measures it and checks it against fp64).
+// For filter row kh, 16 output columns 16a + i of 16 output rows r take
+//   out[r][16a + i] += sum over j of x[r + kh][16a + j] * T_kh[j][i],  T_kh[j][i] = W[kh][j - i]
+// (staged coordinates; T_kh is zero off its K diagonals): a 16 x 16 NF by 16 NF x 16 product of
+// the staged input rows and a banded Toeplitz matrix of the filter row, NF m16n16k16 wmma
+// products per filter row (NF as TensorCoreWgrad's; K of every 16 NF terms are taps: 7 / 32 at
+// K = 7, 13 / 32 at K = 13). A block builds its channel's K matrices T_kh once in shared memory
+// (the input gradient's from the flipped filter) and walks items, 32x32 tiles of one sample of
+// that channel (ItemGrid, as the weight gradient's blocks), with a warp per 16x16 output block.
+// K = 31 is left out: its 31 matrices T_kh take more than 48 KiB.
+template <int K>
+struct TensorCoreFwd {
+  static_assert(K <= 13, "forward_tc: K <= 13 (the Toeplitz matrices of K = 31 exceed 48 KiB)");
+  static constexpr int TH = 32, TW = 32;  // an item: a 32x32 tile of one sample
+  static constexpr int NF = TensorCoreWgrad<K>::NF;
+  static constexpr int kWarps = (TH / 16) * (TW / 16), kThreads = 32 * kWarps;
+  static constexpr int kStagedRows = TH + K - 1;
+  static constexpr int kStagedCols = TW + K - 1;
+  static constexpr int kInPitch = TensorCoreWgrad<K>::odd_multiple_of_16(16 * (NF + 1));
+  // T_kh: 16 NF rows of 16 columns at a pitch of 24 (48 bytes: the 8 rows of a fragment load's
+  // phase start in 8 different 16-byte groups of banks; a multiple of 8, as wmma asks)
+  static constexpr int kToeplitzPitch = 24;
+  static constexpr int kToeplitzElems = 16 * NF * kToeplitzPitch;  // per filter row
+  static constexpr int kScratchPitch = 20;                          // floats, per output row
+  static constexpr int kInElems = kStagedRows * kInPitch;
+  static constexpr size_t smem_bytes(size_t elem_size) {
+    return elem_size * (K * kToeplitzElems + kInElems) +
+           sizeof(float) * kWarps * 16 * kScratchPitch;
+  }
+  static_assert((16 * kToeplitzPitch * 2) % 32 == 0 && (kInElems * 2) % 32 == 0,
+                "32-byte aligned fragments");
+};
+
+template <typename scalar_t, int K>
+__global__ void __launch_bounds__(TensorCoreFwd<K>::kThreads)
+depthwise_conv2d_forward_tc_kernel(const scalar_t* __restrict__ input,
+                                   const scalar_t* __restrict__ weight,
+                                   const scalar_t* __restrict__ bias,
+                                   scalar_t* __restrict__ output, int batch, int channels,
+                                   int height, int width, bool flip, ItemGrid items) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();  // half / bfloat16 wmma needs sm_80; the launch logic never runs it on older GPUs
+#else
+  namespace wmma = nvcuda::wmma;
+  using S = TensorCoreFwd<K>;
+  using elem_t = typename TensorCoreElement<scalar_t>::type;
+  using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, elem_t, wmma::row_major>;
+  using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 16, elem_t, wmma::row_major>;
+  using FragC = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
+  constexpr int NF = S::NF, IP = S::kInPitch, TP = S::kToeplitzPitch, pad = K / 2;
+  constexpr int extra = IP - S::kStagedCols;  // columns past the staged box
+  static_assert(sizeof(scalar_t) == 2 && sizeof(elem_t) == 2, "forward_tc: half or bfloat16");
+  extern __shared__ unsigned char smem_raw[];
+  scalar_t* s_t = reinterpret_cast<scalar_t*>(smem_raw);  // K x [16 NF][TP]
+  scalar_t* s_in = s_t + K * S::kToeplitzElems;           // kStagedRows x IP
+  float* s_out = reinterpret_cast<float*>(s_in + S::kInElems);
+  const elem_t* e_t = reinterpret_cast<const elem_t*>(s_t);
+  const elem_t* e_in = reinterpret_cast<const elem_t*>(s_in);
+  (void)batch;  // an item is one sample: the item grid's groups are the batch
+
+  const int c = blockIdx.x;
+  const int t = static_cast<int>(threadIdx.x), warp = t / 32, lane = t % 32;
+  const int64_t plane_size = static_cast<int64_t>(height) * width;
+
+  // the channel's Toeplitz matrices (the input gradient: the flipped filter), and zeros in the
+  // columns past the staged box that the last fragments of a row read (staging never writes them)
+  for (int e = t; e < K * 16 * NF * 16; e += S::kThreads) {
+    const int kh = e / (16 * NF * 16), j = e / 16 % (16 * NF), i = e % 16, kw = j - i;
+    const int tap = kh * K + kw;
+    s_t[kh * S::kToeplitzElems + j * TP + i] =
+        kw >= 0 && kw < K ? weight[static_cast<int64_t>(c) * K * K + (flip ? K * K - 1 - tap : tap)]
+                          : scalar_t(0);
+  }
+  for (int e = t; e < S::kStagedRows * extra; e += S::kThreads)
+    s_in[(e / extra) * IP + S::kStagedCols + e % extra] = scalar_t(0);
+  const float b = bias != nullptr ? static_cast<float>(bias[c]) : 0.0f;
+
+  const int r0 = 16 * (warp / (S::TW / 16)), c0 = 16 * (warp % (S::TW / 16));  // the warp's block
+  float* scratch = s_out + warp * 16 * S::kScratchPitch;
+  for (ItemWalk it(items); it.valid(items); it.next(items)) {
+    const int h0 = it.th * S::TH, w0 = it.tw * S::TW;
+    const int64_t plane = static_cast<int64_t>(it.n) * channels + c;
+    __syncthreads();  // the previous item's tile is no longer read (nor, the first time, T)
+    stage_input_tile(s_in, input + plane * plane_size, height, width, h0, w0, pad,
+                     S::kStagedRows, S::kStagedCols, IP, t, S::kThreads);
+    __syncthreads();
+    if (h0 + r0 < height && w0 + c0 < width) {  // the warp's block has outputs in the image
+      FragC acc;
+      wmma::fill_fragment(acc, 0.0f);
+      // filter rows that read only padding rows below the image add nothing (the same for the
+      // whole warp; above it, none: a 16-row block's last row reads row 0 for every kh <= pad)
+      const int kh_end = min(K, height + pad - h0 - r0);
+      for (int kh = 0; kh < kh_end; ++kh) {
+#pragma unroll
+        for (int f = 0; f < NF; ++f) {
+          FragA a;   // input rows r0 + kh .., columns c0 + 16 f ..
+          FragB bt;  // T_kh's rows 16 f ..
+          load_shared_fragment(a, e_in + (r0 + kh) * IP + c0 + 16 * f, IP);
+          load_shared_fragment(bt, e_t + kh * S::kToeplitzElems + 16 * f * TP, TP);
+          wmma::mma_sync(acc, a, bt, acc);
+        }
+      }
+      wmma::store_matrix_sync(scratch, acc, S::kScratchPitch, wmma::mem_row_major);
+      __syncwarp();  // the warp's scratch, written by all its lanes
+      // lane: output row r0 + lane / 2, 8 columns from c0 + 8 * (lane % 2)
+      const int oh = h0 + r0 + lane / 2, ow = w0 + c0 + 8 * (lane % 2);
+      if (oh < height) {
+        const float* src = scratch + (lane / 2) * S::kScratchPitch + 8 * (lane % 2);
+        // (not plane * plane_size + ...: kept live across the products, ptxas spilled that)
+        scalar_t* dst =
+            output + ((static_cast<int64_t>(it.n) * channels + c) * height + oh) * width + ow;
+#pragma unroll
+        for (int q = 0; q < 8; ++q)
+          if (ow + q < width) dst[q] = static_cast<scalar_t>(src[q] + b);
+      }
     }
   }
 #endif

@@ -48,16 +48,25 @@ inline bool use_pipelined_weight_grad() {
 // tc_kernel) for half and bfloat16 where there is one (compile-time K, maps larger than 16x16), to
 // measure it against the default FMA kernels. Unset, empty or 0: the default; anything else is an
 // error, and so is 1 on a GPU without half / bfloat16 tensor cores (before sm_80).
+// MMUNIREP_DWCONV_FWD_TC=1 does the same for the forward and input gradient (depthwise_conv2d_
+// forward_tc_kernel; K = 7 and 13).
 template <typename Launch>
-bool use_tensor_core_weight_grad(const Launch& launch) {
-  const char* v = std::getenv("MMUNIREP_DWCONV_WGRAD_TC");
+bool use_tensor_cores(const Launch& launch, const char* name) {
+  const char* v = std::getenv(name);
   const std::string value = v != nullptr ? v : "";
   if (value.empty() || value == "0") return false;
-  TORCH_CHECK(value == "1", "MMUNIREP_DWCONV_WGRAD_TC: expected 1 or 0 (or unset), got '", value,
-              "'");
-  TORCH_CHECK(launch.tensor_cores(), "MMUNIREP_DWCONV_WGRAD_TC=1: the tensor-core weight "
-              "gradient needs a GPU of compute capability 8.0 or newer");
+  TORCH_CHECK(value == "1", name, ": expected 1 or 0 (or unset), got '", value, "'");
+  TORCH_CHECK(launch.tensor_cores(), name, "=1: the tensor-core kernels need a GPU of compute "
+              "capability 8.0 or newer");
   return true;
+}
+template <typename Launch>
+bool use_tensor_core_weight_grad(const Launch& launch) {
+  return use_tensor_cores(launch, "MMUNIREP_DWCONV_WGRAD_TC");
+}
+template <typename Launch>
+bool use_tensor_core_forward(const Launch& launch) {
+  return use_tensor_cores(launch, "MMUNIREP_DWCONV_FWD_TC");
 }
 
 // Calls f(std::integral_constant<int, K>) for the kernel sizes with compile-time kernels; false
@@ -129,48 +138,6 @@ inline int64_t count_tiles(int height, int width, int th, int tw) {
   return tiles;
 }
 
-// The input gradient is the forward computation with the flipped filter and no bias.
-template <typename Launch>
-void launch_forward(const Launch& launch, const at::Tensor& input, const at::Tensor& weight,
-                    const at::Tensor* bias, at::Tensor& output, bool flip) {
-  const int64_t batch = input.size(0), channels = input.size(1);
-  const int height = static_cast<int>(input.size(2)), width = static_cast<int>(input.size(3));
-  const int ksize = static_cast<int>(weight.size(-1));
-  TORCH_CHECK(batch * channels <= INT32_MAX, "depthwise_conv2d: N*C = ", batch * channels,
-              " exceeds 2^31-1");
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
-                                  "depthwise_conv2d_forward", [&] {
-    using acc_t = at::acc_type<scalar_t, true>;
-    const scalar_t* bias_ptr = bias != nullptr ? bias->data_ptr<scalar_t>() : nullptr;
-    if (with_compiled_ksize<scalar_t>(ksize, [&](auto k) {
-          constexpr int K = decltype(k)::value;
-          with_forward_tile_shape<K>(height, width, [&](auto tile) {
-            using Tile = decltype(tile);
-            const int64_t tiles = count_tiles(height, width, Tile::TH, Tile::TW);
-            const dim3 grid(static_cast<unsigned>(ceil_div(batch * channels, Tile::PLANES)),
-                            static_cast<unsigned>(tiles));
-            constexpr size_t smem = sizeof(acc_t) * Tile::forward_smem_elems(K);
-            static_assert(smem <= kMaxDefaultSmem, "forward_k: too much shared memory");
-            launch(depthwise_conv2d_forward_k_kernel<scalar_t, acc_t, K, Tile>, grid,
-                   dim3(Tile::kFwdThreads), smem, input.data_ptr<scalar_t>(),
-                   weight.data_ptr<scalar_t>(), bias_ptr, output.data_ptr<scalar_t>(),
-                   batch * channels, static_cast<int>(channels), height, width,
-                   ceil_div(width, Tile::TW), flip);
-          });
-        }))
-      return;
-    const int64_t tiles = count_tiles(height, width, kTileH, kTileW);
-    const dim3 grid(static_cast<unsigned>(batch * channels), static_cast<unsigned>(tiles));
-    const size_t smem = sizeof(acc_t) * ((kTileH + ksize - 1) * (kTileW + ksize - 1) +
-                                         ksize * ksize);
-    TORCH_CHECK(smem <= kMaxDefaultSmem, "depthwise_conv2d: ", smem, " bytes of shared memory");
-    launch(depthwise_conv2d_forward_kernel<scalar_t, acc_t>, grid, dim3(kThreads), smem,
-           input.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(), bias_ptr,
-           output.data_ptr<scalar_t>(), static_cast<int>(channels), height, width, ksize,
-           ceil_div(width, kTileW), flip);
-  });
-}
-
 // Parts of each channel's `items` for the weight gradient's channels x parts blocks, which each
 // sum their items in registers before the fixed-order reduction over parts. The blocks run in
 // waves of `slots` (the SMs times the kernel's resident blocks per SM: its occupancy), and a
@@ -205,6 +172,72 @@ inline int legacy_weight_grad_parts(int64_t items, int64_t channels, int threads
   const int64_t wave = static_cast<int64_t>(multiprocessors) * std::max(1, 2048 / threads);
   const int64_t parts = (wave + channels - 1) / channels;
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({parts, items, 64})));
+}
+
+// The input gradient is the forward computation with the flipped filter and no bias.
+template <typename Launch>
+void launch_forward(const Launch& launch, const at::Tensor& input, const at::Tensor& weight,
+                    const at::Tensor* bias, at::Tensor& output, bool flip) {
+  const int64_t batch = input.size(0), channels = input.size(1);
+  const int height = static_cast<int>(input.size(2)), width = static_cast<int>(input.size(3));
+  const int ksize = static_cast<int>(weight.size(-1));
+  TORCH_CHECK(batch * channels <= INT32_MAX, "depthwise_conv2d: N*C = ", batch * channels,
+              " exceeds 2^31-1");
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
+                                  "depthwise_conv2d_forward", [&] {
+    using acc_t = at::acc_type<scalar_t, true>;
+    const scalar_t* bias_ptr = bias != nullptr ? bias->data_ptr<scalar_t>() : nullptr;
+    if (with_compiled_ksize<scalar_t>(ksize, [&](auto k) {
+          constexpr int K = decltype(k)::value;
+          if constexpr (sizeof(scalar_t) == 2 && K <= 13) {  // half, bfloat16
+            if ((height > 16 || width > 16) && use_tensor_core_forward(launch)) {
+              using Shape = TensorCoreFwd<K>;
+              constexpr size_t smem = Shape::smem_bytes(sizeof(scalar_t));
+              static_assert(smem <= kMaxDefaultSmem, "forward_tc: too much shared memory");
+              const auto kernel = depthwise_conv2d_forward_tc_kernel<scalar_t, K>;
+              // blocks (c, part) walk a channel's 32x32 tiles as the weight gradient's walk
+              // theirs, and the same wave model sizes the grid (its fixed cost per block now
+              // stands for building the channel's Toeplitz matrices; not measured either)
+              const int64_t items = batch * count_tiles(height, width, Shape::TH, Shape::TW);
+              const int64_t slots = static_cast<int64_t>(launch.multiprocessors()) *
+                                    launch.resident_blocks(kernel, Shape::kThreads, smem);
+              TORCH_CHECK(slots >= 1, "depthwise_conv2d: the tensor-core forward cannot run on "
+                          "this device");
+              const int parts = weight_grad_parts(items, channels, slots);
+              launch(kernel, dim3(static_cast<unsigned>(channels), static_cast<unsigned>(parts)),
+                     dim3(Shape::kThreads), smem, input.data_ptr<scalar_t>(),
+                     weight.data_ptr<scalar_t>(), bias_ptr, output.data_ptr<scalar_t>(),
+                     static_cast<int>(batch), static_cast<int>(channels), height, width, flip,
+                     ItemGrid::make(static_cast<int>(batch), ceil_div(height, Shape::TH),
+                                    ceil_div(width, Shape::TW), parts));
+              return;
+            }
+          }
+          with_forward_tile_shape<K>(height, width, [&](auto tile) {
+            using Tile = decltype(tile);
+            const int64_t tiles = count_tiles(height, width, Tile::TH, Tile::TW);
+            const dim3 grid(static_cast<unsigned>(ceil_div(batch * channels, Tile::PLANES)),
+                            static_cast<unsigned>(tiles));
+            constexpr size_t smem = sizeof(acc_t) * Tile::forward_smem_elems(K);
+            static_assert(smem <= kMaxDefaultSmem, "forward_k: too much shared memory");
+            launch(depthwise_conv2d_forward_k_kernel<scalar_t, acc_t, K, Tile>, grid,
+                   dim3(Tile::kFwdThreads), smem, input.data_ptr<scalar_t>(),
+                   weight.data_ptr<scalar_t>(), bias_ptr, output.data_ptr<scalar_t>(),
+                   batch * channels, static_cast<int>(channels), height, width,
+                   ceil_div(width, Tile::TW), flip);
+          });
+        }))
+      return;
+    const int64_t tiles = count_tiles(height, width, kTileH, kTileW);
+    const dim3 grid(static_cast<unsigned>(batch * channels), static_cast<unsigned>(tiles));
+    const size_t smem = sizeof(acc_t) * ((kTileH + ksize - 1) * (kTileW + ksize - 1) +
+                                         ksize * ksize);
+    TORCH_CHECK(smem <= kMaxDefaultSmem, "depthwise_conv2d: ", smem, " bytes of shared memory");
+    launch(depthwise_conv2d_forward_kernel<scalar_t, acc_t>, grid, dim3(kThreads), smem,
+           input.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(), bias_ptr,
+           output.data_ptr<scalar_t>(), static_cast<int>(channels), height, width, ksize,
+           ceil_div(width, kTileW), flip);
+  });
 }
 
 // MMUNIREP_DWCONV_WGRAD_PARTS picks the weight gradient's parts per channel, to measure the rule
