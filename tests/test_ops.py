@@ -173,6 +173,21 @@ def test_cuda_tensor_core_weight_grad(monkeypatch, parts, dtype, n, c, h, w, k):
     assert torch.equal(again, got)  # deterministic: no atomics, a fixed order of the sums
 
 
+def forward_case(n, c, h, w, k, dtype):
+    """Fresh random CUDA data, and run(): the output and input gradient of the op's kernels (those
+    that its switches pick when it is called)."""
+    torch.manual_seed(n * 100 + h + k)
+    x = torch.randn(n, c, h, w, device='cuda', dtype=dtype)
+    wt = (torch.randn(c, 1, k, k, device='cuda') / k).to(dtype)
+    b = torch.randn(c, device='cuda', dtype=dtype)
+    g = torch.randn(n, c, h, w, device='cuda', dtype=dtype)
+
+    def run():
+        return (dw_module._ext.depthwise_conv2d_forward(x, wt, b),
+                dw_module._ext.depthwise_conv2d_backward(g, x, wt, True, False, False)[0])
+    return run, (x, wt, b, g)
+
+
 @needs_cuda_op
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize('n, c, h, w, k', [
@@ -183,15 +198,7 @@ def test_cuda_tensor_core_forward(monkeypatch, dtype, n, c, h, w, k):
     tensor-core forward kernel runs for the output and the input gradient (the profiler sees it)
     and both match fp64 within the dtype's tolerance, bitwise repeatably."""
     monkeypatch.setenv('MMUNIREP_DWCONV_FWD_TC', '1')
-    torch.manual_seed(n * 100 + h + k)
-    x = torch.randn(n, c, h, w, device='cuda', dtype=dtype)
-    wt = (torch.randn(c, 1, k, k, device='cuda') / k).to(dtype)
-    b = torch.randn(c, device='cuda', dtype=dtype)
-    g = torch.randn(n, c, h, w, device='cuda', dtype=dtype)
-
-    def run():
-        return (dw_module._ext.depthwise_conv2d_forward(x, wt, b),
-                dw_module._ext.depthwise_conv2d_backward(g, x, wt, True, False, False)[0])
+    run, (x, wt, b, g) = forward_case(n, c, h, w, k, dtype)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         got = run()
         torch.cuda.synchronize()
@@ -236,15 +243,7 @@ def test_cuda_forward_tiles_match_the_default(monkeypatch, tile, dtype, n, c, h,
     """MMUNIREP_DWCONV_FWD_TILE (maps larger than 16x16, K = 7 and 13): the forward and input
     gradient on other tiles sum the same products in the same order, so they are bitwise the
     default tiles' results, and within the dtype's tolerance of fp64."""
-    torch.manual_seed(n * 100 + h + k)
-    x = torch.randn(n, c, h, w, device='cuda', dtype=dtype)
-    wt = (torch.randn(c, 1, k, k, device='cuda') / k).to(dtype)
-    b = torch.randn(c, device='cuda', dtype=dtype)
-    g = torch.randn(n, c, h, w, device='cuda', dtype=dtype)
-
-    def run():
-        return (dw_module._ext.depthwise_conv2d_forward(x, wt, b),
-                dw_module._ext.depthwise_conv2d_backward(g, x, wt, True, False, False)[0])
+    run, (x, wt, b, g) = forward_case(n, c, h, w, k, dtype)
     default = run()
     monkeypatch.setenv('MMUNIREP_DWCONV_FWD_TILE', tile)
     tiled = run()

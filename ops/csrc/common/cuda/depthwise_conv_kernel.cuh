@@ -53,6 +53,7 @@
 #include <c10/util/Half.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #ifdef __CUDACC__
 #include <cuda_bf16.h>
@@ -944,6 +945,17 @@ struct TensorCoreElement<c10::BFloat16> {
 };
 #endif
 
+// The 16x16x16 wmma fragments of the tensor-core kernels: A in layout LayoutA, B row-major (rows
+// of the staged input, or of a Toeplitz matrix), fp32 accumulators.
+template <typename scalar_t, typename LayoutA>
+struct TensorCoreFragments {
+  using elem_t = typename TensorCoreElement<scalar_t>::type;
+  using A = nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, elem_t, LayoutA>;
+  using B = nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 16, elem_t,
+                                   nvcuda::wmma::row_major>;
+  using C = nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float>;
+};
+
 // wmma::load_matrix_sync from shared memory. nvcc 13.0 lowers the bfloat16 ones to generic loads
 // (LD.E, each through the generic-to-shared window) and register transposes (MOVM), where the
 // half ones become shared-memory matrix loads (LDSM); for bfloat16 the PTX instruction with its
@@ -954,40 +966,28 @@ __device__ __forceinline__ void load_shared_fragment(Frag& f, const T* p, unsign
   nvcuda::wmma::load_matrix_sync(f, p, ldm);
 }
 #ifdef __CUDACC__
+template <typename Use, typename Layout>
 __device__ __forceinline__ void load_shared_fragment(
-    nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, __nv_bfloat16,
-                           nvcuda::wmma::col_major>& f,
-    const __nv_bfloat16* p, unsigned ldm) {
+    nvcuda::wmma::fragment<Use, 16, 16, 16, __nv_bfloat16, Layout>& f, const __nv_bfloat16* p,
+    unsigned ldm) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  namespace wmma = nvcuda::wmma;
   static_assert(sizeof(f.x) == 16, "a bfloat16 16x16 fragment: 4 registers per lane");
   unsigned* r = reinterpret_cast<unsigned*>(&f.x[0]);
-  asm volatile("wmma.load.a.sync.aligned.col.m16n16k16.shared.bf16 {%0, %1, %2, %3}, [%4], %5;"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(static_cast<unsigned>(__cvta_generic_to_shared(p))), "r"(ldm));
-#endif
-}
-__device__ __forceinline__ void load_shared_fragment(
-    nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, __nv_bfloat16,
-                           nvcuda::wmma::row_major>& f,
-    const __nv_bfloat16* p, unsigned ldm) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  static_assert(sizeof(f.x) == 16, "a bfloat16 16x16 fragment: 4 registers per lane");
-  unsigned* r = reinterpret_cast<unsigned*>(&f.x[0]);
-  asm volatile("wmma.load.a.sync.aligned.row.m16n16k16.shared.bf16 {%0, %1, %2, %3}, [%4], %5;"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(static_cast<unsigned>(__cvta_generic_to_shared(p))), "r"(ldm));
-#endif
-}
-__device__ __forceinline__ void load_shared_fragment(
-    nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 16, __nv_bfloat16,
-                           nvcuda::wmma::row_major>& f,
-    const __nv_bfloat16* p, unsigned ldm) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  static_assert(sizeof(f.x) == 16, "a bfloat16 16x16 fragment: 4 registers per lane");
-  unsigned* r = reinterpret_cast<unsigned*>(&f.x[0]);
-  asm volatile("wmma.load.b.sync.aligned.row.m16n16k16.shared.bf16 {%0, %1, %2, %3}, [%4], %5;"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(static_cast<unsigned>(__cvta_generic_to_shared(p))), "r"(ldm));
+  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(p));
+#define MMUNIREP_WMMA_LOAD_BF16(ptx)                                      \
+  asm volatile(ptx ".m16n16k16.shared.bf16 {%0, %1, %2, %3}, [%4], %5;" \
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])       \
+               : "r"(addr), "r"(ldm))
+  constexpr bool row = std::is_same_v<Layout, wmma::row_major>;
+  if constexpr (std::is_same_v<Use, wmma::matrix_a>) {
+    if constexpr (row) MMUNIREP_WMMA_LOAD_BF16("wmma.load.a.sync.aligned.row");
+    else MMUNIREP_WMMA_LOAD_BF16("wmma.load.a.sync.aligned.col");
+  } else {
+    if constexpr (row) MMUNIREP_WMMA_LOAD_BF16("wmma.load.b.sync.aligned.row");
+    else MMUNIREP_WMMA_LOAD_BF16("wmma.load.b.sync.aligned.col");
+  }
+#undef MMUNIREP_WMMA_LOAD_BF16
 #endif
 }
 #endif
@@ -1004,10 +1004,11 @@ depthwise_conv2d_weight_grad_tc_kernel(const scalar_t* __restrict__ input,
 #else
   namespace wmma = nvcuda::wmma;
   using S = TensorCoreWgrad<K>;
-  using elem_t = typename TensorCoreElement<scalar_t>::type;
-  using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, elem_t, wmma::col_major>;
-  using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 16, elem_t, wmma::row_major>;
-  using FragC = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
+  using Frag = TensorCoreFragments<scalar_t, wmma::col_major>;  // A: the gradient, transposed
+  using elem_t = typename Frag::elem_t;
+  using FragA = typename Frag::A;
+  using FragB = typename Frag::B;
+  using FragC = typename Frag::C;
   constexpr int NF = S::NF, R = S::kRowsPerWarp, IP = S::kInPitch, GP = S::kGradPitch;
   constexpr int extra = IP - S::kStagedCols;  // columns past the staged box
   static_assert(sizeof(scalar_t) == 2 && sizeof(elem_t) == 2, "weight_grad_tc: half or bfloat16");
@@ -1134,10 +1135,11 @@ depthwise_conv2d_forward_tc_kernel(const scalar_t* __restrict__ input,
 #else
   namespace wmma = nvcuda::wmma;
   using S = TensorCoreFwd<K>;
-  using elem_t = typename TensorCoreElement<scalar_t>::type;
-  using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, elem_t, wmma::row_major>;
-  using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 16, elem_t, wmma::row_major>;
-  using FragC = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
+  using Frag = TensorCoreFragments<scalar_t, wmma::row_major>;  // A: the staged input rows
+  using elem_t = typename Frag::elem_t;
+  using FragA = typename Frag::A;
+  using FragB = typename Frag::B;
+  using FragC = typename Frag::C;
   constexpr int NF = S::NF, IP = S::kInPitch, TP = S::kToeplitzPitch, pad = K / 2;
   constexpr int extra = IP - S::kStagedCols;  // columns past the staged box
   static_assert(sizeof(scalar_t) == 2 && sizeof(elem_t) == 2, "forward_tc: half or bfloat16");
