@@ -518,9 +518,17 @@ def test_emulated_channels_last_and_strided_inputs(emulated_ext):
         F.conv2d(x_strided.double(), wt.double(), padding=3, groups=4), rtol=1e-5, atol=1e-5)
 
 
-def test_emulated_autocast_computes_in_the_autocast_dtype(emulated_ext):
+@pytest.mark.parametrize('tensor_cores', [False, True], ids=['default', 'tensor-cores'])
+def test_emulated_autocast_computes_in_the_autocast_dtype(emulated_ext, monkeypatch,
+                                                          tensor_cores):
     """Under autocast the op computes in the autocast dtype, as F.conv2d does, from fp32 inputs
-    and parameters; the gradients reach the fp32 parameters."""
+    and parameters; the gradients reach the fp32 parameters. With both tensor-core switches, its
+    forward, input and weight gradients run on the tensor-core kernels (their launches' shared
+    memory sizes: TC_FWD_SMEM, TC_LAUNCH)."""
+    if tensor_cores:
+        monkeypatch.setenv('MMUNIREP_DWCONV_FWD_TC', '1')
+        monkeypatch.setenv('MMUNIREP_DWCONV_WGRAD_TC', '1')
+    emulated_ext.launches()
     g = torch.Generator().manual_seed(9)
     x = torch.randn(2, 4, 12, 20, generator=g, requires_grad=True)
     wt = (torch.randn(4, 1, 13, 13, generator=g) / 13).requires_grad_()
@@ -535,6 +543,10 @@ def test_emulated_autocast_computes_in_the_autocast_dtype(emulated_ext):
     y64.sum().backward()
     torch.testing.assert_close(wt.grad.double(), w64.grad, rtol=3e-2,
                                atol=3e-2 * w64.grad.abs().max().item())
+    smem = [size for _, size in emulated_ext.launches()]
+    # forward, input gradient, weight gradient (+ the reduction over parts, no shared memory)
+    tc_sizes = [TC_FWD_SMEM[13], TC_FWD_SMEM[13], TC_LAUNCH[13][1], 0]
+    assert (smem == tc_sizes) == tensor_cores, smem
 
 
 def test_emulated_module_trains_like_conv2d(emulated_ext):
