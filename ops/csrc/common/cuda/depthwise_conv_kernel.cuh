@@ -892,7 +892,7 @@ depthwise_conv2d_weight_grad_k_kernel(const scalar_t* __restrict__ input,
 // dW[kh][kw] = sum over i of C[i][i + kw]. C is NF 16x16 accumulator fragments per filter row,
 // each item adds 2 NF m16n16k16 products (wmma: the tensor cores, half or bfloat16 products
 // exact in fp32, fp32 sums), and the block reads the diagonals at its end. Only K of every
-// 16 NF columns of C are taps (K = 7: 7 of 32), but the tensor cores multiply about 16 times as
+// 16 NF columns of C are taps (K = 7: 7 of 32), but the tensor cores multiply about 15 times as
 // fast as the fp32 FMAs (H100: ~990 against ~67 TFLOP/s dense), where the FMA weight gradient
 // reaches 0.07 to 0.32 of the fp32 FMA floor in the H100 table. B_a's column blocks repeat across a
 // (B_1's block f is B_0's block f + 1), so a filter row loads NF + 1 fragments of B, not 2 NF.
