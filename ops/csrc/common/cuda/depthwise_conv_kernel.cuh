@@ -1173,15 +1173,16 @@ depthwise_conv2d_forward_tc_kernel(const scalar_t* __restrict__ input,
   for (ItemWalk it(items); it.valid(items); it.next(items)) {
     const int h0 = it.th * S::TH, w0 = it.tw * S::TW;
     const int64_t plane = static_cast<int64_t>(it.n) * channels + c;
-    __syncthreads();  // the previous item's tile is no longer read (nor, the first time, T)
+    __syncthreads();  // the previous item's tile is no longer read
     stage_input_tile(s_in, input + plane * plane_size, height, width, h0, w0, pad,
                      S::kStagedRows, S::kStagedCols, IP, t, S::kThreads);
-    __syncthreads();
+    __syncthreads();  // the tile staged (and, before the first, the matrices T_kh built)
     if (h0 + r0 < height && w0 + c0 < width) {  // the warp's block has outputs in the image
       FragC acc;
       wmma::fill_fragment(acc, 0.0f);
       // filter rows that read only padding rows below the image add nothing (the same for the
-      // whole warp; above it, none: a 16-row block's last row reads row 0 for every kh <= pad)
+      // whole warp); above it there are none: a block's 16 input rows for filter row kh start at
+      // row h0 + r0 + kh - pad >= -pad > -16, so they reach the image
       const int kh_end = min(K, height + pad - h0 - r0);
       for (int kh = 0; kh < kh_end; ++kh) {
 #pragma unroll
