@@ -174,6 +174,18 @@ inline int legacy_weight_grad_parts(int64_t items, int64_t channels, int threads
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({parts, items, 64})));
 }
 
+// weight_grad_parts for `kernel`'s blocks of `threads` threads and `smem` bytes of shared memory:
+// the slots are the SMs times the blocks that fit on one (the launcher's occupancy calculator)
+template <typename Launch, typename Kernel>
+int parts_by_occupancy(const Launch& launch, Kernel kernel, int threads, size_t smem,
+                       int64_t items, int64_t channels) {
+  const int64_t slots = static_cast<int64_t>(launch.multiprocessors()) *
+                        launch.resident_blocks(kernel, threads, smem);
+  TORCH_CHECK(slots >= 1, "depthwise_conv2d: a kernel cannot run ", threads, " threads with ",
+              smem, " bytes of shared memory on this device");
+  return weight_grad_parts(items, channels, slots);
+}
+
 // The input gradient is the forward computation with the flipped filter and no bias.
 template <typename Launch>
 void launch_forward(const Launch& launch, const at::Tensor& input, const at::Tensor& weight,
@@ -199,11 +211,8 @@ void launch_forward(const Launch& launch, const at::Tensor& input, const at::Ten
               // theirs, and the same wave model sizes the grid (its fixed cost per block now
               // stands for building the channel's Toeplitz matrices; not measured either)
               const int64_t items = batch * count_tiles(height, width, Shape::TH, Shape::TW);
-              const int64_t slots = static_cast<int64_t>(launch.multiprocessors()) *
-                                    launch.resident_blocks(kernel, Shape::kThreads, smem);
-              TORCH_CHECK(slots >= 1, "depthwise_conv2d: the tensor-core forward cannot run on "
-                          "this device");
-              const int parts = weight_grad_parts(items, channels, slots);
+              const int parts =
+                  parts_by_occupancy(launch, kernel, Shape::kThreads, smem, items, channels);
               launch(kernel, dim3(static_cast<unsigned>(channels), static_cast<unsigned>(parts)),
                      dim3(Shape::kThreads), smem, input.data_ptr<scalar_t>(),
                      weight.data_ptr<scalar_t>(), bias_ptr, output.data_ptr<scalar_t>(),
@@ -258,11 +267,7 @@ int choose_weight_grad_parts(const Launch& launch, Kernel kernel, int threads, s
                 "unset), got '", forced, "'");
     return static_cast<int>(std::min<int64_t>(parts, items));
   }
-  const int64_t slots = static_cast<int64_t>(launch.multiprocessors()) *
-                        launch.resident_blocks(kernel, threads, smem);
-  TORCH_CHECK(slots >= 1, "depthwise_conv2d: the weight-gradient kernel cannot run ", threads,
-              " threads with ", smem, " bytes of shared memory on this device");
-  return weight_grad_parts(items, channels, slots);
+  return parts_by_occupancy(launch, kernel, threads, smem, items, channels);
 }
 
 template <typename Launch>
