@@ -177,6 +177,22 @@ def test_dwconv_benchmark_parts_sweep_checks_every_count(tmp_path, monkeypatch):
     assert 'MMUNIREP_DWCONV_WGRAD_PARTS' not in os.environ
 
 
+def test_op_overhead_benchmark(tmp_path):
+    """benchmarks/op_overhead_benchmark.py times both ways into the kernels on the CPU (stub
+    kernels) and writes a row per pass with each way's time and their ratio; a bad count is
+    refused."""
+    out = tmp_path / 'overhead.md'
+    run('benchmarks/op_overhead_benchmark.py', '--calls', '20', '--repeats', '3', '--out', str(out))
+    rows = table_rows(out)
+    assert [r[0].strip() for r in rows] == ['forward', 'forward + backward']
+    for _, eager, operator, ratio in rows:
+        eager, operator = float(eager), float(operator)
+        assert eager > 0 and operator > 0
+        assert float(ratio) == pytest.approx(operator / eager, rel=0.02)  # of rounded times
+    proc = run('benchmarks/op_overhead_benchmark.py', '--calls', '0', check=False)
+    assert proc.returncode != 0 and 'must be positive' in proc.stderr
+
+
 def test_dwconv_benchmark_rejects_bad_shapes():
     proc = run('benchmarks/dwconv_benchmark.py', '--device', 'cpu', '--shapes', '2,3,20',
                check=False)

@@ -1,6 +1,7 @@
 """The layer-wise lr-decay optimizer wrapper constructor against the authors' rule."""
 import pytest
 import torch.nn as nn
+from mmengine.config import ConfigDict
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
 
 import mmunirep  # noqa: F401
@@ -54,6 +55,46 @@ def test_groups_follow_the_authors_rule(decay_rate, num_layers):
     assert by_param[id(model.neck.weight)]['lr'] == pytest.approx(base_lr)  # heads: base lr
     assert by_param[id(model.backbone.norm0.weight)]['lr'] == pytest.approx(base_lr)
     assert {0, 1, 2, 3, 4, num_layers, num_layers + 1} <= seen_ids
+
+
+def test_groups_are_plain_dicts_that_torch_compile_steps():
+    """The optimizer's groups are plain dicts, not the ConfigDicts mmengine's registry makes of
+    them, so that a compiled step with optimizer.step() (mmengine's compile=True) traces; the
+    compiled step updates the parameters as an eager one does."""
+    import torch
+
+    def build(model):  # from a ConfigDict, as a config file gives it to the Runner
+        return OPTIM_WRAPPER_CONSTRUCTORS.build(ConfigDict(
+            type='UniRepLKNetLayerDecayOptimWrapperConstructor',
+            optim_wrapper_cfg=dict(type='OptimWrapper',
+                                   optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.05)),
+            paramwise_cfg=dict(num_layers=6, decay_rate=0.8)))(model).optimizer
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = UniRepLKNet(arch=dict(depths=(1, 1, 1, 1), dims=(4, 8, 8, 8),
+                                                  kernel_sizes=((3, ), (3, ), (3, ), (3, ))))
+
+    torch.manual_seed(0)
+    models = [Tiny(), Tiny()]
+    models[1].load_state_dict(models[0].state_dict())
+    before = [p.detach().clone() for p in models[0].parameters()]
+    x = torch.randn(2, 3, 64, 64)
+    for model, compiled in zip(models, (False, True)):
+        optimizer = build(model)
+        assert all(type(group) is dict for group in optimizer.param_groups)
+
+        def step():
+            optimizer.zero_grad()
+            sum(o.square().mean() for o in model.backbone(x)).backward()
+            optimizer.step()
+
+        (torch.compile(step, backend='eager') if compiled else step)()
+    for (name, a), b in zip(models[0].named_parameters(), models[1].parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7, msg=name)
+    changed = sum(not torch.equal(a, b) for a, b in zip(models[0].parameters(), before))
+    assert changed > len(before) // 2, (changed, len(before))  # the step did update them
 
 
 def test_frozen_parameters_are_left_out_and_dw_scale():

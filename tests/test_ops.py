@@ -1,5 +1,6 @@
 """The depthwise-conv op: the fallback everywhere, the compiled kernels where CUDA is present."""
 import subprocess
+import types
 import warnings
 
 import pytest
@@ -28,14 +29,38 @@ def test_fallback_equals_conv2d(k, bias):
     assert x.grad is not None and op.weight.grad is not None
 
 
-def test_fallback_warns_once_with_the_build_command(monkeypatch):
+@pytest.mark.parametrize('built', [True, False], ids=['extension-built', 'no-extension'])
+def test_fallback_warns_once_with_the_build_command(monkeypatch, built):
+    """A CPU input warns at its first forward; a missing extension is said when the module is
+    built (a forward under torch.compile cannot warn); either way once per process."""
     monkeypatch.setattr(dw_module, '_warned', False)
-    op = DepthWiseConv2dImplicitGEMM(4, 5)
-    with pytest.warns(UserWarning, match='FORCE_CUDA=1'):
+    monkeypatch.setattr(dw_module, '_ext', types.SimpleNamespace(with_cuda=True) if built else None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        op = DepthWiseConv2dImplicitGEMM(4, 5)
+        assert len(caught) == (0 if built else 1)
         op(torch.randn(1, 4, 8, 8))
-    with warnings.catch_warnings():
-        warnings.simplefilter('error')
-        op(torch.randn(1, 4, 8, 8))  # no second warning
+        op(torch.randn(1, 4, 8, 8))
+        DepthWiseConv2dImplicitGEMM(4, 5)
+    assert len(caught) == 1, [str(w.message) for w in caught]
+    assert 'FORCE_CUDA=1' in str(caught[0].message)
+    assert ('input on the CPU' if built else 'extension not built') in str(caught[0].message)
+
+
+def test_fallback_compiles_into_one_graph(monkeypatch):
+    """On the fallback path (CPU input) too, torch.compile(fullgraph=True) traces a backbone with
+    use_lk_op=True without a graph break (the fallback's warning would be one) and gives eager
+    mode's outputs."""
+    monkeypatch.setattr(dw_module, '_warned', False)
+    arch = dict(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32),
+                kernel_sizes=((3, ), (13, ), (13, ), (13, )))
+    model = UniRepLKNet(arch=arch, use_lk_op=True).eval()
+    x = torch.randn(1, 3, 64, 64)
+    compiled = torch.compile(model, fullgraph=True, backend='aot_eager')
+    with torch.no_grad():
+        got = compiled(x)  # first: an eager call before it would have warned already
+        for a, b in zip(model(x), got):
+            torch.testing.assert_close(b, a, rtol=0, atol=1e-6 * a.abs().max().item())
 
 
 def test_state_dict_interchanges_with_conv2d():
@@ -326,6 +351,39 @@ def test_module_uses_the_kernels_under_autocast():
 # ----------------------------------------------------------------------------------------------
 needs_ext = pytest.mark.skipif(dw_module._ext is None,
                                reason='extension not built (bash tools/build_ops.sh)')
+
+
+@needs_cuda_op
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_cuda_op_under_torch_compile(dtype):
+    """torch.compile's default backend (Inductor's Triton kernels around the op) on a GPU, one
+    graph (fullgraph): our forward and weight-gradient kernels run (the profiler sees them) and
+    the output and gradients are within the dtype's tolerance of eager mode's (under bf16
+    autocast for bf16)."""
+    pytest.importorskip('triton', reason='Inductor needs Triton on a GPU')
+    torch.manual_seed(5)
+    op = DepthWiseConv2dImplicitGEMM(16, 13, bias=True).cuda()
+    x = torch.randn(2, 16, 40, 56, device='cuda', requires_grad=True)
+
+    def block(inp):
+        with torch.autocast('cuda', dtype=dtype, enabled=dtype != torch.float32):
+            return F.gelu(op(inp * 2 + 1)).float().square()
+
+    runs = []
+    for fn in (block, torch.compile(block, fullgraph=True)):
+        for t in (x, op.weight, op.bias):
+            t.grad = None
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            y = fn(x)
+            y.sum().backward()
+            torch.cuda.synchronize()
+        names = {e.key for e in prof.key_averages()}
+        assert any('depthwise_conv2d_forward' in n for n in names), names
+        assert any('depthwise_conv2d_weight_grad' in n for n in names), names
+        runs.append([y.detach(), x.grad, op.weight.grad, op.bias.grad])
+    for eager, compiled in zip(*runs):
+        scale = eager.abs().max()
+        torch.testing.assert_close(compiled / scale, eager / scale, **TOL[dtype])
 
 
 @needs_ext

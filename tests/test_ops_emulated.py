@@ -14,6 +14,7 @@ result. What this cannot show: speed, and anything specific to the GPU's compile
 memory system; tests/test_ops.py repeats the numerical checks on a real GPU.
 """
 import copy
+import itertools
 import os
 
 import pytest
@@ -495,12 +496,121 @@ def test_emulated_empty_batch(emu):
 
 
 def test_emulated_autograd_function_gradcheck(emulated_ext):
-    """mmunirep.ops' autograd Function on the emulated kernels passes gradcheck in fp64."""
+    """mmunirep.ops' custom operator and its autograd formula, on the emulated kernels, pass
+    gradcheck in fp64."""
     g = torch.Generator().manual_seed(6)
     x = torch.randn(1, 2, 4, 3, generator=g, dtype=torch.float64, requires_grad=True)
     wt = torch.randn(2, 1, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
     b = torch.randn(2, generator=g, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(depthwise_conv2d, (x, wt, b), eps=1e-6, atol=1e-7)
+
+
+def test_emulated_eager_mode_takes_the_function_and_refuses_a_second_derivative(emulated_ext,
+                                                                                monkeypatch):
+    """Eager mode reaches the kernels through DepthwiseConv2dFunction, not the custom operator
+    (whose dispatch costs more: benchmarks/op_overhead_benchmark.py); a second derivative through
+    it is an error, not a silent zero."""
+    def operator_called(*args):
+        raise AssertionError('eager mode called the custom operator')
+
+    monkeypatch.setattr(dw_module, '_forward_op', operator_called)
+    g = torch.Generator().manual_seed(15)
+    x = torch.randn(1, 2, 9, 10, generator=g, requires_grad=True)
+    wt = (torch.randn(2, 1, 5, 5, generator=g) / 5).requires_grad_()
+    y = depthwise_conv2d(x, wt)
+    torch.testing.assert_close(y, F.conv2d(x, wt, padding=2, groups=2), rtol=1e-5, atol=1e-5)
+    (grad_x, ) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match='once_differentiable'):
+        grad_x.sum().backward()
+
+
+def test_emulated_custom_ops_pass_opcheck(emulated_ext):
+    """torch.library.opcheck on both custom operators, on the emulated kernels: the schema, the
+    fake implementations' outputs against the kernels' (shapes, strides, dtypes), the autograd
+    registration and AOT dispatch with dynamic shapes; for the backward, every combination of
+    requested gradients."""
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(2, 3, 9, 20, generator=g, requires_grad=True)
+    wt = (torch.randn(3, 1, 7, 7, generator=g) / 7).requires_grad_()
+    b = torch.randn(3, generator=g).requires_grad_()
+    forward = torch.ops.mmunirep.depthwise_conv2d.default
+    for args in ((x, wt, b), (x, wt, None), (x.detach(), wt, b), (x.detach(), wt.detach(), None)):
+        torch.library.opcheck(forward, args)
+    gy = torch.randn(2, 3, 9, 20, generator=g)
+    backward = torch.ops.mmunirep.depthwise_conv2d_backward.default
+    for needs in itertools.product((False, True), repeat=3):
+        torch.library.opcheck(backward, (gy, x.detach(), wt.detach(), *needs))
+        grads = backward(gy, x.detach(), wt.detach(), *needs)
+        assert [t.numel() > 0 for t in grads] == list(needs)
+
+
+def test_emulated_backbone_compiles_into_one_graph(emulated_ext, monkeypatch):
+    """torch.compile(fullgraph=True) of a small UniRepLKNet with use_lk_op=True, its 13x13 convs
+    on the emulated kernels: no graph break anywhere in the backbone (fullgraph raises on one),
+    the same kernel launches as in eager mode, and (backend aot_eager: the same operators in the
+    same order) the same outputs and gradients to 1e-6 of their scale. Then torch.export of the
+    re-parameterized structure: the op is in the exported graph and gives the eager outputs."""
+    monkeypatch.setattr(DepthWiseConv2dImplicitGEMM, '_fast_path_refusal', lambda self, x: None)
+    arch = dict(depths=(1, 1, 2, 1), dims=(16, 24, 32, 40),
+                kernel_sizes=((3, ), (13, ), (13, 13), (13, )))
+    model = randomize(UniRepLKNet(arch=arch, use_lk_op=True), seed=2)
+    compiled = torch.compile(copy.deepcopy(model), fullgraph=True, backend='aot_eager')
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(13))
+    runs = []
+    for net in (model, compiled):
+        emulated_ext.launches()
+        outs = net(x)
+        sum((o * (i + 1)).mean() for i, o in enumerate(outs)).backward()
+        grads = {n.replace('_orig_mod.', ''): p.grad for n, p in net.named_parameters()}
+        runs.append((outs, grads, len(emulated_ext.launches())))
+    (outs, grads, launches), (c_outs, c_grads, c_launches) = runs
+    assert launches == c_launches == 4 * 4  # 4 convs: forward, input grad, weight grad, reduction
+    for a, b in zip(outs, c_outs):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-6 * a.abs().max().item())
+    assert grads.keys() == c_grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(c_grads[name], grad, rtol=0,
+                                   atol=1e-6 * grad.abs().max().item(), msg=name)
+
+    model.eval().switch_to_deploy()
+    with torch.no_grad():
+        expected = model(x)
+    exported = torch.export.export(model, (x, ))
+    targets = [n.target for n in exported.graph.nodes if n.op == 'call_function']
+    assert targets.count(torch.ops.mmunirep.depthwise_conv2d.default) == 4
+    emulated_ext.launches()
+    with torch.no_grad():
+        got = exported.module()(x)
+    assert len(emulated_ext.launches()) == 4
+    for a, b in zip(expected, got):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-6 * a.abs().max().item())
+
+
+def test_emulated_op_inside_an_inductor_graph(emulated_ext):
+    """torch.compile's default backend (Inductor) around the op: a large-kernel conv between
+    fused pointwise ops, forward and backward, one graph, the kernels launched as in eager mode,
+    results within 1e-5 of eager's scale."""
+    torch.manual_seed(14)
+    conv = DepthWiseConv2dImplicitGEMM(8, 13, bias=True)
+
+    def block(x, weight, bias):
+        return F.gelu(depthwise_conv2d(x * 2 + 1, weight, bias)).square()
+
+    x = torch.randn(2, 8, 20, 36, requires_grad=True)
+    runs = []
+    for fn in (block, torch.compile(block, fullgraph=True)):
+        for t in (x, conv.weight, conv.bias):
+            t.grad = None
+        emulated_ext.launches()
+        y = fn(x, conv.weight, conv.bias)
+        y.sum().backward()
+        runs.append((y.detach(), x.grad, conv.weight.grad, conv.bias.grad,
+                     len(emulated_ext.launches())))
+    *eager, launches = runs[0]
+    *compiled, c_launches = runs[1]
+    assert launches == c_launches == 4
+    for a, b in zip(eager, compiled):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-5 * a.abs().max().item())
 
 
 def test_emulated_channels_last_and_strided_inputs(emulated_ext):

@@ -8,7 +8,7 @@ from typing import List
 
 import torch.nn as nn
 from mmengine.logging import print_log
-from mmengine.optim import DefaultOptimWrapperConstructor
+from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
 
 from mmunirep.registry import OPTIM_WRAPPER_CONSTRUCTORS, register_module
 
@@ -22,6 +22,17 @@ class UniRepLKNetLayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructo
     outside the backbone get the base lr. 1-D parameters and biases get no weight decay, all
     others the base weight decay (the authors' rule).
     """
+
+    def __call__(self, model: nn.Module) -> OptimWrapper:
+        optim_wrapper = super().__call__(model)
+        # mmengine's registry builds the optimizer from a ConfigDict (a config file's), which
+        # turns the group dicts given to it into ConfigDicts. torch.compile of a step that
+        # includes optimizer.step() (mmengine's `compile=True` compiles train_step) then fails in
+        # Dynamo (torch 2.14: "'UserDefinedDictVariable' object has no attribute 'items'").
+        # Plain dicts, as torch.optim makes them, compile.
+        optimizer = optim_wrapper.optimizer
+        optimizer.param_groups = [dict(group) for group in optimizer.param_groups]
+        return optim_wrapper
 
     def add_params(self, params: List[dict], module: nn.Module, **kwargs) -> None:
         cfg = dict(self.paramwise_cfg)

@@ -1,19 +1,26 @@
 """Large-kernel depthwise convolution ("iGEMM" in the UniRepLKNet paper's code).
 
-Three layers, as in mmcv's ops: the compiled ``mmunirep._ext`` (``ops/csrc``: bindings, CUDA
-kernels, CPU path), the autograd :class:`DepthwiseConv2dFunction` (AMP-aware), and the module
-:class:`DepthWiseConv2dImplicitGEMM`, an ``nn.Conv2d`` subclass with the same state dict and
-truthful attributes (``padding == kernel_size // 2``, ``groups == channels``).
+Three layers, as in mmcv's ops:
+- the compiled ``mmunirep._ext`` (``ops/csrc``: bindings, CUDA kernels, CPU path);
+- the AMP-aware :func:`depthwise_conv2d`: in eager mode on the autograd
+  :class:`DepthwiseConv2dFunction`; under ``torch.compile`` / ``torch.export`` on the PyTorch
+  custom operators ``torch.ops.mmunirep.depthwise_conv2d`` (with its autograd formula) and
+  ``torch.ops.mmunirep.depthwise_conv2d_backward``, which they trace without a graph break;
+- the module :class:`DepthWiseConv2dImplicitGEMM`, an ``nn.Conv2d`` subclass with the same state
+  dict and truthful attributes (``padding == kernel_size // 2``, ``groups == channels``).
 
 The module runs the CUDA kernels for CUDA inputs in fp32 / fp16 / bf16 / fp64 (NCHW or
 channels_last) when the extension is built; anything else (a CPU tensor, a missing extension, an
-unsupported dtype) takes ``F.conv2d`` with the same result and warns once how to build the op.
+unsupported dtype) takes ``F.conv2d`` with the same result and warns once how to build the op
+(a missing extension when the module is built; under ``torch.compile`` the forward cannot warn).
 """
 import warnings
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 try:  # the compiled extension is optional: never let its absence break the fallback
     from mmunirep import _ext  # type: ignore[attr-defined]
@@ -41,25 +48,84 @@ def _warn_fallback_once(reason: str) -> None:
         warnings.warn(f'{BUILD_HINT} ({reason})', stacklevel=3)
 
 
+# Two ways into the same kernels. Eager mode takes DepthwiseConv2dFunction, an autograd.Function
+# calling the extension directly. Under torch.compile / torch.export the kernels are two PyTorch
+# custom operators (torch.ops.mmunirep.*): opaque ops with known output metadata (the fake
+# implementations below), so the whole backbone traces into one graph, where a pybind call inside
+# an autograd.Function breaks the graph at every block. Eager mode does not use the operators
+# because their dispatch costs more host time per call
+# (benchmarks/op_overhead_benchmark.py). Both look ``_ext`` up at call time (tests route them to
+# the emulated kernels) and share _save_inputs / _gradients.
+def _save_inputs(ctx, inputs, output=None):
+    x, weight, bias = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.has_bias = bias is not None
+
+
+def _gradients(ctx, grad_out, backward):
+    """The input, weight and bias gradients that autograd asks for (None for the others), from
+    ``backward``: the extension's function or the custom operator."""
+    x, weight = ctx.saved_tensors
+    need_x, need_w, need_b = ctx.needs_input_grad[:3]
+    needs = (need_x, need_w, need_b and ctx.has_bias)
+    grads = backward(grad_out.contiguous(), x, weight, *needs)
+    return tuple(g if need else None for g, need in zip(grads, needs))
+
+
 class DepthwiseConv2dFunction(torch.autograd.Function):
-    """``y = depthwise_conv2d(x, w) + b`` on contiguous NCHW tensors of one dtype."""
+    """Eager mode's ``y = depthwise_conv2d(x, w) + b`` on contiguous NCHW tensors of one dtype.
+    Its backward is not itself differentiable (a second derivative is an error)."""
 
     @staticmethod
     @torch.amp.custom_fwd(device_type='cuda')
     def forward(ctx, x, weight, bias):
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
+        _save_inputs(ctx, (x, weight, bias))
         return _ext.depthwise_conv2d_forward(x, weight, bias)
 
     @staticmethod
+    @once_differentiable
     @torch.amp.custom_bwd(device_type='cuda')
     def backward(ctx, grad_out):
-        x, weight = ctx.saved_tensors
-        need_x, need_w, need_b = ctx.needs_input_grad
-        grad_x, grad_w, grad_b = _ext.depthwise_conv2d_backward(
-            grad_out.contiguous(), x, weight, need_x, need_w, need_b and ctx.has_bias)
-        return (grad_x if need_x else None, grad_w if need_w else None,
-                grad_b if need_b and ctx.has_bias else None)
+        return _gradients(ctx, grad_out, _ext.depthwise_conv2d_backward)
+
+
+@torch.library.custom_op('mmunirep::depthwise_conv2d', mutates_args=())
+def _forward_op(x: torch.Tensor, weight: torch.Tensor,
+                bias: Optional[torch.Tensor]) -> torch.Tensor:
+    # .contiguous(): no copy for the layouts depthwise_conv2d passes; a compiler that picks other
+    # strides gets a copy, not an error
+    return _ext.depthwise_conv2d_forward(x.contiguous(), weight.contiguous(),
+                                         None if bias is None else bias.contiguous())
+
+
+@_forward_op.register_fake
+def _forward_fake(x, weight, bias):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op('mmunirep::depthwise_conv2d_backward', mutates_args=())
+def _backward_op(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, need_input: bool,
+                 need_weight: bool,
+                 need_bias: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of input, weight and bias; an empty tensor stands for one not asked for
+    (a custom operator returns tensors, not None)."""
+    grads = _ext.depthwise_conv2d_backward(grad_out.contiguous(), x.contiguous(),
+                                           weight.contiguous(), need_input, need_weight,
+                                           need_bias)
+    return tuple(g if need else x.new_empty(0)
+                 for g, need in zip(grads, (need_input, need_weight, need_bias)))
+
+
+@_backward_op.register_fake
+def _backward_fake(grad_out, x, weight, need_input, need_weight, need_bias):
+    contiguous = torch.contiguous_format
+    return (torch.empty_like(x, memory_format=contiguous) if need_input else x.new_empty(0),
+            torch.empty_like(weight, memory_format=contiguous) if need_weight else x.new_empty(0),
+            x.new_empty(x.shape[1]) if need_bias else x.new_empty(0))
+
+
+_forward_op.register_autograd(lambda ctx, grad_out: _gradients(ctx, grad_out, _backward_op),
+                              setup_context=_save_inputs)
 
 
 def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias=None) -> torch.Tensor:
@@ -74,7 +140,8 @@ def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias=None) -> torch.
     x_c = x.contiguous()
     weight = weight.to(x.dtype).contiguous()
     bias = bias.to(x.dtype).contiguous() if bias is not None else None
-    y = DepthwiseConv2dFunction.apply(x_c, weight, bias)
+    op = _forward_op if torch.compiler.is_compiling() else DepthwiseConv2dFunction.apply
+    y = op(x_c, weight, bias)
     return y.contiguous(memory_format=torch.channels_last) if channels_last else y
 
 
@@ -92,6 +159,9 @@ class DepthWiseConv2dImplicitGEMM(nn.Conv2d):
             raise ValueError(f'DepthWiseConv2dImplicitGEMM needs an odd kernel_size, got {kernel_size}')
         super().__init__(channels, channels, kernel_size, stride=1, padding=kernel_size // 2,
                          dilation=1, groups=channels, bias=bias)
+        if not ext_available():
+            # said here too, not only in forward: a forward under torch.compile cannot warn
+            _warn_fallback_once('extension not built')
 
     def _fast_path_refusal(self, x: torch.Tensor):
         if not x.is_cuda:
@@ -112,5 +182,8 @@ class DepthWiseConv2dImplicitGEMM(nn.Conv2d):
         refusal = self._fast_path_refusal(x)
         if refusal is None:
             return depthwise_conv2d(x, self.weight, self.bias)
-        _warn_fallback_once(refusal)
+        # torch.compile cannot trace warnings.warn (it would break the graph here); a missing
+        # extension was said at construction, and a CPU input under compile falls back quietly
+        if not torch.compiler.is_compiling():
+            _warn_fallback_once(refusal)
         return super().forward(x)
