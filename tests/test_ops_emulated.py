@@ -544,16 +544,18 @@ def test_emulated_custom_ops_pass_opcheck(emulated_ext):
         assert [t.numel() > 0 for t in grads] == list(needs)
 
 
-def test_emulated_backbone_compiles_into_one_graph(emulated_ext, monkeypatch):
+@pytest.mark.parametrize('with_cp', [False, True], ids=['plain', 'checkpointed'])
+def test_emulated_backbone_compiles_into_one_graph(emulated_ext, monkeypatch, with_cp):
     """torch.compile(fullgraph=True) of a small UniRepLKNet with use_lk_op=True, its 13x13 convs
     on the emulated kernels: no graph break anywhere in the backbone (fullgraph raises on one),
-    the same kernel launches as in eager mode, and (backend aot_eager: the same operators in the
-    same order) the same outputs and gradients to 1e-6 of their scale. Then torch.export of the
-    re-parameterized structure: the op is in the exported graph and gives the eager outputs."""
+    the same kernel launches as in eager mode (with gradient checkpointing: the forward again in
+    the backward), and (backend aot_eager: the same operators in the same order) the same
+    outputs and gradients to 1e-6 of their scale. Then torch.export of the re-parameterized
+    structure: the op is in the exported graph and gives the eager outputs."""
     monkeypatch.setattr(DepthWiseConv2dImplicitGEMM, '_fast_path_refusal', lambda self, x: None)
     arch = dict(depths=(1, 1, 2, 1), dims=(16, 24, 32, 40),
                 kernel_sizes=((3, ), (13, ), (13, 13), (13, )))
-    model = randomize(UniRepLKNet(arch=arch, use_lk_op=True), seed=2)
+    model = randomize(UniRepLKNet(arch=arch, use_lk_op=True, with_cp=with_cp), seed=2)
     compiled = torch.compile(copy.deepcopy(model), fullgraph=True, backend='aot_eager')
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(13))
     runs = []
@@ -564,7 +566,8 @@ def test_emulated_backbone_compiles_into_one_graph(emulated_ext, monkeypatch):
         grads = {n.replace('_orig_mod.', ''): p.grad for n, p in net.named_parameters()}
         runs.append((outs, grads, len(emulated_ext.launches())))
     (outs, grads, launches), (c_outs, c_grads, c_launches) = runs
-    assert launches == c_launches == 4 * 4  # 4 convs: forward, input grad, weight grad, reduction
+    # 4 convs: forward (again in the backward if checkpointed), input grad, weight grad, reduction
+    assert launches == c_launches == 4 * (5 if with_cp else 4)
     for a, b in zip(outs, c_outs):
         torch.testing.assert_close(b, a, rtol=0, atol=1e-6 * a.abs().max().item())
     assert grads.keys() == c_grads.keys()
