@@ -496,13 +496,17 @@ def test_emulated_empty_batch(emu):
 
 
 def test_emulated_autograd_function_gradcheck(emulated_ext):
-    """mmunirep.ops' custom operator and its autograd formula, on the emulated kernels, pass
-    gradcheck in fp64."""
+    """Both ways into the emulated kernels pass gradcheck in fp64: eager mode's autograd Function
+    (through depthwise_conv2d) and the custom operator with its autograd formula (which
+    torch.compile takes)."""
     g = torch.Generator().manual_seed(6)
     x = torch.randn(1, 2, 4, 3, generator=g, dtype=torch.float64, requires_grad=True)
     wt = torch.randn(2, 1, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
     b = torch.randn(2, generator=g, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(depthwise_conv2d, (x, wt, b), eps=1e-6, atol=1e-7)
+    operator = torch.ops.mmunirep.depthwise_conv2d
+    assert torch.autograd.gradcheck(operator, (x, wt, b), eps=1e-6, atol=1e-7)
+    assert torch.autograd.gradcheck(operator, (x, wt, None), eps=1e-6, atol=1e-7)
 
 
 def test_emulated_eager_mode_takes_the_function_and_refuses_a_second_derivative(emulated_ext,
