@@ -19,6 +19,7 @@ import time
 import types
 
 import torch
+from bench_utils import Report
 
 from mmunirep.ops import depthwise_conv as dw
 
@@ -103,11 +104,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.calls < 1 or args.repeats < 1:
         parser.error(f'--calls and --repeats must be positive, got {args.calls}, {args.repeats}')
-    lines = table(measure(args.calls, args.repeats), args.calls, args.repeats)
-    print('\n'.join(lines))
-    if args.out:
-        with open(args.out, 'w') as f:
-            f.write('\n'.join(lines) + '\n')
+    Report(args.out).add(*table(measure(args.calls, args.repeats), args.calls, args.repeats))
     return 0
 
 
