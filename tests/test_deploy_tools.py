@@ -190,6 +190,70 @@ def test_benchmark_compares_both_structures(seg_setup, part):
     assert set(ips) == {'training', 'deploy'} and all(v > 0 for v in ips.values())
 
 
+def register_backend(name, wrap_outputs=None):
+    """A torch.compile backend that records the graphs it gets and runs them as they are (or
+    with its outputs changed by ``wrap_outputs``): which code went through the compiler."""
+    from torch._dynamo import list_backends, register_backend as register
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        if wrap_outputs is None:
+            return gm.forward
+
+        def run(*args):
+            return wrap_outputs(gm.forward(*args))
+        return run
+    if name not in list_backends(exclude_tags=()):
+        register(compiler_fn=backend, name=name)
+    else:  # re-registered by a second parametrization: point the name at this closure
+        from torch._dynamo.backends.registry import _COMPILER_FNS
+        _COMPILER_FNS[name] = backend
+    return graphs
+
+
+@pytest.mark.parametrize('part', ['model', 'backbone'])
+def test_benchmark_times_a_compiled_twin_of_each_structure(seg_setup, part):
+    torch._dynamo.reset()
+    graphs = register_backend('mmunirep_test_recording')
+    ips = load_tool('benchmark').main([seg_setup['config'], '--checkpoint', seg_setup['ckpt'],
+                                       '--shape', '64', '64', '--warmup', '1', '--iters', '1',
+                                       '--repeats', '2', '--part', part, '--compile',
+                                       '--compile-backend', 'mmunirep_test_recording'])
+    assert set(ips) == {'training', 'deploy', 'training+compile', 'deploy+compile'}
+    assert all(v > 0 for v in ips.values())
+    # both twins went through the compiler, and what it got holds the backbone's convolutions
+    # (the neck's too for the whole model); the eager structures did not
+    convs = [sum(n.target in (torch.conv2d, torch.nn.functional.conv2d) or
+                 (n.op == 'call_module' and isinstance(g.get_submodule(n.target), torch.nn.Conv2d))
+                 for n in g.graph.nodes) for g in graphs]
+    assert len(graphs) >= 2 and sum(convs) > 0, (len(graphs), convs)
+
+
+def test_benchmark_refuses_a_compiled_twin_that_computes_something_else(seg_setup):
+    torch._dynamo.reset()
+
+    def perturb(outputs):  # 1% of each output's largest magnitude added: beyond --rtol 1e-3
+        return type(outputs)(o + 0.01 * o.abs().max() if isinstance(o, torch.Tensor) else o
+                             for o in outputs)
+    register_backend('mmunirep_test_wrong', wrap_outputs=perturb)
+    with pytest.raises(RuntimeError, match=r'training\+compile: compiled feature 0 differs from '
+                                           r'eager by 1\.0\de-02'):
+        load_tool('benchmark').main([seg_setup['config'], '--shape', '64', '64', '--warmup', '1',
+                                     '--iters', '1', '--repeats', '1', '--part', 'backbone',
+                                     '--compile', '--compile-backend', 'mmunirep_test_wrong'])
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--compile-mode', 'max-autotune'], '--compile-mode and --compile-backend need --compile'),
+    (['--compile', '--warmup', '0'], 'at least one warm-up pass'),
+])
+def test_benchmark_compile_argument_errors(seg_setup, argv, message, capsys):
+    with pytest.raises(SystemExit):
+        load_tool('benchmark').main([seg_setup['config']] + argv)
+    assert message in capsys.readouterr().err
+
+
 @pytest.mark.parametrize('setup', ['seg_setup', 'det_setup'])
 def test_image_demo_draws(request, setup, tmp_path):
     s = request.getfixturevalue(setup)

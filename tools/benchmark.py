@@ -1,11 +1,19 @@
 """Inference speed of a detector or segmentor, training structure against deploy structure.
 
     python tools/benchmark.py CONFIG [--checkpoint CKPT] [--shape H W] [--batch-size N]
+                              [--compile [--compile-mode MODE] [--compile-backend BACKEND]]
 
 Both structures are timed in the same run, on the same synthetic pre-processed batch, alternating
 repeat by repeat; each repeat runs --iters forward passes (predict mode, post-processing included)
 after --warmup passes, with CUDA synchronization around each timed repeat on a GPU. Reports the
 median images/s of each and their ratio, and the device.
+
+--compile adds a torch.compile'd twin of each structure to the same run: its feature extractor
+(backbone and neck; the backbone alone with --part backbone) compiled, the heads' post-processing
+(NMS, RoI ops, resizing) left eager, as their data-dependent shapes only break the graph. Before
+timing, each twin's features must match its eager structure's on the benchmark's batch (--rtol of
+the largest magnitude), and the report gives compiled / eager for each structure. The warm-up
+passes include the compilation.
 """
 import argparse
 import copy
@@ -37,8 +45,25 @@ def parse_args(argv=None):
                         help='time the whole model (predict mode) or only its backbone')
     parser.add_argument('--deploy', action='store_true',
                         help='time only the deploy structure')
+    parser.add_argument('--compile', action='store_true',
+                        help='also time each structure with its feature extractor torch.compiled')
+    parser.add_argument('--compile-mode', default=None,
+                        choices=['default', 'reduce-overhead', 'max-autotune',
+                                 'max-autotune-no-cudagraphs'],
+                        help="torch.compile's mode (default: torch's default)")
+    parser.add_argument('--compile-backend', default='inductor',
+                        help="torch.compile's backend (default: inductor)")
+    parser.add_argument('--rtol', type=float, default=1e-3,
+                        help='with --compile: max |compiled - eager| / max |eager| of the features')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.compile and (args.compile_mode is not None
+                             or args.compile_backend != 'inductor'):
+        parser.error('--compile-mode and --compile-backend need --compile')
+    if args.compile and args.warmup < 1:
+        parser.error(f'--compile needs at least one warm-up pass (it compiles), got --warmup '
+                     f'{args.warmup}')
+    return args
 
 
 def device_name(device: torch.device) -> str:
@@ -51,6 +76,48 @@ def forward(model, inputs, samples, part):
     if part == 'backbone':
         return model.backbone(inputs)
     return model(inputs, copy.deepcopy(samples), mode='predict')
+
+
+def features(model, inputs, part):
+    """What --compile compiles: the backbone's outputs, or the model's extract_feat."""
+    return model.backbone(inputs) if part == 'backbone' else model.extract_feat(inputs)
+
+
+def compiled_twin(model, args):
+    """A copy of ``model`` whose feature extractor goes through torch.compile.
+
+    A copy, so that the eager structure timed beside it stays eager. The model's own forward in
+    predict mode calls ``self.extract_feat`` (MMDetection's and MMSegmentation's models alike), so
+    the compiled bound method set on the instance is what predict runs; the heads stay eager.
+    """
+    twin = copy.deepcopy(model)
+    kwargs = dict(backend=args.compile_backend, mode=args.compile_mode)
+    if args.part == 'backbone':
+        twin.backbone = torch.compile(twin.backbone, **kwargs)
+    else:
+        twin.extract_feat = torch.compile(twin.extract_feat, **kwargs)
+    return twin
+
+
+def check_twin(name, eager, compiled, inputs, args):
+    """The compiled twin's features against its eager structure's; raise beyond --rtol."""
+    with torch.no_grad():
+        ref = features(eager, inputs, args.part)
+        out = features(compiled, inputs, args.part)
+    ref, out = list(ref), list(out)
+    if len(ref) != len(out):
+        raise RuntimeError(f'{name}: compiled model gave {len(out)} feature maps, eager {len(ref)}')
+    for i, (r, o) in enumerate(zip(ref, out)):
+        if r.shape != o.shape:
+            raise RuntimeError(f'{name}: feature {i} has shape {tuple(o.shape)} compiled, '
+                               f'{tuple(r.shape)} eager')
+        scale = r.abs().max().item()
+        err = (o - r).abs().max().item() / max(scale, 1e-12)
+        if not err <= args.rtol:  # also catches NaN
+            raise RuntimeError(f'{name}: compiled feature {i} differs from eager by {err:.2e} of '
+                               f'its largest magnitude {scale:.3g} (--rtol {args.rtol})')
+    return max((o - r).abs().max().item() / max(r.abs().max().item(), 1e-12)
+               for r, o in zip(ref, out))
 
 
 def time_model(model, inputs, samples, args, device) -> float:
@@ -79,11 +146,17 @@ def main(argv=None):
     models = {'deploy': deploy_model} if args.deploy else {'training': train_model,
                                                            'deploy': deploy_model}
     inputs, samples = dummy_batch(framework, args.batch_size, h, w, device)
+    if args.compile:
+        models.update({f'{n}+compile': compiled_twin(m, args) for n, m in list(models.items())})
     times = {name: [] for name in models}
+    errors = {}
     with torch.no_grad():
         for name, model in models.items():
             for _ in range(args.warmup):
                 forward(model, inputs, samples, args.part)
+            if name.endswith('+compile'):
+                errors[name] = check_twin(name, models[name[:-len('+compile')]], model, inputs,
+                                          args)
         for r in range(args.repeats):
             for name, model in models.items():
                 times[name].append(time_model(model, inputs, samples, args, device))
@@ -93,9 +166,14 @@ def main(argv=None):
     ips = {n: args.batch_size * args.iters / statistics.median(t) for n, t in times.items()}
     lines = [f'{args.config} ({args.part}) at {args.batch_size}x3x{h}x{w} on {device_name(device)}, '
              f'torch {torch.__version__}; median of {args.repeats} repeats x {args.iters} iters:']
-    lines += [f'  {n:8s} {v:8.2f} images/s' for n, v in ips.items()]
-    if len(ips) == 2:
+    lines += [f'  {n:16s} {v:8.2f} images/s' for n, v in ips.items()]
+    if 'training' in ips:
         lines.append(f'  deploy / training: {ips["deploy"] / ips["training"]:.2f}x')
+    for name, err in errors.items():
+        eager = name[:-len('+compile')]
+        lines.append(f'  {name} / {eager}: {ips[name] / ips[eager]:.2f}x (features within '
+                     f'{err:.1e} of eager; backend {args.compile_backend}, mode '
+                     f'{args.compile_mode or "default"})')
     print_log('\n'.join(lines), logger='current')
     return ips
 
