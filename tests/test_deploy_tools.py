@@ -190,10 +190,14 @@ def test_benchmark_compares_both_structures(seg_setup, part):
     assert set(ips) == {'training', 'deploy'} and all(v > 0 for v in ips.values())
 
 
-def register_backend(name, wrap_outputs=None):
-    """A torch.compile backend that records the graphs it gets and runs them as they are (or
-    with its outputs changed by ``wrap_outputs``): which code went through the compiler."""
-    from torch._dynamo import list_backends, register_backend as register
+_backend_ids = iter(range(1 << 30))
+
+
+def register_backend(wrap_outputs=None):
+    """A new torch.compile backend that records the graphs it gets and runs them as they are (or
+    with their outputs changed by ``wrap_outputs``): which code went through the compiler.
+    Returns its (fresh) name and the list of graphs."""
+    from torch._dynamo import register_backend as register
     graphs = []
 
     def backend(gm, example_inputs):
@@ -204,22 +208,19 @@ def register_backend(name, wrap_outputs=None):
         def run(*args):
             return wrap_outputs(gm.forward(*args))
         return run
-    if name not in list_backends(exclude_tags=()):
-        register(compiler_fn=backend, name=name)
-    else:  # re-registered by a second parametrization: point the name at this closure
-        from torch._dynamo.backends.registry import _COMPILER_FNS
-        _COMPILER_FNS[name] = backend
-    return graphs
+    name = f'mmunirep_test_backend_{next(_backend_ids)}'
+    register(compiler_fn=backend, name=name)
+    return name, graphs
 
 
 @pytest.mark.parametrize('part', ['model', 'backbone'])
 def test_benchmark_times_a_compiled_twin_of_each_structure(seg_setup, part):
     torch._dynamo.reset()
-    graphs = register_backend('mmunirep_test_recording')
+    backend, graphs = register_backend()
     ips = load_tool('benchmark').main([seg_setup['config'], '--checkpoint', seg_setup['ckpt'],
                                        '--shape', '64', '64', '--warmup', '1', '--iters', '1',
                                        '--repeats', '2', '--part', part, '--compile',
-                                       '--compile-backend', 'mmunirep_test_recording'])
+                                       '--compile-backend', backend])
     assert set(ips) == {'training', 'deploy', 'training+compile', 'deploy+compile'}
     assert all(v > 0 for v in ips.values())
     # both twins went through the compiler, and what it got holds the backbone's convolutions
@@ -236,12 +237,12 @@ def test_benchmark_refuses_a_compiled_twin_that_computes_something_else(seg_setu
     def perturb(outputs):  # 1% of each output's largest magnitude added: beyond --rtol 1e-3
         return type(outputs)(o + 0.01 * o.abs().max() if isinstance(o, torch.Tensor) else o
                              for o in outputs)
-    register_backend('mmunirep_test_wrong', wrap_outputs=perturb)
+    backend, _ = register_backend(wrap_outputs=perturb)
     with pytest.raises(RuntimeError, match=r'training\+compile: compiled feature 0 differs from '
                                            r'eager by 1\.0\de-02'):
         load_tool('benchmark').main([seg_setup['config'], '--shape', '64', '64', '--warmup', '1',
                                      '--iters', '1', '--repeats', '1', '--part', 'backbone',
-                                     '--compile', '--compile-backend', 'mmunirep_test_wrong'])
+                                     '--compile', '--compile-backend', backend])
 
 
 @pytest.mark.parametrize('argv, message', [
