@@ -184,6 +184,14 @@ def test_test_tool_evaluates_checkpoint(shapes, trained, tmp_path):
     assert pngs == ['00000.png', '00001.png'], pngs
 
 
+def test_test_tool_tta_on_a_detection_config_says_why_not(shapes, trained, tmp_path):
+    with pytest.raises(ValueError, match=r"--tta needs tta_model and tta_pipeline in the config "
+                                         r"\(the detection configs have none: .*instance masks"):
+        _load_tool('test').main([QUICKSTART, osp.join(trained, 'epoch_1.pth'), '--tta',
+                                 '--work-dir', str(tmp_path / 'test')] +
+                                _to_argv(_data_options(shapes)))
+
+
 def test_resume_restores_iteration_and_optimizer(shapes, trained, tmp_path, monkeypatch):
     """tools/train.py --resume: the Runner's state right after resuming equals the checkpoint,
     and training continues with epoch 2 only."""

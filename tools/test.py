@@ -61,7 +61,12 @@ def main(argv=None):
             cfg.visualizer['save_dir'] = osp.abspath(args.show_dir)
     if args.tta:
         if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
-            raise ValueError('--tta needs tta_model and tta_pipeline in the config')
+            why = ''
+            if framework == 'mmdet':  # the detection configs have none, on purpose
+                why = (' (the detection configs have none: MMDetection\'s DetTTAModel merges '
+                       'boxes but not instance masks, so it cannot serve Cascade Mask R-CNN; the '
+                       'paper\'s COCO results are single-scale)')
+            raise ValueError(f'--tta needs tta_model and tta_pipeline in the config{why}')
         cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
         cfg.tta_model.module = cfg.model
         cfg.model = cfg.tta_model
