@@ -27,7 +27,9 @@
 #                       kernel),
 #                       then the training step with MMUNIREP_DWCONV_PIPELINE=1 (train_step_pipelined),
 #                       then dwconv_benchmark.py --parts-sweep (parts_sweep: the weight gradient
-#                       by parts per channel against the op's rule)
+#                       by parts per channel against the op's rule), then the training step in
+#                       bf16 with both models torch.compile'd (train_step_compile: the op against
+#                       PyTorch's convolution with Inductor's fused norms around both)
 #   OUT/summary.txt     each step's exit status and duration
 # A step that fails is recorded and the next one runs (the benchmarks need the build). The steps
 # share a time budget, GPU_SESSION_BUDGET_S (570 s: a device call is cut at 600 s), so that a slow
@@ -35,8 +37,8 @@
 # step left with under 20 s is recorded as skipped. The benchmarks write their tables row by row
 # and stop starting rows 15 s before their step's limit (exit 3: a partial table that says what it
 # left out). DWCONV_ARGS / TRAIN_STEP_ARGS / TRAIN_STEP_TC_ARGS / PROFILE_ARGS /
-# TRAIN_STEP_PIPELINED_ARGS / PARTS_SWEEP_ARGS replace their default arguments (e.g.
-# DWCONV_ARGS="--dtypes fp32 --shapes 2,192,100,168,13").
+# TRAIN_STEP_PIPELINED_ARGS / PARTS_SWEEP_ARGS / TRAIN_STEP_COMPILE_ARGS replace their default
+# arguments (e.g. DWCONV_ARGS="--dtypes fp32 --shapes 2,192,100,168,13").
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 WHEELS=${GPU_WHEELS:-$ROOT/.gpu_wheels}
@@ -62,7 +64,7 @@ prepare)
 run)
   OUT=${2:?usage: bash benchmarks/gpu_session.sh run OUT_DIR [STEP...]}
   shift 2
-  ALL_STEPS="device build sass tests dwconv train_step train_step_tc profile train_step_pipelined parts_sweep"
+  ALL_STEPS="device build sass tests dwconv train_step train_step_tc profile train_step_pipelined parts_sweep train_step_compile"
   STEPS=${*:-$ALL_STEPS}
   for s in $STEPS; do
     [[ " $ALL_STEPS " == *" $s "* ]] || { echo "gpu_session: unknown step '$s' (steps: $ALL_STEPS)" >&2; exit 2; }
@@ -154,6 +156,10 @@ EOF
     # table goes to bench.log only
     step parts_sweep "$OUT/bench.log" 120 "$PY" benchmarks/dwconv_benchmark.py --parts-sweep \
       ${PARTS_SWEEP_ARGS:---dtypes fp32 bf16}
+    # the training step and deploy forward with both models compiled by Inductor (last: the
+    # compilation takes a minute or more); its table goes to bench.log only
+    step train_step_compile "$OUT/bench.log" 150 "$PY" benchmarks/train_step_benchmark.py \
+      --compile ${TRAIN_STEP_COMPILE_ARGS:---precision bf16}
   else
     echo "gpu_session: no usable build of mmunirep._ext (build exit $build_rc, or no CUDA in it);" \
       "no step after the build ran" | tee -a "$summary"
@@ -161,7 +167,7 @@ EOF
   cat "$summary"
   ;;
 *)
-  sed -n '2,39p' "$0"
+  sed -n '2,/^set -uo pipefail/{/^set -uo/!p}' "$0"
   exit 2
   ;;
 esac

@@ -2,6 +2,7 @@
 
     python benchmarks/train_step_benchmark.py [--arch s] [--batch 2] [--size 800 1333]
         [--precision fp32 bf16 fp16] [--repeats 10] [--warmup 3] [--out FILE]
+        [--compile [--compile-backend inductor]]
 
 The backbone is built as configs/detection's Cascade Mask R-CNN builds it (arch S, drop path 0.5,
 gradient checkpointing, BatchNorm, which SyncBN is on one GPU), twice with the same weights:
@@ -15,6 +16,11 @@ the same drop-path masks), and their peak memory is recorded. The inference stru
 Before timing, one fp32 step of both models (TF32 off, drop path off) is compared with the same
 step in float64: the op's outputs and parameter gradients must be within 4x the error of PyTorch's
 fp32 step + 1e-5 (relative to each tensor's largest value); otherwise the script stops.
+
+With --compile both models go through torch.compile (Inductor by default) before timing, so that
+the op is measured against PyTorch's convolution with the norms and activations around both fused;
+the warm-up steps include the compilation. The fp32 check above runs eager; the op under Inductor
+is checked by tests/test_ops.py::test_cuda_op_under_torch_compile.
 
 The neck and heads of the detector are not included: they need mmcv / MMDetection, which the GPU
 machines we benchmark on do not have, and they add the same time to both sides, so the ratio here
@@ -47,10 +53,19 @@ def parse_args():
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--repeats', type=int, default=10)
     parser.add_argument('--out', help='also write the table to this file')
+    parser.add_argument('--compile', action='store_true',
+                        help='time both models torch.compiled (the warm-up compiles)')
+    parser.add_argument('--compile-backend', default='inductor')
     parser.add_argument('--device', default='cuda',
                         help='cpu: a smoke run of this script (the op falls back; for tests only)')
     add_budget_argument(parser)
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.compile and args.warmup < 1:
+        parser.error(f'--compile needs at least one warm-up step (it compiles), got --warmup '
+                     f'{args.warmup}')
+    if not args.compile and args.compile_backend != 'inductor':
+        parser.error('--compile-backend needs --compile')
+    return args
 
 
 def op_kernels():
@@ -96,8 +111,18 @@ def make_inference(model, batch, amp, device):
     return run
 
 
-def make_step(model, batch, projections, amp_dtype):
-    """A training step as mmengine's (Amp)OptimWrapper runs it: fp16 with a dynamic loss scale."""
+def maybe_compile(model, args):
+    """The model, or with --compile its torch.compile'd wrapper (same parameters)."""
+    if not args.compile:
+        return model
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 16)
+    return torch.compile(model, backend=args.compile_backend)
+
+
+def make_step(model, batch, projections, amp_dtype, run=None):
+    """A training step as mmengine's (Amp)OptimWrapper runs it: fp16 with a dynamic loss scale.
+    ``run``: what computes the forward pass (``model`` itself, or its compiled wrapper)."""
+    run = model if run is None else run
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
     device = batch.device.type
     scaler = torch.amp.GradScaler(device, enabled=amp_dtype == torch.float16)
@@ -106,7 +131,7 @@ def make_step(model, batch, projections, amp_dtype):
         torch.manual_seed(seed)
         with torch.autocast(device, dtype=amp_dtype or torch.float32,
                             enabled=amp_dtype is not None):
-            outs = model(batch)
+            outs = run(batch)
             loss = sum((o.float() * p).mean() for o, p in zip(outs, projections))
         scaler.scale(loss).backward()
         scaler.step(opt)
@@ -226,12 +251,15 @@ def main():
     worst = check_one_step(args, batch, projections)
 
     report = Report(args.out)
+    mode = (f'both models torch.compile(backend={args.compile_backend!r}), the fp32 check eager'
+            if args.compile else 'eager')
     report.add(
         f'device: {device_name}; command: python {" ".join(sys.argv)}; the op\'s kernels: '
         f'{op_kernels()}',
         f'UniRepLKNet-{args.arch.upper()} backbone, batch {args.batch}x3x{args.size[0]}x'
         f'{args.size[1]}, drop path {args.drop_path}, gradient checkpointing '
-        f'{not args.no_cp}; median of {args.repeats} after {args.warmup} warm-up, alternating; '
+        f'{not args.no_cp}; {mode}; median of {args.repeats} after {args.warmup} warm-up, '
+        f'alternating; '
         f'one fp32 step agrees with float64 as PyTorch\'s does (largest excess: {worst[0]}, '
         f'{worst[1]:.1e} with the op, {worst[2]:.1e} without, relative to its largest value)',
         '| what | precision | PyTorch conv (ms) | mmunirep op (ms) | speed-up | peak GiB PyTorch '
@@ -248,12 +276,13 @@ def main():
             ref, op = build_pair(args)
             for m in (ref, op):
                 m.train()
-            fns = dict(ref=make_step(ref, batch, projections, amp),
-                       op=make_step(op, batch, projections, amp))
+            ref_run, op_run = maybe_compile(ref, args), maybe_compile(op, args)
+            fns = dict(ref=make_step(ref, batch, projections, amp, ref_run),
+                       op=make_step(op, batch, projections, amp, op_run))
         else:
             ref, op = build_pair(args, deploy=True)
-            fns = dict(ref=make_inference(ref, batch, amp, args.device),
-                       op=make_inference(op, batch, amp, args.device))
+            fns = dict(ref=make_inference(maybe_compile(ref, args), batch, amp, args.device),
+                       op=make_inference(maybe_compile(op, args), batch, amp, args.device))
         t, peak = time_alternating(fns, args.warmup, args.repeats, args.device)
         report.add(f'| {what} | {pname} | {t["ref"]:.1f} | {t["op"]:.1f} | '
                    f'{t["ref"] / t["op"]:.2f}x | {peak["ref"]:.2f} / {peak["op"]:.2f} |')

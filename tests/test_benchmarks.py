@@ -43,6 +43,51 @@ def test_train_step_benchmark_smoke(tmp_path):
     assert "the op's kernels: default" in out.read_text()
 
 
+def test_train_step_benchmark_compile_times_the_compiled_models(monkeypatch, tmp_path):
+    """--compile: both models' forward passes go through the compiler (a recording backend
+    here: Inductor on 2 CPU cores would take minutes), in training and in the deploy structure,
+    and the report says so."""
+    from torch._dynamo import register_backend
+    from torch._dynamo.backends.debugging import aot_eager, boxed_nop
+    sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+    import train_step_benchmark as tsb
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(gm)
+        return boxed_nop(gm, example_inputs)
+
+    # torch's aot_eager (AOTAutograd and its partitioner, as Inductor has them, which gradient
+    # checkpointing's recomputation needs), recording the forward graphs it runs as they are
+    def backend(gm, example_inputs, **kwargs):
+        return aot_eager(gm, example_inputs, fw_compiler=record, **kwargs)
+    register_backend(compiler_fn=backend, name='mmunirep_test_train_step_recording')
+    torch._dynamo.reset()
+    out = tmp_path / 'train_step.md'
+    monkeypatch.setattr(sys, 'argv', [
+        'train_step_benchmark.py', '--device', 'cpu', '--arch', 'a', '--size', '64', '64',
+        '--repeats', '1', '--warmup', '1', '--precision', 'fp32', '--compile',
+        '--compile-backend', 'mmunirep_test_train_step_recording', '--out', str(out)])
+    tsb.main()
+    text = out.read_text()
+    assert "both models torch.compile(backend='mmunirep_test_train_step_recording')" in text
+    assert [(r[0].strip(), r[1].strip()) for r in table_rows(out)] == [
+        ('training step', 'fp32'), ('inference (deploy)', 'fp32')]
+    # four models compiled (PyTorch's and the op's, training and deploy structure): each gave the
+    # backend at least one graph with convolutions; the deploy ones hold no BatchNorm
+    with_conv = [g for g in graphs
+                 if any(n.target in (torch.conv2d, F.conv2d) or 'conv' in str(n.target)
+                        for n in g.graph.nodes)]
+    assert len(with_conv) >= 4, [len(g.graph.nodes) for g in graphs]
+
+
+def test_train_step_benchmark_compile_argument_errors():
+    for argv, message in ((['--compile', '--warmup', '0'], 'at least one warm-up step'),
+                          (['--compile-backend', 'eager'], '--compile-backend needs --compile')):
+        proc = run('benchmarks/train_step_benchmark.py', '--device', 'cpu', *argv, check=False)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
 @pytest.mark.parametrize('perturb', [0., 1e-3])
 def test_train_step_check_refuses_a_wrong_op_model(monkeypatch, perturb):
     """The agreement check passes identical models and stops on a large-kernel weight of the op's
@@ -228,16 +273,21 @@ def test_gpu_session_profile_step_runs_ncu_on_the_kernels(tmp_path):
     assert 'benchmarks/profile_kernels.py --dtypes bf16' in log
 
 
-@pytest.mark.parametrize('step, precision, kernel', [
-    ('train_step_pipelined', 'fp32', 'pipelined weight gradient (MMUNIREP_DWCONV_PIPELINE=1)'),
+@pytest.mark.parametrize('step, precision, kernel, extra', [
+    ('train_step_pipelined', 'fp32', 'pipelined weight gradient (MMUNIREP_DWCONV_PIPELINE=1)',
+     ''),
     ('train_step_tc', 'bf16', 'tensor cores in fp16 / bf16 (MMUNIREP_DWCONV_FWD_TC=1, '
-                              'MMUNIREP_DWCONV_WGRAD_TC=1)')])
-def test_gpu_session_train_step_variant_steps(tmp_path, step, precision, kernel):
-    """Two steps run the training-step benchmark with other kernels on the op's side (here CPU
-    smoke runs, where the op falls back; the header says which kernels)."""
+                              'MMUNIREP_DWCONV_WGRAD_TC=1)', ''),
+    # Inductor would take minutes on 2 cores: torch's aot_eager stands in for it here
+    ('train_step_compile', 'bf16', 'default', "both models torch.compile(backend='aot_eager')")])
+def test_gpu_session_train_step_variant_steps(tmp_path, step, precision, kernel, extra):
+    """Three steps run the training-step benchmark with other kernels on the op's side, or
+    compiled (here CPU smoke runs, where the op falls back; the header says which kernels)."""
     env = dict(os.environ, PYTHON=sys.executable)
-    env[f'{step.upper()}_ARGS'] = ('--device cpu --arch a --size 64 96 --repeats 1 --warmup 0 '
-                                   f'--precision {precision}')
+    warmup = 1 if step == 'train_step_compile' else 0
+    backend = '--compile-backend aot_eager ' if step == 'train_step_compile' else ''
+    env[f'{step.upper()}_ARGS'] = (f'--device cpu --arch a --size 64 96 --repeats 1 '
+                                   f'--warmup {warmup} {backend}--precision {precision}')
     env.pop('MMUNIREP_DWCONV_PIPELINE', None)
     env.pop('MMUNIREP_DWCONV_WGRAD_TC', None)
     env.pop('MMUNIREP_DWCONV_FWD_TC', None)
@@ -248,6 +298,7 @@ def test_gpu_session_train_step_variant_steps(tmp_path, step, precision, kernel)
     log = (tmp_path / 'out' / 'bench.log').read_text()
     assert f"the op's kernels: {kernel}" in log
     assert f'| training step | {precision} |' in log
+    assert extra in log
 
 
 def test_gpu_session_parts_sweep_step(tmp_path):
