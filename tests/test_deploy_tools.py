@@ -213,14 +213,19 @@ def register_backend(wrap_outputs=None):
     return name, graphs
 
 
-@pytest.mark.parametrize('part', ['model', 'backbone'])
-def test_benchmark_times_a_compiled_twin_of_each_structure(seg_setup, part):
+@pytest.mark.parametrize('part, amp', [('model', None), ('backbone', None), ('model', 'bf16')])
+def test_benchmark_times_a_compiled_twin_of_each_structure(seg_setup, part, amp):
     torch._dynamo.reset()
     backend, graphs = register_backend()
     ips = load_tool('benchmark').main([seg_setup['config'], '--checkpoint', seg_setup['ckpt'],
                                        '--shape', '64', '64', '--warmup', '1', '--iters', '1',
                                        '--repeats', '2', '--part', part, '--compile',
-                                       '--compile-backend', backend])
+                                       '--compile-backend', backend] +
+                                      (['--amp', amp] if amp else []))
+    # the convolutions' dtypes as traced: autocast's with --amp (it wraps every structure)
+    dtypes = {n.meta['example_value'].dtype for g in graphs for n in g.graph.nodes
+              if n.target in (torch.conv2d, torch.nn.functional.conv2d)}
+    assert dtypes == {torch.bfloat16 if amp else torch.float32}, dtypes
     assert set(ips) == {'training', 'deploy', 'training+compile', 'deploy+compile'}
     assert all(v > 0 for v in ips.values())
     # both twins went through the compiler, and what it got holds the backbone's convolutions

@@ -1,6 +1,7 @@
 """Inference speed of a detector or segmentor, training structure against deploy structure.
 
     python tools/benchmark.py CONFIG [--checkpoint CKPT] [--shape H W] [--batch-size N]
+                              [--amp {fp16,bf16}]
                               [--compile [--compile-mode MODE] [--compile-backend BACKEND]]
 
 Both structures are timed in the same run, on the same synthetic pre-processed batch, alternating
@@ -29,6 +30,8 @@ from mmunirep.utils import build_model, framework_of, load_exactly, prepare_cfg,
 from mmunirep.utils.config_utils import DictAction
 from mmunirep.utils.dummy_inputs import dummy_batch
 
+AMP_DTYPES = dict(fp16=torch.float16, bf16=torch.bfloat16)
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Benchmark inference, training vs deploy structure')
@@ -53,8 +56,11 @@ def parse_args(argv=None):
                         help="torch.compile's mode (default: torch's default)")
     parser.add_argument('--compile-backend', default='inductor',
                         help="torch.compile's backend (default: inductor)")
-    parser.add_argument('--rtol', type=float, default=1e-3,
-                        help='with --compile: max |compiled - eager| / max |eager| of the features')
+    parser.add_argument('--amp', choices=list(AMP_DTYPES),
+                        help='run every structure under torch.autocast with this dtype')
+    parser.add_argument('--rtol', type=float, default=None,
+                        help='with --compile: max |compiled - eager| / max |eager| of the features '
+                             '(default 1e-3, 2e-2 with --amp)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
     args = parser.parse_args(argv)
     if not args.compile and (args.compile_mode is not None
@@ -63,6 +69,8 @@ def parse_args(argv=None):
     if args.compile and args.warmup < 1:
         parser.error(f'--compile needs at least one warm-up pass (it compiles), got --warmup '
                      f'{args.warmup}')
+    if args.rtol is None:
+        args.rtol = 2e-2 if args.amp else 1e-3
     return args
 
 
@@ -104,20 +112,21 @@ def check_twin(name, eager, compiled, inputs, args):
     with torch.no_grad():
         ref = features(eager, inputs, args.part)
         out = features(compiled, inputs, args.part)
-    ref, out = list(ref), list(out)
+    ref, out, errors = list(ref), list(out), []
     if len(ref) != len(out):
         raise RuntimeError(f'{name}: compiled model gave {len(out)} feature maps, eager {len(ref)}')
     for i, (r, o) in enumerate(zip(ref, out)):
         if r.shape != o.shape:
             raise RuntimeError(f'{name}: feature {i} has shape {tuple(o.shape)} compiled, '
                                f'{tuple(r.shape)} eager')
+        r, o = r.float(), o.float()
         scale = r.abs().max().item()
         err = (o - r).abs().max().item() / max(scale, 1e-12)
         if not err <= args.rtol:  # also catches NaN
             raise RuntimeError(f'{name}: compiled feature {i} differs from eager by {err:.2e} of '
                                f'its largest magnitude {scale:.3g} (--rtol {args.rtol})')
-    return max((o - r).abs().max().item() / max(r.abs().max().item(), 1e-12)
-               for r, o in zip(ref, out))
+        errors.append(err)
+    return max(errors)
 
 
 def time_model(model, inputs, samples, args, device) -> float:
@@ -150,7 +159,8 @@ def main(argv=None):
         models.update({f'{n}+compile': compiled_twin(m, args) for n, m in list(models.items())})
     times = {name: [] for name in models}
     errors = {}
-    with torch.no_grad():
+    amp = torch.autocast(device.type, dtype=AMP_DTYPES.get(args.amp), enabled=bool(args.amp))
+    with torch.no_grad(), amp:
         for name, model in models.items():
             for _ in range(args.warmup):
                 forward(model, inputs, samples, args.part)
@@ -165,7 +175,8 @@ def main(argv=None):
                 logger='current')
     ips = {n: args.batch_size * args.iters / statistics.median(t) for n, t in times.items()}
     lines = [f'{args.config} ({args.part}) at {args.batch_size}x3x{h}x{w} on {device_name(device)}, '
-             f'torch {torch.__version__}; median of {args.repeats} repeats x {args.iters} iters:']
+             f'torch {torch.__version__}, {args.amp + " autocast" if args.amp else "fp32"}; '
+             f'median of {args.repeats} repeats x {args.iters} iters:']
     lines += [f'  {n:16s} {v:8.2f} images/s' for n, v in ips.items()]
     if 'training' in ips:
         lines.append(f'  deploy / training: {ips["deploy"] / ips["training"]:.2f}x')
