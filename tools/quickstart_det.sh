@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Detection quick start, one command, CPU is enough (about 10 minutes on 2 cores):
+# Detection quick start, one command, CPU is enough (about 6 minutes on 2 cores):
 #
 #   bash tools/quickstart_det.sh [extra tools/train.py args, e.g. --cfg-options train_cfg.max_epochs=2]
 #
