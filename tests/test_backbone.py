@@ -131,6 +131,90 @@ def test_with_cp_same_outputs_and_gradients():
     for (name, p_ref), p_ckp in zip(ref.named_parameters(), ckp.parameters()):
         assert p_ref.grad is not None, name
         torch.testing.assert_close(p_ckp.grad, p_ref.grad, rtol=1e-4, atol=1e-6, msg=name)
+    # the recomputation in the backward pass leaves the BatchNorms' running statistics alone:
+    # one update per step, as without checkpointing (torch's checkpoint alone updates them twice)
+    buffers = dict(ckp.named_buffers())
+    bn_buffers = [n for n, _ in ref.named_buffers() if n.endswith(
+        ('running_mean', 'running_var', 'num_batches_tracked'))]
+    assert len(bn_buffers) > 3 * sum(ref.depths)
+    for name in bn_buffers:
+        torch.testing.assert_close(buffers[name], dict(ref.named_buffers())[name], rtol=1e-5,
+                                   atol=1e-7, msg=name)
+    assert int(buffers['stages.0.0.norm.num_batches_tracked']) == 1
+
+
+def recording_backend(graphs):
+    """torch's aot_eager (AOTAutograd, which gradient checkpointing needs), recording the forward
+    graphs it is given: what went through the compiler, cheaply (Inductor takes minutes here)."""
+    from torch._dynamo.backends.debugging import aot_eager, boxed_nop
+
+    def record(gm, example_inputs):
+        graphs.append(gm)
+        return boxed_nop(gm, example_inputs)
+
+    def backend(gm, example_inputs, **kwargs):
+        return aot_eager(gm, example_inputs, fw_compiler=record, **kwargs)
+    return backend
+
+
+@pytest.mark.parametrize('with_cp', [False, True])
+def test_compile_option_same_outputs_gradients_and_state(with_cp):
+    """compile=dict(...): the forward runs through torch.compile (the backend sees the convs of
+    every stage), with eager's outputs and gradients; the state dict is the eager module's, a
+    deepcopy (mmengine's EMA) runs, and re-parameterization still works."""
+    import copy
+    torch._dynamo.reset()
+    graphs = []
+    torch.manual_seed(0)
+    ref = UniRepLKNet(arch='a', with_cp=with_cp)
+    ref.init_weights()
+    randomize(ref)
+    comp = UniRepLKNet(arch='a', with_cp=with_cp, compile=dict(backend=recording_backend(graphs)))
+    assert comp.state_dict().keys() == ref.state_dict().keys()
+    comp.load_state_dict(ref.state_dict())
+    ref.train()
+    comp.train()
+    x = torch.randn(2, 3, 64, 64)
+    outs_ref, outs_comp = ref(x), comp(x)
+    for a, b in zip(outs_ref, outs_comp):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    sum((o * o).mean() for o in outs_ref).backward()
+    sum((o * o).mean() for o in outs_comp).backward()
+    for (name, p_ref), p_comp in zip(ref.named_parameters(), comp.parameters()):
+        assert p_ref.grad is not None, name
+        torch.testing.assert_close(p_comp.grad, p_ref.grad, rtol=1e-4, atol=1e-6, msg=name)
+    convs = sum(n.target == torch.ops.aten.convolution.default
+                for g in graphs for n in g.graph.nodes)
+    # the stem's 2, 3 down-samplings and every block's large-kernel branches
+    assert convs >= 5 + sum(ref.depths), convs
+    n_graphs = len(graphs)
+    copy.deepcopy(comp)(x)
+    comp.eval()
+    comp.switch_to_deploy()
+    ref.eval()
+    ref.switch_to_deploy()
+    with torch.no_grad():
+        for a, b in zip(ref(x), comp(x)):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    assert len(graphs) > n_graphs  # the deploy structure was compiled too
+
+
+@pytest.mark.parametrize('value, error, message', [
+    ('yes', TypeError, "compile must be a bool or a dict of torch.compile arguments, got 'yes'"),
+    (dict(mod='max-autotune'), ValueError, "unknown torch.compile arguments ['mod']"),
+])
+def test_compile_option_errors(value, error, message):
+    with pytest.raises(error, match=re.escape(message)):
+        UniRepLKNet(arch='a', compile=value)
+
+
+def test_tools_build_the_backbone_eager():
+    """build_model (get_flops, export_onnx, benchmark, ...) ignores a config's compile=True."""
+    from mmengine.config import Config
+    from mmunirep.utils import build_model
+    cfg = Config.fromfile('configs/segmentation/quickstart_unireplknet_a_shapes.py')
+    cfg.model.backbone.compile = True
+    assert build_model(cfg).backbone.compile_kwargs is None
 
 
 @pytest.mark.parametrize('arch', ALL_ARCHS)

@@ -185,6 +185,34 @@ def test_test_tool_evaluates_checkpoint(shapes, trained, tmp_path):
     assert pngs == ['00000.png', '00001.png'], pngs
 
 
+def test_train_with_the_backbone_compiled_and_ema(shapes, tmp_path):
+    """model.backbone.compile through tools/train.py, with the IN-22K recipe's EMA hook (which
+    deepcopies the model): the backbone goes through torch.compile (torch's aot_eager here:
+    Inductor would take minutes on 2 cores), training and validation run, and the checkpoint
+    holds the eager backbone's keys for both the model and its EMA copy."""
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    config = tmp_path / 'compiled_backbone.py'
+    config.write_text(
+        f'_base_ = [{QUICKSTART!r}]\n'
+        "model = dict(backbone=dict(compile=dict(backend='aot_eager')))\n"
+        "custom_hooks = [dict(type='EMAHook', ema_type='ExpMomentumEMA', momentum=1e-4, "
+        "gamma=2000, update_buffers=True, priority=49)]\n")
+    work_dir = tmp_path / 'work'
+    _load_tool('train').main([str(config), '--work-dir', str(work_dir)] +
+                             _to_argv(_quick_options(shapes, max_epochs=1, val_interval=1)))
+    assert torch._dynamo.utils.counters['stats']['unique_graphs'] > 0
+    ckpt = _load_ckpt(osp.join(work_dir, 'epoch_1.pth'))
+    eager = UniRepLKNet(**{k: v for k, v in Config.fromfile(QUICKSTART).model.backbone.items()
+                           if k not in ('type', 'init_cfg')})
+    keys = {k[len('backbone.'):] for k in ckpt['state_dict'] if k.startswith('backbone.')}
+    assert keys == set(eager.state_dict())
+    # mmengine's EMAHook saves the averaged model's state dict (keys module.*) beside the model's
+    ema_keys = {k[len('module.backbone.'):] for k in ckpt['ema_state_dict']
+                if k.startswith('module.backbone.')}
+    assert ema_keys == set(eager.state_dict())
+
+
 def test_test_tool_tta_on_a_detection_config_says_why_not(shapes, trained, tmp_path):
     with pytest.raises(ValueError, match=r"--tta needs tta_model and tta_pipeline in the config "
                                          r"\(the detection configs have none: .*instance masks"):

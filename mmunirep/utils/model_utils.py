@@ -14,7 +14,9 @@ from .config_utils import framework_of
 
 def build_model(cfg: Config, deploy: Optional[bool] = None) -> nn.Module:
     """Build ``cfg.model`` in its framework's scope, without fetching the backbone's pretrained
-    weights (a checkpoint loaded next provides them). ``deploy`` overrides the backbone's flag."""
+    weights (a checkpoint loaded next provides them). ``deploy`` overrides the backbone's flag.
+    The backbone is eager even if the config compiles it (``compile=True``): the tools that build
+    models this way trace, count, export or time them (benchmark.py --compile compiles its own)."""
     cfg = copy.deepcopy(cfg)
     init_default_scope(framework_of(cfg))
     backbone = cfg.model.get('backbone')
@@ -22,6 +24,8 @@ def build_model(cfg: Config, deploy: Optional[bool] = None) -> nn.Module:
         backbone['init_cfg'] = None
         if deploy is not None:
             backbone['deploy'] = deploy
+        if backbone.get('compile'):
+            backbone['compile'] = False
     if cfg.model.get('pretrained') is not None:
         cfg.model['pretrained'] = None
     return MODELS.build(cfg.model)

@@ -7,8 +7,10 @@ so their released checkpoints load as they are.
 Layouts: the backbone takes and returns NCHW tensors; inside a block, ``pwconv1`` turns the map into
 NHWC for the two linear layers and GRN, and ``pwconv2`` turns it back.
 """
+import contextlib
+import inspect
 import warnings
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -239,6 +241,34 @@ class DilatedReparamBlock(nn.Module):
             delattr(self, f'dil_bn_k{k}_{r}')
 
 
+class KeepBatchNormStatistics:
+    """The recomputation context of a checkpointed block: its BatchNorms' running statistics
+    come out of the recomputation as they went in.
+
+    torch's checkpoint runs the block's forward again in the backward pass, and a BatchNorm in
+    training mode updates its running mean, variance and batch count on every forward, so each
+    step would update them twice (an effective momentum of 1 - (1 - m)^2 and a doubled count,
+    which the authors' code did). torch offers no switch for it; the buffers are per channel, so
+    saving and restoring them costs nothing next to the block.
+    """
+
+    def __init__(self, module: nn.Module):
+        self.bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                    and m.training and m.track_running_stats]
+
+    def __enter__(self):
+        self.saved = [(bn.running_mean.clone(), bn.running_var.clone(),
+                       bn.num_batches_tracked.clone()) for bn in self.bns]
+
+    def __exit__(self, *exc_info):
+        with torch.no_grad():
+            for bn, buffers in zip(self.bns, self.saved):
+                for buf, value in zip((bn.running_mean, bn.running_var, bn.num_batches_tracked),
+                                      buffers):
+                    buf.copy_(value)
+        return False
+
+
 class UniRepLKNetBlock(nn.Module):
     """dwconv -> BN -> SE -> Linear -> GELU -> GRN -> Linear -> BN -> layer scale, plus the input.
 
@@ -289,7 +319,12 @@ class UniRepLKNetBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.with_cp and x.requires_grad:
-            return cp.checkpoint(self._residual, x, use_reentrant=False)
+            if torch.compiler.is_compiling():
+                # AOTAutograd recomputes the block functionally: no second statistics update
+                return cp.checkpoint(self._residual, x, use_reentrant=False)
+            return cp.checkpoint(self._residual, x, use_reentrant=False,
+                                 context_fn=lambda: (contextlib.nullcontext(),
+                                                     KeepBatchNormStatistics(self)))
         return self._residual(x)
 
     @torch.no_grad()
@@ -359,10 +394,16 @@ class UniRepLKNet(BaseModule):
             from scratch in minutes (the detection quick start; see its config).
         drop_path_rate (float): stochastic depth, linearly increasing over all blocks.
         layer_scale_init_value (float): initial layer scale; 0 or None disables it.
-        with_cp (bool): gradient checkpointing of each block (saves memory, same results).
+        with_cp (bool): gradient checkpointing of each block (saves memory; same outputs,
+            gradients and BatchNorm statistics: see :class:`KeepBatchNormStatistics`).
         deploy (bool): build the inference (re-parameterized) structure.
         use_lk_op (bool): use :class:`mmunirep.ops.DepthWiseConv2dImplicitGEMM` for the kernels
             larger than 5 (falls back to ``F.conv2d`` where its CUDA kernels are unavailable).
+        compile (bool | dict): run the forward pass through ``torch.compile`` (a dict: its
+            arguments, e.g. ``dict(mode='max-autotune')``). The backbone alone, unlike mmengine's
+            ``compile=True``, which compiles the whole train step and so also the detector's
+            heads and data pre-processor, whose changing box counts recompile them. The state
+            dict, checkpoints and re-parameterization are those of the eager module.
         pretrained (str, optional): deprecated, use ``init_cfg``.
         init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=PATH_OR_URL)`` loads the
             authors' released classification checkpoints or our own.
@@ -383,6 +424,7 @@ class UniRepLKNet(BaseModule):
                  with_cp: bool = False,
                  deploy: bool = False,
                  use_lk_op: bool = False,
+                 compile: Union[bool, dict] = False,
                  pretrained: Optional[str] = None,
                  init_cfg: Optional[Union[dict, List[dict]]] = None):
         if pretrained is not None:
@@ -403,6 +445,7 @@ class UniRepLKNet(BaseModule):
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.with_cp = with_cp
+        self.compile_kwargs = self._parse_compile(compile)
 
         dims = self.dims
         self.downsample_norm_cfg = downsample_norm_cfg
@@ -483,6 +526,21 @@ class UniRepLKNet(BaseModule):
                 raise ValueError(f'stage {i}: kernel sizes must be in {BLOCK_KERNELS}, got {bad}')
         return depths, dims, kernel_sizes
 
+    @staticmethod
+    def _parse_compile(compile) -> Optional[dict]:
+        """None (eager) or the keyword arguments of torch.compile."""
+        if isinstance(compile, bool):
+            return {} if compile else None
+        if isinstance(compile, dict):
+            allowed = set(inspect.signature(torch.compile).parameters) - {'model'}
+            unknown = set(compile) - allowed
+            if unknown:
+                raise ValueError(f'compile: unknown torch.compile arguments {sorted(unknown)}; '
+                                 f'expected some of {sorted(allowed)}')
+            return dict(compile)
+        raise TypeError(f'compile must be a bool or a dict of torch.compile arguments, got '
+                        f'{compile!r}')
+
     def _parse_out_indices(self, out_indices):
         if isinstance(out_indices, int):
             out_indices = (out_indices, )
@@ -502,6 +560,12 @@ class UniRepLKNet(BaseModule):
 
     # -- forward ---------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        # inside an outer compilation (mmengine's compile=True) Dynamo traces the eager forward
+        if self.compile_kwargs is None or torch.compiler.is_compiling():
+            return self._forward(x)
+        return compiled_forward(self.compile_kwargs)(self, x)
+
+    def _forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         outs = []
         for i in range(self.num_stages):
             x = self.stages[i](self.downsample_layers[i](x))
@@ -648,6 +712,20 @@ class UniRepLKNet(BaseModule):
             raise RuntimeError(
                 f'checkpoint {source} is in the re-parameterized (deploy) structure: build the '
                 'backbone with deploy=True to load it')
+
+
+# torch.compile'd UniRepLKNet._forward, one per set of torch.compile arguments. Module level, not
+# an attribute of the backbone: mmengine's EMA deepcopies the model, and a compiled function does
+# not survive a deepcopy. Dynamo keeps its compiled code per code object with guards on the
+# module it is called with, so the backbones of a process (a model and its EMA copy) share it.
+_COMPILED_FORWARDS: Dict[str, Callable] = {}
+
+
+def compiled_forward(kwargs: dict) -> Callable:
+    key = repr(sorted(kwargs.items()))
+    if key not in _COMPILED_FORWARDS:
+        _COMPILED_FORWARDS[key] = torch.compile(UniRepLKNet._forward, **kwargs)
+    return _COMPILED_FORWARDS[key]
 
 
 def convert_checkpoint_state_dict(ckpt, source: str = 'checkpoint') -> Dict[str, torch.Tensor]:
