@@ -113,34 +113,39 @@ def test_norm_eval():
     assert all(m.training for m in model.modules() if isinstance(m, nn.BatchNorm2d))
 
 
+def assert_same_training_step(ref: UniRepLKNet, other: UniRepLKNet, x: torch.Tensor) -> None:
+    """One training-mode forward and backward of both models (loaded with the same weights):
+    the same outputs, parameter gradients and BatchNorm running statistics (one update)."""
+    other.load_state_dict(ref.state_dict())
+    ref.train()
+    other.train()
+    outs_ref, outs_other = ref(x), other(x)
+    for a, b in zip(outs_ref, outs_other):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    sum((o * o).mean() for o in outs_ref).backward()
+    sum((o * o).mean() for o in outs_other).backward()
+    for (name, p_ref), p_other in zip(ref.named_parameters(), other.parameters()):
+        assert p_ref.grad is not None, name
+        torch.testing.assert_close(p_other.grad, p_ref.grad, rtol=1e-4, atol=1e-6, msg=name)
+    buffers, ref_buffers = dict(other.named_buffers()), dict(ref.named_buffers())
+    bn_buffers = [n for n in ref_buffers if n.endswith(
+        ('running_mean', 'running_var', 'num_batches_tracked'))]
+    assert len(bn_buffers) > 3 * sum(ref.depths)
+    for name in bn_buffers:
+        torch.testing.assert_close(buffers[name], ref_buffers[name], rtol=1e-5, atol=1e-7,
+                                   msg=name)
+    assert int(buffers['stages.0.0.norm.num_batches_tracked']) == 1
+
+
 def test_with_cp_same_outputs_and_gradients():
+    """Checkpointing changes nothing but memory: the same outputs and gradients, and the
+    recomputation in the backward pass leaves the BatchNorms' running statistics alone (torch's
+    checkpoint alone updates them a second time)."""
     torch.manual_seed(0)
     ref = UniRepLKNet(arch='a', with_cp=False)
     ref.init_weights()
     randomize(ref)
-    ckp = UniRepLKNet(arch='a', with_cp=True)
-    ckp.load_state_dict(ref.state_dict())
-    ref.train()
-    ckp.train()
-    x = torch.randn(2, 3, 64, 64)
-    outs_ref, outs_ckp = ref(x), ckp(x)
-    for a, b in zip(outs_ref, outs_ckp):
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
-    sum((o * o).mean() for o in outs_ref).backward()
-    sum((o * o).mean() for o in outs_ckp).backward()
-    for (name, p_ref), p_ckp in zip(ref.named_parameters(), ckp.parameters()):
-        assert p_ref.grad is not None, name
-        torch.testing.assert_close(p_ckp.grad, p_ref.grad, rtol=1e-4, atol=1e-6, msg=name)
-    # the recomputation in the backward pass leaves the BatchNorms' running statistics alone:
-    # one update per step, as without checkpointing (torch's checkpoint alone updates them twice)
-    buffers = dict(ckp.named_buffers())
-    bn_buffers = [n for n, _ in ref.named_buffers() if n.endswith(
-        ('running_mean', 'running_var', 'num_batches_tracked'))]
-    assert len(bn_buffers) > 3 * sum(ref.depths)
-    for name in bn_buffers:
-        torch.testing.assert_close(buffers[name], dict(ref.named_buffers())[name], rtol=1e-5,
-                                   atol=1e-7, msg=name)
-    assert int(buffers['stages.0.0.norm.num_batches_tracked']) == 1
+    assert_same_training_step(ref, UniRepLKNet(arch='a', with_cp=True), torch.randn(2, 3, 64, 64))
 
 
 def recording_backend(graphs):
@@ -171,18 +176,8 @@ def test_compile_option_same_outputs_gradients_and_state(with_cp):
     randomize(ref)
     comp = UniRepLKNet(arch='a', with_cp=with_cp, compile=dict(backend=recording_backend(graphs)))
     assert comp.state_dict().keys() == ref.state_dict().keys()
-    comp.load_state_dict(ref.state_dict())
-    ref.train()
-    comp.train()
     x = torch.randn(2, 3, 64, 64)
-    outs_ref, outs_comp = ref(x), comp(x)
-    for a, b in zip(outs_ref, outs_comp):
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
-    sum((o * o).mean() for o in outs_ref).backward()
-    sum((o * o).mean() for o in outs_comp).backward()
-    for (name, p_ref), p_comp in zip(ref.named_parameters(), comp.parameters()):
-        assert p_ref.grad is not None, name
-        torch.testing.assert_close(p_comp.grad, p_ref.grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert_same_training_step(ref, comp, x)
     convs = sum(n.target == torch.ops.aten.convolution.default
                 for g in graphs for n in g.graph.nodes)
     # the stem's 2, 3 down-samplings and every block's large-kernel branches
