@@ -70,7 +70,7 @@ def test_train_step_benchmark_compile_times_the_compiled_models(monkeypatch, tmp
         '--compile-backend', 'mmunirep_test_train_step_recording', '--out', str(out)])
     tsb.main()
     text = out.read_text()
-    assert "both models torch.compile(backend='mmunirep_test_train_step_recording')" in text
+    assert "both backbones with compile=dict(backend='mmunirep_test_train_step_recording')" in text
     assert [(r[0].strip(), r[1].strip()) for r in table_rows(out)] == [
         ('training step', 'fp32'), ('inference (deploy)', 'fp32')]
     # four models compiled (PyTorch's and the op's, training and deploy structure): each gave the
@@ -279,7 +279,8 @@ def test_gpu_session_profile_step_runs_ncu_on_the_kernels(tmp_path):
     ('train_step_tc', 'bf16', 'tensor cores in fp16 / bf16 (MMUNIREP_DWCONV_FWD_TC=1, '
                               'MMUNIREP_DWCONV_WGRAD_TC=1)', ''),
     # Inductor would take minutes on 2 cores: torch's aot_eager stands in for it here
-    ('train_step_compile', 'bf16', 'default', "both models torch.compile(backend='aot_eager')")])
+    ('train_step_compile', 'bf16', 'default',
+     "both backbones with compile=dict(backend='aot_eager')")])
 def test_gpu_session_train_step_variant_steps(tmp_path, step, precision, kernel, extra):
     """Three steps run the training-step benchmark with other kernels on the op's side, or
     compiled (here CPU smoke runs, where the op falls back; the header says which kernels)."""
