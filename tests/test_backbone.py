@@ -8,6 +8,7 @@ import torch.nn as nn
 
 from mmunirep.models import UniRepLKNet
 from mmunirep.models.backbones.unireplknet import ARCH_SETTINGS, GRN, UniRepLKNetBlock
+from tool_utils import recording_backend
 
 ALL_ARCHS = ['a', 'f', 'p', 'n', 't', 's', 'b', 'l', 'xl']
 SMALL_ARCHS = ['a', 'f', 'p', 'n', 't', 's']
@@ -148,20 +149,6 @@ def test_with_cp_same_outputs_and_gradients():
     assert_same_training_step(ref, UniRepLKNet(arch='a', with_cp=True), torch.randn(2, 3, 64, 64))
 
 
-def recording_backend(graphs):
-    """torch's aot_eager (AOTAutograd, which gradient checkpointing needs), recording the forward
-    graphs it is given: what went through the compiler, cheaply (Inductor takes minutes here)."""
-    from torch._dynamo.backends.debugging import aot_eager, boxed_nop
-
-    def record(gm, example_inputs):
-        graphs.append(gm)
-        return boxed_nop(gm, example_inputs)
-
-    def backend(gm, example_inputs, **kwargs):
-        return aot_eager(gm, example_inputs, fw_compiler=record, **kwargs)
-    return backend
-
-
 @pytest.mark.parametrize('with_cp', [False, True])
 def test_compile_option_same_outputs_gradients_and_state(with_cp):
     """compile=dict(...): the forward runs through torch.compile (the backend sees the convs of
@@ -169,12 +156,12 @@ def test_compile_option_same_outputs_gradients_and_state(with_cp):
     deepcopy (mmengine's EMA) runs, and re-parameterization still works."""
     import copy
     torch._dynamo.reset()
-    graphs = []
+    backend, graphs = recording_backend()
     torch.manual_seed(0)
     ref = UniRepLKNet(arch='a', with_cp=with_cp)
     ref.init_weights()
     randomize(ref)
-    comp = UniRepLKNet(arch='a', with_cp=with_cp, compile=dict(backend=recording_backend(graphs)))
+    comp = UniRepLKNet(arch='a', with_cp=with_cp, compile=dict(backend=backend))
     assert comp.state_dict().keys() == ref.state_dict().keys()
     x = torch.randn(2, 3, 64, 64)
     assert_same_training_step(ref, comp, x)

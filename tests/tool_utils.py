@@ -1,5 +1,7 @@
-"""Shared by the tests: load a script of tools/ as a module, tiny datasets, tiny configs."""
+"""Shared by the tests: load a script of tools/ as a module, tiny datasets, tiny configs, a
+recording torch.compile backend."""
 import importlib.util
+import itertools
 import os.path as osp
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -48,3 +50,34 @@ test_evaluator = val_evaluator
 default_hooks = dict(logger=dict(interval=1))
 """)
     return str(path)
+
+
+_backend_ids = itertools.count()
+
+
+def recording_backend(wrap_outputs=None):
+    """A new torch.compile backend, registered under a fresh name: torch's aot_eager
+    (AOTAutograd and its partitioner, as Inductor has them, which gradient checkpointing's
+    recomputation needs) that records the forward graphs it is given (aten-level) and runs them
+    as they are, or with their outputs changed by ``wrap_outputs``. It shows what went through
+    the compiler, cheaply: Inductor would take minutes on 2 cores. Returns (name, graphs)."""
+    from torch._dynamo import register_backend
+    from torch._dynamo.backends.debugging import aot_eager, boxed_nop
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(gm)
+        run = boxed_nop(gm, example_inputs)
+        if wrap_outputs is None:
+            return run
+
+        def changed(args):
+            return wrap_outputs(run(args))
+        changed._boxed_call = True  # AOTAutograd's calling convention, as boxed_nop's
+        return changed
+
+    def backend(gm, example_inputs, **kwargs):
+        return aot_eager(gm, example_inputs, fw_compiler=record, **kwargs)
+    name = f'mmunirep_test_backend_{next(_backend_ids)}'
+    register_backend(compiler_fn=backend, name=name)
+    return name, graphs
