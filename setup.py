@@ -5,11 +5,20 @@ pinned, tested set of them (requirements/stack.txt) plus torch and a locally bui
 a working torch + mmcv can `pip install --no-build-isolation -e .` and keep theirs.
 """
 import glob
+import importlib.util
 import os
 
 from setuptools import find_packages, setup
 
-DEFAULT_CUDA_ARCHS = '8.0;8.6;9.0'  # A100, RTX 30xx / A10 / A40, H100 / H200
+
+def load_cuda_archs():
+    """mmunirep/ops/cuda_archs.py, by its path (the build does not import the package)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'mmunirep', 'ops',
+                        'cuda_archs.py')
+    spec = importlib.util.spec_from_file_location('mmunirep_cuda_archs', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def shared_cxx_runtime():
@@ -46,7 +55,14 @@ def get_extensions():
         return []
     if not (torch.cuda.is_available() or os.getenv('FORCE_CUDA', '0') == '1'):
         return []
-    os.environ.setdefault('TORCH_CUDA_ARCH_LIST', DEFAULT_CUDA_ARCHS)
+    if getattr(torch.version, 'hip', None):
+        # torch would hipify the sources, and the kernels' wmma / PTX have no ROCm form: install
+        # without the extension (the op falls back to F.conv2d) rather than fail the install
+        print('mmunirep: a ROCm build of torch; the CUDA depthwise-conv extension is not built')
+        return []
+    if not os.getenv('TORCH_CUDA_ARCH_LIST'):
+        # 8.0;8.6;9.0+PTX plus the visible GPUs that those do not run on natively
+        os.environ['TORCH_CUDA_ARCH_LIST'] = load_cuda_archs().default_arch_list()
     root = os.path.join('ops', 'csrc')
     sources = sorted(glob.glob(os.path.join(root, 'pytorch', '*.cpp')) +
                      glob.glob(os.path.join(root, 'pytorch', 'cpu', '*.cpp')) +

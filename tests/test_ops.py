@@ -9,7 +9,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mmunirep.models import UniRepLKNet
-from mmunirep.ops import DepthWiseConv2dImplicitGEMM, depthwise_conv2d, ext_available
+from mmunirep.ops import (DepthWiseConv2dImplicitGEMM, depthwise_conv2d, ext_available,
+                          missing_kernels)
+from mmunirep.ops import cuda_archs
 from mmunirep.ops import depthwise_conv as dw_module
 
 CUDA = torch.cuda.is_available() and ext_available()
@@ -61,6 +63,147 @@ def test_fallback_compiles_into_one_graph(monkeypatch):
         got = compiled(x)  # first: an eager call before it would have warned already
         for a, b in zip(model(x), got):
             torch.testing.assert_close(b, a, rtol=0, atol=1e-6 * a.abs().max().item())
+
+
+@pytest.mark.parametrize('spec, capability, native, at_all', [
+    ('8.0;8.6;9.0+PTX', (8, 0), True, True),
+    ('8.0;8.6;9.0+PTX', (8, 9), True, True),     # RTX 40xx / L4: 8.6's machine code
+    ('8.0;8.6;9.0+PTX', (9, 0), True, True),
+    ('8.0;8.6;9.0+PTX', (10, 0), False, True),   # B200: the driver compiles 9.0's PTX
+    ('8.0;8.6;9.0+PTX', (12, 0), False, True),   # RTX 50xx
+    ('8.0;8.6;9.0+PTX', (7, 5), False, False),   # T4: PTX runs on newer GPUs only
+    ('8.0;8.6;9.0', (10, 0), False, False),      # without PTX nothing runs on Blackwell
+    ('9.0a', (9, 0), True, True),
+    ('9.0a+PTX', (10, 0), False, False),         # arch-specific code is for 9.0 alone
+    ('7.5 12.0+PTX', (12, 1), True, True),       # space-separated, as torch accepts
+])
+def test_cuda_arch_rules(spec, capability, native, at_all):
+    archs = cuda_archs.parse_arch_list(spec)
+    assert any(a.runs_natively_on(capability) for a in archs) == native
+    assert any(a.runs_on(capability) for a in archs) == at_all
+
+
+@pytest.mark.parametrize('visible, newest, expected', [
+    ([], (12, 1), '8.0;8.6;9.0+PTX'),                      # no GPU at build time (CI)
+    ([(8, 9), (9, 0)], (12, 1), '8.0;8.6;9.0+PTX'),        # covered natively already
+    ([(12, 0), (7, 5), (12, 0)], (12, 1), '8.0;8.6;9.0+PTX;7.5;12.0'),
+    ([(13, 0)], (12, 1), '8.0;8.6;9.0+PTX;12.1'),          # clamped to what the toolkit builds
+])
+def test_default_arch_list_adds_the_visible_gpus(visible, newest, expected):
+    assert cuda_archs.arch_list_for(visible, newest=newest) == expected
+    with pytest.raises(ValueError, match='expected CUDA architectures like'):
+        cuda_archs.parse_arch_list('8.0;Ampere')
+
+
+def run_setup_py(monkeypatch, hip=None, arch_list=None):
+    """setup.py's ``setup(...)`` arguments for ``FORCE_CUDA=1``, as a build would get them."""
+    import os
+    import runpy
+
+    import setuptools
+    from torch.utils.cpp_extension import CUDA_HOME
+    if CUDA_HOME is None:
+        pytest.skip('no CUDA toolkit: setup.py cannot describe the extension')
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    captured = {}
+    monkeypatch.setattr(setuptools, 'setup', lambda **kwargs: captured.update(kwargs))
+    monkeypatch.setattr(torch.version, 'hip', hip)
+    monkeypatch.setenv('FORCE_CUDA', '1')
+    monkeypatch.delenv('MMUNIREP_WITH_OPS', raising=False)
+    if arch_list is None:
+        monkeypatch.delenv('TORCH_CUDA_ARCH_LIST', raising=False)
+    else:
+        monkeypatch.setenv('TORCH_CUDA_ARCH_LIST', arch_list)
+    monkeypatch.chdir(root)
+    runpy.run_path(os.path.join(root, 'setup.py'))
+    return captured
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='the default without a visible GPU')
+def test_setup_builds_for_the_default_architectures_or_the_users(monkeypatch):
+    import os
+    ext_modules = run_setup_py(monkeypatch)['ext_modules']
+    assert [e.name for e in ext_modules] == ['mmunirep._ext']
+    assert os.environ['TORCH_CUDA_ARCH_LIST'] == cuda_archs.DEFAULT_CUDA_ARCHS
+    assert any(s.endswith('depthwise_conv_cuda.cu') for s in ext_modules[0].sources)
+    run_setup_py(monkeypatch, arch_list='7.5;12.0')
+    assert os.environ['TORCH_CUDA_ARCH_LIST'] == '7.5;12.0'
+
+
+def test_setup_skips_the_extension_on_rocm(monkeypatch):
+    """torch would hipify the sources, whose wmma / PTX have no ROCm form: the package installs
+    without the extension (the op falls back) instead of failing to build."""
+    assert run_setup_py(monkeypatch, hip='6.4.0')['ext_modules'] == []
+
+
+class FakeCudaInput:
+    """What DepthWiseConv2dImplicitGEMM's fast-path check reads of a CUDA input (no GPU here)."""
+    is_cuda = True
+    dtype = torch.float32
+    device = torch.device('cuda', 1)
+
+    def dim(self):
+        return 4
+
+
+@pytest.mark.parametrize('has_kernels', [True, False], ids=['kernels', 'no-kernels'])
+def test_a_gpu_without_kernels_in_the_build_falls_back_with_the_command(monkeypatch,
+                                                                        has_kernels):
+    """A GPU that the build's TORCH_CUDA_ARCH_LIST does not cover fails at its first launch ("no
+    kernel image is available"): the module asks the extension first, once per device, and
+    takes F.conv2d with a message that names the GPU, the build's architectures and the
+    command that builds for it."""
+    asked = []
+
+    def ask(index):
+        asked.append(index)
+        return '' if has_kernels else 'no kernel image is available for execution on the device'
+
+    monkeypatch.setattr(dw_module, '_ext', types.SimpleNamespace(
+        with_cuda=True, cuda_archs='800,860,900', missing_kernels=ask))
+    monkeypatch.setattr(dw_module, '_missing_kernels_on', {})
+    monkeypatch.setattr(torch.cuda, 'get_device_name', lambda i: f'NVIDIA GeForce RTX 5090 #{i}')
+    monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda i: (12, 0))
+    op = DepthWiseConv2dImplicitGEMM(4, 13)
+    refusals = [op._fast_path_refusal(FakeCudaInput()) for _ in range(3)]
+    assert asked == [1], 'asked once per device'
+    if has_kernels:
+        assert refusals == [None] * 3
+        return
+    assert len(set(refusals)) == 1
+    message = refusals[0]
+    for part in ('NVIDIA GeForce RTX 5090 #1', 'compute capability 12.0', 'made for 8.0, 8.6, 9.0',
+                 'no kernel image', 'TORCH_CUDA_ARCH_LIST="12.0" bash tools/build_ops.sh'):
+        assert part in message, (part, message)
+    # an extension built before this check (no missing_kernels): assumed to have the kernels
+    monkeypatch.setattr(dw_module, '_ext', types.SimpleNamespace(with_cuda=True))
+    monkeypatch.setattr(dw_module, '_missing_kernels_on', {})
+    assert op._fast_path_refusal(FakeCudaInput()) is None
+    monkeypatch.setattr(dw_module, '_ext', None)
+    assert missing_kernels(0) == 'extension not built'
+
+
+def test_the_kernel_check_is_a_constant_under_torch_compile(monkeypatch):
+    """Dynamo cannot trace the extension's call: the check is asked once at trace time and
+    becomes a constant of the graph (no graph break with fullgraph=True)."""
+    asked = []
+    monkeypatch.setattr(dw_module, '_ext', types.SimpleNamespace(
+        with_cuda=True, cuda_archs='900',
+        # opaque to Dynamo, as the extension's pybind function is
+        missing_kernels=torch.compiler.disable(lambda i: asked.append(i) or 'none')))
+    monkeypatch.setattr(dw_module, '_missing_kernels_on', {})
+    monkeypatch.setattr(torch.cuda, 'get_device_name', lambda i: 'GPU')
+    monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda i: (7, 5))
+
+    def fn(x):
+        return x + 1 if missing_kernels(0) else x - 1
+
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, fullgraph=True, backend='eager')
+    x = torch.randn(3)
+    for _ in range(2):
+        torch.testing.assert_close(compiled(x), x + 1, rtol=0, atol=0)
+    assert asked == [0]
 
 
 def test_state_dict_interchanges_with_conv2d():
@@ -480,3 +623,49 @@ def test_extension_rejects_bad_arguments(make, match):
     x, w, b = make()
     with pytest.raises(RuntimeError, match=match):
         dw_module._ext.depthwise_conv2d_forward(x, w, b)
+
+
+@needs_ext
+def test_extension_reports_the_architectures_it_was_built_for():
+    """``_ext.cuda_archs`` (nvcc's __CUDA_ARCH_LIST__, which the fallback's message quotes) lists
+    exactly the architectures whose machine code or PTX the binary holds (cuobjdump)."""
+    import os
+    import re
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), 'benchmarks'))
+    import sass_report
+    cuobjdump = sass_report.find_cuobjdump()
+    if cuobjdump is None:
+        pytest.skip('no cuobjdump (requirements/stack.txt installs it)')
+    ext = dw_module._ext
+    found = set()
+    for flag in ('--list-elf', '--list-ptx'):
+        out = subprocess.run([cuobjdump, flag, ext.__file__], capture_output=True, text=True,
+                             check=True).stdout
+        found |= {int(m) * 10 for m in re.findall(r'\.sm_(\d+)a?\.(?:cubin|ptx)', out)}
+    reported = {int(v) for v in ext.cuda_archs.split(',')}
+    assert found and reported == found, (ext.cuda_archs, found)
+
+
+@needs_ext
+@pytest.mark.skipif(torch.cuda.is_available(), reason='the answer without a GPU')
+def test_extension_kernel_check_without_a_gpu_is_an_error():
+    with pytest.raises(RuntimeError, match=r'no CUDA device 0 \(0 visible\)'):
+        dw_module._ext.missing_kernels(0)
+
+
+@needs_cuda_op
+def test_cuda_extension_has_kernels_for_this_gpu():
+    """The check the module makes before its first launch, on a GPU the build covers (the GPU
+    sessions build for it), and the device's architecture among those reported."""
+    index = torch.cuda.current_device()
+    dw_module._missing_kernels_on.clear()
+    assert missing_kernels(index) == ''
+    major, minor = torch.cuda.get_device_capability(index)
+    built = [int(v) for v in dw_module._ext.cuda_archs.split(',')]
+    assert any(v // 100 == major and v % 100 // 10 <= minor for v in built), built
+    x = torch.randn(1, 3, 20, 20, device='cuda')
+    op = DepthWiseConv2dImplicitGEMM(3, 13).cuda()
+    assert op._fast_path_refusal(x) is None
+    torch.testing.assert_close(op(x), F.conv2d(x, op.weight, None, padding=6, groups=3),
+                               rtol=1e-5, atol=1e-5)

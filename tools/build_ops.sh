@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build mmunirep's CUDA depthwise-conv extension (mmunirep/_ext*.so) in place.
 #
-#   bash tools/build_ops.sh            # for TORCH_CUDA_ARCH_LIST (default 8.0;8.6;9.0)
+#   bash tools/build_ops.sh            # for TORCH_CUDA_ARCH_LIST (default: 8.0;8.6;9.0+PTX and
+#                                      # the visible GPUs those do not run on natively)
 #   TORCH_CUDA_ARCH_LIST=9.0 bash tools/build_ops.sh
 #
 # Needs nvcc and a CUDA build of torch, not a GPU. If CUDA_HOME is unset it is taken from the
@@ -17,14 +18,19 @@ if [ -z "${CUDA_HOME:-}" ]; then
   [ -n "$real" ] || real=$(readlink -f "$nvcc_path")
   export CUDA_HOME=$(dirname "$(dirname "$real")")
 fi
-export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-"8.0;8.6;9.0"}
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$("$PY" "$ROOT/mmunirep/ops/cuda_archs.py")}
 export FORCE_CUDA=1 MAX_JOBS=${MAX_JOBS:-$(nproc)}
 echo "build_ops: CUDA_HOME=$CUDA_HOME TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST"
 cd "$ROOT"
 start=$(date +%s)
 "$PY" setup.py -q build_ext --inplace
 echo "build_ops: built $(ls mmunirep/_ext*.so) in $(( $(date +%s) - start )) s"
-"$PY" -c 'from mmunirep.ops import ext_available; assert ext_available(), "extension did not import"; print("build_ops: mmunirep._ext imports, with CUDA")'
+"$PY" -c '
+from mmunirep.ops import ext_available
+from mmunirep.ops.cuda_archs import describe_built_archs
+assert ext_available(), "extension did not import"
+import mmunirep._ext as ext
+print("build_ops: mmunirep._ext imports, with CUDA kernels for", describe_built_archs(ext.cuda_archs))'
 # A C++ error must come back as a Python RuntimeError: an extension with a private copy of the C++
 # runtime (linked by a toolchain that finds only the static libstdc++) imported and computed, but
 # died (SIGSEGV) on its first TORCH_CHECK. setup.py links the libstdc++.so torch has loaded.

@@ -69,7 +69,8 @@ import sys, torch
 print(f"cp{sys.version_info[0]}{sys.version_info[1]}", torch.__version__, int(torch.cuda.is_available()))')
 if [ "${FORCE_CUDA:-0}" = 1 ] || [ "$HAS_GPU" = 1 ]; then
   export FORCE_CUDA=1
-  export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-"8.0;8.6;9.0"}
+  # mmcv's CUDA ops and ours: 8.0;8.6;9.0+PTX and the visible GPUs those do not run natively on
+  export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$("$PY" "$ROOT/mmunirep/ops/cuda_archs.py")}
   OPS="cuda-$(echo "$TORCH_CUDA_ARCH_LIST" | tr -c '0-9a-zA-Z.\n' '_')"
 else
   OPS=cpu

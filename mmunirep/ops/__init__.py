@@ -1,5 +1,5 @@
 from .depthwise_conv import (DepthwiseConv2dFunction, DepthWiseConv2dImplicitGEMM,
-                             depthwise_conv2d, ext_available)
+                             depthwise_conv2d, ext_available, missing_kernels)
 
 __all__ = ['DepthWiseConv2dImplicitGEMM', 'DepthwiseConv2dFunction', 'depthwise_conv2d',
-           'ext_available']
+           'ext_available', 'missing_kernels']

@@ -10,17 +10,20 @@ Three layers, as in mmcv's ops:
   dict and truthful attributes (``padding == kernel_size // 2``, ``groups == channels``).
 
 The module runs the CUDA kernels for CUDA inputs in fp32 / fp16 / bf16 / fp64 (NCHW or
-channels_last) when the extension is built; anything else (a CPU tensor, a missing extension, an
-unsupported dtype) takes ``F.conv2d`` with the same result and warns once how to build the op
-(a missing extension when the module is built; under ``torch.compile`` the forward cannot warn).
+channels_last) when the extension is built; anything else (a CPU tensor, a missing extension, a
+build without kernels for the GPU at hand, an unsupported dtype) takes ``F.conv2d`` with the same
+result and warns once how to build the op (a missing extension when the module is built; under
+``torch.compile`` the forward cannot warn).
 """
 import warnings
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
+
+from .cuda_archs import missing_kernels_message
 
 try:  # the compiled extension is optional: never let its absence break the fallback
     from mmunirep import _ext  # type: ignore[attr-defined]
@@ -39,6 +42,29 @@ BUILD_HINT = ('mmunirep\'s CUDA depthwise op is not used; falling back to F.conv
 def ext_available() -> bool:
     """Whether the compiled extension was built with CUDA and imports."""
     return _ext is not None and getattr(_ext, 'with_cuda', False)
+
+
+_missing_kernels_on: Dict[int, str] = {}
+
+
+# Asked once per device. Under torch.compile the answer is a constant of the graph: Dynamo cannot
+# trace the extension's call, and the check must not break the graph.
+@torch.compiler.assume_constant_result
+def missing_kernels(index: int) -> str:
+    """Empty if the extension's kernels run on CUDA device ``index``, else why they do not and
+    how to build them for it: a GPU that the build's ``TORCH_CUDA_ARCH_LIST`` does not cover
+    would otherwise fail at the first launch ("no kernel image is available")."""
+    if not ext_available():
+        return 'extension not built'
+    if index not in _missing_kernels_on:
+        ask = getattr(_ext, 'missing_kernels', None)  # an extension built before it: assume yes
+        reason = ask(index) if ask is not None else ''
+        if reason:
+            reason = missing_kernels_message(torch.cuda.get_device_name(index),
+                                             torch.cuda.get_device_capability(index),
+                                             getattr(_ext, 'cuda_archs', ''), reason)
+        _missing_kernels_on[index] = reason
+    return _missing_kernels_on[index]
 
 
 def _warn_fallback_once(reason: str) -> None:
@@ -168,6 +194,9 @@ class DepthWiseConv2dImplicitGEMM(nn.Conv2d):
             return 'input on the CPU'
         if not ext_available():
             return 'extension not built'
+        missing = missing_kernels(x.device.index)
+        if missing:
+            return missing
         if x.dtype not in FAST_DTYPES or x.dim() != 4:
             return f'unsupported input {x.dtype} {x.dim()}-D'
         if self.kernel_size[0] > MAX_KERNEL or self.kernel_size[0] != self.kernel_size[1]:

@@ -1,6 +1,7 @@
 // Python bindings of the depthwise convolution: argument checks and device dispatch.
 #include <torch/extension.h>
 
+#include <string>
 #include <vector>
 
 namespace mmunirep {
@@ -14,6 +15,8 @@ at::Tensor depthwise_conv2d_forward_cuda(const at::Tensor&, const at::Tensor&,
                                          const c10::optional<at::Tensor>&);
 std::vector<at::Tensor> depthwise_conv2d_backward_cuda(const at::Tensor&, const at::Tensor&,
                                                        const at::Tensor&, bool, bool, bool);
+std::string depthwise_conv2d_built_archs();
+std::string depthwise_conv2d_missing_kernels(int64_t index);
 #endif
 
 namespace {
@@ -91,6 +94,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("need_bias"));
 #ifdef MMUNIREP_WITH_CUDA
   m.attr("with_cuda") = true;
+  m.attr("cuda_archs") = mmunirep::depthwise_conv2d_built_archs();
+  m.def("missing_kernels", &mmunirep::depthwise_conv2d_missing_kernels,
+        "empty if the kernels run on CUDA device `index`, else the CUDA runtime's reason",
+        py::arg("index"));
 #else
   m.attr("with_cuda") = false;
 #endif

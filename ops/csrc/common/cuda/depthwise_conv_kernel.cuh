@@ -678,8 +678,15 @@ depthwise_conv2d_forward_k_kernel(const scalar_t* __restrict__ input,
 // blocks) and 56 at K = 7 (9 blocks), without local memory. The default K = 7 kernel takes 40
 // (12 blocks) since its item walk lost its divisions (ItemWalk); the pipelined one would spill
 // at 48 (10 blocks), so at K = 7 it trades 3 resident blocks for its prefetch. K = 31 keeps one
-// block per SM either way (over 64 registers).
-constexpr int pipelined_weight_grad_min_blocks(int k) { return k == 13 ? 5 : k == 7 ? 9 : 0; }
+// block per SM either way (over 64 registers). Turing (sm_75) holds 1024 threads per SM, fewer
+// than those blocks: no request there (ptxas would ignore it with a warning).
+constexpr int pipelined_weight_grad_min_blocks(int k) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  return 0 * k;
+#else
+  return k == 13 ? 5 : k == 7 ? 9 : 0;
+#endif
+}
 
 // Block (c, part): thread (kh, r) accumulates the K taps of filter row kh over output row r of
 // each of the block's items (Tile::weight_grad_thread: every (kh, r) of a K x TH grid, or for a
