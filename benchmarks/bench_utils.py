@@ -90,13 +90,17 @@ def fwd_tiles_apply(h, w, k):
 @contextlib.contextmanager
 def environ(variables):
     """Environment variables set (the op reads its switches at every launch) while the block
-    runs, removed after."""
+    runs; after it, each has its value from before again (or is removed)."""
+    before = {name: os.environ.get(name) for name in variables}
     os.environ.update(variables)
     try:
         yield
     finally:
-        for name in variables:
-            os.environ.pop(name, None)
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def pipelined_applies(h, w, k):

@@ -30,6 +30,7 @@ best count measured.
 """
 import argparse
 import functools
+import os
 import statistics
 import sys
 import time
@@ -192,6 +193,11 @@ def bench_shape(shape, dtype, args, op):
         with kernel_variant('tensor cores'):
             result['ours_tc'] = time_passes(convs['ours'][0], torch.contiguous_format, x, wt, g,
                                             args)
+    if variant_applies('autotuned', h, w, k, dtype):  # ours with MMUNIREP_DWCONV_AUTOTUNE=1
+        with kernel_variant('autotuned'):  # (chosen in check_shape, on this shape's tensors)
+            result['ours_autotuned'] = time_passes(convs['ours'][0], torch.contiguous_format, x,
+                                                   wt, g, args)
+        result['autotuned_choice'] = autotuned_choice(x, wt)
     for tile in FWD_TILES:  # ours on the other forward tiles: forward and input gradient
         if variant_applies(tile, h, w, k, dtype):
             with kernel_variant(tile):
@@ -201,6 +207,7 @@ def bench_shape(shape, dtype, args, op):
 
 
 VARIANTS = {None: {}, 'run-time K': {'MMUNIREP_DWCONV_GENERIC': '1'},
+            'autotuned': {'MMUNIREP_DWCONV_AUTOTUNE': '1'},
             'pipelined': {'MMUNIREP_DWCONV_PIPELINE': '1'},
             'tensor cores': {'MMUNIREP_DWCONV_WGRAD_TC': '1', 'MMUNIREP_DWCONV_FWD_TC': '1'},
             **{t: {'MMUNIREP_DWCONV_FWD_TILE': t} for t in FWD_TILES}}  # and how to pick them
@@ -209,8 +216,8 @@ VARIANTS = {None: {}, 'run-time K': {'MMUNIREP_DWCONV_GENERIC': '1'},
 def variant_applies(variant, h, w, k, dtype):
     """Whether ``variant`` runs other kernels than the default for an H x W map at K in
     ``dtype``."""
-    if variant == 'pipelined':
-        return pipelined_applies(h, w, k)
+    if variant in ('pipelined', 'autotuned'):  # the autotuner has weight-gradient variants
+        return pipelined_applies(h, w, k)       # wherever this one applies
     if variant == 'tensor cores':  # half and bfloat16 only
         return pipelined_applies(h, w, k) and dtype in (torch.float16, torch.bfloat16)
     if variant in FWD_TILES:
@@ -281,6 +288,24 @@ def tensor_cores(r, p, best):
         return ''
     ours = r['ours_tc'][p] if p else sum(r['ours_tc'].values())
     return f'{ours:.3f} ({best / ours:.2f}x)'
+
+
+def autotuned_choice(x, wt):
+    """The variants the autotuner chose for this shape: 'forward variant / weight-gradient
+    variant' (the forward's serves the input gradient too)."""
+    from mmunirep.ops import autotune
+    key = autotune.shape_key(x, wt)
+    chosen = autotune.choices()
+    return ' / '.join(chosen.get((p, *key), 'default') for p in ('forward', 'weight_grad'))
+
+
+def autotuned(r, p, best):
+    """The autotuned time of pass p (None: the total), its ratio to the faster PyTorch path
+    ``best`` and (on the total's row) the variants chosen, where the autotuner has any."""
+    if 'ours_autotuned' not in r:
+        return ''
+    ours = r['ours_autotuned'][p] if p else sum(r['ours_autotuned'].values())
+    return f'{ours:.3f} ({best / ours:.2f}x{"; " + r["autotuned_choice"] if not p else ""})'
 
 
 def taps_in_map(h, w, k):
@@ -369,13 +394,14 @@ def benchmark_rows(args, op, rate, shape, dname):
                      f'{r["torch_nchw"][p]:.3f} | {r["torch_cl"][p]:.3f} | '
                      f'{best / r["ours"][p]:.2f} | {frac} | {generic(r, p)} | '
                      f'{pipelined(r, p, best)} | {tensor_cores(r, p, best)} | '
-                     f'{fwd_tiles(r, p, best)} | {in_map} |')
+                     f'{fwd_tiles(r, p, best)} | {autotuned(r, p, best)} | {in_map} |')
     total = {k_: sum(r[k_].values()) for k_ in ('ours', 'torch_nchw', 'torch_cl')}
     best = min(total['torch_nchw'], total['torch_cl'])
     lines.append(f'| {shape} | {dname} | fwd+bwd | {total["ours"]:.3f} | '
                  f'{total["torch_nchw"]:.3f} | {total["torch_cl"]:.3f} | '
                  f'{best / total["ours"]:.2f} | | {generic(r)} | '
-                 f'{pipelined(r, None, best)} | {tensor_cores(r, None, best)} | | {in_map} |')
+                 f'{pipelined(r, None, best)} | {tensor_cores(r, None, best)} | | '
+                 f'{autotuned(r, None, best)} | {in_map} |')
     return lines
 
 
@@ -408,6 +434,9 @@ def main():
     except ValueError as e:
         raise SystemExit(str(e))
     torch.backends.cudnn.benchmark = not args.no_cudnn_benchmark
+    # our autotuner follows cudnn.benchmark: off, so that "ours" and each variant's column time
+    # the kernels they name; the "autotuned" column turns it on
+    os.environ['MMUNIREP_DWCONV_AUTOTUNE'] = '0'
     global DEVICE, TIMING
     DEVICE, TIMING = args.device, args.timing
     from mmunirep.ops import depthwise_conv2d, ext_available
@@ -454,12 +483,16 @@ def main():
                'only), likewise; '
                'other fwd tiles = ours with MMUNIREP_DWCONV_FWD_TILE (rows x columns x planes '
                'of a forward block; maps larger than 16x16, K = 7 and 13; default 16x32x4); '
+               'autotuned = ours with MMUNIREP_DWCONV_AUTOTUNE=1 (each pass on the fastest of '
+               'the variants that agree with the default kernel, chosen on this shape; its '
+               'choice, forward / weight gradient, on the fwd+bwd row); the other columns have '
+               'the autotuner off; '
                'in map = share of the K*K taps that read the map, not its padding',
                '| shape (N,C,H,W,K) | dtype | pass | ours | torch NCHW | torch CL | ratio | floor '
                '| ours, run-time K | ours, pipelined wgrad | ours, tensor cores '
-               '| ours, other fwd tiles | in map |',
-               '|---|---|---|---|---|---|---|---|---|---|---|---|---|')
-    run_rows(args, shapes, report, budget, 13,
+               '| ours, other fwd tiles | ours, autotuned | in map |',
+               '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|')
+    run_rows(args, shapes, report, budget, 14,
              functools.partial(benchmark_rows, args, depthwise_conv2d, rate))
 
 

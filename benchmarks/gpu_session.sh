@@ -20,7 +20,10 @@
 #   OUT/tests.txt       pytest tests/test_ops.py (the GPU tests no longer skip)
 #   OUT/dwconv.md       benchmarks/dwconv_benchmark.py, fp32 / fp16 / bf16, every shape
 #   OUT/train_step.md   benchmarks/train_step_benchmark.py, UniRepLKNet-S at 2x3x800x1333
-#   OUT/bench.log       the two benchmarks' output and errors, then the training step in bf16 /
+#   OUT/bench.log       the two benchmarks' output and errors, then the training step with
+#                       cudnn.benchmark and the op's autotuner on (train_step_autotune: cuDNN's
+#                       algorithms and our kernel variants chosen per shape), then the training
+#                       step in bf16 /
 #                       fp16 with MMUNIREP_DWCONV_FWD_TC=1 and MMUNIREP_DWCONV_WGRAD_TC=1
 #                       (train_step_tc: the tensor-core kernels), then the `profile` step's ncu
 #                       report of benchmarks/profile_kernels.py (occupancy, issue, warp states per
@@ -36,9 +39,9 @@
 # step shortens the later ones instead of the call being cut before summary.txt is written; a
 # step left with under 20 s is recorded as skipped. The benchmarks write their tables row by row
 # and stop starting rows 15 s before their step's limit (exit 3: a partial table that says what it
-# left out). DWCONV_ARGS / TRAIN_STEP_ARGS / TRAIN_STEP_TC_ARGS / PROFILE_ARGS /
-# TRAIN_STEP_PIPELINED_ARGS / PARTS_SWEEP_ARGS / TRAIN_STEP_COMPILE_ARGS replace their default
-# arguments (e.g. DWCONV_ARGS="--dtypes fp32 --shapes 2,192,100,168,13").
+# left out). DWCONV_ARGS / TRAIN_STEP_ARGS / TRAIN_STEP_AUTOTUNE_ARGS / TRAIN_STEP_TC_ARGS /
+# PROFILE_ARGS / TRAIN_STEP_PIPELINED_ARGS / PARTS_SWEEP_ARGS / TRAIN_STEP_COMPILE_ARGS replace
+# their default arguments (e.g. DWCONV_ARGS="--dtypes fp32 --shapes 2,192,100,168,13").
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 WHEELS=${GPU_WHEELS:-$ROOT/.gpu_wheels}
@@ -64,7 +67,7 @@ prepare)
 run)
   OUT=${2:?usage: bash benchmarks/gpu_session.sh run OUT_DIR [STEP...]}
   shift 2
-  ALL_STEPS="device build sass tests dwconv train_step train_step_tc profile train_step_pipelined parts_sweep train_step_compile"
+  ALL_STEPS="device build sass tests dwconv train_step train_step_autotune train_step_tc profile train_step_pipelined parts_sweep train_step_compile"
   STEPS=${*:-$ALL_STEPS}
   for s in $STEPS; do
     [[ " $ALL_STEPS " == *" $s "* ]] || { echo "gpu_session: unknown step '$s' (steps: $ALL_STEPS)" >&2; exit 2; }
@@ -139,6 +142,12 @@ EOF
       ${DWCONV_ARGS:-} --out "$OUT/dwconv.md"
     step train_step "$OUT/bench.log" 150 "$PY" benchmarks/train_step_benchmark.py \
       ${TRAIN_STEP_ARGS:---precision fp32 bf16 fp16} --out "$OUT/train_step.md"
+    # the training step with cudnn.benchmark on, cuDNN timing its algorithms, and the op its
+    # kernel variants per shape (MMUNIREP_DWCONV_AUTOTUNE=1, mmunirep/ops/autotune.py); its table
+    # goes to bench.log only
+    step train_step_autotune "$OUT/bench.log" 120 env MMUNIREP_DWCONV_AUTOTUNE=1 \
+      "$PY" benchmarks/train_step_benchmark.py \
+      --cudnn-benchmark ${TRAIN_STEP_AUTOTUNE_ARGS:---precision fp32 bf16}
     # the training step in half precision with the tensor-core kernels on the op's side; its
     # table goes to bench.log only (a call returns at most 8 files from OUT)
     step train_step_tc "$OUT/bench.log" 120 env MMUNIREP_DWCONV_WGRAD_TC=1 MMUNIREP_DWCONV_FWD_TC=1 \

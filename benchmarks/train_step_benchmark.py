@@ -34,6 +34,7 @@ import os
 import statistics
 import sys
 import time
+import types
 import warnings
 
 import torch
@@ -58,6 +59,11 @@ def parse_args():
                         help="time both backbones built with compile=dict(backend=...) (the "
                              'warm-up compiles)')
     parser.add_argument('--compile-backend', default='inductor')
+    parser.add_argument('--cudnn-benchmark', action='store_true',
+                        help='torch.backends.cudnn.benchmark on (mmengine\'s env_cfg.cudnn_'
+                        'benchmark): cuDNN times its algorithms for PyTorch\'s convs in the '
+                        'warm-up (with MMUNIREP_DWCONV_AUTOTUNE=1 the op its kernel variants: '
+                        'mmunirep/ops/autotune.py)')
     parser.add_argument('--device', default='cuda',
                         help='cpu: a smoke run of this script (the op falls back; for tests only)')
     add_budget_argument(parser)
@@ -80,6 +86,10 @@ def op_kernels():
         words.append(f'tensor cores in fp16 / bf16 ({", ".join(switches)})')
     if os.environ.get('MMUNIREP_DWCONV_PIPELINE', '').startswith('1'):
         words.append('pipelined weight gradient (MMUNIREP_DWCONV_PIPELINE=1)')
+    from mmunirep.ops import autotune
+    if autotune.mode(torch.empty(0), types.SimpleNamespace(set_variants=None)) != 'off':
+        words.insert(0, 'autotuned per shape (the switches below only for shapes without '
+                     'variants)' if words else 'autotuned per shape')
     return '; '.join(words) or 'default'
 
 
@@ -221,6 +231,7 @@ def main():
         budget = TimeBudget(args.time_budget)
     except ValueError as e:
         raise SystemExit(str(e))
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     from mmunirep.ops import depthwise_conv as dw
     if args.device == 'cuda':
         if not torch.cuda.is_available():
@@ -248,6 +259,7 @@ def main():
     report = Report(args.out)
     mode = (f'both backbones with compile=dict(backend={args.compile_backend!r}), the fp32 '
             f'check eager' if args.compile else 'eager')
+    mode += f', cudnn.benchmark {torch.backends.cudnn.benchmark}'
     if args.compile:
         # PyTorch's and the op's structures, training and deploy, per precision: more compiled
         # variants of the backbone's forward than torch's default limit of 8 keeps

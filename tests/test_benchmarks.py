@@ -141,8 +141,20 @@ def test_dwconv_benchmark_smoke(tmp_path):
                 assert float(tile_ratio) == pytest.approx(min(nchw, cl) / float(ms), rel=0.05)
         else:
             assert r[11].strip() == ''
-        assert float(r[12]) == pytest.approx(in_map / (20 * 37 * 49), abs=0.005)
-        assert float(r[12]) < 1
+        # autotuned (MMUNIREP_DWCONV_AUTOTUNE=1), every row, with the variants it chose on the
+        # total's: on the extension's CPU path every variant is PyTorch's conv, any may win
+        m = re.fullmatch(r' (\d+\.\d+) \((\d+\.\d+)x(; (.+) / (.+))?\) ', r[12])
+        assert m and float(m.group(2)) == pytest.approx(min(nchw, cl) / float(m.group(1)),
+                                                        rel=0.05), r
+        if r[2].strip() == 'fwd+bwd':
+            fwd_choices = ['default tile', '16x32x2 tile', '32x32x2 tile'] + (
+                ['tensor cores'] if fp16 else [])
+            assert m.group(4) in fwd_choices, r
+            assert m.group(5) in ['default', 'pipelined'] + (['tensor cores'] if fp16 else []), r
+        else:
+            assert m.group(3) is None, r
+        assert float(r[13]) == pytest.approx(in_map / (20 * 37 * 49), abs=0.005)
+        assert float(r[13]) < 1
 
 
 def test_dwconv_benchmark_parts_sweep_smoke(tmp_path):
@@ -262,6 +274,7 @@ def test_gpu_session_profile_step_runs_ncu_on_the_kernels(tmp_path):
 
 
 @pytest.mark.parametrize('step, precision, kernel, extra', [
+    ('train_step_autotune', 'fp32', 'autotuned per shape', 'eager, cudnn.benchmark True'),
     ('train_step_pipelined', 'fp32', 'pipelined weight gradient (MMUNIREP_DWCONV_PIPELINE=1)',
      ''),
     ('train_step_tc', 'bf16', 'tensor cores in fp16 / bf16 (MMUNIREP_DWCONV_FWD_TC=1, '
@@ -270,8 +283,8 @@ def test_gpu_session_profile_step_runs_ncu_on_the_kernels(tmp_path):
     ('train_step_compile', 'bf16', 'default',
      "both backbones with compile=dict(backend='aot_eager')")])
 def test_gpu_session_train_step_variant_steps(tmp_path, step, precision, kernel, extra):
-    """Three steps run the training-step benchmark with other kernels on the op's side, or
-    compiled (here CPU smoke runs, where the op falls back; the header says which kernels)."""
+    """Four steps run the training-step benchmark with other kernels on the op's side (or its
+    autotuner, with cudnn.benchmark), or compiled (here CPU smoke runs, where the op falls back; the header says which kernels)."""
     env = dict(os.environ, PYTHON=sys.executable)
     warmup = 1 if step == 'train_step_compile' else 0
     backend = '--compile-backend aot_eager ' if step == 'train_step_compile' else ''
@@ -280,6 +293,7 @@ def test_gpu_session_train_step_variant_steps(tmp_path, step, precision, kernel,
     env.pop('MMUNIREP_DWCONV_PIPELINE', None)
     env.pop('MMUNIREP_DWCONV_WGRAD_TC', None)
     env.pop('MMUNIREP_DWCONV_FWD_TC', None)
+    env.pop('MMUNIREP_DWCONV_AUTOTUNE', None)
     proc = subprocess.run(['bash', 'benchmarks/gpu_session.sh', 'run', str(tmp_path / 'out'),
                            step], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
     summary = (tmp_path / 'out' / 'summary.txt').read_text()

@@ -669,3 +669,47 @@ def test_cuda_extension_has_kernels_for_this_gpu():
     assert op._fast_path_refusal(x) is None
     torch.testing.assert_close(op(x), F.conv2d(x, op.weight, None, padding=6, groups=3),
                                rtol=1e-5, atol=1e-5)
+
+
+@needs_ext
+def test_extension_set_variants_checks_its_arguments():
+    dw_module._ext.set_variants(0, 1, 0, 1)
+    dw_module._ext.set_variants(-1, -1, -1, -1)
+    with pytest.raises(RuntimeError, match=r'set_variants: expected .* got \(0, 2, 0, 0\)'):
+        dw_module._ext.set_variants(0, 2, 0, 0)
+
+
+@needs_cuda_op
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize('n, c, h, w, k', [(2, 64, 40, 44, 13), (4, 32, 32, 32, 7),
+                                           (2, 8, 24, 40, 31)])
+def test_cuda_autotune_chooses_and_stays_correct(monkeypatch, dtype, n, c, h, w, k):
+    """MMUNIREP_DWCONV_AUTOTUNE=1 on the GPU: each pass's variants checked against the default
+    kernel and timed; whatever wins, the results are within the dtype's tolerance of fp64, no
+    variant is left out for disagreeing (a warning would say so), and a second call launches no
+    tuning."""
+    from mmunirep.ops import autotune
+    monkeypatch.setenv('MMUNIREP_DWCONV_AUTOTUNE', '1')
+    monkeypatch.setattr(autotune, '_choices', {})
+    torch.manual_seed(n + c + k)
+    x = torch.randn(n, c, h, w, device='cuda', dtype=dtype, requires_grad=True)
+    wt = (torch.randn(c, 1, k, k, device='cuda') / k).to(dtype).requires_grad_()
+    b = torch.randn(c, device='cuda', dtype=dtype, requires_grad=True)
+    with warnings.catch_warnings():
+        # a variant that disagrees or fails warns
+        warnings.filterwarnings('error', message='mmunirep depthwise op')
+        y = depthwise_conv2d(x, wt, b)
+        g = torch.randn_like(y)
+        y.backward(g)
+    assert {key[0] for key in autotune.choices()} == {'forward', 'weight_grad'}
+    x64, w64, b64, y64 = reference(x, wt, b)
+    y64.backward(g.double())
+    scale = lambda t: t.abs().max().clamp_min(1)  # noqa: E731
+    for got, exact in ((y, y64), (x.grad, x64.grad), (wt.grad, w64.grad), (b.grad, b64.grad)):
+        torch.testing.assert_close(got.double() / scale(exact), exact.detach() / scale(exact),
+                                   **TOL[dtype])
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        depthwise_conv2d(x, wt, b).backward(g)
+        torch.cuda.synchronize()
+    kernels = [e.name for e in prof.events() if 'depthwise_conv2d' in e.name]
+    assert len(kernels) == 4, kernels  # forward, input gradient, weight gradient, reduction

@@ -16,6 +16,7 @@ memory system; tests/test_ops.py repeats the numerical checks on a real GPU.
 import copy
 import itertools
 import os
+import types
 
 import pytest
 import torch
@@ -26,7 +27,7 @@ from test_ops import (TOL, assert_same_weight_grad_as_fp64, assert_weight_grad_n
 from torch.utils.cpp_extension import load
 
 from mmunirep.models import UniRepLKNet
-from mmunirep.ops import DepthWiseConv2dImplicitGEMM, depthwise_conv2d
+from mmunirep.ops import DepthWiseConv2dImplicitGEMM, autotune, depthwise_conv2d
 from mmunirep.ops import depthwise_conv as dw_module
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -745,3 +746,181 @@ def test_emulated_launch_limits_are_enforced(emu):
     x = torch.empty(1, 1, 16 * 2048, 32 * 33)  # 2048 x 33 = 67584 tiles, 138 MB, never written
     with pytest.raises(RuntimeError, match='more than 65535 tiles'):
         emu.depthwise_conv2d_forward(x, torch.randn(1, 1, 3, 3), None)
+
+
+# ----------------------------------------------------------------------------------------------
+# The autotuner (mmunirep/ops/autotune.py) on the emulated kernels
+# ----------------------------------------------------------------------------------------------
+@pytest.fixture
+def autotuning(monkeypatch):
+    """MMUNIREP_DWCONV_AUTOTUNE=1 with no choice made yet; times substituted by name."""
+    monkeypatch.setenv('MMUNIREP_DWCONV_AUTOTUNE', '1')
+    monkeypatch.setattr(autotune, '_choices', {})
+    monkeypatch.setattr(autotune, '_warned', set())
+    times = {}
+
+    def measure(name, fn, device):
+        fn()  # the candidate runs, as it would to be timed
+        return times[name]
+
+    monkeypatch.setattr(autotune, '_measure', measure)
+    return times
+
+
+def forward_backward(x, w, b, seed=5):
+    x = x.detach().requires_grad_()
+    w = w.detach().requires_grad_()
+    b = b.detach().requires_grad_()
+    y = depthwise_conv2d(x, w, b)
+    y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(seed), dtype=y.dtype))
+    return y.detach(), x.grad, w.grad, b.grad
+
+
+def launches_of(emu, fn, env=None):
+    """(kernel, shared memory bytes) of each launch ``fn`` makes (with ``env`` set)."""
+    emu.launches()
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in (env or {}).items():
+            mp.setenv(name, value)
+        fn()
+    return emu.launches()
+
+
+def test_emulated_autotune_keeps_the_fastest_variant_of_each_pass(emulated_ext, autotuning,
+                                                                  monkeypatch):
+    """The first call of a shape runs every variant of each pass, the fastest is kept (times
+    substituted here; the emulator's would mean nothing), and later calls launch exactly the
+    kernels that the variant's environment switch launches. fp32: every variant adds the same
+    products in the same order, so the results are bitwise those without autotuning."""
+    emu = emulated_ext
+    autotuning.update({'default tile': 3.0, '16x32x2 tile': 2.0, '32x32x2 tile': 1.0,
+                       'default': 2.0, 'pipelined': 1.0})
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 20, 40, generator=g)
+    w = torch.randn(3, 1, 13, 13, generator=g) / 13
+    b = torch.randn(3, generator=g)
+    tuned = forward_backward(x, w, b)
+    key = ('cpu', 'float32', 2, 3, 20, 40, 13)
+    assert autotune.choices() == {('forward', *key): '32x32x2 tile',
+                                  ('weight_grad', *key): 'pipelined'}
+    monkeypatch.setenv('MMUNIREP_DWCONV_AUTOTUNE', '0')
+    plain = forward_backward(x, w, b)
+    for a, p in zip(tuned, plain):
+        assert torch.equal(a, p)
+    # the choices, applied: the same launches as the environment switches of those variants
+    monkeypatch.setenv('MMUNIREP_DWCONV_AUTOTUNE', '1')
+    run = lambda: forward_backward(x, w, b)  # noqa: E731
+    chosen = launches_of(emu, run)
+    monkeypatch.setenv('MMUNIREP_DWCONV_AUTOTUNE', '0')
+    forced = launches_of(emu, run, {'MMUNIREP_DWCONV_FWD_TILE': '32x32x2',
+                                    'MMUNIREP_DWCONV_PIPELINE': '1'})
+    default = launches_of(emu, run)
+    assert chosen == forced and chosen != default
+    assert len(chosen) == 4  # forward, input gradient, weight gradient, reduction: no tuning
+
+
+def test_emulated_autotune_leaves_out_a_variant_that_disagrees_or_fails(emu, autotuning,
+                                                                         monkeypatch):
+    """A variant whose result differs from the default kernel's (a broken kernel) or that
+    raises is never chosen, however fast, and a warning says so once."""
+
+    class Broken:
+        """The emulated extension, with the 16x32x2 tile off by 1% and the 32x32x2 tile failing."""
+        tile = -1
+
+        def set_variants(self, forward_tile, *rest):
+            self.tile = forward_tile
+            emu.set_variants(forward_tile, *rest)
+
+        def depthwise_conv2d_forward(self, x, w, b):
+            if self.tile == 2:
+                raise RuntimeError('launch failed')
+            y = emu.depthwise_conv2d_forward(x, w, b)
+            return y * 1.01 if self.tile == 1 else y
+
+        def __getattr__(self, name):
+            return getattr(emu, name)
+
+    monkeypatch.setattr(dw_module, '_ext', Broken())
+    autotuning.update({'default tile': 3.0, '16x32x2 tile': 1.0, '32x32x2 tile': 0.5})
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(1, 2, 24, 24, generator=g)
+    w = torch.randn(2, 1, 7, 7, generator=g)
+    with pytest.warns(UserWarning) as caught:
+        y = depthwise_conv2d(x, w, None)
+        depthwise_conv2d(x, w, None)
+    messages = [str(c.message) for c in caught]
+    assert len(messages) == 2, messages
+    assert 'variant "16x32x2 tile" differs from the default kernel' in messages[0]
+    assert 'variant "32x32x2 tile" failed' in messages[1] and 'launch failed' in messages[1]
+    assert list(autotune.choices().values()) == ['default tile']
+    torch.testing.assert_close(y, F.conv2d(x, w, padding=3, groups=2), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_emulated_autotune_in_half_precision_with_real_timing(emulated_ext, monkeypatch, dtype):
+    """Half precision adds the tensor-core variants (emulated wmma): whatever wins on the
+    emulator's own clock, the results stay within the dtype's tolerance of fp64."""
+    monkeypatch.setenv('MMUNIREP_DWCONV_AUTOTUNE', '1')
+    monkeypatch.setattr(autotune, '_choices', {})
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(1, 2, 18, 20, generator=g).to(dtype)
+    w = (torch.randn(2, 1, 13, 13, generator=g) / 13).to(dtype)
+    b = torch.randn(2, generator=g).to(dtype)
+    y, gx, gw, gb = forward_backward(x, w, b)
+    x64, w64, b64, y64 = reference(x, w, b)
+    y64.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(5),
+                             dtype=dtype).double())
+    for got, exact in ((y, y64), (gx, x64.grad), (gw, w64.grad), (gb, b64.grad)):
+        scale = exact.abs().max().clamp_min(1)
+        torch.testing.assert_close(got.double() / scale, exact.detach() / scale, **TOL[dtype])
+    assert {k[0] for k in autotune.choices()} == {'forward', 'weight_grad'}
+    assert len(autotune.forward_candidates(x, 13)) == 4  # 3 tiles and the tensor cores
+
+
+def test_autotune_candidates_are_those_the_extension_has():
+    x = torch.randn(2, 3, 20, 20)
+    names = lambda c: [n for n, _ in c]  # noqa: E731
+    assert names(autotune.forward_candidates(x, 13)) == ['default tile', '16x32x2 tile',
+                                                         '32x32x2 tile']
+    assert names(autotune.forward_candidates(x.half(), 7))[-1] == 'tensor cores'
+    assert autotune.forward_candidates(x, 31) == []  # tiles and tensor cores up to K = 13
+    small = x[:, :, :16, :16]  # whole-map kernels up to K = 13; 16x32 tiles of 2 planes at 31
+    assert names(autotune.weight_grad_candidates(small.bfloat16(), 31)) == [
+        'default', 'pipelined', 'tensor cores']
+    for none in (small, x.double()):  # whole-map kernels; run-time-K kernels
+        assert autotune.forward_candidates(none, 13) == []
+        assert autotune.weight_grad_candidates(none, 13) == []
+    assert autotune.forward_candidates(x, 5) == autotune.weight_grad_candidates(x, 9) == []
+
+
+def test_autotune_follows_cudnn_benchmark_and_the_environment(monkeypatch):
+    """Unset, MMUNIREP_DWCONV_AUTOTUNE means off until the variants have run on a GPU
+    (FOLLOW_CUDNN_BENCHMARK False), and then follows cudnn.benchmark."""
+    x = torch.randn(1, 1, 4, 4)
+    ext = types.SimpleNamespace(set_variants=lambda *a: None)
+    monkeypatch.delenv('MMUNIREP_DWCONV_AUTOTUNE', raising=False)
+    monkeypatch.setattr(torch.backends.cudnn, 'benchmark', True)
+    assert not autotune.FOLLOW_CUDNN_BENCHMARK and autotune.mode(x, ext) == 'off'
+    monkeypatch.setattr(autotune, 'FOLLOW_CUDNN_BENCHMARK', True)
+    for benchmark, expected in ((True, 'tune'), (False, 'off')):
+        monkeypatch.setattr(torch.backends.cudnn, 'benchmark', benchmark)
+        assert autotune.mode(x, ext) == expected
+    monkeypatch.setenv('MMUNIREP_DWCONV_AUTOTUNE', '0')
+    assert autotune.mode(x, ext) == 'off'  # even with cudnn.benchmark
+    monkeypatch.setenv('MMUNIREP_DWCONV_AUTOTUNE', '1')
+    monkeypatch.setattr(torch.backends.cudnn, 'benchmark', False)
+    assert autotune.mode(x, ext) == 'tune'
+    assert autotune.mode(x, types.SimpleNamespace()) == 'off'  # an extension built before it
+    monkeypatch.setattr(torch, 'are_deterministic_algorithms_enabled', lambda: True)
+    assert autotune.mode(x, ext) == 'off'
+    monkeypatch.setenv('MMUNIREP_DWCONV_AUTOTUNE', 'yes')
+    with pytest.raises(ValueError, match="expected 1 or 0 .* got 'yes'"):
+        autotune.mode(x, ext)
+
+
+def test_emulated_set_variants_checks_its_arguments(emu):
+    emu.set_variants(2, 1, 1, 1)
+    emu.set_variants(-1, -1, -1, -1)
+    with pytest.raises(RuntimeError, match='set_variants: expected forward_tile in -1..2'):
+        emu.set_variants(3, 0, 0, 0)

@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from . import autotune
 from .cuda_archs import missing_kernels_message
 
 try:  # the compiled extension is optional: never let its absence break the fallback
@@ -82,6 +83,22 @@ def _warn_fallback_once(reason: str) -> None:
 # because their dispatch costs more host time per call
 # (benchmarks/op_overhead_benchmark.py). Both look ``_ext`` up at call time (tests route them to
 # the emulated kernels) and share _save_inputs / _gradients.
+def _ext_forward(x, weight, bias):
+    """The extension's forward, with the variant the autotuner chose for the shape when it is on
+    (mmunirep/ops/autotune.py)."""
+    if autotune.mode(x, _ext) == 'off':
+        return _ext.depthwise_conv2d_forward(x, weight, bias)
+    return autotune.forward(_ext, x, weight, bias)
+
+
+def _ext_backward(grad_out, x, weight, need_input, need_weight, need_bias):
+    """The extension's backward, as _ext_forward."""
+    if autotune.mode(x, _ext) == 'off':
+        return _ext.depthwise_conv2d_backward(grad_out, x, weight, need_input, need_weight,
+                                              need_bias)
+    return autotune.backward(_ext, grad_out, x, weight, need_input, need_weight, need_bias)
+
+
 def _save_inputs(ctx, inputs, output=None):
     x, weight, bias = inputs
     ctx.save_for_backward(x, weight)
@@ -106,13 +123,13 @@ class DepthwiseConv2dFunction(torch.autograd.Function):
     @torch.amp.custom_fwd(device_type='cuda')
     def forward(ctx, x, weight, bias):
         _save_inputs(ctx, (x, weight, bias))
-        return _ext.depthwise_conv2d_forward(x, weight, bias)
+        return _ext_forward(x, weight, bias)
 
     @staticmethod
     @once_differentiable
     @torch.amp.custom_bwd(device_type='cuda')
     def backward(ctx, grad_out):
-        return _gradients(ctx, grad_out, _ext.depthwise_conv2d_backward)
+        return _gradients(ctx, grad_out, _ext_backward)
 
 
 @torch.library.custom_op('mmunirep::depthwise_conv2d', mutates_args=())
@@ -120,8 +137,8 @@ def _forward_op(x: torch.Tensor, weight: torch.Tensor,
                 bias: Optional[torch.Tensor]) -> torch.Tensor:
     # .contiguous(): no copy for the layouts depthwise_conv2d passes; a compiler that picks other
     # strides gets a copy, not an error
-    return _ext.depthwise_conv2d_forward(x.contiguous(), weight.contiguous(),
-                                         None if bias is None else bias.contiguous())
+    return _ext_forward(x.contiguous(), weight.contiguous(),
+                        None if bias is None else bias.contiguous())
 
 
 @_forward_op.register_fake
@@ -135,9 +152,8 @@ def _backward_op(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, 
                  need_bias: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of input, weight and bias; an empty tensor stands for one not asked for
     (a custom operator returns tensors, not None)."""
-    grads = _ext.depthwise_conv2d_backward(grad_out.contiguous(), x.contiguous(),
-                                           weight.contiguous(), need_input, need_weight,
-                                           need_bias)
+    grads = _ext_backward(grad_out.contiguous(), x.contiguous(), weight.contiguous(), need_input,
+                          need_weight, need_bias)
     return tuple(g if need else x.new_empty(0)
                  for g, need in zip(grads, (need_input, need_weight, need_bias)))
 

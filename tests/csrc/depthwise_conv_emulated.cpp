@@ -143,6 +143,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         EmuLaunch{}(wmma_misuse_kernel, dim3(1), dim3(64), size_t{1024}, k);
       },
       "run a kernel that uses wmma wrongly (or, for 'right', rightly) in the emulator");
+  m.def("set_variants", &mmunirep::set_thread_variants,
+        "the kernel variants of this thread's next calls (as the extension's)",
+        py::arg("forward_tile"), py::arg("forward_tc"), py::arg("weight_grad_tc"),
+        py::arg("pipelined"));
   m.def("blocks_run", [] { return g_blocks_run; }, "emulated blocks run so far");
   m.def(
       "set_schedule",

@@ -17,6 +17,7 @@ std::vector<at::Tensor> depthwise_conv2d_backward_cuda(const at::Tensor&, const 
                                                        const at::Tensor&, bool, bool, bool);
 std::string depthwise_conv2d_built_archs();
 std::string depthwise_conv2d_missing_kernels(int64_t index);
+void depthwise_conv2d_set_variants(int64_t, int64_t, int64_t, int64_t);
 #endif
 
 namespace {
@@ -98,6 +99,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("missing_kernels", &mmunirep::depthwise_conv2d_missing_kernels,
         "empty if the kernels run on CUDA device `index`, else the CUDA runtime's reason",
         py::arg("index"));
+  m.def("set_variants", &mmunirep::depthwise_conv2d_set_variants,
+        "the kernel variants of this thread's next calls (-1: the environment's or the "
+        "default): forward tile 0..2, tensor-core forward, tensor-core weight gradient, "
+        "pipelined weight gradient",
+        py::arg("forward_tile"), py::arg("forward_tc"), py::arg("weight_grad_tc"),
+        py::arg("pipelined"));
 #else
   m.attr("with_cuda") = false;
 #endif

@@ -37,9 +37,35 @@ inline bool use_generic_kernels() {
   return v != nullptr && v[0] == '1';
 }
 
+// The kernel variants for this thread's calls, set around each call by mmunirep.ops' autotuner
+// (mmunirep/ops/autotune.py, through the extension's set_variants): -1 leaves a choice to its
+// environment variable below (or the default). Per thread, as the autograd engine runs a
+// backward pass on its own thread.
+struct Variants {
+  int forward_tile = -1;    // MMUNIREP_DWCONV_FWD_TILE: 0 the default tile, 1 16x32x2, 2 32x32x2
+  int forward_tc = -1;      // MMUNIREP_DWCONV_FWD_TC: 0 or 1
+  int weight_grad_tc = -1;  // MMUNIREP_DWCONV_WGRAD_TC: 0 or 1
+  int pipelined = -1;       // MMUNIREP_DWCONV_PIPELINE: 0 or 1
+};
+inline Variants& thread_variants() {
+  thread_local Variants variants;
+  return variants;
+}
+inline void set_thread_variants(int64_t forward_tile, int64_t forward_tc, int64_t weight_grad_tc,
+                                int64_t pipelined) {
+  TORCH_CHECK(forward_tile >= -1 && forward_tile <= 2 && forward_tc >= -1 && forward_tc <= 1 &&
+                  weight_grad_tc >= -1 && weight_grad_tc <= 1 && pipelined >= -1 &&
+                  pipelined <= 1,
+              "set_variants: expected forward_tile in -1..2 and the others in -1..1, got (",
+              forward_tile, ", ", forward_tc, ", ", weight_grad_tc, ", ", pipelined, ")");
+  thread_variants() = Variants{static_cast<int>(forward_tile), static_cast<int>(forward_tc),
+                               static_cast<int>(weight_grad_tc), static_cast<int>(pipelined)};
+}
+
 // MMUNIREP_DWCONV_PIPELINE=1 runs the pipelined weight-gradient kernels where there are some
 // (compile-time K, maps larger than 16x16), to measure them against the default ones.
 inline bool use_pipelined_weight_grad() {
+  if (thread_variants().pipelined >= 0) return thread_variants().pipelined == 1;
   const char* v = std::getenv("MMUNIREP_DWCONV_PIPELINE");
   return v != nullptr && v[0] == '1';
 }
@@ -51,9 +77,12 @@ inline bool use_pipelined_weight_grad() {
 // MMUNIREP_DWCONV_FWD_TC=1 does the same for the forward and input gradient (depthwise_conv2d_
 // forward_tc_kernel; K = 7 and 13).
 template <typename Launch>
-bool use_tensor_cores(const Launch& launch, const char* name) {
-  const char* v = std::getenv(name);
-  const std::string value = v != nullptr ? v : "";
+bool use_tensor_cores(const Launch& launch, const char* name, int chosen) {
+  std::string value = chosen < 0 ? "" : chosen == 1 ? "1" : "0";
+  if (chosen < 0) {
+    const char* v = std::getenv(name);
+    value = v != nullptr ? v : "";
+  }
   if (value.empty() || value == "0") return false;
   TORCH_CHECK(value == "1", name, ": expected 1 or 0 (or unset), got '", value, "'");
   TORCH_CHECK(launch.tensor_cores(), name, "=1: the tensor-core kernels need a GPU of compute "
@@ -62,11 +91,11 @@ bool use_tensor_cores(const Launch& launch, const char* name) {
 }
 template <typename Launch>
 bool use_tensor_core_weight_grad(const Launch& launch) {
-  return use_tensor_cores(launch, "MMUNIREP_DWCONV_WGRAD_TC");
+  return use_tensor_cores(launch, "MMUNIREP_DWCONV_WGRAD_TC", thread_variants().weight_grad_tc);
 }
 template <typename Launch>
 bool use_tensor_core_forward(const Launch& launch) {
-  return use_tensor_cores(launch, "MMUNIREP_DWCONV_FWD_TC");
+  return use_tensor_cores(launch, "MMUNIREP_DWCONV_FWD_TC", thread_variants().forward_tc);
 }
 
 // Calls f(std::integral_constant<int, K>) for the kernel sizes with compile-time kernels; false
@@ -105,6 +134,7 @@ void with_tile_shape(int height, int width, F&& f) {
 // measure it against the default (TileLarge): 16x32x2 (TileLarge2Planes) or 32x32x2 (TileTall).
 // Unset or empty: the default; anything else is an error rather than silently the default.
 inline int forward_tile_variant() {
+  if (thread_variants().forward_tile >= 0) return thread_variants().forward_tile;
   const char* v = std::getenv("MMUNIREP_DWCONV_FWD_TILE");
   if (v == nullptr || v[0] == '\0') return 0;
   const std::string name(v);

@@ -1,0 +1,243 @@
+"""Per-shape choice among the depthwise op's kernel variants, as ``cudnn.benchmark`` chooses
+among cuDNN's algorithms.
+
+The extension has, beside its default kernels, variants that are faster or slower depending on
+the GPU, the shape and the dtype: other forward tiles (16x32 of 2 planes, 32x32 of 2 planes), a
+pipelined weight gradient, and tensor-core forward and weight-gradient kernels for fp16 / bf16
+(README, "The op"). With autotuning on, the first call of each (device, dtype, shape, pass)
+runs every variant that applies, checks its result against the default kernel's (a variant that
+disagrees or fails is left out, with a warning), times the others (median of CUDA-event timings)
+and keeps the fastest for that shape's later calls, in this process.
+
+On when ``MMUNIREP_DWCONV_AUTOTUNE=1``, off when ``=0``. Unset, it is off for now: none of the
+variants has run on a GPU yet (the next GPU session's tests run them), and MMSegmentation's
+runtime turns ``cudnn.benchmark`` on by default. Once they have, unset will follow
+``torch.backends.cudnn.benchmark`` (mmengine's ``env_cfg.cudnn_benchmark``):
+:data:`FOLLOW_CUDNN_BENCHMARK`. Off under
+``torch.use_deterministic_algorithms(True)``: each variant is deterministic, but which one wins
+may differ from run to run, and their roundings differ. While a CUDA graph is captured nothing is
+tuned (a choice made before is used). For the shapes it tunes, the choice overrides the
+variants' environment switches (``MMUNIREP_DWCONV_FWD_TILE`` and the others), which remain for
+measuring one variant everywhere.
+
+Written here because nothing in torch does it for an extension's own kernels (Triton's
+autotuner is for Triton kernels; ``torch._inductor``'s for the kernels it generates).
+"""
+import os
+import statistics
+import time
+import warnings
+from contextlib import contextmanager
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+# (forward_tile, forward_tc, weight_grad_tc, pipelined), as the extension's set_variants takes
+# them; -1: the environment's choice, or the default
+Variant = Tuple[int, int, int, int]
+UNSET: Variant = (-1, -1, -1, -1)
+COMPILED_KERNELS = (7, 13, 31)  # the sizes with compile-time kernels, which have variants
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+# how far a variant's result may be from the default kernel's, relative to the largest value of
+# the default's: the tile and pipelined variants add the same products in the same order (bitwise
+# equal), the tensor-core ones in another order and round their output once
+AGREEMENT = {torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
+TIMED_REPEATS = 5
+# whether MMUNIREP_DWCONV_AUTOTUNE unset follows cudnn.benchmark (True) or means off (False: until
+# the variants have passed the GPU tests; README, "The op")
+FOLLOW_CUDNN_BENCHMARK = False
+
+Key = Tuple
+_choices: Dict[Key, Tuple[str, Tuple[int, int]]] = {}
+_warned: set = set()
+
+
+def mode(x: torch.Tensor, ext) -> str:
+    """'off' (the environment's variants), 'tune' (tune a new shape) or 'apply' (only the choices
+    already made: during a CUDA graph capture)."""
+    flag = os.environ.get('MMUNIREP_DWCONV_AUTOTUNE', '')
+    if flag not in ('', '0', '1'):
+        raise ValueError(f'MMUNIREP_DWCONV_AUTOTUNE: expected 1 or 0 (or unset), got {flag!r}')
+    on = flag == '1' or (flag == '' and FOLLOW_CUDNN_BENCHMARK and torch.backends.cudnn.benchmark)
+    if not on or torch.are_deterministic_algorithms_enabled():
+        return 'off'
+    if not hasattr(ext, 'set_variants'):  # an extension built before the autotuner
+        return 'off'
+    if x.is_cuda and torch.cuda.is_current_stream_capturing():
+        return 'apply'
+    return 'tune'
+
+
+def choices() -> Dict[Key, str]:
+    """The variant chosen for each (pass, device, dtype, N, C, H, W, K) tuned so far."""
+    return {key: name for key, (name, _) in _choices.items()}
+
+
+def reset() -> None:
+    """Forget every choice (the next call of each shape tunes again)."""
+    _choices.clear()
+
+
+def _tensor_cores(x: torch.Tensor) -> bool:
+    # the emulated kernels of the tests run on the CPU and emulate wmma
+    return not x.is_cuda or torch.cuda.get_device_capability(x.device)[0] >= 8
+
+
+def _has_variants(x: torch.Tensor, k: int) -> bool:
+    """Where the extension has variants (depthwise_conv_launch.cuh decides; this mirrors it so
+    that nothing is timed twice): compile-time kernel sizes in float / half / bfloat16, on maps
+    larger than 16x16 up to K = 13 (smaller ones are computed whole, in one kind of kernel)."""
+    return (x.dtype != torch.float64 and k in COMPILED_KERNELS
+            and os.environ.get('MMUNIREP_DWCONV_GENERIC') != '1'
+            and (k > 13 or x.shape[2] > 16 or x.shape[3] > 16))
+
+
+def forward_candidates(x: torch.Tensor, k: int) -> List[Tuple[str, Tuple[int, int]]]:
+    """(name, (forward_tile, forward_tc)) of the forward / input-gradient variants for ``x``,
+    the default first; none where there is only the default (K = 31)."""
+    if not _has_variants(x, k) or k > 13:
+        return []
+    out = [('default tile', (0, 0)), ('16x32x2 tile', (1, 0)), ('32x32x2 tile', (2, 0))]
+    if x.dtype in HALF_DTYPES and _tensor_cores(x):
+        out.append(('tensor cores', (0, 1)))
+    return out
+
+
+def weight_grad_candidates(x: torch.Tensor, k: int) -> List[Tuple[str, Tuple[int, int]]]:
+    """(name, (weight_grad_tc, pipelined)) of the weight-gradient variants for ``x``, the
+    default first."""
+    if not _has_variants(x, k):
+        return []
+    out = [('default', (0, 0)), ('pipelined', (0, 1))]
+    if x.dtype in HALF_DTYPES and _tensor_cores(x):
+        out.append(('tensor cores', (1, 0)))
+    return out
+
+
+@contextmanager
+def variants(ext, variant: Variant):
+    """Run the extension's calls inside with ``variant`` (on this thread)."""
+    if variant == UNSET:
+        yield
+        return
+    ext.set_variants(*variant)
+    try:
+        yield
+    finally:
+        ext.set_variants(*UNSET)
+
+
+def _time(fn: Callable[[], object], device: torch.device) -> float:
+    """Median of TIMED_REPEATS calls after one warm-up: CUDA events on a GPU, the host clock
+    elsewhere (the emulated kernels of the tests)."""
+    fn()
+    times = []
+    for _ in range(TIMED_REPEATS):
+        if device.type == 'cuda':
+            start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def _measure(name: str, fn: Callable[[], object], device: torch.device) -> float:
+    """A candidate's time in ms (its name is for the tests, which substitute the times)."""
+    return _time(fn, device)
+
+
+def _warn_once(key: Tuple, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, stacklevel=4)
+
+
+def _tune(key: Key, candidates: Sequence[Tuple[str, Tuple[int, int]]],
+          run: Callable[[Tuple[int, int]], torch.Tensor],
+          device: torch.device) -> Tuple[str, Tuple[int, int]]:
+    """Check every candidate against the first (the default kernel), time those that agree and
+    return the fastest (name, pair)."""
+    name0, pair0 = candidates[0]
+    reference = run(pair0)  # the default kernel: if it fails, the op fails, as without tuning
+    scale = reference.detach().abs().max().item()
+    tolerance = AGREEMENT.get(reference.dtype, 1e-5) * max(scale, 1e-30)
+    agreeing = [(name0, pair0)]
+    for name, pair in candidates[1:]:
+        try:
+            out = run(pair)
+        except RuntimeError as err:
+            _warn_once((name, str(err)), f'mmunirep depthwise op: kernel variant "{name}" failed '
+                       f'on {key} and is not used: {err}')
+            continue
+        err = (out.float() - reference.float()).abs().max().item()
+        if not err <= tolerance:  # NaN included
+            _warn_once((name, key), f'mmunirep depthwise op: kernel variant "{name}" differs from '
+                       f'the default kernel by {err:.3g} (allowed {tolerance:.3g}) on {key}; it is '
+                       'not used. Please report it with this message.')
+            continue
+        agreeing.append((name, pair))
+        del out
+    del reference
+    if len(agreeing) == 1:
+        return agreeing[0]
+    timed = [(_measure(name, lambda p=pair: run(p), device), name, pair)
+             for name, pair in agreeing]
+    _, name, pair = min(timed, key=lambda t: t[0])
+    return name, pair
+
+
+def shape_key(x: torch.Tensor, weight: torch.Tensor) -> Tuple:
+    """(device, dtype, N, C, H, W, K): what a choice is kept for, after its pass."""
+    return (str(x.device), str(x.dtype).replace('torch.', ''), *x.shape, weight.shape[-1])
+
+
+def _choose(pass_: str, x, weight, candidates_of, run, tuning: bool) -> Optional[Tuple[int, int]]:
+    key = (pass_, *shape_key(x, weight))
+    if key not in _choices:
+        candidates = candidates_of(x, weight.shape[-1])
+        if not candidates or not tuning:
+            return None
+        _choices[key] = _tune(key, candidates, run, x.device)
+    return _choices[key][1]
+
+
+def forward(ext, x: torch.Tensor, weight: torch.Tensor,
+            bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """The extension's forward with the variant chosen for this shape (tuned on first use)."""
+    tuning = mode(x, ext) == 'tune'
+
+    def run(pair):
+        with variants(ext, (*pair, -1, -1)):
+            return ext.depthwise_conv2d_forward(x, weight, bias)
+
+    pair = _choose('forward', x, weight, forward_candidates, run, tuning)
+    return run(pair) if pair is not None else ext.depthwise_conv2d_forward(x, weight, bias)
+
+
+def backward(ext, grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+             need_input: bool, need_weight: bool, need_bias: bool):
+    """The extension's backward with the variants chosen for this shape: the forward's for the
+    input gradient (the same kernels, with the flipped filter), the weight gradient's own."""
+    tuning = mode(x, ext) == 'tune'
+    fwd = wgrad = None
+    if need_input:
+        def run_input(pair):
+            with variants(ext, (*pair, -1, -1)):
+                return ext.depthwise_conv2d_backward(grad_out, x, weight, True, False, False)[0]
+
+        fwd = _choose('forward', x, weight, forward_candidates, run_input, tuning)
+    if need_weight:
+        def run_weight(pair):
+            with variants(ext, (-1, -1, *pair)):
+                return ext.depthwise_conv2d_backward(grad_out, x, weight, False, True, False)[1]
+
+        wgrad = _choose('weight_grad', x, weight, weight_grad_candidates, run_weight, tuning)
+    with variants(ext, (*(fwd or (-1, -1)), *(wgrad or (-1, -1)))):
+        return ext.depthwise_conv2d_backward(grad_out, x, weight, need_input, need_weight,
+                                             need_bias)
