@@ -98,5 +98,6 @@ def missing_kernels_message(device_name: str, capability: Tuple[int, int], built
             f'for it with `TORCH_CUDA_ARCH_LIST="{major}.{minor}" bash tools/build_ops.sh`')
 
 
-if __name__ == '__main__':
-    print(default_arch_list())
+if __name__ == '__main__':  # for the shell scripts, which read the list from stdout
+    import sys
+    sys.stdout.write(default_arch_list() + '\n')

@@ -75,14 +75,6 @@ def _warn_fallback_once(reason: str) -> None:
         warnings.warn(f'{BUILD_HINT} ({reason})', stacklevel=3)
 
 
-# Two ways into the same kernels. Eager mode takes DepthwiseConv2dFunction, an autograd.Function
-# calling the extension directly. Under torch.compile / torch.export the kernels are two PyTorch
-# custom operators (torch.ops.mmunirep.*): opaque ops with known output metadata (the fake
-# implementations below), so the whole backbone traces into one graph, where a pybind call inside
-# an autograd.Function breaks the graph at every block. Eager mode does not use the operators
-# because their dispatch costs more host time per call
-# (benchmarks/op_overhead_benchmark.py). Both look ``_ext`` up at call time (tests route them to
-# the emulated kernels) and share _save_inputs / _gradients.
 def _ext_forward(x, weight, bias):
     """The extension's forward, with the variant the autotuner chose for the shape when it is on
     (mmunirep/ops/autotune.py)."""
@@ -99,6 +91,14 @@ def _ext_backward(grad_out, x, weight, need_input, need_weight, need_bias):
     return autotune.backward(_ext, grad_out, x, weight, need_input, need_weight, need_bias)
 
 
+# Two ways into the same kernels. Eager mode takes DepthwiseConv2dFunction, an autograd.Function
+# calling the extension directly. Under torch.compile / torch.export the kernels are two PyTorch
+# custom operators (torch.ops.mmunirep.*): opaque ops with known output metadata (the fake
+# implementations below), so the whole backbone traces into one graph, where a pybind call inside
+# an autograd.Function breaks the graph at every block. Eager mode does not use the operators
+# because their dispatch costs more host time per call
+# (benchmarks/op_overhead_benchmark.py). Both look ``_ext`` up at call time (tests route them to
+# the emulated kernels) and share _save_inputs / _gradients.
 def _save_inputs(ctx, inputs, output=None):
     x, weight, bias = inputs
     ctx.save_for_backward(x, weight)
