@@ -924,3 +924,32 @@ def test_emulated_set_variants_checks_its_arguments(emu):
     emu.set_variants(-1, -1, -1, -1)
     with pytest.raises(RuntimeError, match='set_variants: expected forward_tile in -1..2'):
         emu.set_variants(3, 0, 0, 0)
+
+
+def test_emulated_autotune_under_torch_compile(emulated_ext, autotuning, monkeypatch):
+    """Compiled with fullgraph=True, the op's custom operators run the autotuner at run time
+    (not while tracing): the first call tunes, and later calls of the compiled module launch the
+    chosen variants' kernels."""
+    emu = emulated_ext
+    monkeypatch.setattr(DepthWiseConv2dImplicitGEMM, '_fast_path_refusal', lambda self, x: None)
+    autotuning.update({'default tile': 3.0, '16x32x2 tile': 1.0, '32x32x2 tile': 2.0,
+                       'default': 1.0, 'pipelined': 2.0})
+    torch.manual_seed(7)
+    conv = DepthWiseConv2dImplicitGEMM(4, 13, bias=True)
+    compiled = torch.compile(copy.deepcopy(conv), fullgraph=True, backend='aot_eager')
+    x = torch.randn(2, 4, 24, 24)
+
+    def step(net):
+        out = net(x.detach().requires_grad_())
+        out.square().sum().backward()
+        return out.detach()
+
+    tuned = step(compiled)
+    key = ('cpu', 'float32', 2, 4, 24, 24, 13)
+    assert autotune.choices() == {('forward', *key): '16x32x2 tile',
+                                  ('weight_grad', *key): 'default'}
+    chosen = launches_of(emu, lambda: step(compiled))
+    monkeypatch.setenv('MMUNIREP_DWCONV_AUTOTUNE', '0')
+    forced = launches_of(emu, lambda: step(conv), {'MMUNIREP_DWCONV_FWD_TILE': '16x32x2'})
+    assert chosen == forced and len(chosen) == 4
+    assert torch.equal(tuned, step(conv))
