@@ -52,10 +52,23 @@ _choices: Dict[Key, Tuple[str, Tuple[int, int]]] = {}
 _warned: set = set()
 
 
+# os.environ.get of an unset variable raises and catches a KeyError inside: 1.3 us, most of what
+# this check added to an eager call's 9 us of dispatch (benchmarks/op_overhead_benchmark.py). The
+# dict behind os.environ (POSIX: bytes keys; setenv and monkeypatch update it) answers in 30 ns.
+_ENVIRON_DATA = getattr(os.environ, '_data', None)
+
+
+def _switch() -> str:
+    if isinstance(_ENVIRON_DATA, dict) and os.name == 'posix':
+        value = _ENVIRON_DATA.get(b'MMUNIREP_DWCONV_AUTOTUNE')
+        return '' if value is None else os.fsdecode(value)
+    return os.environ.get('MMUNIREP_DWCONV_AUTOTUNE', '')
+
+
 def mode(x: torch.Tensor, ext) -> str:
     """'off' (the environment's variants), 'tune' (tune a new shape) or 'apply' (only the choices
     already made: during a CUDA graph capture)."""
-    flag = os.environ.get('MMUNIREP_DWCONV_AUTOTUNE', '')
+    flag = _switch()
     if flag not in ('', '0', '1'):
         raise ValueError(f'MMUNIREP_DWCONV_AUTOTUNE: expected 1 or 0 (or unset), got {flag!r}')
     on = flag == '1' or (flag == '' and FOLLOW_CUDNN_BENCHMARK and torch.backends.cudnn.benchmark)
