@@ -799,10 +799,19 @@ def test_emulated_autotune_keeps_the_fastest_variant_of_each_pass(emulated_ext, 
     x = torch.randn(2, 3, 20, 40, generator=g)
     w = torch.randn(3, 1, 13, 13, generator=g) / 13
     b = torch.randn(3, generator=g)
+    logged = []
+    monkeypatch.setattr(autotune, 'print_log', lambda msg, logger: logged.append((msg, logger)))
     tuned = forward_backward(x, w, b)
     key = ('cpu', 'float32', 2, 3, 20, 40, 13)
     assert autotune.choices() == {('forward', *key): '32x32x2 tile',
                                   ('weight_grad', *key): 'pipelined'}
+    # each choice is logged once, with every candidate's time
+    assert [m for m, _ in logged] == [
+        f"mmunirep depthwise op autotuned {('forward', *key)}: 32x32x2 tile (default tile "
+        '3.000 ms, 16x32x2 tile 2.000 ms, 32x32x2 tile 1.000 ms)',
+        f"mmunirep depthwise op autotuned {('weight_grad', *key)}: pipelined (default 2.000 ms, "
+        'pipelined 1.000 ms)']
+    assert {lg for _, lg in logged} == {'current'}
     monkeypatch.setenv('MMUNIREP_DWCONV_AUTOTUNE', '0')
     plain = forward_backward(x, w, b)
     for a, p in zip(tuned, plain):

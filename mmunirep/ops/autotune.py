@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
+from mmengine.logging import print_log
 
 # (forward_tile, forward_tc, weight_grad_tc, pipelined), as the extension's set_variants takes
 # them; -1: the environment's choice, or the default
@@ -202,6 +203,9 @@ def _tune(key: Key, candidates: Sequence[Tuple[str, Tuple[int, int]]],
     timed = [(_measure(name, lambda p=pair: run(p), device), name, pair)
              for name, pair in agreeing]
     _, name, pair = min(timed, key=lambda t: t[0])
+    # what was chosen, in the training log (once per shape and pass)
+    print_log(f'mmunirep depthwise op autotuned {key}: {name} (' +
+              ', '.join(f'{n} {ms:.3f} ms' for ms, n, _ in timed) + ')', logger='current')
     return name, pair
 
 
