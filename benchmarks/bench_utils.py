@@ -82,9 +82,10 @@ FWD_TILES = ('16x32x2', '32x32x2')
 
 
 def fwd_tiles_apply(h, w, k):
-    """Whether MMUNIREP_DWCONV_FWD_TILE changes the forward tile of an H x W map at K: K = 7 and
-    13, maps larger than 16x16 (depthwise_conv_launch.cuh, with_forward_tile_shape)."""
-    return k in (7, 13) and (h > 16 or w > 16)
+    """Whether MMUNIREP_DWCONV_FWD_TILE (or MMUNIREP_DWCONV_FWD_TC) changes the forward kernel
+    of an H x W map at K: the autotuner's rule (K = 7 and 13, maps larger than 16x16)."""
+    from mmunirep.ops.autotune import forward_variants_apply
+    return forward_variants_apply(h, w, k)
 
 
 @contextlib.contextmanager
@@ -104,7 +105,8 @@ def environ(variables):
 
 
 def pipelined_applies(h, w, k):
-    """Whether MMUNIREP_DWCONV_PIPELINE=1 changes the weight-gradient kernel of an H x W map at
-    K: compile-time K (7, 13, 31) and a map too large for a whole-map tile (16x16 up to K = 13;
-    ops/csrc/common/cuda/depthwise_conv_launch.cuh, with_tile_shape)."""
-    return k in (7, 13, 31) and (k > 13 or h > 16 or w > 16)
+    """Whether MMUNIREP_DWCONV_PIPELINE=1 (or MMUNIREP_DWCONV_WGRAD_TC=1) changes the
+    weight-gradient kernel of an H x W map at K: the autotuner's rule (compile-time K and a map
+    too large for a whole-map tile)."""
+    from mmunirep.ops.autotune import weight_grad_variants_apply
+    return weight_grad_variants_apply(h, w, k)

@@ -97,19 +97,31 @@ def _tensor_cores(x: torch.Tensor) -> bool:
     return not x.is_cuda or torch.cuda.get_device_capability(x.device)[0] >= 8
 
 
-def _has_variants(x: torch.Tensor, k: int) -> bool:
-    """Where the extension has variants (depthwise_conv_launch.cuh decides; this mirrors it so
-    that nothing is timed twice): compile-time kernel sizes in float / half / bfloat16, on maps
-    larger than 16x16 up to K = 13 (smaller ones are computed whole, in one kind of kernel)."""
-    return (x.dtype != torch.float64 and k in COMPILED_KERNELS
-            and os.environ.get('MMUNIREP_DWCONV_GENERIC') != '1'
-            and (k > 13 or x.shape[2] > 16 or x.shape[3] > 16))
+# Where the extension has variants (depthwise_conv_launch.cuh decides; these mirror it so that
+# nothing is timed twice, and the benchmarks ask them which columns to time).
+def weight_grad_variants_apply(h: int, w: int, k: int) -> bool:
+    """Whether an H x W map at K has weight-gradient variants (pipelined; tensor cores in fp16 /
+    bf16): compile-time K (7, 13, 31) and a map too large for a whole-map tile (16x16 up to
+    K = 13; with_tile_shape)."""
+    return k in COMPILED_KERNELS and (k > 13 or h > 16 or w > 16)
+
+
+def forward_variants_apply(h: int, w: int, k: int) -> bool:
+    """Whether an H x W map at K has forward / input-gradient variants (the other tiles; tensor
+    cores in fp16 / bf16): K = 7 and 13, maps larger than 16x16 (with_forward_tile_shape)."""
+    return k in (7, 13) and (h > 16 or w > 16)
+
+
+def _compiled_kernels(x: torch.Tensor) -> bool:
+    """float / half / bfloat16 without MMUNIREP_DWCONV_GENERIC=1 (double and that switch take the
+    run-time-K kernels, which have no variants)."""
+    return x.dtype != torch.float64 and os.environ.get('MMUNIREP_DWCONV_GENERIC') != '1'
 
 
 def forward_candidates(x: torch.Tensor, k: int) -> List[Tuple[str, Tuple[int, int]]]:
     """(name, (forward_tile, forward_tc)) of the forward / input-gradient variants for ``x``,
-    the default first; none where there is only the default (K = 31)."""
-    if not _has_variants(x, k) or k > 13:
+    the default first; none where there is only the default."""
+    if not (_compiled_kernels(x) and forward_variants_apply(x.shape[2], x.shape[3], k)):
         return []
     out = [('default tile', (0, 0)), ('16x32x2 tile', (1, 0)), ('32x32x2 tile', (2, 0))]
     if x.dtype in HALF_DTYPES and _tensor_cores(x):
@@ -120,7 +132,7 @@ def forward_candidates(x: torch.Tensor, k: int) -> List[Tuple[str, Tuple[int, in
 def weight_grad_candidates(x: torch.Tensor, k: int) -> List[Tuple[str, Tuple[int, int]]]:
     """(name, (weight_grad_tc, pipelined)) of the weight-gradient variants for ``x``, the
     default first."""
-    if not _has_variants(x, k):
+    if not (_compiled_kernels(x) and weight_grad_variants_apply(x.shape[2], x.shape[3], k)):
         return []
     out = [('default', (0, 0)), ('pipelined', (0, 1))]
     if x.dtype in HALF_DTYPES and _tensor_cores(x):
