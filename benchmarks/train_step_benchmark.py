@@ -34,7 +34,6 @@ import os
 import statistics
 import sys
 import time
-import types
 import warnings
 
 import torch
@@ -87,7 +86,7 @@ def op_kernels():
     if os.environ.get('MMUNIREP_DWCONV_PIPELINE', '').startswith('1'):
         words.append('pipelined weight gradient (MMUNIREP_DWCONV_PIPELINE=1)')
     from mmunirep.ops import autotune
-    if autotune.mode(torch.empty(0), types.SimpleNamespace(set_variants=None)) != 'off':
+    if autotune.enabled():
         words.insert(0, 'autotuned per shape (the switches below only for shapes without '
                      'variants)' if words else 'autotuned per shape')
     return '; '.join(words) or 'default'

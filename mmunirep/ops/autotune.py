@@ -66,14 +66,20 @@ def _switch() -> str:
     return os.environ.get('MMUNIREP_DWCONV_AUTOTUNE', '')
 
 
-def mode(x: torch.Tensor, ext) -> str:
-    """'off' (the environment's variants), 'tune' (tune a new shape) or 'apply' (only the choices
-    already made: during a CUDA graph capture)."""
+def enabled() -> bool:
+    """Whether the autotuner is on: MMUNIREP_DWCONV_AUTOTUNE (unset: cudnn.benchmark, once
+    FOLLOW_CUDNN_BENCHMARK), and not under deterministic algorithms."""
     flag = _switch()
     if flag not in ('', '0', '1'):
         raise ValueError(f'MMUNIREP_DWCONV_AUTOTUNE: expected 1 or 0 (or unset), got {flag!r}')
     on = flag == '1' or (flag == '' and FOLLOW_CUDNN_BENCHMARK and torch.backends.cudnn.benchmark)
-    if not on or torch.are_deterministic_algorithms_enabled():
+    return on and not torch.are_deterministic_algorithms_enabled()
+
+
+def mode(x: torch.Tensor, ext) -> str:
+    """'off' (the environment's variants), 'tune' (tune a new shape) or 'apply' (only the choices
+    already made: during a CUDA graph capture)."""
+    if not enabled():
         return 'off'
     if not hasattr(ext, 'set_variants'):  # an extension built before the autotuner
         return 'off'

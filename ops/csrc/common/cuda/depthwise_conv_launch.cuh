@@ -78,10 +78,11 @@ inline bool use_pipelined_weight_grad() {
 // forward_tc_kernel; K = 7 and 13).
 template <typename Launch>
 bool use_tensor_cores(const Launch& launch, const char* name, int chosen) {
-  std::string value = chosen < 0 ? "" : chosen == 1 ? "1" : "0";
-  if (chosen < 0) {
-    const char* v = std::getenv(name);
-    value = v != nullptr ? v : "";
+  std::string value;  // the autotuner's choice (set_variants), else the environment's
+  if (chosen >= 0) {
+    value = chosen == 1 ? "1" : "0";
+  } else if (const char* v = std::getenv(name)) {
+    value = v;
   }
   if (value.empty() || value == "0") return false;
   TORCH_CHECK(value == "1", name, ": expected 1 or 0 (or unset), got '", value, "'");
