@@ -125,23 +125,64 @@ def test_two_processes_train_and_test(data, tmp_path):
     assert dist_miou == pytest.approx(single['mIoU'], abs=0.01)
 
 
-def test_tools_leave_the_process_group_before_exit():
-    """tools/train.py and test.py destroy the process group after a run (gloo's threads could
-    otherwise abort the process at exit, which the 2-process test above once did in CI)."""
+def test_tools_leave_the_process_group_before_exit(monkeypatch):
+    """tools/train.py and test.py destroy the process group after a run, then end the process
+    without the interpreter's finalization, where gloo's worker threads aborted the 2-process
+    test above about once in five runs (SIGABRT after a successful run)."""
     import torch.distributed as dist
-    leave_process_group()  # no group: nothing to do
+    from mmunirep.utils import config_utils
+    monkeypatch.setattr(config_utils, '_left_a_process_group', False)
+    leave_process_group()  # no group: nothing to do, and nothing to end
+    config_utils.end_distributed_process()  # returns: this pytest process goes on
     dist.init_process_group('gloo', init_method='tcp://127.0.0.1:29531', rank=0, world_size=1)
     try:
         assert dist.is_initialized()
         leave_process_group()
-        assert not dist.is_initialized()
+        assert not dist.is_initialized() and config_utils._left_a_process_group
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
     for tool, call in (('train', 'runner.train()\n    leave_process_group()'),
                        ('test', 'metrics = runner.test()\n    leave_process_group()')):
         with open(osp.join(ROOT, 'tools', f'{tool}.py')) as f:
-            assert call in f.read(), tool
+            text = f.read()
+        assert call in text, tool
+        assert text.endswith("if __name__ == '__main__':\n    main()\n    end_distributed_process()\n"), tool
+
+
+END_SCRIPT = """
+import atexit, logging, sys, torch, torch.distributed as dist
+from mmunirep.utils import end_distributed_process, leave_process_group
+log = logging.getLogger('end_test')
+log.addHandler(logging.FileHandler(sys.argv[1] + '.log', delay=True))
+log.setLevel(logging.INFO)
+atexit.register(lambda: open(sys.argv[1] + '.atexit', 'w').write('ran'))
+dist.init_process_group('gloo', init_method='tcp://127.0.0.1:29532', rank=0, world_size=1)
+ddp = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 4))
+ddp(torch.randn(2, 4)).sum().backward()
+metrics = [{'mIoU': 1.0}]
+dist.broadcast_object_list(metrics)
+log.info('metrics %s', metrics)
+print('stdout before the end', end='')  # no newline: only a flush writes it
+leave_process_group()
+end_distributed_process()
+sys.exit(3)  # not reached
+"""
+
+
+def test_end_distributed_process_runs_atexit_and_flushes_then_exits_0(tmp_path):
+    stem = str(tmp_path / 'end')
+    script = tmp_path / 'end.py'
+    script.write_text(END_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONUNBUFFERED'}  # buffered stdout
+    proc = subprocess.run([sys.executable, str(script), stem], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env=dict(env, PYTHONPATH=ROOT))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.endswith('stdout before the end')
+    with open(stem + '.atexit') as f:
+        assert f.read() == 'ran'
+    with open(stem + '.log') as f:
+        assert "metrics [{'mIoU': 1.0}]" in f.read()
 
 
 def test_missing_dataset_path_is_named(tmp_path):

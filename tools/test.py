@@ -10,7 +10,8 @@ from mmengine.evaluator import DumpResults
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from mmunirep.utils import framework_of, leave_process_group, prepare_cfg
+from mmunirep.utils import (end_distributed_process, framework_of, leave_process_group,
+                            prepare_cfg)
 from mmunirep.utils.config_utils import DictAction
 
 
@@ -87,3 +88,4 @@ def main(argv=None):
 
 if __name__ == '__main__':
     main()
+    end_distributed_process()

@@ -10,7 +10,7 @@ from mmengine.logging import print_log
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from mmunirep.utils import leave_process_group, prepare_cfg
+from mmunirep.utils import end_distributed_process, leave_process_group, prepare_cfg
 from mmunirep.utils.config_utils import DictAction
 
 
@@ -73,3 +73,4 @@ def main(argv=None):
 
 if __name__ == '__main__':
     main()
+    end_distributed_process()

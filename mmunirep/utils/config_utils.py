@@ -1,4 +1,5 @@
 """What tools/train.py and tools/test.py share: loading a config and applying the common flags."""
+import os
 import os.path as osp
 from typing import Optional
 
@@ -87,15 +88,42 @@ def init_cpu_process_group() -> None:
                   'the process group over gloo', logger='current')
 
 
+_left_a_process_group = False
+
+
 def leave_process_group() -> None:
     """Destroy the process group, if there is one, while the interpreter is fully alive.
 
-    Neither mmengine's Runner nor torch does it before exit, and with gloo a worker thread that
-    still holds work when the interpreter finalizes can abort the process ("terminate called
-    without an active exception", SIGABRT: pytorch/pytorch#190489); a 2-process CPU training run
-    in CI here hit it once. The tools call it after a successful run only: after a failure the
-    other ranks may never reach it.
+    Neither mmengine's Runner nor torch does it before exit. The tools call it after a successful
+    run only: after a failure the other ranks may never reach it. With gloo it is not enough to
+    exit cleanly: see :func:`end_distributed_process`.
     """
+    global _left_a_process_group
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+        _left_a_process_group = True
+
+
+def end_distributed_process() -> None:
+    """End a tool's process now if it left a process group: atexit handlers (logging's flush
+    among them) run first, then ``os._exit(0)`` skips the interpreter's finalization.
+
+    Why: once DistributedDataParallel has been built, torch (2.14) keeps the gloo process group
+    alive after ``destroy_process_group()``, with no Python reference left to drop, so its worker
+    threads are never joined. A worker still freeing the tensors of the last collective (mmengine
+    broadcasts the metrics) when the interpreter finalizes needs the GIL, is made to exit, and
+    the unwind through a noexcept frame calls std::terminate: "terminate called without an
+    active exception", SIGABRT after a successful run (pytorch/pytorch#190489; seen here in
+    about 1 in 5 two-process CPU runs, core dumped and read with gdb). Nothing in mmengine or
+    torch ends a process without that finalization, hence this function. Only the tools'
+    ``__main__`` calls it: tests and users that call ``main()`` keep their interpreter.
+    """
+    if not _left_a_process_group:
+        return
+    import atexit
+    import sys
+    atexit._run_exitfuncs()  # what a normal exit runs first: logging.shutdown, torch's own
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(0)
