@@ -104,6 +104,13 @@ def environ(variables):
                 os.environ[name] = value
 
 
+def autotune_applies(k):
+    """Whether MMUNIREP_DWCONV_AUTOTUNE=1 has variants to choose among at K: its weight
+    gradient's parts counts, wherever K is compiled (7, 13, 31)."""
+    from mmunirep.ops.autotune import COMPILED_KERNELS
+    return k in COMPILED_KERNELS
+
+
 def pipelined_applies(h, w, k):
     """Whether MMUNIREP_DWCONV_PIPELINE=1 (or MMUNIREP_DWCONV_WGRAD_TC=1) changes the
     weight-gradient kernel of an H x W map at K: the autotuner's rule (compile-time K and a map

@@ -37,8 +37,8 @@ import time
 
 import torch
 import torch.nn.functional as F
-from bench_utils import (FWD_TILES, Report, TimeBudget, add_budget_argument, environ,
-                         fwd_tiles_apply, parse_shapes, pipelined_applies)
+from bench_utils import (FWD_TILES, Report, TimeBudget, add_budget_argument, autotune_applies,
+                         environ, fwd_tiles_apply, parse_shapes, pipelined_applies)
 
 SHAPES = [  # (N, C, H, W, K) and where they come from
     ((2, 192, 100, 168, 13), 'UniRepLKNet-S detection 1333x800, stage 2'),
@@ -216,8 +216,10 @@ VARIANTS = {None: {}, 'run-time K': {'MMUNIREP_DWCONV_GENERIC': '1'},
 def variant_applies(variant, h, w, k, dtype):
     """Whether ``variant`` runs other kernels than the default for an H x W map at K in
     ``dtype``."""
-    if variant in ('pipelined', 'autotuned'):  # the autotuner has weight-gradient variants
-        return pipelined_applies(h, w, k)       # wherever this one applies
+    if variant == 'autotuned':
+        return autotune_applies(k)
+    if variant == 'pipelined':
+        return pipelined_applies(h, w, k)
     if variant == 'tensor cores':  # half and bfloat16 only
         return pipelined_applies(h, w, k) and dtype in (torch.float16, torch.bfloat16)
     if variant in FWD_TILES:
@@ -484,7 +486,8 @@ def main():
                'other fwd tiles = ours with MMUNIREP_DWCONV_FWD_TILE (rows x columns x planes '
                'of a forward block; maps larger than 16x16, K = 7 and 13; default 16x32x4); '
                'autotuned = ours with MMUNIREP_DWCONV_AUTOTUNE=1 (each pass on the fastest of '
-               'the variants that agree with the default kernel, chosen on this shape; its '
+               'the variants that agree with the default kernel, chosen on this shape: the '
+               'kernels above, and half or twice the weight gradient\'s parts per channel; its '
                'choice, forward / weight gradient, on the fwd+bwd row); the other columns have '
                'the autotuner off; '
                'in map = share of the K*K taps that read the map, not its padding',

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mmunirep.ops import autotune
 from mmunirep.ops import depthwise_conv as dw_module
 from tool_utils import recording_backend
 
@@ -150,7 +151,9 @@ def test_dwconv_benchmark_smoke(tmp_path):
             fwd_choices = ['default tile', '16x32x2 tile', '32x32x2 tile'] + (
                 ['tensor cores'] if fp16 else [])
             assert m.group(4) in fwd_choices, r
-            assert m.group(5) in ['default', 'pipelined'] + (['tensor cores'] if fp16 else []), r
+            wgrad_kernels = ['default', 'pipelined'] + (['tensor cores'] if fp16 else [])
+            assert m.group(5) in [kernel + parts for kernel in wgrad_kernels
+                                  for parts, _ in autotune.PARTS], r
         else:
             assert m.group(3) is None, r
         assert float(r[13]) == pytest.approx(in_map / (20 * 37 * 49), abs=0.005)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from mmunirep.models import UniRepLKNet
 from mmunirep.ops import (DepthWiseConv2dImplicitGEMM, depthwise_conv2d, ext_available,
                           missing_kernels)
-from mmunirep.ops import cuda_archs
+from mmunirep.ops import autotune, cuda_archs
 from mmunirep.ops import depthwise_conv as dw_module
 
 CUDA = torch.cuda.is_available() and ext_available()
@@ -673,10 +673,13 @@ def test_cuda_extension_has_kernels_for_this_gpu():
 
 @needs_ext
 def test_extension_set_variants_checks_its_arguments():
-    dw_module._ext.set_variants(0, 1, 0, 1)
+    dw_module._ext.set_variants(0, 1, 0, 1, 2)
     dw_module._ext.set_variants(-1, -1, -1, -1)
-    with pytest.raises(RuntimeError, match=r'set_variants: expected .* got \(0, 2, 0, 0\)'):
+    assert dw_module._ext.variant_fields == len(autotune.UNSET)
+    with pytest.raises(RuntimeError, match=r'set_variants: expected .* got \(0, 2, 0, 0, -1\)'):
         dw_module._ext.set_variants(0, 2, 0, 0)
+    with pytest.raises(RuntimeError, match=r'got \(0, 0, 0, 0, 3\)'):
+        dw_module._ext.set_variants(0, 0, 0, 0, 3)
 
 
 @needs_cuda_op
@@ -688,7 +691,6 @@ def test_cuda_autotune_chooses_and_stays_correct(monkeypatch, dtype, n, c, h, w,
     kernel and timed; whatever wins, the results are within the dtype's tolerance of fp64, no
     variant is left out for disagreeing (a warning would say so), and a second call launches no
     tuning."""
-    from mmunirep.ops import autotune
     monkeypatch.setenv('MMUNIREP_DWCONV_AUTOTUNE', '1')
     monkeypatch.setattr(autotune, '_choices', {})
     torch.manual_seed(n + c + k)

@@ -776,6 +776,12 @@ def forward_backward(x, w, b, seed=5):
     return y.detach(), x.grad, w.grad, b.grad
 
 
+# the parts variants of the weight gradient's kernels, slower than any other in the tests that
+# are about the kernels
+PARTS_SLOWER = {kernel + parts: 9.0 for kernel in ('default', 'pipelined', 'tensor cores')
+                for parts in (', half the parts', ', twice the parts')}
+
+
 def launches_of(emu, fn, env=None):
     """(kernel, shared memory bytes) of each launch ``fn`` makes (with ``env`` set)."""
     emu.launches()
@@ -794,7 +800,7 @@ def test_emulated_autotune_keeps_the_fastest_variant_of_each_pass(emulated_ext, 
     products in the same order, so the results are bitwise those without autotuning."""
     emu = emulated_ext
     autotuning.update({'default tile': 3.0, '16x32x2 tile': 2.0, '32x32x2 tile': 1.0,
-                       'default': 2.0, 'pipelined': 1.0})
+                       'default': 2.0, 'pipelined': 1.0, **PARTS_SLOWER})
     g = torch.Generator().manual_seed(3)
     x = torch.randn(2, 3, 20, 40, generator=g)
     w = torch.randn(3, 1, 13, 13, generator=g) / 13
@@ -810,7 +816,8 @@ def test_emulated_autotune_keeps_the_fastest_variant_of_each_pass(emulated_ext, 
         f"mmunirep depthwise op autotuned {('forward', *key)}: 32x32x2 tile (default tile "
         '3.000 ms, 16x32x2 tile 2.000 ms, 32x32x2 tile 1.000 ms)',
         f"mmunirep depthwise op autotuned {('weight_grad', *key)}: pipelined (default 2.000 ms, "
-        'pipelined 1.000 ms)']
+        'default, half the parts 9.000 ms, default, twice the parts 9.000 ms, pipelined 1.000 ms, '
+        'pipelined, half the parts 9.000 ms, pipelined, twice the parts 9.000 ms)']
     assert {lg for _, lg in logged} == {'current'}
     monkeypatch.setenv('MMUNIREP_DWCONV_AUTOTUNE', '0')
     plain = forward_backward(x, w, b)
@@ -826,6 +833,49 @@ def test_emulated_autotune_keeps_the_fastest_variant_of_each_pass(emulated_ext, 
     default = launches_of(emu, run)
     assert chosen == forced and chosen != default
     assert len(chosen) == 4  # forward, input gradient, weight gradient, reduction: no tuning
+
+
+@pytest.mark.parametrize('n, c, h, w, k', [(5, 3, 40, 37, 13), (32, 8, 7, 7, 13)])
+def test_emulated_autotune_parts_are_half_and_twice_the_rule(emu, autotuning, monkeypatch, n, c,
+                                                             h, w, k):
+    """The weight gradient's parts variants (set_variants' weight_grad_parts) launch the rule's
+    count (0), half of it rounded up (1) and twice it (2), within 1..min(items, 64), whatever
+    MMUNIREP_DWCONV_WGRAD_PARTS says; the results agree with the rule's to the rounding of another
+    summation order. Tuned, a parts variant that wins is what later calls launch. Both a tiled
+    map and a whole-map one (7x7 K = 13 maps of classification run the latter)."""
+    emu.grid_y()  # forget earlier launches
+    default, _, (x, gy, wt) = weight_grads(emu, n, c, h, w, k, torch.float32)
+    [rule, _] = emu.grid_y()
+    monkeypatch.setenv('MMUNIREP_DWCONV_WGRAD_PARTS', '64')
+    weight_grads(emu, n, c, h, w, k, torch.float32)
+    [cap, _] = emu.grid_y()  # min(items, 64)
+    assert 2 <= rule and 2 * rule <= cap, (rule, cap)  # so that half and twice differ from it
+    monkeypatch.setenv('MMUNIREP_DWCONV_WGRAD_PARTS', '1')  # the variant comes first
+    for variant, expected in ((0, rule), (1, (rule + 1) // 2), (2, 2 * rule)):
+        emu.set_variants(-1, -1, -1, -1, variant)
+        try:
+            got, _, _ = weight_grads(emu, n, c, h, w, k, torch.float32)
+        finally:
+            emu.set_variants(-1, -1, -1, -1)
+        assert emu.grid_y()[0] == expected, variant
+        scale = assert_weight_grad_near_fp64(got, x, wt, gy)
+        torch.testing.assert_close(got / scale, default / scale, rtol=1e-5, atol=1e-6)
+    monkeypatch.delenv('MMUNIREP_DWCONV_WGRAD_PARTS')
+    monkeypatch.setattr(dw_module, '_ext', emu)
+    autotuning.update({'default tile': 1.0, '16x32x2 tile': 2.0, '32x32x2 tile': 2.0,
+                       'default': 2.0, 'default, half the parts': 3.0,
+                       'default, twice the parts': 1.0, 'pipelined': 4.0,
+                       'pipelined, half the parts': 4.0, 'pipelined, twice the parts': 4.0})
+    wt = wt.detach().requires_grad_()
+    depthwise_conv2d(x, wt, None).backward(gy)
+    assert [v for (pass_, *_), v in autotune.choices().items()
+            if pass_ == 'weight_grad'] == ['default, twice the parts']
+    emu.grid_y()
+    wt.grad = None
+    depthwise_conv2d(x, wt, None).backward(gy)  # the choice, applied
+    assert emu.grid_y()[-2:] == [2 * rule, 1]  # the weight gradient's launch, the reduction's
+    scale = assert_weight_grad_near_fp64(wt.grad, x, wt, gy)
+    torch.testing.assert_close(wt.grad / scale, default / scale, rtol=1e-5, atol=1e-6)
 
 
 def test_emulated_autotune_leaves_out_a_variant_that_disagrees_or_fails(emu, autotuning,
@@ -895,11 +945,16 @@ def test_autotune_candidates_are_those_the_extension_has():
     assert names(autotune.forward_candidates(x.half(), 7))[-1] == 'tensor cores'
     assert autotune.forward_candidates(x, 31) == []  # tiles and tensor cores up to K = 13
     small = x[:, :, :16, :16]  # whole-map kernels up to K = 13; 16x32 tiles of 2 planes at 31
+    parts = ['', ', half the parts', ', twice the parts']
     assert names(autotune.weight_grad_candidates(small.bfloat16(), 31)) == [
-        'default', 'pipelined', 'tensor cores']
-    for none in (small, x.double()):  # whole-map kernels; run-time-K kernels
-        assert autotune.forward_candidates(none, 13) == []
-        assert autotune.weight_grad_candidates(none, 13) == []
+        kernel + p for kernel in ('default', 'pipelined', 'tensor cores') for p in parts]
+    assert [c for _, c in autotune.weight_grad_candidates(x, 7)] == [
+        (0, 0, 0), (0, 0, 1), (0, 0, 2), (0, 1, 0), (0, 1, 1), (0, 1, 2)]
+    # whole-map kernels: one kernel, with its parts varied
+    assert names(autotune.weight_grad_candidates(small, 13)) == ['default' + p for p in parts]
+    assert autotune.forward_candidates(small, 13) == []
+    assert autotune.forward_candidates(x.double(), 13) == []  # run-time-K kernels
+    assert autotune.weight_grad_candidates(x.double(), 13) == []
     assert autotune.forward_candidates(x, 5) == autotune.weight_grad_candidates(x, 9) == []
 
 
@@ -907,7 +962,7 @@ def test_autotune_follows_cudnn_benchmark_and_the_environment(monkeypatch):
     """Unset, MMUNIREP_DWCONV_AUTOTUNE means off until the variants have run on a GPU
     (FOLLOW_CUDNN_BENCHMARK False), and then follows cudnn.benchmark."""
     x = torch.randn(1, 1, 4, 4)
-    ext = types.SimpleNamespace(set_variants=lambda *a: None)
+    ext = types.SimpleNamespace(set_variants=lambda *a: None, variant_fields=5)
     monkeypatch.delenv('MMUNIREP_DWCONV_AUTOTUNE', raising=False)
     monkeypatch.setattr(torch.backends.cudnn, 'benchmark', True)
     assert not autotune.FOLLOW_CUDNN_BENCHMARK and autotune.mode(x, ext) == 'off'
@@ -920,7 +975,11 @@ def test_autotune_follows_cudnn_benchmark_and_the_environment(monkeypatch):
     monkeypatch.setenv('MMUNIREP_DWCONV_AUTOTUNE', '1')
     monkeypatch.setattr(torch.backends.cudnn, 'benchmark', False)
     assert autotune.mode(x, ext) == 'tune'
-    assert autotune.mode(x, types.SimpleNamespace()) == 'off'  # an extension built before it
+    monkeypatch.setattr(autotune, '_warned', set())
+    for stale in (types.SimpleNamespace(), types.SimpleNamespace(variant_fields=4)):  # built
+        with pytest.warns(UserWarning, match='predates its variants .* Rebuild'):  # before it
+            assert autotune.mode(x, stale) == 'off'
+        autotune._warned.clear()
     monkeypatch.setattr(torch, 'are_deterministic_algorithms_enabled', lambda: True)
     assert autotune.mode(x, ext) == 'off'
     monkeypatch.setenv('MMUNIREP_DWCONV_AUTOTUNE', 'yes')
@@ -929,10 +988,14 @@ def test_autotune_follows_cudnn_benchmark_and_the_environment(monkeypatch):
 
 
 def test_emulated_set_variants_checks_its_arguments(emu):
-    emu.set_variants(2, 1, 1, 1)
-    emu.set_variants(-1, -1, -1, -1)
-    with pytest.raises(RuntimeError, match='set_variants: expected forward_tile in -1..2'):
+    emu.set_variants(2, 1, 1, 1, 2)
+    emu.set_variants(-1, -1, -1, -1)  # weight_grad_parts defaults to -1
+    assert emu.variant_fields == len(autotune.UNSET) == 5
+    with pytest.raises(RuntimeError, match=r'set_variants: expected forward_tile and '
+                       r'weight_grad_parts in -1..2 .* got \(3, 0, 0, 0, -1\)'):
         emu.set_variants(3, 0, 0, 0)
+    with pytest.raises(RuntimeError, match=r'got \(0, 0, 0, 0, 3\)'):
+        emu.set_variants(0, 0, 0, 0, 3)
 
 
 def test_emulated_autotune_under_torch_compile(emulated_ext, autotuning, monkeypatch):
@@ -942,7 +1005,7 @@ def test_emulated_autotune_under_torch_compile(emulated_ext, autotuning, monkeyp
     emu = emulated_ext
     monkeypatch.setattr(DepthWiseConv2dImplicitGEMM, '_fast_path_refusal', lambda self, x: None)
     autotuning.update({'default tile': 3.0, '16x32x2 tile': 1.0, '32x32x2 tile': 2.0,
-                       'default': 1.0, 'pipelined': 2.0})
+                       'default': 1.0, 'pipelined': 2.0, **PARTS_SLOWER})
     torch.manual_seed(7)
     conv = DepthWiseConv2dImplicitGEMM(4, 13, bias=True)
     compiled = torch.compile(copy.deepcopy(conv), fullgraph=True, backend='aot_eager')

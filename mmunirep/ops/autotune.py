@@ -3,8 +3,9 @@ among cuDNN's algorithms.
 
 The extension has, beside its default kernels, variants that are faster or slower depending on
 the GPU, the shape and the dtype: other forward tiles (16x32 of 2 planes, 32x32 of 2 planes), a
-pipelined weight gradient, and tensor-core forward and weight-gradient kernels for fp16 / bf16
-(README, "The op"). With autotuning on, the first call of each (device, dtype, shape, pass)
+pipelined weight gradient, tensor-core forward and weight-gradient kernels for fp16 / bf16
+(README, "The op"), and for each weight-gradient kernel half or twice the parts per channel that
+its rule (a wave model, ``weight_grad_parts`` in depthwise_conv_launch.cuh) gives. With autotuning on, the first call of each (device, dtype, shape, pass)
 runs every variant that applies, checks its result against the default kernel's (a variant that
 disagrees or fails is left out, with a warning), times the others (median of CUDA-event timings)
 and keeps the fastest for that shape's later calls, in this process.
@@ -33,10 +34,12 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from mmengine.logging import print_log
 
-# (forward_tile, forward_tc, weight_grad_tc, pipelined), as the extension's set_variants takes
-# them; -1: the environment's choice, or the default
-Variant = Tuple[int, int, int, int]
-UNSET: Variant = (-1, -1, -1, -1)
+# (forward_tile, forward_tc, weight_grad_tc, pipelined, weight_grad_parts), as the extension's
+# set_variants takes them; -1: the environment's choice, or the default
+Variant = Tuple[int, int, int, int, int]
+UNSET: Variant = (-1, -1, -1, -1, -1)
+# weight_grad_parts: the rule's count, half of it, twice it (clamped to 1..min(items, 64) in C++)
+PARTS = (('', 0), (', half the parts', 1), (', twice the parts', 2))
 COMPILED_KERNELS = (7, 13, 31)  # the sizes with compile-time kernels, which have variants
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 # how far a variant's result may be from the default kernel's, relative to the largest value of
@@ -49,7 +52,7 @@ TIMED_REPEATS = 5
 FOLLOW_CUDNN_BENCHMARK = False
 
 Key = Tuple
-_choices: Dict[Key, Tuple[str, Tuple[int, int]]] = {}
+_choices: Dict[Key, Tuple[str, Tuple[int, ...]]] = {}
 _warned: set = set()
 
 
@@ -81,7 +84,12 @@ def mode(x: torch.Tensor, ext) -> str:
     already made: during a CUDA graph capture)."""
     if not enabled():
         return 'off'
-    if not hasattr(ext, 'set_variants'):  # an extension built before the autotuner
+    if getattr(ext, 'variant_fields', 0) != len(UNSET):
+        _warn_once(('stale extension', ), 'mmunirep depthwise op: autotuning is on, but the built '
+                   'extension predates its variants (set_variants takes '
+                   f'{getattr(ext, "variant_fields", "no")} of the {len(UNSET)} expected); it runs '
+                   'without autotuning. Rebuild it: `FORCE_CUDA=1 pip install --no-build-isolation '
+                   '-e .` (README, "The op").')
         return 'off'
     if x.is_cuda and torch.cuda.is_current_stream_capturing():
         return 'apply'
@@ -106,9 +114,9 @@ def _tensor_cores(x: torch.Tensor) -> bool:
 # Where the extension has variants (depthwise_conv_launch.cuh decides; these mirror it so that
 # nothing is timed twice, and the benchmarks ask them which columns to time).
 def weight_grad_variants_apply(h: int, w: int, k: int) -> bool:
-    """Whether an H x W map at K has weight-gradient variants (pipelined; tensor cores in fp16 /
-    bf16): compile-time K (7, 13, 31) and a map too large for a whole-map tile (16x16 up to
-    K = 13; with_tile_shape)."""
+    """Whether an H x W map at K has weight-gradient kernel variants (pipelined; tensor cores in
+    fp16 / bf16): compile-time K (7, 13, 31) and a map too large for a whole-map tile (16x16 up
+    to K = 13; with_tile_shape). The parts count varies wherever K is compiled."""
     return k in COMPILED_KERNELS and (k > 13 or h > 16 or w > 16)
 
 
@@ -135,15 +143,19 @@ def forward_candidates(x: torch.Tensor, k: int) -> List[Tuple[str, Tuple[int, in
     return out
 
 
-def weight_grad_candidates(x: torch.Tensor, k: int) -> List[Tuple[str, Tuple[int, int]]]:
-    """(name, (weight_grad_tc, pipelined)) of the weight-gradient variants for ``x``, the
-    default first."""
-    if not (_compiled_kernels(x) and weight_grad_variants_apply(x.shape[2], x.shape[3], k)):
+def weight_grad_candidates(x: torch.Tensor, k: int) -> List[Tuple[str, Tuple[int, int, int]]]:
+    """(name, (weight_grad_tc, pipelined, weight_grad_parts)) of the weight-gradient variants
+    for ``x``, the default first: each kernel with the rule's parts, half and twice as many
+    (where half or twice is clamped to the rule's count, the same launch is timed twice: the
+    count is decided in C++, from the kernel's occupancy)."""
+    if not (_compiled_kernels(x) and k in COMPILED_KERNELS):
         return []
-    out = [('default', (0, 0)), ('pipelined', (0, 1))]
-    if x.dtype in HALF_DTYPES and _tensor_cores(x):
-        out.append(('tensor cores', (1, 0)))
-    return out
+    kernels = [('default', (0, 0))]
+    if weight_grad_variants_apply(x.shape[2], x.shape[3], k):
+        kernels.append(('pipelined', (0, 1)))
+        if x.dtype in HALF_DTYPES and _tensor_cores(x):
+            kernels.append(('tensor cores', (1, 0)))
+    return [(name + suffix, (*pair, parts)) for name, pair in kernels for suffix, parts in PARTS]
 
 
 @contextmanager
@@ -190,9 +202,9 @@ def _warn_once(key: Tuple, message: str) -> None:
         warnings.warn(message, stacklevel=4)
 
 
-def _tune(key: Key, candidates: Sequence[Tuple[str, Tuple[int, int]]],
-          run: Callable[[Tuple[int, int]], torch.Tensor],
-          device: torch.device) -> Tuple[str, Tuple[int, int]]:
+def _tune(key: Key, candidates: Sequence[Tuple[str, Tuple[int, ...]]],
+          run: Callable[[Tuple[int, ...]], torch.Tensor],
+          device: torch.device) -> Tuple[str, Tuple[int, ...]]:
     """Check every candidate against the first (the default kernel), time those that agree and
     return the fastest (name, pair)."""
     name0, pair0 = candidates[0]
@@ -232,7 +244,8 @@ def shape_key(x: torch.Tensor, weight: torch.Tensor) -> Tuple:
     return (str(x.device), str(x.dtype).replace('torch.', ''), *x.shape, weight.shape[-1])
 
 
-def _choose(pass_: str, x, weight, candidates_of, run, tuning: bool) -> Optional[Tuple[int, int]]:
+def _choose(pass_: str, x, weight, candidates_of, run,
+            tuning: bool) -> Optional[Tuple[int, ...]]:
     key = (pass_, *shape_key(x, weight))
     if key not in _choices:
         candidates = candidates_of(x, weight.shape[-1])
@@ -248,7 +261,7 @@ def forward(ext, x: torch.Tensor, weight: torch.Tensor,
     tuning = mode(x, ext) == 'tune'
 
     def run(pair):
-        with variants(ext, (*pair, -1, -1)):
+        with variants(ext, (*pair, -1, -1, -1)):
             return ext.depthwise_conv2d_forward(x, weight, bias)
 
     pair = _choose('forward', x, weight, forward_candidates, run, tuning)
@@ -263,16 +276,16 @@ def backward(ext, grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
     fwd = wgrad = None
     if need_input:
         def run_input(pair):
-            with variants(ext, (*pair, -1, -1)):
+            with variants(ext, (*pair, -1, -1, -1)):
                 return ext.depthwise_conv2d_backward(grad_out, x, weight, True, False, False)[0]
 
         fwd = _choose('forward', x, weight, forward_candidates, run_input, tuning)
     if need_weight:
-        def run_weight(pair):
-            with variants(ext, (-1, -1, *pair)):
+        def run_weight(triple):
+            with variants(ext, (-1, -1, *triple)):
                 return ext.depthwise_conv2d_backward(grad_out, x, weight, False, True, False)[1]
 
         wgrad = _choose('weight_grad', x, weight, weight_grad_candidates, run_weight, tuning)
-    with variants(ext, (*(fwd or (-1, -1)), *(wgrad or (-1, -1)))):
+    with variants(ext, (*(fwd or (-1, -1)), *(wgrad or (-1, -1, -1)))):
         return ext.depthwise_conv2d_backward(grad_out, x, weight, need_input, need_weight,
                                              need_bias)

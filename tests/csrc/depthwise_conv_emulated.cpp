@@ -146,7 +146,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_variants", &mmunirep::set_thread_variants,
         "the kernel variants of this thread's next calls (as the extension's)",
         py::arg("forward_tile"), py::arg("forward_tc"), py::arg("weight_grad_tc"),
-        py::arg("pipelined"));
+        py::arg("pipelined"), py::arg("weight_grad_parts") = -1);
+  m.attr("variant_fields") = 5;  // set_variants' arguments (mmunirep.ops.autotune checks them)
   m.def("blocks_run", [] { return g_blocks_run; }, "emulated blocks run so far");
   m.def(
       "set_schedule",

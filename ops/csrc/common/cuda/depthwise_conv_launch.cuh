@@ -46,20 +46,30 @@ struct Variants {
   int forward_tc = -1;      // MMUNIREP_DWCONV_FWD_TC: 0 or 1
   int weight_grad_tc = -1;  // MMUNIREP_DWCONV_WGRAD_TC: 0 or 1
   int pipelined = -1;       // MMUNIREP_DWCONV_PIPELINE: 0 or 1
+  // the weight gradient's parts per channel (MMUNIREP_DWCONV_WGRAD_PARTS): 0 the rule's count
+  // (weight_grad_parts), 1 half of it, 2 twice it; see choose_weight_grad_parts
+  int weight_grad_parts = -1;
 };
+// In an unnamed namespace: a thread_local inside an inline function is one object for the whole
+// process (a GNU unique symbol, even across libraries loaded RTLD_LOCAL), which the tests'
+// emulated kernels would share with the extension, whatever the two were built from.
+namespace {
 inline Variants& thread_variants() {
   thread_local Variants variants;
   return variants;
 }
+}  // namespace
 inline void set_thread_variants(int64_t forward_tile, int64_t forward_tc, int64_t weight_grad_tc,
-                                int64_t pipelined) {
+                                int64_t pipelined, int64_t weight_grad_parts = -1) {
   TORCH_CHECK(forward_tile >= -1 && forward_tile <= 2 && forward_tc >= -1 && forward_tc <= 1 &&
                   weight_grad_tc >= -1 && weight_grad_tc <= 1 && pipelined >= -1 &&
-                  pipelined <= 1,
-              "set_variants: expected forward_tile in -1..2 and the others in -1..1, got (",
-              forward_tile, ", ", forward_tc, ", ", weight_grad_tc, ", ", pipelined, ")");
+                  pipelined <= 1 && weight_grad_parts >= -1 && weight_grad_parts <= 2,
+              "set_variants: expected forward_tile and weight_grad_parts in -1..2 and the others "
+              "in -1..1, got (", forward_tile, ", ", forward_tc, ", ", weight_grad_tc, ", ",
+              pipelined, ", ", weight_grad_parts, ")");
   thread_variants() = Variants{static_cast<int>(forward_tile), static_cast<int>(forward_tc),
-                               static_cast<int>(weight_grad_tc), static_cast<int>(pipelined)};
+                               static_cast<int>(weight_grad_tc), static_cast<int>(pipelined),
+                               static_cast<int>(weight_grad_parts)};
 }
 
 // MMUNIREP_DWCONV_PIPELINE=1 runs the pipelined weight-gradient kernels where there are some
@@ -283,9 +293,17 @@ void launch_forward(const Launch& launch, const at::Tensor& input, const at::Ten
 // MMUNIREP_DWCONV_WGRAD_PARTS picks the weight gradient's parts per channel, to measure the rule
 // above: a count from 1 to 64 (fewer where a channel has fewer items), or "legacy" for
 // legacy_weight_grad_parts. Unset or empty: weight_grad_parts. Anything else is an error.
+// The autotuner's choice (Variants::weight_grad_parts) comes first: the rule's count, half of it
+// or twice it, within 1..min(items, 64), as the rule's wave model is not measured on every GPU.
 template <typename Launch, typename Kernel>
 int choose_weight_grad_parts(const Launch& launch, Kernel kernel, int threads, size_t smem,
                              int64_t items, int64_t channels) {
+  const int scale = thread_variants().weight_grad_parts;
+  if (scale >= 0) {
+    const int64_t rule = parts_by_occupancy(launch, kernel, threads, smem, items, channels);
+    const int64_t parts = scale == 1 ? (rule + 1) / 2 : scale == 2 ? 2 * rule : rule;
+    return static_cast<int>(std::clamp<int64_t>(parts, 1, std::min<int64_t>(items, 64)));
+  }
   const char* v = std::getenv("MMUNIREP_DWCONV_WGRAD_PARTS");
   const std::string forced = v != nullptr ? v : "";
   if (forced == "legacy")
