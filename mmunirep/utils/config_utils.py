@@ -109,15 +109,18 @@ def end_distributed_process() -> None:
     """End a tool's process now if it left a process group: atexit handlers (logging's flush
     among them) run first, then ``os._exit(0)`` skips the interpreter's finalization.
 
-    Why: once DistributedDataParallel has been built, torch (2.14) keeps the gloo process group
-    alive after ``destroy_process_group()``, with no Python reference left to drop, so its worker
-    threads are never joined. A worker still freeing the tensors of the last collective (mmengine
+    Why: a gloo worker thread still freeing the tensors of the last collective (mmengine
     broadcasts the metrics) when the interpreter finalizes needs the GIL, is made to exit, and
     the unwind through a noexcept frame calls std::terminate: "terminate called without an
     active exception", SIGABRT after a successful run (pytorch/pytorch#190489; seen here in
-    about 1 in 5 two-process CPU runs, core dumped and read with gdb). Nothing in mmengine or
-    torch ends a process without that finalization, hence this function. Only the tools'
-    ``__main__`` calls it: tests and users that call ``main()`` keep their interpreter.
+    about 1 in 5 two-process CPU runs, core dumped and read with gdb). Destroying the group does
+    not join those threads: torch (2.14) keeps it alive. ``torch.distributed.nn.functional``'s
+    functions take ``group=group.WORLD`` as a default argument, evaluated when that module is
+    first imported, and DistributedDataParallel's constructor imports it (through
+    ``torch._dynamo``) after the group exists; mmengine's Runner also holds the wrapped model in
+    reference cycles until the interpreter's last collection. Nothing in mmengine or torch ends
+    a process without that finalization, hence this function. Only the tools' ``__main__``
+    calls it: tests and users that call ``main()`` keep their interpreter.
     """
     if not _left_a_process_group:
         return
