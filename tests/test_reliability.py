@@ -147,7 +147,8 @@ def test_tools_leave_the_process_group_before_exit(monkeypatch):
         with open(osp.join(ROOT, 'tools', f'{tool}.py')) as f:
             text = f.read()
         assert call in text, tool
-        assert text.endswith("if __name__ == '__main__':\n    main()\n    end_distributed_process()\n"), tool
+        ending = "if __name__ == '__main__':\n    main()\n    end_distributed_process()\n"
+        assert text.endswith(ending), tool
 
 
 END_SCRIPT = """

@@ -5,10 +5,11 @@ The extension has, beside its default kernels, variants that are faster or slowe
 the GPU, the shape and the dtype: other forward tiles (16x32 of 2 planes, 32x32 of 2 planes), a
 pipelined weight gradient, tensor-core forward and weight-gradient kernels for fp16 / bf16
 (README, "The op"), and for each weight-gradient kernel half or twice the parts per channel that
-its rule (a wave model, ``weight_grad_parts`` in depthwise_conv_launch.cuh) gives. With autotuning on, the first call of each (device, dtype, shape, pass)
-runs every variant that applies, checks its result against the default kernel's (a variant that
-disagrees or fails is left out, with a warning), times the others (median of CUDA-event timings)
-and keeps the fastest for that shape's later calls, in this process.
+its rule (a wave model, ``weight_grad_parts`` in depthwise_conv_launch.cuh) gives. With
+autotuning on, the first call of each (device, dtype, shape, pass) runs every variant that
+applies, checks its result against the default kernel's (a variant that disagrees or fails is
+left out, with a warning), times the others (median of CUDA-event timings) and keeps the fastest
+for that shape's later calls, in this process.
 
 On when ``MMUNIREP_DWCONV_AUTOTUNE=1``, off when ``=0``. Unset, it is off for now: none of the
 variants has run on a GPU yet (the next GPU session's tests run them), and MMSegmentation's
@@ -44,7 +45,8 @@ COMPILED_KERNELS = (7, 13, 31)  # the sizes with compile-time kernels, which hav
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 # how far a variant's result may be from the default kernel's, relative to the largest value of
 # the default's: the tile and pipelined variants add the same products in the same order (bitwise
-# equal), the tensor-core ones in another order and round their output once
+# equal), another parts count splits the weight gradient's sums elsewhere, the tensor-core ones
+# add in another order and round their output once
 AGREEMENT = {torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
 TIMED_REPEATS = 5
 # whether MMUNIREP_DWCONV_AUTOTUNE unset follows cudnn.benchmark (True) or means off (False: until
