@@ -17,6 +17,7 @@ import copy
 import itertools
 import os
 import types
+import warnings
 
 import pytest
 import torch
@@ -976,8 +977,12 @@ def test_autotune_follows_cudnn_benchmark_and_the_environment(monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, 'benchmark', False)
     assert autotune.mode(x, ext) == 'tune'
     monkeypatch.setattr(autotune, '_warned', set())
-    for stale in (types.SimpleNamespace(), types.SimpleNamespace(variant_fields=4)):  # built
-        with pytest.warns(UserWarning, match='predates its variants .* Rebuild'):  # before it
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # a build without CUDA has no variants: off, silently
+        assert autotune.mode(x, types.SimpleNamespace(with_cuda=False)) == 'off'
+    for stale in (types.SimpleNamespace(set_variants=lambda *a: None),  # built before the
+                  types.SimpleNamespace(set_variants=lambda *a: None, variant_fields=4)):  # parts
+        with pytest.warns(UserWarning, match='predates its variants .* Rebuild'):
             assert autotune.mode(x, stale) == 'off'
         autotune._warned.clear()
     monkeypatch.setattr(torch, 'are_deterministic_algorithms_enabled', lambda: True)

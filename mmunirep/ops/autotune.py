@@ -86,6 +86,8 @@ def mode(x: torch.Tensor, ext) -> str:
     already made: during a CUDA graph capture)."""
     if not enabled():
         return 'off'
+    if not hasattr(ext, 'set_variants'):  # a build without CUDA: no kernel variants to choose
+        return 'off'
     if getattr(ext, 'variant_fields', 0) != len(UNSET):
         _warn_once(('stale extension', ), 'mmunirep depthwise op: autotuning is on, but the built '
                    'extension predates its variants (set_variants takes '
