@@ -79,11 +79,21 @@ def parse_shapes(values):
 
 # MMUNIREP_DWCONV_FWD_TILE's forward tiles (rows x columns x planes of a forward block)
 FWD_TILES = ('16x32x2', '32x32x2')
+# the pipelined forward (MMUNIREP_DWCONV_FWD_PIPELINE=1, fp32) on each tile, the default first:
+# name -> its MMUNIREP_DWCONV_FWD_TILE
+FWD_PIPELINED = {'16x32x4 pipelined': '', '16x32x2 pipelined': '16x32x2',
+                 '32x32x2 pipelined': '32x32x2'}
+
+
+def fwd_pipelined_env(name):
+    """The environment that runs the pipelined forward ``name`` (FWD_PIPELINED)."""
+    return {'MMUNIREP_DWCONV_FWD_PIPELINE': '1', 'MMUNIREP_DWCONV_FWD_TILE': FWD_PIPELINED[name]}
 
 
 def fwd_tiles_apply(h, w, k):
-    """Whether MMUNIREP_DWCONV_FWD_TILE (or MMUNIREP_DWCONV_FWD_TC) changes the forward kernel
-    of an H x W map at K: the autotuner's rule (K = 7 and 13, maps larger than 16x16)."""
+    """Whether MMUNIREP_DWCONV_FWD_TILE (or MMUNIREP_DWCONV_FWD_TC, or in fp32
+    MMUNIREP_DWCONV_FWD_PIPELINE) changes the forward kernel of an H x W map at K: the
+    autotuner's rule (K = 7 and 13, maps larger than 16x16)."""
     from mmunirep.ops.autotune import forward_variants_apply
     return forward_variants_apply(h, w, k)
 

@@ -37,8 +37,9 @@ import time
 
 import torch
 import torch.nn.functional as F
-from bench_utils import (FWD_TILES, Report, TimeBudget, add_budget_argument, autotune_applies,
-                         environ, fwd_tiles_apply, parse_shapes, pipelined_applies)
+from bench_utils import (FWD_PIPELINED, FWD_TILES, Report, TimeBudget, add_budget_argument,
+                         autotune_applies, environ, fwd_pipelined_env, fwd_tiles_apply,
+                         parse_shapes, pipelined_applies)
 
 SHAPES = [  # (N, C, H, W, K) and where they come from
     ((2, 192, 100, 168, 13), 'UniRepLKNet-S detection 1333x800, stage 2'),
@@ -198,7 +199,8 @@ def bench_shape(shape, dtype, args, op):
             result['ours_autotuned'] = time_passes(convs['ours'][0], torch.contiguous_format, x,
                                                    wt, g, args)
         result['autotuned_choice'] = autotuned_choice(x, wt)
-    for tile in FWD_TILES:  # ours on the other forward tiles: forward and input gradient
+    # ours on the other forward tiles, and pipelined on each tile: forward and input gradient
+    for tile in (*FWD_TILES, *FWD_PIPELINED):
         if variant_applies(tile, h, w, k, dtype):
             with kernel_variant(tile):
                 result[tile] = time_passes(convs['ours'][0], torch.contiguous_format, x, wt, g,
@@ -210,7 +212,8 @@ VARIANTS = {None: {}, 'run-time K': {'MMUNIREP_DWCONV_GENERIC': '1'},
             'autotuned': {'MMUNIREP_DWCONV_AUTOTUNE': '1'},
             'pipelined': {'MMUNIREP_DWCONV_PIPELINE': '1'},
             'tensor cores': {'MMUNIREP_DWCONV_WGRAD_TC': '1', 'MMUNIREP_DWCONV_FWD_TC': '1'},
-            **{t: {'MMUNIREP_DWCONV_FWD_TILE': t} for t in FWD_TILES}}  # and how to pick them
+            **{t: {'MMUNIREP_DWCONV_FWD_TILE': t} for t in FWD_TILES},
+            **{t: fwd_pipelined_env(t) for t in FWD_PIPELINED}}  # and how to pick them
 
 
 def variant_applies(variant, h, w, k, dtype):
@@ -224,12 +227,15 @@ def variant_applies(variant, h, w, k, dtype):
         return pipelined_applies(h, w, k) and dtype in (torch.float16, torch.bfloat16)
     if variant in FWD_TILES:
         return fwd_tiles_apply(h, w, k)
+    if variant in FWD_PIPELINED:  # fp32 only
+        return fwd_tiles_apply(h, w, k) and dtype == torch.float32
     return True
 
 
 def kernel_variant(variant):
     """The op's kernels of ``variant`` while the block runs: its defaults (None), the run-time-K
-    kernels, the pipelined weight gradient, the tensor-core kernels, the other forward tiles."""
+    kernels, the pipelined weight gradient, the tensor-core kernels, the other forward tiles, the
+    pipelined forward."""
     return environ(VARIANTS[variant])
 
 
@@ -268,7 +274,8 @@ def fwd_tiles(r, p, best):
     the faster PyTorch path ``best``, where they apply."""
     if p not in ('fwd', 'dgrad'):
         return ''
-    return ' / '.join(f'{t}: {r[t][p]:.3f} ({best / r[t][p]:.2f}x)' for t in FWD_TILES if t in r)
+    return ' / '.join(f'{t}: {r[t][p]:.3f} ({best / r[t][p]:.2f}x)'
+                      for t in (*FWD_TILES, *FWD_PIPELINED) if t in r)
 
 
 def pipelined(r, p, best):
@@ -484,7 +491,9 @@ def main():
                '(the same maps in fp16 and bf16; the forward and input gradient at K = 7 and 13 '
                'only), likewise; '
                'other fwd tiles = ours with MMUNIREP_DWCONV_FWD_TILE (rows x columns x planes '
-               'of a forward block; maps larger than 16x16, K = 7 and 13; default 16x32x4); '
+               'of a forward block; maps larger than 16x16, K = 7 and 13; default 16x32x4) '
+               'and, in fp32, each tile pipelined (MMUNIREP_DWCONV_FWD_PIPELINE=1: cp.async into '
+               'two staging buffers, one wave of blocks walking the tiles); '
                'autotuned = ours with MMUNIREP_DWCONV_AUTOTUNE=1 (each pass on the fastest of '
                'the variants that agree with the default kernel, chosen on this shape: the '
                'kernels above, and half or twice the weight gradient\'s parts per channel; its '

@@ -28,7 +28,9 @@
 #                       (train_step_tc: the tensor-core kernels), then the `profile` step's ncu
 #                       report of benchmarks/profile_kernels.py (occupancy, issue, warp states per
 #                       kernel),
-#                       then the training step with MMUNIREP_DWCONV_PIPELINE=1 (train_step_pipelined),
+#                       then the training step with MMUNIREP_DWCONV_PIPELINE=1 and
+#                       MMUNIREP_DWCONV_FWD_PIPELINE=1 (train_step_pipelined: the pipelined weight
+#                       gradient, and in fp32 the pipelined forward and input gradient),
 #                       then dwconv_benchmark.py --parts-sweep (parts_sweep: the weight gradient
 #                       by parts per channel against the op's rule), then the training step in
 #                       bf16 with both models torch.compile'd (train_step_compile: the op against
@@ -154,12 +156,13 @@ EOF
       "$PY" benchmarks/train_step_benchmark.py ${TRAIN_STEP_TC_ARGS:---precision bf16 fp16}
     # clocks not locked: KINDS.md saw ncu read counters on these machines with --clock-control none
     step profile "$OUT/bench.log" 120 "${NCU:-ncu}" --clock-control none \
-      -k 'regex:depthwise_conv2d_(forward|weight_grad)_(k|tc)_kernel' --section SpeedOfLight \
+      -k 'regex:depthwise_conv2d_(forward|weight_grad)_(k|tc|pipelined)_kernel' --section SpeedOfLight \
       --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats \
       "$PY" benchmarks/profile_kernels.py ${PROFILE_ARGS:-}
-    # the training step again with the pipelined weight gradient on the op's side (last: the
-    # first step to go when the budget runs short); its table goes to bench.log only
+    # the training step again with the pipelined kernels on the op's side (the weight gradient;
+    # in fp32 the forward and input gradient too); its table goes to bench.log only
     step train_step_pipelined "$OUT/bench.log" 120 env MMUNIREP_DWCONV_PIPELINE=1 \
+      MMUNIREP_DWCONV_FWD_PIPELINE=1 \
       "$PY" benchmarks/train_step_benchmark.py ${TRAIN_STEP_PIPELINED_ARGS:---precision fp32 bf16}
     # the weight gradient by parts per channel, against the op's rule (weight_grad_parts); its
     # table goes to bench.log only

@@ -30,7 +30,7 @@ def stub_extension(x, weight):
     return types.SimpleNamespace(
         with_cuda=True,
         set_variants=lambda *variant: None,  # as the extension's (the autotuner stays off)
-        variant_fields=5,
+        variant_fields=6,
         depthwise_conv2d_forward=lambda x, w, b: out,
         depthwise_conv2d_backward=lambda g, x, w, nx, nw, nb: (grad_x if nx else None,
                                                                grad_w if nw else None, None))

@@ -1,6 +1,6 @@
 """Run the op's kernels once per shape and pass, for a profiler (needs a GPU).
 
-    ncu --clock-control none -k 'regex:depthwise_conv2d_(forward|weight_grad)_(k|tc)_kernel' \
+    ncu --clock-control none -k 'regex:depthwise_conv2d_(forward|weight_grad)_(k|tc|pipelined)_kernel' \
         --section SpeedOfLight --section Occupancy --section WarpStateStats \
         python benchmarks/profile_kernels.py [--shapes N,C,H,W,K ...] [--dtypes fp32 bf16]
 
@@ -9,15 +9,17 @@ forward kernel with the flipped filter), and for maps larger than 16x16 the pipe
 gradient too (MMUNIREP_DWCONV_PIPELINE=1; its kernel's name ends in `, true>`), in fp16 / bf16
 the tensor-core forward (K = 7 and 13) and weight gradient (MMUNIREP_DWCONV_FWD_TC=1,
 MMUNIREP_DWCONV_WGRAD_TC=1; `forward_tc_kernel`, `weight_grad_tc_kernel`) and, at K = 7 and
-13, the forward on the other tiles (MMUNIREP_DWCONV_FWD_TILE; the tile is in the kernel's name),
-after printing a `case` line, so that the profiler's report can be read case by case. ``gpu_session.sh`` runs it under ncu as its `profile` step. The
+13, the forward on the other tiles (MMUNIREP_DWCONV_FWD_TILE; the tile is in the kernel's name)
+and, in fp32, the pipelined forward on each tile (MMUNIREP_DWCONV_FWD_PIPELINE=1;
+`forward_pipelined_kernel`), after printing a `case` line, so that the profiler's report can be read case by case. ``gpu_session.sh`` runs it under ncu as its `profile` step. The
 default cases are the three kernels' main tile shapes: 16x32 tiles at K = 13 (detection), at
 K = 7 in bf16 (RepLKNet, where cuDNN is closest) and 8x8 whole maps (classification stage 4).
 """
 import argparse
 
 import torch
-from bench_utils import FWD_TILES, environ, fwd_tiles_apply, parse_shapes, pipelined_applies
+from bench_utils import (FWD_PIPELINED, FWD_TILES, environ, fwd_pipelined_env, fwd_tiles_apply,
+                         parse_shapes, pipelined_applies)
 
 DTYPES = dict(fp32=torch.float32, fp16=torch.float16, bf16=torch.bfloat16)
 CASES = [((2, 192, 100, 168, 13), 'fp32'), ((64, 384, 32, 32, 7), 'bf16'),
@@ -50,11 +52,13 @@ def main():
         pipelined = pipelined_applies(h, w, k)
         tensor_cores = pipelined and dtype in (torch.float16, torch.bfloat16)  # the same maps
         tiles = FWD_TILES if fwd_tiles_apply(h, w, k) else ()
+        piped = tuple(FWD_PIPELINED) if tiles and dtype == torch.float32 else ()
         print(f'case {(n, c, h, w, k)} {dname}: forward, then weight gradient'
               + (', then the pipelined weight gradient' if pipelined else '')
               + (', then the tensor-core forward (K <= 13) and weight gradient'
                  if tensor_cores else '')
-              + ''.join(f', then the forward on {t} tiles' for t in tiles), flush=True)
+              + ''.join(f', then the forward on {t} tiles' for t in tiles)
+              + ''.join(f', then the forward {t}' for t in piped), flush=True)
         dw._ext.depthwise_conv2d_forward(x, weight, None)
         dw._ext.depthwise_conv2d_backward(grad, x, weight, False, True, False)
         if pipelined:
@@ -66,6 +70,9 @@ def main():
                 dw._ext.depthwise_conv2d_backward(grad, x, weight, False, True, False)
         for t in tiles:
             with environ({'MMUNIREP_DWCONV_FWD_TILE': t}):
+                dw._ext.depthwise_conv2d_forward(x, weight, None)
+        for t in piped:
+            with environ(fwd_pipelined_env(t)):
                 dw._ext.depthwise_conv2d_forward(x, weight, None)
         torch.cuda.synchronize()
 

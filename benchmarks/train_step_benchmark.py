@@ -77,7 +77,8 @@ def parse_args():
 
 def op_kernels():
     """Which kernels the op runs (its switches are read at every launch): its tensor-core ones
-    in fp16 / bf16 (they take precedence), the pipelined weight gradient, or the defaults."""
+    in fp16 / bf16 (they take precedence), the pipelined weight gradient and forward, or the
+    defaults."""
     switches = [f'MMUNIREP_DWCONV_{s}_TC=1' for s in ('FWD', 'WGRAD')
                 if os.environ.get(f'MMUNIREP_DWCONV_{s}_TC', '') == '1']
     words = []
@@ -85,6 +86,9 @@ def op_kernels():
         words.append(f'tensor cores in fp16 / bf16 ({", ".join(switches)})')
     if os.environ.get('MMUNIREP_DWCONV_PIPELINE', '').startswith('1'):
         words.append('pipelined weight gradient (MMUNIREP_DWCONV_PIPELINE=1)')
+    if os.environ.get('MMUNIREP_DWCONV_FWD_PIPELINE', '').startswith('1'):
+        words.append('pipelined forward and input gradient in fp32 '
+                     '(MMUNIREP_DWCONV_FWD_PIPELINE=1)')
     from mmunirep.ops import autotune
     if autotune.enabled():
         words.insert(0, 'autotuned per shape (the switches below only for shapes without '

@@ -134,10 +134,12 @@ def test_dwconv_benchmark_smoke(tmp_path):
                                                           rel=0.05)
             else:
                 assert r[column].strip() == ''
-        # and at K = 7 the forward and input gradient on the other forward tiles, with ratios
+        # and at K = 7 the forward and input gradient on the other forward tiles, and in fp32
+        # pipelined on each tile, with ratios
         if r[2].strip() in ('fwd', 'dgrad'):
-            tiles = re.findall(r'(\w+): (\d+\.\d+) \((\d+\.\d+)x\)', r[11])
-            assert [t[0] for t in tiles] == ['16x32x2', '32x32x2'], r
+            tiles = re.findall(r'(\w+(?: pipelined)?): (\d+\.\d+) \((\d+\.\d+)x\)', r[11])
+            assert [t[0] for t in tiles] == ['16x32x2', '32x32x2'] + (
+                [] if fp16 else ['16x32x4 pipelined', '16x32x2 pipelined', '32x32x2 pipelined']), r
             for _, ms, tile_ratio in tiles:
                 assert float(tile_ratio) == pytest.approx(min(nchw, cl) / float(ms), rel=0.05)
         else:
@@ -148,8 +150,9 @@ def test_dwconv_benchmark_smoke(tmp_path):
         assert m and float(m.group(2)) == pytest.approx(min(nchw, cl) / float(m.group(1)),
                                                         rel=0.05), r
         if r[2].strip() == 'fwd+bwd':
-            fwd_choices = ['default tile', '16x32x2 tile', '32x32x2 tile'] + (
-                ['tensor cores'] if fp16 else [])
+            tiles = ['default tile', '16x32x2 tile', '32x32x2 tile']
+            fwd_choices = tiles + (['tensor cores'] if fp16 else
+                                   [t + ', pipelined' for t in tiles])
             assert m.group(4) in fwd_choices, r
             wgrad_kernels = ['default', 'pipelined'] + (['tensor cores'] if fp16 else [])
             assert m.group(5) in [kernel + parts for kernel in wgrad_kernels
@@ -271,15 +274,15 @@ def test_gpu_session_profile_step_runs_ncu_on_the_kernels(tmp_path):
                           timeout=300)
     assert 'profile: exit 0' in (tmp_path / 'out' / 'summary.txt').read_text(), proc.stdout
     log = (tmp_path / 'out' / 'bench.log').read_text()
-    assert "-k regex:depthwise_conv2d_(forward|weight_grad)_(k|tc)_kernel" in log
+    assert "-k regex:depthwise_conv2d_(forward|weight_grad)_(k|tc|pipelined)_kernel" in log
     assert '--section WarpStateStats' in log
     assert 'benchmarks/profile_kernels.py --dtypes bf16' in log
 
 
 @pytest.mark.parametrize('step, precision, kernel, extra', [
     ('train_step_autotune', 'fp32', 'autotuned per shape', 'eager, cudnn.benchmark True'),
-    ('train_step_pipelined', 'fp32', 'pipelined weight gradient (MMUNIREP_DWCONV_PIPELINE=1)',
-     ''),
+    ('train_step_pipelined', 'fp32', 'pipelined weight gradient (MMUNIREP_DWCONV_PIPELINE=1); '
+     'pipelined forward and input gradient in fp32 (MMUNIREP_DWCONV_FWD_PIPELINE=1)', ''),
     ('train_step_tc', 'bf16', 'tensor cores in fp16 / bf16 (MMUNIREP_DWCONV_FWD_TC=1, '
                               'MMUNIREP_DWCONV_WGRAD_TC=1)', ''),
     # Inductor would take minutes on 2 cores: torch's aot_eager stands in for it here
@@ -294,6 +297,7 @@ def test_gpu_session_train_step_variant_steps(tmp_path, step, precision, kernel,
     env[f'{step.upper()}_ARGS'] = (f'--device cpu --arch a --size 64 96 --repeats 1 '
                                    f'--warmup {warmup} {backend}--precision {precision}')
     env.pop('MMUNIREP_DWCONV_PIPELINE', None)
+    env.pop('MMUNIREP_DWCONV_FWD_PIPELINE', None)
     env.pop('MMUNIREP_DWCONV_WGRAD_TC', None)
     env.pop('MMUNIREP_DWCONV_FWD_TC', None)
     env.pop('MMUNIREP_DWCONV_AUTOTUNE', None)

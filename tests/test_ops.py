@@ -423,6 +423,42 @@ def test_cuda_forward_tiles_match_the_default(monkeypatch, tile, dtype, n, c, h,
         torch.testing.assert_close(got.double() / scale, ref.detach() / scale, **TOL[dtype])
 
 
+def forward_kernels(fn):
+    """fn() and the names of the CUDA kernels it ran whose name says forward."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        out = fn()
+        torch.cuda.synchronize()
+    return out, {e.key for e in prof.key_averages() if 'forward' in e.key}
+
+
+@needs_cuda_op
+@pytest.mark.parametrize('tile', ['', '16x32x2', '32x32x2'])
+@pytest.mark.parametrize('n, c, h, w, k', [
+    (4, 16, 20, 20, 7), (3, 9, 40, 37, 13), (2, 3, 100, 168, 13), (2, 6, 25, 42, 13),
+    (5, 3, 17, 33, 7), (2, 192, 100, 168, 13), (64, 96, 32, 32, 7)])
+def test_cuda_pipelined_forward_matches_the_default(monkeypatch, tile, n, c, h, w, k):
+    """MMUNIREP_DWCONV_FWD_PIPELINE=1 (fp32, maps larger than 16x16, K = 7 and 13): the profiler
+    sees the pipelined kernel (cp.async into two staging buffers, blocks walking several items)
+    run for the forward and the input gradient, on each forward tile, and its results are bitwise
+    the default kernel's and within fp32's tolerance of fp64. The emulated tests check its
+    barriers and waits; this checks the GPU's cp.async and the item walk at full scale."""
+    monkeypatch.setenv('MMUNIREP_DWCONV_FWD_TILE', tile)
+    run, (x, wt, b, g) = forward_case(n, c, h, w, k, torch.float32)
+    default = run()
+    monkeypatch.setenv('MMUNIREP_DWCONV_FWD_PIPELINE', '1')
+    piped, kernels = forward_kernels(run)
+    assert any('forward_pipelined_kernel' in name for name in kernels), kernels
+    assert not any('forward_k_kernel' in name for name in kernels), kernels
+    x64, w64, b64, y64 = reference(x, wt, b)
+    y64.backward(g.double())
+    for got, same, ref in zip(piped, default, (y64, x64.grad)):
+        assert torch.equal(got, same)
+        scale = ref.abs().max()
+        torch.testing.assert_close(got.double() / scale, ref.detach() / scale,
+                                   **TOL[torch.float32])
+    assert torch.equal(run()[0], piped[0])  # bitwise repeatable
+
+
 def assert_weight_grad_near_fp64(got, x, wt, g):
     """A weight gradient is finite and within its dtype's tolerance of fp64, relative to the
     largest value; returns that value."""
@@ -673,13 +709,16 @@ def test_cuda_extension_has_kernels_for_this_gpu():
 
 @needs_ext
 def test_extension_set_variants_checks_its_arguments():
-    dw_module._ext.set_variants(0, 1, 0, 1, 2)
+    dw_module._ext.set_variants(0, 1, 0, 1, 2, 1)
     dw_module._ext.set_variants(-1, -1, -1, -1)
     assert dw_module._ext.variant_fields == len(autotune.UNSET)
-    with pytest.raises(RuntimeError, match=r'set_variants: expected .* got \(0, 2, 0, 0, -1\)'):
+    with pytest.raises(RuntimeError,
+                       match=r'set_variants: expected .* got \(0, 2, 0, 0, -1, -1\)'):
         dw_module._ext.set_variants(0, 2, 0, 0)
-    with pytest.raises(RuntimeError, match=r'got \(0, 0, 0, 0, 3\)'):
+    with pytest.raises(RuntimeError, match=r'got \(0, 0, 0, 0, 3, -1\)'):
         dw_module._ext.set_variants(0, 0, 0, 0, 3)
+    with pytest.raises(RuntimeError, match=r'got \(0, 0, 0, 0, 0, 2\)'):
+        dw_module._ext.set_variants(0, 0, 0, 0, 0, 2)
 
 
 @needs_cuda_op

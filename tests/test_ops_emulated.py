@@ -184,6 +184,99 @@ def test_emulated_forward_tile_variant_names_are_checked(emu, monkeypatch):
         emu.depthwise_conv2d_forward(x, torch.randn(2, 1, 13, 13), None)
 
 
+def forward_and_input_grad(emu, n, c, h, w, k, dtype):
+    """The forward output and input gradient of fresh random data, their launches ((kernel,
+    shared memory bytes) each) and blocks run."""
+    g = torch.Generator().manual_seed(n * 100 + h * 10 + k)
+    x, gy = torch.randn(n, c, h, w, generator=g).to(dtype), torch.randn(n, c, h, w, generator=g)
+    wt, b = torch.randn(c, 1, k, k, generator=g) / k, torch.randn(c, generator=g)
+    gy, wt, b = gy.to(dtype), wt.to(dtype), b.to(dtype)
+    emu.launches()
+    (y, gx), blocks = blocks_of(emu, lambda: (
+        emu.depthwise_conv2d_forward(guarded(x), guarded(wt), guarded(b)),
+        emu.depthwise_conv2d_backward(guarded(gy), guarded(x), guarded(wt), True, False,
+                                      False)[0]))
+    return (y, gx), emu.launches(), blocks
+
+
+@pytest.mark.parametrize('tile, rows, planes', [('', 16, 4), ('16x32x2', 16, 2),
+                                                ('32x32x2', 32, 2)])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16])
+@pytest.mark.parametrize('n, c, h, w, k', [case for case in CASES if case[-1] in COMPILED_K] + [
+    (2, 5, 25, 42, 13),   # detection's stage-4 map
+    (4, 9, 40, 70, 7),    # 9 plane groups of 4 x 3 x 3 tiles: 81 items over 4 blocks
+    (1, 3, 70, 40, 13)])
+def test_emulated_pipelined_forward(emu, monkeypatch, tile, rows, planes, dtype, n, c, h, w, k):
+    """MMUNIREP_DWCONV_FWD_PIPELINE=1: fp32 maps larger than 16x16 at K = 7 and 13 take the
+    pipelined forward and input-gradient kernel on the chosen forward tile, with two staging
+    buffers filled by cp.async: one wave of blocks (the 2 emulated SMs times the blocks whose
+    shared memory fits), each walking every blocks-th (plane group, tile) item. Its outputs are
+    bitwise the default kernel's (which test_emulated_kernels_match_fp64 checks against fp64).
+    Other dtypes, kernel sizes and whole-map tiles keep their kernel, and its result."""
+    monkeypatch.setenv('MMUNIREP_DWCONV_FWD_TILE', tile)
+    plain, plain_launches, plain_blocks = forward_and_input_grad(emu, n, c, h, w, k, dtype)
+    monkeypatch.setenv('MMUNIREP_DWCONV_FWD_PIPELINE', '1')
+    piped, piped_launches, piped_blocks = forward_and_input_grad(emu, n, c, h, w, k, dtype)
+    applies = dtype == torch.float32 and k in (7, 13) and (h > 16 or w > 16)
+    assert len(plain_launches) == len(piped_launches) == 2  # forward, input gradient
+    for (plain_kernel, plain_smem), (piped_kernel, piped_smem) in zip(plain_launches,
+                                                                      piped_launches):
+        assert (piped_kernel != plain_kernel) == applies
+        assert piped_smem == (2 * plain_smem if applies else plain_smem)
+    if applies:
+        threads, smem = planes * rows * 2, piped_launches[0][1]  # 2 column groups of 16
+        slots = 2 * min(32, 2048 // threads, 100 * 1024 // smem)  # EmuLaunch's occupancy
+        items = -(-n * c // planes) * -(-h // rows) * -(-w // 32)
+        assert piped_blocks == 2 * min(items, slots)
+    else:
+        assert piped_blocks == plain_blocks
+    for name, a, b in zip(('output', 'input grad'), piped, plain):
+        assert torch.isfinite(a).all(), name
+        assert torch.equal(a, b), name
+
+
+def test_emulated_pipelined_forward_walks_several_items_per_block(emu, monkeypatch):
+    """The cases above include blocks that walk many items, so that both buffers are filled and
+    reused: (4, 9, 40, 70, 7) on the default tile is 81 items on 6 blocks (3 of 28 KiB per
+    emulated SM of 100 KiB), 13 or 14 each."""
+    monkeypatch.setenv('MMUNIREP_DWCONV_FWD_PIPELINE', '1')
+    _, launches, blocks = forward_and_input_grad(emu, 4, 9, 40, 70, 7, torch.float32)
+    assert [smem // 1024 for _, smem in launches] == [28, 28] and blocks == 2 * 6
+
+
+@pytest.mark.parametrize('kind, schedule, failure', [
+    ('early_read', 'reverse', 'nan'),     # copies land at the wait: a read before it sees NaN
+    ('early_read', 'threads', 'nan'),
+    ('overwrite', 'forward', 'sum'),      # copies land when issued: the others' sums change
+    ('never_waited', 'forward', 'never waited for'),
+    ('never_waited', 'reverse', 'never waited for')])
+def test_emulated_cp_async_misuse_is_caught(emu, kind, schedule, failure):
+    """The emulated cp.async (the kernels' async_copy) fails where the GPU could give a wrong
+    result: a read of the buffer before the copies are waited for, copies into a buffer that
+    other threads still read, copies never waited for. Used rightly, the 64 threads' sums are
+    the sum of the 64 elements copied, in every schedule."""
+    src = torch.randn(128, generator=torch.Generator().manual_seed(5))
+    right = src[:64].sum()
+    try:
+        for each in ('forward', 'reverse', 'threads'):
+            emu.set_schedule(each)
+            torch.testing.assert_close(emu.async_misuse('right', src), right.expand(64),
+                                       rtol=1e-6, atol=1e-5)
+        emu.set_schedule(schedule)
+        if failure == 'never waited for':
+            with pytest.raises(RuntimeError, match='cp.async copies it never waited for'):
+                emu.async_misuse(kind, src)
+            return
+        out = emu.async_misuse(kind, src)
+        if failure == 'nan':
+            assert torch.isnan(out).any()
+        else:
+            assert torch.isfinite(out).all()
+            assert (out - right).abs().max() > 1e-3
+    finally:
+        emu.set_schedule('forward')
+
+
 def weight_grads(emu, n, c, h, w, k, dtype):
     """The weight gradient of fresh random data, and its launch: (kernel address, shared memory
     bytes)."""
@@ -362,9 +455,12 @@ def test_emulated_results_do_not_depend_on_the_schedule(emu, monkeypatch, pipeli
     """The threads of a block run in increasing order, in decreasing order (cooperative, from
     barrier to barrier) and as concurrent OS threads: a missing __syncthreads() would make the
     results depend on the order; they must be bitwise equal. Also with the pipelined weight
-    gradient (MMUNIREP_DWCONV_PIPELINE=1), whose one barrier per item must be enough."""
+    gradient and forward (MMUNIREP_DWCONV_PIPELINE=1, MMUNIREP_DWCONV_FWD_PIPELINE=1), whose one
+    barrier per item must be enough; the emulated cp.async of the forward lands its copies when
+    issued in one schedule and when waited for in the others (cuda_emulator.h)."""
     if pipelined:
         monkeypatch.setenv('MMUNIREP_DWCONV_PIPELINE', '1')
+        monkeypatch.setenv('MMUNIREP_DWCONV_FWD_PIPELINE', '1')
     g = torch.Generator().manual_seed(12)
     x, gy = torch.randn(n, c, h, w, generator=g), torch.randn(n, c, h, w, generator=g)
     wt, b = torch.randn(c, 1, k, k, generator=g) / k, torch.randn(c, generator=g)
@@ -781,6 +877,8 @@ def forward_backward(x, w, b, seed=5):
 # are about the kernels
 PARTS_SLOWER = {kernel + parts: 9.0 for kernel in ('default', 'pipelined', 'tensor cores')
                 for parts in (', half the parts', ', twice the parts')}
+# and the pipelined forward tiles (fp32)
+FWD_PIPELINED_SLOWER = {tile + ' tile, pipelined': 9.0 for tile in ('default', '16x32x2', '32x32x2')}
 
 
 def launches_of(emu, fn, env=None):
@@ -800,8 +898,10 @@ def test_emulated_autotune_keeps_the_fastest_variant_of_each_pass(emulated_ext, 
     kernels that the variant's environment switch launches. fp32: every variant adds the same
     products in the same order, so the results are bitwise those without autotuning."""
     emu = emulated_ext
-    autotuning.update({'default tile': 3.0, '16x32x2 tile': 2.0, '32x32x2 tile': 1.0,
-                       'default': 2.0, 'pipelined': 1.0, **PARTS_SLOWER})
+    autotuning.update({'default tile': 3.0, '16x32x2 tile': 2.0, '32x32x2 tile': 1.5,
+                       'default tile, pipelined': 2.5, '16x32x2 tile, pipelined': 1.2,
+                       '32x32x2 tile, pipelined': 1.0, 'default': 2.0, 'pipelined': 1.0,
+                       **PARTS_SLOWER})
     g = torch.Generator().manual_seed(3)
     x = torch.randn(2, 3, 20, 40, generator=g)
     w = torch.randn(3, 1, 13, 13, generator=g) / 13
@@ -810,12 +910,13 @@ def test_emulated_autotune_keeps_the_fastest_variant_of_each_pass(emulated_ext, 
     monkeypatch.setattr(autotune, 'print_log', lambda msg, logger: logged.append((msg, logger)))
     tuned = forward_backward(x, w, b)
     key = ('cpu', 'float32', 2, 3, 20, 40, 13)
-    assert autotune.choices() == {('forward', *key): '32x32x2 tile',
+    assert autotune.choices() == {('forward', *key): '32x32x2 tile, pipelined',
                                   ('weight_grad', *key): 'pipelined'}
     # each choice is logged once, with every candidate's time
     assert [m for m, _ in logged] == [
-        f"mmunirep depthwise op autotuned {('forward', *key)}: 32x32x2 tile (default tile "
-        '3.000 ms, 16x32x2 tile 2.000 ms, 32x32x2 tile 1.000 ms)',
+        f"mmunirep depthwise op autotuned {('forward', *key)}: 32x32x2 tile, pipelined (default "
+        'tile 3.000 ms, 16x32x2 tile 2.000 ms, 32x32x2 tile 1.500 ms, default tile, pipelined '
+        '2.500 ms, 16x32x2 tile, pipelined 1.200 ms, 32x32x2 tile, pipelined 1.000 ms)',
         f"mmunirep depthwise op autotuned {('weight_grad', *key)}: pipelined (default 2.000 ms, "
         'default, half the parts 9.000 ms, default, twice the parts 9.000 ms, pipelined 1.000 ms, '
         'pipelined, half the parts 9.000 ms, pipelined, twice the parts 9.000 ms)']
@@ -830,6 +931,7 @@ def test_emulated_autotune_keeps_the_fastest_variant_of_each_pass(emulated_ext, 
     chosen = launches_of(emu, run)
     monkeypatch.setenv('MMUNIREP_DWCONV_AUTOTUNE', '0')
     forced = launches_of(emu, run, {'MMUNIREP_DWCONV_FWD_TILE': '32x32x2',
+                                    'MMUNIREP_DWCONV_FWD_PIPELINE': '1',
                                     'MMUNIREP_DWCONV_PIPELINE': '1'})
     default = launches_of(emu, run)
     assert chosen == forced and chosen != default
@@ -864,7 +966,7 @@ def test_emulated_autotune_parts_are_half_and_twice_the_rule(emu, autotuning, mo
     monkeypatch.delenv('MMUNIREP_DWCONV_WGRAD_PARTS')
     monkeypatch.setattr(dw_module, '_ext', emu)
     autotuning.update({'default tile': 1.0, '16x32x2 tile': 2.0, '32x32x2 tile': 2.0,
-                       'default': 2.0, 'default, half the parts': 3.0,
+                       **FWD_PIPELINED_SLOWER, 'default': 2.0, 'default, half the parts': 3.0,
                        'default, twice the parts': 1.0, 'pipelined': 4.0,
                        'pipelined, half the parts': 4.0, 'pipelined, twice the parts': 4.0})
     wt = wt.detach().requires_grad_()
@@ -902,7 +1004,9 @@ def test_emulated_autotune_leaves_out_a_variant_that_disagrees_or_fails(emu, aut
             return getattr(emu, name)
 
     monkeypatch.setattr(dw_module, '_ext', Broken())
-    autotuning.update({'default tile': 3.0, '16x32x2 tile': 1.0, '32x32x2 tile': 0.5})
+    # (the pipelined forward of those tiles is broken the same way; the default tile's is slower)
+    autotuning.update({'default tile': 3.0, '16x32x2 tile': 1.0, '32x32x2 tile': 0.5,
+                       'default tile, pipelined': 4.0})
     g = torch.Generator().manual_seed(4)
     x = torch.randn(1, 2, 24, 24, generator=g)
     w = torch.randn(2, 1, 7, 7, generator=g)
@@ -910,9 +1014,12 @@ def test_emulated_autotune_leaves_out_a_variant_that_disagrees_or_fails(emu, aut
         y = depthwise_conv2d(x, w, None)
         depthwise_conv2d(x, w, None)
     messages = [str(c.message) for c in caught]
-    assert len(messages) == 2, messages
-    assert 'variant "16x32x2 tile" differs from the default kernel' in messages[0]
-    assert 'variant "32x32x2 tile" failed' in messages[1] and 'launch failed' in messages[1]
+    assert len(messages) == 4, messages
+    for tile, (differs, failed) in zip(('16x32x2 tile', '16x32x2 tile, pipelined'),
+                                       (messages[:2], messages[2:])):
+        assert f'variant "{tile}" differs from the default kernel' in differs
+        assert f'variant "{tile.replace("16", "32", 1)}" failed' in failed
+        assert 'launch failed' in failed
     assert list(autotune.choices().values()) == ['default tile']
     torch.testing.assert_close(y, F.conv2d(x, w, padding=3, groups=2), rtol=1e-5, atol=1e-5)
 
@@ -935,15 +1042,19 @@ def test_emulated_autotune_in_half_precision_with_real_timing(emulated_ext, monk
         scale = exact.abs().max().clamp_min(1)
         torch.testing.assert_close(got.double() / scale, exact.detach() / scale, **TOL[dtype])
     assert {k[0] for k in autotune.choices()} == {'forward', 'weight_grad'}
-    assert len(autotune.forward_candidates(x, 13)) == 4  # 3 tiles and the tensor cores
+    assert len(autotune.forward_candidates(x, 13)) == 4  # 3 tiles and the tensor cores (no
+    # pipelined tiles: fp32 only)
 
 
 def test_autotune_candidates_are_those_the_extension_has():
     x = torch.randn(2, 3, 20, 20)
     names = lambda c: [n for n, _ in c]  # noqa: E731
-    assert names(autotune.forward_candidates(x, 13)) == ['default tile', '16x32x2 tile',
-                                                         '32x32x2 tile']
-    assert names(autotune.forward_candidates(x.half(), 7))[-1] == 'tensor cores'
+    tiles = ['default tile', '16x32x2 tile', '32x32x2 tile']
+    assert names(autotune.forward_candidates(x, 13)) == tiles + [t + ', pipelined' for t in tiles]
+    assert [c for _, c in autotune.forward_candidates(x, 7)] == [
+        (0, 0, 0), (1, 0, 0), (2, 0, 0), (0, 0, 1), (1, 0, 1), (2, 0, 1)]
+    assert names(autotune.forward_candidates(x.half(), 7)) == tiles + ['tensor cores']
+    assert autotune.forward_candidates(x.bfloat16(), 13)[-1] == ('tensor cores', (0, 1, 0))
     assert autotune.forward_candidates(x, 31) == []  # tiles and tensor cores up to K = 13
     small = x[:, :, :16, :16]  # whole-map kernels up to K = 13; 16x32 tiles of 2 planes at 31
     parts = ['', ', half the parts', ', twice the parts']
@@ -963,7 +1074,7 @@ def test_autotune_follows_cudnn_benchmark_and_the_environment(monkeypatch):
     """Unset, MMUNIREP_DWCONV_AUTOTUNE means off until the variants have run on a GPU
     (FOLLOW_CUDNN_BENCHMARK False), and then follows cudnn.benchmark."""
     x = torch.randn(1, 1, 4, 4)
-    ext = types.SimpleNamespace(set_variants=lambda *a: None, variant_fields=5)
+    ext = types.SimpleNamespace(set_variants=lambda *a: None, variant_fields=6)
     monkeypatch.delenv('MMUNIREP_DWCONV_AUTOTUNE', raising=False)
     monkeypatch.setattr(torch.backends.cudnn, 'benchmark', True)
     assert not autotune.FOLLOW_CUDNN_BENCHMARK and autotune.mode(x, ext) == 'off'
@@ -981,7 +1092,9 @@ def test_autotune_follows_cudnn_benchmark_and_the_environment(monkeypatch):
         warnings.simplefilter('error')  # a build without CUDA has no variants: off, silently
         assert autotune.mode(x, types.SimpleNamespace(with_cuda=False)) == 'off'
     for stale in (types.SimpleNamespace(set_variants=lambda *a: None),  # built before the
-                  types.SimpleNamespace(set_variants=lambda *a: None, variant_fields=4)):  # parts
+                  types.SimpleNamespace(set_variants=lambda *a: None, variant_fields=4),  # parts
+                  types.SimpleNamespace(set_variants=lambda *a: None,  # or the pipelined
+                                        variant_fields=5)):  # forward
         with pytest.warns(UserWarning, match='predates its variants .* Rebuild'):
             assert autotune.mode(x, stale) == 'off'
         autotune._warned.clear()
@@ -993,14 +1106,16 @@ def test_autotune_follows_cudnn_benchmark_and_the_environment(monkeypatch):
 
 
 def test_emulated_set_variants_checks_its_arguments(emu):
-    emu.set_variants(2, 1, 1, 1, 2)
-    emu.set_variants(-1, -1, -1, -1)  # weight_grad_parts defaults to -1
-    assert emu.variant_fields == len(autotune.UNSET) == 5
+    emu.set_variants(2, 1, 1, 1, 2, 1)
+    emu.set_variants(-1, -1, -1, -1)  # weight_grad_parts and forward_pipelined default to -1
+    assert emu.variant_fields == len(autotune.UNSET) == 6
     with pytest.raises(RuntimeError, match=r'set_variants: expected forward_tile and '
-                       r'weight_grad_parts in -1..2 .* got \(3, 0, 0, 0, -1\)'):
+                       r'weight_grad_parts in -1..2 .* got \(3, 0, 0, 0, -1, -1\)'):
         emu.set_variants(3, 0, 0, 0)
-    with pytest.raises(RuntimeError, match=r'got \(0, 0, 0, 0, 3\)'):
+    with pytest.raises(RuntimeError, match=r'got \(0, 0, 0, 0, 3, -1\)'):
         emu.set_variants(0, 0, 0, 0, 3)
+    with pytest.raises(RuntimeError, match=r'got \(0, 0, 0, 0, 0, 2\)'):
+        emu.set_variants(0, 0, 0, 0, 0, 2)
 
 
 def test_emulated_autotune_under_torch_compile(emulated_ext, autotuning, monkeypatch):
@@ -1010,7 +1125,8 @@ def test_emulated_autotune_under_torch_compile(emulated_ext, autotuning, monkeyp
     emu = emulated_ext
     monkeypatch.setattr(DepthWiseConv2dImplicitGEMM, '_fast_path_refusal', lambda self, x: None)
     autotuning.update({'default tile': 3.0, '16x32x2 tile': 1.0, '32x32x2 tile': 2.0,
-                       'default': 1.0, 'pipelined': 2.0, **PARTS_SLOWER})
+                       **FWD_PIPELINED_SLOWER, 'default': 1.0, 'pipelined': 2.0,
+                       **PARTS_SLOWER})
     torch.manual_seed(7)
     conv = DepthWiseConv2dImplicitGEMM(4, 13, bias=True)
     compiled = torch.compile(copy.deepcopy(conv), fullgraph=True, backend='aot_eager')

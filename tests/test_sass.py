@@ -137,6 +137,36 @@ def test_pipelined_weight_grad_loads_the_next_item_before_computing_this_one(ker
         assert max(at['LDG']) < min(at['FFMA']), (k.name, 'loads issued after the FMAs began')
 
 
+def test_pipelined_forward_copies_with_cp_async_and_keeps_the_default_loop(kernels):
+    """The pipelined forward (MMUNIREP_DWCONV_FWD_PIPELINE=1; fp32, K = 7 and 13, each large-map
+    tile): its filter-row loop is the default kernel's (the same FFMAs and shared-memory loads,
+    no local memory), its staging goes through cp.async (LDGSTS: the input and filter never pass
+    through registers, so the only global load left is the bias), and an item costs one barrier
+    and one wait for its copies (DEPBAR)."""
+    default = compiled_k(kernels, 'forward')
+    found = {}
+    for k in kernels:
+        m = re.search(r'forward_pipelined_kernel<(\w+), float, (\d+), '
+                      r'TileShape<(\d+), (\d+), (\d+), (\d+), (true|false)>', k.name)
+        if m:
+            tile = tuple(map(int, m.group(3, 4, 5, 6))) + (m.group(7) == 'true',)
+            found[(m.group(1), int(m.group(2)), tile, False)] = k
+    assert sorted(found) == sorted(
+        key for key in default if key[0] == 'float' and key[1] in (7, 13) and not key[2][4])
+    assert len(found) == 2 * 3
+    for key, k in found.items():
+        lo, hi, nested = k.hot_loop()
+        assert not nested, k.name
+        row, plain = sass_report.summarize(k), sass_report.summarize(default[key])
+        assert (row['ffma'], row['lds']) == (plain['ffma'], plain['lds']), (k.name, row, plain)
+        assert local_memory(k) == 0, k.name
+        ops = [op.split('.')[0] for _, op, _ in k.instrs]
+        assert ops.count('LDGSTS') >= 2, (k.name, 'the staging copies are not cp.async')
+        assert ops.count('LDG') <= 1, (k.name, 'global loads besides the bias')
+        assert ops.count('BAR') == 1 and ops.count('DEPBAR') == 1, k.name
+        assert row['stg128'] >= 1, (k.name, 'no 16-byte output stores')
+
+
 def test_tensor_core_weight_grad_multiplies_on_the_tensor_cores(kernels):
     """The tensor-core weight gradient (MMUNIREP_DWCONV_WGRAD_TC=1, half and bfloat16): per item,
     2 fragments of the gradient tile and, for each of a warp's filter rows, NF + 1 of the input

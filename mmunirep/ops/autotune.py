@@ -2,9 +2,10 @@
 among cuDNN's algorithms.
 
 The extension has, beside its default kernels, variants that are faster or slower depending on
-the GPU, the shape and the dtype: other forward tiles (16x32 of 2 planes, 32x32 of 2 planes), a
-pipelined weight gradient, tensor-core forward and weight-gradient kernels for fp16 / bf16
-(README, "The op"), and for each weight-gradient kernel half or twice the parts per channel that
+the GPU, the shape and the dtype: other forward tiles (16x32 of 2 planes, 32x32 of 2 planes), each
+also pipelined in fp32 (cp.async), a pipelined weight gradient, tensor-core forward and
+weight-gradient kernels for fp16 / bf16 (README, "The op"), and for each weight-gradient kernel
+half or twice the parts per channel that
 its rule (a wave model, ``weight_grad_parts`` in depthwise_conv_launch.cuh) gives. With
 autotuning on, the first call of each (device, dtype, shape, pass) runs every variant that
 applies, checks its result against the default kernel's (a variant that disagrees or fails is
@@ -35,10 +36,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from mmengine.logging import print_log
 
-# (forward_tile, forward_tc, weight_grad_tc, pipelined, weight_grad_parts), as the extension's
-# set_variants takes them; -1: the environment's choice, or the default
-Variant = Tuple[int, int, int, int, int]
-UNSET: Variant = (-1, -1, -1, -1, -1)
+# (forward_tile, forward_tc, weight_grad_tc, pipelined, weight_grad_parts, forward_pipelined), as
+# the extension's set_variants takes them; -1: the environment's choice, or the default
+Variant = Tuple[int, int, int, int, int, int]
+UNSET: Variant = (-1, -1, -1, -1, -1, -1)
 # weight_grad_parts: the rule's count, half of it, twice it (clamped to 1..min(items, 64) in C++)
 PARTS = (('', 0), (', half the parts', 1), (', twice the parts', 2))
 COMPILED_KERNELS = (7, 13, 31)  # the sizes with compile-time kernels, which have variants
@@ -125,8 +126,9 @@ def weight_grad_variants_apply(h: int, w: int, k: int) -> bool:
 
 
 def forward_variants_apply(h: int, w: int, k: int) -> bool:
-    """Whether an H x W map at K has forward / input-gradient variants (the other tiles; tensor
-    cores in fp16 / bf16): K = 7 and 13, maps larger than 16x16 (with_forward_tile_shape)."""
+    """Whether an H x W map at K has forward / input-gradient variants (the other tiles, each
+    pipelined in fp32; tensor cores in fp16 / bf16): K = 7 and 13, maps larger than 16x16
+    (with_forward_tile_shape)."""
     return k in (7, 13) and (h > 16 or w > 16)
 
 
@@ -136,14 +138,17 @@ def _compiled_kernels(x: torch.Tensor) -> bool:
     return x.dtype != torch.float64 and os.environ.get('MMUNIREP_DWCONV_GENERIC') != '1'
 
 
-def forward_candidates(x: torch.Tensor, k: int) -> List[Tuple[str, Tuple[int, int]]]:
-    """(name, (forward_tile, forward_tc)) of the forward / input-gradient variants for ``x``,
-    the default first; none where there is only the default."""
+def forward_candidates(x: torch.Tensor, k: int) -> List[Tuple[str, Tuple[int, int, int]]]:
+    """(name, (forward_tile, forward_tc, forward_pipelined)) of the forward / input-gradient
+    variants for ``x``, the default first; none where there is only the default."""
     if not (_compiled_kernels(x) and forward_variants_apply(x.shape[2], x.shape[3], k)):
         return []
-    out = [('default tile', (0, 0)), ('16x32x2 tile', (1, 0)), ('32x32x2 tile', (2, 0))]
+    tiles = [('default tile', 0), ('16x32x2 tile', 1), ('32x32x2 tile', 2)]
+    out = [(name, (tile, 0, 0)) for name, tile in tiles]
+    if x.dtype == torch.float32:  # cp.async copies fp32 without converting it
+        out += [(name + ', pipelined', (tile, 0, 1)) for name, tile in tiles]
     if x.dtype in HALF_DTYPES and _tensor_cores(x):
-        out.append(('tensor cores', (0, 1)))
+        out.append(('tensor cores', (0, 1, 0)))
     return out
 
 
@@ -160,6 +165,15 @@ def weight_grad_candidates(x: torch.Tensor, k: int) -> List[Tuple[str, Tuple[int
         if x.dtype in HALF_DTYPES and _tensor_cores(x):
             kernels.append(('tensor cores', (1, 0)))
     return [(name + suffix, (*pair, parts)) for name, pair in kernels for suffix, parts in PARTS]
+
+
+def _variant(fwd: Optional[Tuple[int, int, int]] = None,
+             wgrad: Optional[Tuple[int, int, int]] = None) -> Variant:
+    """set_variants' arguments from a forward choice (forward_tile, forward_tc,
+    forward_pipelined) and a weight-gradient one (weight_grad_tc, pipelined, weight_grad_parts);
+    None leaves a pass's fields unset."""
+    tile, tc, fwd_pipelined = fwd or (-1, -1, -1)
+    return (tile, tc, *(wgrad or (-1, -1, -1)), fwd_pipelined)
 
 
 @contextmanager
@@ -264,12 +278,12 @@ def forward(ext, x: torch.Tensor, weight: torch.Tensor,
     """The extension's forward with the variant chosen for this shape (tuned on first use)."""
     tuning = mode(x, ext) == 'tune'
 
-    def run(pair):
-        with variants(ext, (*pair, -1, -1, -1)):
+    def run(triple):
+        with variants(ext, _variant(fwd=triple)):
             return ext.depthwise_conv2d_forward(x, weight, bias)
 
-    pair = _choose('forward', x, weight, forward_candidates, run, tuning)
-    return run(pair) if pair is not None else ext.depthwise_conv2d_forward(x, weight, bias)
+    choice = _choose('forward', x, weight, forward_candidates, run, tuning)
+    return run(choice) if choice is not None else ext.depthwise_conv2d_forward(x, weight, bias)
 
 
 def backward(ext, grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
@@ -279,17 +293,17 @@ def backward(ext, grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
     tuning = mode(x, ext) == 'tune'
     fwd = wgrad = None
     if need_input:
-        def run_input(pair):
-            with variants(ext, (*pair, -1, -1, -1)):
+        def run_input(triple):
+            with variants(ext, _variant(fwd=triple)):
                 return ext.depthwise_conv2d_backward(grad_out, x, weight, True, False, False)[0]
 
         fwd = _choose('forward', x, weight, forward_candidates, run_input, tuning)
     if need_weight:
         def run_weight(triple):
-            with variants(ext, (-1, -1, *triple)):
+            with variants(ext, _variant(wgrad=triple)):
                 return ext.depthwise_conv2d_backward(grad_out, x, weight, False, True, False)[1]
 
         wgrad = _choose('weight_grad', x, weight, weight_grad_candidates, run_weight, tuning)
-    with variants(ext, (*(fwd or (-1, -1)), *(wgrad or (-1, -1, -1)))):
+    with variants(ext, _variant(fwd, wgrad)):
         return ext.depthwise_conv2d_backward(grad_out, x, weight, need_input, need_weight,
                                              need_bias)

@@ -13,12 +13,20 @@
 //   one __syncthreads() to the next in turn, in increasing or decreasing thread order. This is
 //   deterministic and much faster, and a missing barrier shows as a result that depends on the
 //   order: kernels must give bitwise the same result in every schedule.
+// cp.async (the kernels' async_copy, async_copy_commit, async_copy_wait_all): each thread's copies
+// are queued in groups; in kForward they land when issued (a copy into a buffer that another
+// thread still reads shows, as that thread runs later), in kReverse and kThreads only when the
+// thread waits for them (a read before the wait finds NaN). In every schedule a copy that its
+// thread has not waited for when it ends is an error (the kernel issued work it never used).
 // Warps appear only in wmma (below): the tensor cores' matrix operations, emulated per thread on
 // whole matrices, with a check that each is called by all lanes of a warp with the same arguments
 // and aligned as the GPU requires (__syncwarp after a wmma store has nothing to wait for here).
 // What it does not model: other warp-level operations (the kernels use none), timing, the memory
-// model beyond the barrier.
+// model beyond the barrier and cp.async's waits.
 #pragma once
+
+// what the kernels test to call the emulation of cp.async (async_copy in the kernel header)
+#define MMUNIREP_CUDA_EMULATOR 1
 
 #include <c10/util/Exception.h>
 
@@ -126,6 +134,49 @@ inline void check_warp_calls(unsigned threads) {
   TORCH_CHECK(g_warp_calls.error.empty(), "emulated block: ", g_warp_calls.error);
 }
 
+// cp.async, per thread of the running block (each thread touches only its own entry)
+struct AsyncCopy {
+  void* dst;
+  const void* src;
+  size_t bytes;
+  bool landed;  // already copied (kForward); still pending until waited for
+  void land() const {
+    if (!landed) std::memcpy(dst, src, bytes);
+  }
+};
+struct AsyncCopies {
+  std::vector<AsyncCopy> open;                   // issued, not yet committed
+  std::vector<std::vector<AsyncCopy>> committed;  // groups, oldest first
+};
+inline std::vector<AsyncCopies> g_async;
+inline bool g_async_eager = false;  // kForward: copies land when issued
+
+inline void async_copy(void* dst, const void* src, size_t bytes) {
+  if (g_async_eager) std::memcpy(dst, src, bytes);
+  g_async[linear_thread_index()].open.push_back({dst, src, bytes, g_async_eager});
+}
+inline void async_copy_commit() {
+  AsyncCopies& mine = g_async[linear_thread_index()];
+  mine.committed.push_back(std::move(mine.open));
+  mine.open.clear();
+}
+// cp.async.wait_group 0: every committed group of this thread has landed (not the uncommitted)
+inline void async_copy_wait_all() {
+  AsyncCopies& mine = g_async[linear_thread_index()];
+  for (const auto& group : mine.committed)
+    for (const AsyncCopy& c : group) c.land();
+  mine.committed.clear();
+}
+// after a block: nothing left pending
+inline void check_async_copies() {
+  for (size_t t = 0; t < g_async.size(); ++t) {
+    size_t pending = g_async[t].open.size();
+    for (const auto& group : g_async[t].committed) pending += group.size();
+    TORCH_CHECK(pending == 0, "emulated block: thread ", t, " ended with ", pending,
+                " cp.async copies it never waited for");
+  }
+}
+
 inline void fiber_entry() {
   const int me = g_fibers.starting;
   (*g_fibers.body)();
@@ -143,6 +194,8 @@ inline void run_block(dim3 bidx, dim3 block, dim3 grid, Schedule schedule,
     tl_grid_dim = grid;
   };
   begin_warp_calls(threads);
+  g_async.assign(threads, AsyncCopies{});
+  g_async_eager = schedule == Schedule::kForward;
   if (schedule == Schedule::kThreads) {
     std::barrier<> bar(threads);
     std::vector<std::thread> pool;
@@ -157,6 +210,7 @@ inline void run_block(dim3 bidx, dim3 block, dim3 grid, Schedule schedule,
     }
     for (auto& th : pool) th.join();
     check_warp_calls(threads);
+    check_async_copies();
     return;
   }
   FiberState& f = g_fibers;
@@ -189,6 +243,7 @@ inline void run_block(dim3 bidx, dim3 block, dim3 grid, Schedule schedule,
     }
   }
   check_warp_calls(threads);
+  check_async_copies();
 }
 }  // namespace cuda_emu
 

@@ -4,6 +4,7 @@
 #include <c10/core/CPUAllocator.h>
 #include <torch/extension.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <tuple>
@@ -129,6 +130,33 @@ void wmma_misuse_kernel(int kind) {
   if (kind == 3) wmma::load_matrix_sync(a, tile, 16);                       // right
 }
 
+// A kernel that uses cp.async (the kernels' async_copy) wrongly, or for "right" rightly, to show
+// that the emulator catches it: each thread copies element t of `src` into buffer 0 and every
+// thread then sums buffer 0 into out[t] (64 threads).
+// - early_read: reads the buffer before it waits for the copies (NaN where they land at the
+//   wait);
+// - overwrite: issues copies into a buffer that other threads still read, without a barrier
+//   between (wrong where the copies land when issued);
+// - never_waited: commits copies and ends without waiting for them.
+void async_misuse_kernel(int kind, const float* src, float* out) {
+  float* buffer = reinterpret_cast<float*>(mmunirep::smem_raw);
+  const int t = static_cast<int>(threadIdx.x);
+  mmunirep::async_copy(buffer + t, src + t);
+  mmunirep::async_copy_commit();
+  if (kind == 2) return;  // never_waited
+  if (kind != 0) mmunirep::async_copy_wait_all();
+  __syncthreads();
+  float sum = 0;
+  for (int i = 0; i < 64; ++i) sum += buffer[i];
+  if (kind == 0) mmunirep::async_copy_wait_all();  // early_read: too late
+  if (kind == 1) {  // overwrite: the next copies into the buffer the others still sum
+    mmunirep::async_copy(buffer + t, src + 64 + t);
+    mmunirep::async_copy_commit();
+    mmunirep::async_copy_wait_all();
+  }
+  out[t] = sum;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -143,11 +171,27 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         EmuLaunch{}(wmma_misuse_kernel, dim3(1), dim3(64), size_t{1024}, k);
       },
       "run a kernel that uses wmma wrongly (or, for 'right', rightly) in the emulator");
+  m.def(
+      "async_misuse",
+      [](const std::string& kind, const at::Tensor& src) {
+        const int k = kind == "early_read" ? 0 : kind == "overwrite" ? 1
+                      : kind == "never_waited" ? 2 : kind == "right" ? 3 : -1;
+        TORCH_CHECK(k >= 0, "async_misuse: expected early_read, overwrite, never_waited or right");
+        TORCH_CHECK(src.dtype() == at::kFloat && src.is_contiguous() && src.numel() == 128,
+                    "async_misuse: 128 contiguous floats expected");
+        at::Tensor out = at::full({64}, std::nanf(""), src.options());
+        EmuLaunch{}(async_misuse_kernel, dim3(1), dim3(64), size_t{256}, k,
+                    static_cast<const float*>(src.data_ptr<float>()), out.data_ptr<float>());
+        return out;
+      },
+      "run a kernel that uses cp.async wrongly (or, for 'right', rightly) in the emulator: each "
+      "of 64 threads' sum of the 64 elements its block copied");
   m.def("set_variants", &mmunirep::set_thread_variants,
         "the kernel variants of this thread's next calls (as the extension's)",
         py::arg("forward_tile"), py::arg("forward_tc"), py::arg("weight_grad_tc"),
-        py::arg("pipelined"), py::arg("weight_grad_parts") = -1);
-  m.attr("variant_fields") = 5;  // set_variants' arguments (mmunirep.ops.autotune checks them)
+        py::arg("pipelined"), py::arg("weight_grad_parts") = -1,
+        py::arg("forward_pipelined") = -1);
+  m.attr("variant_fields") = 6;  // set_variants' arguments (mmunirep.ops.autotune checks them)
   m.def("blocks_run", [] { return g_blocks_run; }, "emulated blocks run so far");
   m.def(
       "set_schedule",

@@ -17,7 +17,7 @@ std::vector<at::Tensor> depthwise_conv2d_backward_cuda(const at::Tensor&, const 
                                                        const at::Tensor&, bool, bool, bool);
 std::string depthwise_conv2d_built_archs();
 std::string depthwise_conv2d_missing_kernels(int64_t index);
-void depthwise_conv2d_set_variants(int64_t, int64_t, int64_t, int64_t, int64_t);
+void depthwise_conv2d_set_variants(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t);
 #endif
 
 namespace {
@@ -102,10 +102,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_variants", &mmunirep::depthwise_conv2d_set_variants,
         "the kernel variants of this thread's next calls (-1: the environment's or the "
         "default): forward tile 0..2, tensor-core forward, tensor-core weight gradient, "
-        "pipelined weight gradient, the weight gradient's parts (0 the rule's, 1 half, 2 twice)",
+        "pipelined weight gradient, the weight gradient's parts (0 the rule's, 1 half, 2 twice), "
+        "pipelined forward",
         py::arg("forward_tile"), py::arg("forward_tc"), py::arg("weight_grad_tc"),
-        py::arg("pipelined"), py::arg("weight_grad_parts") = -1);
-  m.attr("variant_fields") = 5;  // set_variants' arguments (mmunirep.ops.autotune checks them)
+        py::arg("pipelined"), py::arg("weight_grad_parts") = -1,
+        py::arg("forward_pipelined") = -1);
+  m.attr("variant_fields") = 6;  // set_variants' arguments (mmunirep.ops.autotune checks them)
 #else
   m.attr("with_cuda") = false;
 #endif

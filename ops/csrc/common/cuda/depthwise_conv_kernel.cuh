@@ -22,7 +22,9 @@
 // - forward / input gradient: P outputs per thread; per filter row a thread loads its P + K - 1
 //   inputs once and does P * K FMAs; 16x32 tiles of 4 planes (2 for K = 31) with P = 16, or, for
 //   maps that fit, whole 16x16 or 8x8 maps of 8 planes per block with a row per thread
-//   (TileShape; MMUNIREP_DWCONV_FWD_TILE picks other large-map tiles, to measure them);
+//   (TileShape; MMUNIREP_DWCONV_FWD_TILE picks other large-map tiles, to measure them, and
+//   MMUNIREP_DWCONV_FWD_PIPELINE=1 a pipelined kernel for fp32 on any of them: one wave of blocks
+//   walking the tiles, the next one copied in by cp.async during this one's FMAs);
 // - weight gradient: thread (kh, r) owns the K taps of filter row kh for output row r of the tile
 //   and accumulates them in registers over all its items (8 outputs at a time: 8 + K - 1 inputs
 //   and 8 gradients loaded for 8 * K FMAs; an item is a 16x32 tile of one sample, or a 16x16 /
@@ -71,15 +73,48 @@ constexpr int kMaxKernel = 31;
 constexpr int kWgradThreads = 256;
 constexpr int kMaxTapsPerThread = (kMaxKernel * kMaxKernel + kWgradThreads - 1) / kWgradThreads;
 
+// cp.async: a 4-byte element from global to shared memory without passing through registers
+// (sm_80 and newer; older GPUs copy it at once, and the tests' emulator, MMUNIREP_CUDA_EMULATOR,
+// copies it when waited for or at once, depending on its schedule). A thread commits its copies
+// as a group (async_copy_commit) and async_copy_wait_all waits for all of its own: other threads
+// see them after a __syncthreads() that follows the wait.
+template <typename T>
+__device__ __forceinline__ void async_copy(T* smem_dst, const T* __restrict__ src) {
+  static_assert(sizeof(T) == 4, "async_copy: 4-byte elements");
+#if defined(MMUNIREP_CUDA_EMULATOR)
+  ::cuda_emu::async_copy(smem_dst, src, sizeof(T));
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(dst), "l"(src) : "memory");
+#else
+  *smem_dst = *src;
+#endif
+}
+__device__ __forceinline__ void async_copy_commit() {
+#if defined(MMUNIREP_CUDA_EMULATOR)
+  ::cuda_emu::async_copy_commit();
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void async_copy_wait_all() {
+#if defined(MMUNIREP_CUDA_EMULATOR)
+  ::cuda_emu::async_copy_wait_all();
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+#endif
+}
+
 // Stage the rows x cols box at (h0 - pad, w0 - pad) of a plane into rows of pitch `pitch` (zeros
 // outside the image, and everywhere if in_plane is null); this is thread `first` of `stride`.
+// ASYNC: the elements inside the image by async_copy (scalar_t is acc_t), the zeros by stores.
 // Each thread owns columns, not elements: with stride >= cols it takes column first % cols of every
 // (stride / cols)-th row (the stride % cols left-over threads idle), else columns first, first +
 // stride, ... of every row. A column's rows inside the image are a range found once, so an element
 // costs a load, a store and pointer increments: an element-wise walk (a division, a 64-bit
 // product and both bounds tests per element) took about 30 instructions per element, which was a
 // quarter of a forward block's instructions for large maps and more for small ones.
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, typename acc_t, bool ASYNC = false>
 __device__ __forceinline__ void stage_input_tile(acc_t* s_in, const scalar_t* __restrict__ in_plane,
                                                  int height, int width, int h0, int w0, int pad,
                                                  int rows, int cols, int pitch, int first,
@@ -102,7 +137,10 @@ __device__ __forceinline__ void stage_input_tile(acc_t* s_in, const scalar_t* __
       const scalar_t* src = in_plane + static_cast<int64_t>(ih0 + r) * width + iw0 + q;
       const int64_t src_step = static_cast<int64_t>(r_step) * width;
 #pragma unroll 4
-      for (; r < r_hi; r += r_step, src += src_step) dst[r * pitch] = static_cast<acc_t>(*src);
+      for (; r < r_hi; r += r_step, src += src_step) {
+        if constexpr (ASYNC) async_copy(dst + r * pitch, src);
+        else dst[r * pitch] = static_cast<acc_t>(*src);
+      }
     }
     for (; r < rows; r += r_step) dst[r * pitch] = acc_t(0);
   }
@@ -137,8 +175,10 @@ struct ItemGrid {
 // A block's walk over its items (ItemGrid): sample group n, tile row th and tile column tw.
 struct ItemWalk {
   int n, th, tw;
-  __device__ explicit ItemWalk(const ItemGrid& g) {
-    const int part = static_cast<int>(blockIdx.y), tiles = g.tiles_h * g.tiles_w;
+  __device__ explicit ItemWalk(const ItemGrid& g) : ItemWalk(g, static_cast<int>(blockIdx.y)) {}
+  // the walk of `part` (the weight gradient's blockIdx.y; the pipelined forward's blockIdx.x)
+  __device__ ItemWalk(const ItemGrid& g, int part) {
+    const int tiles = g.tiles_h * g.tiles_w;
     n = part / tiles;
     th = part % tiles / g.tiles_w;
     tw = part % tiles % g.tiles_w;
@@ -593,54 +633,63 @@ using TileTall = TileShape<32, 32, 2, 16, false>;
 using TileMedium = TileShape<16, 16, 8, 16, true>;
 using TileSmall = TileShape<8, 8, 8, 8, true>;
 
+// Stage the filters and input tiles of the PLANES planes from plane0 of a forward block at (h0, w0)
+// into smem (Tile::plane_stride apart): each plane's share of the threads does its own. The
+// caller passes plane_size, which the outputs' addresses use too: computed here as well, it cost
+// the 8x8 whole-map kernel at K = 7 eight more registers (nvcc 13.0, sm_90). ASYNC
+// (the pipelined kernel, float only): the elements inside the image by cp.async, which the caller
+// commits and waits for (async_copy), the zeros by plain stores.
+template <typename scalar_t, typename acc_t, int K, typename Tile, bool ASYNC = false>
+__device__ __forceinline__ void stage_forward_block(acc_t* smem,
+                                                    const scalar_t* __restrict__ input,
+                                                    const scalar_t* __restrict__ weight,
+                                                    int64_t planes, int channels, int height,
+                                                    int width, int64_t plane_size, int64_t plane0,
+                                                    int h0, int w0, bool flip) {
+  constexpr int sh = Tile::staged_rows(K), sw = Tile::staged_pitch(K);
+  constexpr int threads_per_plane = Tile::kFwdThreads / Tile::PLANES;
+  const int p_idx = threadIdx.x / threads_per_plane;  // unsigned: a shift and a mask
+  const int t_in_plane = threadIdx.x % threads_per_plane;
+  const int64_t plane = plane0 + p_idx;
+  const bool plane_valid = plane < planes;
+  const int c = static_cast<int>(plane % channels);
+  acc_t* s_in = smem + p_idx * Tile::plane_stride(K);
+  acc_t* s_w = s_in + sh * sw;
+  for (int i = t_in_plane; i < K * K; i += threads_per_plane) {
+    const int64_t tap = static_cast<int64_t>(c) * K * K + (flip ? K * K - 1 - i : i);
+    if constexpr (ASYNC) {
+      if (plane_valid) async_copy(s_w + i, weight + tap);
+      else s_w[i] = acc_t(0);
+    } else {
+      s_w[i] = plane_valid ? static_cast<acc_t>(weight[tap]) : acc_t(0);
+    }
+  }
+  stage_input_tile<scalar_t, acc_t, ASYNC>(
+      s_in, plane_valid ? input + plane * plane_size : nullptr, height, width, h0, w0,
+      K / 2 - Tile::staged_offset(K), sh, Tile::TW + Tile::halo(K), sw, t_in_plane,
+      threads_per_plane);
+}
+
+// Forward thread `pos` of a block whose PLANES planes from plane0 are staged at smem, for the tile
+// at (h0, w0): its P outputs, if any of them is in the image. Shared by the forward kernels, so
+// that the default and the pipelined one add the same products in the same order.
 template <typename scalar_t, typename acc_t, int K, typename Tile>
-__global__ void __launch_bounds__(Tile::kFwdThreads)
-depthwise_conv2d_forward_k_kernel(const scalar_t* __restrict__ input,
-                                  const scalar_t* __restrict__ weight,
-                                  const scalar_t* __restrict__ bias,
-                                  scalar_t* __restrict__ output, int64_t planes, int channels,
-                                  int height, int width, int tiles_w, bool flip) {
-  constexpr int TH = Tile::TH, TW = Tile::TW, PLANES = Tile::PLANES, P = Tile::kPerThread;
-  constexpr int pad = K / 2;
+__device__ __forceinline__ void forward_thread_outputs(const acc_t* smem,
+                                                       typename Tile::Position pos,
+                                                       const scalar_t* __restrict__ bias,
+                                                       scalar_t* __restrict__ output,
+                                                       int64_t planes, int channels, int height,
+                                                       int width, int64_t plane_size,
+                                                       int64_t plane0, int h0, int w0) {
+  constexpr int P = Tile::kPerThread, pad = K / 2;
   constexpr int sh = Tile::staged_rows(K);
   constexpr int sw = Tile::staged_pitch(K);
   constexpr int off = Tile::staged_offset(K);
-  constexpr int stage = Tile::plane_stride(K);  // one plane's staged input and filter
-  static_assert(sizeof(acc_t) != 4 || Tile::forward_bank_ways(K) == 1,
-                "forward_k: bank conflicts in the forward loop's shared-memory loads");
-  extern __shared__ unsigned char smem_raw[];
-  acc_t* smem = reinterpret_cast<acc_t*>(smem_raw);
-
-  const int64_t plane0 = static_cast<int64_t>(blockIdx.x) * PLANES;
-  const int h0 = (blockIdx.y / tiles_w) * TH;
-  const int w0 = (blockIdx.y % tiles_w) * TW;
-  const int64_t plane_size = static_cast<int64_t>(height) * width;
-
-  {  // stage every plane's filter and input tile; each plane's share of the threads does its own
-    constexpr int threads_per_plane = Tile::kFwdThreads / PLANES;
-    const int p_idx = threadIdx.x / threads_per_plane;
-    const int t_in_plane = threadIdx.x % threads_per_plane;
-    const int64_t plane = plane0 + p_idx;
-    const bool plane_valid = plane < planes;
-    const int c = static_cast<int>(plane % channels);
-    acc_t* s_in = smem + p_idx * stage;
-    acc_t* s_w = s_in + sh * sw;
-    for (int i = t_in_plane; i < K * K; i += threads_per_plane)
-      s_w[i] = plane_valid ? static_cast<acc_t>(weight[static_cast<int64_t>(c) * K * K +
-                                                       (flip ? K * K - 1 - i : i)])
-                           : acc_t(0);
-    stage_input_tile(s_in, plane_valid ? input + plane * plane_size : nullptr, height, width,
-                     h0, w0, pad - off, sh, TW + Tile::halo(K), sw, t_in_plane,
-                     threads_per_plane);
-  }
-  __syncthreads();
-
-  const auto pos = Tile::forward_position(static_cast<int>(threadIdx.x));
   const int64_t plane = plane0 + pos.plane;
   const int row = pos.row, col = pos.col;
   const int oh = h0 + row;
   if (plane >= planes || oh >= height || w0 + col >= width) return;  // nothing of it in the image
-  const acc_t* s_in = smem + pos.plane * stage;
+  const acc_t* s_in = smem + pos.plane * Tile::plane_stride(K);
   const acc_t* s_w = s_in + sh * sw;
   acc_t acc[P];
 #pragma unroll
@@ -668,6 +717,83 @@ depthwise_conv2d_forward_k_kernel(const scalar_t* __restrict__ input,
   const acc_t b = bias != nullptr ? static_cast<acc_t>(bias[c]) : acc_t(0);
   store_outputs<P>(output + plane * plane_size + static_cast<int64_t>(oh) * width + w0 + col, acc,
                    b, min(P, width - w0 - col));
+}
+
+template <typename scalar_t, typename acc_t, int K, typename Tile>
+__global__ void __launch_bounds__(Tile::kFwdThreads)
+depthwise_conv2d_forward_k_kernel(const scalar_t* __restrict__ input,
+                                  const scalar_t* __restrict__ weight,
+                                  const scalar_t* __restrict__ bias,
+                                  scalar_t* __restrict__ output, int64_t planes, int channels,
+                                  int height, int width, int tiles_w, bool flip) {
+  static_assert(sizeof(acc_t) != 4 || Tile::forward_bank_ways(K) == 1,
+                "forward_k: bank conflicts in the forward loop's shared-memory loads");
+  extern __shared__ unsigned char smem_raw[];
+  acc_t* smem = reinterpret_cast<acc_t*>(smem_raw);
+  const int64_t plane0 = static_cast<int64_t>(blockIdx.x) * Tile::PLANES;
+  const int h0 = (blockIdx.y / tiles_w) * Tile::TH;
+  const int w0 = (blockIdx.y % tiles_w) * Tile::TW;
+  const int64_t plane_size = static_cast<int64_t>(height) * width;
+  stage_forward_block<scalar_t, acc_t, K, Tile>(smem, input, weight, planes, channels, height,
+                                                width, plane_size, plane0, h0, w0, flip);
+  __syncthreads();
+  forward_thread_outputs<scalar_t, acc_t, K, Tile>(
+      smem, Tile::forward_position(static_cast<int>(threadIdx.x)), bias, output, planes, channels,
+      height, width, plane_size, plane0, h0, w0);
+}
+
+// Forward / input gradient, pipelined (MMUNIREP_DWCONV_FWD_PIPELINE=1; float, maps larger than
+// 16x16 at K = 7 and 13, each forward tile; not the default until a GPU measures it). ncu saw the
+// default kernel's warps without an eligible instruction a third of the time: a block stages its
+// tile (global loads, then a barrier) with nothing else to do, and the blocks of an SM start
+// together. Here a grid of at most one wave of blocks walks the (plane group, tile) items
+// (ItemGrid over gridDim.x: group PLANES consecutive planes, then tile row and column), and each
+// block copies its next item into the other of two staging buffers with cp.async (no registers
+// held, unlike the weight gradient's BoxPrefetch: a forward block's box is ~40 elements per
+// thread) while it computes the current one: one barrier per item. Twice the shared memory per
+// block: 4 resident blocks of the default 16x32x4 tile per SM where there were 9 (the 2-plane
+// tiles keep more). The same products in the same order as the default kernel
+// (forward_thread_outputs): bitwise its result.
+template <typename scalar_t, typename acc_t, int K, typename Tile>
+__global__ void __launch_bounds__(Tile::kFwdThreads)
+depthwise_conv2d_forward_pipelined_kernel(const scalar_t* __restrict__ input,
+                                          const scalar_t* __restrict__ weight,
+                                          const scalar_t* __restrict__ bias,
+                                          scalar_t* __restrict__ output, int64_t planes,
+                                          int channels, int height, int width, bool flip,
+                                          ItemGrid items) {  // groups: of Tile::PLANES planes
+  static_assert(std::is_same_v<scalar_t, acc_t> && sizeof(acc_t) == 4,
+                "forward_pipelined: float (cp.async copies without converting)");
+  static_assert(!Tile::kWholeMap, "forward_pipelined: tiles of large maps only");
+  static_assert(Tile::forward_bank_ways(K) == 1,
+                "forward_pipelined: bank conflicts in the forward loop's shared-memory loads");
+  constexpr int buffer = Tile::forward_smem_elems(K);  // one item's staged planes
+  extern __shared__ unsigned char smem_raw[];
+  acc_t* smem = reinterpret_cast<acc_t*>(smem_raw);
+  const int64_t plane_size = static_cast<int64_t>(height) * width;
+  const auto stage = [&](const ItemWalk& it, acc_t* to) {
+    stage_forward_block<scalar_t, acc_t, K, Tile, true>(
+        to, input, weight, planes, channels, height, width, plane_size,
+        static_cast<int64_t>(it.n) * Tile::PLANES, it.th * Tile::TH, it.tw * Tile::TW, flip);
+    async_copy_commit();
+  };
+  ItemWalk it(items, static_cast<int>(blockIdx.x));
+  if (!it.valid(items)) return;  // the whole block (the host launches no such block)
+  stage(it, smem);
+  const auto pos = Tile::forward_position(static_cast<int>(threadIdx.x));
+  for (int cur = 0;; cur ^= 1) {
+    async_copy_wait_all();  // this thread's copies of the item
+    __syncthreads();        // everyone's; and everyone is done with the other buffer's item
+    ItemWalk next = it;
+    next.next(items);
+    const bool more = next.valid(items);
+    if (more) stage(next, smem + (cur ^ 1) * buffer);
+    forward_thread_outputs<scalar_t, acc_t, K, Tile>(
+        smem + cur * buffer, pos, bias, output, planes, channels, height, width, plane_size,
+        static_cast<int64_t>(it.n) * Tile::PLANES, it.th * Tile::TH, it.tw * Tile::TW);
+    if (!more) break;
+    it = next;
+  }
 }
 
 // The resident blocks per SM the pipelined weight gradient asks ptxas for (__launch_bounds__'

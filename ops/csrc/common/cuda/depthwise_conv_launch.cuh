@@ -49,6 +49,7 @@ struct Variants {
   // the weight gradient's parts per channel (MMUNIREP_DWCONV_WGRAD_PARTS): 0 the rule's count
   // (weight_grad_parts), 1 half of it, 2 twice it; see choose_weight_grad_parts
   int weight_grad_parts = -1;
+  int forward_pipelined = -1;  // MMUNIREP_DWCONV_FWD_PIPELINE: 0 or 1
 };
 // In an unnamed namespace: a thread_local inside an inline function is one object for the whole
 // process (a GNU unique symbol, even across libraries loaded RTLD_LOCAL), which the tests'
@@ -60,16 +61,19 @@ inline Variants& thread_variants() {
 }
 }  // namespace
 inline void set_thread_variants(int64_t forward_tile, int64_t forward_tc, int64_t weight_grad_tc,
-                                int64_t pipelined, int64_t weight_grad_parts = -1) {
+                                int64_t pipelined, int64_t weight_grad_parts = -1,
+                                int64_t forward_pipelined = -1) {
   TORCH_CHECK(forward_tile >= -1 && forward_tile <= 2 && forward_tc >= -1 && forward_tc <= 1 &&
                   weight_grad_tc >= -1 && weight_grad_tc <= 1 && pipelined >= -1 &&
-                  pipelined <= 1 && weight_grad_parts >= -1 && weight_grad_parts <= 2,
+                  pipelined <= 1 && weight_grad_parts >= -1 && weight_grad_parts <= 2 &&
+                  forward_pipelined >= -1 && forward_pipelined <= 1,
               "set_variants: expected forward_tile and weight_grad_parts in -1..2 and the others "
               "in -1..1, got (", forward_tile, ", ", forward_tc, ", ", weight_grad_tc, ", ",
-              pipelined, ", ", weight_grad_parts, ")");
+              pipelined, ", ", weight_grad_parts, ", ", forward_pipelined, ")");
   thread_variants() = Variants{static_cast<int>(forward_tile), static_cast<int>(forward_tc),
                                static_cast<int>(weight_grad_tc), static_cast<int>(pipelined),
-                               static_cast<int>(weight_grad_parts)};
+                               static_cast<int>(weight_grad_parts),
+                               static_cast<int>(forward_pipelined)};
 }
 
 // MMUNIREP_DWCONV_PIPELINE=1 runs the pipelined weight-gradient kernels where there are some
@@ -77,6 +81,15 @@ inline void set_thread_variants(int64_t forward_tile, int64_t forward_tc, int64_
 inline bool use_pipelined_weight_grad() {
   if (thread_variants().pipelined >= 0) return thread_variants().pipelined == 1;
   const char* v = std::getenv("MMUNIREP_DWCONV_PIPELINE");
+  return v != nullptr && v[0] == '1';
+}
+
+// MMUNIREP_DWCONV_FWD_PIPELINE=1 runs the pipelined forward and input gradient (depthwise_conv2d_
+// forward_pipelined_kernel: float, compile-time K whose two staging buffers fit in 48 KiB, i.e. 7
+// and 13, maps larger than 16x16, on whichever forward tile is chosen), to measure it.
+inline bool use_pipelined_forward() {
+  if (thread_variants().forward_pipelined >= 0) return thread_variants().forward_pipelined == 1;
+  const char* v = std::getenv("MMUNIREP_DWCONV_FWD_PIPELINE");
   return v != nullptr && v[0] == '1';
 }
 
@@ -266,6 +279,31 @@ void launch_forward(const Launch& launch, const at::Tensor& input, const at::Ten
           with_forward_tile_shape<K>(height, width, [&](auto tile) {
             using Tile = decltype(tile);
             const int64_t tiles = count_tiles(height, width, Tile::TH, Tile::TW);
+            if constexpr (std::is_same_v<scalar_t, float> && !Tile::kWholeMap &&
+                          2 * sizeof(acc_t) * Tile::forward_smem_elems(K) <= kMaxDefaultSmem) {
+              if (use_pipelined_forward()) {
+                constexpr size_t smem = 2 * sizeof(acc_t) * Tile::forward_smem_elems(K);
+                const auto kernel = depthwise_conv2d_forward_pipelined_kernel<scalar_t, acc_t, K,
+                                                                              Tile>;
+                // one wave of blocks (the SMs times the blocks that fit on one), each walking
+                // every blocks-th (plane group, tile) item
+                const int groups = ceil_div(batch * channels, Tile::PLANES);
+                const int64_t items = static_cast<int64_t>(groups) * tiles;
+                const int64_t slots = static_cast<int64_t>(launch.multiprocessors()) *
+                                      launch.resident_blocks(kernel, Tile::kFwdThreads, smem);
+                TORCH_CHECK(slots >= 1, "depthwise_conv2d: the pipelined forward cannot run ",
+                            Tile::kFwdThreads, " threads with ", smem,
+                            " bytes of shared memory on this device");
+                const int blocks = static_cast<int>(std::min(items, slots));
+                launch(kernel, dim3(static_cast<unsigned>(blocks)), dim3(Tile::kFwdThreads), smem,
+                       input.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(), bias_ptr,
+                       output.data_ptr<scalar_t>(), batch * channels,
+                       static_cast<int>(channels), height, width, flip,
+                       ItemGrid::make(groups, ceil_div(height, Tile::TH),
+                                      ceil_div(width, Tile::TW), blocks));
+                return;
+              }
+            }
             const dim3 grid(static_cast<unsigned>(ceil_div(batch * channels, Tile::PLANES)),
                             static_cast<unsigned>(tiles));
             constexpr size_t smem = sizeof(acc_t) * Tile::forward_smem_elems(K);

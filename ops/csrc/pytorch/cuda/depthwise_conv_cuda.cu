@@ -68,8 +68,9 @@ std::string depthwise_conv2d_missing_kernels(int64_t index) {
 
 void depthwise_conv2d_set_variants(int64_t forward_tile, int64_t forward_tc,
                                    int64_t weight_grad_tc, int64_t pipelined,
-                                   int64_t weight_grad_parts) {
-  set_thread_variants(forward_tile, forward_tc, weight_grad_tc, pipelined, weight_grad_parts);
+                                   int64_t weight_grad_parts, int64_t forward_pipelined) {
+  set_thread_variants(forward_tile, forward_tc, weight_grad_tc, pipelined, weight_grad_parts,
+                      forward_pipelined);
 }
 
 at::Tensor depthwise_conv2d_forward_cuda(const at::Tensor& input, const at::Tensor& weight,
