@@ -156,8 +156,9 @@ EOF
       "$PY" benchmarks/train_step_benchmark.py ${TRAIN_STEP_TC_ARGS:---precision bf16 fp16}
     # clocks not locked: KINDS.md saw ncu read counters on these machines with --clock-control none
     step profile "$OUT/bench.log" 120 "${NCU:-ncu}" --clock-control none \
-      -k 'regex:depthwise_conv2d_(forward|weight_grad)_(k|tc|pipelined)_kernel' --section SpeedOfLight \
-      --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats \
+      -k 'regex:depthwise_conv2d_(forward|weight_grad)_(k|tc|pipelined)_kernel' \
+      --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+      --section SchedulerStats \
       "$PY" benchmarks/profile_kernels.py ${PROFILE_ARGS:-}
     # the training step again with the pipelined kernels on the op's side (the weight gradient;
     # in fp32 the forward and input gradient too); its table goes to bench.log only

@@ -1,6 +1,7 @@
 """Run the op's kernels once per shape and pass, for a profiler (needs a GPU).
 
-    ncu --clock-control none -k 'regex:depthwise_conv2d_(forward|weight_grad)_(k|tc|pipelined)_kernel' \
+    ncu --clock-control none \
+        -k 'regex:depthwise_conv2d_(forward|weight_grad)_(k|tc|pipelined)_kernel' \
         --section SpeedOfLight --section Occupancy --section WarpStateStats \
         python benchmarks/profile_kernels.py [--shapes N,C,H,W,K ...] [--dtypes fp32 bf16]
 
@@ -11,9 +12,10 @@ the tensor-core forward (K = 7 and 13) and weight gradient (MMUNIREP_DWCONV_FWD_
 MMUNIREP_DWCONV_WGRAD_TC=1; `forward_tc_kernel`, `weight_grad_tc_kernel`) and, at K = 7 and
 13, the forward on the other tiles (MMUNIREP_DWCONV_FWD_TILE; the tile is in the kernel's name)
 and, in fp32, the pipelined forward on each tile (MMUNIREP_DWCONV_FWD_PIPELINE=1;
-`forward_pipelined_kernel`), after printing a `case` line, so that the profiler's report can be read case by case. ``gpu_session.sh`` runs it under ncu as its `profile` step. The
-default cases are the three kernels' main tile shapes: 16x32 tiles at K = 13 (detection), at
-K = 7 in bf16 (RepLKNet, where cuDNN is closest) and 8x8 whole maps (classification stage 4).
+`forward_pipelined_kernel`), after printing a `case` line, so that the profiler's report can be
+read case by case. ``gpu_session.sh`` runs it under ncu as its `profile` step. The default cases
+are the three kernels' main tile shapes: 16x32 tiles at K = 13 (detection), at K = 7 in bf16
+(RepLKNet, where cuDNN is closest) and 8x8 whole maps (classification stage 4).
 """
 import argparse
 

@@ -307,12 +307,12 @@ def test_cuda_pipelined_weight_grad_matches_the_default(monkeypatch, dtype, n, c
     assert_same_weight_grad_as_fp64(piped, plain, x, wt, g)
 
 
-def weight_grad_kernels(fn):
-    """fn() and the names of the CUDA kernels it ran whose name says weight_grad."""
+def kernels_run(fn, word):
+    """fn() and the names of the CUDA kernels it ran whose name contains ``word``."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         out = fn()
         torch.cuda.synchronize()
-    return out, {e.key for e in prof.key_averages() if 'weight_grad' in e.key}
+    return out, {e.key for e in prof.key_averages() if word in e.key}
 
 
 @needs_cuda_op
@@ -333,8 +333,9 @@ def test_cuda_tensor_core_weight_grad(monkeypatch, parts, dtype, n, c, h, w, k):
     x = torch.randn(n, c, h, w, device='cuda', dtype=dtype)
     wt = (torch.randn(c, 1, k, k, device='cuda') / k).to(dtype)
     g = torch.randn(n, c, h, w, device='cuda', dtype=dtype)
-    got, kernels = weight_grad_kernels(
-        lambda: dw_module._ext.depthwise_conv2d_backward(g, x, wt, False, True, False)[1])
+    got, kernels = kernels_run(
+        lambda: dw_module._ext.depthwise_conv2d_backward(g, x, wt, False, True, False)[1],
+        'weight_grad')
     assert any('weight_grad_tc' in name for name in kernels), kernels
     assert_weight_grad_near_fp64(got, x, wt, g)
     again = dw_module._ext.depthwise_conv2d_backward(g, x, wt, False, True, False)[1]
@@ -423,14 +424,6 @@ def test_cuda_forward_tiles_match_the_default(monkeypatch, tile, dtype, n, c, h,
         torch.testing.assert_close(got.double() / scale, ref.detach() / scale, **TOL[dtype])
 
 
-def forward_kernels(fn):
-    """fn() and the names of the CUDA kernels it ran whose name says forward."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        out = fn()
-        torch.cuda.synchronize()
-    return out, {e.key for e in prof.key_averages() if 'forward' in e.key}
-
-
 @needs_cuda_op
 @pytest.mark.parametrize('tile', ['', '16x32x2', '32x32x2'])
 @pytest.mark.parametrize('n, c, h, w, k', [
@@ -446,7 +439,7 @@ def test_cuda_pipelined_forward_matches_the_default(monkeypatch, tile, n, c, h, 
     run, (x, wt, b, g) = forward_case(n, c, h, w, k, torch.float32)
     default = run()
     monkeypatch.setenv('MMUNIREP_DWCONV_FWD_PIPELINE', '1')
-    piped, kernels = forward_kernels(run)
+    piped, kernels = kernels_run(run, 'forward')
     assert any('forward_pipelined_kernel' in name for name in kernels), kernels
     assert not any('forward_k_kernel' in name for name in kernels), kernels
     x64, w64, b64, y64 = reference(x, wt, b)

@@ -878,7 +878,8 @@ def forward_backward(x, w, b, seed=5):
 PARTS_SLOWER = {kernel + parts: 9.0 for kernel in ('default', 'pipelined', 'tensor cores')
                 for parts in (', half the parts', ', twice the parts')}
 # and the pipelined forward tiles (fp32)
-FWD_PIPELINED_SLOWER = {tile + ' tile, pipelined': 9.0 for tile in ('default', '16x32x2', '32x32x2')}
+FWD_PIPELINED_SLOWER = {tile + ' tile, pipelined': 9.0
+                        for tile in ('default', '16x32x2', '32x32x2')}
 
 
 def launches_of(emu, fn, env=None):
