@@ -79,15 +79,23 @@ def parse_shapes(values):
 
 # MMUNIREP_DWCONV_FWD_TILE's forward tiles (rows x columns x planes of a forward block)
 FWD_TILES = ('16x32x2', '32x32x2')
-# the pipelined forward (MMUNIREP_DWCONV_FWD_PIPELINE=1, fp32) on each tile, the default first:
-# name -> its MMUNIREP_DWCONV_FWD_TILE
-FWD_PIPELINED = {'16x32x4 pipelined': '', '16x32x2 pipelined': '16x32x2',
-                 '32x32x2 pipelined': '32x32x2'}
+# the pipelined forward (MMUNIREP_DWCONV_FWD_PIPELINE=1, fp32) on the map's default tile and on
+# the other tiles: name -> its MMUNIREP_DWCONV_FWD_TILE
+FWD_PIPELINED = {'pipelined': '', '16x32x2 pipelined': '16x32x2', '32x32x2 pipelined': '32x32x2'}
 
 
 def fwd_pipelined_env(name):
     """The environment that runs the pipelined forward ``name`` (FWD_PIPELINED)."""
     return {'MMUNIREP_DWCONV_FWD_PIPELINE': '1', 'MMUNIREP_DWCONV_FWD_TILE': FWD_PIPELINED[name]}
+
+
+def fwd_pipelined_apply(name, h, w, k, dtype):
+    """Whether the pipelined forward ``name`` (FWD_PIPELINED) runs another kernel than the
+    default for an H x W map at K in ``dtype``: fp32 at K = 7 and 13, on the default tile of any
+    map, on the other tiles where they apply."""
+    from mmunirep.ops.autotune import pipelined_forward_applies
+    return pipelined_forward_applies(k, dtype) and (not FWD_PIPELINED[name] or
+                                                    fwd_tiles_apply(h, w, k))
 
 
 def fwd_tiles_apply(h, w, k):

@@ -38,8 +38,8 @@ import time
 import torch
 import torch.nn.functional as F
 from bench_utils import (FWD_PIPELINED, FWD_TILES, Report, TimeBudget, add_budget_argument,
-                         autotune_applies, environ, fwd_pipelined_env, fwd_tiles_apply,
-                         parse_shapes, pipelined_applies)
+                         autotune_applies, environ, fwd_pipelined_apply, fwd_pipelined_env,
+                         fwd_tiles_apply, parse_shapes, pipelined_applies)
 
 SHAPES = [  # (N, C, H, W, K) and where they come from
     ((2, 192, 100, 168, 13), 'UniRepLKNet-S detection 1333x800, stage 2'),
@@ -227,8 +227,8 @@ def variant_applies(variant, h, w, k, dtype):
         return pipelined_applies(h, w, k) and dtype in (torch.float16, torch.bfloat16)
     if variant in FWD_TILES:
         return fwd_tiles_apply(h, w, k)
-    if variant in FWD_PIPELINED:  # fp32 only
-        return fwd_tiles_apply(h, w, k) and dtype == torch.float32
+    if variant in FWD_PIPELINED:
+        return fwd_pipelined_apply(variant, h, w, k, dtype)
     return True
 
 
@@ -492,8 +492,9 @@ def main():
                'only), likewise; '
                'other fwd tiles = ours with MMUNIREP_DWCONV_FWD_TILE (rows x columns x planes '
                'of a forward block; maps larger than 16x16, K = 7 and 13; default 16x32x4) '
-               'and, in fp32, each tile pipelined (MMUNIREP_DWCONV_FWD_PIPELINE=1: cp.async into '
-               'two staging buffers, one wave of blocks walking the tiles); '
+               'and, in fp32 at K = 7 and 13, pipelined (MMUNIREP_DWCONV_FWD_PIPELINE=1: cp.async '
+               'into two staging buffers, one wave of blocks walking the tiles) on the map\'s '
+               'default tile and on those; '
                'autotuned = ours with MMUNIREP_DWCONV_AUTOTUNE=1 (each pass on the fastest of '
                'the variants that agree with the default kernel, chosen on this shape: the '
                'kernels above, and half or twice the weight gradient\'s parts per channel; its '

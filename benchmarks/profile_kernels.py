@@ -11,8 +11,8 @@ gradient too (MMUNIREP_DWCONV_PIPELINE=1; its kernel's name ends in `, true>`), 
 the tensor-core forward (K = 7 and 13) and weight gradient (MMUNIREP_DWCONV_FWD_TC=1,
 MMUNIREP_DWCONV_WGRAD_TC=1; `forward_tc_kernel`, `weight_grad_tc_kernel`) and, at K = 7 and
 13, the forward on the other tiles (MMUNIREP_DWCONV_FWD_TILE; the tile is in the kernel's name)
-and, in fp32, the pipelined forward on each tile (MMUNIREP_DWCONV_FWD_PIPELINE=1;
-`forward_pipelined_kernel`), after printing a `case` line, so that the profiler's report can be
+and, in fp32 at K = 7 and 13, the pipelined forward on the map's default tile and on the other
+tiles (MMUNIREP_DWCONV_FWD_PIPELINE=1; `forward_pipelined_kernel`), after printing a `case` line, so that the profiler's report can be
 read case by case. ``gpu_session.sh`` runs it under ncu as its `profile` step. The default cases
 are the three kernels' main tile shapes: 16x32 tiles at K = 13 (detection), at K = 7 in bf16
 (RepLKNet, where cuDNN is closest) and 8x8 whole maps (classification stage 4).
@@ -20,8 +20,8 @@ are the three kernels' main tile shapes: 16x32 tiles at K = 13 (detection), at K
 import argparse
 
 import torch
-from bench_utils import (FWD_PIPELINED, FWD_TILES, environ, fwd_pipelined_env, fwd_tiles_apply,
-                         parse_shapes, pipelined_applies)
+from bench_utils import (FWD_PIPELINED, FWD_TILES, environ, fwd_pipelined_apply,
+                         fwd_pipelined_env, fwd_tiles_apply, parse_shapes, pipelined_applies)
 
 DTYPES = dict(fp32=torch.float32, fp16=torch.float16, bf16=torch.bfloat16)
 CASES = [((2, 192, 100, 168, 13), 'fp32'), ((64, 384, 32, 32, 7), 'bf16'),
@@ -54,7 +54,7 @@ def main():
         pipelined = pipelined_applies(h, w, k)
         tensor_cores = pipelined and dtype in (torch.float16, torch.bfloat16)  # the same maps
         tiles = FWD_TILES if fwd_tiles_apply(h, w, k) else ()
-        piped = tuple(FWD_PIPELINED) if tiles and dtype == torch.float32 else ()
+        piped = [t for t in FWD_PIPELINED if fwd_pipelined_apply(t, h, w, k, dtype)]
         print(f'case {(n, c, h, w, k)} {dname}: forward, then weight gradient'
               + (', then the pipelined weight gradient' if pipelined else '')
               + (', then the tensor-core forward (K <= 13) and weight gradient'

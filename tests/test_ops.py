@@ -428,11 +428,13 @@ def test_cuda_forward_tiles_match_the_default(monkeypatch, tile, dtype, n, c, h,
 @pytest.mark.parametrize('tile', ['', '16x32x2', '32x32x2'])
 @pytest.mark.parametrize('n, c, h, w, k', [
     (4, 16, 20, 20, 7), (3, 9, 40, 37, 13), (2, 3, 100, 168, 13), (2, 6, 25, 42, 13),
-    (5, 3, 17, 33, 7), (2, 192, 100, 168, 13), (64, 96, 32, 32, 7)])
+    (5, 3, 17, 33, 7), (2, 192, 100, 168, 13), (64, 96, 32, 32, 7),
+    (64, 96, 7, 7, 13), (8, 64, 14, 14, 13), (4, 32, 16, 16, 7), (5, 7, 5, 8, 7)])
 def test_cuda_pipelined_forward_matches_the_default(monkeypatch, tile, n, c, h, w, k):
-    """MMUNIREP_DWCONV_FWD_PIPELINE=1 (fp32, maps larger than 16x16, K = 7 and 13): the profiler
-    sees the pipelined kernel (cp.async into two staging buffers, blocks walking several items)
-    run for the forward and the input gradient, on each forward tile, and its results are bitwise
+    """MMUNIREP_DWCONV_FWD_PIPELINE=1 (fp32, K = 7 and 13): the profiler sees the pipelined
+    kernel (cp.async into two staging buffers, blocks walking several items) run for the forward
+    and the input gradient, on each forward tile (small maps: their whole-map tile, whatever the
+    tile asked for), and its results are bitwise
     the default kernel's and within fp32's tolerance of fp64. The emulated tests check its
     barriers and waits; this checks the GPU's cp.async and the item walk at full scale."""
     monkeypatch.setenv('MMUNIREP_DWCONV_FWD_TILE', tile)

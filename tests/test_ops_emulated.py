@@ -207,26 +207,31 @@ def forward_and_input_grad(emu, n, c, h, w, k, dtype):
     (4, 9, 40, 70, 7),    # 9 plane groups of 4 x 3 x 3 tiles: 81 items over 4 blocks
     (1, 3, 70, 40, 13)])
 def test_emulated_pipelined_forward(emu, monkeypatch, tile, rows, planes, dtype, n, c, h, w, k):
-    """MMUNIREP_DWCONV_FWD_PIPELINE=1: fp32 maps larger than 16x16 at K = 7 and 13 take the
-    pipelined forward and input-gradient kernel on the chosen forward tile, with two staging
-    buffers filled by cp.async: one wave of blocks (the 2 emulated SMs times the blocks whose
-    shared memory fits), each walking every blocks-th (plane group, tile) item. Its outputs are
-    bitwise the default kernel's (which test_emulated_kernels_match_fp64 checks against fp64).
-    Other dtypes, kernel sizes and whole-map tiles keep their kernel, and its result."""
+    """MMUNIREP_DWCONV_FWD_PIPELINE=1: fp32 at K = 7 and 13 takes the pipelined forward and
+    input-gradient kernel on the map's tile (the chosen one for maps larger than 16x16, else the
+    whole-map tile), with two staging buffers filled by cp.async: one wave of blocks (the 2
+    emulated SMs times the blocks whose shared memory fits), each walking every blocks-th
+    (plane group, tile) item. Its outputs are bitwise the default kernel's (which
+    test_emulated_kernels_match_fp64 checks against fp64). Other dtypes and kernel sizes keep
+    their kernel, and its result."""
     monkeypatch.setenv('MMUNIREP_DWCONV_FWD_TILE', tile)
     plain, plain_launches, plain_blocks = forward_and_input_grad(emu, n, c, h, w, k, dtype)
     monkeypatch.setenv('MMUNIREP_DWCONV_FWD_PIPELINE', '1')
     piped, piped_launches, piped_blocks = forward_and_input_grad(emu, n, c, h, w, k, dtype)
-    applies = dtype == torch.float32 and k in (7, 13) and (h > 16 or w > 16)
+    applies = dtype == torch.float32 and k in (7, 13)
     assert len(plain_launches) == len(piped_launches) == 2  # forward, input gradient
     for (plain_kernel, plain_smem), (piped_kernel, piped_smem) in zip(plain_launches,
                                                                       piped_launches):
         assert (piped_kernel != plain_kernel) == applies
         assert piped_smem == (2 * plain_smem if applies else plain_smem)
     if applies:
-        threads, smem = planes * rows * 2, piped_launches[0][1]  # 2 column groups of 16
+        cols, groups = 32, 2  # column groups of 16 outputs
+        if h <= 16 and w <= 16:  # whole 8x8 or 16x16 maps of 8 planes, a row per thread
+            rows = cols = 8 if h <= 8 and w <= 8 else 16
+            planes, groups = 8, 1
+        threads, smem = planes * rows * groups, piped_launches[0][1]
         slots = 2 * min(32, 2048 // threads, 100 * 1024 // smem)  # EmuLaunch's occupancy
-        items = -(-n * c // planes) * -(-h // rows) * -(-w // 32)
+        items = -(-n * c // planes) * -(-h // rows) * -(-w // cols)
         assert piped_blocks == 2 * min(items, slots)
     else:
         assert piped_blocks == plain_blocks
@@ -1052,6 +1057,10 @@ def test_autotune_candidates_are_those_the_extension_has():
     names = lambda c: [n for n, _ in c]  # noqa: E731
     tiles = ['default tile', '16x32x2 tile', '32x32x2 tile']
     assert names(autotune.forward_candidates(x, 13)) == tiles + [t + ', pipelined' for t in tiles]
+    # small maps: their whole-map tile, pipelined in fp32; nothing to choose in half precision
+    assert autotune.forward_candidates(x[:, :, :7, :7], 7) == [
+        ('default tile', (0, 0, 0)), ('default tile, pipelined', (0, 0, 1))]
+    assert autotune.forward_candidates(x[:, :, :14, :14].half(), 13) == []
     assert [c for _, c in autotune.forward_candidates(x, 7)] == [
         (0, 0, 0), (1, 0, 0), (2, 0, 0), (0, 0, 1), (1, 0, 1), (2, 0, 1)]
     assert names(autotune.forward_candidates(x.half(), 7)) == tiles + ['tensor cores']
@@ -1065,7 +1074,9 @@ def test_autotune_candidates_are_those_the_extension_has():
         (0, 0, 0), (0, 0, 1), (0, 0, 2), (0, 1, 0), (0, 1, 1), (0, 1, 2)]
     # whole-map kernels: one kernel, with its parts varied
     assert names(autotune.weight_grad_candidates(small, 13)) == ['default' + p for p in parts]
-    assert autotune.forward_candidates(small, 13) == []
+    assert names(autotune.forward_candidates(small, 13)) == ['default tile',
+                                                             'default tile, pipelined']
+    assert autotune.forward_candidates(small.bfloat16(), 13) == []
     assert autotune.forward_candidates(x.double(), 13) == []  # run-time-K kernels
     assert autotune.weight_grad_candidates(x.double(), 13) == []
     assert autotune.forward_candidates(x, 5) == autotune.weight_grad_candidates(x, 9) == []

@@ -2,8 +2,8 @@
 among cuDNN's algorithms.
 
 The extension has, beside its default kernels, variants that are faster or slower depending on
-the GPU, the shape and the dtype: other forward tiles (16x32 of 2 planes, 32x32 of 2 planes), each
-also pipelined in fp32 (cp.async), a pipelined weight gradient, tensor-core forward and
+the GPU, the shape and the dtype: other forward tiles (16x32 of 2 planes, 32x32 of 2 planes), a
+pipelined forward in fp32 (cp.async) on each tile, a pipelined weight gradient, tensor-core forward and
 weight-gradient kernels for fp16 / bf16 (README, "The op"), and for each weight-gradient kernel
 half or twice the parts per channel that
 its rule (a wave model, ``weight_grad_parts`` in depthwise_conv_launch.cuh) gives. With
@@ -126,10 +126,16 @@ def weight_grad_variants_apply(h: int, w: int, k: int) -> bool:
 
 
 def forward_variants_apply(h: int, w: int, k: int) -> bool:
-    """Whether an H x W map at K has forward / input-gradient variants (the other tiles, each
-    pipelined in fp32; tensor cores in fp16 / bf16): K = 7 and 13, maps larger than 16x16
+    """Whether an H x W map at K has the other forward / input-gradient tiles (and, in fp16 /
+    bf16, the tensor-core forward): K = 7 and 13, maps larger than 16x16
     (with_forward_tile_shape)."""
     return k in (7, 13) and (h > 16 or w > 16)
+
+
+def pipelined_forward_applies(k: int, dtype: torch.dtype) -> bool:
+    """Whether the pipelined forward / input gradient runs (on each tile, whole-map ones
+    included): fp32 (cp.async copies without converting) at K = 7 and 13."""
+    return k in (7, 13) and dtype == torch.float32
 
 
 def _compiled_kernels(x: torch.Tensor) -> bool:
@@ -141,15 +147,18 @@ def _compiled_kernels(x: torch.Tensor) -> bool:
 def forward_candidates(x: torch.Tensor, k: int) -> List[Tuple[str, Tuple[int, int, int]]]:
     """(name, (forward_tile, forward_tc, forward_pipelined)) of the forward / input-gradient
     variants for ``x``, the default first; none where there is only the default."""
-    if not (_compiled_kernels(x) and forward_variants_apply(x.shape[2], x.shape[3], k)):
+    if not _compiled_kernels(x):
         return []
-    tiles = [('default tile', 0), ('16x32x2 tile', 1), ('32x32x2 tile', 2)]
+    large = forward_variants_apply(x.shape[2], x.shape[3], k)
+    tiles = [('default tile', 0)]  # a small map's is its whole-map tile
+    if large:
+        tiles += [('16x32x2 tile', 1), ('32x32x2 tile', 2)]
     out = [(name, (tile, 0, 0)) for name, tile in tiles]
-    if x.dtype == torch.float32:  # cp.async copies fp32 without converting it
+    if pipelined_forward_applies(k, x.dtype):
         out += [(name + ', pipelined', (tile, 0, 1)) for name, tile in tiles]
-    if x.dtype in HALF_DTYPES and _tensor_cores(x):
+    if large and x.dtype in HALF_DTYPES and _tensor_cores(x):
         out.append(('tensor cores', (0, 1, 0)))
-    return out
+    return out if len(out) > 1 else []
 
 
 def weight_grad_candidates(x: torch.Tensor, k: int) -> List[Tuple[str, Tuple[int, int, int]]]:

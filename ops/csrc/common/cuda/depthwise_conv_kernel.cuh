@@ -23,7 +23,7 @@
 //   inputs once and does P * K FMAs; 16x32 tiles of 4 planes (2 for K = 31) with P = 16, or, for
 //   maps that fit, whole 16x16 or 8x8 maps of 8 planes per block with a row per thread
 //   (TileShape; MMUNIREP_DWCONV_FWD_TILE picks other large-map tiles, to measure them, and
-//   MMUNIREP_DWCONV_FWD_PIPELINE=1 a pipelined kernel for fp32 on any of them: one wave of blocks
+//   MMUNIREP_DWCONV_FWD_PIPELINE=1 a pipelined kernel for fp32 on any tile: one wave of blocks
 //   walking the tiles, the next one copied in by cp.async during this one's FMAs);
 // - weight gradient: thread (kh, r) owns the K taps of filter row kh for output row r of the tile
 //   and accumulates them in registers over all its items (8 outputs at a time: 8 + K - 1 inputs
@@ -742,8 +742,8 @@ depthwise_conv2d_forward_k_kernel(const scalar_t* __restrict__ input,
       height, width, plane_size, plane0, h0, w0);
 }
 
-// Forward / input gradient, pipelined (MMUNIREP_DWCONV_FWD_PIPELINE=1; float, maps larger than
-// 16x16 at K = 7 and 13, each forward tile; not the default until a GPU measures it). ncu saw the
+// Forward / input gradient, pipelined (MMUNIREP_DWCONV_FWD_PIPELINE=1; float at K = 7 and 13, on
+// each forward tile, whole-map ones included; not the default until a GPU measures it). ncu saw the
 // default kernel's warps without an eligible instruction a third of the time: a block stages its
 // tile (global loads, then a barrier) with nothing else to do, and the blocks of an SM start
 // together. Here a grid of at most one wave of blocks walks the (plane group, tile) items
@@ -752,8 +752,9 @@ depthwise_conv2d_forward_k_kernel(const scalar_t* __restrict__ input,
 // held, unlike the weight gradient's BoxPrefetch: a forward block's box is ~40 elements per
 // thread) while it computes the current one: one barrier per item. Twice the shared memory per
 // block: 4 resident blocks of the default 16x32x4 tile per SM where there were 9 (the 2-plane
-// tiles keep more). The same products in the same order as the default kernel
-// (forward_thread_outputs): bitwise its result.
+// tiles keep more; the whole-map tiles of small maps, whose staging ncu saw exposed too, about
+// half as many as their default kernel, down from shared memory's limit). The same products
+// in the same order as the default kernel (forward_thread_outputs): bitwise its result.
 template <typename scalar_t, typename acc_t, int K, typename Tile>
 __global__ void __launch_bounds__(Tile::kFwdThreads)
 depthwise_conv2d_forward_pipelined_kernel(const scalar_t* __restrict__ input,
@@ -764,7 +765,6 @@ depthwise_conv2d_forward_pipelined_kernel(const scalar_t* __restrict__ input,
                                           ItemGrid items) {  // groups: of Tile::PLANES planes
   static_assert(std::is_same_v<scalar_t, acc_t> && sizeof(acc_t) == 4,
                 "forward_pipelined: float (cp.async copies without converting)");
-  static_assert(!Tile::kWholeMap, "forward_pipelined: tiles of large maps only");
   static_assert(Tile::forward_bank_ways(K) == 1,
                 "forward_pipelined: bank conflicts in the forward loop's shared-memory loads");
   constexpr int buffer = Tile::forward_smem_elems(K);  // one item's staged planes

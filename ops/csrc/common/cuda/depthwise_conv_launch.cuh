@@ -86,7 +86,7 @@ inline bool use_pipelined_weight_grad() {
 
 // MMUNIREP_DWCONV_FWD_PIPELINE=1 runs the pipelined forward and input gradient (depthwise_conv2d_
 // forward_pipelined_kernel: float, compile-time K whose two staging buffers fit in 48 KiB, i.e. 7
-// and 13, maps larger than 16x16, on whichever forward tile is chosen), to measure it.
+// and 13, on whichever forward tile the map takes), to measure it.
 inline bool use_pipelined_forward() {
   if (thread_variants().forward_pipelined >= 0) return thread_variants().forward_pipelined == 1;
   const char* v = std::getenv("MMUNIREP_DWCONV_FWD_PIPELINE");
@@ -279,7 +279,7 @@ void launch_forward(const Launch& launch, const at::Tensor& input, const at::Ten
           with_forward_tile_shape<K>(height, width, [&](auto tile) {
             using Tile = decltype(tile);
             const int64_t tiles = count_tiles(height, width, Tile::TH, Tile::TW);
-            if constexpr (std::is_same_v<scalar_t, float> && !Tile::kWholeMap &&
+            if constexpr (std::is_same_v<scalar_t, float> &&
                           2 * sizeof(acc_t) * Tile::forward_smem_elems(K) <= kMaxDefaultSmem) {
               if (use_pipelined_forward()) {
                 constexpr size_t smem = 2 * sizeof(acc_t) * Tile::forward_smem_elems(K);
