@@ -80,8 +80,10 @@ def parse_shapes(values):
 # MMUNIREP_DWCONV_FWD_TILE's forward tiles (rows x columns x planes of a forward block)
 FWD_TILES = ('16x32x2', '32x32x2')
 # the pipelined forward (MMUNIREP_DWCONV_FWD_PIPELINE=1, fp32) on the map's default tile and on
-# the other tiles: name -> its MMUNIREP_DWCONV_FWD_TILE
-FWD_PIPELINED = {'pipelined': '', '16x32x2 pipelined': '16x32x2', '32x32x2 pipelined': '32x32x2'}
+# the other tiles: name -> its MMUNIREP_DWCONV_FWD_TILE (the names differ from dwconv_benchmark's
+# 'pipelined', the pipelined weight gradient)
+FWD_PIPELINED = {'default pipelined': '', '16x32x2 pipelined': '16x32x2',
+                 '32x32x2 pipelined': '32x32x2'}
 
 
 def fwd_pipelined_env(name):

@@ -214,6 +214,7 @@ VARIANTS = {None: {}, 'run-time K': {'MMUNIREP_DWCONV_GENERIC': '1'},
             'tensor cores': {'MMUNIREP_DWCONV_WGRAD_TC': '1', 'MMUNIREP_DWCONV_FWD_TC': '1'},
             **{t: {'MMUNIREP_DWCONV_FWD_TILE': t} for t in FWD_TILES},
             **{t: fwd_pipelined_env(t) for t in FWD_PIPELINED}}  # and how to pick them
+assert len(VARIANTS) == 5 + len(FWD_TILES) + len(FWD_PIPELINED), 'two kernel variants share a name'
 
 
 def variant_applies(variant, h, w, k, dtype):

@@ -139,7 +139,7 @@ def test_dwconv_benchmark_smoke(tmp_path):
         if r[2].strip() in ('fwd', 'dgrad'):
             tiles = re.findall(r'(\w+(?: pipelined)?): (\d+\.\d+) \((\d+\.\d+)x\)', r[11])
             assert [t[0] for t in tiles] == ['16x32x2', '32x32x2'] + (
-                [] if fp16 else ['pipelined', '16x32x2 pipelined', '32x32x2 pipelined']), r
+                [] if fp16 else ['default pipelined', '16x32x2 pipelined', '32x32x2 pipelined']), r
             for _, ms, tile_ratio in tiles:
                 assert float(tile_ratio) == pytest.approx(min(nchw, cl) / float(ms), rel=0.05)
         else:
