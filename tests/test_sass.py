@@ -114,14 +114,33 @@ def test_weight_grad_kernels_keep_filter_rows_in_registers(kernels):
 
 
 def test_pipelined_weight_grad_loads_the_next_item_before_computing_this_one(kernels):
-    """The pipelined weight gradient's item loop (MMUNIREP_DWCONV_PIPELINE=1) stores the
-    prefetched item to shared memory, passes its one barrier, then issues the next item's global
-    loads (one per BoxPrefetch slot) before the first FFMA: so they are in flight during the
-    FMAs. A compiler that sank the loads to their stores would pass every other test."""
-    found = {key: k for key, k in compiled_k(kernels, 'weight_grad').items() if key[3]}
+    """The pipelined weight gradient's item loop (MMUNIREP_DWCONV_PIPELINE=1), in fp16 / bf16,
+    stores the prefetched item to shared memory, passes its one barrier, then issues the next
+    item's global loads (one per BoxPrefetch slot) before the first FFMA: so they are in flight
+    during the FMAs. A compiler that sank the loads to their stores would pass every other test.
+    In fp32 it waits for its copies (DEPBAR), passes its one barrier, then issues the next item's
+    cp.async copies (LDGSTS; no global load through registers) before the first FFMA, and at
+    K = 7 and 13 takes the default kernel's register allocation (its occupancy)."""
+    all_k = compiled_k(kernels, 'weight_grad')
+    found = {key: k for key, k in all_k.items() if key[3]}
     assert len(found) == 3 * 3
-    for (dtype, ksize, (th, tw, _, _, _), _), k in found.items():
+    for (dtype, ksize, tile, _), k in found.items():
+        th, tw = tile[:2]
         lo, hi, nested = k.hot_loop()
+        if dtype == 'float':
+            ops = [op.split('.')[0] for a, op, _ in k.instrs if lo <= a <= hi]  # nested too
+            at = {name: [i for i, op in enumerate(ops) if op == name]
+                  for name in ('LDGSTS', 'LDG', 'DEPBAR', 'BAR', 'FFMA')}
+            assert at['LDGSTS'] and not at['LDG'], (k.name, 'staging through registers')
+            assert len(at['DEPBAR']) == len(at['BAR']) == 1, (k.name, 'one wait, one barrier')
+            assert at['DEPBAR'][0] < at['BAR'][0] < min(at['LDGSTS']), k.name
+            assert max(at['LDGSTS']) < min(at['FFMA']), (k.name, 'copies issued after the FMAs')
+            assert local_memory(k) == 0, k.name
+            if ksize in (7, 13):
+                plain = all_k[(dtype, ksize, tile, False)]
+                assert -(-k.registers // 8) == -(-plain.registers // 8), (k.registers,
+                                                                          plain.registers)
+            continue
         assert not nested, k.name
         ops = [op.split('.')[0] for a, op, _ in k.instrs if lo <= a <= hi]
         at = {name: [i for i, op in enumerate(ops) if op == name]
@@ -139,8 +158,8 @@ def test_pipelined_weight_grad_loads_the_next_item_before_computing_this_one(ker
 
 def test_pipelined_forward_copies_with_cp_async_and_keeps_the_default_loop(kernels):
     """The pipelined forward (MMUNIREP_DWCONV_FWD_PIPELINE=1; fp32, K = 7 and 13, each tile,
-    whole-map ones included): its filter-row loop is the default kernel's (the same FFMAs and shared-memory loads,
-    no local memory), its staging goes through cp.async (LDGSTS: the input and filter never pass
+    whole-map ones included): its filter-row loop is the default kernel's (the same FFMAs and
+    shared-memory loads, no local memory), its staging goes through cp.async (LDGSTS: the input and filter never pass
     through registers, so the only global load left is the bias), and an item costs one barrier
     and one wait for its copies (DEPBAR)."""
     default = compiled_k(kernels, 'forward')

@@ -805,11 +805,16 @@ depthwise_conv2d_forward_pipelined_kernel(const scalar_t* __restrict__ input,
 // (12 blocks) since its item walk lost its divisions (ItemWalk); the pipelined one would spill
 // at 48 (10 blocks), so at K = 7 it trades 3 resident blocks for its prefetch. K = 31 keeps one
 // block per SM either way (over 64 registers). Turing (sm_75) holds 1024 threads per SM, fewer
-// than those blocks: no request there (ptxas would ignore it with a warning).
+// than those blocks: no request there (ptxas would ignore it with a warning). The fp32 kernel
+// stages by cp.async instead (no prefetch registers): at K = 7 it asks for the default kernel's
+// 12 blocks, which it fits in 40 registers without spilling (left to itself ptxas took 48: 10
+// blocks); at K = 13 it takes 54 without a request, the default 53: 5 blocks both.
+template <typename scalar_t>
 constexpr int pipelined_weight_grad_min_blocks(int k) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   return 0 * k;
 #else
+  if (std::is_same_v<scalar_t, float>) return k == 7 ? 12 : 0;
   return k == 13 ? 5 : k == 7 ? 9 : 0;
 #endif
 }
@@ -828,10 +833,13 @@ constexpr int pipelined_weight_grad_min_blocks(int k) {
 // into the other set. The global loads' latency is then spent computing rather than waiting, and
 // an item costs one barrier instead of two, for 2x the staging memory and the registers of the
 // prefetched values. ncu showed the plain kernel's warps without an eligible instruction for
-// 38 to 40% of its cycles, at a register-limited occupancy: staging and barriers not hidden.
+// 38 to 40% of its cycles, at a register-limited occupancy: staging and barriers not hidden. In
+// fp32 the next item goes straight into the other set by cp.async instead (as the pipelined
+// forward's), which holds no registers and costs no stores: the register-limited occupancy that
+// the prefetch lowered (9 blocks per SM against 12 at K = 7) is not its price there.
 template <typename scalar_t, typename acc_t, int K, typename Tile, bool PIPELINED>
 __global__ void __launch_bounds__(Tile::weight_grad_max_threads(K),
-                                  PIPELINED ? pipelined_weight_grad_min_blocks(K) : 0)
+                                  PIPELINED ? pipelined_weight_grad_min_blocks<scalar_t>(K) : 0)
 depthwise_conv2d_weight_grad_k_kernel(const scalar_t* __restrict__ input,
                                       const scalar_t* __restrict__ grad_out,
                                       acc_t* __restrict__ workspace,  // [parts, C, K*K]
@@ -895,7 +903,39 @@ depthwise_conv2d_weight_grad_k_kernel(const scalar_t* __restrict__ input,
     }
   };
 
-  if constexpr (PIPELINED) {
+  if constexpr (PIPELINED && std::is_same_v<scalar_t, float>) {
+    // fp32: each thread copies its share of the next item into the other set with cp.async
+    // (stage_input_tile's walk; no registers held), waits for its own copies before the barrier
+    // that makes them everyone's, and the barrier also frees the set read one item ago
+    const int t = static_cast<int>(threadIdx.x);
+    const auto stage_item = [&](const ItemWalk& it, acc_t* item) {
+      const int h0 = it.th * TH, w0 = it.tw * TW;
+#pragma unroll
+      for (int p = 0; p < S; ++p) {
+        const bool valid = it.n * S + p < batch;  // a sample past the batch is staged as zeros
+        const int64_t plane = static_cast<int64_t>(it.n * S + p) * channels + c;
+        stage_input_tile<scalar_t, acc_t, true>(item + p * stage,
+                                                valid ? input + plane * plane_size : nullptr,
+                                                height, width, h0, w0, pad, sh, TW + K - 1, sw,
+                                                t, threads);
+        stage_input_tile<scalar_t, acc_t, true>(
+            item + p * stage + sh * sw, valid ? grad_out + plane * plane_size : nullptr, height,
+            width, h0, w0, 0, TH, TW, Tile::kGradPitch, t, threads);
+      }
+      async_copy_commit();
+    };
+    ItemWalk it(items);
+    if (it.valid(items)) stage_item(it, smem);
+    for (int set = 0; it.valid(items); set ^= 1) {
+      async_copy_wait_all();
+      __syncthreads();
+      const int h0 = it.th * TH, w0 = it.tw * TW;
+      const int samples = min(S, batch - it.n * S);
+      it.next(items);
+      if (it.valid(items)) stage_item(it, smem + (set ^ 1) * S * stage);
+      accumulate(smem + set * S * stage, h0, w0, samples);
+    }
+  } else if constexpr (PIPELINED) {
     constexpr int T = K * TH;
     const int t = static_cast<int>(threadIdx.x);
     BoxPrefetch<scalar_t, acc_t, sh, TW + K - 1, T> in_next[S];
