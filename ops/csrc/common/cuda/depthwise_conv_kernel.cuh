@@ -148,11 +148,12 @@ __device__ __forceinline__ void stage_input_tile(acc_t* s_in, const scalar_t* __
 
 // stage grad_out's th x tw tile of a plane (zeros outside the image) in rows of pitch `pitch`:
 // the walk of stage_input_tile without halo (rows and columns past the image read as zeros)
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, typename acc_t, bool ASYNC = false>
 __device__ __forceinline__ void stage_grad_tile(acc_t* s_g, const scalar_t* __restrict__ g_plane,
                                                 int height, int width, int h0, int w0, int th,
                                                 int tw, int pitch, int first, int stride) {
-  stage_input_tile(s_g, g_plane, height, width, h0, w0, 0, th, tw, pitch, first, stride);
+  stage_input_tile<scalar_t, acc_t, ASYNC>(s_g, g_plane, height, width, h0, w0, 0, th, tw, pitch,
+                                           first, stride);
 }
 
 // The weight gradient's items of a channel: `groups` groups of samples (one sample, or a whole-map
@@ -918,9 +919,10 @@ depthwise_conv2d_weight_grad_k_kernel(const scalar_t* __restrict__ input,
                                                 valid ? input + plane * plane_size : nullptr,
                                                 height, width, h0, w0, pad, sh, TW + K - 1, sw,
                                                 t, threads);
-        stage_input_tile<scalar_t, acc_t, true>(
-            item + p * stage + sh * sw, valid ? grad_out + plane * plane_size : nullptr, height,
-            width, h0, w0, 0, TH, TW, Tile::kGradPitch, t, threads);
+        stage_grad_tile<scalar_t, acc_t, true>(item + p * stage + sh * sw,
+                                               valid ? grad_out + plane * plane_size : nullptr,
+                                               height, width, h0, w0, TH, TW, Tile::kGradPitch,
+                                               t, threads);
       }
       async_copy_commit();
     };
