@@ -4,7 +4,7 @@ among cuDNN's algorithms.
 The extension has, beside its default kernels, variants that are faster or slower depending on
 the GPU, the shape and the dtype: other forward tiles (16x32 of 2 planes, 32x32 of 2 planes), a
 pipelined forward in fp32 (cp.async) on each tile, a pipelined weight gradient, tensor-core forward and
-weight-gradient kernels for fp16 / bf16 (README, "The op"), and for each weight-gradient kernel
+weight-gradient kernels for fp16 / bf16 (ops/README.md), and for each weight-gradient kernel
 half or twice the parts per channel that
 its rule (a wave model, ``weight_grad_parts`` in depthwise_conv_launch.cuh) gives. With
 autotuning on, the first call of each (device, dtype, shape, pass) runs every variant that
@@ -51,7 +51,7 @@ HALF_DTYPES = (torch.float16, torch.bfloat16)
 AGREEMENT = {torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
 TIMED_REPEATS = 5
 # whether MMUNIREP_DWCONV_AUTOTUNE unset follows cudnn.benchmark (True) or means off (False: until
-# the variants have passed the GPU tests; README, "The op")
+# the variants have passed the GPU tests; ops/README.md)
 FOLLOW_CUDNN_BENCHMARK = False
 
 Key = Tuple
