@@ -18,6 +18,7 @@ Each shape's forward, input and weight gradients are first checked against an fp
 shape that is wrong or raises gets a row that says so, the others still run, and the exit status
 is 4. Rows are written as they are measured; with --time-budget the script stops starting rows
 that would end past it (exit 3, the table names what it left out).
+benchmarks/check_targets.py reads the table and says which of the op's speed targets it meets.
 
     python benchmarks/dwconv_benchmark.py --parts-sweep [--dtypes fp32 bf16]
 
@@ -131,6 +132,16 @@ def fp32_rate(warmup, repeats):
     a = torch.randn(size, size, device=DEVICE)
     ms = cuda_time(lambda: a @ a, warmup, repeats)
     return 2 * size**3 / (ms * 1e-3)
+
+
+def copy_bandwidth(warmup, repeats):
+    """Bytes per second read and written by a copy on the device (1 GiB of fp32 on a GPU): the rate
+    of the memory floor that check_targets.py tells compute-bound shapes by."""
+    n = (1 << 28) if DEVICE == 'cuda' else (1 << 20)
+    a = torch.randn(n, device=DEVICE)
+    b = torch.empty_like(a)
+    ms = cuda_time(lambda: b.copy_(a), warmup, repeats)
+    return 2 * n * a.element_size() / (ms * 1e-3)
 
 
 class WrongResult(Exception):
@@ -478,8 +489,10 @@ def main():
                  functools.partial(parts_sweep_rows, args, depthwise_conv2d))
         return
     rate = fp32_rate(args.warmup, args.repeats)
+    bandwidth = copy_bandwidth(args.warmup, args.repeats)
     report.add(f'device: {device_name}, torch {torch.__version__}, '
-               f'fp32 rate {rate / 1e12:.1f} TFLOP/s (matmul, TF32 off); median of '
+               f'fp32 rate {rate / 1e12:.3g} TFLOP/s (matmul, TF32 off), memory bandwidth '
+               f'{bandwidth / 1e9:.0f} GB/s (a copy on the device, read + written); median of '
                f'{args.repeats} after {args.warmup} warm-up; timing {args.timing} '
                f'({TIMING_WORDS[args.timing]}); cudnn.benchmark '
                f'{torch.backends.cudnn.benchmark}; times in ms; ratio = faster PyTorch '
