@@ -749,3 +749,35 @@ def test_cuda_autotune_chooses_and_stays_correct(monkeypatch, dtype, n, c, h, w,
         torch.cuda.synchronize()
     kernels = [e.name for e in prof.events() if 'depthwise_conv2d' in e.name]
     assert len(kernels) == 4, kernels  # forward, input gradient, weight gradient, reduction
+
+
+def test_readme_states_this_files_test_counts():
+    """README "The op" says how many tests this file has and how many of them need a GPU (those
+    marked needs_cuda_op, whatever the machine): a test added without the README is a README
+    that is no longer true. Counted by collecting this file in a fresh process."""
+    import os
+    import re
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    reason = needs_cuda_op.mark.kwargs['reason']
+    code = f'''
+import sys, pytest
+class Count:
+    def pytest_collection_modifyitems(self, items):
+        gpu = sum(any(m.name == 'skipif' and m.kwargs.get('reason') == {reason!r}
+                      for m in item.iter_markers()) for item in items)
+        print('COUNTS', len(items), gpu)
+sys.exit(pytest.main(['--collect-only', '-q', '-p', 'no:cacheprovider', 'tests/test_ops.py'],
+                     plugins=[Count()]))
+'''
+    proc = subprocess.run([sys.executable, '-c', code], cwd=root, capture_output=True, text=True,
+                          timeout=300)
+    counts = re.search(r'^COUNTS (\d+) (\d+)$', proc.stdout, re.M)
+    assert proc.returncode == 0 and counts, proc.stdout + proc.stderr
+    total, gpu = map(int, counts.groups())
+    assert 0 < gpu < total
+    with open(os.path.join(root, 'README.md')) as f:
+        stated = re.search(r'The file has (\d+) tests now, (\d+) GPU-only', f.read())
+    assert stated, 'README "The op" no longer states test_ops.py\'s counts'
+    assert (int(stated.group(1)), int(stated.group(2))) == (total, gpu), (
+        f'README says {stated.group(0)!r}; tests/test_ops.py has {total} tests, {gpu} GPU-only')
