@@ -341,6 +341,11 @@ def test_load_errors(tmp_path):
         UniRepLKNet(arch='a', init_cfg=dict(type='Pretrained', checkpoint=str(path))).init_weights()
     with pytest.raises(FileNotFoundError):
         UniRepLKNet(arch='a').load_pretrained(str(tmp_path / 'missing.pth'))
+    # a URL that cannot be fetched (nothing listens on the discard port): how to give a local file
+    url = 'http://127.0.0.1:9/mmunirep_test_unreachable.pth'
+    with pytest.raises(RuntimeError, match=r'could not download .*unreachable\.pth .*'
+                       r'model\.backbone\.init_cfg\.checkpoint='):
+        UniRepLKNet(arch='a', init_cfg=dict(type='Pretrained', checkpoint=url)).init_weights()
     # training checkpoint into a deploy model and the reverse: the message names the flag
     torch.save(classification_state_dict('a'), path)
     with pytest.raises(RuntimeError, match='deploy=False'):

@@ -657,7 +657,15 @@ class UniRepLKNet(BaseModule):
         Returns:
             dict: ``missing`` and ``unexpected`` key names.
         """
-        ckpt = CheckpointLoader.load_checkpoint(checkpoint, map_location=map_location)
+        try:
+            ckpt = CheckpointLoader.load_checkpoint(checkpoint, map_location=map_location)
+        except OSError as e:  # urllib's URLError and HTTPError are OSErrors
+            if not str(checkpoint).startswith(('http://', 'https://')):
+                raise
+            raise RuntimeError(
+                f'could not download the UniRepLKNet checkpoint {checkpoint} ({e}). On a machine '
+                'without internet access, fetch the file elsewhere and give its path: '
+                '--cfg-options model.backbone.init_cfg.checkpoint=/path/to/file.pth') from e
         state = convert_checkpoint_state_dict(ckpt, source=str(checkpoint))
         own = self.state_dict()
         self._check_structure(state, str(checkpoint))
