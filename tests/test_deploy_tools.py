@@ -249,6 +249,39 @@ def test_image_demo_draws(request, setup, tmp_path):
     assert np.abs(drawn.astype(int) - original.astype(int)).mean() > 0.5  # something was drawn
 
 
+def test_tools_take_a_checkpoint_url(seg_setup, tmp_path, monkeypatch):
+    """tools/test.py and tools/image_demo.py with CONFIG http://.../model.pth, as MMDetection's
+    tools: mmengine fetches it (here from a server on this machine, into a private torch hub
+    folder), and the metrics and the drawing are the local file's."""
+    import functools
+    import http.server
+    import threading
+    s = seg_setup
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(s['tmp']))
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    img = osp.join(s['data'], 'images', 'validation')
+    img = osp.join(img, sorted(__import__('os').listdir(img))[0])
+    try:
+        url = f'http://127.0.0.1:{server.server_address[1]}/seg.pth'
+        m_url, p_url = run_test(s['config'], url, tmp_path / 'url.pkl')
+        load_tool('image_demo').main([img, s['config'], url, '--out-file',
+                                      str(tmp_path / 'url.jpg')])
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert osp.isfile(tmp_path / 'torch_home' / 'hub' / 'checkpoints' / 'seg.pth')
+    m_file, p_file = run_test(s['config'], s['ckpt'], tmp_path / 'file.pkl')
+    assert 'mIoU' in m_url and m_url == m_file
+    for a, b in zip(p_url, p_file):
+        assert torch.equal(a['seg_logits']['data'], b['seg_logits']['data'])
+    load_tool('image_demo').main([img, s['config'], s['ckpt'], '--out-file',
+                                  str(tmp_path / 'file.jpg')])
+    assert np.array_equal(mmcv.imread(str(tmp_path / 'url.jpg')),
+                          mmcv.imread(str(tmp_path / 'file.jpg')))
+
+
 def test_tools_fail_clearly_on_bad_paths_and_checkpoints(seg_setup, tmp_path):
     s = seg_setup
     with pytest.raises(FileNotFoundError, match='config file not found'):

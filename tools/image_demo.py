@@ -30,7 +30,8 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     for path, what in ((args.image, 'image'), (args.checkpoint, 'checkpoint')):
-        if not osp.isfile(path):
+        # a checkpoint URL is the inferencer's (mmengine's checkpoint loader's) to fetch
+        if not (what == 'checkpoint' and '://' in path) and not osp.isfile(path):
             raise FileNotFoundError(f'{what} not found: {path!r}')
     cfg = prepare_cfg(args.config, cfg_options=args.cfg_options)
     if cfg.model.get('backbone', {}).get('init_cfg') is not None:

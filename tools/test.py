@@ -37,7 +37,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    if not osp.isfile(args.checkpoint):
+    # a URL (http://, https://, s3://, ...) is mmengine's checkpoint loader's to fetch
+    if '://' not in args.checkpoint and not osp.isfile(args.checkpoint):
         raise FileNotFoundError(f'checkpoint not found: {args.checkpoint!r}')
     cfg = prepare_cfg(args.config, args.work_dir, args.cfg_options, args.launcher)
     framework = framework_of(cfg)
