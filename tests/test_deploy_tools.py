@@ -12,7 +12,8 @@ from mmengine.config import Config
 import mmunirep  # noqa: F401
 from mmunirep.models.backbones.unireplknet import GRN, UniRepLKNetBlock
 from mmunirep.utils import build_model
-from tool_utils import load_tool, recording_backend, tiny_det_config, tiny_seg_config
+from tool_utils import (load_tool, recording_backend, tiny_det_config, tiny_seg_config,
+                        visualizers_restored)
 
 
 def randomize_statistics(model, seed=0):
@@ -263,21 +264,22 @@ def test_tools_take_a_checkpoint_url(seg_setup, tmp_path, monkeypatch):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     img = osp.join(s['data'], 'images', 'validation')
     img = osp.join(img, sorted(__import__('os').listdir(img))[0])
-    try:
-        url = f'http://127.0.0.1:{server.server_address[1]}/seg.pth'
-        m_url, p_url = run_test(s['config'], url, tmp_path / 'url.pkl')
-        load_tool('image_demo').main([img, s['config'], url, '--out-file',
-                                      str(tmp_path / 'url.jpg')])
-    finally:
-        server.shutdown()
-        server.server_close()
-    assert osp.isfile(tmp_path / 'torch_home' / 'hub' / 'checkpoints' / 'seg.pth')
-    m_file, p_file = run_test(s['config'], s['ckpt'], tmp_path / 'file.pkl')
+    with visualizers_restored():
+        try:
+            url = f'http://127.0.0.1:{server.server_address[1]}/seg.pth'
+            m_url, p_url = run_test(s['config'], url, tmp_path / 'url.pkl')
+            load_tool('image_demo').main([img, s['config'], url, '--out-file',
+                                          str(tmp_path / 'url.jpg')])
+        finally:
+            server.shutdown()
+            server.server_close()
+        assert osp.isfile(tmp_path / 'torch_home' / 'hub' / 'checkpoints' / 'seg.pth')
+        m_file, p_file = run_test(s['config'], s['ckpt'], tmp_path / 'file.pkl')
+        load_tool('image_demo').main([img, s['config'], s['ckpt'], '--out-file',
+                                      str(tmp_path / 'file.jpg')])
     assert 'mIoU' in m_url and m_url == m_file
     for a, b in zip(p_url, p_file):
         assert torch.equal(a['seg_logits']['data'], b['seg_logits']['data'])
-    load_tool('image_demo').main([img, s['config'], s['ckpt'], '--out-file',
-                                  str(tmp_path / 'file.jpg')])
     assert np.array_equal(mmcv.imread(str(tmp_path / 'url.jpg')),
                           mmcv.imread(str(tmp_path / 'file.jpg')))
 

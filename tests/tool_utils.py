@@ -1,5 +1,6 @@
 """Shared by the tests: load a script of tools/ as a module, tiny datasets, tiny configs, a
 recording torch.compile backend."""
+import contextlib
 import importlib.util
 import itertools
 import os.path as osp
@@ -16,6 +17,29 @@ def load_tool(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@contextlib.contextmanager
+def visualizers_restored():
+    """mmengine's visualizers as they were before the block, afterwards. They are process-wide
+    (ManagerMixin): a runner takes the visualizer named 'visualizer' if one exists, of whatever
+    framework, and its visualization hook the one created last. A tool run is one framework per
+    process; a test that creates visualizers of one framework (an inferencer creates a new one
+    per call) must not leave them to a later test's runner of the other."""
+    from mmengine.visualization import Visualizer
+
+    def classes(cls):
+        yield cls
+        for sub in cls.__subclasses__():
+            yield from classes(sub)
+
+    saved = {cls: cls._instance_dict.copy() for cls in set(classes(Visualizer))}
+    try:
+        yield
+    finally:
+        for cls, instances in saved.items():
+            cls._instance_dict.clear()
+            cls._instance_dict.update(instances)
 
 
 def tiny_seg_config(tmp_path, data_root: str, **overrides) -> str:
