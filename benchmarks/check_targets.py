@@ -89,7 +89,8 @@ def parse_table(text):
         if auto is not None and cells[auto]:
             times['autotuned'] = float(re.match(FLOAT, cells[auto]).group(1))
         rows.setdefault(key, {})[cells[2]] = times
-    return float(rate.group(1)) * 1e12, (float(bandwidth.group(1)) * 1e9 if bandwidth else None), rows
+    bytes_per_s = float(bandwidth.group(1)) * 1e9 if bandwidth else None
+    return float(rate.group(1)) * 1e12, bytes_per_s, rows
 
 
 def compute_bound(shape, dtype, rate, bandwidth):

@@ -570,7 +570,8 @@ def test_check_targets_on_the_h100_table():
     # 51.2 TFLOP/s / 3.35 TB/s = 15.3: K = 7 is memory-bound in fp32 (49 / 4) and compute-bound
     # in half precision (49 / 2); every K = 13 and 31 pass is compute-bound: 29 (shape, dtype)
     # pairs, 87 passes, of which the 9 at 0.5 or more (K = 31 fwd and dgrad, K = 13 fwd)
-    assert '**not met** (9 of 87 at least 0.5; lowest 0.07, (2, 768, 25, 42, 13) fp32 wgrad)' in floor
+    assert ('**not met** (9 of 87 at least 0.5; lowest 0.07, (2, 768, 25, 42, 13) fp32 wgrad)'
+            in floor)
     assert '(64, 384, 32, 32, 7) fp32' not in floor
     assert '(64, 384, 32, 32, 7) bf16: fwd 0.36, dgrad 0.27, wgrad 0.16' in floor
 
