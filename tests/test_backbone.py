@@ -67,6 +67,43 @@ def test_out_indices(out_indices):
     assert [64 // o.shape[-1] for o in outs] == [STRIDES[i] for i in wanted]
 
 
+@pytest.mark.parametrize('out_indices', [(0, ), (0, 2), (1, )])
+def test_stages_after_the_last_output_are_skipped_and_frozen(out_indices):
+    """What DDP needs (every trainable parameter gets a gradient) and what checkpoints need (the
+    skipped stages stay in the state dict); the outputs are those of the full network."""
+    torch.manual_seed(0)
+    full = UniRepLKNet(arch='a')
+    part = UniRepLKNet(arch='a', out_indices=out_indices)
+    part.load_state_dict(full.state_dict(), strict=False)
+    assert set(full.state_dict()) - set(part.state_dict()) == {
+        k for k in full.state_dict() if re.match(rf'norm[^{"".join(map(str, out_indices))}]\.', k)}
+    last = max(out_indices)
+    ran = []
+    for i, stage in enumerate(part.stages):
+        stage.register_forward_hook(lambda m, a, o, i=i: ran.append(i))
+    full.train()
+    part.train()
+    for i in range(4):
+        skipped = i > last
+        for module in (part.downsample_layers[i], part.stages[i]):
+            assert all(p.requires_grad != skipped for p in module.parameters()), i
+            assert all(m.training != skipped for m in module.modules()), i
+    x = torch.randn(2, 3, 64, 64)
+    outs = part(x)
+    assert ran == list(range(last + 1))
+    sum((o * o).mean() for o in outs).backward()
+    no_grad = [n for n, p in part.named_parameters() if p.requires_grad and p.grad is None]
+    assert not no_grad, f'trainable parameters without a gradient (DDP would fail): {no_grad}'
+    full.eval()
+    part.eval()
+    with torch.no_grad():
+        ref = full(x)
+        got = part(x)
+    assert len(got) == len(out_indices)
+    for o, i in zip(got, out_indices):
+        torch.testing.assert_close(o, ref[i], rtol=1e-5, atol=1e-6)
+
+
 def test_odd_input_sizes():
     model = UniRepLKNet(arch='a').eval()
     with torch.no_grad():

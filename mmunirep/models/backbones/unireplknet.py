@@ -383,6 +383,9 @@ class UniRepLKNet(BaseModule):
         in_channels (int): image channels.
         out_indices (Sequence[int]): stages to return; each goes through its own output norm
             ``norm{i}`` (channels-first LayerNorm unless ``downsample_norm_cfg`` says otherwise).
+            Stages after the last one listed are not run: they stay in the module, so that
+            checkpoints load as they are, but are frozen (``requires_grad=False``), so that
+            distributed training finds no parameter without a gradient.
         frozen_stages (int): -1 freezes nothing; ``i >= 0`` freezes the down-sampling layers,
             blocks and output norms of stages ``0..i``.
         norm_eval (bool): keep the BatchNorms in eval mode during training.
@@ -437,6 +440,7 @@ class UniRepLKNet(BaseModule):
 
         self.depths, self.dims, self.kernel_sizes = self._parse_arch(arch)
         self.out_indices = self._parse_out_indices(out_indices)
+        self.last_stage = max(self.out_indices)
         if not isinstance(frozen_stages, int) or not -1 <= frozen_stages < self.num_stages:
             raise ValueError(f'frozen_stages must be an int in [-1, {self.num_stages - 1}] '
                              f'(-1 freezes nothing), got {frozen_stages!r}')
@@ -567,7 +571,7 @@ class UniRepLKNet(BaseModule):
 
     def _forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         outs = []
-        for i in range(self.num_stages):
+        for i in range(self.last_stage + 1):
             x = self.stages[i](self.downsample_layers[i](x))
             if i in self.out_indices:
                 outs.append(getattr(self, f'norm{i}')(x))
@@ -575,7 +579,9 @@ class UniRepLKNet(BaseModule):
 
     # -- training behaviour ----------------------------------------------------------------------
     def _freeze_stages(self) -> None:
-        for i in range(self.frozen_stages + 1):
+        # the frozen stages, and those after the last output, which the forward does not run
+        unused = range(self.last_stage + 1, self.num_stages)
+        for i in sorted(set(range(self.frozen_stages + 1)) | set(unused)):
             modules = [self.downsample_layers[i], self.stages[i]]
             if i in self.out_indices:
                 modules.append(getattr(self, f'norm{i}'))
