@@ -207,8 +207,40 @@ def test_quickstart_train_test_tta(tmp_path, tiny_data):
     assert osp.getsize(str(tmp_path / 'out.pkl')) > 0
 
     test_tool = load_tool('test')
-    tta_metrics = test_tool.main([config, ckpt, '--tta', '--work-dir', str(tmp_path / 'tta')])
+    label_dir = tmp_path / 'label_maps'
+    tta_metrics = test_tool.main([config, ckpt, '--tta', '--work-dir', str(tmp_path / 'tta'),
+                                  '--out', str(label_dir)])
     assert set(tta_metrics) >= {'mIoU', 'aAcc', 'mAcc'} and 0 <= tta_metrics['mIoU'] <= 100
+    # --out DIR: one PNG label map per image, in the annotations' values (reduce_zero_label:
+    # the classes are 1..3, 0 is "other"); the mIoU recomputed from them is the tool's
+    assert_label_maps_give_miou(label_dir, osp.join(tiny_data, 'annotations', 'validation'),
+                                num_classes=3, miou=tta_metrics['mIoU'])
+    not_a_dir = tmp_path / 'labels.txt'
+    not_a_dir.write_text('x')
+    with pytest.raises(ValueError, match='existing file'):
+        test_tool.main([config, ckpt, '--out', str(not_a_dir)])
+
+
+def assert_label_maps_give_miou(label_dir, gt_dir, num_classes, miou):
+    import cv2
+    import numpy as np
+    names = sorted(os.listdir(gt_dir))
+    assert sorted(os.listdir(label_dir)) == names
+    inter, union = np.zeros(num_classes), np.zeros(num_classes)
+    for name in names:
+        pred = cv2.imread(osp.join(label_dir, name), cv2.IMREAD_UNCHANGED)
+        gt = cv2.imread(osp.join(gt_dir, name), cv2.IMREAD_UNCHANGED)
+        assert pred.dtype == np.uint8 and pred.shape == gt.shape, (pred.shape, gt.shape)
+        assert 1 <= pred.min() and pred.max() <= num_classes, np.unique(pred)
+        valid = gt > 0  # 0 is ignored (reduce_zero_label)
+        p, g = pred[valid].astype(int) - 1, gt[valid].astype(int) - 1
+        for c in range(num_classes):
+            inter[c] += np.sum((p == c) & (g == c))
+            union[c] += np.sum((p == c) | (g == c))
+    with np.errstate(invalid='ignore', divide='ignore'):
+        expected = 100 * np.nanmean(inter / union)
+    # the tool rounds its metrics to 2 decimals
+    assert abs(expected - miou) <= 0.006, (expected, miou)
 
 
 # -- from an existing MMSegmentation project: MMSegmentation's own tools/train.py ---------------

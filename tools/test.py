@@ -1,6 +1,7 @@
 """Evaluate a checkpoint: COCO bbox/segm mAP for detectors, mIoU for segmentors.
 
     python tools/test.py CONFIG CHECKPOINT [--out results.pkl] [--show-dir DIR] [--tta]
+    python tools/test.py SEG_CONFIG CHECKPOINT --out DIR    # label maps as PNGs, as MMSegmentation
 """
 import argparse
 import os
@@ -20,7 +21,10 @@ def parse_args(argv=None):
     parser.add_argument('config', help='test config file path')
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--work-dir', help='the dir to save the evaluation log')
-    parser.add_argument('--out', help='dump the raw predictions to this pickle file')
+    parser.add_argument('--out', help='dump the raw predictions to this pickle file (.pkl); for '
+                        'segmentors, a directory instead saves each prediction as a PNG label '
+                        'map in the dataset\'s own label values (ADE20K: 1..150, as its '
+                        'annotations), as MMSegmentation\'s tools/test.py does')
     parser.add_argument('--show-dir', help='save drawn predictions into this directory')
     parser.add_argument('--tta', action='store_true',
                         help='test-time augmentation (multi-scale + flip, the "ms" of the paper)')
@@ -73,10 +77,13 @@ def main(argv=None):
         cfg.tta_model.module = cfg.model
         cfg.model = cfg.tta_model
 
+    pickle_out = bool(args.out) and args.out.endswith(('.pkl', '.pickle'))
+    if args.out and not pickle_out:
+        if framework == 'mmdet':
+            raise ValueError(f'--out must be a .pkl file for a detector, got {args.out!r}')
+        _save_label_maps(cfg, osp.abspath(args.out))
     runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
-    if args.out:
-        if not args.out.endswith(('.pkl', '.pickle')):
-            raise ValueError(f'--out must be a .pkl file, got {args.out!r}')
+    if pickle_out:
         if framework == 'mmdet':
             from mmdet.evaluation import DumpDetResults
             runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
@@ -85,6 +92,23 @@ def main(argv=None):
     metrics = runner.test()
     leave_process_group()
     return metrics
+
+
+def _save_label_maps(cfg, out_dir: str) -> None:
+    """Have the segmentation metric write each prediction as a PNG label map into ``out_dir``
+    (MMSegmentation's IoUMetric does the writing: its ``output_dir``), as ``--out DIR`` of
+    MMSegmentation's own tools/test.py."""
+    if osp.isfile(out_dir):
+        raise ValueError(f'--out: expected a directory for the label maps (or a .pkl file), '
+                         f'got the existing file {out_dir!r}')
+    evaluators = cfg.test_evaluator
+    evaluators = evaluators if isinstance(evaluators, (list, tuple)) else [evaluators]
+    iou = [e for e in evaluators if e.get('type') in ('IoUMetric', 'mmseg.IoUMetric')]
+    if not iou:
+        raise ValueError(f'--out DIR saves label maps through the IoUMetric of test_evaluator; '
+                         f'this config has {[e.get("type") for e in evaluators]}')
+    for evaluator in iou:
+        evaluator['output_dir'] = out_dir
 
 
 if __name__ == '__main__':
