@@ -346,3 +346,21 @@ def test_amp_without_a_gpu_is_refused_up_front(data, tmp_path):
     with pytest.raises(SystemExit, match='needs a CUDA GPU'):
         load_tool('train').main([tiny_seg_config(tmp_path, data), '--amp',
                                  '--work-dir', str(tmp_path / 'w')])
+
+
+@pytest.mark.parametrize('backend, replaced', [(None, True), ('nccl', True), ('gloo', False)])
+def test_cpu_adaptation_says_what_it_changed(monkeypatch, backend, replaced):
+    """Without a GPU the tools turn SyncBN into BN and NCCL into gloo, and log each change."""
+    from mmunirep.utils import config_utils
+    logged = []
+    monkeypatch.setattr(config_utils, 'print_log', lambda msg, **kw: logged.append(msg))
+    env = dict(dist_cfg=dict(backend=backend)) if backend else dict(dist_cfg=dict())
+    cfg = Config(dict(model=dict(backbone=dict(norm_cfg=dict(type='SyncBN')),
+                                 neck=dict(norm_cfg=dict(type='SyncBN', requires_grad=True))),
+                      env_cfg=env))
+    config_utils.adapt_to_cpu(cfg)
+    assert cfg.model.backbone.norm_cfg.type == 'BN' and cfg.model.neck.norm_cfg == dict(
+        type='BN', requires_grad=True)
+    assert cfg.env_cfg.dist_cfg.backend == ('gloo' if replaced else backend)
+    assert any('2 SyncBN norm configs replaced by BN' in m for m in logged), logged
+    assert any('nccl replaced by gloo' in m for m in logged) == replaced, logged

@@ -296,6 +296,10 @@ def test_get_flops_segmentor(tmp_path, tiny_data):
     assert res['flops'] > 0
     dep = get_flops.get_flops(QUICKSTART, (64, 96), deploy=True)
     assert dep['params'] < res['params'] and 0.9 * res['flops'] < dep['flops'] < res['flops']
+    # a config that compiles its backbone is counted as the eager one (a compiled forward cannot
+    # be traced)
+    compiled = get_flops.get_flops(QUICKSTART, (64, 96), {'model.backbone.compile': True})
+    assert (compiled['params'], compiled['flops']) == (res['params'], res['flops'])
 
 
 def test_get_flops_detector():

@@ -36,8 +36,8 @@ import torch.nn as nn
 from mmengine.analysis import get_model_complexity_info
 from mmengine.config import Config
 from mmengine.model import revert_sync_batchnorm
-from mmengine.registry import init_default_scope
 
+from mmunirep.utils import build_model as build_eager_model
 from mmunirep.utils import framework_of
 from mmunirep.utils.config_utils import DictAction
 
@@ -67,19 +67,10 @@ def parse_args(argv=None):
     return args
 
 
-def build_model(cfg: Config, framework: str) -> nn.Module:
-    """The config's model from its scope's registry, without pretrained weights, eval mode, BN."""
-    init_default_scope(framework)
-    if framework == 'mmseg':
-        from mmseg.registry import MODELS
-        cfg.model.pretrained = None
-    else:
-        from mmdet.registry import MODELS
-    if cfg.model.get('backbone') is not None:
-        cfg.model.backbone.init_cfg = None
-        cfg.model.backbone.pop('pretrained', None)
-    model = MODELS.build(cfg.model)
-    model = revert_sync_batchnorm(model)
+def build_model(cfg: Config) -> nn.Module:
+    """The config's model without pretrained weights, with an eager backbone even where the
+    config compiles it (a compiled forward cannot be traced), in eval mode, SyncBN as BN."""
+    model = revert_sync_batchnorm(build_eager_model(cfg))
     model.eval()
     return model
 
@@ -166,7 +157,7 @@ def get_flops(config: str, shape, cfg_options=None, num_proposals: int = 1000,
         # The large-kernel op's CUDA path is an autograd Function, opaque to the tracer that
         # counts FLOPs; its F.conv2d path has the same structure and FLOPs and is counted.
         cfg.model.backbone.use_lk_op = False
-    model = build_model(cfg, framework)
+    model = build_model(cfg)
     result = dict(config=config, framework=framework, shape=tuple(shape), deploy=deploy)
 
     with torch.no_grad():

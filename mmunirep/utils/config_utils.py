@@ -73,6 +73,8 @@ def adapt_to_cpu(cfg: Config) -> None:
     dist_cfg = cfg.get('env_cfg', {}).get('dist_cfg', {})
     if dist_cfg.get('backend', 'nccl') == 'nccl':
         cfg.merge_from_dict({'env_cfg.dist_cfg.backend': 'gloo'})
+        print_log('no CUDA device: env_cfg.dist_cfg.backend nccl replaced by gloo (used by '
+                  'distributed runs)', logger='current')
 
 
 def init_cpu_process_group() -> None:
