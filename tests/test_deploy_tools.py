@@ -2,6 +2,7 @@
 benchmark, image demo, and the tools' errors. Quick-start-sized models on generated data."""
 import os.path as osp
 import pickle
+import re
 
 import mmcv
 import numpy as np
@@ -184,11 +185,22 @@ def test_export_onnx_refuses_a_detector(det_setup, tmp_path):
 
 
 @pytest.mark.parametrize('part', ['backbone', 'model'])
-def test_benchmark_compares_both_structures(seg_setup, part):
-    ips = load_tool('benchmark').main([seg_setup['config'], '--checkpoint', seg_setup['ckpt'],
-                                       '--shape', '64', '64', '--warmup', '1', '--iters', '1',
-                                       '--repeats', '2', '--part', part])
+def test_benchmark_compares_both_structures(seg_setup, part, tmp_path):
+    out = tmp_path / 'report.md'
+    if part == 'model':  # --out appends to what the file holds
+        out.write_text('# earlier runs\n')
+    argv = [seg_setup['config'], '--checkpoint', seg_setup['ckpt'], '--shape', '64', '64',
+            '--warmup', '1', '--iters', '1', '--repeats', '2', '--part', part, '--out', str(out)]
+    ips = load_tool('benchmark').main(argv)
     assert set(ips) == {'training', 'deploy'} and all(v > 0 for v in ips.values())
+    report = out.read_text()
+    assert report.startswith('# earlier runs\n' if part == 'model' else
+                             '# tools/benchmark.py reports\n'), report
+    assert f"`python tools/benchmark.py {' '.join(argv)}`" in report
+    for name, value in ips.items():
+        assert re.search(rf'^  {name} +{value:.2f} images/s$', report, re.M), (name, report)
+    ratio = ips['deploy'] / ips['training']
+    assert f'deploy / training: {ratio:.2f}x' in report
 
 
 @pytest.mark.parametrize('part, amp', [('model', None), ('backbone', None), ('model', 'bf16')])

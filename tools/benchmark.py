@@ -3,6 +3,7 @@
     python tools/benchmark.py CONFIG [--checkpoint CKPT] [--shape H W] [--batch-size N]
                               [--amp {fp16,bf16}]
                               [--compile [--compile-mode MODE] [--compile-backend BACKEND]]
+                              [--out results.md]
 
 Both structures are timed in the same run, on the same synthetic pre-processed batch, alternating
 repeat by repeat; each repeat runs --iters forward passes (predict mode, post-processing included)
@@ -15,11 +16,18 @@ median images/s of each and their ratio, and the device.
 timing, each twin's features must match its eager structure's on the benchmark's batch (--rtol of
 the largest magnitude), and the report gives compiled / eager for each structure. The warm-up
 passes include the compilation.
+
+--out appends the report to a Markdown file, with the command line and the date, so that the runs
+behind a table of figures are kept together (benchmarks/results/cpu_inference_quickstart.md).
 """
 import argparse
 import copy
+import datetime
+import os.path as osp
 import platform
+import shlex
 import statistics
+import sys
 import time
 
 import torch
@@ -62,6 +70,7 @@ def parse_args(argv=None):
                         help='with --compile: max |compiled - eager| / max |eager| of the features '
                              '(default 1e-3, 2e-2 with --amp)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    parser.add_argument('--out', help='append the report to this Markdown file')
     args = parser.parse_args(argv)
     if not args.compile and (args.compile_mode is not None
                              or args.compile_backend != 'inductor'):
@@ -186,7 +195,21 @@ def main(argv=None):
                      f'{err:.1e} of eager; backend {args.compile_backend}, mode '
                      f'{args.compile_mode or "default"})')
     print_log('\n'.join(lines), logger='current')
+    if args.out:
+        append_report(args.out, argv, lines)
     return ips
+
+
+def append_report(path: str, argv, lines) -> None:
+    """Append ``lines`` to the Markdown file ``path`` under the command that produced them."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = 'python tools/benchmark.py ' + shlex.join(argv)
+    new = not osp.isfile(path) or osp.getsize(path) == 0
+    with open(path, 'a') as f:
+        if new:
+            f.write('# tools/benchmark.py reports\n')
+        f.write(f'\n## {datetime.date.today().isoformat()}: `{command}`\n\n```\n')
+        f.write('\n'.join(lines) + '\n```\n')
 
 
 if __name__ == '__main__':
