@@ -357,6 +357,36 @@ def test_load_released_checkpoint_layouts(tmp_path, layout):
         assert torch.equal(own[k], v), k
 
 
+def test_init_cfg_prefix_picks_one_backbone_of_several(tmp_path):
+    """mmengine's Pretrained ``prefix``: a distillation checkpoint holds two backbones; the prefix
+    chooses which one loads (without it the keys match nothing)."""
+    teacher, student = classification_state_dict('a', seed=5), classification_state_dict('a', seed=6)
+    ckpt = {'state_dict': {**{'teacher.backbone.' + k: v for k, v in teacher.items()},
+                           **{'student.backbone.' + k: v for k, v in student.items()}}}
+    path = tmp_path / 'distill.pth'
+    torch.save(ckpt, path)
+    for prefix, state in (('teacher.backbone.', teacher), ('student.backbone.', student)):
+        model = UniRepLKNet(arch='a', init_cfg=dict(type='Pretrained', checkpoint=str(path),
+                                                    prefix=prefix))
+        model.init_weights()
+        own = model.state_dict()
+        compared = [k for k in state if not k.startswith(('head.', 'norm.'))]
+        assert compared and all(torch.equal(own[k], state[k]) for k in compared), prefix
+    with pytest.raises(RuntimeError, match="no key starts with the init_cfg prefix 'backbone.'"):
+        UniRepLKNet(arch='a', init_cfg=dict(type='Pretrained', checkpoint=str(path),
+                                            prefix='backbone.')).init_weights()
+    with pytest.raises(RuntimeError, match='matches none of the UniRepLKNet keys'):
+        UniRepLKNet(arch='a', init_cfg=dict(type='Pretrained',
+                                            checkpoint=str(path))).init_weights()
+
+
+@pytest.mark.parametrize('init_cfg', [dict(type='Pretrained', checkpoint='x.pth', prefx='b.'),
+                                      dict(type='Pretrained', prefix='backbone.')])
+def test_pretrained_init_cfg_keys_are_checked(init_cfg):
+    with pytest.raises(ValueError, match=r"takes checkpoint \(required\), prefix and map_location"):
+        UniRepLKNet(arch='a', init_cfg=init_cfg)
+
+
 def test_load_reports_unmatched_keys(tmp_path):
     state = classification_state_dict('a')
     state['stages.0.0.extra'] = torch.randn(3)

@@ -436,6 +436,7 @@ class UniRepLKNet(BaseModule):
             warnings.warn('UniRepLKNet(pretrained=...) is deprecated; use '
                           "init_cfg=dict(type='Pretrained', checkpoint=...)", DeprecationWarning)
             init_cfg = dict(type='Pretrained', checkpoint=pretrained)
+        self._check_init_cfg(init_cfg)
         super().__init__(init_cfg=init_cfg)
 
         self.depths, self.dims, self.kernel_sizes = self._parse_arch(arch)
@@ -493,6 +494,18 @@ class UniRepLKNet(BaseModule):
         self._register_load_state_dict_pre_hook(self._check_loaded_structure)
 
     # -- configuration -------------------------------------------------------------------------
+    @staticmethod
+    def _check_init_cfg(init_cfg) -> None:
+        """A ``Pretrained`` init_cfg is loaded by this class, which knows mmengine's keys for it:
+        refuse others rather than ignore them."""
+        if not isinstance(init_cfg, dict) or init_cfg.get('type') != 'Pretrained':
+            return
+        allowed = {'type', 'checkpoint', 'prefix', 'map_location'}
+        unknown = sorted(set(init_cfg) - allowed)
+        if unknown or not init_cfg.get('checkpoint'):
+            raise ValueError(f"init_cfg=dict(type='Pretrained', ...) takes checkpoint (required), "
+                             f'prefix and map_location; got {dict(init_cfg)}')
+
     def _parse_arch(self, arch):
         if isinstance(arch, str):
             key = arch.lower()
@@ -640,7 +653,8 @@ class UniRepLKNet(BaseModule):
     def init_weights(self) -> None:
         if isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained':
             self.load_pretrained(self.init_cfg['checkpoint'],
-                                 map_location=self.init_cfg.get('map_location', 'cpu'))
+                                 map_location=self.init_cfg.get('map_location', 'cpu'),
+                                 prefix=self.init_cfg.get('prefix'))
             self._is_init = True
             return
         for m in self.modules():  # the authors' initialization
@@ -652,12 +666,13 @@ class UniRepLKNet(BaseModule):
             super().init_weights()
         self._is_init = True
 
-    def load_pretrained(self, checkpoint: str, map_location: str = 'cpu') -> Dict[str, list]:
+    def load_pretrained(self, checkpoint: str, map_location: str = 'cpu',
+                        prefix: Optional[str] = None) -> Dict[str, list]:
         """Load a checkpoint of the authors' or ours into this backbone.
 
-        Accepts a plain state dict, ``{'model': ...}`` or ``{'state_dict': ...}``; strips
-        ``module.`` and ``backbone.`` prefixes; ignores the classification ``head.*`` and final
-        ``norm.*``. Unmatched keys are logged by name. Raises if no key matches, if shapes differ,
+        Accepts a plain state dict, ``{'model': ...}`` or ``{'state_dict': ...}``; with ``prefix``
+        takes only the keys under it (e.g. ``'teacher.backbone.'``); strips ``module.`` and
+        ``backbone.`` prefixes; ignores the classification ``head.*`` and final ``norm.*``. Unmatched keys are logged by name. Raises if no key matches, if shapes differ,
         or if the checkpoint is of the other structure (training vs deploy).
 
         Returns:
@@ -672,7 +687,7 @@ class UniRepLKNet(BaseModule):
                 f'could not download the UniRepLKNet checkpoint {checkpoint} ({e}). On a machine '
                 'without internet access, fetch the file elsewhere and give its path: '
                 '--cfg-options model.backbone.init_cfg.checkpoint=/path/to/file.pth') from e
-        state = convert_checkpoint_state_dict(ckpt, source=str(checkpoint))
+        state = convert_checkpoint_state_dict(ckpt, source=str(checkpoint), prefix=prefix)
         own = self.state_dict()
         self._check_structure(state, str(checkpoint))
         matched = [k for k in state if k in own]
@@ -742,8 +757,10 @@ def compiled_forward(kwargs: dict) -> Callable:
     return _COMPILED_FORWARDS[key]
 
 
-def convert_checkpoint_state_dict(ckpt, source: str = 'checkpoint') -> Dict[str, torch.Tensor]:
-    """The backbone's state dict from a released or saved checkpoint (see ``load_pretrained``)."""
+def convert_checkpoint_state_dict(ckpt, source: str = 'checkpoint',
+                                  prefix: Optional[str] = None) -> Dict[str, torch.Tensor]:
+    """The backbone's state dict from a released or saved checkpoint (see ``load_pretrained``).
+    ``prefix`` (as in mmengine's ``Pretrained`` init): only the keys under it, with it removed."""
     if not isinstance(ckpt, dict):
         raise TypeError(f'{source}: expected a dict (state dict or with a "state_dict" / "model" '
                         f'entry), got {type(ckpt).__name__}')
@@ -751,6 +768,13 @@ def convert_checkpoint_state_dict(ckpt, source: str = 'checkpoint') -> Dict[str,
         if key in ckpt and isinstance(ckpt[key], dict):
             ckpt = ckpt[key]
             break
+    if prefix:
+        unwrapped = {(k[len('module.'):] if k.startswith('module.') else k): v
+                     for k, v in ckpt.items()}
+        ckpt = {k[len(prefix):]: v for k, v in unwrapped.items() if k.startswith(prefix)}
+        if not ckpt:
+            raise RuntimeError(f'{source}: no key starts with the init_cfg prefix {prefix!r}; '
+                               f'it has e.g. {sorted(unwrapped)[:5]}')
     state = {}
     has_backbone = any(k.replace('module.', '', 1).startswith('backbone.') for k in ckpt)
     for k, v in ckpt.items():
