@@ -675,3 +675,66 @@ def test_check_targets_refuses_what_it_cannot_read(tmp_path):
         re.sub(r'fp32 rate [\d.]+', 'fp32 rate 0.0', line) for line in lines])
     proc = run('benchmarks/check_targets.py', str(zero), check=False)
     assert proc.returncode == 2 and 'must be positive' in proc.stderr
+
+
+# -- benchmarks/model_zoo_complexity.py -----------------------------------------------------------
+ZOO_RESULTS = os.path.join(ROOT, 'benchmarks', 'results', 'model_zoo_complexity.md')
+
+
+def zoo_module():
+    sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+    import model_zoo_complexity
+    return model_zoo_complexity
+
+
+def test_model_zoo_complexity_smoke(tmp_path):
+    """The script on the segmentation quick start at 64x64: its row holds the deploy model's
+    parameter count without the auxiliary head, counted here independently."""
+    from mmengine.config import Config
+    from mmunirep.models import reparameterize_unireplknet
+    from mmunirep.utils import build_model
+    config = 'configs/segmentation/quickstart_unireplknet_a_shapes.py'
+    out = tmp_path / 'zoo.md'
+    proc = run('benchmarks/model_zoo_complexity.py', '--configs', config, '--shape', '64', '64',
+               '--out', str(out))
+    rows = table_rows(out)
+    assert len(rows) == 1  # and stdout has the table too (among mmengine's log lines)
+    assert all(line in proc.stdout.splitlines() for line in out.read_text().splitlines())
+    cells = [c.strip() for c in rows[0]]
+    model = reparameterize_unireplknet(build_model(Config.fromfile(config)))
+    params = sum(p.numel() for n, p in model.named_parameters()
+                 if not n.startswith('auxiliary_head.'))
+    assert cells[:2] == ['`quickstart_unireplknet_a_shapes.py`', '64 x 64']
+    assert cells[3] == f'{params / 1e6:.2f}M' and cells[2] == cells[4] == ''  # not in the paper
+    assert float(cells[6].rstrip('G')) > 0
+
+
+def test_model_zoo_complexity_covers_exactly_the_paper_configs(tmp_path):
+    zoo = zoo_module()
+    names = [os.path.basename(c) for c in zoo.paper_configs()]
+    assert len(names) == 13 and set(names) == set(zoo.PAPER)
+    assert {zoo.paper_shape(c) for c in names} == {(800, 1280), (512, 2048), (640, 2560)}
+    with pytest.raises(ValueError, match='no paper input shape'):
+        zoo.paper_shape('configs/segmentation/quickstart_unireplknet_a_shapes.py')
+
+
+def test_readme_model_zoo_quotes_the_committed_complexity_table():
+    """Each "params paper / ours" and "FLOPs paper / ours" cell of README's model zoo is the
+    committed table's, row by row, and that table is within 1% of the paper (params) and 0.5%
+    (FLOPs) on every config."""
+    results = {}
+    for cells in table_rows(ZOO_RESULTS):
+        cells = [c.strip() for c in cells]
+        results[cells[0]] = cells
+    assert len(results) == 13, sorted(results)
+    with open(os.path.join(ROOT, 'README.md')) as f:
+        readme = f.read()
+    quoted = re.findall(r'^\| (`unireplknet_\w+\.py`) \|.*?\| (\d+)M / ([\d.]+M) \| (\d+)G / '
+                        r'([\d.]+G) \|', readme, re.M)
+    assert {q[0] for q in quoted} == set(results), quoted
+    for name, p_paper, p_ours, f_paper, f_ours in quoted:
+        row = results[name]
+        assert (row[2], row[3], row[5], row[6]) == (p_paper + 'M', p_ours, f_paper + 'G',
+                                                    f_ours), (name, row)
+        assert abs(float(p_ours[:-1]) / float(p_paper) - 1) <= 0.01, (name, p_ours, p_paper)
+        assert abs(float(f_ours[:-1]) / float(f_paper) - 1) <= 0.005, (name, f_ours, f_paper)
