@@ -4,8 +4,9 @@
 # nvcc and timm but not mmengine (as the GPU machines lent to our sessions).
 #
 #   bash benchmarks/gpu_session.sh prepare          # here, with the package registries: downloads
-#                                                   # the pure-Python dependencies the backbone and
-#                                                   # pytest need into .gpu_wheels/ (cp312, ~20 MB)
+#                                                   # the dependencies the backbone and pytest need
+#                                                   # into .gpu_wheels/ (cp312 wheels, pure Python
+#                                                   # but for numpy and pyyaml; ~20 MB)
 #   bash benchmarks/gpu_session.sh run OUT_DIR      # on the GPU machine, with .gpu_wheels/ carried
 #   bash benchmarks/gpu_session.sh run OUT_DIR dwconv train_step   # only these steps (the build
 #                                                   # of an earlier call on the same machine is used)

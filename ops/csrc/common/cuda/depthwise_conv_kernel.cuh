@@ -30,8 +30,9 @@
 //   and 8 gradients loaded for 8 * K FMAs; an item is a 16x32 tile of one sample, or a 16x16 /
 //   8x8 tile of 2 / 4 samples), then the block sums its rows through shared memory in a fixed
 //   order (deterministic); a pipelined variant for large maps (MMUNIREP_DWCONV_PIPELINE=1, not
-//   the default until a GPU measures it) loads the next item into registers while it computes
-//   this one, with two sets of staging buffers and one barrier per item;
+//   the default until a GPU measures it) loads the next item while it computes this one (fp16 /
+//   bf16: into registers, stored after; fp32: by cp.async straight into shared memory), with two
+//   sets of staging buffers and one barrier per item;
 // - whole-map tiles (maps of at most 16x16) stage the map without its halo and leave out, at
 //   compile time, the FMAs on padding left and right of the map, and their weight gradient runs
 //   only the (kh, r) whose input row is inside the map (TileShape::kWholeMap, WholeMapRows).
