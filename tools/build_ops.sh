@@ -24,7 +24,9 @@ echo "build_ops: CUDA_HOME=$CUDA_HOME TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST
 cd "$ROOT"
 start=$(date +%s)
 "$PY" setup.py -q build_ext --inplace
-echo "build_ops: built $(ls mmunirep/_ext*.so) in $(( $(date +%s) - start )) s"
+# the file of this Python (another Python's build may sit beside it)
+so=$("$PY" -c 'import sysconfig; print("mmunirep/_ext" + sysconfig.get_config_var("EXT_SUFFIX"))')
+echo "build_ops: built $so in $(( $(date +%s) - start )) s"
 "$PY" -c '
 from mmunirep.ops import ext_available
 from mmunirep.ops.cuda_archs import describe_built_archs
