@@ -135,11 +135,16 @@ def test_frozen_stages(frozen_stages):
     sum(o.mean() for o in model(torch.randn(2, 3, 32, 32))).backward()
     opt.step()
     after = model.state_dict()
+    changed = set()
     for k, v in before.items():
         m = re.match(r'(downsample_layers|stages)\.(\d)\.|norm(\d)\.', k)
         stage = int(m.group(2) or m.group(3))
         if stage <= frozen_stages:
             assert torch.equal(v, after[k]), k
+        elif not torch.equal(v, after[k]):
+            changed.add(stage)
+    # and the step did update every stage that is not frozen
+    assert changed == set(range(frozen_stages + 1, 4)), changed
 
 
 def test_norm_eval():
@@ -158,6 +163,7 @@ def assert_same_training_step(ref: UniRepLKNet, other: UniRepLKNet, x: torch.Ten
     ref.train()
     other.train()
     outs_ref, outs_other = ref(x), other(x)
+    assert len(outs_ref) == len(outs_other) > 0
     for a, b in zip(outs_ref, outs_other):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
     sum((o * o).mean() for o in outs_ref).backward()
@@ -213,7 +219,9 @@ def test_compile_option_same_outputs_gradients_and_state(with_cp):
     ref.eval()
     ref.switch_to_deploy()
     with torch.no_grad():
-        for a, b in zip(ref(x), comp(x)):
+        outs_ref, outs_comp = ref(x), comp(x)
+        assert len(outs_ref) == len(outs_comp) > 0
+        for a, b in zip(outs_ref, outs_comp):
             torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
     assert len(graphs) > n_graphs  # the deploy structure was compiled too
 
@@ -255,6 +263,7 @@ def test_reparameterization_every_variant(arch):
                    or re.search(r'stages\.\d+\.\d+\.gamma$', k) or 'pwconv2.2' in k for k in keys)
     with torch.no_grad():
         after = model(x)
+    assert len(after) == len(before) > 0
     for a, b in zip(after, before):
         assert rel_err(a, b) < 1e-5
     deploy = UniRepLKNet(arch=arch, deploy=True).eval()
@@ -262,6 +271,7 @@ def test_reparameterization_every_variant(arch):
     deploy.load_state_dict(model.state_dict(), strict=True)
     with torch.no_grad():
         again = deploy(x)
+    assert len(again) == len(after) > 0
     for a, b in zip(again, after):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
@@ -278,9 +288,17 @@ def test_reparameterize_alias_and_timm():
     model.reparameterize_unireplknet()
     assert model.deploy
     with torch.no_grad():
-        for a, b, c in zip(via_timm(x), model(x), ref):
+        outs = model(x)
+        assert len(outs) == len(ref) == 4
+        for a, b, c in zip(via_timm(x), outs, ref):
             assert rel_err(a, c) < 1e-5 and rel_err(b, c) < 1e-5
-    model.switch_to_deploy()  # idempotent
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    model.switch_to_deploy()  # idempotent: nothing changes
+    assert state.keys() == model.state_dict().keys()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    with torch.no_grad():
+        for a, b in zip(model(x), outs):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_authors_flat_deploy_keys_load():
@@ -312,6 +330,7 @@ def test_reparameterization_on_cuda():
         model.switch_to_deploy()
         after = model(x)
     assert all(p.is_cuda for p in model.parameters())
+    assert len(after) == len(before) > 0
     for a, b in zip(after, before):
         assert rel_err(a, b) < 1e-4  # TF32 may be on for convs
 
@@ -499,6 +518,7 @@ def test_downsample_norm_cfg_batchnorm_option():
         ref = bn(x)
         bn.switch_to_deploy()
         out = bn(x)
+    assert len(ref) == len(out) > 0
     for r, o in zip(ref, out):
         assert rel_err(o, r) < 1e-5
 

@@ -105,6 +105,7 @@ def test_reparameterized_detector_gives_the_same_predictions_and_map(det_setup):
     assert 'coco/bbox_mAP' in m_train and 'coco/segm_mAP' in m_train
     for k in m_train:
         assert m_deploy[k] == pytest.approx(m_train[k], abs=1e-6), k
+    assert len(p_train) == len(p_deploy) == 2
     for a, b in zip(p_train, p_deploy):
         ia, ib = a['pred_instances'], b['pred_instances']
         assert len(ia['scores']) == len(ib['scores']) > 0
@@ -244,8 +245,10 @@ def test_benchmark_refuses_a_compiled_twin_that_computes_something_else(seg_setu
     (['--compile', '--warmup', '0'], 'at least one warm-up pass'),
 ])
 def test_benchmark_compile_argument_errors(seg_setup, argv, message, capsys):
-    with pytest.raises(SystemExit):
-        load_tool('benchmark').main([seg_setup['config']] + argv)
+    benchmark = load_tool('benchmark')
+    with pytest.raises(SystemExit) as info:
+        benchmark.main([seg_setup['config']] + argv)
+    assert info.value.code == 2  # argparse's error
     assert message in capsys.readouterr().err
 
 
@@ -290,6 +293,7 @@ def test_tools_take_a_checkpoint_url(seg_setup, tmp_path, monkeypatch):
         load_tool('image_demo').main([img, s['config'], s['ckpt'], '--out-file',
                                       str(tmp_path / 'file.jpg')])
     assert 'mIoU' in m_url and m_url == m_file
+    assert len(p_url) == len(p_file) > 0
     for a, b in zip(p_url, p_file):
         assert torch.equal(a['seg_logits']['data'], b['seg_logits']['data'])
     assert np.array_equal(mmcv.imread(str(tmp_path / 'url.jpg')),

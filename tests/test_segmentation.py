@@ -314,10 +314,23 @@ def test_get_flops_detector():
     assert res['flops'] > 0 and res['params'] > res['backbone_params'] > 0
 
 
-def test_get_flops_counts_the_large_kernel_op_like_conv2d():
-    """With use_lk_op=True the count is that of the plain convolutions (same FLOPs)."""
+def test_get_flops_counts_the_large_kernel_op_like_conv2d(monkeypatch):
+    """With use_lk_op=True the tool counts the model with nn.Conv2d in the op's place (the op's
+    CUDA path is opaque to the tracer): the same parameters and FLOPs as without the op."""
+    from mmunirep.ops import DepthWiseConv2dImplicitGEMM
     get_flops = load_tool('get_flops')
+    built = []
+    build = get_flops.build_model
+    monkeypatch.setattr(get_flops, 'build_model', lambda cfg: built.append(build(cfg)) or built[-1])
     plain = get_flops.get_flops(QUICKSTART, (64, 64))
     with_op = get_flops.get_flops(QUICKSTART, (64, 64),
                                   cfg_options={'model.backbone.use_lk_op': True})
+    assert len(built) == 2
+    assert not any(isinstance(m, DepthWiseConv2dImplicitGEMM) for m in built[1].modules())
     assert with_op['flops'] == plain['flops'] and with_op['params'] == plain['params']
+    # on its traceable path (the CPU fallback) the op counts as the convolution it computes
+    from mmengine.analysis import FlopAnalyzer
+    x = torch.randn(1, 3, 64, 64)
+    counts = [FlopAnalyzer(UniRepLKNet(arch='a', use_lk_op=op).eval(), (x, )).total()
+              for op in (False, True)]
+    assert counts[0] == counts[1] > 0, counts
