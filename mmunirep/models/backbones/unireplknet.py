@@ -672,8 +672,9 @@ class UniRepLKNet(BaseModule):
 
         Accepts a plain state dict, ``{'model': ...}`` or ``{'state_dict': ...}``; with ``prefix``
         takes only the keys under it (e.g. ``'teacher.backbone.'``); strips ``module.`` and
-        ``backbone.`` prefixes; ignores the classification ``head.*`` and final ``norm.*``. Unmatched keys are logged by name. Raises if no key matches, if shapes differ,
-        or if the checkpoint is of the other structure (training vs deploy).
+        ``backbone.`` prefixes; ignores the classification ``head.*`` and final ``norm.*``.
+        Unmatched keys are logged by name. Raises if no key matches, if shapes differ, or if the
+        checkpoint is of the other structure (training vs deploy).
 
         Returns:
             dict: ``missing`` and ``unexpected`` key names.
