@@ -7,8 +7,16 @@ a working torch + mmcv can `pip install --no-build-isolation -e .` and keep thei
 import glob
 import importlib.util
 import os
+import shutil
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+# What OpenMMLab's packages ship in ``<package>/.mim/``: mmengine resolves ``mmunirep::PATH`` (as
+# in ``_base_ = 'mmunirep::detection/unireplknet_s_22k_cascade_3x.py'``) to
+# ``<installed mmunirep>/.mim/configs/PATH`` after reading ``.mim/model-index.yml``, and mim runs
+# ``.mim/tools/train.py``.
+MIM_CONTENT = ('configs', 'tools', 'model-index.yml')
 
 
 def load_cuda_archs():
@@ -93,12 +101,43 @@ def get_extensions():
     ]
 
 
+class BuildPyWithMim(build_py):
+    """``build_py`` that also copies :data:`MIM_CONTENT` into ``mmunirep/.mim/`` of the build.
+
+    Only for built packages (wheels, ``pip install .``, an sdist's install): an editable install
+    runs from this checkout, whose ``configs/`` are at hand, and mmengine cannot find an editable
+    (PEP 660) package's folder anyway. Written here rather than with mmdet's ``add_mim_extension``
+    (which copies into the source tree according to ``sys.argv``) so the checkout stays clean.
+    """
+
+    def run(self):
+        super().run()
+        if getattr(self, 'editable_mode', False):
+            return
+        root = os.path.dirname(os.path.abspath(__file__))
+        mim = os.path.join(self.build_lib, 'mmunirep', '.mim')
+        for name in MIM_CONTENT:
+            src, dst = os.path.join(root, name), os.path.join(mim, name)
+            if not os.path.exists(src):
+                raise FileNotFoundError(f'{src} is missing: the package ships it in .mim/ '
+                                        '(an sdist without it was made without MANIFEST.in)')
+            if os.path.isdir(dst):
+                shutil.rmtree(dst)
+            if os.path.isdir(src):
+                shutil.copytree(src, dst, ignore=shutil.ignore_patterns('__pycache__', '*.pyc'))
+            else:
+                os.makedirs(mim, exist_ok=True)
+                shutil.copyfile(src, dst)
+
+
 def get_cmdclass():
+    cmdclass = {'build_py': BuildPyWithMim}
     try:
         from torch.utils.cpp_extension import BuildExtension
     except ImportError:
-        return {}
-    return {'build_ext': BuildExtension}
+        return cmdclass
+    cmdclass['build_ext'] = BuildExtension
+    return cmdclass
 
 
 def read_version():

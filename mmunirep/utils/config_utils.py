@@ -8,6 +8,48 @@ from mmengine.config import Config, ConfigDict, DictAction  # noqa: F401  (DictA
 from mmengine.logging import print_log
 
 FRAMEWORKS = ('mmdet', 'mmseg')
+PACKAGE_DIR = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+def configs_dir() -> str:
+    """Where this mmunirep's configs are: ``mmunirep/.mim/configs`` of an installed package (a
+    wheel, ``pip install .``; setup.py copies them there, OpenMMLab's layout), else ``configs/``
+    of the checkout that an editable install runs from."""
+    for path in (osp.join(PACKAGE_DIR, '.mim', 'configs'),
+                 osp.join(osp.dirname(PACKAGE_DIR), 'configs')):
+        if osp.isdir(path):
+            return path
+    raise FileNotFoundError(f'no configs beside the mmunirep package at {PACKAGE_DIR}: expected '
+                            f'{PACKAGE_DIR}/.mim/configs (an installed package) or configs/ of '
+                            'the checkout (an editable install)')
+
+
+def config_path(name: str) -> str:
+    """The absolute path of one of mmunirep's configs, to inherit from a project's config.
+
+    ``name`` is relative to ``configs/``, as ``'detection/unireplknet_s_22k_cascade_3x.py'``
+    (a leading ``configs/`` is accepted). A project's config inherits it by that path:
+    ``_base_ = ['/abs/path/printed/by/config_path.py']``. mmengine's ``'mmunirep::...'`` form does
+    not work: mmengine 0.10 accepts ``package::`` only for OpenMMLab's own packages
+    (open-mmlab/mmengine#1410), and it would tag every inherited dict with the scope ``mmunirep``,
+    whose registries hold only mmunirep's own modules, not the frameworks' detectors, datasets or
+    transforms.
+    """
+    parts = name.replace('\\', '/').split('/')
+    if parts and parts[0] == 'configs':
+        parts = parts[1:]
+    if not parts or osp.isabs(name) or '..' in parts or '' in parts:
+        raise ValueError(f'expected a config name relative to configs/, such as '
+                         f"'detection/unireplknet_s_22k_cascade_3x.py', got {name!r}")
+    root = configs_dir()
+    path = osp.join(root, *parts)
+    if not osp.isfile(path):
+        known = sorted(osp.relpath(osp.join(d, f), root).replace(os.sep, '/')
+                       for d, _, files in os.walk(root) for f in files
+                       if f.endswith('.py') and '_base_' not in d)
+        raise FileNotFoundError(f'no config {name!r} in {root}; the configs are: '
+                                + ', '.join(known))
+    return path
 
 
 def framework_of(cfg: Config) -> str:
@@ -24,7 +66,16 @@ def prepare_cfg(config: str, work_dir: Optional[str] = None, cfg_options: Option
     """Load ``config``, merge ``--cfg-options``, set the launcher and the work dir."""
     if not osp.isfile(config):
         raise FileNotFoundError(f'config file not found: {config!r}')
-    cfg = Config.fromfile(config)
+    try:
+        cfg = Config.fromfile(config)
+    except AssertionError as e:
+        if 'mmunirep' not in str(e):
+            raise
+        # mmengine's own message ("does not support to load mmunirep config") does not say why
+        raise ValueError(f'{config} inherits a config as mmunirep::NAME, which mmengine 0.10 '
+                         'cannot resolve: inherit it by its path instead, as printed by python '
+                         '-c "from mmunirep.utils import config_path; print(config_path(NAME))"'
+                         ) from e
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     framework_of(cfg)
