@@ -399,6 +399,34 @@ def test_init_cfg_prefix_picks_one_backbone_of_several(tmp_path):
                                             checkpoint=str(path))).init_weights()
 
 
+def test_init_cfg_list_loads_the_checkpoint_our_way_after_the_other_entries(tmp_path):
+    """``init_cfg=[Pretrained, other initializers]``: the checkpoint goes through load_pretrained
+    (the authors' ``model`` layout, ``head.*`` ignored) after the others, which set what the
+    checkpoint lacks; a checkpoint matching no key is an error there too, not mmengine's
+    warning."""
+    state = classification_state_dict('a', seed=11)
+    state.pop('downsample_layers.0.0.bias')  # left to the Constant initializer below
+    path = tmp_path / 'released.pth'
+    torch.save({'model': state}, path)
+    init_cfg = [dict(type='Constant', layer='Conv2d', val=0.25, bias=0.5),
+                dict(type='Pretrained', checkpoint=str(path))]
+    model = UniRepLKNet(arch='a', init_cfg=init_cfg)
+    model.init_weights()
+    own = model.state_dict()
+    compared = [k for k in state if not k.startswith(('head.', 'norm.'))]
+    assert len(compared) > 100 and all(torch.equal(own[k], state[k]) for k in compared)
+    # the stem's first conv: its weight from the checkpoint, its bias from Constant
+    assert torch.equal(own['downsample_layers.0.0.bias'],
+                       torch.full_like(own['downsample_layers.0.0.bias'], 0.5))
+    torch.save({'model': {'foo.weight': torch.randn(3)}}, path)
+    with pytest.raises(RuntimeError, match='matches none of the UniRepLKNet keys'):
+        UniRepLKNet(arch='a', init_cfg=init_cfg).init_weights()
+    with pytest.raises(ValueError, match="at most one init_cfg entry of type 'Pretrained', got 2"):
+        UniRepLKNet(arch='a', init_cfg=[init_cfg[1], init_cfg[1]])
+    with pytest.raises(ValueError, match=r"takes checkpoint \(required\)"):
+        UniRepLKNet(arch='a', init_cfg=[init_cfg[0], dict(type='Pretrained', prefx='b.')])
+
+
 @pytest.mark.parametrize('init_cfg', [dict(type='Pretrained', checkpoint='x.pth', prefx='b.'),
                                       dict(type='Pretrained', prefix='backbone.')])
 def test_pretrained_init_cfg_keys_are_checked(init_cfg):

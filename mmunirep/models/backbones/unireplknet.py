@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from mmengine.logging import print_log
-from mmengine.model import BaseModule
+from mmengine.model import BaseModule, initialize
 from mmengine.runner.checkpoint import CheckpointLoader
 from timm.layers import DropPath, LayerNorm2d, trunc_normal_
 
@@ -408,8 +408,10 @@ class UniRepLKNet(BaseModule):
             heads and data pre-processor, whose changing box counts recompile them. The state
             dict, checkpoints and re-parameterization are those of the eager module.
         pretrained (str, optional): deprecated, use ``init_cfg``.
-        init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=PATH_OR_URL)`` loads the
-            authors' released classification checkpoints or our own.
+        init_cfg (dict | list[dict], optional): ``dict(type='Pretrained', checkpoint=PATH_OR_URL)``
+            (optionally ``prefix``, ``map_location``) loads the authors' released classification
+            checkpoints or our own. In a list, the other entries (mmengine initializers) apply
+            first and the checkpoint last, as mmengine orders them.
     """
     arch_settings = ARCH_SETTINGS
     num_stages = 4
@@ -495,16 +497,29 @@ class UniRepLKNet(BaseModule):
 
     # -- configuration -------------------------------------------------------------------------
     @staticmethod
-    def _check_init_cfg(init_cfg) -> None:
-        """A ``Pretrained`` init_cfg is loaded by this class, which knows mmengine's keys for it:
-        refuse others rather than ignore them."""
-        if not isinstance(init_cfg, dict) or init_cfg.get('type') != 'Pretrained':
+    def _split_init_cfg(init_cfg) -> Tuple[Optional[dict], list]:
+        """The ``Pretrained`` entry of a dict or list init_cfg (or None), and the other entries."""
+        entries = list(init_cfg) if isinstance(init_cfg, (list, tuple)) else (
+            [] if init_cfg is None else [init_cfg])
+        pretrained = [c for c in entries if isinstance(c, dict) and c.get('type') == 'Pretrained']
+        others = [c for c in entries if not (isinstance(c, dict) and c.get('type') == 'Pretrained')]
+        if len(pretrained) > 1:
+            raise ValueError(f"expected at most one init_cfg entry of type 'Pretrained', got "
+                             f'{len(pretrained)}: {[dict(c) for c in pretrained]}')
+        return (pretrained[0] if pretrained else None), others
+
+    @classmethod
+    def _check_init_cfg(cls, init_cfg) -> None:
+        """A ``Pretrained`` init_cfg, alone or in a list, is loaded by this class, which knows
+        mmengine's keys for it: refuse others rather than ignore them."""
+        pretrained, _ = cls._split_init_cfg(init_cfg)
+        if pretrained is None:
             return
         allowed = {'type', 'checkpoint', 'prefix', 'map_location'}
-        unknown = sorted(set(init_cfg) - allowed)
-        if unknown or not init_cfg.get('checkpoint'):
+        unknown = sorted(set(pretrained) - allowed)
+        if unknown or not pretrained.get('checkpoint'):
             raise ValueError(f"init_cfg=dict(type='Pretrained', ...) takes checkpoint (required), "
-                             f'prefix and map_location; got {dict(init_cfg)}')
+                             f'prefix and map_location; got {dict(pretrained)}')
 
     def _parse_arch(self, arch):
         if isinstance(arch, str):
@@ -651,10 +666,16 @@ class UniRepLKNet(BaseModule):
 
     # -- weights ---------------------------------------------------------------------------------
     def init_weights(self) -> None:
-        if isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained':
-            self.load_pretrained(self.init_cfg['checkpoint'],
-                                 map_location=self.init_cfg.get('map_location', 'cpu'),
-                                 prefix=self.init_cfg.get('prefix'))
+        pretrained, others = self._split_init_cfg(self.init_cfg)
+        if pretrained is not None:
+            # the other entries first, the checkpoint last, the order of mmengine's BaseModule;
+            # the checkpoint through load_pretrained, not mmengine's PretrainedInit, which knows
+            # neither the authors' layouts nor that a checkpoint matching no key is an error
+            if others:
+                initialize(self, others)
+            self.load_pretrained(pretrained['checkpoint'],
+                                 map_location=pretrained.get('map_location', 'cpu'),
+                                 prefix=pretrained.get('prefix'))
             self._is_init = True
             return
         for m in self.modules():  # the authors' initialization
