@@ -12,11 +12,16 @@ import shutil
 from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
 
-# What OpenMMLab's packages ship in ``<package>/.mim/``: mmengine resolves ``mmunirep::PATH`` (as
-# in ``_base_ = 'mmunirep::detection/unireplknet_s_22k_cascade_3x.py'``) to
-# ``<installed mmunirep>/.mim/configs/PATH`` after reading ``.mim/model-index.yml``, and mim runs
-# ``.mim/tools/train.py``.
+# What OpenMMLab's packages ship in ``<package>/.mim/``: mim reads ``.mim/model-index.yml`` (the
+# configs and their results) and runs ``.mim/tools/train.py`` / ``test.py``;
+# ``mmunirep.utils.config_path`` finds the configs there. Of a git checkout, only the files git
+# tracks (no stray or ignored files); of an unpacked sdist, what MANIFEST.in put in it; in both,
+# only these suffixes, and not the scripts that work only from a checkout's root (they cd to it,
+# or build into it).
 MIM_CONTENT = ('configs', 'tools', 'model-index.yml')
+MIM_SUFFIXES = ('.py', '.sh', '.yml')
+MIM_CHECKOUT_ONLY = ('tools/install.sh', 'tools/build_ops.sh', 'tools/quickstart_det.sh',
+                     'tools/quickstart_seg.sh')
 
 
 def load_cuda_archs():
@@ -116,18 +121,52 @@ class BuildPyWithMim(build_py):
             return
         root = os.path.dirname(os.path.abspath(__file__))
         mim = os.path.join(self.build_lib, 'mmunirep', '.mim')
-        for name in MIM_CONTENT:
-            src, dst = os.path.join(root, name), os.path.join(mim, name)
-            if not os.path.exists(src):
-                raise FileNotFoundError(f'{src} is missing: the package ships it in .mim/ '
-                                        '(an sdist without it was made without MANIFEST.in)')
-            if os.path.isdir(dst):
-                shutil.rmtree(dst)
-            if os.path.isdir(src):
-                shutil.copytree(src, dst, ignore=shutil.ignore_patterns('__pycache__', '*.pyc'))
-            else:
-                os.makedirs(mim, exist_ok=True)
-                shutil.copyfile(src, dst)
+        if os.path.isdir(mim):
+            shutil.rmtree(mim)
+        for rel in mim_files(root):
+            os.makedirs(os.path.dirname(os.path.join(mim, rel)), exist_ok=True)
+            shutil.copyfile(os.path.join(root, rel), os.path.join(mim, rel))
+
+
+def git_tracked(root):
+    """The files git tracks under :data:`MIM_CONTENT` when ``root`` is the top of a git checkout
+    (untracked and ignored files, as a work dir under tools/, stay out of the package), else
+    None (an unpacked sdist: MANIFEST.in chose its files)."""
+    import subprocess
+    try:
+        top = subprocess.run(['git', 'rev-parse', '--show-toplevel'], cwd=root, check=True,
+                             capture_output=True, text=True).stdout.strip()
+        if os.path.realpath(top) != os.path.realpath(root):
+            return None
+        out = subprocess.run(['git', 'ls-files', '-z', '--', *MIM_CONTENT], cwd=root,
+                             check=True, capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return [f for f in out.split('\0') if f and os.path.isfile(os.path.join(root, f))]
+
+
+def mim_files(root):
+    """The paths (relative to ``root``) of what goes into ``mmunirep/.mim/``."""
+    keep = lambda rel: rel.endswith(MIM_SUFFIXES) and rel not in MIM_CHECKOUT_ONLY  # noqa: E731
+    tracked = git_tracked(root)
+    if tracked:
+        return sorted(rel for rel in tracked if keep(rel))
+    files = []
+    for name in MIM_CONTENT:
+        src = os.path.join(root, name)
+        if not os.path.exists(src):
+            raise FileNotFoundError(f'{src} is missing: the package ships it in .mim/ '
+                                    '(an sdist without it was made without MANIFEST.in)')
+        if os.path.isfile(src):
+            files.append(name)
+            continue
+        for base, dirs, names in os.walk(src):
+            dirs[:] = sorted(d for d in dirs if not d.startswith(('.', '__pycache__')))
+            for f in sorted(names):
+                rel = os.path.relpath(os.path.join(base, f), root).replace(os.sep, '/')
+                if keep(rel):
+                    files.append(rel)
+    return sorted(files)
 
 
 def get_cmdclass():

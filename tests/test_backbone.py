@@ -399,17 +399,22 @@ def test_init_cfg_prefix_picks_one_backbone_of_several(tmp_path):
                                             checkpoint=str(path))).init_weights()
 
 
-def test_init_cfg_list_loads_the_checkpoint_our_way_after_the_other_entries(tmp_path):
+@pytest.mark.parametrize('pretrained_type', ['Pretrained', 'mmengine.Pretrained', 'class'])
+def test_init_cfg_list_loads_the_checkpoint_our_way_after_the_other_entries(tmp_path,
+                                                                            pretrained_type):
     """``init_cfg=[Pretrained, other initializers]``: the checkpoint goes through load_pretrained
     (the authors' ``model`` layout, ``head.*`` ignored) after the others, which set what the
     checkpoint lacks; a checkpoint matching no key is an error there too, not mmengine's
-    warning."""
+    warning. The Pretrained entry is recognised in each form mmengine accepts: its name, its
+    scoped name, its class."""
+    from mmengine.model.weight_init import PretrainedInit
+    pretrained_type = PretrainedInit if pretrained_type == 'class' else pretrained_type
     state = classification_state_dict('a', seed=11)
     state.pop('downsample_layers.0.0.bias')  # left to the Constant initializer below
     path = tmp_path / 'released.pth'
     torch.save({'model': state}, path)
     init_cfg = [dict(type='Constant', layer='Conv2d', val=0.25, bias=0.5),
-                dict(type='Pretrained', checkpoint=str(path))]
+                dict(type=pretrained_type, checkpoint=str(path))]
     model = UniRepLKNet(arch='a', init_cfg=init_cfg)
     model.init_weights()
     own = model.state_dict()
@@ -424,7 +429,7 @@ def test_init_cfg_list_loads_the_checkpoint_our_way_after_the_other_entries(tmp_
     with pytest.raises(ValueError, match="at most one init_cfg entry of type 'Pretrained', got 2"):
         UniRepLKNet(arch='a', init_cfg=[init_cfg[1], init_cfg[1]])
     with pytest.raises(ValueError, match=r"takes checkpoint \(required\)"):
-        UniRepLKNet(arch='a', init_cfg=[init_cfg[0], dict(type='Pretrained', prefx='b.')])
+        UniRepLKNet(arch='a', init_cfg=[init_cfg[0], dict(type=pretrained_type, prefx='b.')])
 
 
 @pytest.mark.parametrize('init_cfg', [dict(type='Pretrained', checkpoint='x.pth', prefx='b.'),

@@ -13,6 +13,7 @@ import zipfile
 
 import pytest
 import yaml
+from mmengine.config import Config
 
 from tool_utils import ROOT
 
@@ -39,6 +40,8 @@ PAPER_ADE20K = {
     'unireplknet_xl_22k_upernet_160k_640': (55.2, 55.6),
 }
 MIM_CONTENT = ('configs', 'tools', 'model-index.yml')
+CHECKOUT_ONLY = {'tools/install.sh', 'tools/build_ops.sh', 'tools/quickstart_det.sh',
+                 'tools/quickstart_seg.sh'}
 
 
 def tracked_files(*dirs):
@@ -100,6 +103,14 @@ def test_model_index_lists_every_paper_config_once_with_the_papers_results():
             ss, ms = PAPER_ADE20K[name]
             assert results == {('Semantic Segmentation', 'ADE20K'):
                                {'mIoU': ss, 'mIoU(ms+flip)': ms}}, name
+        # the schedule of the config itself
+        cfg = Config.fromfile(osp.join(ROOT, model['Config']))
+        if name in PAPER_COCO:
+            assert model['Metadata']['Epochs'] == cfg.train_cfg.max_epochs == 36, name
+        else:
+            assert model['Metadata']['lr schd'] == cfg.train_cfg.max_iters == 160000, name
+            crop = eval(model['Metadata']['crop size'])
+            assert tuple(cfg.crop_size) == crop, name
         # the authors' files need tools/convert_checkpoint.py: no `Weights` that mim or
         # mmengine's get_model(pretrained=True) would load as they are
         assert 'Weights' not in model, name
@@ -134,12 +145,43 @@ def test_config_path_finds_the_checkouts_configs_and_refuses_bad_names():
     assert path == osp.join(ROOT, 'configs', 'detection', 'unireplknet_s_22k_cascade_3x.py')
     assert config_path('configs/segmentation/unireplknet_t_1k_upernet_160k_512.py') == osp.join(
         ROOT, 'configs', 'segmentation', 'unireplknet_t_1k_upernet_160k_512.py')
+    assert config_path('./detection/unireplknet_s_22k_cascade_3x.py') == path
     with pytest.raises(FileNotFoundError, match=r"no config 'detection/nope\.py'.*"
                        r'detection/unireplknet_s_22k_cascade_3x\.py'):
         config_path('detection/nope.py')
-    for bad in ('../setup.py', '/etc/hostname', '', 'detection//unireplknet_s_22k_cascade_3x.py'):
-        with pytest.raises(ValueError, match='expected a config name relative to configs/'):
+    for bad in ('../setup.py', '/etc/hostname', '', 'detection//unireplknet_s_22k_cascade_3x.py',
+                'detection/metafile.yml'):
+        with pytest.raises(ValueError, match=r'expected a config name \(\.py\) relative to'):
             config_path(bad)
+
+
+def test_config_path_through_a_linked_package_finds_the_checkout(tmp_path):
+    """A package folder reached through a link (as a strict editable install links its files)
+    still finds the checkout's configs; a package with neither .mim/ nor a checkout around it
+    says where it looked."""
+    linked = tmp_path / 'linked'
+    linked.mkdir()
+    os.symlink(osp.join(ROOT, 'mmunirep'), linked / 'mmunirep')
+    code = ('import mmunirep.utils.config_utils as c; '
+            "print(c.config_path('segmentation/unireplknet_t_1k_upernet_160k_512.py'))")
+    env = dict(os.environ, PYTHONPATH=str(linked))
+    proc = subprocess.run([sys.executable, '-W', 'ignore', '-c', code], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == osp.join(ROOT, 'configs', 'segmentation',
+                                           'unireplknet_t_1k_upernet_160k_512.py')
+    # a copy of the package alone, beside an unrelated configs/ folder
+    alone = tmp_path / 'alone'
+    shutil.copytree(osp.join(ROOT, 'mmunirep'), alone / 'mmunirep',
+                    ignore=shutil.ignore_patterns('__pycache__', '*.so'))
+    (alone / 'configs' / 'detection').mkdir(parents=True)
+    code = ('import mmunirep.utils.config_utils as c; '
+            "c.config_path('detection/unireplknet_s_22k_cascade_3x.py')")
+    proc = subprocess.run([sys.executable, '-W', 'ignore', '-c', code], cwd=tmp_path,
+                          env=dict(os.environ, PYTHONPATH=str(alone)), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode != 0 and 'no configs beside the mmunirep package' in proc.stderr, (
+        proc.stderr[-2000:])
 
 
 def test_tools_explain_an_unresolvable_mmunirep_base(tmp_path):
@@ -186,17 +228,50 @@ def test_sdist_carries_the_ops_sources_and_what_the_package_ships(built):
     assert any(n.endswith('.cu') for n in needed) and any(n.endswith('.cuh') for n in needed)
     missing = sorted(set(needed) - members)
     assert not missing, missing
+    # the tests need the checkout: none is shipped half
+    assert not any(m.startswith('tests/') for m in members)
+
+
+def mim_expected():
+    """The tracked configs, tools and model index, less the scripts that work only from a
+    checkout's root."""
+    return [rel for rel in tracked_files(*MIM_CONTENT) if rel not in CHECKOUT_ONLY]
+
+
+def assert_wheel_mim(wheel):
+    with zipfile.ZipFile(wheel) as whl:
+        mim = sorted(n[len('mmunirep/.mim/'):] for n in whl.namelist()
+                     if n.startswith('mmunirep/.mim/'))
+        assert mim == mim_expected()
+        for rel in mim:
+            with open(osp.join(ROOT, rel), 'rb') as f:
+                assert whl.read('mmunirep/.mim/' + rel) == f.read(), rel
 
 
 def test_wheel_ships_configs_tools_and_model_index_in_mim(built):
-    with zipfile.ZipFile(built['wheel']) as whl:
-        names = set(whl.namelist())
-        for rel in tracked_files(*MIM_CONTENT):
-            member = 'mmunirep/.mim/' + rel
-            assert member in names, member
-            with open(osp.join(ROOT, rel), 'rb') as f:
-                assert whl.read(member) == f.read(), member
-    assert not any('__pycache__' in n for n in names)
+    assert 'tools/train.py' in mim_expected() and 'tools/dist_train.sh' in mim_expected()
+    assert_wheel_mim(built['wheel'])
+
+
+def test_wheel_built_from_a_checkout_leaves_out_stray_files(built, tmp_path):
+    """``pip wheel .`` in a git checkout that has untracked files in configs/ and tools/ (notes,
+    a work dir, an editor's copies): .mim/ gets exactly the tracked files, as from the sdist."""
+    src = tmp_path / 'checkout'
+    shutil.copytree(built['work'] / 'src', src)
+    git = ['git', '-c', 'user.name=t', '-c', 'user.email=t@t']
+    run_checked([*git, 'init', '-q'], cwd=src)
+    run_checked([*git, 'add', '-A'], cwd=src)
+    run_checked([*git, 'commit', '-q', '-m', 'x'], cwd=src)
+    (src / 'configs' / 'detection' / 'notes.txt').write_text('mine')
+    (src / 'tools' / 'work_dirs' / 'run').mkdir(parents=True)
+    (src / 'tools' / 'work_dirs' / 'run' / 'cfg.py').write_text('x = 1')
+    (src / 'tools' / '.ipynb_checkpoints').mkdir()
+    (src / 'tools' / '.ipynb_checkpoints' / 'train-checkpoint.py').write_text('x = 1')
+    run_checked([sys.executable, '-m', 'pip', 'wheel', '-q', '--no-deps', '--no-build-isolation',
+                 '-w', str(tmp_path / 'wheels'), str(src)],
+                env=dict(os.environ, MMUNIREP_WITH_OPS='0'))
+    (wheel,) = glob.glob(str(tmp_path / 'wheels' / '*.whl'))
+    assert_wheel_mim(wheel)
 
 
 def run_installed(built, code):

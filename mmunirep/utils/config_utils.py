@@ -8,20 +8,25 @@ from mmengine.config import Config, ConfigDict, DictAction  # noqa: F401  (DictA
 from mmengine.logging import print_log
 
 FRAMEWORKS = ('mmdet', 'mmseg')
-PACKAGE_DIR = osp.dirname(osp.dirname(osp.abspath(__file__)))
+# realpath: a strict editable install links the package's files from a build folder
+PACKAGE_DIR = osp.dirname(osp.dirname(osp.realpath(__file__)))
 
 
 def configs_dir() -> str:
     """Where this mmunirep's configs are: ``mmunirep/.mim/configs`` of an installed package (a
     wheel, ``pip install .``; setup.py copies them there, OpenMMLab's layout), else ``configs/``
-    of the checkout that an editable install runs from."""
-    for path in (osp.join(PACKAGE_DIR, '.mim', 'configs'),
-                 osp.join(osp.dirname(PACKAGE_DIR), 'configs')):
-        if osp.isdir(path):
-            return path
+    of the checkout that an editable install runs from (the folder that holds ``setup.py`` and
+    ``model-index.yml`` too, not any ``configs/`` that happens to sit beside the package)."""
+    mim = osp.join(PACKAGE_DIR, '.mim', 'configs')
+    if osp.isdir(mim):
+        return mim
+    checkout = osp.dirname(PACKAGE_DIR)
+    if all(osp.exists(osp.join(checkout, f)) for f in ('setup.py', 'model-index.yml', 'configs')):
+        return osp.join(checkout, 'configs')
     raise FileNotFoundError(f'no configs beside the mmunirep package at {PACKAGE_DIR}: expected '
-                            f'{PACKAGE_DIR}/.mim/configs (an installed package) or configs/ of '
-                            'the checkout (an editable install)')
+                            f'{PACKAGE_DIR}/.mim/configs (an installed package) or the checkout '
+                            f'{checkout} with setup.py, model-index.yml and configs/ (an editable '
+                            'install)')
 
 
 def config_path(name: str) -> str:
@@ -35,11 +40,12 @@ def config_path(name: str) -> str:
     whose registries hold only mmunirep's own modules, not the frameworks' detectors, datasets or
     transforms.
     """
-    parts = name.replace('\\', '/').split('/')
+    parts = [p for p in name.replace('\\', '/').split('/') if p != '.']
     if parts and parts[0] == 'configs':
         parts = parts[1:]
-    if not parts or osp.isabs(name) or '..' in parts or '' in parts:
-        raise ValueError(f'expected a config name relative to configs/, such as '
+    if (not parts or osp.isabs(name) or '..' in parts or '' in parts
+            or not parts[-1].endswith('.py')):
+        raise ValueError(f'expected a config name (.py) relative to configs/, such as '
                          f"'detection/unireplknet_s_22k_cascade_3x.py', got {name!r}")
     root = configs_dir()
     path = osp.join(root, *parts)
@@ -69,7 +75,7 @@ def prepare_cfg(config: str, work_dir: Optional[str] = None, cfg_options: Option
     try:
         cfg = Config.fromfile(config)
     except AssertionError as e:
-        if 'mmunirep' not in str(e):
+        if 'load mmunirep config' not in str(e):
             raise
         # mmengine's own message ("does not support to load mmunirep config") does not say why
         raise ValueError(f'{config} inherits a config as mmunirep::NAME, which mmengine 0.10 '

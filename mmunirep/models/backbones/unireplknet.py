@@ -18,6 +18,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from mmengine.logging import print_log
 from mmengine.model import BaseModule, initialize
+from mmengine.model.weight_init import PretrainedInit
 from mmengine.runner.checkpoint import CheckpointLoader
 from timm.layers import DropPath, LayerNorm2d, trunc_normal_
 
@@ -411,7 +412,9 @@ class UniRepLKNet(BaseModule):
         init_cfg (dict | list[dict], optional): ``dict(type='Pretrained', checkpoint=PATH_OR_URL)``
             (optionally ``prefix``, ``map_location``) loads the authors' released classification
             checkpoints or our own. In a list, the other entries (mmengine initializers) apply
-            first and the checkpoint last, as mmengine orders them.
+            first and the checkpoint last, as mmengine orders them; with a checkpoint the
+            authors' truncated-normal initialization is skipped, so weights that neither the
+            checkpoint nor another entry sets keep PyTorch's default initialization.
     """
     arch_settings = ARCH_SETTINGS
     num_stages = 4
@@ -499,10 +502,16 @@ class UniRepLKNet(BaseModule):
     @staticmethod
     def _split_init_cfg(init_cfg) -> Tuple[Optional[dict], list]:
         """The ``Pretrained`` entry of a dict or list init_cfg (or None), and the other entries."""
+        def is_pretrained(c):
+            # the forms mmengine's BaseModule and registry accept for it: the name, the scoped
+            # name, the class
+            t = c.get('type') if isinstance(c, dict) else None
+            return t is PretrainedInit or (isinstance(t, str) and t.split('.')[-1] == 'Pretrained')
+
         entries = list(init_cfg) if isinstance(init_cfg, (list, tuple)) else (
             [] if init_cfg is None else [init_cfg])
-        pretrained = [c for c in entries if isinstance(c, dict) and c.get('type') == 'Pretrained']
-        others = [c for c in entries if not (isinstance(c, dict) and c.get('type') == 'Pretrained')]
+        pretrained = [c for c in entries if is_pretrained(c)]
+        others = [c for c in entries if not is_pretrained(c)]
         if len(pretrained) > 1:
             raise ValueError(f"expected at most one init_cfg entry of type 'Pretrained', got "
                              f'{len(pretrained)}: {[dict(c) for c in pretrained]}')
