@@ -8,6 +8,7 @@ import glob
 import importlib.util
 import os
 import shutil
+import subprocess
 
 from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
@@ -110,8 +111,7 @@ class BuildPyWithMim(build_py):
     """``build_py`` that also copies :data:`MIM_CONTENT` into ``mmunirep/.mim/`` of the build.
 
     Only for built packages (wheels, ``pip install .``, an sdist's install): an editable install
-    runs from this checkout, whose ``configs/`` are at hand, and mmengine cannot find an editable
-    (PEP 660) package's folder anyway. Written here rather than with mmdet's ``add_mim_extension``
+    runs from this checkout, whose ``configs/`` ``config_path`` finds. Written here rather than with mmdet's ``add_mim_extension``
     (which copies into the source tree according to ``sys.argv``) so the checkout stays clean.
     """
 
@@ -132,7 +132,6 @@ def git_tracked(root):
     """The files git tracks under :data:`MIM_CONTENT` when ``root`` is the top of a git checkout
     (untracked and ignored files, as a work dir under tools/, stay out of the package), else
     None (an unpacked sdist: MANIFEST.in chose its files)."""
-    import subprocess
     try:
         top = subprocess.run(['git', 'rev-parse', '--show-toplevel'], cwd=root, check=True,
                              capture_output=True, text=True).stdout.strip()

@@ -155,6 +155,14 @@ def test_config_path_finds_the_checkouts_configs_and_refuses_bad_names():
             config_path(bad)
 
 
+def run_python(code, pythonpath, cwd):
+    """``code`` in a fresh interpreter that imports mmunirep from ``pythonpath``, run in ``cwd``
+    (outside the checkout)."""
+    env = dict(os.environ, PYTHONPATH=str(pythonpath))
+    return subprocess.run([sys.executable, '-W', 'ignore', '-c', code], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
 def test_config_path_through_a_linked_package_finds_the_checkout(tmp_path):
     """A package folder reached through a link (as a strict editable install links its files)
     still finds the checkout's configs; a package with neither .mim/ nor a checkout around it
@@ -164,9 +172,7 @@ def test_config_path_through_a_linked_package_finds_the_checkout(tmp_path):
     os.symlink(osp.join(ROOT, 'mmunirep'), linked / 'mmunirep')
     code = ('import mmunirep.utils.config_utils as c; '
             "print(c.config_path('segmentation/unireplknet_t_1k_upernet_160k_512.py'))")
-    env = dict(os.environ, PYTHONPATH=str(linked))
-    proc = subprocess.run([sys.executable, '-W', 'ignore', '-c', code], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = run_python(code, linked, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == osp.join(ROOT, 'configs', 'segmentation',
                                            'unireplknet_t_1k_upernet_160k_512.py')
@@ -177,9 +183,7 @@ def test_config_path_through_a_linked_package_finds_the_checkout(tmp_path):
     (alone / 'configs' / 'detection').mkdir(parents=True)
     code = ('import mmunirep.utils.config_utils as c; '
             "c.config_path('detection/unireplknet_s_22k_cascade_3x.py')")
-    proc = subprocess.run([sys.executable, '-W', 'ignore', '-c', code], cwd=tmp_path,
-                          env=dict(os.environ, PYTHONPATH=str(alone)), capture_output=True,
-                          text=True, timeout=300)
+    proc = run_python(code, alone, tmp_path)
     assert proc.returncode != 0 and 'no configs beside the mmunirep package' in proc.stderr, (
         proc.stderr[-2000:])
 
@@ -274,14 +278,6 @@ def test_wheel_built_from_a_checkout_leaves_out_stray_files(built, tmp_path):
     assert_wheel_mim(wheel)
 
 
-def run_installed(built, code):
-    """``code`` in a fresh interpreter that imports the installed wheel, from outside the
-    checkout."""
-    env = dict(os.environ, PYTHONPATH=built['site'])
-    return subprocess.run([sys.executable, '-W', 'ignore', '-c', code], cwd=built['work'],
-                          env=env, capture_output=True, text=True, timeout=300)
-
-
 def test_installed_package_configs_inherit_by_path_and_its_model_index_resolves(built):
     """What a project does with an installed mmunirep: inherit a config by the path config_path
     gives (the same model and schedule as the checkout's config, the project's override applied),
@@ -311,5 +307,5 @@ for name in {sorted(PAPER_COCO) + sorted(PAPER_ADE20K)!r}:
     assert osp.isfile(osp.join(root, '.mim', meta['Config'])), meta
 print('ok')
 """
-    proc = run_installed(built, code)
+    proc = run_python(code, built['site'], built['work'])
     assert proc.returncode == 0 and proc.stdout.strip() == 'ok', proc.stdout + proc.stderr
