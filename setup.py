@@ -1,7 +1,7 @@
 """mmunirep: UniRepLKNet for OpenMMLab 2.0 (MMDetection 3.x, MMSegmentation 1.x).
 
-The dependency ranges below are what mmunirep really supports. `tools/install.sh` installs one
-pinned, tested set of them (requirements/stack.txt) plus torch and a locally built mmcv; users with
+The dependency ranges below are what mmunirep really supports. `scripts/install.sh` installs one
+pinned, tested set of them (requirements/runtime.txt) plus torch and a locally built mmcv; users with
 a working torch + mmcv can `pip install --no-build-isolation -e .` and keep theirs.
 """
 import glob
@@ -17,12 +17,10 @@ from setuptools.command.build_py import build_py
 # configs and their results) and runs ``.mim/tools/train.py`` / ``test.py``;
 # ``mmunirep.utils.config_path`` finds the configs there. Of a git checkout, only the files git
 # tracks (no stray or ignored files); of an unpacked sdist, what MANIFEST.in put in it; in both,
-# only these suffixes, and not the scripts that work only from a checkout's root (they cd to it,
-# or build into it).
-MIM_CONTENT = ('configs', 'tools', 'model-index.yml')
+# only these suffixes. The scripts that work only from a checkout live in scripts/, outside it.
+MIM_CONTENT = ('configs', 'tools', 'demo', 'model-index.yml')
 MIM_SUFFIXES = ('.py', '.sh', '.yml')
-MIM_CHECKOUT_ONLY = ('tools/install.sh', 'tools/build_ops.sh', 'tools/quickstart_det.sh',
-                     'tools/quickstart_seg.sh')
+OPS_SOURCES = os.path.join('mmunirep', 'ops', 'csrc')
 
 
 def load_cuda_archs():
@@ -70,14 +68,14 @@ def get_extensions():
     if not (torch.cuda.is_available() or os.getenv('FORCE_CUDA', '0') == '1'):
         return []
     if getattr(torch.version, 'hip', None):
-        # torch would hipify the sources, and the kernels' wmma / PTX have no ROCm form: install
+        # the kernels are written for CUDA and have not been hipified or tested on ROCm: install
         # without the extension (the op falls back to F.conv2d) rather than fail the install
         print('mmunirep: a ROCm build of torch; the CUDA depthwise-conv extension is not built')
         return []
     if not os.getenv('TORCH_CUDA_ARCH_LIST'):
         # 8.0;8.6;9.0+PTX plus the visible GPUs that those do not run on natively
         os.environ['TORCH_CUDA_ARCH_LIST'] = load_cuda_archs().default_arch_list()
-    root = os.path.join('ops', 'csrc')
+    root = OPS_SOURCES
     sources = sorted(glob.glob(os.path.join(root, 'pytorch', '*.cpp')) +
                      glob.glob(os.path.join(root, 'pytorch', 'cpu', '*.cpp')) +
                      glob.glob(os.path.join(root, 'pytorch', 'cuda', '*.cu')))
@@ -146,7 +144,7 @@ def git_tracked(root):
 
 def mim_files(root):
     """The paths (relative to ``root``) of what goes into ``mmunirep/.mim/``."""
-    keep = lambda rel: rel.endswith(MIM_SUFFIXES) and rel not in MIM_CHECKOUT_ONLY  # noqa: E731
+    keep = lambda rel: rel.endswith(MIM_SUFFIXES)  # noqa: E731
     tracked = git_tracked(root)
     if tracked:
         return sorted(rel for rel in tracked if keep(rel))

@@ -1,9 +1,9 @@
-"""The model zoo's params and FLOPs: tools/get_flops.py --deploy on every paper config, as a table.
+"""The model zoo's params and FLOPs: tools/analysis_tools/get_flops.py --deploy on every paper config, as a table.
 
     python benchmarks/model_zoo_complexity.py --out benchmarks/results/model_zoo_complexity.md
     python benchmarks/model_zoo_complexity.py --configs configs/detection/unireplknet_t_1k_cascade_3x.py
 
-Each config is counted as the paper's tables count it (tools/get_flops.py says how): the
+Each config is counted as the paper's tables count it (tools/analysis_tools/get_flops.py says how): the
 re-parameterized model, detectors at 800x1280 (H x W) with 1000 proposals through the box heads
 and 100 through the mask heads, segmentors at 512x2048 (512 crops) or 640x2560 (640 crops)
 without the auxiliary head. The table puts the paper's figures beside ours, with the relative
@@ -23,7 +23,7 @@ import time
 import torch
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, osp.join(ROOT, 'tools'))
+sys.path.insert(0, osp.join(ROOT, 'tools', 'analysis_tools'))
 
 from get_flops import get_flops  # noqa: E402
 
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     lines = [f'# Model zoo params and FLOPs ({time.strftime("%Y-%m-%d")})', '',
              f'- command: `python benchmarks/model_zoo_complexity.py'
              f'{" " + " ".join(sys.argv[1:]) if argv is None and sys.argv[1:] else ""}`',
-             f'- torch {torch.__version__}; each row is `tools/get_flops.py CONFIG --shape H W '
+             f'- torch {torch.__version__}; each row is `tools/analysis_tools/get_flops.py CONFIG --shape H W '
              f'--deploy`: the re-parameterized model, multiply-accumulates (mmengine\'s '
              f'FlopAnalyzer); detectors with 1000 proposals (100 through the mask heads), '
              f'segmentors without the auxiliary head', '', HEADER,

@@ -23,21 +23,21 @@ the op is measured against PyTorch's convolution with the norms and activations 
 the warm-up steps include the compilation. The fp32 check above runs eager; the op under Inductor
 is checked by tests/test_ops.py::test_cuda_op_under_torch_compile.
 
-The neck and heads of the detector are not included: they need mmcv / MMDetection, which the GPU
-machines we benchmark on do not have, and they add the same time to both sides, so the ratio here
-is the backbone's (the upper bound of the detector's).
+The neck and heads of the detector are not included, so that the script needs only torch and
+timm; they add the same time to both sides, so the ratio here is the backbone's (the upper bound of
+the detector's).
 """
 import argparse
 import copy
 import math
-import os
 import statistics
 import sys
 import time
 import warnings
 
 import torch
-from bench_utils import Report, TimeBudget, add_budget_argument
+
+from bench_utils import Report
 
 PRECISIONS = dict(fp32=None, bf16=torch.bfloat16, fp16=torch.float16)
 
@@ -61,11 +61,9 @@ def parse_args():
     parser.add_argument('--cudnn-benchmark', action='store_true',
                         help='torch.backends.cudnn.benchmark on (mmengine\'s env_cfg.cudnn_'
                         'benchmark): cuDNN times its algorithms for PyTorch\'s convs in the '
-                        'warm-up (with MMUNIREP_DWCONV_AUTOTUNE=1 the op its kernel variants: '
-                        'mmunirep/ops/autotune.py)')
+                        'warm-up')
     parser.add_argument('--device', default='cuda',
                         help='cpu: a smoke run of this script (the op falls back; for tests only)')
-    add_budget_argument(parser)
     args = parser.parse_args()
     if args.compile and args.warmup < 1:
         parser.error(f'--compile needs at least one warm-up step (it compiles), got --warmup '
@@ -73,28 +71,6 @@ def parse_args():
     if not args.compile and args.compile_backend != 'inductor':
         parser.error('--compile-backend needs --compile')
     return args
-
-
-def op_kernels():
-    """Which kernels the op runs (its switches are read at every launch): its tensor-core ones
-    in fp16 / bf16 (they take precedence), the pipelined weight gradient and forward, or the
-    defaults."""
-    switches = [f'MMUNIREP_DWCONV_{s}_TC=1' for s in ('FWD', 'WGRAD')
-                if os.environ.get(f'MMUNIREP_DWCONV_{s}_TC', '') == '1']
-    words = []
-    if switches:
-        words.append(f'tensor cores in fp16 / bf16 ({", ".join(switches)})')
-    if os.environ.get('MMUNIREP_DWCONV_PIPELINE', '').startswith('1'):
-        words.append('pipelined weight gradient (MMUNIREP_DWCONV_PIPELINE=1)')
-    if os.environ.get('MMUNIREP_DWCONV_FWD_PIPELINE', '').startswith('1'):
-        words.append('pipelined forward and input gradient in fp32 '
-                     '(MMUNIREP_DWCONV_FWD_PIPELINE=1)')
-    from mmunirep.ops import autotune
-    if autotune.enabled():
-        words.insert(0, 'autotuned per shape (the switches below only for shapes without '
-                     'variants)' if words else 'autotuned per shape')
-    return '; '.join(words) or 'default'
-
 
 
 def build_pair(args, deploy=False, compiled=False):
@@ -230,17 +206,13 @@ def empty_cache(device):
 
 def main():
     args = parse_args()
-    try:
-        budget = TimeBudget(args.time_budget)
-    except ValueError as e:
-        raise SystemExit(str(e))
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     from mmunirep.ops import depthwise_conv as dw
     if args.device == 'cuda':
         if not torch.cuda.is_available():
             raise SystemExit('train_step_benchmark needs a CUDA device')
         if not dw.ext_available():
-            raise SystemExit('the CUDA extension is not built: bash tools/build_ops.sh')
+            raise SystemExit('the CUDA extension is not built: bash scripts/build_ops.sh')
         # the op must really run: its fallback warning becomes an error
         warnings.filterwarnings('error', message=".*mmunirep's CUDA depthwise op is not used")
         device_name = f'{torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA ' \
@@ -268,8 +240,7 @@ def main():
         # variants of the backbone's forward than torch's default limit of 8 keeps
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
     report.add(
-        f'device: {device_name}; command: python {" ".join(sys.argv)}; the op\'s kernels: '
-        f'{op_kernels()}',
+        f'device: {device_name}; command: python {" ".join(sys.argv)}',
         f'UniRepLKNet-{args.arch.upper()} backbone, batch {args.batch}x3x{args.size[0]}x'
         f'{args.size[1]}, drop path {args.drop_path}, gradient checkpointing '
         f'{not args.no_cp}; {mode}; median of {args.repeats} after {args.warmup} warm-up, '
@@ -279,12 +250,7 @@ def main():
         '| what | precision | PyTorch conv (ms) | mmunirep op (ms) | speed-up | peak GiB PyTorch '
         '/ op |', '|---|---|---|---|---|---|')
     items = [(what, p) for p in args.precision for what in ('training step', 'inference (deploy)')]
-    last_s = {}  # per kind of item: a training step takes far longer than an inference
-    for i, (what, pname) in enumerate(items):
-        # the next item is expected to take as long as the last of its kind (or any last one)
-        estimate = last_s.get(what, max(last_s.values(), default=0.))
-        budget.stop_if_short(report, estimate, (f'{w} {p}' for w, p in items[i:]))
-        t0 = time.monotonic()
+    for what, pname in items:
         amp = PRECISIONS[pname]
         if what == 'training step':
             ref, op = build_pair(args, compiled=args.compile)
@@ -301,7 +267,6 @@ def main():
                    f'{t["ref"] / t["op"]:.2f}x | {peak["ref"]:.2f} / {peak["op"]:.2f} |')
         del ref, op, fns
         empty_cache(args.device)
-        last_s[what] = time.monotonic() - t0
 
 
 if __name__ == '__main__':

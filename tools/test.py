@@ -2,24 +2,42 @@
 
     python tools/test.py CONFIG CHECKPOINT [--out results.pkl] [--show-dir DIR] [--tta]
     python tools/test.py SEG_CONFIG CHECKPOINT --out DIR    # label maps as PNGs, as MMSegmentation
+
+The checkpoint must fit the config's model (every tensor, by name and shape, but for the
+differences mmunirep.utils.checkpoint.ALLOWED_DIFFERENCES allows) and hold finite weights;
+``--partial-load`` loads only what fits, on purpose. The annotations are checked before the first
+image (``--check-data``). Outputs are written whole or not at all.
 """
 import argparse
 import os
 import os.path as osp
 
+from mmengine.config import DictAction
 from mmengine.evaluator import DumpResults
+from mmengine.logging import print_log
+from mmengine.model import is_model_wrapper
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from mmunirep.utils import (end_distributed_process, framework_of, leave_process_group,
-                            prepare_cfg)
-from mmunirep.utils.config_utils import DictAction
+from mmunirep.utils import (
+    atomic_directory,
+    atomic_write,
+    clear_pretrained,
+    end_distributed_process,
+    framework_of,
+    leave_process_group,
+    load_model_weights,
+    prepare_cfg,
+    read_checkpoint,
+)
+from mmunirep.utils.checkpoint import backbone_structure, model_state_dict
+from mmunirep.utils.data_check import CHECK_MODES, check_datasets
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Test a UniRepLKNet detector or segmentor')
     parser.add_argument('config', help='test config file path')
-    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('checkpoint', help='checkpoint file or URL')
     parser.add_argument('--work-dir', help='the dir to save the evaluation log')
     parser.add_argument('--out', help='dump the raw predictions to this pickle file (.pkl); for '
                         'segmentors, a directory instead saves each prediction as a PNG label '
@@ -28,6 +46,13 @@ def parse_args(argv=None):
     parser.add_argument('--show-dir', help='save drawn predictions into this directory')
     parser.add_argument('--tta', action='store_true',
                         help='test-time augmentation (multi-scale + flip, the "ms" of the paper)')
+    parser.add_argument('--partial-load', action='store_true',
+                        help='load only the checkpoint\'s tensors that fit the model (by name and '
+                        'shape) and leave the others as initialized, instead of refusing a '
+                        'checkpoint that does not fit')
+    parser.add_argument('--check-data', choices=CHECK_MODES, default='sample',
+                        help='check the annotations before testing: COCO files always whole; '
+                        'label maps a sample (default), all of them (full), or none (off)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, e.g. model.backbone.deploy=True')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
@@ -46,14 +71,11 @@ def main(argv=None):
         raise FileNotFoundError(f'checkpoint not found: {args.checkpoint!r}')
     cfg = prepare_cfg(args.config, args.work_dir, args.cfg_options, args.launcher)
     framework = framework_of(cfg)
-    cfg.load_from = args.checkpoint
-    # the checkpoint provides every weight: do not fetch the backbone's pretrained file
-    if cfg.model.get('backbone', {}).get('init_cfg') is not None:
-        cfg.model.backbone.init_cfg = None
-    if cfg.model.get('pretrained') is not None:  # MMSegmentation's EncoderDecoder(pretrained=)
-        cfg.model.pretrained = None
-    if cfg.model.get('backbone', {}).get('pretrained') is not None:  # deprecated backbone arg
-        cfg.model.backbone.pretrained = None
+    ckpt = read_checkpoint(args.checkpoint)
+    follow_checkpoint_structure(cfg, ckpt, args)
+    clear_pretrained(cfg)  # the checkpoint provides every weight
+    cfg.load_from = None  # loaded below, strictly, instead of by the Runner
+    check_datasets(cfg, ('test', ), args.check_data)
 
     if args.show_dir:
         hook = cfg.default_hooks.get('visualization')
@@ -81,34 +103,59 @@ def main(argv=None):
     if args.out and not pickle_out:
         if framework == 'mmdet':
             raise ValueError(f'--out must be a .pkl file for a detector, got {args.out!r}')
-        _save_label_maps(cfg, osp.abspath(args.out))
+        if osp.isfile(args.out):
+            raise ValueError(f'--out: expected a directory for the label maps (or a .pkl file), '
+                             f'got the existing file {args.out!r}')
     runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
+    model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+    if args.tta:
+        model = model.module
+    load_model_weights(model, ckpt, source=args.checkpoint, partial=args.partial_load,
+                       cfg_hint='--cfg-options model.backbone.', partial_flag='--partial-load')
     if pickle_out:
-        if framework == 'mmdet':
-            from mmdet.evaluation import DumpDetResults
-            runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
-        else:
-            runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
-    metrics = runner.test()
+        with atomic_write(args.out) as tmp:
+            dump = _dump_metric(framework, tmp)
+            runner.test_evaluator.metrics.append(dump)
+            metrics = runner.test()
+    elif args.out:
+        with atomic_directory(osp.abspath(args.out)) as tmp:
+            _save_label_maps(runner, tmp)
+            metrics = runner.test()
+    else:
+        metrics = runner.test()
     leave_process_group()
     return metrics
 
 
-def _save_label_maps(cfg, out_dir: str) -> None:
+def follow_checkpoint_structure(cfg, ckpt: dict, args) -> None:
+    """A re-parameterized (deploy) checkpoint is tested with the backbone built that way."""
+    backbone = cfg.model.get('backbone')
+    if backbone is None or 'UniRepLKNet' not in str(backbone.get('type', '')):
+        return
+    keys = [k for k in model_state_dict(ckpt, args.checkpoint) if k.startswith('backbone.')]
+    if backbone_structure(keys)[0] == 'deploy' and not backbone.get('deploy', False):
+        backbone['deploy'] = True
+        print_log(f'{args.checkpoint} is re-parameterized: testing with '
+                  'model.backbone.deploy=True', logger='current')
+
+
+def _dump_metric(framework: str, path: str):
+    if framework == 'mmdet':
+        from mmdet.evaluation import DumpDetResults
+        return DumpDetResults(out_file_path=path)
+    return DumpResults(out_file_path=path)
+
+
+def _save_label_maps(runner, out_dir: str) -> None:
     """Have the segmentation metric write each prediction as a PNG label map into ``out_dir``
     (MMSegmentation's IoUMetric does the writing: its ``output_dir``), as ``--out DIR`` of
     MMSegmentation's own tools/test.py."""
-    if osp.isfile(out_dir):
-        raise ValueError(f'--out: expected a directory for the label maps (or a .pkl file), '
-                         f'got the existing file {out_dir!r}')
-    evaluators = cfg.test_evaluator
-    evaluators = evaluators if isinstance(evaluators, (list, tuple)) else [evaluators]
-    iou = [e for e in evaluators if e.get('type') in ('IoUMetric', 'mmseg.IoUMetric')]
+    iou = [m for m in runner.test_evaluator.metrics if type(m).__name__ == 'IoUMetric']
     if not iou:
         raise ValueError(f'--out DIR saves label maps through the IoUMetric of test_evaluator; '
-                         f'this config has {[e.get("type") for e in evaluators]}')
-    for evaluator in iou:
-        evaluator['output_dir'] = out_dir
+                         f'this config has {[type(m).__name__ for m in runner.test_evaluator.metrics]}')
+    for metric in iou:
+        metric.output_dir = out_dir
 
 
 if __name__ == '__main__':

@@ -2,16 +2,20 @@
 
     python tools/train.py configs/detection/unireplknet_s_22k_cascade_3x.py
     python tools/train.py CONFIG --work-dir DIR --amp --resume [CKPT] --cfg-options k=v ...
+
+The annotations are checked before the first iteration (``--check-data``), and training stops
+with a clear error when the loss stays NaN or Inf (mmunirep's NonFiniteLossHook).
 """
 import argparse
 import os
 
+from mmengine.config import DictAction
 from mmengine.logging import print_log
 from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
+from mmengine.runner import Runner, find_latest_checkpoint
 
 from mmunirep.utils import end_distributed_process, leave_process_group, prepare_cfg
-from mmunirep.utils.config_utils import DictAction
+from mmunirep.utils.data_check import CHECK_MODES, check_datasets
 
 
 def parse_args(argv=None):
@@ -20,11 +24,14 @@ def parse_args(argv=None):
     parser.add_argument('--work-dir', help='the dir to save logs and checkpoints')
     parser.add_argument('--amp', action='store_true', help='automatic mixed precision (GPU)')
     parser.add_argument('--auto-scale-lr', action='store_true',
-                        help='scale the lr by the real total batch size (configs under configs/ '
-                        'already enable it)')
+                        help='scale the lr by the real total batch size against the config\'s '
+                        'auto_scale_lr.base_batch_size (the recipe\'s)')
     parser.add_argument('--resume', nargs='?', type=str, const='auto',
                         help='resume from CKPT, or without a value from the latest checkpoint '
                         'in the work dir')
+    parser.add_argument('--check-data', choices=CHECK_MODES, default='sample',
+                        help='check the annotations before training: COCO files always whole; '
+                        'label maps a sample (default), all of them (full), or none (off)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, e.g. train_cfg.max_epochs=1')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
@@ -61,14 +68,45 @@ def main(argv=None):
     if args.resume == 'auto':
         cfg.resume = True
         cfg.load_from = None
+        if find_latest_checkpoint(cfg.work_dir) is None:
+            print_log(f'--resume: no checkpoint in {cfg.work_dir}, so training starts from '
+                      'scratch', logger='current', level=30)
     elif args.resume is not None:
         if not os.path.isfile(args.resume):
             raise FileNotFoundError(f'--resume checkpoint not found: {args.resume!r}')
         cfg.resume = True
         cfg.load_from = args.resume
+    add_non_finite_loss_hook(cfg)
+    check_datasets(cfg, ('train', 'val'), args.check_data)
     runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
+    log_learning_rate(cfg, runner)
     runner.train()
     leave_process_group()
+
+
+def add_non_finite_loss_hook(cfg) -> None:
+    hooks = list(cfg.get('custom_hooks') or [])
+    if not any(str(h.get('type', '')).split('.')[-1] == 'NonFiniteLossHook' for h in hooks):
+        hooks.append(dict(type='mmunirep.NonFiniteLossHook'))
+        cfg.custom_hooks = hooks
+
+
+def log_learning_rate(cfg, runner) -> None:
+    """Say which lr the run uses: the config's, or the one --auto-scale-lr scales it to."""
+    lr = cfg.get('optim_wrapper', {}).get('optimizer', {}).get('lr')
+    loader = cfg.get('train_dataloader') or {}
+    scale = cfg.get('auto_scale_lr') or {}
+    if lr is None or 'batch_size' not in loader or 'base_batch_size' not in scale:
+        return
+    total = runner.world_size * loader['batch_size']
+    base = scale['base_batch_size']
+    if scale.get('enable', False):
+        print_log(f'lr {lr * total / base:g}: the config\'s {lr:g} scaled by the total batch size '
+                  f'{total} / {base} (auto_scale_lr)', logger='current')
+    else:
+        note = '' if total == base else (f' (the recipe\'s is {base}; --auto-scale-lr would scale '
+                                         f'the lr to {lr * total / base:g})')
+        print_log(f'lr {lr:g} as in the config, total batch size {total}{note}', logger='current')
 
 
 if __name__ == '__main__':

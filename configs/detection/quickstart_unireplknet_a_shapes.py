@@ -1,25 +1,14 @@
 # QUICK START: Cascade Mask R-CNN + UniRepLKNet-A on a generated shapes dataset, trained from
-# scratch on a CPU in minutes (tools/quickstart_det.sh). It inherits the full recipe and only
-# shrinks it here; the real configs next to this file are untouched by it.
+# scratch on a CPU in minutes (scripts/quickstart_det.sh). It inherits the full recipe and only
+# shrinks it: arch 'a' from random initialization, BN instead of SyncBN, no gradient
+# checkpointing, 160 px images, narrower neck and heads with fewer proposals, a short schedule.
 #
-#   python tools/make_shapes_coco.py --out data/shapes_coco
+#   python tools/misc/make_shapes_coco.py --out data/shapes_coco
 #   python tools/train.py configs/detection/quickstart_unireplknet_a_shapes.py
 #
-# What differs from the recipe: backbone arch 'a' from random initialization (no pretrained
-# weights: nothing can be downloaded here), plain BN instead of SyncBN (one process, CPU), no
-# gradient checkpointing, 160 px images with flips only, narrower neck and heads with fewer
-# proposals and RoIs, a short schedule with a higher lr, no lr auto-scaling, and
-#
-#   BatchNorm instead of the paper's LayerNorm in the stem, the down-sampling layers and the
-#   output norms (downsample_norm_cfg). The blocks (dilated re-param large kernels, SE, GRN) are
-#   the paper's. From scratch, the LayerNorm network did not learn detection in this budget:
-#   LayerNorm normalizes each pixel across channels and leaves every channel's per-image mean, so
-#   on these flat-coloured images its features were ~90% constant over the image (spatial std
-#   0.1 vs mean 0.9), and bbox mAP stayed at 0.006 after 8 epochs; also with a frozen backbone
-#   (0.005), BN in the FPN (0.010), layer scale 1.0 (0.009), a backbone pretrained by
-#   segmentation on the same images (0.026) and several lr / anchor settings. With BatchNorm
-#   there, the same run reached bbox mAP 0.745 (segm 0.760). The real configs load the released
-#   ImageNet weights into the paper's LayerNorm network.
+# Unlike the paper's network it has BatchNorm in the stem, the down-sampling layers and the output
+# norms (downsample_norm_cfg): trained from scratch on these flat-coloured images, the paper's
+# LayerNorm there does not learn detection in this budget (docs/en/get_started.md says why).
 _base_ = ['./_base_/cascade_mask_rcnn_unireplknet_3x.py']
 
 classes = ('circle', 'square', 'triangle')
@@ -36,7 +25,7 @@ model = dict(
         drop_path_rate=0.0,
         norm_cfg=dict(type='BN'),
         with_cp=False,
-        init_cfg=None),  # random init: no pretrained checkpoint (none can be downloaded here)
+        init_cfg=None),  # random initialization: trained from scratch
     neck=dict(in_channels=[40, 80, 160, 320], out_channels=channels),
     rpn_head=dict(in_channels=channels, feat_channels=channels),
     roi_head=dict(
@@ -86,7 +75,7 @@ model = dict(
         rpn=dict(nms_pre=400, max_per_img=100),
         rcnn=dict(max_per_img=20)))
 
-# data: tools/make_shapes_coco.py writes data/shapes_coco/{train,val}/ and annotations/
+# data: tools/misc/make_shapes_coco.py writes data/shapes_coco/{train,val}/ and annotations/
 backend_args = None
 metainfo = dict(classes=classes)
 train_pipeline = [

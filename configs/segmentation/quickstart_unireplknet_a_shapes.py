@@ -1,6 +1,6 @@
 # Quick start: UperNet with a UniRepLKNet-A backbone on a small synthetic ADE20K-format dataset
-# (tools/make_shapes_ade20k.py: circles, squares and triangles), trained from scratch on a CPU in
-# a few minutes. `bash tools/quickstart_seg.sh` generates the data, trains, evaluates (mIoU) and
+# (tools/misc/make_shapes_ade20k.py: circles, squares and triangles), trained from scratch on a CPU in
+# a few minutes. `bash scripts/quickstart_seg.sh` generates the data, trains, evaluates (mIoU) and
 # draws predictions.
 #
 # It differs from the ADE20K configs only where a CPU and a toy dataset need it: no pretrained

@@ -1,4 +1,5 @@
-from .hooks import ReproducibleResumeHook
+from .hooks import NonFiniteLossHook, ReproducibleResumeHook
 from .layer_decay_optim_wrapper import UniRepLKNetLayerDecayOptimWrapperConstructor
 
-__all__ = ['ReproducibleResumeHook', 'UniRepLKNetLayerDecayOptimWrapperConstructor']
+__all__ = ['NonFiniteLossHook', 'ReproducibleResumeHook',
+           'UniRepLKNetLayerDecayOptimWrapperConstructor']

@@ -1,5 +1,9 @@
-from .backbones import (DilatedReparamBlock, UniRepLKNet, UniRepLKNetBlock,
-                        convert_checkpoint_state_dict, reparameterize_unireplknet)
+from .backbones import (
+                        DilatedReparamBlock,
+                        UniRepLKNet,
+                        UniRepLKNetBlock,
+                        reparameterize_unireplknet,
+)
 
 __all__ = ['UniRepLKNet', 'UniRepLKNetBlock', 'DilatedReparamBlock',
-           'convert_checkpoint_state_dict', 'reparameterize_unireplknet']
+           'reparameterize_unireplknet']

@@ -6,7 +6,7 @@ except arch-specific code (``9.0a``), which runs on 9.0 alone; PTX for X.Y (``X.
 compiled by the driver, at first use, for any newer GPU. ``setup.py`` loads this file by its path
 (it imports nothing but the standard library at module level), so that the build does not import
 the package; ``python mmunirep/ops/cuda_archs.py`` prints the default for this machine, which
-``tools/build_ops.sh`` and ``tools/install.sh`` (for mmcv's CUDA ops too) build for.
+``scripts/build_ops.sh`` and ``scripts/install.sh`` (for mmcv's CUDA ops too) build for.
 """
 import re
 from typing import Iterable, List, NamedTuple, Tuple
@@ -95,7 +95,7 @@ def missing_kernels_message(device_name: str, capability: Tuple[int, int], built
     major, minor = capability
     return (f'no kernels for {device_name} (compute capability {major}.{minor}) in this build of '
             f'mmunirep._ext, made for {describe_built_archs(built)} ({cuda_error}); build them '
-            f'for it with `TORCH_CUDA_ARCH_LIST="{major}.{minor}" bash tools/build_ops.sh`')
+            f'for it with `TORCH_CUDA_ARCH_LIST="{major}.{minor}" bash scripts/build_ops.sh`')
 
 
 if __name__ == '__main__':  # for the shell scripts, which read the list from stdout

@@ -6,8 +6,9 @@ Three layers, as in mmcv's ops:
   :class:`DepthwiseConv2dFunction`; under ``torch.compile`` / ``torch.export`` on the PyTorch
   custom operators ``torch.ops.mmunirep.depthwise_conv2d`` (with its autograd formula) and
   ``torch.ops.mmunirep.depthwise_conv2d_backward``, which they trace without a graph break;
-- the module :class:`DepthWiseConv2dImplicitGEMM`, an ``nn.Conv2d`` subclass with the same state
-  dict and truthful attributes (``padding == kernel_size // 2``, ``groups == channels``).
+- the module :class:`DepthwiseConv2d`, an ``nn.Conv2d`` subclass with the same state dict and
+  truthful attributes (``padding == kernel_size // 2``, ``groups == channels``), also exported as
+  ``DepthWiseConv2dImplicitGEMM``, the name of the authors' code, for drop-in use.
 
 The module runs the CUDA kernels for CUDA inputs in fp32 / fp16 / bf16 / fp64 (NCHW or
 channels_last) when the extension is built; anything else (a CPU tensor, a missing extension, a
@@ -20,10 +21,8 @@ from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from . import autotune
 from .cuda_archs import missing_kernels_message
 
 try:  # the compiled extension is optional: never let its absence break the fallback
@@ -76,19 +75,12 @@ def _warn_fallback_once(reason: str) -> None:
 
 
 def _ext_forward(x, weight, bias):
-    """The extension's forward, with the variant the autotuner chose for the shape when it is on
-    (mmunirep/ops/autotune.py)."""
-    if autotune.mode(x, _ext) == 'off':
-        return _ext.depthwise_conv2d_forward(x, weight, bias)
-    return autotune.forward(_ext, x, weight, bias)
+    return _ext.depthwise_conv2d_forward(x, weight, bias)
 
 
 def _ext_backward(grad_out, x, weight, need_input, need_weight, need_bias):
-    """The extension's backward, as _ext_forward."""
-    if autotune.mode(x, _ext) == 'off':
-        return _ext.depthwise_conv2d_backward(grad_out, x, weight, need_input, need_weight,
-                                              need_bias)
-    return autotune.backward(_ext, grad_out, x, weight, need_input, need_weight, need_bias)
+    return _ext.depthwise_conv2d_backward(grad_out, x, weight, need_input, need_weight,
+                                          need_bias)
 
 
 # Two ways into the same kernels. Eager mode takes DepthwiseConv2dFunction, an autograd.Function
@@ -187,7 +179,7 @@ def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias=None) -> torch.
     return y.contiguous(memory_format=torch.channels_last) if channels_last else y
 
 
-class DepthWiseConv2dImplicitGEMM(nn.Conv2d):
+class DepthwiseConv2d(nn.Conv2d):
     """Depthwise ``k x k`` convolution, stride 1, "same" padding; NCHW in and out.
 
     Args:
@@ -198,7 +190,7 @@ class DepthWiseConv2dImplicitGEMM(nn.Conv2d):
 
     def __init__(self, channels: int, kernel_size: int, bias: bool = False):
         if kernel_size % 2 != 1:
-            raise ValueError(f'DepthWiseConv2dImplicitGEMM needs an odd kernel_size, got {kernel_size}')
+            raise ValueError(f'{type(self).__name__} needs an odd kernel_size, got {kernel_size}')
         super().__init__(channels, channels, kernel_size, stride=1, padding=kernel_size // 2,
                          dilation=1, groups=channels, bias=bias)
         if not ext_available():
@@ -232,3 +224,8 @@ class DepthWiseConv2dImplicitGEMM(nn.Conv2d):
         if not torch.compiler.is_compiling():
             _warn_fallback_once(refusal)
         return super().forward(x)
+
+
+# The authors' name for the module (their code computed it as an implicit GEMM); kept so that code
+# written for theirs runs unchanged.
+DepthWiseConv2dImplicitGEMM = DepthwiseConv2d

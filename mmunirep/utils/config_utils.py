@@ -1,10 +1,10 @@
-"""What tools/train.py and tools/test.py share: loading a config and applying the common flags."""
+"""What the tools share: loading a config and applying the common flags."""
 import os
 import os.path as osp
 from typing import Optional
 
 import torch
-from mmengine.config import Config, ConfigDict, DictAction  # noqa: F401  (DictAction for tools)
+from mmengine.config import Config
 from mmengine.logging import print_log
 
 FRAMEWORKS = ('mmdet', 'mmseg')
@@ -65,6 +65,21 @@ def framework_of(cfg: Config) -> str:
         raise ValueError(f'expected a config whose default_scope is one of {FRAMEWORKS} '
                          f'(an MMDetection or MMSegmentation config), got {scope!r}')
     return scope
+
+
+def clear_pretrained(cfg: Config) -> None:
+    """Drop the model's pretrained-weight settings (the backbone's ``init_cfg`` and
+    ``pretrained``, MMSegmentation's ``model.pretrained``): a trained checkpoint provides every
+    weight, and nothing is downloaded."""
+    model = cfg.model
+    if model.get('pretrained') is not None:
+        model['pretrained'] = None
+    backbone = model.get('backbone')
+    if backbone is not None:
+        if backbone.get('init_cfg') is not None:
+            backbone['init_cfg'] = None
+        if backbone.get('pretrained') is not None:
+            backbone['pretrained'] = None
 
 
 def prepare_cfg(config: str, work_dir: Optional[str] = None, cfg_options: Optional[dict] = None,

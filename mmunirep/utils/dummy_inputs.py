@@ -1,20 +1,22 @@
-"""Synthetic pre-processed batches for timing, FLOP counting and export (no dataset needed)."""
+"""Synthetic batches for timing, FLOP counting and export (no dataset needed)."""
 from typing import List, Tuple
 
 import torch
 
 
-def dummy_batch(framework: str, batch_size: int, height: int, width: int,
-                device='cpu') -> Tuple[torch.Tensor, List]:
-    """Normalized NCHW images and data samples with the meta information the heads read."""
-    inputs = torch.randn(batch_size, 3, height, width, device=device)
-    meta = dict(img_shape=(height, width), ori_shape=(height, width), pad_shape=(height, width),
-                batch_input_shape=(height, width), scale_factor=(1.0, 1.0))
+def dummy_batch(model, framework: str, batch_size: int, height: int,
+                width: int) -> Tuple[torch.Tensor, List]:
+    """``batch_size`` random images of ``height`` x ``width`` through ``model``'s data
+    pre-processor (normalized, padded as it pads, on its device), with data samples that carry
+    the meta information the heads read."""
+    meta = dict(ori_shape=(height, width), img_shape=(height, width), scale_factor=(1., 1.))
     if framework == 'mmdet':
-        from mmdet.structures import DetDataSample
-        samples = [DetDataSample(metainfo=meta) for _ in range(batch_size)]
+        from mmdet.structures import DetDataSample as Sample
     else:
-        from mmseg.structures import SegDataSample
-        meta['padding_size'] = [0, 0, 0, 0]
-        samples = [SegDataSample(metainfo=meta) for _ in range(batch_size)]
-    return inputs, samples
+        from mmseg.structures import SegDataSample as Sample
+    gen = torch.Generator().manual_seed(0)
+    data = dict(inputs=[torch.rand(3, height, width, generator=gen) * 255
+                        for _ in range(batch_size)],
+                data_samples=[Sample(metainfo=meta) for _ in range(batch_size)])
+    data = model.data_preprocessor(data, False)
+    return data['inputs'], data['data_samples']

@@ -19,11 +19,17 @@ import torch.utils.checkpoint as cp
 from mmengine.logging import print_log
 from mmengine.model import BaseModule, initialize
 from mmengine.model.weight_init import PretrainedInit
-from mmengine.runner.checkpoint import CheckpointLoader
 from timm.layers import DropPath, LayerNorm2d, trunc_normal_
 
-from mmunirep.ops import DepthWiseConv2dImplicitGEMM
+from mmunirep.ops import DepthwiseConv2d
 from mmunirep.registry import MODELS, register_module
+from mmunirep.utils.checkpoint import (
+    CheckpointError,
+    backbone_state_dict,
+    check_finite,
+    read_checkpoint,
+    structure_mismatch,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Architecture tables (../shared/REFERENCE.md, the paper and the authors' code)
@@ -110,9 +116,16 @@ def make_depthwise_conv(channels: int, kernel_size: int, bias: bool,
                         use_lk_op: bool = False) -> nn.Conv2d:
     """A stride-1, "same"-padded depthwise conv; the large-kernel op for kernels > 5 if asked."""
     if use_lk_op and kernel_size > 5:
-        return DepthWiseConv2dImplicitGEMM(channels, kernel_size, bias=bias)
+        return DepthwiseConv2d(channels, kernel_size, bias=bias)
     return nn.Conv2d(channels, channels, kernel_size, stride=1, padding=kernel_size // 2,
                      dilation=1, groups=channels, bias=bias)
+
+
+def keep_trainable(module: nn.Module, like: torch.Tensor) -> None:
+    """Give a module that re-parameterization built the ``requires_grad`` of the weight it
+    replaces, so that frozen stages stay frozen."""
+    for p in module.parameters():
+        p.requires_grad_(like.requires_grad)
 
 
 class NCHWtoNHWC(nn.Module):
@@ -235,6 +248,7 @@ class DilatedReparamBlock(nn.Module):
                                      use_lk_op=self.use_lk_op).to(kernel.device, kernel.dtype)
         merged.weight.copy_(kernel)
         merged.bias.copy_(bias)
+        keep_trainable(merged, like=self.lk_origin.weight)
         self.lk_origin = merged
         del self.origin_bn
         for k, r in self.branches:
@@ -347,6 +361,7 @@ class UniRepLKNetBlock(nn.Module):
                                        use_lk_op=self.use_lk_op).to(kernel.device, kernel.dtype)
         new_conv.weight.copy_(kernel)
         new_conv.bias.copy_(bias)
+        keep_trainable(new_conv, like=conv.weight)
         if isinstance(self.dwconv, DilatedReparamBlock):
             self.dwconv.lk_origin = new_conv
         else:
@@ -366,6 +381,7 @@ class UniRepLKNetBlock(nn.Module):
             weight.device, weight.dtype)
         new_linear.weight.copy_(weight)
         new_linear.bias.copy_(bias)
+        keep_trainable(new_linear, like=linear.weight)
         self.pwconv2 = nn.Sequential(new_linear, NHWCtoNCHW())
         del grn.beta
         self.gamma = None
@@ -401,7 +417,7 @@ class UniRepLKNet(BaseModule):
         with_cp (bool): gradient checkpointing of each block (saves memory; same outputs,
             gradients and BatchNorm statistics: see :class:`KeepBatchNormStatistics`).
         deploy (bool): build the inference (re-parameterized) structure.
-        use_lk_op (bool): use :class:`mmunirep.ops.DepthWiseConv2dImplicitGEMM` for the kernels
+        use_lk_op (bool): use :class:`mmunirep.ops.DepthwiseConv2d` for the kernels
             larger than 5 (falls back to ``F.conv2d`` where its CUDA kernels are unavailable).
         compile (bool | dict): run the forward pass through ``torch.compile`` (a dict: its
             arguments, e.g. ``dict(mode='max-autotune')``). The backbone alone, unlike mmengine's
@@ -601,6 +617,9 @@ class UniRepLKNet(BaseModule):
 
     # -- forward ---------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        if x.dim() != 4:
+            raise ValueError(f'UniRepLKNet expects a batch of images (N, C, H, W), got a tensor '
+                             f'of shape {tuple(x.shape)} (one image: x.unsqueeze(0))')
         # inside an outer compilation (mmengine's compile=True) Dynamo traces the eager forward
         if self.compile_kwargs is None or torch.compiler.is_compiling():
             return self._forward(x)
@@ -710,7 +729,7 @@ class UniRepLKNet(BaseModule):
             dict: ``missing`` and ``unexpected`` key names.
         """
         try:
-            ckpt = CheckpointLoader.load_checkpoint(checkpoint, map_location=map_location)
+            ckpt = read_checkpoint(checkpoint, map_location=map_location)
         except OSError as e:  # urllib's URLError and HTTPError are OSErrors
             if not str(checkpoint).startswith(('http://', 'https://')):
                 raise
@@ -718,18 +737,19 @@ class UniRepLKNet(BaseModule):
                 f'could not download the UniRepLKNet checkpoint {checkpoint} ({e}). On a machine '
                 'without internet access, fetch the file elsewhere and give its path: '
                 '--cfg-options model.backbone.init_cfg.checkpoint=/path/to/file.pth') from e
-        state = convert_checkpoint_state_dict(ckpt, source=str(checkpoint), prefix=prefix)
+        state = backbone_state_dict(ckpt, source=str(checkpoint), prefix=prefix)
+        check_finite(state, str(checkpoint))
         own = self.state_dict()
         self._check_structure(state, str(checkpoint))
         matched = [k for k in state if k in own]
         if not matched:
-            raise RuntimeError(
+            raise CheckpointError(
                 f'checkpoint {checkpoint} matches none of the UniRepLKNet keys: it has e.g. '
                 f'{sorted(state)[:5]}, the backbone expects e.g. {sorted(own)[:5]}')
         mismatched = [f'{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}'
                       for k in matched if state[k].shape != own[k].shape]
         if mismatched:
-            raise RuntimeError(
+            raise CheckpointError(
                 f'checkpoint {checkpoint} does not fit this UniRepLKNet (dims {self.dims}, depths '
                 f'{self.depths}); is it another variant? {len(mismatched)} shape mismatches, '
                 'e.g.:\n  ' + '\n  '.join(mismatched[:5]))
@@ -750,28 +770,12 @@ class UniRepLKNet(BaseModule):
         keys = {k[len(prefix):]: None for k in state_dict if k.startswith(prefix)}
         self._check_structure(keys, 'the state dict being loaded')
 
-    def _check_structure(self, state: Dict[str, torch.Tensor], source: str) -> None:
-        stem_norm = 'downsample_layers.0.1.'
-        if stem_norm + 'weight' in state:
-            ckpt_bn = stem_norm + 'running_mean' in state
-            own_bn = self.downsample_norm_cfg is not None
-            if ckpt_bn != own_bn:
-                have = 'BatchNorm' if ckpt_bn else 'LayerNorm (the paper\'s)'
-                flag = "downsample_norm_cfg=dict(type='BN')" if ckpt_bn else 'downsample_norm_cfg=None'
-                raise RuntimeError(
-                    f'checkpoint {source} has {have} in the stem and down-sampling layers, this '
-                    f'backbone the other kind: build it with {flag} to load it')
-        ckpt_deploy = any(k.endswith('pwconv2.0.bias') for k in state)
-        ckpt_train = any(k.endswith('pwconv2.2.weight') or 'origin_bn' in k for k in state)
-        if self.deploy and ckpt_train and not ckpt_deploy:
-            raise RuntimeError(
-                f'checkpoint {source} is in the training structure but this backbone was built with '
-                'deploy=True: build it with deploy=False (and call switch_to_deploy() after '
-                'loading), or convert the checkpoint with tools/reparameterize.py')
-        if not self.deploy and ckpt_deploy and not ckpt_train:
-            raise RuntimeError(
-                f'checkpoint {source} is in the re-parameterized (deploy) structure: build the '
-                'backbone with deploy=True to load it')
+    def _check_structure(self, keys, source: str) -> None:
+        """Refuse the keys of the other structure (training vs deploy) or the other stem norm,
+        naming the setting that fits, rather than load half of them."""
+        problem = structure_mismatch(keys, self.state_dict().keys(), key_prefix='')
+        if problem:
+            raise CheckpointError(f'{source} does not fit this UniRepLKNet: {problem}')
 
 
 # torch.compile'd UniRepLKNet._forward, one per set of torch.compile arguments. Module level, not
@@ -788,41 +792,6 @@ def compiled_forward(kwargs: dict) -> Callable:
     return _COMPILED_FORWARDS[key]
 
 
-def convert_checkpoint_state_dict(ckpt, source: str = 'checkpoint',
-                                  prefix: Optional[str] = None) -> Dict[str, torch.Tensor]:
-    """The backbone's state dict from a released or saved checkpoint (see ``load_pretrained``).
-    ``prefix`` (as in mmengine's ``Pretrained`` init): only the keys under it, with it removed."""
-    if not isinstance(ckpt, dict):
-        raise TypeError(f'{source}: expected a dict (state dict or with a "state_dict" / "model" '
-                        f'entry), got {type(ckpt).__name__}')
-    for key in ('state_dict', 'model'):
-        if key in ckpt and isinstance(ckpt[key], dict):
-            ckpt = ckpt[key]
-            break
-    if prefix:
-        unwrapped = {(k[len('module.'):] if k.startswith('module.') else k): v
-                     for k, v in ckpt.items()}
-        ckpt = {k[len(prefix):]: v for k, v in unwrapped.items() if k.startswith(prefix)}
-        if not ckpt:
-            raise RuntimeError(f'{source}: no key starts with the init_cfg prefix {prefix!r}; '
-                               f'it has e.g. {sorted(unwrapped)[:5]}')
-    state = {}
-    has_backbone = any(k.replace('module.', '', 1).startswith('backbone.') for k in ckpt)
-    for k, v in ckpt.items():
-        if not isinstance(v, torch.Tensor):
-            continue
-        if k.startswith('module.'):
-            k = k[len('module.'):]
-        if has_backbone:
-            if not k.startswith('backbone.'):
-                continue  # a detector's or segmentor's neck and heads
-            k = k[len('backbone.'):]
-        if k.startswith('head.') or k.startswith('norm.'):
-            continue  # classification head and final norm
-        state[k] = v
-    return state
-
-
 def reparameterize_unireplknet(model: nn.Module) -> nn.Module:
     """Switch every UniRepLKNet block inside ``model`` to deploy structure, in place."""
     for m in list(model.modules()):
@@ -832,5 +801,4 @@ def reparameterize_unireplknet(model: nn.Module) -> nn.Module:
 
 
 __all__ = ['UniRepLKNet', 'UniRepLKNetBlock', 'DilatedReparamBlock', 'GRN', 'SEBlock',
-           'ARCH_SETTINGS', 'DILATED_BRANCHES', 'convert_checkpoint_state_dict',
-           'reparameterize_unireplknet']
+           'ARCH_SETTINGS', 'DILATED_BRANCHES', 'reparameterize_unireplknet']

@@ -1,0 +1,168 @@
+"""What the tests share: loading a script of tools/ as a module, the backbone's and the op's
+reference helpers, tiny configs on generated data, a recording torch.compile backend."""
+import contextlib
+import importlib.util
+import itertools
+import os.path as osp
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+DET_QUICKSTART = osp.join(ROOT, 'configs', 'detection', 'quickstart_unireplknet_a_shapes.py')
+SEG_QUICKSTART = osp.join(ROOT, 'configs', 'segmentation', 'quickstart_unireplknet_a_shapes.py')
+# where each script the tests run lives (the tools are not a package)
+SCRIPTS = dict(
+    train='tools/train.py', test='tools/test.py',
+    get_flops='tools/analysis_tools/get_flops.py', benchmark='tools/analysis_tools/benchmark.py',
+    convert_checkpoint='tools/model_converters/convert_checkpoint.py',
+    reparameterize='tools/model_converters/reparameterize.py',
+    export_onnx='tools/deployment/export_onnx.py', onnx_inference='tools/deployment/onnx_inference.py',
+    make_shapes_coco='tools/misc/make_shapes_coco.py',
+    make_shapes_ade20k='tools/misc/make_shapes_ade20k.py', image_demo='demo/image_demo.py')
+
+
+def tool_path(name: str) -> str:
+    """The absolute path of the script ``name`` (a key of :data:`SCRIPTS`)."""
+    return osp.join(ROOT, SCRIPTS[name])
+
+
+def load_tool(name: str):
+    """The script ``name`` (a key of :data:`SCRIPTS`) as a module, so tests call its ``main``."""
+    spec = importlib.util.spec_from_file_location(f'_tool_{name}', tool_path(name))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random BN statistics and affine, GRN gamma/beta and layer scales, so that every folded term
+    matters (a fresh model has zero GRN parameters and 1e-6 layer scales)."""
+    from mmunirep.models.backbones.unireplknet import GRN, UniRepLKNetBlock
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(t, lo, hi):
+        t.copy_(torch.rand(t.shape, generator=g) * (hi - lo) + lo)
+
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                rand(m.running_mean, -0.5, 0.5)
+                rand(m.running_var, 0.5, 2.0)
+                rand(m.weight, 0.5, 1.5)
+                rand(m.bias, -0.5, 0.5)
+            elif isinstance(m, GRN):
+                rand(m.gamma, -0.5, 0.5)
+                if m.use_bias:
+                    rand(m.beta, -0.5, 0.5)
+            elif isinstance(m, UniRepLKNetBlock) and m.gamma is not None:
+                rand(m.gamma, 0.2, 1.0)
+    return model
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max |b|."""
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def conv_reference(x, w, b):
+    """The depthwise conv of ``x`` in fp64 with autograd: (x64, w64, b64, y64)."""
+    x64, w64 = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    b64 = b.detach().double().requires_grad_() if b is not None else None
+    y = F.conv2d(x64, w64, b64, padding=w.shape[-1] // 2, groups=x.shape[1])
+    return x64, w64, b64, y
+
+
+# the op's tolerances against fp64, relative to each tensor's largest value
+CONV_TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float16: dict(rtol=1e-2, atol=1e-2),
+            torch.bfloat16: dict(rtol=5e-2, atol=5e-2), torch.float64: dict(rtol=1e-10,
+                                                                             atol=1e-10)}
+
+
+@contextlib.contextmanager
+def visualizers_restored():
+    """mmengine's visualizers as they were before the block, afterwards. They are process-wide
+    (ManagerMixin): a runner takes the visualizer named 'visualizer' if one exists, of whatever
+    framework, and its visualization hook the one created last. A tool run is one framework per
+    process; a test that creates visualizers of one framework (an inferencer creates a new one
+    per call) must not leave them to a later test's runner of the other."""
+    from mmengine.visualization import Visualizer
+
+    def classes(cls):
+        yield cls
+        for sub in cls.__subclasses__():
+            yield from classes(sub)
+
+    saved = {cls: cls._instance_dict.copy() for cls in set(classes(Visualizer))}
+    try:
+        yield
+    finally:
+        for cls, instances in saved.items():
+            cls._instance_dict.clear()
+            cls._instance_dict.update(instances)
+
+
+def tiny_seg_config(tmp_path, data_root: str, **overrides) -> str:
+    """The segmentation quick start on ``data_root`` with single-process loaders."""
+    extra = '\n'.join(f'{k} = {v!r}' for k, v in overrides.items())
+    path = tmp_path / 'tiny_seg.py'
+    path.write_text(f"""_base_ = [{SEG_QUICKSTART!r}]
+data_root = {data_root!r}
+train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
+                        dataset=dict(data_root=data_root))
+val_dataloader = dict(num_workers=0, persistent_workers=False, dataset=dict(data_root=data_root))
+test_dataloader = val_dataloader
+default_hooks = dict(logger=dict(interval=1))
+{extra}
+""")
+    return str(path)
+
+
+def tiny_det_config(tmp_path, data_root: str) -> str:
+    """The detection quick start on ``data_root`` with single-process loaders."""
+    root = data_root.rstrip('/') + '/'
+    ann_val = root + 'annotations/instances_val.json'
+    path = tmp_path / 'tiny_det.py'
+    path.write_text(f"""_base_ = [{DET_QUICKSTART!r}]
+train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
+                        dataset=dict(data_root={root!r}))
+val_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
+                      dataset=dict(data_root={root!r}))
+test_dataloader = val_dataloader
+val_evaluator = dict(ann_file={ann_val!r})
+test_evaluator = val_evaluator
+default_hooks = dict(logger=dict(interval=1))
+""")
+    return str(path)
+
+
+_backend_ids = itertools.count()
+
+
+def recording_backend(wrap_outputs=None):
+    """A new torch.compile backend, registered under a fresh name: torch's aot_eager
+    (AOTAutograd and its partitioner, as Inductor has them, which gradient checkpointing's
+    recomputation needs) that records the forward graphs it is given (aten-level) and runs them
+    as they are, or with their outputs changed by ``wrap_outputs``. It shows what went through
+    the compiler, cheaply: Inductor would take minutes on 2 cores. Returns (name, graphs)."""
+    from torch._dynamo import register_backend
+    from torch._dynamo.backends.debugging import aot_eager, boxed_nop
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(gm)
+        run = boxed_nop(gm, example_inputs)
+        if wrap_outputs is None:
+            return run
+
+        def changed(args):
+            return wrap_outputs(run(args))
+        changed._boxed_call = True  # AOTAutograd's calling convention, as boxed_nop's
+        return changed
+
+    def backend(gm, example_inputs, **kwargs):
+        return aot_eager(gm, example_inputs, fw_compiler=record, **kwargs)
+    name = f'mmunirep_test_backend_{next(_backend_ids)}'
+    register_backend(compiler_fn=backend, name=name)
+    return name, graphs

@@ -1,0 +1,617 @@
+"""UniRepLKNet backbone: shapes, freezing, checkpointing, re-parameterization, checkpoints, figures."""
+import re
+
+import pytest
+import torch
+import torch.nn as nn
+
+from mmunirep.models import UniRepLKNet
+from mmunirep.models.backbones.unireplknet import ARCH_SETTINGS, GRN
+
+from helpers import randomize, recording_backend, rel_err
+
+ALL_ARCHS = ['a', 'f', 'p', 'n', 't', 's', 'b', 'l', 'xl']
+SMALL_ARCHS = ['a', 'f', 'p', 'n', 't', 's']
+STRIDES = (4, 8, 16, 32)
+
+
+@pytest.mark.parametrize('arch', SMALL_ARCHS)
+def test_output_shapes_every_small_variant(arch):
+    model = UniRepLKNet(arch=arch).eval()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        outs = model(x)
+    dims = ARCH_SETTINGS[arch]['dims']
+    assert len(outs) == 4
+    for out, dim, s in zip(outs, dims, STRIDES):
+        assert out.shape == (2, dim, 64 // s, 96 // s)
+
+
+@pytest.mark.parametrize('out_indices', [(0, ), (1, 3), (2, ), (-1, ), (0, 1, 2, 3)])
+def test_out_indices(out_indices):
+    model = UniRepLKNet(arch='a', out_indices=out_indices).eval()
+    wanted = sorted(i % 4 for i in out_indices)
+    for i in range(4):
+        assert hasattr(model, f'norm{i}') == (i in wanted)
+    with torch.no_grad():
+        outs = model(torch.randn(1, 3, 64, 64))
+    assert [o.shape[1] for o in outs] == [ARCH_SETTINGS['a']['dims'][i] for i in wanted]
+    assert [64 // o.shape[-1] for o in outs] == [STRIDES[i] for i in wanted]
+
+
+@pytest.mark.parametrize('out_indices', [(0, ), (0, 2), (1, )])
+def test_stages_after_the_last_output_are_skipped_and_frozen(out_indices):
+    """What DDP needs (every trainable parameter gets a gradient) and what checkpoints need (the
+    skipped stages stay in the state dict); the outputs are those of the full network."""
+    torch.manual_seed(0)
+    full = UniRepLKNet(arch='a')
+    part = UniRepLKNet(arch='a', out_indices=out_indices)
+    part.load_state_dict(full.state_dict(), strict=False)
+    assert set(full.state_dict()) - set(part.state_dict()) == {
+        k for k in full.state_dict() if re.match(rf'norm[^{"".join(map(str, out_indices))}]\.', k)}
+    last = max(out_indices)
+    ran = []
+    for i, stage in enumerate(part.stages):
+        stage.register_forward_hook(lambda m, a, o, i=i: ran.append(i))
+    full.train()
+    part.train()
+    for i in range(4):
+        skipped = i > last
+        for module in (part.downsample_layers[i], part.stages[i]):
+            assert all(p.requires_grad != skipped for p in module.parameters()), i
+            assert all(m.training != skipped for m in module.modules()), i
+    x = torch.randn(2, 3, 64, 64)
+    outs = part(x)
+    assert ran == list(range(last + 1))
+    sum((o * o).mean() for o in outs).backward()
+    no_grad = [n for n, p in part.named_parameters() if p.requires_grad and p.grad is None]
+    assert not no_grad, f'trainable parameters without a gradient (DDP would fail): {no_grad}'
+    full.eval()
+    part.eval()
+    with torch.no_grad():
+        ref = full(x)
+        got = part(x)
+    assert len(got) == len(out_indices)
+    for o, i in zip(got, out_indices):
+        torch.testing.assert_close(o, ref[i], rtol=1e-5, atol=1e-6)
+
+
+def test_odd_input_sizes():
+    model = UniRepLKNet(arch='a').eval()
+    with torch.no_grad():
+        outs = model(torch.randn(1, 3, 50, 77))
+    # every down-sampling conv is 3x3, stride 2, padding 1: ceil division at each step
+    sizes = [(50, 77)]
+    for _ in range(5):
+        h, w = sizes[-1]
+        sizes.append(((h + 1) // 2, (w + 1) // 2))
+    assert [tuple(o.shape[-2:]) for o in outs] == sizes[2:]
+
+
+@pytest.mark.parametrize('frozen_stages', [-1, 0, 1, 3])
+def test_frozen_stages(frozen_stages):
+    model = UniRepLKNet(arch='a', frozen_stages=frozen_stages)
+    model.train()
+    for i in range(4):
+        frozen = i <= frozen_stages
+        for part in (model.downsample_layers[i], model.stages[i], getattr(model, f'norm{i}')):
+            assert all(p.requires_grad != frozen for p in part.parameters())
+            assert all(m.training != frozen for m in part.modules())
+    # frozen weights really do not change in a training step
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if frozen_stages == 3:
+        assert not trainable
+        return
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.SGD(trainable, lr=0.1)
+    sum(o.mean() for o in model(torch.randn(2, 3, 32, 32))).backward()
+    opt.step()
+    after = model.state_dict()
+    changed = set()
+    for k, v in before.items():
+        m = re.match(r'(downsample_layers|stages)\.(\d)\.|norm(\d)\.', k)
+        stage = int(m.group(2) or m.group(3))
+        if stage <= frozen_stages:
+            assert torch.equal(v, after[k]), k
+        elif not torch.equal(v, after[k]):
+            changed.add(stage)
+    # and the step did update every stage that is not frozen
+    assert changed == set(range(frozen_stages + 1, 4)), changed
+
+
+def test_norm_eval():
+    model = UniRepLKNet(arch='a', norm_eval=True).train()
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and all(not m.training for m in bns)
+    assert model.stages[2][0].se.training  # everything else trains
+    model = UniRepLKNet(arch='a', norm_eval=False).train()
+    assert all(m.training for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+
+
+def assert_same_training_step(ref: UniRepLKNet, other: UniRepLKNet, x: torch.Tensor) -> None:
+    """One training-mode forward and backward of both models (loaded with the same weights):
+    the same outputs, parameter gradients and BatchNorm running statistics (one update)."""
+    other.load_state_dict(ref.state_dict())
+    ref.train()
+    other.train()
+    outs_ref, outs_other = ref(x), other(x)
+    assert len(outs_ref) == len(outs_other) > 0
+    for a, b in zip(outs_ref, outs_other):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    sum((o * o).mean() for o in outs_ref).backward()
+    sum((o * o).mean() for o in outs_other).backward()
+    for (name, p_ref), p_other in zip(ref.named_parameters(), other.parameters()):
+        assert p_ref.grad is not None, name
+        torch.testing.assert_close(p_other.grad, p_ref.grad, rtol=1e-4, atol=1e-6, msg=name)
+    buffers, ref_buffers = dict(other.named_buffers()), dict(ref.named_buffers())
+    bn_buffers = [n for n in ref_buffers if n.endswith(
+        ('running_mean', 'running_var', 'num_batches_tracked'))]
+    assert len(bn_buffers) > 3 * sum(ref.depths)
+    for name in bn_buffers:
+        torch.testing.assert_close(buffers[name], ref_buffers[name], rtol=1e-5, atol=1e-7,
+                                   msg=name)
+    assert int(buffers['stages.0.0.norm.num_batches_tracked']) == 1
+
+
+def test_with_cp_same_outputs_and_gradients():
+    """Checkpointing changes nothing but memory: the same outputs and gradients, and the
+    recomputation in the backward pass leaves the BatchNorms' running statistics alone (torch's
+    checkpoint alone updates them a second time)."""
+    torch.manual_seed(0)
+    ref = UniRepLKNet(arch='a', with_cp=False)
+    ref.init_weights()
+    randomize(ref)
+    assert_same_training_step(ref, UniRepLKNet(arch='a', with_cp=True), torch.randn(2, 3, 64, 64))
+
+
+@pytest.mark.parametrize('with_cp', [False, True])
+def test_compile_option_same_outputs_gradients_and_state(with_cp):
+    """compile=dict(...): the forward runs through torch.compile (the backend sees the convs of
+    every stage), with eager's outputs and gradients; the state dict is the eager module's, a
+    deepcopy (mmengine's EMA) runs, and re-parameterization still works."""
+    import copy
+    torch._dynamo.reset()
+    backend, graphs = recording_backend()
+    torch.manual_seed(0)
+    ref = UniRepLKNet(arch='a', with_cp=with_cp)
+    ref.init_weights()
+    randomize(ref)
+    comp = UniRepLKNet(arch='a', with_cp=with_cp, compile=dict(backend=backend))
+    assert comp.state_dict().keys() == ref.state_dict().keys()
+    x = torch.randn(2, 3, 64, 64)
+    assert_same_training_step(ref, comp, x)
+    convs = sum(n.target == torch.ops.aten.convolution.default
+                for g in graphs for n in g.graph.nodes)
+    # the stem's 2, 3 down-samplings and every block's large-kernel branches
+    assert convs >= 5 + sum(ref.depths), convs
+    n_graphs = len(graphs)
+    copy.deepcopy(comp)(x)
+    comp.eval()
+    comp.switch_to_deploy()
+    ref.eval()
+    ref.switch_to_deploy()
+    with torch.no_grad():
+        outs_ref, outs_comp = ref(x), comp(x)
+        assert len(outs_ref) == len(outs_comp) > 0
+        for a, b in zip(outs_ref, outs_comp):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    assert len(graphs) > n_graphs  # the deploy structure was compiled too
+
+
+@pytest.mark.parametrize('value, error, message', [
+    ('yes', TypeError, "compile must be a bool or a dict of torch.compile arguments, got 'yes'"),
+    (dict(mod='max-autotune'), ValueError, "unknown torch.compile arguments ['mod']"),
+])
+def test_compile_option_errors(value, error, message):
+    with pytest.raises(error, match=re.escape(message)):
+        UniRepLKNet(arch='a', compile=value)
+
+
+def test_tools_build_the_backbone_eager():
+    """build_model (get_flops, export_onnx, benchmark, ...) ignores a config's compile=True."""
+    from mmengine.config import Config
+
+    from mmunirep.utils import build_model
+    cfg = Config.fromfile('configs/segmentation/quickstart_unireplknet_a_shapes.py')
+    cfg.model.backbone.compile = True
+    assert build_model(cfg).backbone.compile_kwargs is None
+
+
+@pytest.mark.parametrize('arch', ALL_ARCHS)
+def test_reparameterization_every_variant(arch):
+    """Outputs agree to 1e-5 relative (fp32) and the deploy state dict loads strictly."""
+    torch.manual_seed(1)
+    size = 64 if arch in SMALL_ARCHS else 32
+    model = UniRepLKNet(arch=arch)
+    if arch in SMALL_ARCHS:  # (torch's default init is random too; trunc_normal_ is slow on XL)
+        model.init_weights()
+    randomize(model).eval()
+    x = torch.randn(1, 3, size, size)
+    with torch.no_grad():
+        before = model(x)
+    model.switch_to_deploy()
+    assert model.deploy
+    keys = set(model.state_dict())
+    assert not any('origin_bn' in k or 'dil_conv' in k or '.beta' in k
+                   or re.search(r'stages\.\d+\.\d+\.gamma$', k) or 'pwconv2.2' in k for k in keys)
+    with torch.no_grad():
+        after = model(x)
+    assert len(after) == len(before) > 0
+    for a, b in zip(after, before):
+        assert rel_err(a, b) < 1e-5
+    deploy = UniRepLKNet(arch=arch, deploy=True).eval()
+    assert set(deploy.state_dict()) == keys
+    deploy.load_state_dict(model.state_dict(), strict=True)
+    with torch.no_grad():
+        again = deploy(x)
+    assert len(again) == len(after) > 0
+    for a, b in zip(again, after):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_reparameterize_alias_and_timm():
+    from timm.utils.model import reparameterize_model
+    torch.manual_seed(2)
+    model = randomize(UniRepLKNet(arch='a')).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+    via_timm = reparameterize_model(model)  # a converted copy
+    assert via_timm.deploy and not model.deploy
+    model.reparameterize_unireplknet()
+    assert model.deploy
+    with torch.no_grad():
+        outs = model(x)
+        assert len(outs) == len(ref) == 4
+        for a, b, c in zip(via_timm(x), outs, ref):
+            assert rel_err(a, c) < 1e-5 and rel_err(b, c) < 1e-5
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    model.switch_to_deploy()  # idempotent: nothing changes
+    assert state.keys() == model.state_dict().keys()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    with torch.no_grad():
+        for a, b in zip(model(x), outs):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_authors_flat_deploy_keys_load():
+    """The authors' deploy=True model stores large kernels as dwconv.weight; we accept it."""
+    model = randomize(UniRepLKNet(arch='a')).eval()
+    model.switch_to_deploy()
+    state = {re.sub(r'dwconv\.lk_origin\.', 'dwconv.', k): v for k, v in model.state_dict().items()}
+    assert any(re.search(r'stages\.1\.0\.dwconv\.weight', k) for k in state)
+    deploy = UniRepLKNet(arch='a', deploy=True)
+    deploy.load_state_dict(state, strict=True)
+    for k, v in model.state_dict().items():
+        assert torch.equal(deploy.state_dict()[k], v)
+
+
+def test_layer_scale_disabled_and_bad_kernel():
+    model = UniRepLKNet(arch='a', layer_scale_init_value=0)
+    assert all(b.gamma is None for s in model.stages for b in s)
+    with pytest.raises(ValueError, match='kernel sizes'):
+        UniRepLKNet(arch=dict(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64),
+                              kernel_sizes=((3, ), (4, ), (13, ), (13, ))))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+def test_reparameterization_on_cuda():
+    model = randomize(UniRepLKNet(arch='a')).cuda().eval()
+    x = torch.randn(1, 3, 64, 64, device='cuda')
+    with torch.no_grad():
+        before = model(x)
+        model.switch_to_deploy()
+        after = model(x)
+    assert all(p.is_cuda for p in model.parameters())
+    assert len(after) == len(before) > 0
+    for a, b in zip(after, before):
+        assert rel_err(a, b) < 1e-4  # TF32 may be on for convs
+
+
+# --------------------------------------------------------------------------------------------
+# checkpoints
+# --------------------------------------------------------------------------------------------
+def classification_state_dict(arch: str, seed: int = 3) -> dict:
+    """A state dict in the layout of the authors' released ImageNet checkpoints."""
+    torch.manual_seed(seed)
+    backbone = randomize(UniRepLKNet(arch=arch, out_indices=(3, )), seed=seed)
+    state = {k: v for k, v in backbone.state_dict().items() if not k.startswith('norm3.')}
+    dim = ARCH_SETTINGS[arch]['dims'][-1]
+    state['norm.weight'] = torch.randn(dim)
+    state['norm.bias'] = torch.randn(dim)
+    state['head.weight'] = torch.randn(1000, dim)
+    state['head.bias'] = torch.randn(1000)
+    return state
+
+
+@pytest.mark.parametrize('layout', ['plain', 'model', 'state_dict', 'module.', 'backbone.'])
+def test_load_released_checkpoint_layouts(tmp_path, layout):
+    state = classification_state_dict('a')
+    if layout == 'plain':
+        ckpt = state
+    elif layout == 'model':
+        ckpt = {'model': state, 'epoch': 300}
+    elif layout == 'state_dict':
+        ckpt = {'state_dict': state, 'meta': {'note': 'x'}}
+    elif layout == 'module.':
+        ckpt = {'model': {'module.' + k: v for k, v in state.items()}}
+    else:  # a detector's full state dict: backbone.* next to neck and heads
+        ckpt = {'state_dict': {**{'backbone.' + k: v for k, v in state.items()},
+                               'neck.lateral_convs.0.conv.weight': torch.randn(4, 4, 1, 1)}}
+    path = tmp_path / 'ckpt.pth'
+    torch.save(ckpt, path)
+    model = UniRepLKNet(arch='a', init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    model.init_weights()
+    own = model.state_dict()
+    for k, v in state.items():
+        if k.startswith(('head.', 'norm.')):
+            continue
+        assert torch.equal(own[k], v), k
+
+
+def test_init_cfg_prefix_picks_one_backbone_of_several(tmp_path):
+    """mmengine's Pretrained ``prefix``: a distillation checkpoint holds two backbones; the prefix
+    chooses which one loads (without it the keys match nothing)."""
+    teacher, student = classification_state_dict('a', seed=5), classification_state_dict('a', seed=6)
+    ckpt = {'state_dict': {**{'teacher.backbone.' + k: v for k, v in teacher.items()},
+                           **{'student.backbone.' + k: v for k, v in student.items()}}}
+    path = tmp_path / 'distill.pth'
+    torch.save(ckpt, path)
+    for prefix, state in (('teacher.backbone.', teacher), ('student.backbone.', student)):
+        model = UniRepLKNet(arch='a', init_cfg=dict(type='Pretrained', checkpoint=str(path),
+                                                    prefix=prefix))
+        model.init_weights()
+        own = model.state_dict()
+        compared = [k for k in state if not k.startswith(('head.', 'norm.'))]
+        assert compared and all(torch.equal(own[k], state[k]) for k in compared), prefix
+    with pytest.raises(RuntimeError, match="no key starts with the init_cfg prefix 'backbone.'"):
+        UniRepLKNet(arch='a', init_cfg=dict(type='Pretrained', checkpoint=str(path),
+                                            prefix='backbone.')).init_weights()
+    with pytest.raises(RuntimeError, match='matches none of the UniRepLKNet keys'):
+        UniRepLKNet(arch='a', init_cfg=dict(type='Pretrained',
+                                            checkpoint=str(path))).init_weights()
+
+
+@pytest.mark.parametrize('pretrained_type', ['Pretrained', 'mmengine.Pretrained', 'class'])
+def test_init_cfg_list_loads_the_checkpoint_our_way_after_the_other_entries(tmp_path,
+                                                                            pretrained_type):
+    """``init_cfg=[Pretrained, other initializers]``: the checkpoint goes through load_pretrained
+    (the authors' ``model`` layout, ``head.*`` ignored) after the others, which set what the
+    checkpoint lacks; a checkpoint matching no key is an error there too, not mmengine's
+    warning. The Pretrained entry is recognised in each form mmengine accepts: its name, its
+    scoped name, its class."""
+    from mmengine.model.weight_init import PretrainedInit
+    pretrained_type = PretrainedInit if pretrained_type == 'class' else pretrained_type
+    state = classification_state_dict('a', seed=11)
+    state.pop('downsample_layers.0.0.bias')  # left to the Constant initializer below
+    path = tmp_path / 'released.pth'
+    torch.save({'model': state}, path)
+    init_cfg = [dict(type='Constant', layer='Conv2d', val=0.25, bias=0.5),
+                dict(type=pretrained_type, checkpoint=str(path))]
+    model = UniRepLKNet(arch='a', init_cfg=init_cfg)
+    model.init_weights()
+    own = model.state_dict()
+    compared = [k for k in state if not k.startswith(('head.', 'norm.'))]
+    assert len(compared) > 100 and all(torch.equal(own[k], state[k]) for k in compared)
+    # the stem's first conv: its weight from the checkpoint, its bias from Constant
+    assert torch.equal(own['downsample_layers.0.0.bias'],
+                       torch.full_like(own['downsample_layers.0.0.bias'], 0.5))
+    torch.save({'model': {'foo.weight': torch.randn(3)}}, path)
+    with pytest.raises(RuntimeError, match='matches none of the UniRepLKNet keys'):
+        UniRepLKNet(arch='a', init_cfg=init_cfg).init_weights()
+    with pytest.raises(ValueError, match="at most one init_cfg entry of type 'Pretrained', got 2"):
+        UniRepLKNet(arch='a', init_cfg=[init_cfg[1], init_cfg[1]])
+    with pytest.raises(ValueError, match=r"takes checkpoint \(required\)"):
+        UniRepLKNet(arch='a', init_cfg=[init_cfg[0], dict(type=pretrained_type, prefx='b.')])
+
+
+@pytest.mark.parametrize('init_cfg', [dict(type='Pretrained', checkpoint='x.pth', prefx='b.'),
+                                      dict(type='Pretrained', prefix='backbone.')])
+def test_pretrained_init_cfg_keys_are_checked(init_cfg):
+    with pytest.raises(ValueError, match=r"takes checkpoint \(required\), prefix and map_location"):
+        UniRepLKNet(arch='a', init_cfg=init_cfg)
+
+
+def test_load_reports_unmatched_keys(tmp_path):
+    state = classification_state_dict('a')
+    state['stages.0.0.extra'] = torch.randn(3)
+    path = tmp_path / 'ckpt.pth'
+    torch.save(state, path)
+    result = UniRepLKNet(arch='a').load_pretrained(str(path))
+    assert result['unexpected'] == ['stages.0.0.extra']
+    # norm0..norm3 exist only in the backbone form: reported missing
+    assert result['missing'] == [f'norm{i}.{p}' for i in range(4) for p in ('bias', 'weight')]
+
+
+def test_load_errors(tmp_path):
+    path = tmp_path / 'ckpt.pth'
+    torch.save(classification_state_dict('a'), path)
+    with pytest.raises(RuntimeError, match='another variant'):
+        UniRepLKNet(arch='f').load_pretrained(str(path))
+    torch.save({'model': {'foo.weight': torch.randn(3), 'bar': torch.randn(2)}}, path)
+    with pytest.raises(RuntimeError, match='matches none'):
+        UniRepLKNet(arch='a', init_cfg=dict(type='Pretrained', checkpoint=str(path))).init_weights()
+    with pytest.raises(FileNotFoundError):
+        UniRepLKNet(arch='a').load_pretrained(str(tmp_path / 'missing.pth'))
+    # a URL that cannot be fetched (nothing listens on the discard port): how to give a local file
+    url = 'http://127.0.0.1:9/mmunirep_test_unreachable.pth'
+    with pytest.raises(RuntimeError, match=r'could not download .*unreachable\.pth .*'
+                       r'model\.backbone\.init_cfg\.checkpoint='):
+        UniRepLKNet(arch='a', init_cfg=dict(type='Pretrained', checkpoint=url)).init_weights()
+    # training checkpoint into a deploy model and the reverse: the message names the flag
+    torch.save(classification_state_dict('a'), path)
+    with pytest.raises(RuntimeError, match='deploy=False'):
+        UniRepLKNet(arch='a', deploy=True).load_pretrained(str(path))
+    model = UniRepLKNet(arch='a')
+    model.switch_to_deploy()
+    torch.save(model.state_dict(), path)
+    with pytest.raises(RuntimeError, match='deploy=True'):
+        UniRepLKNet(arch='a').load_pretrained(str(path))
+
+
+def test_pretrained_argument_is_mapped_with_deprecation(tmp_path):
+    path = tmp_path / 'ckpt.pth'
+    torch.save(classification_state_dict('a'), path)
+    with pytest.warns(DeprecationWarning, match='init_cfg'):
+        model = UniRepLKNet(arch='a', pretrained=str(path))
+    assert model.init_cfg == dict(type='Pretrained', checkpoint=str(path))
+    with pytest.raises(ValueError, match='not both'):
+        UniRepLKNet(arch='a', pretrained=str(path), init_cfg=dict(type='Pretrained', checkpoint='x'))
+
+
+def test_default_init_is_random_not_zero():
+    model = UniRepLKNet(arch='a')
+    model.init_weights()
+    w = model.stages[2][0].pwconv1[1].weight
+    assert 0.01 < w.std().item() < 0.03  # trunc_normal(std=0.02)
+
+
+# --------------------------------------------------------------------------------------------
+# argument validation
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(arch='z'), 'unknown arch'),
+    (dict(arch=dict(depths=(1, 1, 1, 1))), 'needs depths and dims'),
+    (dict(arch=dict(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64))), 'no default kernel_sizes'),
+    (dict(arch=dict(depths=(1, 1, 1, 2), dims=(8, 16, 32, 64),
+                    kernel_sizes=((3, ), (3, ), (3, ), (3, )))), 'stage 3 has depth 2'),
+    (dict(out_indices=(4, )), 'out_indices'),
+    (dict(out_indices=(1, 1)), 'unique'),
+    (dict(frozen_stages=4), 'frozen_stages'),
+    (dict(frozen_stages=-2), 'frozen_stages'),
+    (dict(norm_cfg=dict(type='GN')), "'BN' or 'SyncBN'"),
+    (dict(drop_path_rate=1.5), 'drop_path_rate'),
+])
+def test_bad_arguments(kwargs, match):
+    kwargs.setdefault('arch', 'a')
+    with pytest.raises(ValueError, match=match):
+        UniRepLKNet(**kwargs)
+
+
+def test_custom_arch_dict_and_syncbn_config():
+    model = UniRepLKNet(arch=dict(depths=(1, 1, 2, 1), dims=(8, 16, 32, 64),
+                                  kernel_sizes=((3, ), (7, ), (9, 5), (17, ))),
+                        norm_cfg=dict(type='SyncBN', momentum=0.03))
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert bns and all(isinstance(m, nn.SyncBatchNorm) and m.momentum == 0.03 for m in bns)
+    model.eval()
+    with torch.no_grad():
+        outs = model(torch.randn(1, 3, 64, 64))
+    assert [o.shape[1] for o in outs] == [8, 16, 32, 64]
+
+
+def test_downsample_norm_cfg_batchnorm_option():
+    """downsample_norm_cfg=BN swaps exactly the 9 LayerNorms of arch A (2 stem, 3 down-sampling,
+    4 outputs) and nothing else; the default stays the paper's LayerNorm network; loading a
+    checkpoint of the other kind fails naming the flag; re-parameterization still agrees."""
+    from timm.layers import LayerNorm2d
+    paper = UniRepLKNet(arch='a')
+    bn = UniRepLKNet(arch='a', downsample_norm_cfg=dict(type='BN'))
+    assert sum(isinstance(m, LayerNorm2d) for m in paper.modules()) == 9
+    assert not any(isinstance(m, LayerNorm2d) for m in bn.modules())
+    n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in bn.modules())
+    assert n_bn - sum(isinstance(m, nn.BatchNorm2d) for m in paper.modules()) == 9
+    assert set(paper.state_dict()) <= set(bn.state_dict())  # same names, plus BN buffers
+    with pytest.raises(RuntimeError, match=r"downsample_norm_cfg=dict\(type='BN'\)"):
+        paper.load_state_dict(bn.state_dict())
+    with pytest.raises(RuntimeError, match='downsample_norm_cfg=None'):
+        bn.load_state_dict(paper.state_dict())
+    # trained-looking BN statistics (the 9 new BNs too), then the deploy structure agrees
+    randomize(bn).eval()
+    x = torch.randn(2, 3, 96, 80)
+    with torch.no_grad():
+        ref = bn(x)
+        bn.switch_to_deploy()
+        out = bn(x)
+    assert len(ref) == len(out) > 0
+    for r, o in zip(ref, out):
+        assert rel_err(o, r) < 1e-5
+
+# --------------------------------------------------------------------------------------------
+# layer-wise decay ids (REFERENCE.md)
+# --------------------------------------------------------------------------------------------
+def test_get_layer_depth_follows_the_authors_rule():
+    model = UniRepLKNet(arch='a')
+    f = model.get_layer_depth
+    assert f('backbone.downsample_layers.0.0.weight') == (0, 14)
+    assert f('backbone.downsample_layers.1.0.weight')[0] == 2
+    assert f('backbone.downsample_layers.2.1.bias')[0] == 3
+    assert f('backbone.downsample_layers.3.0.weight')[0] == 12
+    assert f('backbone.stages.0.1.dwconv.weight')[0] == 1
+    assert f('backbone.stages.1.0.gamma')[0] == 2
+    assert [f(f'backbone.stages.2.{j}.gamma')[0] for j in range(9)] == [3, 3, 3, 4, 4, 4, 5, 5, 5]
+    assert f('backbone.stages.2.26.gamma')[0] == 11
+    assert f('backbone.stages.3.0.gamma')[0] == 12
+    assert f('backbone.norm2.weight')[0] == 13
+    assert f('neck.fpn_convs.0.conv.weight')[0] == 13
+    assert f('backbone.stages.2.17.gamma', num_layers=9) == (8, 11)
+    assert f('stages.0.0.gamma', prefix='') == (1, 14)
+
+
+# --------------------------------------------------------------------------------------------
+# figures of REFERENCE.md: params (inference structure, 1000-class head) and FLOPs @224
+# --------------------------------------------------------------------------------------------
+class Classifier(nn.Module):
+
+    def __init__(self, arch):
+        super().__init__()
+        self.backbone = UniRepLKNet(arch=arch, out_indices=(3, ), deploy=True)
+        self.head = nn.Linear(self.backbone.dims[-1], 1000)
+
+    def forward(self, x):
+        return self.head(self.backbone(x)[0].mean((2, 3)))
+
+
+@pytest.mark.parametrize('arch, params_m, flops_g', [
+    ('a', 4.4, 0.6), ('f', 6.2, 0.9), ('p', 10.7, 1.6), ('n', 18.3, 2.8), ('t', 31, 4.9),
+    ('s', 56, 9.1), ('b', 98, None), ('l', 218, None), ('xl', 386, None)])
+def test_params_and_flops_match_the_paper(arch, params_m, flops_g):
+    model = Classifier(arch)
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    unit = 1 if params_m >= 20 else 0.1  # the table's precision (it rounds S, truncates XL)
+    assert abs(params - params_m) < unit
+    if flops_g is not None:
+        from mmengine.analysis import FlopAnalyzer
+        with torch.no_grad():
+            flops = FlopAnalyzer(model, torch.randn(1, 3, 224, 224)).unsupported_ops_warnings(
+                False).uncalled_modules_warnings(False).total() / 1e9
+        assert round(flops, 1) == flops_g
+
+
+def test_any_load_of_the_other_structure_fails_clearly():
+    """Also through load_state_dict(strict=False), as mmengine's Runner loads."""
+    model = UniRepLKNet(arch='a')
+    model.switch_to_deploy()
+    with pytest.raises(RuntimeError, match='deploy=True'):
+        UniRepLKNet(arch='a').load_state_dict(model.state_dict(), strict=False)
+    with pytest.raises(RuntimeError, match='deploy=False'):
+        UniRepLKNet(arch='a', deploy=True).load_state_dict(UniRepLKNet(arch='a').state_dict(),
+                                                           strict=False)
+
+
+def test_grn_is_finite_under_fp16():
+    """A large fp16 map would overflow the naive spatial norm; GRN computes it in fp32."""
+    grn = GRN(8)
+    with torch.no_grad():
+        grn.gamma.normal_(0, 0.5)
+        grn.beta.normal_(0, 0.5)
+    x = torch.randn(2, 64, 64, 8) * 2000  # spatial L2 norm ~ 1.3e5 > fp16 max (65504)
+    naive = torch.norm(x.half(), p=2, dim=(1, 2))
+    assert not torch.isfinite(naive).all()  # the hazard is real
+    out = grn(x.half())
+    ref = grn(x.double().float()).double()
+    assert torch.isfinite(out).all()
+    assert rel_err(out.double(), ref) < 2e-3  # fp16 rounding
+
+
+def test_backbone_needs_only_torch_mmengine_timm():
+    import subprocess
+    import sys
+    code = ('import sys, torch, mmunirep\n'
+            'from mmunirep.models import UniRepLKNet\n'
+            'm = UniRepLKNet(arch="a"); m.switch_to_deploy()\n'
+            'bad = sorted({n.split(".")[0] for n in sys.modules} & {"mmdet", "mmseg", "mmcv"})\n'
+            'assert not bad, bad\n')
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
