@@ -1,9 +1,10 @@
 """mmunirep: UniRepLKNet for OpenMMLab 2.0 (MMDetection 3.x, MMSegmentation 1.x).
 
 The dependency ranges below are what mmunirep really supports. `scripts/install.sh` installs one
-pinned, tested set of them (requirements/runtime.txt) plus torch and a locally built mmcv; users with
-a working torch + mmcv can `pip install --no-build-isolation -e .` and keep theirs.
+pinned, tested set of them (requirements/runtime.txt) plus torch and a locally built mmcv; users
+with a working torch + mmcv can `pip install --no-build-isolation -e .` and keep theirs.
 """
+
 import glob
 import importlib.util
 import os
@@ -25,8 +26,9 @@ OPS_SOURCES = os.path.join('mmunirep', 'ops', 'csrc')
 
 def load_cuda_archs():
     """mmunirep/ops/cuda_archs.py, by its path (the build does not import the package)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'mmunirep', 'ops',
-                        'cuda_archs.py')
+    path = os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), 'mmunirep', 'ops', 'cuda_archs.py'
+    )
     spec = importlib.util.spec_from_file_location('mmunirep_cuda_archs', path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -44,6 +46,7 @@ def shared_cxx_runtime():
     satisfies those symbols first, so nothing of the static archive is linked in.
     """
     import torch  # noqa: F401  (loads libstdc++.so.6)
+
     try:
         with open('/proc/self/maps') as f:
             paths = {line.split()[-1] for line in f if '/libstdc++.so' in line}
@@ -76,14 +79,17 @@ def get_extensions():
         # 8.0;8.6;9.0+PTX plus the visible GPUs that those do not run on natively
         os.environ['TORCH_CUDA_ARCH_LIST'] = load_cuda_archs().default_arch_list()
     root = OPS_SOURCES
-    sources = sorted(glob.glob(os.path.join(root, 'pytorch', '*.cpp')) +
-                     glob.glob(os.path.join(root, 'pytorch', 'cpu', '*.cpp')) +
-                     glob.glob(os.path.join(root, 'pytorch', 'cuda', '*.cu')))
+    sources = sorted(
+        glob.glob(os.path.join(root, 'pytorch', '*.cpp'))
+        + glob.glob(os.path.join(root, 'pytorch', 'cpu', '*.cpp'))
+        + glob.glob(os.path.join(root, 'pytorch', 'cuda', '*.cu'))
+    )
     include_dirs = [os.path.abspath(os.path.join(root, 'common', 'cuda'))]
     # torch's CUDA headers include cuSPARSE / cuBLAS headers; a toolkit with only the compiler and
     # runtime lacks them, while torch's pip dependencies (nvidia-*) ship them in site-packages
     try:
         import nvidia
+
         for base in nvidia.__path__:
             include_dirs += sorted(glob.glob(os.path.join(base, '*', 'include')))
             include_dirs += sorted(glob.glob(os.path.join(base, 'include')))
@@ -97,11 +103,9 @@ def get_extensions():
             define_macros=[('MMUNIREP_WITH_CUDA', None)],
             # no -std: torch's BuildExtension adds the standard of its own build (C++17 for torch
             # 2.11, C++20 for 2.14)
-            extra_compile_args={
-                'cxx': ['-O3'],
-                'nvcc': ['-O3', '--expt-relaxed-constexpr'],
-            },
-            extra_link_args=shared_cxx_runtime())
+            extra_compile_args={'cxx': ['-O3'], 'nvcc': ['-O3', '--expt-relaxed-constexpr']},
+            extra_link_args=shared_cxx_runtime(),
+        )
     ]
 
 
@@ -109,8 +113,9 @@ class BuildPyWithMim(build_py):
     """``build_py`` that also copies :data:`MIM_CONTENT` into ``mmunirep/.mim/`` of the build.
 
     Only for built packages (wheels, ``pip install .``, an sdist's install): an editable install
-    runs from this checkout, whose ``configs/`` ``config_path`` finds. Written here rather than with mmdet's ``add_mim_extension``
-    (which copies into the source tree according to ``sys.argv``) so the checkout stays clean.
+    runs from this checkout, whose ``configs/`` ``config_path`` finds. Written here rather than
+    with mmdet's ``add_mim_extension`` (which copies into the source tree according to
+    ``sys.argv``) so the checkout stays clean.
     """
 
     def run(self):
@@ -131,12 +136,22 @@ def git_tracked(root):
     (untracked and ignored files, as a work dir under tools/, stay out of the package), else
     None (an unpacked sdist: MANIFEST.in chose its files)."""
     try:
-        top = subprocess.run(['git', 'rev-parse', '--show-toplevel'], cwd=root, check=True,
-                             capture_output=True, text=True).stdout.strip()
+        top = subprocess.run(
+            ['git', 'rev-parse', '--show-toplevel'],
+            cwd=root,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
         if os.path.realpath(top) != os.path.realpath(root):
             return None
-        out = subprocess.run(['git', 'ls-files', '-z', '--', *MIM_CONTENT], cwd=root,
-                             check=True, capture_output=True, text=True).stdout
+        out = subprocess.run(
+            ['git', 'ls-files', '-z', '--', *MIM_CONTENT],
+            cwd=root,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
     return [f for f in out.split('\0') if f and os.path.isfile(os.path.join(root, f))]
@@ -152,8 +167,10 @@ def mim_files(root):
     for name in MIM_CONTENT:
         src = os.path.join(root, name)
         if not os.path.exists(src):
-            raise FileNotFoundError(f'{src} is missing: the package ships it in .mim/ '
-                                    '(an sdist without it was made without MANIFEST.in)')
+            raise FileNotFoundError(
+                f'{src} is missing: the package ships it in .mim/ '
+                '(an sdist without it was made without MANIFEST.in)'
+            )
         if os.path.isfile(src):
             files.append(name)
             continue
@@ -199,7 +216,7 @@ setup(
         # mmdet 3.3 / mmseg 1.2 accept only mmcv>=2.0.0rc4,<2.2.0; mmdet imports six undeclared.
         'det': ['mmcv>=2.0.0rc4,<2.2.0', 'mmdet>=3.1.0,<3.4.0', 'pycocotools', 'six'],
         'seg': ['mmcv>=2.0.0rc4,<2.2.0', 'mmsegmentation>=1.1.0,<1.3.0', 'ftfy', 'regex'],
-        'tests': ['pytest', 'onnx', 'onnxruntime'],
+        'tests': ['pytest', 'pytest-xdist', 'ruff', 'onnx', 'onnxruntime'],
     },
     ext_modules=get_extensions(),
     cmdclass=get_cmdclass(),

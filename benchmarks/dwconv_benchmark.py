@@ -16,6 +16,7 @@ Each shape's forward, input and weight gradients are first checked against an fp
 shape that is wrong or raises gets a row that says so, the others still run, and the exit status
 is 4. Rows are written as they are measured.
 """
+
 import argparse
 import contextlib
 import os
@@ -99,12 +100,17 @@ def check_shape(shape, dtype, op, x, wt, g):
             xo, wo = x.detach().requires_grad_(), wt.detach().requires_grad_()
             y = op(xo, wo)
             dx, dw = torch.autograd.grad(y, (xo, wo), g)
-        for name, ours, want in (('forward', y, ref), ('input gradient', dx, ref_dx),
-                                 ('weight gradient', dw, ref_dw)):
+        for name, ours, want in (
+            ('forward', y, ref),
+            ('input gradient', dx, ref_dx),
+            ('weight gradient', dw, ref_dw),
+        ):
             err = rel_err(ours, want.detach())
             if not err <= tol:  # NaN too
-                raise WrongResult(f'{name}{" (run-time K)" if run_time_k else ""} differs from '
-                                  f'fp64 F.conv2d by {err:.2e} of its largest value (> {tol})')
+                raise WrongResult(
+                    f'{name}{" (run-time K)" if run_time_k else ""} differs from '
+                    f'fp64 F.conv2d by {err:.2e} of its largest value (> {tol})'
+                )
 
 
 def bench_shape(shape, dtype, args, op):
@@ -115,10 +121,14 @@ def bench_shape(shape, dtype, args, op):
     check_shape(shape, dtype, op, x, wt, g)
     convs = {
         'ours': (lambda inp, weight: op(inp, weight), torch.contiguous_format),
-        'torch_nchw': (lambda inp, weight: F.conv2d(inp, weight, padding=k // 2, groups=c),
-                       torch.contiguous_format),
-        'torch_cl': (lambda inp, weight: F.conv2d(inp, weight, padding=k // 2, groups=c),
-                     torch.channels_last),
+        'torch_nchw': (
+            lambda inp, weight: F.conv2d(inp, weight, padding=k // 2, groups=c),
+            torch.contiguous_format,
+        ),
+        'torch_cl': (
+            lambda inp, weight: F.conv2d(inp, weight, padding=k // 2, groups=c),
+            torch.channels_last,
+        ),
     }
     if k in COMPILED_K and dtype != torch.float64:  # ours, forcing the run-time-K kernels
         convs['ours_generic'] = convs['ours']
@@ -150,12 +160,14 @@ def time_passes(fn, fmt, x, wt, g, args):
     # autograd Function computes every gradient whose input requires grad)
     x_req = inp.detach().requires_grad_()
     y = fn(x_req, wt)
-    dgrad = cuda_time(lambda: torch.autograd.grad(y, x_req, grad, retain_graph=True),
-                      args.warmup, args.repeats)
+    dgrad = cuda_time(
+        lambda: torch.autograd.grad(y, x_req, grad, retain_graph=True), args.warmup, args.repeats
+    )
     w_req = wt.detach().requires_grad_()
     y = fn(inp, w_req)
-    wgrad = cuda_time(lambda: torch.autograd.grad(y, w_req, grad, retain_graph=True),
-                      args.warmup, args.repeats)
+    wgrad = cuda_time(
+        lambda: torch.autograd.grad(y, w_req, grad, retain_graph=True), args.warmup, args.repeats
+    )
     return dict(fwd=fwd, dgrad=dgrad, wgrad=wgrad)
 
 
@@ -169,8 +181,10 @@ def generic(r, p=None):
 def taps_in_map(h, w, k):
     """The share of the K*K taps of all H*W outputs that read the map, not its padding ("same"
     padding: the rows and the columns count apart, as the taps of a row are the product of both)."""
+
     def along(n):
         return sum(min(k, n + k // 2 - o) - max(0, k // 2 - o) for o in range(n))
+
     return along(h) * along(w) / (h * w * k * k)
 
 
@@ -180,20 +194,30 @@ def main():
     parser.add_argument('--warmup', type=int, default=5)
     parser.add_argument('--repeats', type=int, default=20)
     parser.add_argument('--out', help='also write the table to this file')
-    parser.add_argument('--shapes', nargs='+', metavar='N,C,H,W,K',
-                        help='instead of the shapes of the issue, e.g. 2,192,100,168,13')
-    parser.add_argument('--device', default='cuda',
-                        help='cpu: a smoke run of this script on the extension\'s CPU path '
-                        '(for tests only)')
-    parser.add_argument('--no-cudnn-benchmark', action='store_true',
-                        help='let cuDNN pick its algorithm by heuristics instead of timing them '
-                        '(the default times them: the strongest PyTorch baseline)')
+    parser.add_argument(
+        '--shapes',
+        nargs='+',
+        metavar='N,C,H,W,K',
+        help='instead of the shapes of the issue, e.g. 2,192,100,168,13',
+    )
+    parser.add_argument(
+        '--device',
+        default='cuda',
+        help="cpu: a smoke run of this script on the extension's CPU path (for tests only)",
+    )
+    parser.add_argument(
+        '--no-cudnn-benchmark',
+        action='store_true',
+        help='let cuDNN pick its algorithm by heuristics instead of timing them '
+        '(the default times them: the strongest PyTorch baseline)',
+    )
     args = parser.parse_args()
     torch.backends.cudnn.benchmark = not args.no_cudnn_benchmark
     global DEVICE
     DEVICE = args.device
     from mmunirep.ops import depthwise_conv as dw
     from mmunirep.ops import depthwise_conv2d, ext_available
+
     if DEVICE == 'cuda':
         if not torch.cuda.is_available():
             raise SystemExit('dwconv_benchmark needs a CUDA device')
@@ -203,28 +227,33 @@ def main():
     elif dw._ext is None:
         raise SystemExit('the extension is not built: bash scripts/build_ops.sh')
     else:
-        device_name = f'{DEVICE} (smoke run: the extension\'s CPU path)'
+        device_name = f"{DEVICE} (smoke run: the extension's CPU path)"
     shapes = SHAPES
     if args.shapes:
         try:
             shapes = [(tuple(int(v) for v in s.split(',')), 'command line') for s in args.shapes]
         except ValueError:
-            raise SystemExit(f'--shapes expects N,C,H,W,K with integers, got {args.shapes}')
+            raise SystemExit(
+                f'--shapes expects N,C,H,W,K with integers, got {args.shapes}'
+            ) from None
         if any(len(s) != 5 for s, _ in shapes):
             raise SystemExit(f'--shapes expects five integers N,C,H,W,K each, got {args.shapes}')
     rate = fp32_rate(args.warmup, args.repeats)
     report = Report(args.out)
-    report.add(f'device: {device_name}, torch {torch.__version__}, '
-               f'fp32 rate {rate / 1e12:.1f} TFLOP/s (matmul, TF32 off); median of '
-               f'{args.repeats} after {args.warmup} warm-up; cudnn.benchmark '
-               f'{torch.backends.cudnn.benchmark}; times in ms; ratio = faster PyTorch '
-               'path / ours (> 1: ours faster); floor = FMA floor time / our time (each pass is '
-               '2*N*C*H*W*K*K FLOPs, padding taps included); '
-               'run-time K = ours with MMUNIREP_DWCONV_GENERIC=1 (sizes with compile-time '
-               'kernels); '
-               'in map = share of the K*K taps that read the map, not its padding',
-               '| shape (N,C,H,W,K) | dtype | pass | ours | torch NCHW | torch CL | ratio | floor '
-               '| ours, run-time K | in map |', '|---|---|---|---|---|---|---|---|---|---|')
+    report.add(
+        f'device: {device_name}, torch {torch.__version__}, '
+        f'fp32 rate {rate / 1e12:.1f} TFLOP/s (matmul, TF32 off); median of '
+        f'{args.repeats} after {args.warmup} warm-up; cudnn.benchmark '
+        f'{torch.backends.cudnn.benchmark}; times in ms; ratio = faster PyTorch '
+        'path / ours (> 1: ours faster); floor = FMA floor time / our time (each pass is '
+        '2*N*C*H*W*K*K FLOPs, padding taps included); '
+        'run-time K = ours with MMUNIREP_DWCONV_GENERIC=1 (sizes with compile-time '
+        'kernels); '
+        'in map = share of the K*K taps that read the map, not its padding',
+        '| shape (N,C,H,W,K) | dtype | pass | ours | torch NCHW | torch CL | ratio | floor '
+        '| ours, run-time K | in map |',
+        '|---|---|---|---|---|---|---|---|---|---|',
+    )
     items = [(shape, dname) for shape, _ in shapes for dname in args.dtypes]
     failed = []
     for shape, dname in items:
@@ -245,18 +274,21 @@ def main():
         for p in ('fwd', 'dgrad', 'wgrad'):
             best = min(r['torch_nchw'][p], r['torch_cl'][p])
             frac = f'{floor_ms / r["ours"][p]:.2f}'  # every pass has the same FLOPs
-            lines.append(f'| {shape} | {dname} | {p} | {r["ours"][p]:.3f} | '
-                         f'{r["torch_nchw"][p]:.3f} | {r["torch_cl"][p]:.3f} | '
-                         f'{best / r["ours"][p]:.2f} | {frac} | {generic(r, p)} | {in_map} |')
+            lines.append(
+                f'| {shape} | {dname} | {p} | {r["ours"][p]:.3f} | '
+                f'{r["torch_nchw"][p]:.3f} | {r["torch_cl"][p]:.3f} | '
+                f'{best / r["ours"][p]:.2f} | {frac} | {generic(r, p)} | {in_map} |'
+            )
         total = {k_: sum(r[k_].values()) for k_ in r}
-        lines.append(f'| {shape} | {dname} | fwd+bwd | {total["ours"]:.3f} | '
-                     f'{total["torch_nchw"]:.3f} | {total["torch_cl"]:.3f} | '
-                     f'{min(total["torch_nchw"], total["torch_cl"]) / total["ours"]:.2f} | | '
-                     f'{generic(total)} | {in_map} |')
+        lines.append(
+            f'| {shape} | {dname} | fwd+bwd | {total["ours"]:.3f} | '
+            f'{total["torch_nchw"]:.3f} | {total["torch_cl"]:.3f} | '
+            f'{min(total["torch_nchw"], total["torch_cl"]) / total["ours"]:.2f} | | '
+            f'{generic(total)} | {in_map} |'
+        )
         report.add(*lines)
     if failed:
-        print(f'dwconv_benchmark: wrong or failed, not timed: {", ".join(failed)}',
-              file=sys.stderr)
+        print(f'dwconv_benchmark: wrong or failed, not timed: {", ".join(failed)}', file=sys.stderr)
         raise SystemExit(FAILED_EXIT_CODE)
 
 

@@ -11,6 +11,7 @@ the ratio (operator / eager: > 1 means the operator costs more).
 
     python benchmarks/op_overhead_benchmark.py [--calls 500] [--repeats 7] [--out FILE]
 """
+
 import argparse
 import platform
 import statistics
@@ -32,8 +33,12 @@ def stub_extension(x, weight):
         with_cuda=True,
         variant_fields=6,
         depthwise_conv2d_forward=lambda x, w, b: out,
-        depthwise_conv2d_backward=lambda g, x, w, nx, nw, nb: (grad_x if nx else None,
-                                                               grad_w if nw else None, None))
+        depthwise_conv2d_backward=lambda g, x, w, nx, nw, nb: (
+            grad_x if nx else None,
+            grad_w if nw else None,
+            None,
+        ),
+    )
 
 
 def per_call_us(fn, calls, repeats, warmup=100):
@@ -53,13 +58,16 @@ def measure(calls, repeats, shape=(2, 8, 16, 16), ksize=13):
     x = torch.randn(*shape, requires_grad=True)
     weight = torch.randn(shape[1], 1, ksize, ksize, requires_grad=True)
     grad_y = torch.randn(*shape)
-    ways = {'eager (autograd.Function)': dw.DepthwiseConv2dFunction.apply,
-            'custom operator': dw._forward_op}
+    ways = {
+        'eager (autograd.Function)': dw.DepthwiseConv2dFunction.apply,
+        'custom operator': dw._forward_op,
+    }
     saved = dw._ext
     dw._ext = stub_extension(x, weight)
     try:
         results = {}
         for way, fn in ways.items():
+
             def forward(fn=fn):
                 with torch.no_grad():
                     fn(x, weight, None)
@@ -86,15 +94,16 @@ def host_cpu():
 def table(results, calls, repeats):
     ways = list(dict.fromkeys(way for way, _ in results))
     passes = list(dict.fromkeys(p for _, p in results))
-    lines = [f'host: {host_cpu()}, Python '
-             f'{platform.python_version()}, torch {torch.__version__}; median of {repeats} x '
-             f'{calls} calls after warm-up; microseconds per call; stub kernels (dispatch only)',
-             '| pass | ' + ' | '.join(ways) + ' | ratio (operator / eager) |',
-             '|---|' + '---|' * (len(ways) + 1)]
+    lines = [
+        f'host: {host_cpu()}, Python '
+        f'{platform.python_version()}, torch {torch.__version__}; median of {repeats} x '
+        f'{calls} calls after warm-up; microseconds per call; stub kernels (dispatch only)',
+        '| pass | ' + ' | '.join(ways) + ' | ratio (operator / eager) |',
+        '|---|' + '---|' * (len(ways) + 1),
+    ]
     for p in passes:
         us = [results[way, p] for way in ways]
-        lines.append(f'| {p} | ' + ' | '.join(f'{t:.1f}' for t in us) +
-                     f' | {us[1] / us[0]:.2f} |')
+        lines.append(f'| {p} | ' + ' | '.join(f'{t:.1f}' for t in us) + f' | {us[1] / us[0]:.2f} |')
     return lines
 
 

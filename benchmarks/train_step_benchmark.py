@@ -27,6 +27,7 @@ The neck and heads of the detector are not included, so that the script needs on
 timm; they add the same time to both sides, so the ratio here is the backbone's (the upper bound of
 the detector's).
 """
+
 import argparse
 import copy
 import math
@@ -49,25 +50,35 @@ def parse_args():
     parser.add_argument('--size', type=int, nargs=2, default=(800, 1333), metavar=('H', 'W'))
     parser.add_argument('--drop-path', type=float, default=0.5)
     parser.add_argument('--no-cp', action='store_true', help='without gradient checkpointing')
-    parser.add_argument('--precision', nargs='+', default=['fp32', 'bf16'],
-                        choices=list(PRECISIONS))
+    parser.add_argument(
+        '--precision', nargs='+', default=['fp32', 'bf16'], choices=list(PRECISIONS)
+    )
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--repeats', type=int, default=10)
     parser.add_argument('--out', help='also write the table to this file')
-    parser.add_argument('--compile', action='store_true',
-                        help="time both backbones built with compile=dict(backend=...) (the "
-                             'warm-up compiles)')
+    parser.add_argument(
+        '--compile',
+        action='store_true',
+        help='time both backbones built with compile=dict(backend=...) (the warm-up compiles)',
+    )
     parser.add_argument('--compile-backend', default='inductor')
-    parser.add_argument('--cudnn-benchmark', action='store_true',
-                        help='torch.backends.cudnn.benchmark on (mmengine\'s env_cfg.cudnn_'
-                        'benchmark): cuDNN times its algorithms for PyTorch\'s convs in the '
-                        'warm-up')
-    parser.add_argument('--device', default='cuda',
-                        help='cpu: a smoke run of this script (the op falls back; for tests only)')
+    parser.add_argument(
+        '--cudnn-benchmark',
+        action='store_true',
+        help="torch.backends.cudnn.benchmark on (mmengine's env_cfg.cudnn_"
+        "benchmark): cuDNN times its algorithms for PyTorch's convs in the "
+        'warm-up',
+    )
+    parser.add_argument(
+        '--device',
+        default='cuda',
+        help='cpu: a smoke run of this script (the op falls back; for tests only)',
+    )
     args = parser.parse_args()
     if args.compile and args.warmup < 1:
-        parser.error(f'--compile needs at least one warm-up step (it compiles), got --warmup '
-                     f'{args.warmup}')
+        parser.error(
+            f'--compile needs at least one warm-up step (it compiles), got --warmup {args.warmup}'
+        )
     if not args.compile and args.compile_backend != 'inductor':
         parser.error('--compile-backend needs --compile')
     return args
@@ -77,10 +88,14 @@ def build_pair(args, deploy=False, compiled=False):
     """PyTorch's and the op's backbone with the same weights; ``compiled``: both with the
     backbone's own ``compile`` option (what a config's ``model.backbone.compile`` does)."""
     from mmunirep.models import UniRepLKNet
+
     torch.manual_seed(0)
-    kwargs = dict(arch=args.arch, drop_path_rate=0. if deploy else args.drop_path,
-                  with_cp=not args.no_cp and not deploy,
-                  compile=dict(backend=args.compile_backend) if compiled else False)
+    kwargs = dict(
+        arch=args.arch,
+        drop_path_rate=0.0 if deploy else args.drop_path,
+        with_cp=not args.no_cp and not deploy,
+        compile=dict(backend=args.compile_backend) if compiled else False,
+    )
     ref = UniRepLKNet(use_lk_op=False, **kwargs)
     # trained-like BatchNorm statistics and layer scales, so that the deploy fold is not trivial
     for m in ref.modules():
@@ -98,10 +113,13 @@ def build_pair(args, deploy=False, compiled=False):
 
 def make_inference(model, batch, amp, device):
     """A no_grad forward pass (of the deploy structure) under the same autocast."""
+
     def run(_):
-        with torch.no_grad(), torch.autocast(device, dtype=amp or torch.float32,
-                                             enabled=amp is not None):
+        with torch.no_grad(), torch.autocast(
+            device, dtype=amp or torch.float32, enabled=amp is not None
+        ):
             model(batch)
+
     return run
 
 
@@ -113,8 +131,9 @@ def make_step(model, batch, projections, amp_dtype):
 
     def step(seed):
         torch.manual_seed(seed)
-        with torch.autocast(device, dtype=amp_dtype or torch.float32,
-                            enabled=amp_dtype is not None):
+        with torch.autocast(
+            device, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+        ):
             outs = model(batch)
             loss = sum((o.float() * p).mean() for o, p in zip(outs, projections))
         scaler.scale(loss).backward()
@@ -167,7 +186,7 @@ def check_one_step(args, batch, projections):
     Returns the worst tensor: (name, op error, PyTorch error)."""
     prev = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    ref, op = build_pair(argparse.Namespace(**{**vars(args), 'drop_path': 0.}))
+    ref, op = build_pair(argparse.Namespace(**{**vars(args), 'drop_path': 0.0}))
     ref64 = copy.deepcopy(ref).double()
     results = []
     for model, dtype in ((ref64, torch.float64), (ref, torch.float32), (op, torch.float32)):
@@ -192,8 +211,10 @@ def check_one_step(args, batch, projections):
         if worst is None or e_ours - e_pytorch > worst[1] - worst[2]:
             worst = (name, e_ours, e_pytorch)
     if failed:
-        raise SystemExit('with the op the fp32 step is further from float64 than PyTorch\'s '
-                         '(limit 4x PyTorch\'s error + 1e-5): ' + '; '.join(failed[:5]))
+        raise SystemExit(
+            "with the op the fp32 step is further from float64 than PyTorch's "
+            "(limit 4x PyTorch's error + 1e-5): " + '; '.join(failed[:5])
+        )
     del ref, op, ref64, results
     empty_cache(args.device)
     return worst
@@ -208,6 +229,7 @@ def main():
     args = parse_args()
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     from mmunirep.ops import depthwise_conv as dw
+
     if args.device == 'cuda':
         if not torch.cuda.is_available():
             raise SystemExit('train_step_benchmark needs a CUDA device')
@@ -215,25 +237,29 @@ def main():
             raise SystemExit('the CUDA extension is not built: bash scripts/build_ops.sh')
         # the op must really run: its fallback warning becomes an error
         warnings.filterwarnings('error', message=".*mmunirep's CUDA depthwise op is not used")
-        device_name = f'{torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA ' \
-                      f'{torch.version.cuda}'
+        device_name = (
+            f'{torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA {torch.version.cuda}'
+        )
     else:
         warnings.filterwarnings('ignore', message=".*mmunirep's CUDA depthwise op is not used")
-        device_name = f'{args.device} (smoke run: the op falls back to F.conv2d), torch ' \
-                      f'{torch.__version__}'
+        device_name = (
+            f'{args.device} (smoke run: the op falls back to F.conv2d), torch {torch.__version__}'
+        )
 
     g = torch.Generator(device=args.device).manual_seed(0)
     batch = torch.randn(args.batch, 3, *args.size, device=args.device, generator=g)
     with torch.no_grad():
         shapes = [o.shape for o in build_pair(args)[0].eval()(batch[:1])]
-    projections = [torch.randn(args.batch, *s[1:], device=args.device, generator=g)
-                   for s in shapes]
+    projections = [torch.randn(args.batch, *s[1:], device=args.device, generator=g) for s in shapes]
     empty_cache(args.device)
     worst = check_one_step(args, batch, projections)
 
     report = Report(args.out)
-    mode = (f'both backbones with compile=dict(backend={args.compile_backend!r}), the fp32 '
-            f'check eager' if args.compile else 'eager')
+    mode = (
+        f'both backbones with compile=dict(backend={args.compile_backend!r}), the fp32 check eager'
+        if args.compile
+        else 'eager'
+    )
     mode += f', cudnn.benchmark {torch.backends.cudnn.benchmark}'
     if args.compile:
         # PyTorch's and the op's structures, training and deploy, per precision: more compiled
@@ -245,10 +271,12 @@ def main():
         f'{args.size[1]}, drop path {args.drop_path}, gradient checkpointing '
         f'{not args.no_cp}; {mode}; median of {args.repeats} after {args.warmup} warm-up, '
         f'alternating; '
-        f'one fp32 step agrees with float64 as PyTorch\'s does (largest excess: {worst[0]}, '
+        f"one fp32 step agrees with float64 as PyTorch's does (largest excess: {worst[0]}, "
         f'{worst[1]:.1e} with the op, {worst[2]:.1e} without, relative to its largest value)',
         '| what | precision | PyTorch conv (ms) | mmunirep op (ms) | speed-up | peak GiB PyTorch '
-        '/ op |', '|---|---|---|---|---|---|')
+        '/ op |',
+        '|---|---|---|---|---|---|',
+    )
     items = [(what, p) for p in args.precision for what in ('training step', 'inference (deploy)')]
     for what, pname in items:
         amp = PRECISIONS[pname]
@@ -256,15 +284,21 @@ def main():
             ref, op = build_pair(args, compiled=args.compile)
             for m in (ref, op):
                 m.train()
-            fns = dict(ref=make_step(ref, batch, projections, amp),
-                       op=make_step(op, batch, projections, amp))
+            fns = dict(
+                ref=make_step(ref, batch, projections, amp),
+                op=make_step(op, batch, projections, amp),
+            )
         else:
             ref, op = build_pair(args, deploy=True, compiled=args.compile)
-            fns = dict(ref=make_inference(ref, batch, amp, args.device),
-                       op=make_inference(op, batch, amp, args.device))
+            fns = dict(
+                ref=make_inference(ref, batch, amp, args.device),
+                op=make_inference(op, batch, amp, args.device),
+            )
         t, peak = time_alternating(fns, args.warmup, args.repeats, args.device)
-        report.add(f'| {what} | {pname} | {t["ref"]:.1f} | {t["op"]:.1f} | '
-                   f'{t["ref"] / t["op"]:.2f}x | {peak["ref"]:.2f} / {peak["op"]:.2f} |')
+        report.add(
+            f'| {what} | {pname} | {t["ref"]:.1f} | {t["op"]:.1f} | '
+            f'{t["ref"] / t["op"]:.2f}x | {peak["ref"]:.2f} / {peak["op"]:.2f} |'
+        )
         del ref, op, fns
         empty_cache(args.device)
 

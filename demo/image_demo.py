@@ -6,6 +6,7 @@ Uses MMDetection's DetInferencer or MMSegmentation's MMSegInferencer. The checkp
 config's model and hold finite weights, as for tools/test.py (``--partial-load`` loads only what
 fits, on purpose).
 """
+
 import argparse
 import os.path as osp
 
@@ -24,15 +25,18 @@ from mmunirep.utils import (
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description='Draw a UniRepLKNet model\'s predictions')
+    parser = argparse.ArgumentParser(description="Draw a UniRepLKNet model's predictions")
     parser.add_argument('image', help='image file')
     parser.add_argument('config', help='config file')
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--out-file', required=True, help='where to save the drawing')
     parser.add_argument('--device', default='cpu', help='e.g. cpu or cuda:0')
     parser.add_argument('--score-thr', type=float, default=0.3, help='detections: score threshold')
-    parser.add_argument('--partial-load', action='store_true',
-                        help='load only the checkpoint\'s tensors that fit the model')
+    parser.add_argument(
+        '--partial-load',
+        action='store_true',
+        help="load only the checkpoint's tensors that fit the model",
+    )
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='as in tools/test.py')
     return parser.parse_args(argv)
 
@@ -48,17 +52,31 @@ def main(argv=None):
     ckpt = read_checkpoint(args.checkpoint)
     if framework_of(cfg) == 'mmdet':
         from mmdet.apis import DetInferencer
-        inferencer = DetInferencer(model=cfg, weights=args.checkpoint, device=args.device,
-                                   show_progress=False)
+
+        inferencer = DetInferencer(
+            model=cfg, weights=args.checkpoint, device=args.device, show_progress=False
+        )
     else:
         from mmseg.apis import MMSegInferencer
+
         inferencer = MMSegInferencer(model=cfg, weights=args.checkpoint, device=args.device)
     # the inferencers load non-strictly: the checkpoint is checked and loaded again, strictly
-    load_model_weights(inferencer.model, ckpt, source=args.checkpoint, partial=args.partial_load,
-                       cfg_hint='--cfg-options model.backbone.', partial_flag='--partial-load')
+    load_model_weights(
+        inferencer.model,
+        ckpt,
+        source=args.checkpoint,
+        partial=args.partial_load,
+        cfg_hint='--cfg-options model.backbone.',
+        partial_flag='--partial-load',
+    )
     if framework_of(cfg) == 'mmdet':
-        result = inferencer(args.image, return_vis=True, no_save_vis=True, no_save_pred=True,
-                            pred_score_thr=args.score_thr)
+        result = inferencer(
+            args.image,
+            return_vis=True,
+            no_save_vis=True,
+            no_save_pred=True,
+            pred_score_thr=args.score_thr,
+        )
     else:
         result = inferencer(args.image, return_vis=True, show=False)
     vis = result['visualization']  # RGB; a list of one for DetInferencer

@@ -7,6 +7,7 @@ MMSegmentation configs loaded with ``custom_imports=dict(imports=['mmunirep'])``
 mmengine's own checkpoints load under torch's ``weights_only=True`` default
 (see :mod:`mmunirep.utils.checkpoint`).
 """
+
 from . import engine, models  # noqa: F401,E402  (registers modules)
 from .utils import checkpoint as _checkpoint  # noqa: E402
 from .version import __version__  # noqa: F401

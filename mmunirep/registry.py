@@ -7,16 +7,19 @@ unqualified ``type='UniRepLKNet'`` in their own registry and then its ancestors 
 sibling scope, so :func:`register_module` also registers each class in the root registry, which is
 every scope's ancestor.
 """
+
 from mmengine.registry import HOOKS as ROOT_HOOKS
 from mmengine.registry import MODELS as ROOT_MODELS
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS as ROOT_OPTIM_WRAPPER_CONSTRUCTORS
 from mmengine.registry import Registry
 
-MODELS = Registry('model', parent=ROOT_MODELS, scope='mmunirep',
-                  locations=['mmunirep.models'])
+MODELS = Registry('model', parent=ROOT_MODELS, scope='mmunirep', locations=['mmunirep.models'])
 OPTIM_WRAPPER_CONSTRUCTORS = Registry(
-    'optimizer wrapper constructor', parent=ROOT_OPTIM_WRAPPER_CONSTRUCTORS,
-    scope='mmunirep', locations=['mmunirep.engine'])
+    'optimizer wrapper constructor',
+    parent=ROOT_OPTIM_WRAPPER_CONSTRUCTORS,
+    scope='mmunirep',
+    locations=['mmunirep.engine'],
+)
 HOOKS = Registry('hook', parent=ROOT_HOOKS, scope='mmunirep', locations=['mmunirep.engine'])
 
 

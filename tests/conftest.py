@@ -1,5 +1,7 @@
 """Fixtures shared across the test folders: the emulated CUDA kernels, the generated datasets and
 the small quick-start models trained on them, each built once per session."""
+
+import os
 import os.path as osp
 
 import pytest
@@ -9,13 +11,20 @@ from helpers import ROOT, load_tool, tiny_det_config, tiny_seg_config
 
 
 def pytest_collection_modifyitems(config, items):
-    """The ``sass`` tests are opt-in: they run only when ``-m`` names them."""
-    if 'sass' in (config.getoption('markexpr') or ''):
-        return
-    keep = [item for item in items if item.get_closest_marker('sass') is None]
-    if len(keep) != len(items):
-        config.hook.pytest_deselected(items=[i for i in items if i not in keep])
-        items[:] = keep
+    """The ``sass`` tests are opt-in: they run only when ``-m`` names them. The ``slow`` tests
+    run first, so that with pytest-xdist the long ones do not end up last on one worker."""
+    if 'sass' not in (config.getoption('markexpr') or ''):
+        keep = [item for item in items if item.get_closest_marker('sass') is None]
+        if len(keep) != len(items):
+            config.hook.pytest_deselected(items=[i for i in items if i not in keep])
+            items[:] = keep
+    items.sort(key=lambda item: item.get_closest_marker('slow') is None)
+
+
+def pytest_configure(config):
+    """pytest-xdist's workers share the machine's cores: one torch thread each."""
+    if os.environ.get('PYTEST_XDIST_WORKER'):
+        torch.set_num_threads(1)
 
 
 OPS_CSRC = osp.join(ROOT, 'mmunirep', 'ops', 'csrc')
@@ -28,15 +37,20 @@ def emu():
     """The op's CUDA kernels compiled for the CPU against the CUDA emulator (~30 s the first
     time; torch caches the build in ~/.cache/torch_extensions)."""
     from torch.utils.cpp_extension import load
-    return load('mmunirep_dwconv_emulated', [osp.join(EMULATOR_CSRC, 'depthwise_conv_emulated.cpp')],
-                extra_include_paths=[EMULATOR_CSRC, osp.join(OPS_CSRC, 'common', 'cuda')],
-                extra_cflags=['-O2', '-std=c++20', '-Wno-unknown-pragmas'])
+
+    return load(
+        'mmunirep_dwconv_emulated',
+        [osp.join(EMULATOR_CSRC, 'depthwise_conv_emulated.cpp')],
+        extra_include_paths=[EMULATOR_CSRC, osp.join(OPS_CSRC, 'common', 'cuda')],
+        extra_cflags=['-O1', '-std=c++20', '-Wno-unknown-pragmas'],
+    )
 
 
 @pytest.fixture
 def emulated_ext(emu, monkeypatch):
     """Route mmunirep.ops' calls into the extension through the emulated kernels."""
     from mmunirep.ops import depthwise_conv
+
     monkeypatch.setattr(depthwise_conv, '_ext', emu)
     return emu
 
@@ -45,8 +59,9 @@ def emulated_ext(emu, monkeypatch):
 def shapes_coco(tmp_path_factory):
     """A COCO-format instance segmentation dataset of 4 + 2 generated 96x96 images."""
     root = tmp_path_factory.mktemp('shapes_coco')
-    load_tool('make_shapes_coco').main(['--out', str(root), '--num-train', '4', '--num-val', '2',
-                                        '--size', '96', '--seed', '1'])
+    load_tool('make_shapes_coco').main(
+        ['--out', str(root), '--num-train', '4', '--num-val', '2', '--size', '96', '--seed', '1']
+    )
     return str(root)
 
 
@@ -54,16 +69,20 @@ def shapes_coco(tmp_path_factory):
 def shapes_ade(tmp_path_factory):
     """An ADE20K-format semantic segmentation dataset of 4 + 2 generated 64x64 images."""
     root = str(tmp_path_factory.mktemp('shapes_ade'))
-    counts = load_tool('make_shapes_ade20k').generate(root, num_train=4, num_val=2, size=64,
-                                                      seed=3)
+    counts = load_tool('make_shapes_ade20k').generate(root, num_train=4, num_val=2, size=64, seed=3)
     assert counts == dict(training=4, validation=2)
     return root
 
 
 def _save(model, path, classes=CLASSES):
     palette = [[220, 20, 60], [0, 170, 0], [30, 60, 255]]
-    torch.save({'meta': {'dataset_meta': {'classes': classes, 'palette': palette}},
-                'state_dict': model.state_dict()}, path)
+    torch.save(
+        {
+            'meta': {'dataset_meta': {'classes': classes, 'palette': palette}},
+            'state_dict': model.state_dict(),
+        },
+        path,
+    )
     return str(path)
 
 
@@ -77,6 +96,7 @@ def seg_model(shapes_ade, tmp_path_factory):
     from mmunirep.utils import build_model
 
     from helpers import randomize
+
     tmp = tmp_path_factory.mktemp('seg_model')
     config = tiny_seg_config(tmp, shapes_ade)
     torch.manual_seed(0)
@@ -94,6 +114,7 @@ def det_model(shapes_coco, tmp_path_factory):
     from mmunirep.utils import build_model
 
     from helpers import randomize
+
     tmp = tmp_path_factory.mktemp('det_model')
     config = tiny_det_config(tmp, shapes_coco)
     torch.manual_seed(0)

@@ -1,5 +1,6 @@
 """What the tests share: loading a script of tools/ as a module, the backbone's and the op's
 reference helpers, tiny configs on generated data, a recording torch.compile backend."""
+
 import contextlib
 import importlib.util
 import itertools
@@ -14,13 +15,18 @@ DET_QUICKSTART = osp.join(ROOT, 'configs', 'detection', 'quickstart_unireplknet_
 SEG_QUICKSTART = osp.join(ROOT, 'configs', 'segmentation', 'quickstart_unireplknet_a_shapes.py')
 # where each script the tests run lives (the tools are not a package)
 SCRIPTS = dict(
-    train='tools/train.py', test='tools/test.py',
-    get_flops='tools/analysis_tools/get_flops.py', benchmark='tools/analysis_tools/benchmark.py',
+    train='tools/train.py',
+    test='tools/test.py',
+    get_flops='tools/analysis_tools/get_flops.py',
+    benchmark='tools/analysis_tools/benchmark.py',
     convert_checkpoint='tools/model_converters/convert_checkpoint.py',
     reparameterize='tools/model_converters/reparameterize.py',
-    export_onnx='tools/deployment/export_onnx.py', onnx_inference='tools/deployment/onnx_inference.py',
+    export_onnx='tools/deployment/export_onnx.py',
+    onnx_inference='tools/deployment/onnx_inference.py',
     make_shapes_coco='tools/misc/make_shapes_coco.py',
-    make_shapes_ade20k='tools/misc/make_shapes_ade20k.py', image_demo='demo/image_demo.py')
+    make_shapes_ade20k='tools/misc/make_shapes_ade20k.py',
+    image_demo='demo/image_demo.py',
+)
 
 
 def tool_path(name: str) -> str:
@@ -40,6 +46,7 @@ def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
     """Random BN statistics and affine, GRN gamma/beta and layer scales, so that every folded term
     matters (a fresh model has zero GRN parameters and 1e-6 layer scales)."""
     from mmunirep.models.backbones.unireplknet import GRN, UniRepLKNetBlock
+
     g = torch.Generator().manual_seed(seed)
 
     def rand(t, lo, hi):
@@ -75,9 +82,12 @@ def conv_reference(x, w, b):
 
 
 # the op's tolerances against fp64, relative to each tensor's largest value
-CONV_TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float16: dict(rtol=1e-2, atol=1e-2),
-            torch.bfloat16: dict(rtol=5e-2, atol=5e-2), torch.float64: dict(rtol=1e-10,
-                                                                             atol=1e-10)}
+CONV_TOL = {
+    torch.float32: dict(rtol=1e-5, atol=1e-5),
+    torch.float16: dict(rtol=1e-2, atol=1e-2),
+    torch.bfloat16: dict(rtol=5e-2, atol=5e-2),
+    torch.float64: dict(rtol=1e-10, atol=1e-10),
+}
 
 
 @contextlib.contextmanager
@@ -148,6 +158,7 @@ def recording_backend(wrap_outputs=None):
     the compiler, cheaply: Inductor would take minutes on 2 cores. Returns (name, graphs)."""
     from torch._dynamo import register_backend
     from torch._dynamo.backends.debugging import aot_eager, boxed_nop
+
     graphs = []
 
     def record(gm, example_inputs):
@@ -158,11 +169,13 @@ def recording_backend(wrap_outputs=None):
 
         def changed(args):
             return wrap_outputs(run(args))
+
         changed._boxed_call = True  # AOTAutograd's calling convention, as boxed_nop's
         return changed
 
     def backend(gm, example_inputs, **kwargs):
         return aot_eager(gm, example_inputs, fw_compiler=record, **kwargs)
+
     name = f'mmunirep_test_backend_{next(_backend_ids)}'
     register_backend(compiler_fn=backend, name=name)
     return name, graphs

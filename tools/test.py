@@ -8,6 +8,7 @@ differences mmunirep.utils.checkpoint.ALLOWED_DIFFERENCES allows) and hold finit
 ``--partial-load`` loads only what fits, on purpose. The annotations are checked before the first
 image (``--check-data``). Outputs are written whole or not at all.
 """
+
 import argparse
 import os
 import os.path as osp
@@ -39,24 +40,45 @@ def parse_args(argv=None):
     parser.add_argument('config', help='test config file path')
     parser.add_argument('checkpoint', help='checkpoint file or URL')
     parser.add_argument('--work-dir', help='the dir to save the evaluation log')
-    parser.add_argument('--out', help='dump the raw predictions to this pickle file (.pkl); for '
-                        'segmentors, a directory instead saves each prediction as a PNG label '
-                        'map in the dataset\'s own label values (ADE20K: 1..150, as its '
-                        'annotations), as MMSegmentation\'s tools/test.py does')
+    parser.add_argument(
+        '--out',
+        help='dump the raw predictions to this pickle file (.pkl); for '
+        'segmentors, a directory instead saves each prediction as a PNG label '
+        "map in the dataset's own label values (ADE20K: 1..150, as its "
+        "annotations), as MMSegmentation's tools/test.py does",
+    )
     parser.add_argument('--show-dir', help='save drawn predictions into this directory')
-    parser.add_argument('--tta', action='store_true',
-                        help='test-time augmentation (multi-scale + flip, the "ms" of the paper)')
-    parser.add_argument('--partial-load', action='store_true',
-                        help='load only the checkpoint\'s tensors that fit the model (by name and '
-                        'shape) and leave the others as initialized, instead of refusing a '
-                        'checkpoint that does not fit')
-    parser.add_argument('--check-data', choices=CHECK_MODES, default='sample',
-                        help='check the annotations before testing: COCO files always whole; '
-                        'label maps a sample (default), all of them (full), or none (off)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, e.g. model.backbone.deploy=True')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none', help='job launcher')
+    parser.add_argument(
+        '--tta',
+        action='store_true',
+        help='test-time augmentation (multi-scale + flip, the "ms" of the paper)',
+    )
+    parser.add_argument(
+        '--partial-load',
+        action='store_true',
+        help="load only the checkpoint's tensors that fit the model (by name and "
+        'shape) and leave the others as initialized, instead of refusing a '
+        'checkpoint that does not fit',
+    )
+    parser.add_argument(
+        '--check-data',
+        choices=CHECK_MODES,
+        default='sample',
+        help='check the annotations before testing: COCO files always whole; '
+        'label maps a sample (default), all of them (full), or none (off)',
+    )
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override config settings, e.g. model.backbone.deploy=True',
+    )
+    parser.add_argument(
+        '--launcher',
+        choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none',
+        help='job launcher',
+    )
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
     if 'LOCAL_RANK' not in os.environ:
@@ -75,7 +97,7 @@ def main(argv=None):
     follow_checkpoint_structure(cfg, ckpt, args)
     clear_pretrained(cfg)  # the checkpoint provides every weight
     cfg.load_from = None  # loaded below, strictly, instead of by the Runner
-    check_datasets(cfg, ('test', ), args.check_data)
+    check_datasets(cfg, ('test',), args.check_data)
 
     if args.show_dir:
         hook = cfg.default_hooks.get('visualization')
@@ -91,9 +113,11 @@ def main(argv=None):
         if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
             why = ''
             if framework == 'mmdet':  # the detection configs have none, on purpose
-                why = (' (the detection configs have none: MMDetection\'s DetTTAModel merges '
-                       'boxes but not instance masks, so it cannot serve Cascade Mask R-CNN; the '
-                       'paper\'s COCO results are single-scale)')
+                why = (
+                    " (the detection configs have none: MMDetection's DetTTAModel merges "
+                    'boxes but not instance masks, so it cannot serve Cascade Mask R-CNN; the '
+                    "paper's COCO results are single-scale)"
+                )
             raise ValueError(f'--tta needs tta_model and tta_pipeline in the config{why}')
         cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
         cfg.tta_model.module = cfg.model
@@ -104,14 +128,22 @@ def main(argv=None):
         if framework == 'mmdet':
             raise ValueError(f'--out must be a .pkl file for a detector, got {args.out!r}')
         if osp.isfile(args.out):
-            raise ValueError(f'--out: expected a directory for the label maps (or a .pkl file), '
-                             f'got the existing file {args.out!r}')
+            raise ValueError(
+                f'--out: expected a directory for the label maps (or a .pkl file), '
+                f'got the existing file {args.out!r}'
+            )
     runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
     model = runner.model.module if is_model_wrapper(runner.model) else runner.model
     if args.tta:
         model = model.module
-    load_model_weights(model, ckpt, source=args.checkpoint, partial=args.partial_load,
-                       cfg_hint='--cfg-options model.backbone.', partial_flag='--partial-load')
+    load_model_weights(
+        model,
+        ckpt,
+        source=args.checkpoint,
+        partial=args.partial_load,
+        cfg_hint='--cfg-options model.backbone.',
+        partial_flag='--partial-load',
+    )
     if pickle_out:
         with atomic_write(args.out) as tmp:
             dump = _dump_metric(framework, tmp)
@@ -135,13 +167,16 @@ def follow_checkpoint_structure(cfg, ckpt: dict, args) -> None:
     keys = [k for k in model_state_dict(ckpt, args.checkpoint) if k.startswith('backbone.')]
     if backbone_structure(keys)[0] == 'deploy' and not backbone.get('deploy', False):
         backbone['deploy'] = True
-        print_log(f'{args.checkpoint} is re-parameterized: testing with '
-                  'model.backbone.deploy=True', logger='current')
+        print_log(
+            f'{args.checkpoint} is re-parameterized: testing with model.backbone.deploy=True',
+            logger='current',
+        )
 
 
 def _dump_metric(framework: str, path: str):
     if framework == 'mmdet':
         from mmdet.evaluation import DumpDetResults
+
         return DumpDetResults(out_file_path=path)
     return DumpResults(out_file_path=path)
 
@@ -152,8 +187,10 @@ def _save_label_maps(runner, out_dir: str) -> None:
     MMSegmentation's own tools/test.py."""
     iou = [m for m in runner.test_evaluator.metrics if type(m).__name__ == 'IoUMetric']
     if not iou:
-        raise ValueError(f'--out DIR saves label maps through the IoUMetric of test_evaluator; '
-                         f'this config has {[type(m).__name__ for m in runner.test_evaluator.metrics]}')
+        raise ValueError(
+            f'--out DIR saves label maps through the IoUMetric of test_evaluator; '
+            f'this config has {[type(m).__name__ for m in runner.test_evaluator.metrics]}'
+        )
     for metric in iou:
         metric.output_dir = out_dir
 

@@ -6,6 +6,7 @@
 The annotations are checked before the first iteration (``--check-data``), and training stops
 with a clear error when the loss stays NaN or Inf (mmunirep's NonFiniteLossHook).
 """
+
 import argparse
 import os
 
@@ -23,19 +24,38 @@ def parse_args(argv=None):
     parser.add_argument('config', help='train config file path')
     parser.add_argument('--work-dir', help='the dir to save logs and checkpoints')
     parser.add_argument('--amp', action='store_true', help='automatic mixed precision (GPU)')
-    parser.add_argument('--auto-scale-lr', action='store_true',
-                        help='scale the lr by the real total batch size against the config\'s '
-                        'auto_scale_lr.base_batch_size (the recipe\'s)')
-    parser.add_argument('--resume', nargs='?', type=str, const='auto',
-                        help='resume from CKPT, or without a value from the latest checkpoint '
-                        'in the work dir')
-    parser.add_argument('--check-data', choices=CHECK_MODES, default='sample',
-                        help='check the annotations before training: COCO files always whole; '
-                        'label maps a sample (default), all of them (full), or none (off)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, e.g. train_cfg.max_epochs=1')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none', help='job launcher')
+    parser.add_argument(
+        '--auto-scale-lr',
+        action='store_true',
+        help="scale the lr by the real total batch size against the config's "
+        "auto_scale_lr.base_batch_size (the recipe's)",
+    )
+    parser.add_argument(
+        '--resume',
+        nargs='?',
+        type=str,
+        const='auto',
+        help='resume from CKPT, or without a value from the latest checkpoint in the work dir',
+    )
+    parser.add_argument(
+        '--check-data',
+        choices=CHECK_MODES,
+        default='sample',
+        help='check the annotations before training: COCO files always whole; '
+        'label maps a sample (default), all of them (full), or none (off)',
+    )
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override config settings, e.g. train_cfg.max_epochs=1',
+    )
+    parser.add_argument(
+        '--launcher',
+        choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none',
+        help='job launcher',
+    )
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
     if 'LOCAL_RANK' not in os.environ:
@@ -48,11 +68,14 @@ def main(argv=None):
     cfg = prepare_cfg(args.config, args.work_dir, args.cfg_options, args.launcher)
     if args.amp:
         import torch
+
         if not torch.cuda.is_available():
             # mmengine's AmpOptimWrapper asserts a GPU deep inside the Runner; say it up front
-            raise SystemExit('--amp trains in fp16 with mmengine\'s AmpOptimWrapper, which needs a '
-                             'CUDA GPU; none is visible (torch.cuda.is_available() is False). '
-                             'Train without --amp on the CPU.')
+            raise SystemExit(
+                "--amp trains in fp16 with mmengine's AmpOptimWrapper, which needs a "
+                'CUDA GPU; none is visible (torch.cuda.is_available() is False). '
+                'Train without --amp on the CPU.'
+            )
         wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
         if wrapper == 'AmpOptimWrapper':
             print_log('AMP is already enabled in the config', logger='current', level=30)
@@ -69,8 +92,11 @@ def main(argv=None):
         cfg.resume = True
         cfg.load_from = None
         if find_latest_checkpoint(cfg.work_dir) is None:
-            print_log(f'--resume: no checkpoint in {cfg.work_dir}, so training starts from '
-                      'scratch', logger='current', level=30)
+            print_log(
+                f'--resume: no checkpoint in {cfg.work_dir}, so training starts from scratch',
+                logger='current',
+                level=30,
+            )
     elif args.resume is not None:
         if not os.path.isfile(args.resume):
             raise FileNotFoundError(f'--resume checkpoint not found: {args.resume!r}')
@@ -101,11 +127,20 @@ def log_learning_rate(cfg, runner) -> None:
     total = runner.world_size * loader['batch_size']
     base = scale['base_batch_size']
     if scale.get('enable', False):
-        print_log(f'lr {lr * total / base:g}: the config\'s {lr:g} scaled by the total batch size '
-                  f'{total} / {base} (auto_scale_lr)', logger='current')
+        print_log(
+            f"lr {lr * total / base:g}: the config's {lr:g} scaled by the total batch size "
+            f'{total} / {base} (auto_scale_lr)',
+            logger='current',
+        )
     else:
-        note = '' if total == base else (f' (the recipe\'s is {base}; --auto-scale-lr would scale '
-                                         f'the lr to {lr * total / base:g})')
+        note = (
+            ''
+            if total == base
+            else (
+                f" (the recipe's is {base}; --auto-scale-lr would scale "
+                f'the lr to {lr * total / base:g})'
+            )
+        )
         print_log(f'lr {lr:g} as in the config, total batch size {total}{note}', logger='current')
 
 

@@ -21,9 +21,12 @@ model = dict(
         norm_cfg=dict(type='BN'),  # dict(type='SyncBN') for multi-GPU training
         init_cfg=dict(
             type='Pretrained',
-            checkpoint='https://huggingface.co/DingXiaoH/UniRepLKNet/resolve/main/unireplknet_t_in1k_224_acc83.21.pth')),
+            checkpoint='https://huggingface.co/DingXiaoH/UniRepLKNet/resolve/main/unireplknet_t_in1k_224_acc83.21.pth',
+        ),
+    ),
     # UniRepLKNet-T stage widths (a: 40-320, s: 96-768, b: 128-1024, l: 192-1536, xl: 256-2048)
-    neck=dict(in_channels=[80, 160, 320, 640]))
+    neck=dict(in_channels=[80, 160, 320, 640]),
+)
 
 # large-kernel ConvNets are fine-tuned with AdamW (the 1x schedule's SGD 0.02 is for ResNets)
 optim_wrapper = dict(
@@ -31,4 +34,5 @@ optim_wrapper = dict(
     type='OptimWrapper',
     constructor='UniRepLKNetLayerDecayOptimWrapperConstructor',
     paramwise_cfg=dict(num_layers=12, decay_rate=0.8),
-    optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05))
+    optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
+)

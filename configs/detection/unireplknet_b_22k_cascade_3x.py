@@ -4,6 +4,10 @@ model = dict(
     backbone=dict(
         arch='b',
         drop_path_rate=0.6,
-        init_cfg=dict(checkpoint='https://huggingface.co/DingXiaoH/UniRepLKNet/resolve/main/unireplknet_b_in22k_to_in1k_384_acc87.40.pth')),
-    neck=dict(in_channels=[128, 256, 512, 1024]))
+        init_cfg=dict(
+            checkpoint='https://huggingface.co/DingXiaoH/UniRepLKNet/resolve/main/unireplknet_b_in22k_to_in1k_384_acc87.40.pth'
+        ),
+    ),
+    neck=dict(in_channels=[128, 256, 512, 1024]),
+)
 optim_wrapper = dict(paramwise_cfg=dict(decay_rate=0.8))

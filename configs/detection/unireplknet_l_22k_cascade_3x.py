@@ -4,6 +4,10 @@ model = dict(
     backbone=dict(
         arch='l',
         drop_path_rate=0.7,
-        init_cfg=dict(checkpoint='https://huggingface.co/DingXiaoH/UniRepLKNet/resolve/main/unireplknet_l_in22k_to_in1k_384_acc87.88.pth')),
-    neck=dict(in_channels=[192, 384, 768, 1536]))
+        init_cfg=dict(
+            checkpoint='https://huggingface.co/DingXiaoH/UniRepLKNet/resolve/main/unireplknet_l_in22k_to_in1k_384_acc87.88.pth'
+        ),
+    ),
+    neck=dict(in_channels=[192, 384, 768, 1536]),
+)
 optim_wrapper = dict(paramwise_cfg=dict(decay_rate=0.7))

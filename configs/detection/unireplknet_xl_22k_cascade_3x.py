@@ -4,6 +4,10 @@ model = dict(
     backbone=dict(
         arch='xl',
         drop_path_rate=0.7,
-        init_cfg=dict(checkpoint='https://huggingface.co/DingXiaoH/UniRepLKNet/resolve/main/unireplknet_xl_in22k_pretrain.pth')),
-    neck=dict(in_channels=[256, 512, 1024, 2048]))
+        init_cfg=dict(
+            checkpoint='https://huggingface.co/DingXiaoH/UniRepLKNet/resolve/main/unireplknet_xl_in22k_pretrain.pth'
+        ),
+    ),
+    neck=dict(in_channels=[256, 512, 1024, 2048]),
+)
 optim_wrapper = dict(paramwise_cfg=dict(decay_rate=0.7))

@@ -24,6 +24,9 @@ model = dict(
         init_cfg=dict(
             type='Pretrained',
             checkpoint='https://huggingface.co/DingXiaoH/UniRepLKNet/resolve/main/'
-            'unireplknet_t_in1k_224_acc83.21.pth')),
+            'unireplknet_t_in1k_224_acc83.21.pth',
+        ),
+    ),
     decode_head=dict(in_channels=640),  # in_index=3: the last stage
-    auxiliary_head=dict(in_channels=320))  # in_index=2: the third stage
+    auxiliary_head=dict(in_channels=320),
+)  # in_index=2: the third stage

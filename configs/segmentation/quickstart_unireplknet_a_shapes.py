@@ -31,7 +31,8 @@ model = dict(
         bgr_to_rgb=True,
         pad_val=0,
         seg_pad_val=255,
-        size=crop_size),
+        size=crop_size,
+    ),
     backbone=dict(
         type='mmunirep.UniRepLKNet',
         arch='a',
@@ -40,7 +41,8 @@ model = dict(
         norm_cfg=dict(type='BN'),
         with_cp=False,
         use_lk_op=False,
-        init_cfg=None),  # no pretrained weights: nothing can be downloaded here
+        init_cfg=None,
+    ),  # no pretrained weights: nothing can be downloaded here
     decode_head=dict(
         type='UPerHead',
         in_channels=[40, 80, 160, 320],
@@ -51,8 +53,10 @@ model = dict(
         num_classes=len(classes),
         norm_cfg=norm_cfg,
         align_corners=False,
-        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0,
-                         avg_non_ignore=True)),
+        loss_decode=dict(
+            type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0, avg_non_ignore=True
+        ),
+    ),
     auxiliary_head=dict(
         type='FCNHead',
         in_channels=160,
@@ -64,10 +68,13 @@ model = dict(
         num_classes=len(classes),
         norm_cfg=norm_cfg,
         align_corners=False,
-        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.4,
-                         avg_non_ignore=True)),
+        loss_decode=dict(
+            type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.4, avg_non_ignore=True
+        ),
+    ),
     train_cfg=dict(),
-    test_cfg=dict(mode='whole'))
+    test_cfg=dict(mode='whole'),
+)
 
 # BaseSegDataset with ADE20K's file layout and conventions (ADE20KDataset would only accept a
 # subset of ADE20K's 150 class names)
@@ -78,7 +85,8 @@ dataset_common = dict(
     img_suffix='.jpg',
     seg_map_suffix='.png',
     reduce_zero_label=True,
-    metainfo=dict(classes=classes, palette=palette))
+    metainfo=dict(classes=classes, palette=palette),
+)
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),
@@ -86,14 +94,14 @@ train_pipeline = [
     dict(type='RandomResize', scale=test_scale, ratio_range=(0.75, 1.5), keep_ratio=True),
     dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
     dict(type='RandomFlip', prob=0.5),
-    dict(type='PackSegInputs')
+    dict(type='PackSegInputs'),
 ]
 test_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=test_scale, keep_ratio=True),
     dict(type='ResizeToMultiple', size_divisor=32),
     dict(type='LoadAnnotations', reduce_zero_label=True),
-    dict(type='PackSegInputs')
+    dict(type='PackSegInputs'),
 ]
 img_ratios = [0.75, 1.0, 1.25]
 tta_pipeline = [
@@ -101,14 +109,23 @@ tta_pipeline = [
     dict(
         type='TestTimeAug',
         transforms=[
-            [dict(type='Resize', scale=(int(test_scale[0] * r), int(test_scale[1] * r)),
-                  keep_ratio=True) for r in img_ratios],
+            [
+                dict(
+                    type='Resize',
+                    scale=(int(test_scale[0] * r), int(test_scale[1] * r)),
+                    keep_ratio=True,
+                )
+                for r in img_ratios
+            ],
             [dict(type='ResizeToMultiple', size_divisor=32)],
-            [dict(type='RandomFlip', prob=0., direction='horizontal'),
-             dict(type='RandomFlip', prob=1., direction='horizontal')],
+            [
+                dict(type='RandomFlip', prob=0.0, direction='horizontal'),
+                dict(type='RandomFlip', prob=1.0, direction='horizontal'),
+            ],
             [dict(type='LoadAnnotations')],
             [dict(type='PackSegInputs')],
-        ])
+        ],
+    ),
 ]
 
 train_dataloader = dict(
@@ -119,7 +136,9 @@ train_dataloader = dict(
     dataset=dict(
         **dataset_common,
         data_prefix=dict(img_path='images/training', seg_map_path='annotations/training'),
-        pipeline=train_pipeline))
+        pipeline=train_pipeline,
+    ),
+)
 val_dataloader = dict(
     batch_size=1,
     num_workers=2,
@@ -128,7 +147,9 @@ val_dataloader = dict(
     dataset=dict(
         **dataset_common,
         data_prefix=dict(img_path='images/validation', seg_map_path='annotations/validation'),
-        pipeline=test_pipeline))
+        pipeline=test_pipeline,
+    ),
+)
 test_dataloader = val_dataloader
 val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
 test_evaluator = val_evaluator
@@ -138,11 +159,12 @@ optim_wrapper = dict(
     type='OptimWrapper',
     constructor='UniRepLKNetLayerDecayOptimWrapperConstructor',
     paramwise_cfg=dict(num_layers=6, decay_rate=1.0),
-    optimizer=dict(type='AdamW', lr=2e-3, betas=(0.9, 0.999), weight_decay=0.05))
+    optimizer=dict(type='AdamW', lr=2e-3, betas=(0.9, 0.999), weight_decay=0.05),
+)
 max_iters = 200
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=30),
-    dict(type='PolyLR', power=1.0, eta_min=0.0, by_epoch=False, begin=30, end=max_iters)
+    dict(type='PolyLR', power=1.0, eta_min=0.0, by_epoch=False, begin=30, end=max_iters),
 ]
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
 val_cfg = dict(type='ValLoop')
@@ -153,7 +175,8 @@ default_hooks = dict(
     param_scheduler=dict(type='ParamSchedulerHook'),
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters),
     sampler_seed=dict(type='DistSamplerSeedHook'),
-    visualization=dict(type='SegVisualizationHook'))
+    visualization=dict(type='SegVisualizationHook'),
+)
 auto_scale_lr = dict(enable=False, base_batch_size=4)  # the lr is for batch 4 on one process
 env_cfg = dict(cudnn_benchmark=False)
 randomness = dict(seed=0)

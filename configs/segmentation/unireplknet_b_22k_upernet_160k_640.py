@@ -6,7 +6,11 @@ model = dict(
     backbone=dict(
         arch='b',
         drop_path_rate=0.3,
-        init_cfg=dict(checkpoint='https://huggingface.co/DingXiaoH/UniRepLKNet/resolve/main/unireplknet_b_in22k_to_in1k_384_acc87.40.pth')),
+        init_cfg=dict(
+            checkpoint='https://huggingface.co/DingXiaoH/UniRepLKNet/resolve/main/unireplknet_b_in22k_to_in1k_384_acc87.40.pth'
+        ),
+    ),
     decode_head=dict(in_channels=[128, 256, 512, 1024]),
-    auxiliary_head=dict(in_channels=512))
+    auxiliary_head=dict(in_channels=512),
+)
 optim_wrapper = dict(paramwise_cfg=dict(num_layers=12, decay_rate=0.9))

@@ -6,7 +6,11 @@ model = dict(
     backbone=dict(
         arch='l',
         drop_path_rate=0.4,
-        init_cfg=dict(checkpoint='https://huggingface.co/DingXiaoH/UniRepLKNet/resolve/main/unireplknet_l_in22k_to_in1k_384_acc87.88.pth')),
+        init_cfg=dict(
+            checkpoint='https://huggingface.co/DingXiaoH/UniRepLKNet/resolve/main/unireplknet_l_in22k_to_in1k_384_acc87.88.pth'
+        ),
+    ),
     decode_head=dict(in_channels=[192, 384, 768, 1536]),
-    auxiliary_head=dict(in_channels=768))
+    auxiliary_head=dict(in_channels=768),
+)
 optim_wrapper = dict(paramwise_cfg=dict(num_layers=12, decay_rate=0.85))

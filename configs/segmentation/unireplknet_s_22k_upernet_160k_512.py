@@ -7,7 +7,11 @@ model = dict(
     backbone=dict(
         arch='s',
         drop_path_rate=0.3,
-        init_cfg=dict(checkpoint='https://huggingface.co/DingXiaoH/UniRepLKNet/resolve/main/unireplknet_s_in22k_to_in1k_384_acc86.44.pth')),
+        init_cfg=dict(
+            checkpoint='https://huggingface.co/DingXiaoH/UniRepLKNet/resolve/main/unireplknet_s_in22k_to_in1k_384_acc86.44.pth'
+        ),
+    ),
     decode_head=dict(in_channels=[96, 192, 384, 768]),
-    auxiliary_head=dict(in_channels=384))
+    auxiliary_head=dict(in_channels=384),
+)
 optim_wrapper = dict(paramwise_cfg=dict(num_layers=9, decay_rate=0.9))

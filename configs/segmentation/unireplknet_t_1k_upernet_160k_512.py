@@ -9,7 +9,11 @@ model = dict(
         arch='t',
         drop_path_rate=0.2,
         with_cp=False,
-        init_cfg=dict(checkpoint='https://huggingface.co/DingXiaoH/UniRepLKNet/resolve/main/unireplknet_t_in1k_224_acc83.21.pth')),
+        init_cfg=dict(
+            checkpoint='https://huggingface.co/DingXiaoH/UniRepLKNet/resolve/main/unireplknet_t_in1k_224_acc83.21.pth'
+        ),
+    ),
     decode_head=dict(in_channels=[80, 160, 320, 640]),
-    auxiliary_head=dict(in_channels=320))
+    auxiliary_head=dict(in_channels=320),
+)
 optim_wrapper = dict(paramwise_cfg=dict(num_layers=9, decay_rate=1.0))

@@ -9,7 +9,11 @@ model = dict(
     backbone=dict(
         arch='xl',
         drop_path_rate=0.3,
-        init_cfg=dict(checkpoint='https://huggingface.co/DingXiaoH/UniRepLKNet/resolve/main/unireplknet_xl_in22k_pretrain.pth')),
+        init_cfg=dict(
+            checkpoint='https://huggingface.co/DingXiaoH/UniRepLKNet/resolve/main/unireplknet_xl_in22k_pretrain.pth'
+        ),
+    ),
     decode_head=dict(in_channels=[256, 512, 1024, 2048]),
-    auxiliary_head=dict(in_channels=1024))
+    auxiliary_head=dict(in_channels=1024),
+)
 optim_wrapper = dict(paramwise_cfg=dict(num_layers=12, decay_rate=0.9))

@@ -1,5 +1,8 @@
 from .hooks import NonFiniteLossHook, ReproducibleResumeHook
 from .layer_decay_optim_wrapper import UniRepLKNetLayerDecayOptimWrapperConstructor
 
-__all__ = ['NonFiniteLossHook', 'ReproducibleResumeHook',
-           'UniRepLKNetLayerDecayOptimWrapperConstructor']
+__all__ = [
+    'NonFiniteLossHook',
+    'ReproducibleResumeHook',
+    'UniRepLKNetLayerDecayOptimWrapperConstructor',
+]

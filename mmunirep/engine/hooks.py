@@ -1,4 +1,5 @@
 """Hooks for reproducible, resumable training."""
+
 import torch
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
@@ -19,6 +20,7 @@ class ReproducibleResumeHook(Hook):
       the python / numpy numbers of the augmentations), so the torch generator state, which the
       model draws from (dropout, drop path), is saved in each checkpoint and restored on resume.
     """
+
     priority = 'VERY_HIGH'
 
     def before_train_epoch(self, runner) -> None:
@@ -30,15 +32,19 @@ class ReproducibleResumeHook(Hook):
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         checkpoint['torch_rng_state'] = dict(
             cpu=torch.get_rng_state(),
-            cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
+            cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        )
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         state = checkpoint.get('torch_rng_state')
         if not getattr(runner, '_resume', False) or state is None:
             return
         torch.set_rng_state(state['cpu'])
-        if state['cuda'] and torch.cuda.is_available() and \
-                len(state['cuda']) == torch.cuda.device_count():
+        if (
+            state['cuda']
+            and torch.cuda.is_available()
+            and len(state['cuda']) == torch.cuda.device_count()
+        ):
             torch.cuda.set_rng_state_all(state['cuda'])
         print_log('restored the torch random state of the checkpoint', logger='current')
 
@@ -53,6 +59,7 @@ class NonFiniteLossHook(Hook):
     MMDetection's ``CheckInvalidLossHook`` looks only every ``interval`` iterations and stops at
     the first one; MMSegmentation has none. ``tools/train.py`` adds this hook to every run.
     """
+
     priority = 'ABOVE_NORMAL'  # before the checkpoint hook saves the iteration's weights
 
     def __init__(self, patience: int = 3):
@@ -69,12 +76,17 @@ class NonFiniteLossHook(Hook):
             self.count = 0
             return
         self.count += 1
-        print_log(f'iteration {runner.iter + 1}: the loss is {float(loss)} ({self.count} of '
-                  f'{self.patience} non-finite in a row)', logger='current', level=30)
+        print_log(
+            f'iteration {runner.iter + 1}: the loss is {float(loss)} ({self.count} of '
+            f'{self.patience} non-finite in a row)',
+            logger='current',
+            level=30,
+        )
         if self.count >= self.patience:
             losses = {k: float(v) for k, v in outputs.items() if 'loss' in k}
             raise RuntimeError(
                 f'training stopped at iteration {runner.iter + 1}: the loss has been NaN or Inf '
                 f'for {self.count} iterations in a row ({losses}). The weights have diverged: '
                 'resume from a checkpoint saved before (in the work dir) with a lower learning '
-                'rate, or check the data and the pretrained weights')
+                'rate, or check the data and the pretrained weights'
+            )

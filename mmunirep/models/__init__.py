@@ -1,9 +1,8 @@
 from .backbones import (
-                        DilatedReparamBlock,
-                        UniRepLKNet,
-                        UniRepLKNetBlock,
-                        reparameterize_unireplknet,
+    DilatedReparamBlock,
+    UniRepLKNet,
+    UniRepLKNetBlock,
+    reparameterize_unireplknet,
 )
 
-__all__ = ['UniRepLKNet', 'UniRepLKNetBlock', 'DilatedReparamBlock',
-           'reparameterize_unireplknet']
+__all__ = ['UniRepLKNet', 'UniRepLKNetBlock', 'DilatedReparamBlock', 'reparameterize_unireplknet']

@@ -8,6 +8,7 @@ compiled by the driver, at first use, for any newer GPU. ``setup.py`` loads this
 the package; ``python mmunirep/ops/cuda_archs.py`` prints the default for this machine, which
 ``scripts/build_ops.sh`` and ``scripts/install.sh`` (for mmcv's CUDA ops too) build for.
 """
+
 import re
 from typing import Iterable, List, NamedTuple, Tuple
 
@@ -33,7 +34,8 @@ class Arch(NamedTuple):
     def runs_on(self, capability: Tuple[int, int]) -> bool:
         """Natively, or through its PTX, which the driver compiles for newer GPUs."""
         return self.runs_natively_on(capability) or (
-            self.ptx and not self.specific and (self.major, self.minor) <= tuple(capability))
+            self.ptx and not self.specific and (self.major, self.minor) <= tuple(capability)
+        )
 
 
 def parse_arch_list(spec: str) -> List[Arch]:
@@ -45,14 +47,18 @@ def parse_arch_list(spec: str) -> List[Arch]:
     for entry in entries:
         m = _ENTRY.match(entry)
         if m is None:
-            raise ValueError(f'expected CUDA architectures like "8.6" or "9.0+PTX", got {entry!r} '
-                             f'in {spec!r}')
+            raise ValueError(
+                f'expected CUDA architectures like "8.6" or "9.0+PTX", got {entry!r} in {spec!r}'
+            )
         archs.append(Arch(int(m.group(1)), int(m.group(2)), bool(m.group(3)), bool(m.group(4))))
     return archs
 
 
-def arch_list_for(capabilities: Iterable[Tuple[int, int]], default: str = DEFAULT_CUDA_ARCHS,
-                  newest: Tuple[int, int] = (99, 9)) -> str:
+def arch_list_for(
+    capabilities: Iterable[Tuple[int, int]],
+    default: str = DEFAULT_CUDA_ARCHS,
+    newest: Tuple[int, int] = (99, 9),
+) -> str:
     """``default``, plus machine code for each of ``capabilities`` (the GPUs visible at build time)
     that none of its entries runs natively on: their kernels are then ready at the first call,
     not compiled from PTX by the driver. ``newest``: the highest capability the toolkit builds
@@ -72,10 +78,12 @@ def default_arch_list() -> str:
     is then ready for it at its first call). Torch's own default would build for the visible GPUs
     alone."""
     import torch
+
     visible = [torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())]
     # torch clamps a visible GPU to the newest capability its build (and so its nvcc) knows
-    known = [int(m.group(1)) for m in map(re.compile(r'sm_(\d+)').match, torch.cuda.get_arch_list())
-             if m]
+    known = [
+        int(m.group(1)) for m in map(re.compile(r'sm_(\d+)').match, torch.cuda.get_arch_list()) if m
+    ]
     newest = (max(known) // 10, max(known) % 10) if known else (99, 9)
     return arch_list_for(visible, newest=newest)
 
@@ -89,15 +97,19 @@ def describe_built_archs(cuda_arch_list: str) -> str:
     return ', '.join(f'{v // 100}.{v % 100 // 10}' for v in values)
 
 
-def missing_kernels_message(device_name: str, capability: Tuple[int, int], built: str,
-                            cuda_error: str) -> str:
+def missing_kernels_message(
+    device_name: str, capability: Tuple[int, int], built: str, cuda_error: str
+) -> str:
     """Why the op falls back on this GPU, and the command that builds the kernels for it."""
     major, minor = capability
-    return (f'no kernels for {device_name} (compute capability {major}.{minor}) in this build of '
-            f'mmunirep._ext, made for {describe_built_archs(built)} ({cuda_error}); build them '
-            f'for it with `TORCH_CUDA_ARCH_LIST="{major}.{minor}" bash scripts/build_ops.sh`')
+    return (
+        f'no kernels for {device_name} (compute capability {major}.{minor}) in this build of '
+        f'mmunirep._ext, made for {describe_built_archs(built)} ({cuda_error}); build them '
+        f'for it with `TORCH_CUDA_ARCH_LIST="{major}.{minor}" bash scripts/build_ops.sh`'
+    )
 
 
 if __name__ == '__main__':  # for the shell scripts, which read the list from stdout
     import sys
+
     sys.stdout.write(default_arch_list() + '\n')

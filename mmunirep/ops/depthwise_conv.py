@@ -16,6 +16,7 @@ build without kernels for the GPU at hand, an unsupported dtype) takes ``F.conv2
 result and warns once how to build the op (a missing extension when the module is built; under
 ``torch.compile`` the forward cannot warn).
 """
+
 import warnings
 from typing import Dict, Optional, Tuple
 
@@ -34,9 +35,12 @@ _warned = False
 MAX_KERNEL = 31
 FAST_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
-BUILD_HINT = ('mmunirep\'s CUDA depthwise op is not used; falling back to F.conv2d. On a machine '
-              'with nvcc and a CUDA build of torch, build it with '
-              '`FORCE_CUDA=1 pip install --no-build-isolation -e .` (README, "The op").')
+BUILD_HINT = (
+    "mmunirep's CUDA depthwise op is not used; falling back to F.conv2d. On a machine "
+    'with nvcc and a CUDA build of torch, build it with '
+    '`FORCE_CUDA=1 pip install --no-build-isolation -e .` '
+    '(docs/en/advanced_guides/depthwise_op.md).'
+)
 
 
 def ext_available() -> bool:
@@ -60,9 +64,12 @@ def missing_kernels(index: int) -> str:
         ask = getattr(_ext, 'missing_kernels', None)  # an extension built before it: assume yes
         reason = ask(index) if ask is not None else ''
         if reason:
-            reason = missing_kernels_message(torch.cuda.get_device_name(index),
-                                             torch.cuda.get_device_capability(index),
-                                             getattr(_ext, 'cuda_archs', ''), reason)
+            reason = missing_kernels_message(
+                torch.cuda.get_device_name(index),
+                torch.cuda.get_device_capability(index),
+                getattr(_ext, 'cuda_archs', ''),
+                reason,
+            )
         _missing_kernels_on[index] = reason
     return _missing_kernels_on[index]
 
@@ -79,8 +86,7 @@ def _ext_forward(x, weight, bias):
 
 
 def _ext_backward(grad_out, x, weight, need_input, need_weight, need_bias):
-    return _ext.depthwise_conv2d_backward(grad_out, x, weight, need_input, need_weight,
-                                          need_bias)
+    return _ext.depthwise_conv2d_backward(grad_out, x, weight, need_input, need_weight, need_bias)
 
 
 # Two ways into the same kernels. Eager mode takes DepthwiseConv2dFunction, an autograd.Function
@@ -125,12 +131,14 @@ class DepthwiseConv2dFunction(torch.autograd.Function):
 
 
 @torch.library.custom_op('mmunirep::depthwise_conv2d', mutates_args=())
-def _forward_op(x: torch.Tensor, weight: torch.Tensor,
-                bias: Optional[torch.Tensor]) -> torch.Tensor:
+def _forward_op(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
+) -> torch.Tensor:
     # .contiguous(): no copy for the layouts depthwise_conv2d passes; a compiler that picks other
     # strides gets a copy, not an error
-    return _ext_forward(x.contiguous(), weight.contiguous(),
-                        None if bias is None else bias.contiguous())
+    return _ext_forward(
+        x.contiguous(), weight.contiguous(), None if bias is None else bias.contiguous()
+    )
 
 
 @_forward_op.register_fake
@@ -139,27 +147,43 @@ def _forward_fake(x, weight, bias):
 
 
 @torch.library.custom_op('mmunirep::depthwise_conv2d_backward', mutates_args=())
-def _backward_op(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, need_input: bool,
-                 need_weight: bool,
-                 need_bias: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _backward_op(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    need_input: bool,
+    need_weight: bool,
+    need_bias: bool,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of input, weight and bias; an empty tensor stands for one not asked for
     (a custom operator returns tensors, not None)."""
-    grads = _ext_backward(grad_out.contiguous(), x.contiguous(), weight.contiguous(), need_input,
-                          need_weight, need_bias)
-    return tuple(g if need else x.new_empty(0)
-                 for g, need in zip(grads, (need_input, need_weight, need_bias)))
+    grads = _ext_backward(
+        grad_out.contiguous(),
+        x.contiguous(),
+        weight.contiguous(),
+        need_input,
+        need_weight,
+        need_bias,
+    )
+    return tuple(
+        g if need else x.new_empty(0)
+        for g, need in zip(grads, (need_input, need_weight, need_bias))
+    )
 
 
 @_backward_op.register_fake
 def _backward_fake(grad_out, x, weight, need_input, need_weight, need_bias):
     contiguous = torch.contiguous_format
-    return (torch.empty_like(x, memory_format=contiguous) if need_input else x.new_empty(0),
-            torch.empty_like(weight, memory_format=contiguous) if need_weight else x.new_empty(0),
-            x.new_empty(x.shape[1]) if need_bias else x.new_empty(0))
+    return (
+        torch.empty_like(x, memory_format=contiguous) if need_input else x.new_empty(0),
+        torch.empty_like(weight, memory_format=contiguous) if need_weight else x.new_empty(0),
+        x.new_empty(x.shape[1]) if need_bias else x.new_empty(0),
+    )
 
 
-_forward_op.register_autograd(lambda ctx, grad_out: _gradients(ctx, grad_out, _backward_op),
-                              setup_context=_save_inputs)
+_forward_op.register_autograd(
+    lambda ctx, grad_out: _gradients(ctx, grad_out, _backward_op), setup_context=_save_inputs
+)
 
 
 def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias=None) -> torch.Tensor:
@@ -169,8 +193,11 @@ def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias=None) -> torch.
     the weight and bias follow the input's dtype."""
     if torch.is_autocast_enabled(x.device.type):
         x = x.to(torch.get_autocast_dtype(x.device.type))
-    channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
-        memory_format=torch.channels_last)
+    channels_last = (
+        x.dim() == 4
+        and not x.is_contiguous()
+        and x.is_contiguous(memory_format=torch.channels_last)
+    )
     x_c = x.contiguous()
     weight = weight.to(x.dtype).contiguous()
     bias = bias.to(x.dtype).contiguous() if bias is not None else None
@@ -191,8 +218,16 @@ class DepthwiseConv2d(nn.Conv2d):
     def __init__(self, channels: int, kernel_size: int, bias: bool = False):
         if kernel_size % 2 != 1:
             raise ValueError(f'{type(self).__name__} needs an odd kernel_size, got {kernel_size}')
-        super().__init__(channels, channels, kernel_size, stride=1, padding=kernel_size // 2,
-                         dilation=1, groups=channels, bias=bias)
+        super().__init__(
+            channels,
+            channels,
+            kernel_size,
+            stride=1,
+            padding=kernel_size // 2,
+            dilation=1,
+            groups=channels,
+            bias=bias,
+        )
         if not ext_available():
             # said here too, not only in forward: a forward under torch.compile cannot warn
             _warn_fallback_once('extension not built')
@@ -209,9 +244,12 @@ class DepthwiseConv2d(nn.Conv2d):
             return f'unsupported input {x.dtype} {x.dim()}-D'
         if self.kernel_size[0] > MAX_KERNEL or self.kernel_size[0] != self.kernel_size[1]:
             return f'kernel {self.kernel_size} beyond {MAX_KERNEL}'
-        if (self.stride, self.dilation, self.padding) != ((1, 1), (1, 1), (
-                self.kernel_size[0] // 2, self.kernel_size[1] // 2)) or \
-                self.groups != self.in_channels or self.in_channels != self.out_channels:
+        if (
+            (self.stride, self.dilation, self.padding)
+            != ((1, 1), (1, 1), (self.kernel_size[0] // 2, self.kernel_size[1] // 2))
+            or self.groups != self.in_channels
+            or self.in_channels != self.out_channels
+        ):
             return 'attributes changed after construction'
         return None
 

@@ -1,4 +1,4 @@
-"""Reading checkpoints and fitting them to models: the one loading path of the backbone and the tools.
+"""Reading checkpoints and fitting them to models: the one loading path of the backbone and tools.
 
 - :func:`load_checkpoint_file` reads a local file under torch's ``weights_only=True`` and, when it
   cannot, says what the file is: not a checkpoint (empty, truncated, another format), or one that
@@ -13,6 +13,7 @@
   must fit, but for the differences :data:`ALLOWED_DIFFERENCES` allows, and an error counts and
   names what does not fit and says which setting or config would.
 """
+
 import os
 import os.path as osp
 import pickle
@@ -45,8 +46,11 @@ def _history_buffer_method(owner, name: str):
     """Stands in for ``getattr`` while unpickling: a HistoryBuffer pickles its statistics methods
     as ``getattr(HistoryBuffer, 'mean')``. A general ``getattr`` would let a file reach any
     attribute (and so run code); this one reaches only HistoryBuffer's own public methods."""
-    if owner is not HistoryBuffer or name.startswith('_') or not callable(
-            getattr(HistoryBuffer, name, None)):
+    if (
+        owner is not HistoryBuffer
+        or name.startswith('_')
+        or not callable(getattr(HistoryBuffer, name, None))
+    ):
         raise pickle.UnpicklingError(f'refusing getattr({owner!r}, {name!r}) in a checkpoint')
     return getattr(HistoryBuffer, name)
 
@@ -56,8 +60,14 @@ def allow_mmengine_checkpoint_types() -> None:
     MMSegmentation write into their checkpoints: the message hub's HistoryBuffer of numpy arrays
     and numpy scalars in meta, which torch's safe unpickler refuses, so that resuming works."""
     multiarray = np._core.multiarray if hasattr(np, '_core') else np.core.multiarray
-    safe = [HistoryBuffer, multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype,
-            (_history_buffer_method, 'builtins.getattr')]
+    safe = [
+        HistoryBuffer,
+        multiarray._reconstruct,
+        multiarray.scalar,
+        np.ndarray,
+        np.dtype,
+        (_history_buffer_method, 'builtins.getattr'),
+    ]
     safe += [getattr(np.dtypes, name) for name in dir(np.dtypes) if name.endswith('DType')]
     torch.serialization.add_safe_globals(safe)
 
@@ -104,8 +114,9 @@ def load_checkpoint_file(filename: str, map_location=None):
     if not osp.isfile(filename):
         raise FileNotFoundError(f'checkpoint not found: {filename!r}')
     if osp.getsize(filename) == 0:
-        raise CheckpointError(f'{filename} is empty (0 bytes): not a checkpoint (was it written '
-                              'completely?)')
+        raise CheckpointError(
+            f'{filename} is empty (0 bytes): not a checkpoint (was it written completely?)'
+        )
     unsafe = os.environ.get(UNSAFE_ENV) == '1'
     try:
         return torch.load(filename, map_location=map_location, weights_only=not unsafe)
@@ -118,13 +129,16 @@ def load_checkpoint_file(filename: str, map_location=None):
                 f'{filename} is a PyTorch checkpoint that holds objects other than tensors and '
                 f'plain data ({", ".join(objects[:5])}); loading it can run code from the file. '
                 f'If you trust the file, allow it explicitly with the environment variable '
-                f'{UNSAFE_ENV}=1') from error
+                f'{UNSAFE_ENV}=1'
+            ) from error
         if zipfile.is_zipfile(filename) or _is_torch_pickle(filename):
             what = 'a truncated or damaged PyTorch checkpoint (was it written completely?)'
         else:
             what = _describe_bytes(filename)
-        raise CheckpointError(f'{filename} cannot be read as a checkpoint: it is {what}. '
-                              f'torch said: {_first_line(error)}') from error
+        raise CheckpointError(
+            f'{filename} cannot be read as a checkpoint: it is {what}. '
+            f'torch said: {_first_line(error)}'
+        ) from error
 
 
 def _is_torch_pickle(filename: str) -> bool:
@@ -148,8 +162,10 @@ def read_checkpoint(checkpoint: str, map_location='cpu') -> dict:
     """A checkpoint file or URL (through mmengine's loaders) as a dict."""
     ckpt = CheckpointLoader.load_checkpoint(checkpoint, map_location=map_location)
     if not isinstance(ckpt, dict):
-        raise CheckpointError(f'{checkpoint} holds a {type(ckpt).__name__}, not a checkpoint '
-                              '(a dict of tensors, or one with a "state_dict" or "model" entry)')
+        raise CheckpointError(
+            f'{checkpoint} holds a {type(ckpt).__name__}, not a checkpoint '
+            '(a dict of tensors, or one with a "state_dict" or "model" entry)'
+        )
     return ckpt
 
 
@@ -157,7 +173,7 @@ def read_checkpoint(checkpoint: str, map_location='cpu') -> dict:
 # the tensors of a checkpoint
 # ---------------------------------------------------------------------------------------------
 def _strip(key: str, prefix: str) -> str:
-    return key[len(prefix):] if key.startswith(prefix) else key
+    return key[len(prefix) :] if key.startswith(prefix) else key
 
 
 def model_state_dict(ckpt: dict, source: str = 'checkpoint') -> Dict[str, torch.Tensor]:
@@ -172,24 +188,28 @@ def model_state_dict(ckpt: dict, source: str = 'checkpoint') -> Dict[str, torch.
     if not tensors:
         raise CheckpointError(
             f'{source} holds no model tensors (top-level entries: {sorted(ckpt)[:8]}): is it an '
-            'optimizer state, a results file, or a checkpoint saved without its model?')
+            'optimizer state, a results file, or a checkpoint saved without its model?'
+        )
     return tensors
 
 
-def backbone_state_dict(ckpt: dict, source: str = 'checkpoint',
-                        prefix: Optional[str] = None) -> Dict[str, torch.Tensor]:
+def backbone_state_dict(
+    ckpt: dict, source: str = 'checkpoint', prefix: Optional[str] = None
+) -> Dict[str, torch.Tensor]:
     """A UniRepLKNet's tensors from the authors' classification checkpoints or a detector's /
     segmentor's: only the keys under ``prefix`` if given (as mmengine's ``Pretrained`` init, e.g.
     ``'teacher.backbone.'``), else those under ``backbone.`` where there are any; the
     classification ``head.*`` and final ``norm.*`` left out."""
     state = model_state_dict(ckpt, source)
     if prefix:
-        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         if not state:
-            raise CheckpointError(f'{source}: no key starts with the init_cfg prefix {prefix!r}; '
-                                  f'it has e.g. {sorted(model_state_dict(ckpt, source))[:5]}')
+            raise CheckpointError(
+                f'{source}: no key starts with the init_cfg prefix {prefix!r}; '
+                f'it has e.g. {sorted(model_state_dict(ckpt, source))[:5]}'
+            )
     elif any(k.startswith('backbone.') for k in state):
-        state = {k[len('backbone.'):]: v for k, v in state.items() if k.startswith('backbone.')}
+        state = {k[len('backbone.') :]: v for k, v in state.items() if k.startswith('backbone.')}
     return {k: v for k, v in state.items() if not k.startswith(('head.', 'norm.'))}
 
 
@@ -204,7 +224,8 @@ def check_finite(state: Dict[str, torch.Tensor], source: str = 'checkpoint') -> 
     if bad:
         raise CheckpointError(
             f'{source} holds NaN or Inf in {len(bad)} tensors, e.g. {", ".join(bad[:5])}: the '
-            'weights of a diverged run cannot be evaluated, exported or trained from')
+            'weights of a diverged run cannot be evaluated, exported or trained from'
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,26 +245,35 @@ def backbone_structure(keys: Iterable[str]) -> Tuple[Optional[str], Optional[str
     return structure, norm
 
 
-def structure_mismatch(checkpoint_keys: Iterable[str], model_keys: Iterable[str],
-                       key_prefix: str = 'model.backbone.') -> Optional[str]:
+def structure_mismatch(
+    checkpoint_keys: Iterable[str], model_keys: Iterable[str], key_prefix: str = 'model.backbone.'
+) -> Optional[str]:
     """What a checkpoint's backbone needs that the model's lacks, as the setting that fits (with
     its ``key_prefix``, e.g. ``'model.backbone.'`` of a config), or None if they agree."""
     have, want = backbone_structure(checkpoint_keys), backbone_structure(model_keys)
     if have[0] and want[0] and have[0] != want[0]:
         if have[0] == 'deploy':
-            return (f'the checkpoint is in the re-parameterized (deploy) structure and the model '
-                    f'in the training structure: build it with {key_prefix}deploy=True')
-        return (f'the checkpoint is in the training structure and the model in the deploy '
-                f'structure: build it with {key_prefix}deploy=False (or convert the checkpoint '
-                f'with tools/model_converters/reparameterize.py)')
+            return (
+                f'the checkpoint is in the re-parameterized (deploy) structure and the model '
+                f'in the training structure: build it with {key_prefix}deploy=True'
+            )
+        return (
+            f'the checkpoint is in the training structure and the model in the deploy '
+            f'structure: build it with {key_prefix}deploy=False (or convert the checkpoint '
+            f'with tools/model_converters/reparameterize.py)'
+        )
     if have[1] and want[1] and have[1] != want[1]:
         if have[1] == 'BN':
-            return (f'the checkpoint has BatchNorm in the backbone\'s stem and down-sampling '
-                    f'layers (as the detection quick start), the model LayerNorm (the paper\'s): '
-                    f'build it with {key_prefix}downsample_norm_cfg=dict(type=\'BN\')')
-        return (f'the checkpoint has LayerNorm in the backbone\'s stem and down-sampling layers '
-                f'(the paper\'s), the model BatchNorm: build it with '
-                f'{key_prefix}downsample_norm_cfg=None')
+            return (
+                f"the checkpoint has BatchNorm in the backbone's stem and down-sampling "
+                f"layers (as the detection quick start), the model LayerNorm (the paper's): "
+                f"build it with {key_prefix}downsample_norm_cfg=dict(type='BN')"
+            )
+        return (
+            f"the checkpoint has LayerNorm in the backbone's stem and down-sampling layers "
+            f"(the paper's), the model BatchNorm: build it with "
+            f'{key_prefix}downsample_norm_cfg=None'
+        )
     return None
 
 
@@ -256,19 +286,28 @@ def structure_mismatch(checkpoint_keys: Iterable[str], model_keys: Iterable[str]
 ALLOWED_DIFFERENCES = (
     # (checkpoint-only / model-only / either, key pattern, inference only, why)
     ('checkpoint', r'^ema_', False, "MMDetection 2's EMA hook's buffers (ema_<name>)"),
-    ('either', r'^data_preprocessor\.', False,
-     'the data pre-processor (its mean / std are not weights)'),
-    ('model', r'\.num_batches_tracked$', False,
-     "BatchNorm's batch counters (not saved by old torch)"),
+    (
+        'either',
+        r'^data_preprocessor\.',
+        False,
+        'the data pre-processor (its mean / std are not weights)',
+    ),
+    (
+        'model',
+        r'\.num_batches_tracked$',
+        False,
+        "BatchNorm's batch counters (not saved by old torch)",
+    ),
     ('either', r'^auxiliary_head\.', True, "the segmentor's auxiliary head (training only)"),
 )
-_HEADS = {'detector': ('rpn_head.', 'roi_head.', 'bbox_head.'),
-          'segmentor': ('decode_head.', )}
+_HEADS = {'detector': ('rpn_head.', 'roi_head.', 'bbox_head.'), 'segmentor': ('decode_head.',)}
 
 
 def _allowed(key: str, side: str, inference: bool) -> bool:
-    return any(where in (side, 'either') and re.search(pattern, key) and (inference or not only)
-               for where, pattern, only, _ in ALLOWED_DIFFERENCES)
+    return any(
+        where in (side, 'either') and re.search(pattern, key) and (inference or not only)
+        for where, pattern, only, _ in ALLOWED_DIFFERENCES
+    )
 
 
 def _kind(keys) -> Optional[str]:
@@ -284,57 +323,85 @@ def _kind(keys) -> Optional[str]:
 def _backbone_arch(state: Dict[str, torch.Tensor], prefix: str = 'backbone.') -> Optional[str]:
     """The UniRepLKNet variant whose dims and depths a state dict's backbone has, or None."""
     from mmunirep.models.backbones.unireplknet import ARCH_SETTINGS
+
     try:
-        dims = tuple(int(state[f'{prefix}downsample_layers.{i}.{3 if i == 0 else 0}.weight']
-                         .shape[0]) for i in range(4))
+        dims = tuple(
+            int(state[f'{prefix}downsample_layers.{i}.{3 if i == 0 else 0}.weight'].shape[0])
+            for i in range(4)
+        )
     except KeyError:
         return None
-    depths = tuple(1 + max((int(k.split('.')[2]) for k in state
-                            if k.startswith(f'{prefix}stages.{i}.')), default=-1)
-                   for i in range(4))
+    depths = tuple(
+        1
+        + max(
+            (int(k.split('.')[2]) for k in state if k.startswith(f'{prefix}stages.{i}.')),
+            default=-1,
+        )
+        for i in range(4)
+    )
     for name, setting in ARCH_SETTINGS.items():
         if tuple(setting['dims']) == dims and tuple(setting['depths']) == depths:
             return name
     return None
 
 
-def _advice(own: Dict[str, torch.Tensor], state: Dict[str, torch.Tensor],
-            mismatched: List[str], cfg_hint: str) -> List[str]:
+def _advice(
+    own: Dict[str, torch.Tensor],
+    state: Dict[str, torch.Tensor],
+    mismatched: List[str],
+    cfg_hint: str,
+) -> List[str]:
     """Which setting or config would fit the checkpoint, where that can be told."""
     have, want = _kind(state), _kind(own)
     if have and want and have != want:
         if have == 'classifier':
-            return ['it is an ImageNet classification checkpoint of the backbone: load it as the '
-                    "backbone's pretrained weights (model.backbone.init_cfg=dict("
-                    "type='Pretrained', checkpoint=...)), then train"]
+            return [
+                'it is an ImageNet classification checkpoint of the backbone: load it as the '
+                "backbone's pretrained weights (model.backbone.init_cfg=dict("
+                "type='Pretrained', checkpoint=...)), then train"
+            ]
         framework = {'detector': 'an MMDetection', 'segmentor': 'an MMSegmentation'}.get(have)
-        return [f'it is a {have}\'s checkpoint and the config builds a {want}: use it with '
-                f'{framework} config, or start from its backbone: model.backbone.init_cfg='
-                "dict(type='Pretrained', checkpoint=..., prefix='backbone.')"]
+        return [
+            f"it is a {have}'s checkpoint and the config builds a {want}: use it with "
+            f'{framework} config, or start from its backbone: model.backbone.init_cfg='
+            "dict(type='Pretrained', checkpoint=..., prefix='backbone.')"
+        ]
     advice = []
-    structure = structure_mismatch([k for k in state if k.startswith('backbone.')],
-                                   [k for k in own if k.startswith('backbone.')], cfg_hint)
+    structure = structure_mismatch(
+        [k for k in state if k.startswith('backbone.')],
+        [k for k in own if k.startswith('backbone.')],
+        cfg_hint,
+    )
     if structure:
         return [structure]
     arch_have, arch_want = _backbone_arch(state), _backbone_arch(own)
     if arch_have and arch_want and arch_have != arch_want:
-        advice.append(f"its backbone is UniRepLKNet-{arch_have.upper()} and the config's "
-                      f"UniRepLKNet-{arch_want.upper()}: use a config of arch "
-                      f"'{arch_have}' (mmunirep's are named unireplknet_{arch_have}_*), or set "
-                      f"{cfg_hint}arch='{arch_have}' and the neck's / heads' in_channels")
+        advice.append(
+            f"its backbone is UniRepLKNet-{arch_have.upper()} and the config's "
+            f'UniRepLKNet-{arch_want.upper()}: use a config of arch '
+            f"'{arch_have}' (mmunirep's are named unireplknet_{arch_have}_*), or set "
+            f"{cfg_hint}arch='{arch_have}' and the neck's / heads' in_channels"
+        )
     for key in mismatched:
         if re.search(r'(conv_seg|fc_cls|conv_logits|conv_cls)\.weight$', key):
             n_have, n_want = state[key].shape[0], own[key].shape[0]
             extra = 1 if 'fc_cls' in key else 0  # MMDetection's background class
-            advice.append(f'it predicts {n_have - extra} classes ({key}), the config '
-                          f'{n_want - extra}: set the heads\' num_classes={n_have - extra} and the '
-                          'dataset\'s classes, or use a checkpoint trained for these classes')
+            advice.append(
+                f'it predicts {n_have - extra} classes ({key}), the config '
+                f"{n_want - extra}: set the heads' num_classes={n_have - extra} and the "
+                "dataset's classes, or use a checkpoint trained for these classes"
+            )
             break
     return advice
 
 
-def fit_problems(model: nn.Module, state: Dict[str, torch.Tensor], source: str,
-                 inference: bool = True, cfg_hint: str = 'model.backbone.') -> Optional[str]:
+def fit_problems(
+    model: nn.Module,
+    state: Dict[str, torch.Tensor],
+    source: str,
+    inference: bool = True,
+    cfg_hint: str = 'model.backbone.',
+) -> Optional[str]:
     """Why ``state`` does not fit ``model`` (None if it does): the counts and a few names of the
     missing, unexpected and mismatched keys, and what would fit."""
     own = model.state_dict()
@@ -347,23 +414,32 @@ def fit_problems(model: nn.Module, state: Dict[str, torch.Tensor], source: str,
     if missing:
         parts.append(f'{len(missing)} model tensors are not in it (e.g. {", ".join(missing[:3])})')
     if unexpected:
-        parts.append(f'{len(unexpected)} of its tensors are not in the model (e.g. '
-                     f'{", ".join(unexpected[:3])})')
+        parts.append(
+            f'{len(unexpected)} of its tensors are not in the model (e.g. '
+            f'{", ".join(unexpected[:3])})'
+        )
     if mismatched:
-        shown = [f'{k}: {tuple(state[k].shape)} in it, {tuple(own[k].shape)} in the model'
-                 for k in mismatched[:3]]
+        shown = [
+            f'{k}: {tuple(state[k].shape)} in it, {tuple(own[k].shape)} in the model'
+            for k in mismatched[:3]
+        ]
         parts.append(f'{len(mismatched)} have another shape (e.g. {"; ".join(shown)})')
-    message = f'{source} does not fit the config\'s model: ' + '; '.join(parts) + '.'
+    message = f"{source} does not fit the config's model: " + '; '.join(parts) + '.'
     advice = _advice(own, state, mismatched, cfg_hint)
     if advice:
         message += ' Would fit: ' + ' '.join(a[0].upper() + a[1:] + '.' for a in advice)
     return message
 
 
-def load_model_weights(model: nn.Module, checkpoint, source: Optional[str] = None,
-                       inference: bool = True, partial: bool = False,
-                       cfg_hint: str = 'model.backbone.',
-                       partial_flag: Optional[str] = None) -> dict:
+def load_model_weights(
+    model: nn.Module,
+    checkpoint,
+    source: Optional[str] = None,
+    inference: bool = True,
+    partial: bool = False,
+    cfg_hint: str = 'model.backbone.',
+    partial_flag: Optional[str] = None,
+) -> dict:
     """Load a checkpoint (a file, a URL, or one read already) into a whole detector or segmentor;
     returns the checkpoint.
 
@@ -388,6 +464,7 @@ def load_model_weights(model: nn.Module, checkpoint, source: Optional[str] = Non
     if problems:
         print_log(f'partial load as asked: {problems}', logger='current', level=30)
     model.load_state_dict(fitting, strict=False)
-    print_log(f'loaded {len(fitting)} of the model\'s {len(own)} tensors from {source}',
-              logger='current')
+    print_log(
+        f"loaded {len(fitting)} of the model's {len(own)} tensors from {source}", logger='current'
+    )
     return ckpt

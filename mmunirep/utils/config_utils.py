@@ -1,4 +1,5 @@
 """What the tools share: loading a config and applying the common flags."""
+
 import os
 import os.path as osp
 from typing import Optional
@@ -23,10 +24,12 @@ def configs_dir() -> str:
     checkout = osp.dirname(PACKAGE_DIR)
     if all(osp.exists(osp.join(checkout, f)) for f in ('setup.py', 'model-index.yml', 'configs')):
         return osp.join(checkout, 'configs')
-    raise FileNotFoundError(f'no configs beside the mmunirep package at {PACKAGE_DIR}: expected '
-                            f'{PACKAGE_DIR}/.mim/configs (an installed package) or the checkout '
-                            f'{checkout} with setup.py, model-index.yml and configs/ (an editable '
-                            'install)')
+    raise FileNotFoundError(
+        f'no configs beside the mmunirep package at {PACKAGE_DIR}: expected '
+        f'{PACKAGE_DIR}/.mim/configs (an installed package) or the checkout '
+        f'{checkout} with setup.py, model-index.yml and configs/ (an editable '
+        'install)'
+    )
 
 
 def config_path(name: str) -> str:
@@ -43,18 +46,29 @@ def config_path(name: str) -> str:
     parts = [p for p in name.replace('\\', '/').split('/') if p != '.']
     if parts and parts[0] == 'configs':
         parts = parts[1:]
-    if (not parts or osp.isabs(name) or '..' in parts or '' in parts
-            or not parts[-1].endswith('.py')):
-        raise ValueError(f'expected a config name (.py) relative to configs/, such as '
-                         f"'detection/unireplknet_s_22k_cascade_3x.py', got {name!r}")
+    if (
+        not parts
+        or osp.isabs(name)
+        or '..' in parts
+        or '' in parts
+        or not parts[-1].endswith('.py')
+    ):
+        raise ValueError(
+            f'expected a config name (.py) relative to configs/, such as '
+            f"'detection/unireplknet_s_22k_cascade_3x.py', got {name!r}"
+        )
     root = configs_dir()
     path = osp.join(root, *parts)
     if not osp.isfile(path):
-        known = sorted(osp.relpath(osp.join(d, f), root).replace(os.sep, '/')
-                       for d, _, files in os.walk(root) for f in files
-                       if f.endswith('.py') and '_base_' not in d)
-        raise FileNotFoundError(f'no config {name!r} in {root}; the configs are: '
-                                + ', '.join(known))
+        known = sorted(
+            osp.relpath(osp.join(d, f), root).replace(os.sep, '/')
+            for d, _, files in os.walk(root)
+            for f in files
+            if f.endswith('.py') and '_base_' not in d
+        )
+        raise FileNotFoundError(
+            f'no config {name!r} in {root}; the configs are: ' + ', '.join(known)
+        )
     return path
 
 
@@ -62,8 +76,10 @@ def framework_of(cfg: Config) -> str:
     """'mmdet' or 'mmseg', from the config's ``default_scope``."""
     scope = cfg.get('default_scope')
     if scope not in FRAMEWORKS:
-        raise ValueError(f'expected a config whose default_scope is one of {FRAMEWORKS} '
-                         f'(an MMDetection or MMSegmentation config), got {scope!r}')
+        raise ValueError(
+            f'expected a config whose default_scope is one of {FRAMEWORKS} '
+            f'(an MMDetection or MMSegmentation config), got {scope!r}'
+        )
     return scope
 
 
@@ -82,8 +98,12 @@ def clear_pretrained(cfg: Config) -> None:
             backbone['pretrained'] = None
 
 
-def prepare_cfg(config: str, work_dir: Optional[str] = None, cfg_options: Optional[dict] = None,
-                launcher: str = 'none') -> Config:
+def prepare_cfg(
+    config: str,
+    work_dir: Optional[str] = None,
+    cfg_options: Optional[dict] = None,
+    launcher: str = 'none',
+) -> Config:
     """Load ``config``, merge ``--cfg-options``, set the launcher and the work dir."""
     if not osp.isfile(config):
         raise FileNotFoundError(f'config file not found: {config!r}')
@@ -93,10 +113,11 @@ def prepare_cfg(config: str, work_dir: Optional[str] = None, cfg_options: Option
         if 'load mmunirep config' not in str(e):
             raise
         # mmengine's own message ("does not support to load mmunirep config") does not say why
-        raise ValueError(f'{config} inherits a config as mmunirep::NAME, which mmengine 0.10 '
-                         'cannot resolve: inherit it by its path instead, as printed by python '
-                         '-c "from mmunirep.utils import config_path; print(config_path(NAME))"'
-                         ) from e
+        raise ValueError(
+            f'{config} inherits a config as mmunirep::NAME, which mmengine 0.10 '
+            'cannot resolve: inherit it by its path instead, as printed by python '
+            '-c "from mmunirep.utils import config_path; print(config_path(NAME))"'
+        ) from e
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     framework_of(cfg)
@@ -106,9 +127,15 @@ def prepare_cfg(config: str, work_dir: Optional[str] = None, cfg_options: Option
             init_cpu_process_group()
             # mmengine's DDP wrapper gets device_ids=[LOCAL_RANK] unless the config sets it, and
             # DDP accepts device ids only for GPU modules
-            cfg.setdefault('model_wrapper_cfg', dict(
-                type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False,
-                find_unused_parameters=cfg.get('find_unused_parameters', False)))
+            cfg.setdefault(
+                'model_wrapper_cfg',
+                dict(
+                    type='MMDistributedDataParallel',
+                    device_ids=None,
+                    broadcast_buffers=False,
+                    find_unused_parameters=cfg.get('find_unused_parameters', False),
+                ),
+            )
     cfg.launcher = launcher
     if work_dir is not None:
         cfg.work_dir = work_dir
@@ -121,7 +148,11 @@ def _replace_syncbn(node) -> int:
     count = 0
     if isinstance(node, dict):
         if node.get('type') in ('SyncBN', 'MMSyncBN') and set(node) <= {
-                'type', 'requires_grad', 'eps', 'momentum'}:
+            'type',
+            'requires_grad',
+            'eps',
+            'momentum',
+        }:
             node['type'] = 'BN'
             count += 1
         for value in node.values():
@@ -145,8 +176,11 @@ def adapt_to_cpu(cfg: Config) -> None:
     dist_cfg = cfg.get('env_cfg', {}).get('dist_cfg', {})
     if dist_cfg.get('backend', 'nccl') == 'nccl':
         cfg.merge_from_dict({'env_cfg.dist_cfg.backend': 'gloo'})
-        print_log('no CUDA device: env_cfg.dist_cfg.backend nccl replaced by gloo (used by '
-                  'distributed runs)', logger='current')
+        print_log(
+            'no CUDA device: env_cfg.dist_cfg.backend nccl replaced by gloo (used by '
+            'distributed runs)',
+            logger='current',
+        )
 
 
 def init_cpu_process_group() -> None:
@@ -156,10 +190,14 @@ def init_cpu_process_group() -> None:
     which fails without a GPU; the Runner skips its own initialization when a group exists.
     """
     import torch.distributed as dist
+
     if dist.is_available() and not dist.is_initialized():
         dist.init_process_group(backend='gloo')
-        print_log(f'no CUDA device: rank {dist.get_rank()} of {dist.get_world_size()} joined '
-                  'the process group over gloo', logger='current')
+        print_log(
+            f'no CUDA device: rank {dist.get_rank()} of {dist.get_world_size()} joined '
+            'the process group over gloo',
+            logger='current',
+        )
 
 
 _left_a_process_group = False
@@ -174,6 +212,7 @@ def leave_process_group() -> None:
     """
     global _left_a_process_group
     import torch.distributed as dist
+
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
         _left_a_process_group = True
@@ -200,6 +239,7 @@ def end_distributed_process() -> None:
         return
     import atexit
     import sys
+
     atexit._run_exitfuncs()  # what a normal exit runs first: logging.shutdown, torch's own
     for stream in (sys.stdout, sys.stderr):
         stream.flush()

@@ -8,6 +8,7 @@ frameworks' own datasets telling where the files are (their data roots, prefixes
 classes and label handling): COCO-format files are read whole (seconds for COCO's), label maps
 are read as a sample (``'sample'``) or all (``'full'``).
 """
+
 import json
 import os.path as osp
 from typing import Iterable, List
@@ -34,6 +35,7 @@ def check_datasets(cfg: Config, splits: Iterable[str], mode: str = 'sample') -> 
     from mmengine.registry import DATASETS, init_default_scope
 
     from .config_utils import framework_of
+
     init_default_scope(framework_of(cfg))
     checked = set()
     for split in splits:
@@ -42,8 +44,11 @@ def check_datasets(cfg: Config, splits: Iterable[str], mode: str = 'sample') -> 
             continue
         dataset_cfg = loader['dataset'].copy()
         for dataset in _leaves(DATASETS.build(_lazy(dataset_cfg))):
-            key = (type(dataset).__name__, getattr(dataset, 'ann_file', ''),
-                   str(getattr(dataset, 'data_prefix', '')))
+            key = (
+                type(dataset).__name__,
+                getattr(dataset, 'ann_file', ''),
+                str(getattr(dataset, 'data_prefix', '')),
+            )
             if key in checked:
                 continue
             checked.add(key)
@@ -67,8 +72,9 @@ def _lazy(dataset_cfg):
     for key in ('dataset', 'datasets'):
         if key in dataset_cfg:
             inner = dataset_cfg[key]
-            dataset_cfg[key] = [_lazy(d) for d in inner] if isinstance(inner, list) else \
-                _lazy(inner)
+            dataset_cfg[key] = (
+                [_lazy(d) for d in inner] if isinstance(inner, list) else _lazy(inner)
+            )
     dataset_cfg['lazy_init'] = True
     return dataset_cfg
 
@@ -86,11 +92,18 @@ def _check_dataset(dataset, split: str, mode: str) -> None:
     if hasattr(dataset, 'reduce_zero_label'):  # MMSegmentation's BaseSegDataset family
         check_label_maps(dataset, mode)
     elif str(getattr(dataset, 'ann_file', '')).endswith('.json'):
-        check_coco_file(dataset.ann_file, classes=dataset.metainfo.get('classes'),
-                        img_prefix=dataset.data_prefix.get('img', ''), mode=mode)
+        check_coco_file(
+            dataset.ann_file,
+            classes=dataset.metainfo.get('classes'),
+            img_prefix=dataset.data_prefix.get('img', ''),
+            mode=mode,
+        )
     else:
-        print_log(f'{split} data ({type(dataset).__name__}) not checked: mmunirep checks COCO-'
-                  'format files and label-map datasets', logger='current')
+        print_log(
+            f'{split} data ({type(dataset).__name__}) not checked: mmunirep checks COCO-'
+            'format files and label-map datasets',
+            logger='current',
+        )
 
 
 def _sample(items: list, mode: str) -> list:
@@ -100,8 +113,9 @@ def _sample(items: list, mode: str) -> list:
     return [items[int(i * step)] for i in range(SAMPLE_SIZE)]
 
 
-def check_coco_file(ann_file: str, classes=None, img_prefix: str = '', mode: str = 'sample'
-                    ) -> None:
+def check_coco_file(
+    ann_file: str, classes=None, img_prefix: str = '', mode: str = 'sample'
+) -> None:
     """A COCO-format instance file as MMDetection and pycocotools will use it: its structure,
     ids, boxes and masks (polygons of at least 3 points, RLEs of the image's size), the config's
     classes among its categories, and (a sample of, or all) the images on disk."""
@@ -124,31 +138,44 @@ def check_coco_file(ann_file: str, classes=None, img_prefix: str = '', mode: str
     if classes is not None:
         unknown = [c for c in classes if c not in categories.values()]
         if unknown:
-            raise DataError(f'{ann_file}: the config\'s classes {list(unknown)[:5]} are not among '
-                            f'its categories {sorted(map(str, categories.values()))[:10]}: set '
-                            'the dataset\'s metainfo classes to category names of the file')
+            raise DataError(
+                f"{ann_file}: the config's classes {list(unknown)[:5]} are not among "
+                f'its categories {sorted(map(str, categories.values()))[:10]}: set '
+                "the dataset's metainfo classes to category names of the file"
+            )
     for i, ann in enumerate(coco['annotations']):
         where = f'{ann_file}: annotation {ann.get("id", f"#{i}")}'
         img = images.get(ann.get('image_id'))
         if img is None:
-            raise DataError(f'{where} refers to image id {ann.get("image_id")}, which the file '
-                            'does not list')
+            raise DataError(
+                f'{where} refers to image id {ann.get("image_id")}, which the file does not list'
+            )
         where += f' (image {img.get("file_name")})'
         if ann.get('category_id') not in categories:
-            raise DataError(f'{where} has category_id {ann.get("category_id")}, not among the '
-                            f'categories {sorted(categories)[:10]}')
+            raise DataError(
+                f'{where} has category_id {ann.get("category_id")}, not among the '
+                f'categories {sorted(categories)[:10]}'
+            )
         bbox = ann.get('bbox')
-        if not (isinstance(bbox, list) and len(bbox) == 4 and
-                all(isinstance(v, (int, float)) and np.isfinite(v) for v in bbox)
-                and bbox[2] >= 0 and bbox[3] >= 0):
-            raise DataError(f'{where} has bbox {bbox}: expected [x, y, width, height], finite, '
-                            'width and height not negative')
+        if not (
+            isinstance(bbox, list)
+            and len(bbox) == 4
+            and all(isinstance(v, (int, float)) and np.isfinite(v) for v in bbox)
+            and bbox[2] >= 0
+            and bbox[3] >= 0
+        ):
+            raise DataError(
+                f'{where} has bbox {bbox}: expected [x, y, width, height], finite, '
+                'width and height not negative'
+            )
         _check_segmentation(ann.get('segmentation'), img, where)
     files = [img.get('file_name', '') for img in coco['images']]
     missing = [f for f in _sample(files, mode) if not osp.isfile(osp.join(img_prefix, f))]
     if img_prefix and missing:
-        raise DataError(f'{ann_file}: {len(missing)} of the images checked are not in '
-                        f'{img_prefix}, e.g. {missing[:3]}')
+        raise DataError(
+            f'{ann_file}: {len(missing)} of the images checked are not in '
+            f'{img_prefix}, e.g. {missing[:3]}'
+        )
 
 
 def _check_segmentation(seg, img: dict, where: str) -> None:
@@ -156,23 +183,33 @@ def _check_segmentation(seg, img: dict, where: str) -> None:
         return
     if isinstance(seg, list):  # polygons
         for j, poly in enumerate(seg):
-            if not isinstance(poly, list) or len(poly) % 2 or len(poly) < 6 or not all(
-                    isinstance(v, (int, float)) for v in poly):
+            if (
+                not isinstance(poly, list)
+                or len(poly) % 2
+                or len(poly) < 6
+                or not all(isinstance(v, (int, float)) for v in poly)
+            ):
                 n = len(poly) if isinstance(poly, list) else poly
-                raise DataError(f'{where}: polygon {j} has {n} coordinates; expected at least 3 '
-                                'points (6 numbers, x y pairs), which pycocotools needs to '
-                                'evaluate masks')
+                raise DataError(
+                    f'{where}: polygon {j} has {n} coordinates; expected at least 3 '
+                    'points (6 numbers, x y pairs), which pycocotools needs to '
+                    'evaluate masks'
+                )
     elif isinstance(seg, dict):  # RLE
         size = seg.get('size')
         if 'counts' not in seg or not isinstance(size, list) or len(size) != 2:
-            raise DataError(f'{where}: expected an RLE with "counts" and "size", got keys '
-                            f'{sorted(seg)}')
+            raise DataError(
+                f'{where}: expected an RLE with "counts" and "size", got keys {sorted(seg)}'
+            )
         if 'height' in img and 'width' in img and list(size) != [img['height'], img['width']]:
-            raise DataError(f'{where}: its RLE is of size {size}, the image '
-                            f'{[img["height"], img["width"]]}')
+            raise DataError(
+                f'{where}: its RLE is of size {size}, the image {[img["height"], img["width"]]}'
+            )
     else:
-        raise DataError(f'{where}: segmentation must be a list of polygons or an RLE dict, got '
-                        f'{type(seg).__name__}')
+        raise DataError(
+            f'{where}: segmentation must be a list of polygons or an RLE dict, got '
+            f'{type(seg).__name__}'
+        )
 
 
 def check_label_maps(dataset, mode: str = 'sample') -> None:
@@ -180,6 +217,7 @@ def check_label_maps(dataset, mode: str = 'sample') -> None:
     class indices (0 .. classes - 1) or the dataset's ignore index, after its
     ``reduce_zero_label`` (0 ignored, the others shifted down by one)."""
     import cv2
+
     dataset.full_init()
     classes = dataset.metainfo.get('classes') or ()
     ignore = dataset.ignore_index
@@ -188,25 +226,40 @@ def check_label_maps(dataset, mode: str = 'sample') -> None:
     infos = (dataset.get_data_info(i) for i in range(len(dataset)))
     maps = [info['seg_map_path'] for info in infos if info.get('seg_map_path')]
     if not maps:
-        raise DataError(f'no label maps found for {type(dataset).__name__} in '
-                        f'{dataset.data_prefix.get("seg_map_path")} (suffix '
-                        f'{dataset.seg_map_suffix})')
+        raise DataError(
+            f'no label maps found for {type(dataset).__name__} in '
+            f'{dataset.data_prefix.get("seg_map_path")} (suffix '
+            f'{dataset.seg_map_suffix})'
+        )
     for path in _sample(maps, mode):
         label = cv2.imread(path, cv2.IMREAD_UNCHANGED)
         if label is None:
             raise DataError(f'{path}: not a readable image (a label map was expected)')
         if label.ndim != 2:
-            raise DataError(f'{path}: a label map has one channel of class indices; this one has '
-                            f'shape {label.shape}')
+            raise DataError(
+                f'{path}: a label map has one channel of class indices; this one has '
+                f'shape {label.shape}'
+            )
         values = np.unique(label)
-        bad = [int(v) for v in values if v > allowed_max and v != ignore and
-               not (reduce_zero and v == 255)]
+        bad = [
+            int(v)
+            for v in values
+            if v > allowed_max and v != ignore and not (reduce_zero and v == 255)
+        ]
         if bad:
-            shift = ' with reduce_zero_label (0 is ignored, 1..N are the N classes)' \
-                if reduce_zero else ''
-            raise DataError(f'{path}: label values {bad[:8]} are beyond the {len(classes)} '
-                            f'classes of the dataset{shift}; allowed: 0..{allowed_max} and the '
-                            f'ignore index {ignore}. Check the dataset\'s classes (num_classes) '
-                            'or the label maps')
-    print_log(f'checked {min(len(maps), len(_sample(maps, mode)))} of {len(maps)} label maps of '
-              f'{type(dataset).__name__} ({mode})', logger='current')
+            shift = (
+                ' with reduce_zero_label (0 is ignored, 1..N are the N classes)'
+                if reduce_zero
+                else ''
+            )
+            raise DataError(
+                f'{path}: label values {bad[:8]} are beyond the {len(classes)} '
+                f'classes of the dataset{shift}; allowed: 0..{allowed_max} and the '
+                f"ignore index {ignore}. Check the dataset's classes (num_classes) "
+                'or the label maps'
+            )
+    print_log(
+        f'checked {min(len(maps), len(_sample(maps, mode)))} of {len(maps)} label maps of '
+        f'{type(dataset).__name__} ({mode})',
+        logger='current',
+    )

@@ -6,6 +6,7 @@ killed process, a failed check) leaves any earlier file of that name as it was a
 one. A rename within a folder is atomic on POSIX file systems, which mmengine's and torch's own
 savers do not rely on (they write in place).
 """
+
 import contextlib
 import os
 import os.path as osp
@@ -29,14 +30,17 @@ def same_path(a: str, b: str) -> bool:
     return osp.realpath(a) == osp.realpath(b)
 
 
-def refuse_overwriting_input(output: str, inputs, flag: str = '--overwrite-input',
-                             allowed: bool = False) -> None:
+def refuse_overwriting_input(
+    output: str, inputs, flag: str = '--overwrite-input', allowed: bool = False
+) -> None:
     """Raise if ``output`` is one of ``inputs``, unless ``allowed`` (the tool's ``flag``)."""
     for path in inputs:
         if path and '://' not in str(path) and same_path(output, path) and not allowed:
-            raise ValueError(f'the output {output} is the input {path}: write to another path, '
-                             f'or pass {flag} to replace the input (it is then replaced only '
-                             'once the new file is complete)')
+            raise ValueError(
+                f'the output {output} is the input {path}: write to another path, '
+                f'or pass {flag} to replace the input (it is then replaced only '
+                'once the new file is complete)'
+            )
 
 
 @contextlib.contextmanager
@@ -46,8 +50,9 @@ def atomic_write(path: str) -> Iterator[str]:
     folder = osp.dirname(osp.abspath(path))
     os.makedirs(folder, exist_ok=True)
     # the temporary name keeps the extension: some writers check it (mmengine's DumpResults)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{osp.basename(path)}.',
-                               suffix='.tmp' + osp.splitext(path)[1], dir=folder)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f'.{osp.basename(path)}.', suffix='.tmp' + osp.splitext(path)[1], dir=folder
+    )
     os.close(fd)
     try:
         yield tmp
@@ -66,8 +71,7 @@ def atomic_directory(path: str) -> Iterator[str]:
     otherwise the folder is removed."""
     parent = osp.dirname(osp.abspath(path))
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f'.{osp.basename(osp.abspath(path))}.', suffix='.tmp',
-                           dir=parent)
+    tmp = tempfile.mkdtemp(prefix=f'.{osp.basename(osp.abspath(path))}.', suffix='.tmp', dir=parent)
     try:
         yield tmp
         os.makedirs(path, exist_ok=True)
@@ -83,13 +87,19 @@ def atomic_directory(path: str) -> Iterator[str]:
 def save_checkpoint(checkpoint: dict, path: str) -> None:
     """``torch.save`` whole or not at all: written beside ``path``, read back (its state dict's
     names and shapes must be those saved), then renamed into place."""
-    expected = {k: tuple(v.shape) for k, v in checkpoint.get('state_dict', {}).items()
-                if isinstance(v, torch.Tensor)}
+    expected = {
+        k: tuple(v.shape)
+        for k, v in checkpoint.get('state_dict', {}).items()
+        if isinstance(v, torch.Tensor)
+    }
     with atomic_write(path) as tmp:
         torch.save(checkpoint, tmp)
         written = torch.load(tmp, map_location='cpu', weights_only=True, mmap=True)
-        got = {k: tuple(v.shape) for k, v in written.get('state_dict', {}).items()
-               if isinstance(v, torch.Tensor)}
+        got = {
+            k: tuple(v.shape)
+            for k, v in written.get('state_dict', {}).items()
+            if isinstance(v, torch.Tensor)
+        }
         if got != expected:
             raise OSError(f'{path}: the checkpoint read back differs from the one written')
 

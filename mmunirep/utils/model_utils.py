@@ -1,4 +1,5 @@
 """Building a detector / segmentor from a config for the tools."""
+
 import copy
 from typing import Optional
 

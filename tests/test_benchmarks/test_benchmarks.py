@@ -1,5 +1,6 @@
 """The benchmark scripts run end to end (the GPU ones on the CPU, as smoke runs, so that a script
 error is found before GPU time is spent; their figures here mean nothing: the op falls back)."""
+
 import os
 import re
 import subprocess
@@ -13,10 +14,13 @@ from mmunirep.ops import depthwise_conv as dw_module
 
 from helpers import ROOT, recording_backend
 
+pytestmark = pytest.mark.slow  # runs the benchmark scripts
+
 
 def run(*args, check=True):
-    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f'{args} failed:\n{proc.stdout}\n{proc.stderr}')
     return proc
@@ -31,7 +35,7 @@ def half_ulp(text: str) -> float:
     """Half a unit of the last printed digit of a number as the report prints it."""
     text = text.strip().rstrip('x')
     decimals = len(text.split('.')[1]) if '.' in text else 0
-    return 0.5 * 10 ** -decimals
+    return 0.5 * 10**-decimals
 
 
 def assert_ratio_of_rounded(ratio: str, num: str, den: str) -> None:
@@ -58,12 +62,32 @@ def test_assert_ratio_of_rounded_holds_the_interval():
 
 def test_train_step_benchmark_smoke(tmp_path):
     out = tmp_path / 'train_step.md'
-    run('benchmarks/train_step_benchmark.py', '--device', 'cpu', '--arch', 'a', '--size', '64',
-        '96', '--repeats', '1', '--warmup', '0', '--precision', 'fp32', 'bf16', '--out', str(out))
+    run(
+        'benchmarks/train_step_benchmark.py',
+        '--device',
+        'cpu',
+        '--arch',
+        'a',
+        '--size',
+        '64',
+        '96',
+        '--repeats',
+        '1',
+        '--warmup',
+        '0',
+        '--precision',
+        'fp32',
+        'bf16',
+        '--out',
+        str(out),
+    )
     rows = table_rows(out)
     assert [(r[0].strip(), r[1].strip()) for r in rows] == [
-        ('training step', 'fp32'), ('inference (deploy)', 'fp32'), ('training step', 'bf16'),
-        ('inference (deploy)', 'bf16')]
+        ('training step', 'fp32'),
+        ('inference (deploy)', 'fp32'),
+        ('training step', 'bf16'),
+        ('inference (deploy)', 'bf16'),
+    ]
     for r in rows:
         assert float(r[2]) > 0 and float(r[3]) > 0
         assert_ratio_of_rounded(r[4], r[2], r[3])
@@ -76,39 +100,70 @@ def test_train_step_benchmark_compile_times_the_compiled_models(monkeypatch, tmp
     and the report says so."""
     sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
     import train_step_benchmark as tsb
+
     backend, graphs = recording_backend()
     torch._dynamo.reset()
     out = tmp_path / 'train_step.md'
-    monkeypatch.setattr(sys, 'argv', [
-        'train_step_benchmark.py', '--device', 'cpu', '--arch', 'a', '--size', '64', '64',
-        '--repeats', '1', '--warmup', '1', '--precision', 'fp32', '--compile',
-        '--compile-backend', backend, '--out', str(out)])
+    monkeypatch.setattr(
+        sys,
+        'argv',
+        [
+            'train_step_benchmark.py',
+            '--device',
+            'cpu',
+            '--arch',
+            'a',
+            '--size',
+            '64',
+            '64',
+            '--repeats',
+            '1',
+            '--warmup',
+            '1',
+            '--precision',
+            'fp32',
+            '--compile',
+            '--compile-backend',
+            backend,
+            '--out',
+            str(out),
+        ],
+    )
     tsb.main()
     text = out.read_text()
-    assert f"both backbones with compile=dict(backend={backend!r})" in text
+    assert f'both backbones with compile=dict(backend={backend!r})' in text
     assert [(r[0].strip(), r[1].strip()) for r in table_rows(out)] == [
-        ('training step', 'fp32'), ('inference (deploy)', 'fp32')]
+        ('training step', 'fp32'),
+        ('inference (deploy)', 'fp32'),
+    ]
     # four models compiled (PyTorch's and the op's, training and deploy structure): each gave the
     # backend at least one graph with convolutions
-    with_conv = [g for g in graphs
-                 if any(n.target == torch.ops.aten.convolution.default for n in g.graph.nodes)]
+    with_conv = [
+        g
+        for g in graphs
+        if any(n.target == torch.ops.aten.convolution.default for n in g.graph.nodes)
+    ]
     assert len(with_conv) >= 4, [len(g.graph.nodes) for g in graphs]
 
 
 def test_train_step_benchmark_compile_argument_errors():
-    for argv, message in ((['--compile', '--warmup', '0'], 'at least one warm-up step'),
-                          (['--compile-backend', 'eager'], '--compile-backend needs --compile')):
+    for argv, message in (
+        (['--compile', '--warmup', '0'], 'at least one warm-up step'),
+        (['--compile-backend', 'eager'], '--compile-backend needs --compile'),
+    ):
         proc = run('benchmarks/train_step_benchmark.py', '--device', 'cpu', *argv, check=False)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
 
 
-@pytest.mark.parametrize('perturb', [0., 1e-3])
+@pytest.mark.parametrize('perturb', [0.0, 1e-3])
 def test_train_step_check_refuses_a_wrong_op_model(monkeypatch, perturb):
     """The agreement check passes identical models and stops on a large-kernel weight of the op's
     model that is off by 1e-3 of its scale (a kernel that is slightly wrong)."""
     import argparse
+
     sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
     import train_step_benchmark as tsb
+
     build = tsb.build_pair
 
     def build_wrong(args, deploy=False):
@@ -122,8 +177,10 @@ def test_train_step_check_refuses_a_wrong_op_model(monkeypatch, perturb):
     args = argparse.Namespace(arch='a', drop_path=0.5, no_cp=False, device='cpu')
     g = torch.Generator().manual_seed(1)
     batch = torch.randn(1, 3, 64, 64, generator=g)
-    projections = [torch.randn(1, c, 64 // s, 64 // s, generator=g)
-                   for c, s in ((40, 4), (80, 8), (160, 16), (320, 32))]
+    projections = [
+        torch.randn(1, c, 64 // s, 64 // s, generator=g)
+        for c, s in ((40, 4), (80, 8), (160, 16), (320, 32))
+    ]
     if perturb == 0:
         name, e_ours, e_pytorch = tsb.check_one_step(args, batch, projections)
         assert e_ours <= 4 * e_pytorch + 1e-5
@@ -132,14 +189,31 @@ def test_train_step_check_refuses_a_wrong_op_model(monkeypatch, perturb):
             tsb.check_one_step(args, batch, projections)
 
 
-@pytest.mark.skipif(dw_module._ext is None, reason='extension not built (bash scripts/build_ops.sh)')
+@pytest.mark.skipif(
+    dw_module._ext is None, reason='extension not built (bash scripts/build_ops.sh)'
+)
 def test_dwconv_benchmark_smoke(tmp_path):
     out = tmp_path / 'dwconv.md'
-    run('benchmarks/dwconv_benchmark.py', '--device', 'cpu', '--shapes', '2,3,20,37,7',
-        '--dtypes', 'fp32', 'fp16', '--repeats', '1', '--warmup', '0', '--out', str(out))
+    run(
+        'benchmarks/dwconv_benchmark.py',
+        '--device',
+        'cpu',
+        '--shapes',
+        '2,3,20,37,7',
+        '--dtypes',
+        'fp32',
+        'fp16',
+        '--repeats',
+        '1',
+        '--warmup',
+        '0',
+        '--out',
+        str(out),
+    )
     rows = table_rows(out)
     assert [(r[1].strip(), r[2].strip()) for r in rows] == [
-        (d, p) for d in ('fp32', 'fp16') for p in ('fwd', 'dgrad', 'wgrad', 'fwd+bwd')]
+        (d, p) for d in ('fp32', 'fp16') for p in ('fwd', 'dgrad', 'wgrad', 'fwd+bwd')
+    ]
     # the share of taps inside the map, counted here by convolving ones with ones
     ones = torch.ones(1, 1, 20, 37, dtype=torch.float64)
     in_map = F.conv2d(ones, torch.ones(1, 1, 7, 7, dtype=torch.float64), padding=3).sum().item()
@@ -153,6 +227,7 @@ def test_dwconv_benchmark_smoke(tmp_path):
 
 class ScaleGrad(torch.autograd.Function):
     """The identity, whose gradient comes back 1e-3 too large."""
+
     @staticmethod
     def forward(ctx, w):
         return w.clone()
@@ -169,6 +244,7 @@ def dwconv_main_exit(monkeypatch, op, *argv):
     import dwconv_benchmark
 
     import mmunirep.ops
+
     monkeypatch.setattr(mmunirep.ops, 'depthwise_conv2d', op)
     monkeypatch.setattr(sys, 'argv', ['dwconv_benchmark.py', *argv])
     # main() sets these two process-wide: restored after it
@@ -197,17 +273,21 @@ def test_op_overhead_benchmark(tmp_path):
 
 
 def test_dwconv_benchmark_rejects_bad_shapes():
-    proc = run('benchmarks/dwconv_benchmark.py', '--device', 'cpu', '--shapes', '2,3,20',
-               check=False)
+    proc = run(
+        'benchmarks/dwconv_benchmark.py', '--device', 'cpu', '--shapes', '2,3,20', check=False
+    )
     # SystemExit with the message: exit status 1
     if dw_module._ext is not None:
         assert proc.returncode == 1 and 'five integers N,C,H,W,K' in proc.stderr, proc.stderr
     else:  # without the extension, that may be the error it stops at first
-        assert proc.returncode == 1 and ('five integers N,C,H,W,K' in proc.stderr or
-                                         'extension is not built' in proc.stderr), proc.stderr
+        assert proc.returncode == 1 and (
+            'five integers N,C,H,W,K' in proc.stderr or 'extension is not built' in proc.stderr
+        ), proc.stderr
 
 
-@pytest.mark.skipif(dw_module._ext is None, reason='extension not built (bash scripts/build_ops.sh)')
+@pytest.mark.skipif(
+    dw_module._ext is None, reason='extension not built (bash scripts/build_ops.sh)'
+)
 def test_dwconv_benchmark_reports_a_wrong_shape_and_goes_on(tmp_path, monkeypatch):
     # an op whose weight gradient is off by 1e-3 for K = 13 only: that shape gets a WRONG row and
     # is not timed, the K = 7 shape is still timed, and the exit status is 4
@@ -217,9 +297,26 @@ def test_dwconv_benchmark_reports_a_wrong_shape_and_goes_on(tmp_path, monkeypatc
         return right(x, ScaleGrad.apply(w) if w.shape[-1] == 13 else w)
 
     out = tmp_path / 'dwconv.md'
-    assert dwconv_main_exit(monkeypatch, wrong_for_13, '--device', 'cpu', '--shapes',
-                            '2,3,9,9,13', '2,3,20,37,7', '--dtypes', 'fp32', '--repeats', '1',
-                            '--warmup', '0', '--out', str(out)) == 4
+    assert (
+        dwconv_main_exit(
+            monkeypatch,
+            wrong_for_13,
+            '--device',
+            'cpu',
+            '--shapes',
+            '2,3,9,9,13',
+            '2,3,20,37,7',
+            '--dtypes',
+            'fp32',
+            '--repeats',
+            '1',
+            '--warmup',
+            '0',
+            '--out',
+            str(out),
+        )
+        == 4
+    )
     rows = table_rows(out)
     assert rows[0][:2] == [' (2, 3, 9, 9, 13) ', ' fp32 ']
     assert rows[0][2].startswith(' WRONG: weight gradient differs from fp64 F.conv2d by 1.00e-03')
@@ -234,6 +331,7 @@ ZOO_RESULTS = os.path.join(ROOT, 'benchmarks', 'results', 'model_zoo_complexity.
 def zoo_module():
     sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
     import model_zoo_complexity
+
     return model_zoo_complexity
 
 
@@ -244,17 +342,27 @@ def test_model_zoo_complexity_smoke(tmp_path):
 
     from mmunirep.models import reparameterize_unireplknet
     from mmunirep.utils import build_model
+
     config = 'configs/segmentation/quickstart_unireplknet_a_shapes.py'
     out = tmp_path / 'zoo.md'
-    proc = run('benchmarks/model_zoo_complexity.py', '--configs', config, '--shape', '64', '64',
-               '--out', str(out))
+    proc = run(
+        'benchmarks/model_zoo_complexity.py',
+        '--configs',
+        config,
+        '--shape',
+        '64',
+        '64',
+        '--out',
+        str(out),
+    )
     rows = table_rows(out)
     assert len(rows) == 1  # and stdout has the table too (among mmengine's log lines)
     assert all(line in proc.stdout.splitlines() for line in out.read_text().splitlines())
     cells = [c.strip() for c in rows[0]]
     model = reparameterize_unireplknet(build_model(Config.fromfile(config)))
-    params = sum(p.numel() for n, p in model.named_parameters()
-                 if not n.startswith('auxiliary_head.'))
+    params = sum(
+        p.numel() for n, p in model.named_parameters() if not n.startswith('auxiliary_head.')
+    )
     assert cells[:2] == ['`quickstart_unireplknet_a_shapes.py`', '64 x 64']
     assert cells[3] == f'{params / 1e6:.2f}M' and cells[2] == cells[4] == ''  # not in the paper
     assert float(cells[6].rstrip('G')) > 0
@@ -280,12 +388,18 @@ def test_readme_model_zoo_quotes_the_committed_complexity_table():
     assert len(results) == 13, sorted(results)
     with open(os.path.join(ROOT, 'README.md')) as f:
         readme = f.read()
-    quoted = re.findall(r'^\| (`unireplknet_\w+\.py`) \|.*?\| (\d+)M / ([\d.]+M) \| (\d+)G / '
-                        r'([\d.]+G) \|', readme, re.M)
+    quoted = re.findall(
+        r'^\| (`unireplknet_\w+\.py`) \|.*?\| (\d+)M / ([\d.]+M) \| (\d+)G / '
+        r'([\d.]+G) \|',
+        readme,
+        re.M,
+    )
     assert {q[0] for q in quoted} == set(results), quoted
     for name, p_paper, p_ours, f_paper, f_ours in quoted:
         row = results[name]
-        assert (row[2], row[3], row[5], row[6]) == (p_paper + 'M', p_ours, f_paper + 'G',
-                                                    f_ours), (name, row)
+        assert (row[2], row[3], row[5], row[6]) == (p_paper + 'M', p_ours, f_paper + 'G', f_ours), (
+            name,
+            row,
+        )
         assert abs(float(p_ours[:-1]) / float(p_paper) - 1) <= 0.01, (name, p_ours, p_paper)
         assert abs(float(f_ours[:-1]) / float(f_paper) - 1) <= 0.005, (name, f_ours, f_paper)

@@ -1,5 +1,6 @@
 """The detection configs: each builds through MMDetection's registry with the paper's recipe and
 parameter count, and the backbone resolves from MMDetection's scope."""
+
 import glob
 import os.path as osp
 
@@ -28,8 +29,10 @@ RECIPES = {  # config -> arch, and the paper's Cascade Mask R-CNN parameter coun
 
 
 def _build_detector(cfg):
+    """The config's model on the meta device: its structure and parameter count, no weights."""
     from mmdet.registry import MODELS
-    with DefaultScope.overwrite_default_scope(cfg.default_scope):
+
+    with DefaultScope.overwrite_default_scope(cfg.default_scope), torch.device('meta'):
         return MODELS.build(cfg.model)
 
 
@@ -76,6 +79,7 @@ def test_config_builds(path):
 
 def test_backbone_type_resolves_from_mmdet_scope():
     from mmdet.registry import MODELS
+
     with DefaultScope.overwrite_default_scope('mmdet'):
         plain = MODELS.build(dict(type='UniRepLKNet', arch='a'))
         scoped = MODELS.build(dict(type='mmunirep.UniRepLKNet', arch='a'))
@@ -83,7 +87,9 @@ def test_backbone_type_resolves_from_mmdet_scope():
     x = torch.randn(1, 3, 64, 64)
     plain.eval()
     outs = plain(x)
-    assert [tuple(o.shape) for o in outs] == [(1, 40, 16, 16), (1, 80, 8, 8), (1, 160, 4, 4),
-                                              (1, 320, 2, 2)]
-
-
+    assert [tuple(o.shape) for o in outs] == [
+        (1, 40, 16, 16),
+        (1, 80, 8, 8),
+        (1, 160, 4, 4),
+        (1, 320, 2, 2),
+    ]

@@ -1,4 +1,5 @@
 """The layer-wise lr-decay optimizer wrapper constructor against the authors' rule."""
+
 import pytest
 import torch.nn as nn
 from mmengine.config import ConfigDict
@@ -9,7 +10,6 @@ from mmunirep.models import UniRepLKNet
 
 
 class Detector(nn.Module):
-
     def __init__(self):
         super().__init__()
         self.backbone = UniRepLKNet(arch='a', frozen_stages=-1)
@@ -30,11 +30,15 @@ def authors_layer_id(name: str, num_max_layer: int) -> int:
 def test_groups_follow_the_authors_rule(decay_rate, num_layers):
     model = Detector()
     base_lr, base_wd = 1e-4, 0.05
-    constructor = OPTIM_WRAPPER_CONSTRUCTORS.build(dict(
-        type='UniRepLKNetLayerDecayOptimWrapperConstructor',
-        optim_wrapper_cfg=dict(type='OptimWrapper',
-                               optimizer=dict(type='AdamW', lr=base_lr, weight_decay=base_wd)),
-        paramwise_cfg=dict(num_layers=num_layers, decay_rate=decay_rate)))
+    constructor = OPTIM_WRAPPER_CONSTRUCTORS.build(
+        dict(
+            type='UniRepLKNetLayerDecayOptimWrapperConstructor',
+            optim_wrapper_cfg=dict(
+                type='OptimWrapper', optimizer=dict(type='AdamW', lr=base_lr, weight_decay=base_wd)
+            ),
+            paramwise_cfg=dict(num_layers=num_layers, decay_rate=decay_rate),
+        )
+    )
     optim = constructor(model).optimizer
     by_param = {}
     for group in optim.param_groups:
@@ -48,9 +52,9 @@ def test_groups_follow_the_authors_rule(decay_rate, num_layers):
         group = by_param[id(p)]
         layer_id = authors_layer_id(name, num_layers)
         seen_ids.add(layer_id)
-        expected_lr = base_lr * decay_rate**(num_layers + 1 - layer_id)
+        expected_lr = base_lr * decay_rate ** (num_layers + 1 - layer_id)
         assert group['lr'] == pytest.approx(expected_lr, rel=1e-12), name
-        expected_wd = 0. if (p.ndim == 1 or name.endswith('.bias')) else base_wd
+        expected_wd = 0.0 if (p.ndim == 1 or name.endswith('.bias')) else base_wd
         assert group['weight_decay'] == expected_wd, name
     assert by_param[id(model.neck.weight)]['lr'] == pytest.approx(base_lr)  # heads: base lr
     assert by_param[id(model.backbone.norm0.weight)]['lr'] == pytest.approx(base_lr)
@@ -64,17 +68,24 @@ def test_groups_are_plain_dicts_that_torch_compile_steps():
     import torch
 
     def build(model):  # from a ConfigDict, as a config file gives it to the Runner
-        return OPTIM_WRAPPER_CONSTRUCTORS.build(ConfigDict(
-            type='UniRepLKNetLayerDecayOptimWrapperConstructor',
-            optim_wrapper_cfg=dict(type='OptimWrapper',
-                                   optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.05)),
-            paramwise_cfg=dict(num_layers=6, decay_rate=0.8)))(model).optimizer
+        return OPTIM_WRAPPER_CONSTRUCTORS.build(
+            ConfigDict(
+                type='UniRepLKNetLayerDecayOptimWrapperConstructor',
+                optim_wrapper_cfg=dict(
+                    type='OptimWrapper', optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.05)
+                ),
+                paramwise_cfg=dict(num_layers=6, decay_rate=0.8),
+            )
+        )(model).optimizer
 
     class Tiny(nn.Module):
         def __init__(self):
             super().__init__()
-            self.backbone = UniRepLKNet(arch=dict(depths=(1, 1, 1, 1), dims=(4, 8, 8, 8),
-                                                  kernel_sizes=((3, ), (3, ), (3, ), (3, ))))
+            self.backbone = UniRepLKNet(
+                arch=dict(
+                    depths=(1, 1, 1, 1), dims=(4, 8, 8, 8), kernel_sizes=((3,), (3,), (3,), (3,))
+                )
+            )
 
     torch.manual_seed(0)
     models = [Tiny(), Tiny()]
@@ -85,7 +96,7 @@ def test_groups_are_plain_dicts_that_torch_compile_steps():
         optimizer = build(model)
         assert all(type(group) is dict for group in optimizer.param_groups)
 
-        def step():
+        def step(optimizer=optimizer, model=model):
             optimizer.zero_grad()
             sum(o.square().mean() for o in model.backbone(x)).backward()
             optimizer.step()
@@ -101,10 +112,13 @@ def test_frozen_parameters_are_left_out_and_dw_scale():
     model = Detector()
     model.backbone.frozen_stages = 0
     model.backbone.train()
-    constructor = OPTIM_WRAPPER_CONSTRUCTORS.build(dict(
-        type='mmunirep.UniRepLKNetLayerDecayOptimWrapperConstructor',
-        optim_wrapper_cfg=dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=1.0)),
-        paramwise_cfg=dict(num_layers=12, decay_rate=0.5, dw_scale=3.0)))
+    constructor = OPTIM_WRAPPER_CONSTRUCTORS.build(
+        dict(
+            type='mmunirep.UniRepLKNetLayerDecayOptimWrapperConstructor',
+            optim_wrapper_cfg=dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=1.0)),
+            paramwise_cfg=dict(num_layers=12, decay_rate=0.5, dw_scale=3.0),
+        )
+    )
     optim = constructor(model).optimizer
     params = {id(p) for g in optim.param_groups for p in g['params']}
     assert id(model.backbone.stages[0][0].pwconv1[1].weight) not in params
@@ -116,15 +130,21 @@ def test_frozen_parameters_are_left_out_and_dw_scale():
 
 def test_bad_configuration():
     with pytest.raises(ValueError, match='decay_rte'):
-        OPTIM_WRAPPER_CONSTRUCTORS.build(dict(
-            type='UniRepLKNetLayerDecayOptimWrapperConstructor',
-            optim_wrapper_cfg=dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=1.0)),
-            paramwise_cfg=dict(decay_rte=0.5)))(Detector())
+        OPTIM_WRAPPER_CONSTRUCTORS.build(
+            dict(
+                type='UniRepLKNetLayerDecayOptimWrapperConstructor',
+                optim_wrapper_cfg=dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=1.0)),
+                paramwise_cfg=dict(decay_rte=0.5),
+            )
+        )(Detector())
     with pytest.raises(TypeError, match='get_layer_depth'):
-        OPTIM_WRAPPER_CONSTRUCTORS.build(dict(
-            type='UniRepLKNetLayerDecayOptimWrapperConstructor',
-            optim_wrapper_cfg=dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=1.0)),
-            paramwise_cfg=dict(decay_rate=0.5)))(nn.Sequential(nn.Linear(2, 2)))
+        OPTIM_WRAPPER_CONSTRUCTORS.build(
+            dict(
+                type='UniRepLKNetLayerDecayOptimWrapperConstructor',
+                optim_wrapper_cfg=dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=1.0)),
+                paramwise_cfg=dict(decay_rate=0.5),
+            )
+        )(nn.Sequential(nn.Linear(2, 2)))
 
 
 def test_stage2_ids_are_not_capped_like_the_authors():

@@ -1,6 +1,7 @@
 """Packaging: the sdist carries what a build needs, a built package carries its configs in
 OpenMMLab's ``.mim/`` layout with a model index that mim and mmengine read, and the model index
 says what the README and the paper say."""
+
 import glob
 import os
 import os.path as osp
@@ -22,6 +23,8 @@ from helpers import ROOT
 
 # The paper's tables (the TPAMI version, as the authors' README quotes them): box / mask mAP on
 # COCO with Cascade Mask R-CNN 3x, single-scale / multi-scale mIoU on ADE20K with UperNet 160k.
+pytestmark = pytest.mark.slow  # builds sdists and wheels
+
 PAPER_COCO = {
     'unireplknet_t_1k_cascade_3x': (51.7, 44.9),
     'unireplknet_s_1k_cascade_3x': (53.0, 45.9),
@@ -45,8 +48,9 @@ MIM_CONTENT = ('configs', 'tools', 'demo', 'model-index.yml')
 def tracked_files(*dirs):
     """The repository's files under ``dirs`` (git's list in a clone, else the folders' files)."""
     try:
-        out = subprocess.run(['git', 'ls-files', '--', *dirs], cwd=ROOT, check=True,
-                             capture_output=True, text=True).stdout.split()
+        out = subprocess.run(
+            ['git', 'ls-files', '--', *dirs], cwd=ROOT, check=True, capture_output=True, text=True
+        ).stdout.split()
     except (OSError, subprocess.CalledProcessError):
         out = []
     if not out:
@@ -54,8 +58,9 @@ def tracked_files(*dirs):
             if osp.isfile(osp.join(ROOT, d)):
                 out.append(d)
             for base, _, files in os.walk(osp.join(ROOT, d)):
-                out += [osp.relpath(osp.join(base, f), ROOT) for f in files
-                        if '__pycache__' not in base]
+                out += [
+                    osp.relpath(osp.join(base, f), ROOT) for f in files if '__pycache__' not in base
+                ]
     assert out, dirs
     return sorted(out)
 
@@ -87,20 +92,24 @@ def readme_zoo_rows():
 def test_model_index_lists_every_paper_config_once_with_the_papers_results():
     models = load_metafiles()
     assert set(models) == set(PAPER_COCO) | set(PAPER_ADE20K)
-    paper_configs = {osp.relpath(p, ROOT) for p in
-                     glob.glob(osp.join(ROOT, 'configs', '*', 'unireplknet_*.py'))}
+    paper_configs = {
+        osp.relpath(p, ROOT) for p in glob.glob(osp.join(ROOT, 'configs', '*', 'unireplknet_*.py'))
+    }
     assert {m['Config'] for m in models.values()} == paper_configs
     for name, model in models.items():
         assert osp.splitext(osp.basename(model['Config']))[0] == name
         results = {(r['Task'], r['Dataset']): r['Metrics'] for r in model['Results']}
         if name in PAPER_COCO:
             box, mask = PAPER_COCO[name]
-            assert results == {('Object Detection', 'COCO'): {'box AP': box},
-                               ('Instance Segmentation', 'COCO'): {'mask AP': mask}}, name
+            assert results == {
+                ('Object Detection', 'COCO'): {'box AP': box},
+                ('Instance Segmentation', 'COCO'): {'mask AP': mask},
+            }, name
         else:
             ss, ms = PAPER_ADE20K[name]
-            assert results == {('Semantic Segmentation', 'ADE20K'):
-                               {'mIoU': ss, 'mIoU(ms+flip)': ms}}, name
+            assert results == {
+                ('Semantic Segmentation', 'ADE20K'): {'mIoU': ss, 'mIoU(ms+flip)': ms}
+            }, name
         # the schedule of the config itself
         cfg = Config.fromfile(osp.join(ROOT, model['Config']))
         if name in PAPER_COCO:
@@ -109,8 +118,8 @@ def test_model_index_lists_every_paper_config_once_with_the_papers_results():
             assert model['Metadata']['lr schd'] == cfg.train_cfg.max_iters == 160000, name
             crop = eval(model['Metadata']['crop size'])
             assert tuple(cfg.crop_size) == crop, name
-        # the authors' files need tools/model_converters/convert_checkpoint.py: no `Weights` that mim or
-        # mmengine's get_model(pretrained=True) would load as they are
+        # the authors' files need tools/model_converters/convert_checkpoint.py: no `Weights` that
+        # mim or mmengine's get_model(pretrained=True) would load as they are
         assert 'Weights' not in model, name
         assert model['Converted From']['Weights'].startswith('https://drive.google.com/'), name
 
@@ -125,8 +134,12 @@ def test_model_index_says_what_the_readme_model_zoo_says():
         link = re.search(r'\((https://[^)]+)\)', cells[-1]).group(1)
         pretrain = {'IN-1K': 'ImageNet-1K', 'IN-22K': 'ImageNet-22K'}[cells[0]]
         params, flops = cells[-3].split(' / ')[1], cells[-2].split(' / ')[1]
-        assert (meta['Pretrain'], f"{meta['Parameters (M)']:.2f}M", f"{meta['FLOPs (G)']:.1f}G",
-                models[name]['Converted From']['Weights']) == (pretrain, params, flops, link), name
+        assert (
+            meta['Pretrain'],
+            f'{meta["Parameters (M)"]:.2f}M',
+            f'{meta["FLOPs (G)"]:.1f}G',
+            models[name]['Converted From']['Weights'],
+        ) == (pretrain, params, flops, link), name
         if name in PAPER_COCO:
             assert (float(cells[1]), float(cells[2])) == PAPER_COCO[name], name
             assert meta['Input size'] == '(800, 1280)', name
@@ -142,13 +155,22 @@ def test_config_path_finds_the_checkouts_configs_and_refuses_bad_names():
     path = config_path('detection/unireplknet_s_22k_cascade_3x.py')
     assert path == osp.join(ROOT, 'configs', 'detection', 'unireplknet_s_22k_cascade_3x.py')
     assert config_path('configs/segmentation/unireplknet_t_1k_upernet_160k_512.py') == osp.join(
-        ROOT, 'configs', 'segmentation', 'unireplknet_t_1k_upernet_160k_512.py')
+        ROOT, 'configs', 'segmentation', 'unireplknet_t_1k_upernet_160k_512.py'
+    )
     assert config_path('./detection/unireplknet_s_22k_cascade_3x.py') == path
-    with pytest.raises(FileNotFoundError, match=r"no config 'detection/nope\.py'.*"
-                       r'detection/unireplknet_s_22k_cascade_3x\.py'):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"no config 'detection/nope\.py'.*"
+        r'detection/unireplknet_s_22k_cascade_3x\.py',
+    ):
         config_path('detection/nope.py')
-    for bad in ('../setup.py', '/etc/hostname', '', 'detection//unireplknet_s_22k_cascade_3x.py',
-                'detection/metafile.yml'):
+    for bad in (
+        '../setup.py',
+        '/etc/hostname',
+        '',
+        'detection//unireplknet_s_22k_cascade_3x.py',
+        'detection/metafile.yml',
+    ):
         with pytest.raises(ValueError, match=r'expected a config name \(\.py\) relative to'):
             config_path(bad)
 
@@ -157,8 +179,14 @@ def run_python(code, pythonpath, cwd):
     """``code`` in a fresh interpreter that imports mmunirep from ``pythonpath``, run in ``cwd``
     (outside the checkout)."""
     env = dict(os.environ, PYTHONPATH=str(pythonpath))
-    return subprocess.run([sys.executable, '-W', 'ignore', '-c', code], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, '-W', 'ignore', '-c', code],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_config_path_through_a_linked_package_finds_the_checkout(tmp_path):
@@ -168,22 +196,31 @@ def test_config_path_through_a_linked_package_finds_the_checkout(tmp_path):
     linked = tmp_path / 'linked'
     linked.mkdir()
     os.symlink(osp.join(ROOT, 'mmunirep'), linked / 'mmunirep')
-    code = ('import mmunirep.utils.config_utils as c; '
-            "print(c.config_path('segmentation/unireplknet_t_1k_upernet_160k_512.py'))")
+    code = (
+        'import mmunirep.utils.config_utils as c; '
+        "print(c.config_path('segmentation/unireplknet_t_1k_upernet_160k_512.py'))"
+    )
     proc = run_python(code, linked, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip() == osp.join(ROOT, 'configs', 'segmentation',
-                                           'unireplknet_t_1k_upernet_160k_512.py')
+    assert proc.stdout.strip() == osp.join(
+        ROOT, 'configs', 'segmentation', 'unireplknet_t_1k_upernet_160k_512.py'
+    )
     # a copy of the package alone, beside an unrelated configs/ folder
     alone = tmp_path / 'alone'
-    shutil.copytree(osp.join(ROOT, 'mmunirep'), alone / 'mmunirep',
-                    ignore=shutil.ignore_patterns('__pycache__', '*.so'))
+    shutil.copytree(
+        osp.join(ROOT, 'mmunirep'),
+        alone / 'mmunirep',
+        ignore=shutil.ignore_patterns('__pycache__', '*.so'),
+    )
     (alone / 'configs' / 'detection').mkdir(parents=True)
-    code = ('import mmunirep.utils.config_utils as c; '
-            "c.config_path('detection/unireplknet_s_22k_cascade_3x.py')")
+    code = (
+        'import mmunirep.utils.config_utils as c; '
+        "c.config_path('detection/unireplknet_s_22k_cascade_3x.py')"
+    )
     proc = run_python(code, alone, tmp_path)
     assert proc.returncode != 0 and 'no configs beside the mmunirep package' in proc.stderr, (
-        proc.stderr[-2000:])
+        proc.stderr[-2000:]
+    )
 
 
 def test_tools_explain_an_unresolvable_mmunirep_base(tmp_path):
@@ -210,14 +247,42 @@ def built(tmp_path_factory):
         os.makedirs(src / osp.dirname(rel), exist_ok=True)
         shutil.copy2(osp.join(ROOT, rel), src / rel)
     env = dict(os.environ, MMUNIREP_WITH_OPS='0')
-    run_checked([sys.executable, 'setup.py', '-q', 'sdist', '--dist-dir', str(work / 'dist')],
-                cwd=src, env=env)
+    run_checked(
+        [sys.executable, 'setup.py', '-q', 'sdist', '--dist-dir', str(work / 'dist')],
+        cwd=src,
+        env=env,
+    )
     (sdist,) = glob.glob(str(work / 'dist' / '*.tar.gz'))
-    run_checked([sys.executable, '-m', 'pip', 'wheel', '-q', '--no-deps', '--no-build-isolation',
-                 '-w', str(work / 'wheels'), sdist], cwd=work, env=env)
+    run_checked(
+        [
+            sys.executable,
+            '-m',
+            'pip',
+            'wheel',
+            '-q',
+            '--no-deps',
+            '--no-build-isolation',
+            '-w',
+            str(work / 'wheels'),
+            sdist,
+        ],
+        cwd=work,
+        env=env,
+    )
     (wheel,) = glob.glob(str(work / 'wheels' / '*.whl'))
-    run_checked([sys.executable, '-m', 'pip', 'install', '-q', '--no-deps', '--target',
-                 str(work / 'site'), wheel])
+    run_checked(
+        [
+            sys.executable,
+            '-m',
+            'pip',
+            'install',
+            '-q',
+            '--no-deps',
+            '--target',
+            str(work / 'site'),
+            wheel,
+        ]
+    )
     return dict(work=work, sdist=sdist, wheel=wheel, site=str(work / 'site'))
 
 
@@ -225,8 +290,18 @@ def test_sdist_carries_the_ops_sources_and_what_the_package_ships(built):
     with tarfile.open(built['sdist']) as tar:
         top = osp.commonpath(tar.getnames())
         members = {osp.relpath(n, top) for n in tar.getnames()}
-    needed = tracked_files('configs', 'tools', 'demo', 'requirements', 'mmunirep', 'setup.py',
-                           'MANIFEST.in', 'model-index.yml', 'README.md', 'LICENSE')
+    needed = tracked_files(
+        'configs',
+        'tools',
+        'demo',
+        'requirements',
+        'mmunirep',
+        'setup.py',
+        'MANIFEST.in',
+        'model-index.yml',
+        'README.md',
+        'LICENSE',
+    )
     assert any(n.endswith('.cu') for n in needed) and any(n.endswith('.cuh') for n in needed)
     missing = sorted(set(needed) - members)
     assert not missing, missing
@@ -241,8 +316,9 @@ def mim_expected():
 
 def assert_wheel_mim(wheel):
     with zipfile.ZipFile(wheel) as whl:
-        mim = sorted(n[len('mmunirep/.mim/'):] for n in whl.namelist()
-                     if n.startswith('mmunirep/.mim/'))
+        mim = sorted(
+            n[len('mmunirep/.mim/') :] for n in whl.namelist() if n.startswith('mmunirep/.mim/')
+        )
         assert mim == mim_expected()
         for rel in mim:
             with open(osp.join(ROOT, rel), 'rb') as f:
@@ -268,9 +344,21 @@ def test_wheel_built_from_a_checkout_leaves_out_stray_files(built, tmp_path):
     (src / 'tools' / 'work_dirs' / 'run' / 'cfg.py').write_text('x = 1')
     (src / 'tools' / '.ipynb_checkpoints').mkdir()
     (src / 'tools' / '.ipynb_checkpoints' / 'train-checkpoint.py').write_text('x = 1')
-    run_checked([sys.executable, '-m', 'pip', 'wheel', '-q', '--no-deps', '--no-build-isolation',
-                 '-w', str(tmp_path / 'wheels'), str(src)],
-                env=dict(os.environ, MMUNIREP_WITH_OPS='0'))
+    run_checked(
+        [
+            sys.executable,
+            '-m',
+            'pip',
+            'wheel',
+            '-q',
+            '--no-deps',
+            '--no-build-isolation',
+            '-w',
+            str(tmp_path / 'wheels'),
+            str(src),
+        ],
+        env=dict(os.environ, MMUNIREP_WITH_OPS='0'),
+    )
     (wheel,) = glob.glob(str(tmp_path / 'wheels' / '*.whl'))
     assert_wheel_mim(wheel)
 
@@ -291,7 +379,8 @@ assert mmunirep.__file__.startswith(site), mmunirep.__file__
 det = config_path('detection/unireplknet_s_22k_cascade_3x.py')
 assert det == osp.join(site, 'mmunirep', '.mim', 'configs', 'detection',
                        'unireplknet_s_22k_cascade_3x.py'), det
-open({str(user_cfg)!r}, 'w').write(f"_base_ = [{{det!r}}]\\ntrain_dataloader = dict(batch_size=1)\\n")
+open({str(user_cfg)!r}, 'w').write(
+    f"_base_ = [{{det!r}}]\\ntrain_dataloader = dict(batch_size=1)\\n")
 mine = Config.fromfile({str(user_cfg)!r})
 ref = Config.fromfile({osp.join(ROOT, 'configs', 'detection', 'unireplknet_s_22k_cascade_3x.py')!r})
 assert mine.model == ref.model and mine.optim_wrapper == ref.optim_wrapper

@@ -1,5 +1,6 @@
 """Reliability: exact resume after SIGKILL, two training processes, clear errors on bad input,
 odd inputs. Quick-start-sized segmentation model on generated data, CPU."""
+
 import math
 import os
 import os.path as osp
@@ -55,16 +56,22 @@ def data(tmp_path_factory):
 
 
 def run_train(config, work_dir, *extra, env=None, check=True):
-    cmd = [sys.executable, osp.join(ROOT, 'tools', 'train.py'), config, '--work-dir',
-           str(work_dir), *extra]
+    cmd = [
+        sys.executable,
+        osp.join(ROOT, 'tools', 'train.py'),
+        config,
+        '--work-dir',
+        str(work_dir),
+        *extra,
+    ]
     full_env = dict(os.environ, OMP_NUM_THREADS='1', **(env or {}))
-    proc = subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=600)
     if check:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_ends_with_the_same_weights(data, tmp_path):
     (tmp_path / 'killer.py').write_text(KILLER)
     common = dict(
@@ -73,7 +80,8 @@ def test_sigkill_then_resume_ends_with_the_same_weights(data, tmp_path):
         default_hooks=dict(checkpoint=dict(interval=2, max_keep_ckpts=-1)),
         model=dict(backbone=dict(drop_path_rate=0.2)),  # the resumed run must redraw the same masks
         randomness=dict(seed=123),
-        custom_hooks=[dict(type='ReproducibleResumeHook')])
+        custom_hooks=[dict(type='ReproducibleResumeHook')],
+    )
     config = tiny_seg_config(tmp_path, data, **common)
     straight_log = run_train(config, tmp_path / 'straight')
 
@@ -91,8 +99,9 @@ custom_hooks = [dict(type='ReproducibleResumeHook'), dict(type='KillAtIterHook',
     proc = run_train(config, killed_dir, '--resume')
     resumed_log = proc.stdout + proc.stderr
     assert 'resumed' in resumed_log.lower() and 'iter_4.pth' in resumed_log
-    straight = torch.load(tmp_path / 'straight' / 'iter_6.pth', map_location='cpu',
-                          weights_only=False)
+    straight = torch.load(
+        tmp_path / 'straight' / 'iter_6.pth', map_location='cpu', weights_only=False
+    )
     resumed = torch.load(killed_dir / 'iter_6.pth', map_location='cpu', weights_only=False)
     assert resumed['meta']['iter'] == straight['meta']['iter'] == 6
     for k, v in straight['state_dict'].items():
@@ -103,26 +112,51 @@ custom_hooks = [dict(type='ReproducibleResumeHook'), dict(type='KillAtIterHook',
     assert a and b and float(a[-1]) == pytest.approx(float(b[-1]), abs=1e-6)
 
 
+@pytest.mark.slow
 def test_two_processes_train_and_test(data, tmp_path):
     """tools/dist_train.sh / dist_test.sh with 2 CPU processes (gloo; SyncBN becomes BN)."""
-    config = tiny_seg_config(tmp_path, data, train_cfg=dict(max_iters=2, val_interval=2),
-                             default_hooks=dict(checkpoint=dict(interval=2)))
+    config = tiny_seg_config(
+        tmp_path,
+        data,
+        train_cfg=dict(max_iters=2, val_interval=2),
+        default_hooks=dict(checkpoint=dict(interval=2)),
+    )
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHON=sys.executable, PORT='29517')
     work = tmp_path / 'dist'
-    proc = subprocess.run(['bash', 'tools/dist_train.sh', config, '2', '--work-dir', str(work)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        ['bash', 'tools/dist_train.sh', config, '2', '--work-dir', str(work)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     assert 'of 2 joined the process group over gloo' in out and (work / 'iter_2.pth').exists()
-    proc = subprocess.run(['bash', 'tools/dist_test.sh', config, str(work / 'iter_2.pth'), '2',
-                           '--work-dir', str(tmp_path / 'dist_test')],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            'bash',
+            'tools/dist_test.sh',
+            config,
+            str(work / 'iter_2.pth'),
+            '2',
+            '--work-dir',
+            str(tmp_path / 'dist_test'),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     # each process evaluates one of the 2 images; the gathered result equals one process's on both
     dist_miou = float(re.findall(r'mIoU: ([0-9.]+)', out)[-1])
-    single = load_tool('test').main([config, str(work / 'iter_2.pth'), '--work-dir',
-                                     str(tmp_path / 'single_test')])
+    single = load_tool('test').main(
+        [config, str(work / 'iter_2.pth'), '--work-dir', str(tmp_path / 'single_test')]
+    )
     assert dist_miou == pytest.approx(single['mIoU'], abs=0.01)
 
 
@@ -133,6 +167,7 @@ def test_tools_leave_the_process_group_before_exit(monkeypatch):
     import torch.distributed as dist
 
     from mmunirep.utils import config_utils
+
     monkeypatch.setattr(config_utils, '_left_a_process_group', False)
     leave_process_group()  # no group: nothing to do, and nothing to end
     config_utils.end_distributed_process()  # returns: this pytest process goes on
@@ -144,8 +179,10 @@ def test_tools_leave_the_process_group_before_exit(monkeypatch):
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-    for tool, call in (('train', 'runner.train()\n    leave_process_group()'),
-                       ('test', 'metrics = runner.test()\n    leave_process_group()')):
+    for tool, call in (
+        ('train', 'runner.train()\n    leave_process_group()'),
+        ('test', 'metrics = runner.test()\n    leave_process_group()'),
+    ):
         with open(osp.join(ROOT, 'tools', f'{tool}.py')) as f:
             text = f.read()
         assert call in text, tool
@@ -173,13 +210,20 @@ sys.exit(3)  # not reached
 """
 
 
+@pytest.mark.slow
 def test_end_distributed_process_runs_atexit_and_flushes_then_exits_0(tmp_path):
     stem = str(tmp_path / 'end')
     script = tmp_path / 'end.py'
     script.write_text(END_SCRIPT)
     env = {k: v for k, v in os.environ.items() if k != 'PYTHONUNBUFFERED'}  # buffered stdout
-    proc = subprocess.run([sys.executable, str(script), stem], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, env=dict(env, PYTHONPATH=ROOT))
+    proc = subprocess.run(
+        [sys.executable, str(script), stem],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(env, PYTHONPATH=ROOT),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.endswith('stdout before the end')
     with open(stem + '.atexit') as f:
@@ -189,8 +233,9 @@ def test_end_distributed_process_runs_atexit_and_flushes_then_exits_0(tmp_path):
 
 
 def test_missing_dataset_path_is_named(tmp_path):
-    config = tiny_seg_config(tmp_path, str(tmp_path / 'no_such_dataset'),
-                             train_cfg=dict(max_iters=1, val_interval=1))
+    config = tiny_seg_config(
+        tmp_path, str(tmp_path / 'no_such_dataset'), train_cfg=dict(max_iters=1, val_interval=1)
+    )
     train = load_tool('train')
     with pytest.raises(Exception) as info:  # whichever the dataset raises; its message matters
         train.main([config, '--work-dir', str(tmp_path / 'w')])
@@ -201,6 +246,7 @@ def test_corrupt_image_fails_with_its_path(data, tmp_path):
     """mmcv's LoadImageFromFile raises on an unreadable image (ignore_empty=False), naming the
     file; in test mode mmengine passes the error on instead of fetching another image."""
     import shutil
+
     root = tmp_path / 'shapes'
     shutil.copytree(data, root)
     val_dir = root / 'images' / 'validation'
@@ -271,7 +317,8 @@ class CpuFp16OptimWrapper(OptimWrapper):
     @contextmanager
     def optim_context(self, model):
         with super().optim_context(model), torch.autocast(
-                'cpu', dtype=torch.float16, enabled=self.autocast_model):
+            'cpu', dtype=torch.float16, enabled=self.autocast_model
+        ):
             yield
 
 
@@ -293,18 +340,23 @@ def _fp16_train(cfg, steps, parts=None):
     fraction of floating-point weights and buffers that changed. ``parts``: names of the
     submodules to autocast instead of the whole model."""
     from mmengine.runner import Runner
+
     torch.manual_seed(0)
     model = build_model(cfg)
     model.init_weights()
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
-    wrapper = CpuFp16OptimWrapper(optimizer, clip_grad=dict(max_norm=10.0),
-                                  autocast_model=parts is None)
+    wrapper = CpuFp16OptimWrapper(
+        optimizer, clip_grad=dict(max_norm=10.0), autocast_model=parts is None
+    )
     for name in parts or ():
         _autocast_forward(getattr(model, name))
     dtypes = set()
-    hooks = [m.register_forward_hook(lambda m, i, o: dtypes.add(o.dtype))
-             for m in model.backbone.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    hooks = [
+        m.register_forward_hook(lambda m, i, o: dtypes.add(o.dtype))
+        for m in model.backbone.modules()
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+    ]
     loader = Runner.build_dataloader(cfg.train_dataloader, seed=0)
     losses = []
     before = {k: v.clone() for k, v in model.state_dict().items() if v.is_floating_point()}
@@ -320,52 +372,79 @@ def _fp16_train(cfg, steps, parts=None):
     return losses, dtypes, wrapper, moved / len(before)
 
 
+@pytest.mark.slow
 def test_fp16_training_of_the_quick_starts_has_no_nan(data, tmp_path):
     """fp16 autocast training of both quick-start models on 64 px (seg) and 96 px (det) images,
     where stages 3-4 are smaller than the 13x13 kernels (2x2 .. 5x5 maps): every loss is finite,
     the convolutions really ran in fp16, the dynamic loss scale settles (from 2**16 it backs off
     a few times, as it does on a GPU: the stem's bias gradient, summed over every pixel, reaches
-    ~4, i.e. 2**18 scaled) and at most half of the steps are skipped, and the weights moved. What protects it: GRN's spatial norm in fp32 (tests/test_backbone.py),
+    ~4, i.e. 2**18 scaled) and at most half of the steps are skipped, and the weights moved. What
+    protects it: GRN's spatial norm in fp32 (test_unireplknet.py),
     LayerNorm / BatchNorm kept in fp32 by autocast, the dynamic loss scale, gradients unscaled
     before clipping."""
     seg_cfg = Config.fromfile(tiny_seg_config(tmp_path, data))
     det_root = tmp_path / 'coco'
-    load_tool('make_shapes_coco').main(['--out', str(det_root), '--num-train', '4',
-                                        '--num-val', '1', '--size', '96', '--seed', '3'])
+    load_tool('make_shapes_coco').main(
+        [
+            '--out',
+            str(det_root),
+            '--num-train',
+            '4',
+            '--num-val',
+            '1',
+            '--size',
+            '96',
+            '--seed',
+            '3',
+        ]
+    )
     det_cfg = Config.fromfile(tiny_det_config(tmp_path, str(det_root)))
     # the detector: backbone and neck in fp16, as mmcv's CPU NMS needs boxes and scores of one
     # dtype (the RPN would hand it fp16 boxes with fp32 scores)
-    for name, cfg, steps, parts in (('seg', seg_cfg, 14, None),
-                                    ('det', det_cfg, 10, ('backbone', 'neck'))):
+    for name, cfg, steps, parts in (
+        ('seg', seg_cfg, 14, None),
+        ('det', det_cfg, 10, ('backbone', 'neck')),
+    ):
         losses, dtypes, wrapper, moved = _fp16_train(cfg, steps, parts)
         assert all(map(math.isfinite, losses)), f'{name}: non-finite fp16 losses {losses}'
         assert torch.float16 in dtypes, f'{name}: autocast did not reach the backbone: {dtypes}'
         skipped = wrapper.skipped
         assert sum(skipped) <= steps // 2, f'{name}: overflowing steps {skipped}'
-        assert wrapper.scaler.get_scale() >= 2.0**8, f'{name}: loss scale {wrapper.scaler.get_scale()}'
+        assert wrapper.scaler.get_scale() >= 2.0**8, (
+            f'{name}: loss scale {wrapper.scaler.get_scale()}'
+        )
         assert moved > 0.5, f'{name}: only {moved:.0%} of the weights and buffers changed'
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='checks the message given without a GPU')
 def test_amp_without_a_gpu_is_refused_up_front(data, tmp_path):
     with pytest.raises(SystemExit, match='needs a CUDA GPU'):
-        load_tool('train').main([tiny_seg_config(tmp_path, data), '--amp',
-                                 '--work-dir', str(tmp_path / 'w')])
+        load_tool('train').main(
+            [tiny_seg_config(tmp_path, data), '--amp', '--work-dir', str(tmp_path / 'w')]
+        )
 
 
 @pytest.mark.parametrize('backend, replaced', [(None, True), ('nccl', True), ('gloo', False)])
 def test_cpu_adaptation_says_what_it_changed(monkeypatch, backend, replaced):
     """Without a GPU the tools turn SyncBN into BN and NCCL into gloo, and log each change."""
     from mmunirep.utils import config_utils
+
     logged = []
     monkeypatch.setattr(config_utils, 'print_log', lambda msg, **kw: logged.append(msg))
     env = dict(dist_cfg=dict(backend=backend)) if backend else dict(dist_cfg=dict())
-    cfg = Config(dict(model=dict(backbone=dict(norm_cfg=dict(type='SyncBN')),
-                                 neck=dict(norm_cfg=dict(type='SyncBN', requires_grad=True))),
-                      env_cfg=env))
+    cfg = Config(
+        dict(
+            model=dict(
+                backbone=dict(norm_cfg=dict(type='SyncBN')),
+                neck=dict(norm_cfg=dict(type='SyncBN', requires_grad=True)),
+            ),
+            env_cfg=env,
+        )
+    )
     config_utils.adapt_to_cpu(cfg)
     assert cfg.model.backbone.norm_cfg.type == 'BN' and cfg.model.neck.norm_cfg == dict(
-        type='BN', requires_grad=True)
+        type='BN', requires_grad=True
+    )
     assert cfg.env_cfg.dist_cfg.backend == ('gloo' if replaced else backend)
     assert any('2 SyncBN norm configs replaced by BN' in m for m in logged), logged
     assert any('nccl replaced by gloo' in m for m in logged) == replaced, logged

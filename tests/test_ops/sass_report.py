@@ -16,6 +16,7 @@ These are static facts about the code, not measurements: benchmarks/dwconv_bench
 No tool of the field reads SASS loops this way (cuobjdump / nvdisasm only print them), hence this
 module. test_sass.py checks the properties the kernels are written for.
 """
+
 import glob
 import os
 import re
@@ -35,8 +36,11 @@ class Kernel:
 
     def count(self, pred, lo=0, hi=1 << 62, skip=()):
         """Instructions in [lo, hi], outside the ranges `skip`, whose opcode satisfies pred."""
-        return sum(1 for a, op, _ in self.instrs
-                   if lo <= a <= hi and pred(op) and not any(s <= a <= e for s, e in skip))
+        return sum(
+            1
+            for a, op, _ in self.instrs
+            if lo <= a <= hi and pred(op) and not any(s <= a <= e for s, e in skip)
+        )
 
     def loops(self):
         """(start, end) of each loop: a branch back to an earlier address."""
@@ -75,6 +79,7 @@ def find_cuobjdump():
         candidates.append(os.path.join(os.environ['CUDA_HOME'], 'bin', 'cuobjdump'))
     try:
         import nvidia
+
         for base in nvidia.__path__:
             candidates += glob.glob(os.path.join(base, 'cu*', 'bin', 'cuobjdump'))
     except ImportError:
@@ -93,8 +98,9 @@ def find_extension():
 def demangle(names):
     if not names or not shutil.which('c++filt'):
         return list(names)
-    out = subprocess.run(['c++filt'], input='\n'.join(names), capture_output=True, text=True,
-                         check=True).stdout.splitlines()
+    out = subprocess.run(
+        ['c++filt'], input='\n'.join(names), capture_output=True, text=True, check=True
+    ).stdout.splitlines()
     return [re.sub(r'mmunirep::|c10::', '', n) for n in out]
 
 
@@ -104,7 +110,8 @@ def disassemble(so, arch=None, cuobjdump=None):
     if tool is None:
         raise FileNotFoundError(
             'cuobjdump not found: install the CUDA toolkit or `pip install nvidia-cuda-cuobjdump '
-            'nvidia-cuda-nvdisasm` (requirements/dev.txt), or set CUDA_HOME')
+            'nvidia-cuda-nvdisasm` (requirements/dev.txt), or set CUDA_HOME'
+        )
     cmd = [tool, '-sass'] + (['-arch', arch] if arch else []) + [so]
     text = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return parse(text)
@@ -136,13 +143,17 @@ def parse(text):
 def summarize(k):
     """One row of the report: the facts above for kernel k."""
     hot = k.hot_loop()
-    row = dict(arch=k.arch, kernel=k.name.split('(')[0].replace('void ', ''),
-               local=k.count(lambda op: op.split('.')[0] in ('LDL', 'STL')),
-               stg128=k.count(lambda op: op.startswith('STG') and op.endswith('.128')))
+    row = dict(
+        arch=k.arch,
+        kernel=k.name.split('(')[0].replace('void ', ''),
+        local=k.count(lambda op: op.split('.')[0] in ('LDL', 'STL')),
+        stg128=k.count(lambda op: op.startswith('STG') and op.endswith('.128')),
+    )
     if hot:
         lo, hi, nested = hot
         ffma, lds = k.count(is_ffma, lo, hi, nested), k.count(is_lds, lo, hi, nested)
         total = k.count(lambda op: True, lo, hi, nested)
-        row.update(ffma=ffma, lds=lds, total=total, ffma_share=ffma / total,
-                   lds_per_ffma=lds / ffma)
+        row.update(
+            ffma=ffma, lds=lds, total=total, ffma_share=ffma / total, lds_per_ffma=lds / ffma
+        )
     return row

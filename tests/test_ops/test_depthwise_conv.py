@@ -1,5 +1,6 @@
 """The depthwise-conv op: the fallback everywhere, the compiled extension's CPU path where it is
 built, and its kernels where a GPU is present (marked ``gpu``)."""
+
 import subprocess
 import types
 import warnings
@@ -76,8 +77,7 @@ def test_fallback_compiles_into_one_graph(monkeypatch):
     use_lk_op=True without a graph break (the fallback's warning would be one) and gives eager
     mode's outputs."""
     monkeypatch.setattr(dw_module, '_warned', False)
-    arch = dict(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32),
-                kernel_sizes=((3, ), (13, ), (13, ), (13, )))
+    arch = dict(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32), kernel_sizes=((3,), (13,), (13,), (13,)))
     model = UniRepLKNet(arch=arch, use_lk_op=True).eval()
     x = torch.randn(1, 3, 64, 64)
     compiled = torch.compile(model, fullgraph=True, backend='aot_eager')
@@ -87,30 +87,36 @@ def test_fallback_compiles_into_one_graph(monkeypatch):
             torch.testing.assert_close(b, a, rtol=0, atol=1e-6 * a.abs().max().item())
 
 
-@pytest.mark.parametrize('spec, capability, native, at_all', [
-    ('8.0;8.6;9.0+PTX', (8, 0), True, True),
-    ('8.0;8.6;9.0+PTX', (8, 9), True, True),     # RTX 40xx / L4: 8.6's machine code
-    ('8.0;8.6;9.0+PTX', (9, 0), True, True),
-    ('8.0;8.6;9.0+PTX', (10, 0), False, True),   # B200: the driver compiles 9.0's PTX
-    ('8.0;8.6;9.0+PTX', (12, 0), False, True),   # RTX 50xx
-    ('8.0;8.6;9.0+PTX', (7, 5), False, False),   # T4: PTX runs on newer GPUs only
-    ('8.0;8.6;9.0', (10, 0), False, False),      # without PTX nothing runs on Blackwell
-    ('9.0a', (9, 0), True, True),
-    ('9.0a+PTX', (10, 0), False, False),         # arch-specific code is for 9.0 alone
-    ('7.5 12.0+PTX', (12, 1), True, True),       # space-separated, as torch accepts
-])
+@pytest.mark.parametrize(
+    'spec, capability, native, at_all',
+    [
+        ('8.0;8.6;9.0+PTX', (8, 0), True, True),
+        ('8.0;8.6;9.0+PTX', (8, 9), True, True),  # RTX 40xx / L4: 8.6's machine code
+        ('8.0;8.6;9.0+PTX', (9, 0), True, True),
+        ('8.0;8.6;9.0+PTX', (10, 0), False, True),  # B200: the driver compiles 9.0's PTX
+        ('8.0;8.6;9.0+PTX', (12, 0), False, True),  # RTX 50xx
+        ('8.0;8.6;9.0+PTX', (7, 5), False, False),  # T4: PTX runs on newer GPUs only
+        ('8.0;8.6;9.0', (10, 0), False, False),  # without PTX nothing runs on Blackwell
+        ('9.0a', (9, 0), True, True),
+        ('9.0a+PTX', (10, 0), False, False),  # arch-specific code is for 9.0 alone
+        ('7.5 12.0+PTX', (12, 1), True, True),  # space-separated, as torch accepts
+    ],
+)
 def test_cuda_arch_rules(spec, capability, native, at_all):
     archs = cuda_archs.parse_arch_list(spec)
     assert any(a.runs_natively_on(capability) for a in archs) == native
     assert any(a.runs_on(capability) for a in archs) == at_all
 
 
-@pytest.mark.parametrize('visible, newest, expected', [
-    ([], (12, 1), '8.0;8.6;9.0+PTX'),                      # no GPU at build time (CI)
-    ([(8, 9), (9, 0)], (12, 1), '8.0;8.6;9.0+PTX'),        # covered natively already
-    ([(12, 0), (7, 5), (12, 0)], (12, 1), '8.0;8.6;9.0+PTX;7.5;12.0'),
-    ([(13, 0)], (12, 1), '8.0;8.6;9.0+PTX;12.1'),          # clamped to what the toolkit builds
-])
+@pytest.mark.parametrize(
+    'visible, newest, expected',
+    [
+        ([], (12, 1), '8.0;8.6;9.0+PTX'),  # no GPU at build time (CI)
+        ([(8, 9), (9, 0)], (12, 1), '8.0;8.6;9.0+PTX'),  # covered natively already
+        ([(12, 0), (7, 5), (12, 0)], (12, 1), '8.0;8.6;9.0+PTX;7.5;12.0'),
+        ([(13, 0)], (12, 1), '8.0;8.6;9.0+PTX;12.1'),  # clamped to what the toolkit builds
+    ],
+)
 def test_default_arch_list_adds_the_visible_gpus(visible, newest, expected):
     assert cuda_archs.arch_list_for(visible, newest=newest) == expected
     with pytest.raises(ValueError, match='expected CUDA architectures like'):
@@ -124,6 +130,7 @@ def run_setup_py(monkeypatch, hip=None, arch_list=None):
 
     import setuptools
     from torch.utils.cpp_extension import CUDA_HOME
+
     if CUDA_HOME is None:
         pytest.skip('no CUDA toolkit: setup.py cannot describe the extension')
     root = ROOT
@@ -144,6 +151,7 @@ def run_setup_py(monkeypatch, hip=None, arch_list=None):
 @pytest.mark.skipif(torch.cuda.is_available(), reason='the default without a visible GPU')
 def test_setup_builds_for_the_default_architectures_or_the_users(monkeypatch):
     import os
+
     ext_modules = run_setup_py(monkeypatch)['ext_modules']
     assert [e.name for e in ext_modules] == ['mmunirep._ext']
     assert os.environ['TORCH_CUDA_ARCH_LIST'] == cuda_archs.DEFAULT_CUDA_ARCHS
@@ -160,6 +168,7 @@ def test_setup_skips_the_extension_on_rocm(monkeypatch):
 
 class FakeCudaInput:
     """What DepthwiseConv2d's fast-path check reads of a CUDA input (no GPU here)."""
+
     is_cuda = True
     dtype = torch.float32
     device = torch.device('cuda', 1)
@@ -169,8 +178,7 @@ class FakeCudaInput:
 
 
 @pytest.mark.parametrize('has_kernels', [True, False], ids=['kernels', 'no-kernels'])
-def test_a_gpu_without_kernels_in_the_build_falls_back_with_the_command(monkeypatch,
-                                                                        has_kernels):
+def test_a_gpu_without_kernels_in_the_build_falls_back_with_the_command(monkeypatch, has_kernels):
     """A GPU that the build's TORCH_CUDA_ARCH_LIST does not cover fails at its first launch ("no
     kernel image is available"): the module asks the extension first, once per device, and
     takes F.conv2d with a message that names the GPU, the build's architectures and the
@@ -181,8 +189,11 @@ def test_a_gpu_without_kernels_in_the_build_falls_back_with_the_command(monkeypa
         asked.append(index)
         return '' if has_kernels else 'no kernel image is available for execution on the device'
 
-    monkeypatch.setattr(dw_module, '_ext', types.SimpleNamespace(
-        with_cuda=True, cuda_archs='800,860,900', missing_kernels=ask))
+    monkeypatch.setattr(
+        dw_module,
+        '_ext',
+        types.SimpleNamespace(with_cuda=True, cuda_archs='800,860,900', missing_kernels=ask),
+    )
     monkeypatch.setattr(dw_module, '_missing_kernels_on', {})
     monkeypatch.setattr(torch.cuda, 'get_device_name', lambda i: f'NVIDIA GeForce RTX 5090 #{i}')
     monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda i: (12, 0))
@@ -194,8 +205,13 @@ def test_a_gpu_without_kernels_in_the_build_falls_back_with_the_command(monkeypa
         return
     assert len(set(refusals)) == 1
     message = refusals[0]
-    for part in ('NVIDIA GeForce RTX 5090 #1', 'compute capability 12.0', 'made for 8.0, 8.6, 9.0',
-                 'no kernel image', 'TORCH_CUDA_ARCH_LIST="12.0" bash scripts/build_ops.sh'):
+    for part in (
+        'NVIDIA GeForce RTX 5090 #1',
+        'compute capability 12.0',
+        'made for 8.0, 8.6, 9.0',
+        'no kernel image',
+        'TORCH_CUDA_ARCH_LIST="12.0" bash scripts/build_ops.sh',
+    ):
         assert part in message, (part, message)
     # an extension built before this check (no missing_kernels): assumed to have the kernels
     monkeypatch.setattr(dw_module, '_ext', types.SimpleNamespace(with_cuda=True))
@@ -209,10 +225,16 @@ def test_the_kernel_check_is_a_constant_under_torch_compile(monkeypatch):
     """Dynamo cannot trace the extension's call: the check is asked once at trace time and
     becomes a constant of the graph (no graph break with fullgraph=True)."""
     asked = []
-    monkeypatch.setattr(dw_module, '_ext', types.SimpleNamespace(
-        with_cuda=True, cuda_archs='900',
-        # opaque to Dynamo, as the extension's pybind function is
-        missing_kernels=torch.compiler.disable(lambda i: asked.append(i) or 'none')))
+    monkeypatch.setattr(
+        dw_module,
+        '_ext',
+        types.SimpleNamespace(
+            with_cuda=True,
+            cuda_archs='900',
+            # opaque to Dynamo, as the extension's pybind function is
+            missing_kernels=torch.compiler.disable(lambda i: asked.append(i) or 'none'),
+        ),
+    )
     monkeypatch.setattr(dw_module, '_missing_kernels_on', {})
     monkeypatch.setattr(torch.cuda, 'get_device_name', lambda i: 'GPU')
     monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda i: (7, 5))
@@ -271,11 +293,27 @@ def test_backbone_with_the_op_builds_and_reparameterizes():
 @needs_cuda_op
 @pytest.mark.parametrize('generic', [False, True], ids=['picked', 'run-time-K'])
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize('n, c, h, w, k', [
-    (1, 3, 5, 7, 3), (2, 7, 33, 17, 5), (4, 16, 20, 20, 7), (1, 5, 8, 8, 13), (3, 9, 40, 37, 13),
-    (2, 4, 30, 45, 17), (1, 3, 12, 70, 31), (64, 2, 9, 9, 13), (2, 11, 3, 3, 13),
-    (3, 5, 7, 7, 13), (2, 3, 14, 14, 13), (2, 3, 16, 16, 13), (3, 2, 16, 11, 7),
-    (2, 3, 100, 168, 13), (2, 6, 25, 42, 13), (70, 1, 9, 9, 7)])
+@pytest.mark.parametrize(
+    'n, c, h, w, k',
+    [
+        (1, 3, 5, 7, 3),
+        (2, 7, 33, 17, 5),
+        (4, 16, 20, 20, 7),
+        (1, 5, 8, 8, 13),
+        (3, 9, 40, 37, 13),
+        (2, 4, 30, 45, 17),
+        (1, 3, 12, 70, 31),
+        (64, 2, 9, 9, 13),
+        (2, 11, 3, 3, 13),
+        (3, 5, 7, 7, 13),
+        (2, 3, 14, 14, 13),
+        (2, 3, 16, 16, 13),
+        (3, 2, 16, 11, 7),
+        (2, 3, 100, 168, 13),
+        (2, 6, 25, 42, 13),
+        (70, 1, 9, 9, 7),
+    ],
+)
 def test_cuda_op_matches_fp64(monkeypatch, generic, dtype, n, c, h, w, k):
     """The kernels the op picks (compile-time K for 7, 13, 31; whole small maps of 8 planes,
     filled or not; 16x32 tiles whose right half or bottom rows lie past the map), and the
@@ -306,9 +344,12 @@ def test_cuda_op_channels_last_and_noncontiguous():
     ref = F.conv2d(x.double(), wt.double(), padding=6, groups=8)
     torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5)
     x_nc = torch.randn(2, 8, 24, 48, device='cuda')[..., ::2]  # a strided view
-    torch.testing.assert_close(depthwise_conv2d(x_nc, wt).double(),
-                               F.conv2d(x_nc.double(), wt.double(), padding=6, groups=8),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        depthwise_conv2d(x_nc, wt).double(),
+        F.conv2d(x_nc.double(), wt.double(), padding=6, groups=8),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 @needs_cuda_op
@@ -347,8 +388,9 @@ def test_module_uses_the_kernels_under_autocast():
 # ----------------------------------------------------------------------------------------------
 # the compiled extension on the CPU (CI builds it with scripts/build_ops.sh): bindings and checks
 # ----------------------------------------------------------------------------------------------
-needs_ext = pytest.mark.skipif(dw_module._ext is None,
-                               reason='extension not built (bash scripts/build_ops.sh)')
+needs_ext = pytest.mark.skipif(
+    dw_module._ext is None, reason='extension not built (bash scripts/build_ops.sh)'
+)
 
 
 @needs_cuda_op
@@ -393,10 +435,12 @@ def test_cuda_op_in_a_cuda_graph(dtype):
     eager calls on that data."""
     torch.manual_seed(6)
     shape = (2, 24, 50, 84)
-    static = dict(x=torch.randn(shape, device='cuda', dtype=dtype, requires_grad=True),
-                  w=(torch.randn(24, 1, 13, 13, device='cuda') / 13).to(dtype).requires_grad_(),
-                  b=torch.randn(24, device='cuda', dtype=dtype, requires_grad=True),
-                  g=torch.randn(shape, device='cuda', dtype=dtype))
+    static = dict(
+        x=torch.randn(shape, device='cuda', dtype=dtype, requires_grad=True),
+        w=(torch.randn(24, 1, 13, 13, device='cuda') / 13).to(dtype).requires_grad_(),
+        b=torch.randn(24, device='cuda', dtype=dtype, requires_grad=True),
+        g=torch.randn(shape, device='cuda', dtype=dtype),
+    )
 
     def run(x, w, b, g):
         y = depthwise_conv2d(x, w, b)
@@ -412,15 +456,18 @@ def test_cuda_op_in_a_cuda_graph(dtype):
     with torch.cuda.graph(graph):
         captured = run(**static)
     for _ in range(2):
-        fresh = {k: torch.randn_like(v, dtype=torch.float32).to(dtype) / (13 if k == 'w' else 1)
-                 for k, v in static.items()}
+        fresh = {
+            k: torch.randn_like(v, dtype=torch.float32).to(dtype) / (13 if k == 'w' else 1)
+            for k, v in static.items()
+        }
         with torch.no_grad():
             for k, v in fresh.items():
                 static[k].copy_(v)
         graph.replay()
         eager = run(**{k: v.requires_grad_(k != 'g') for k, v in fresh.items()})
-        for name, a, b_ in zip(('output', 'input grad', 'weight grad', 'bias grad'), captured,
-                               eager):
+        for name, a, b_ in zip(
+            ('output', 'input grad', 'weight grad', 'bias grad'), captured, eager
+        ):
             assert torch.equal(a, b_), name
 
 
@@ -449,11 +496,13 @@ def test_extension_uses_the_shared_cxx_runtime():
     statically (the GPU machines' /opt/gcc), every TORCH_CHECK error was a segmentation fault.
     setup.py links the process's libstdc++.so.6 first (shared_cxx_runtime)."""
     import shutil
+
     nm = shutil.which('nm')
     if nm is None:
         pytest.skip('needs binutils nm')
-    symbols = subprocess.run([nm, '-D', dw_module._ext.__file__], capture_output=True, text=True,
-                             check=True).stdout.splitlines()
+    symbols = subprocess.run(
+        [nm, '-D', dw_module._ext.__file__], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
     # nm lines: '[address] TYPE name[@version]'; U = imported, T = defined here
     wanted = ('__cxa_throw', '__cxa_begin_catch', '__gxx_personality_v0')
     runtime = {}
@@ -466,14 +515,17 @@ def test_extension_uses_the_shared_cxx_runtime():
 
 
 @needs_ext
-@pytest.mark.parametrize('make, match', [
-    (lambda: (torch.randn(2, 4, 8, 8), torch.randn(4, 1, 4, 4), None), 'odd square kernel'),
-    (lambda: (torch.randn(2, 4, 8, 8), torch.randn(3, 1, 5, 5), None), 'weight'),
-    (lambda: (torch.randn(4, 8, 8), torch.randn(4, 1, 5, 5), None), '4-D'),
-    (lambda: (torch.randn(2, 4, 8, 8), torch.randn(4, 1, 5, 5).double(), None), 'weight is'),
-    (lambda: (torch.randn(2, 4, 8, 8), torch.randn(4, 1, 33, 33), None), '1 to 31'),
-    (lambda: (torch.randn(2, 4, 8, 8), torch.randn(4, 1, 5, 5), torch.randn(3)), 'bias'),
-])
+@pytest.mark.parametrize(
+    'make, match',
+    [
+        (lambda: (torch.randn(2, 4, 8, 8), torch.randn(4, 1, 4, 4), None), 'odd square kernel'),
+        (lambda: (torch.randn(2, 4, 8, 8), torch.randn(3, 1, 5, 5), None), 'weight'),
+        (lambda: (torch.randn(4, 8, 8), torch.randn(4, 1, 5, 5), None), '4-D'),
+        (lambda: (torch.randn(2, 4, 8, 8), torch.randn(4, 1, 5, 5).double(), None), 'weight is'),
+        (lambda: (torch.randn(2, 4, 8, 8), torch.randn(4, 1, 33, 33), None), '1 to 31'),
+        (lambda: (torch.randn(2, 4, 8, 8), torch.randn(4, 1, 5, 5), torch.randn(3)), 'bias'),
+    ],
+)
 def test_extension_rejects_bad_arguments(make, match):
     x, w, b = make()
     with pytest.raises(RuntimeError, match=match):
@@ -488,14 +540,16 @@ def test_extension_reports_the_architectures_it_was_built_for():
     import re
 
     import sass_report
+
     cuobjdump = sass_report.find_cuobjdump()
     if cuobjdump is None:
         pytest.skip('no cuobjdump (pip install -r requirements/dev.txt)')
     ext = dw_module._ext
     found = set()
     for flag in ('--list-elf', '--list-ptx'):
-        out = subprocess.run([cuobjdump, flag, ext.__file__], capture_output=True, text=True,
-                             check=True).stdout
+        out = subprocess.run(
+            [cuobjdump, flag, ext.__file__], capture_output=True, text=True, check=True
+        ).stdout
         found |= {int(m) * 10 for m in re.findall(r'\.sm_(\d+)a?\.(?:cubin|ptx)', out)}
     reported = {int(v) for v in ext.cuda_archs.split(',')}
     assert found and reported == found, (ext.cuda_archs, found)
@@ -521,5 +575,6 @@ def test_cuda_extension_has_kernels_for_this_gpu():
     x = torch.randn(1, 3, 20, 20, device='cuda')
     op = DepthwiseConv2d(3, 13).cuda()
     assert op._fast_path_refusal(x) is None
-    torch.testing.assert_close(op(x), F.conv2d(x, op.weight, None, padding=6, groups=3),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        op(x), F.conv2d(x, op.weight, None, padding=6, groups=3), rtol=1e-5, atol=1e-5
+    )

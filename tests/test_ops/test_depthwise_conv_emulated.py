@@ -1,7 +1,7 @@
 """The CUDA depthwise-conv kernels, run on the CPU under an emulation of the CUDA execution model.
 
-tests/test_ops/csrc/depthwise_conv_emulated.cpp compiles mmunirep/ops/csrc/common/cuda's kernels
-and their launch logic unchanged with the host compiler, against tests/test_ops/csrc/cuda_emulator.h:
+csrc/depthwise_conv_emulated.cpp compiles mmunirep/ops/csrc/common/cuda's kernels and their launch
+logic unchanged with the host compiler, against csrc/cuda_emulator.h:
 the threads of each block run as cooperative fibers from one __syncthreads() to the next (in
 increasing order by default; decreasing order and concurrent OS threads with a real barrier in the
 schedule test, whose results must be bitwise equal), and its shared memory starts as NaN bytes. So
@@ -12,6 +12,7 @@ allocates start as NaN, so a read outside a tensor or an element never written p
 result. What this cannot show: speed, and anything specific to the GPU's compiler or memory
 system; test_depthwise_conv.py repeats the numerical checks on a real GPU.
 """
+
 import copy
 import itertools
 
@@ -31,8 +32,8 @@ from helpers import randomize, rel_err
 def guarded(t: torch.Tensor, guard: int = 4096) -> torch.Tensor:
     """A contiguous copy of ``t`` inside a buffer whose surroundings are NaN."""
     buf = torch.full((t.numel() + 2 * guard,), float('nan'), dtype=t.dtype)
-    buf[guard:guard + t.numel()] = t.reshape(-1)
-    view = buf[guard:guard + t.numel()].view(t.shape)
+    buf[guard : guard + t.numel()] = t.reshape(-1)
+    view = buf[guard : guard + t.numel()].view(t.shape)
     assert view.is_contiguous() and view.storage_offset() == guard
     return view
 
@@ -44,22 +45,22 @@ def blocks_of(emu, fn):
 
 
 CASES = [
-    (1, 3, 5, 7, 3),      # one partial tile
-    (2, 7, 33, 17, 5),    # three tile rows, odd channels
-    (1, 5, 8, 8, 13),     # map smaller than the kernel
-    (3, 3, 40, 37, 13),   # 3x2 tiles, partial at both edges
+    (1, 3, 5, 7, 3),  # one partial tile
+    (2, 7, 33, 17, 5),  # three tile rows, odd channels
+    (1, 5, 8, 8, 13),  # map smaller than the kernel
+    (3, 3, 40, 37, 13),  # 3x2 tiles, partial at both edges
     (2, 4, 30, 45, 17),
-    (1, 3, 12, 70, 31),   # largest kernel, 3 tile columns
-    (70, 1, 9, 9, 7),     # 70 samples in 35 two-sample weight-grad items, one per part
-    (9, 40, 7, 7, 13),    # one weight-grad part per channel walks 3 four-sample items, 1 partial
-    (5, 40, 14, 14, 7),   # the same with 16x16 tiles: 3 two-sample items
-    (2, 2, 3, 3, 13),     # map much smaller than the kernel
-    (3, 5, 7, 7, 13),     # classification's 7x7: 15 planes in blocks of 8
-    (2, 3, 14, 14, 13),   # classification's 14x14
+    (1, 3, 12, 70, 31),  # largest kernel, 3 tile columns
+    (70, 1, 9, 9, 7),  # 70 samples in 35 two-sample weight-grad items, one per part
+    (9, 40, 7, 7, 13),  # one weight-grad part per channel walks 3 four-sample items, 1 partial
+    (5, 40, 14, 14, 7),  # the same with 16x16 tiles: 3 two-sample items
+    (2, 2, 3, 3, 13),  # map much smaller than the kernel
+    (3, 5, 7, 7, 13),  # classification's 7x7: 15 planes in blocks of 8
+    (2, 3, 14, 14, 13),  # classification's 14x14
     (2, 3, 12, 5, 7),
-    (2, 3, 20, 64, 13),   # 16-byte aligned rows: whole runs of 8 outputs take the 16-byte stores
-    (2, 3, 16, 16, 13),   # segmentation 512's 16x16: a whole-map tile filled to its edges
-    (3, 2, 16, 11, 7),    # a whole-map tile filled in height only
+    (2, 3, 20, 64, 13),  # 16-byte aligned rows: whole runs of 8 outputs take the 16-byte stores
+    (2, 3, 16, 16, 13),  # segmentation 512's 16x16: a whole-map tile filled to its edges
+    (3, 2, 16, 11, 7),  # a whole-map tile filled in height only
 ]
 COMPILED_K = (7, 13, 31)  # sizes with compile-time kernels (float, half, bfloat16)
 
@@ -67,8 +68,10 @@ COMPILED_K = (7, 13, 31)  # sizes with compile-time kernels (float, half, bfloat
 def expected_launches(n, c, h, w, k, dtype, generic=False):
     """(forward blocks, forward threads per block, weight-grad threads per block) that the
     launch logic should pick (mmunirep/ops/csrc/common/cuda: TileShape, with_tile_shape)."""
+
     def tiles(th, tw):
         return -(-h // th) * -(-w // tw)
+
     if generic or k not in COMPILED_K or dtype == torch.float64:
         return n * c * tiles(16, 32), 128, 256
     # whole-map tiles' weight gradient: the (filter row, output row) pairs whose input row is
@@ -94,23 +97,35 @@ def check_against_fp64(emu, dtype, n, c, h, w, k, generic=False):
     y64.backward(gy.double())
 
     emu.block_sizes()
-    y, fwd_blocks = blocks_of(emu, lambda: emu.depthwise_conv2d_forward(
-        guarded(x), guarded(wt), guarded(b)))
-    gx, gw, gb = emu.depthwise_conv2d_backward(guarded(gy), guarded(x), guarded(wt), True, True,
-                                               True)
+    y, fwd_blocks = blocks_of(
+        emu, lambda: emu.depthwise_conv2d_forward(guarded(x), guarded(wt), guarded(b))
+    )
+    gx, gw, gb = emu.depthwise_conv2d_backward(
+        guarded(gy), guarded(x), guarded(wt), True, True, True
+    )
     # launches: forward; input gradient; weight gradient + reduction
     fwd_threads, dgrad_threads, wgrad_threads, _ = emu.block_sizes()
     assert fwd_threads == dgrad_threads
-    assert (fwd_blocks, fwd_threads, wgrad_threads) == expected_launches(n, c, h, w, k, dtype,
-                                                                         generic)
+    assert (fwd_blocks, fwd_threads, wgrad_threads) == expected_launches(
+        n, c, h, w, k, dtype, generic
+    )
     scale = lambda t: t.abs().max().clamp_min(1)  # noqa: E731
-    for name, got, ref in (('output', y, y64), ('input grad', gx, x64.grad),
-                           ('weight grad', gw, w64.grad), ('bias grad', gb, b64.grad)):
+    for name, got, ref in (
+        ('output', y, y64),
+        ('input grad', gx, x64.grad),
+        ('weight grad', gw, w64.grad),
+        ('bias grad', gb, b64.grad),
+    ):
         assert got.dtype == dtype and got.shape == ref.shape, name
-        assert torch.isfinite(got).all(), \
+        assert torch.isfinite(got).all(), (
             f'{name}: NaN, i.e. a read outside the data or an element never written'
-        torch.testing.assert_close(got.double() / scale(ref), ref / scale(ref), **TOL[dtype],
-                                   msg=lambda m: f'{name}: {m}')  # noqa: B023
+        )
+        torch.testing.assert_close(
+            got.double() / scale(ref),
+            ref / scale(ref),
+            **TOL[dtype],
+            msg=lambda m, name=name: f'{name}: {m}',
+        )
 
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float16, torch.bfloat16, torch.float64])
@@ -128,9 +143,17 @@ def test_emulated_generic_kernels_match_fp64(emu, monkeypatch, dtype, n, c, h, w
     check_against_fp64(emu, dtype, n, c, h, w, k, generic=True)
 
 
-@pytest.mark.parametrize('n, c, h, w, k', [
-    (3, 3, 40, 37, 13), (3, 5, 7, 7, 13), (2, 3, 14, 14, 13), (1, 3, 12, 70, 31),
-    (2, 7, 33, 17, 5), (70, 1, 9, 9, 7)])
+@pytest.mark.parametrize(
+    'n, c, h, w, k',
+    [
+        (3, 3, 40, 37, 13),
+        (3, 5, 7, 7, 13),
+        (2, 3, 14, 14, 13),
+        (1, 3, 12, 70, 31),
+        (2, 7, 33, 17, 5),
+        (70, 1, 9, 9, 7),
+    ],
+)
 def test_emulated_results_do_not_depend_on_the_schedule(emu, n, c, h, w, k):
     """The threads of a block run in increasing order, in decreasing order (cooperative, from
     barrier to barrier) and as concurrent OS threads: a missing __syncthreads() would make the
@@ -143,12 +166,14 @@ def test_emulated_results_do_not_depend_on_the_schedule(emu, n, c, h, w, k):
         for schedule in ('forward', 'reverse', 'threads'):
             emu.set_schedule(schedule)
             results[schedule] = [emu.depthwise_conv2d_forward(x, wt, b)] + list(
-                emu.depthwise_conv2d_backward(gy, x, wt, True, True, False)[:2])
+                emu.depthwise_conv2d_backward(gy, x, wt, True, True, False)[:2]
+            )
     finally:
         emu.set_schedule('forward')
     for schedule in ('reverse', 'threads'):
-        for name, a, ref in zip(('output', 'input grad', 'weight grad'), results[schedule],
-                                results['forward']):
+        for name, a, ref in zip(
+            ('output', 'input grad', 'weight grad'), results[schedule], results['forward']
+        ):
             assert torch.equal(a, ref), f'{name} differs between forward and {schedule} order'
 
 
@@ -198,11 +223,13 @@ def test_emulated_autograd_function_gradcheck(emulated_ext):
     assert torch.autograd.gradcheck(operator, (x, wt, None), eps=1e-6, atol=1e-7)
 
 
-def test_emulated_eager_mode_takes_the_function_and_refuses_a_second_derivative(emulated_ext,
-                                                                                monkeypatch):
+def test_emulated_eager_mode_takes_the_function_and_refuses_a_second_derivative(
+    emulated_ext, monkeypatch
+):
     """Eager mode reaches the kernels through DepthwiseConv2dFunction, not the custom operator
-    (whose dispatch costs more host time: benchmarks/op_overhead_benchmark.py); a second derivative through
-    it is an error, not a silent zero."""
+    (whose dispatch costs more host time: benchmarks/op_overhead_benchmark.py); a second
+    derivative through it is an error, not a silent zero."""
+
     def operator_called(*args):
         raise AssertionError('eager mode called the custom operator')
 
@@ -212,7 +239,7 @@ def test_emulated_eager_mode_takes_the_function_and_refuses_a_second_derivative(
     wt = (torch.randn(2, 1, 5, 5, generator=g) / 5).requires_grad_()
     y = depthwise_conv2d(x, wt)
     torch.testing.assert_close(y, F.conv2d(x, wt, padding=2, groups=2), rtol=1e-5, atol=1e-5)
-    (grad_x, ) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+    (grad_x,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match='once_differentiable'):
         grad_x.sum().backward()
 
@@ -237,6 +264,7 @@ def test_emulated_custom_ops_pass_opcheck(emulated_ext):
         assert [t.numel() > 0 for t in grads] == list(needs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('with_cp', [False, True], ids=['plain', 'checkpointed'])
 def test_emulated_backbone_compiles_into_one_graph(emulated_ext, monkeypatch, with_cp):
     """torch.compile(fullgraph=True) of a small UniRepLKNet with use_lk_op=True, its 13x13 convs
@@ -246,8 +274,9 @@ def test_emulated_backbone_compiles_into_one_graph(emulated_ext, monkeypatch, wi
     outputs and gradients to 1e-6 of their scale. Then torch.export of the re-parameterized
     structure: the op is in the exported graph and gives the eager outputs."""
     monkeypatch.setattr(DepthwiseConv2d, '_fast_path_refusal', lambda self, x: None)
-    arch = dict(depths=(1, 1, 2, 1), dims=(16, 24, 32, 40),
-                kernel_sizes=((3, ), (13, ), (13, 13), (13, )))
+    arch = dict(
+        depths=(1, 1, 2, 1), dims=(16, 24, 32, 40), kernel_sizes=((3,), (13,), (13, 13), (13,))
+    )
     model = randomize(UniRepLKNet(arch=arch, use_lk_op=True, with_cp=with_cp), seed=2)
     compiled = torch.compile(copy.deepcopy(model), fullgraph=True, backend='aot_eager')
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(13))
@@ -265,13 +294,14 @@ def test_emulated_backbone_compiles_into_one_graph(emulated_ext, monkeypatch, wi
         torch.testing.assert_close(b, a, rtol=0, atol=1e-6 * a.abs().max().item())
     assert grads.keys() == c_grads.keys()
     for name, grad in grads.items():
-        torch.testing.assert_close(c_grads[name], grad, rtol=0,
-                                   atol=1e-6 * grad.abs().max().item(), msg=name)
+        torch.testing.assert_close(
+            c_grads[name], grad, rtol=0, atol=1e-6 * grad.abs().max().item(), msg=name
+        )
 
     model.eval().switch_to_deploy()
     with torch.no_grad():
         expected = model(x)
-    exported = torch.export.export(model, (x, ))
+    exported = torch.export.export(model, (x,))
     targets = [n.target for n in exported.graph.nodes if n.op == 'call_function']
     assert targets.count(torch.ops.mmunirep.depthwise_conv2d.default) == 4
     emulated_ext.launches()
@@ -300,8 +330,9 @@ def test_emulated_op_inside_an_inductor_graph(emulated_ext):
         emulated_ext.launches()
         y = fn(x, conv.weight, conv.bias)
         y.sum().backward()
-        runs.append((y.detach(), x.grad, conv.weight.grad, conv.bias.grad,
-                     len(emulated_ext.launches())))
+        runs.append(
+            (y.detach(), x.grad, conv.weight.grad, conv.bias.grad, len(emulated_ext.launches()))
+        )
     *eager, launches = runs[0]
     *compiled, c_launches = runs[1]
     assert launches == c_launches == 4
@@ -316,12 +347,16 @@ def test_emulated_channels_last_and_strided_inputs(emulated_ext):
     x = torch.randn(2, 4, 18, 21, generator=g).to(memory_format=torch.channels_last)
     y = depthwise_conv2d(x, wt)
     assert y.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(y.double(), F.conv2d(x.double(), wt.double(), padding=3, groups=4),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        y.double(), F.conv2d(x.double(), wt.double(), padding=3, groups=4), rtol=1e-5, atol=1e-5
+    )
     x_strided = torch.randn(2, 4, 18, 42, generator=g)[..., ::2]
     torch.testing.assert_close(
         depthwise_conv2d(x_strided, wt).double(),
-        F.conv2d(x_strided.double(), wt.double(), padding=3, groups=4), rtol=1e-5, atol=1e-5)
+        F.conv2d(x_strided.double(), wt.double(), padding=3, groups=4),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 def test_emulated_autocast_computes_in_the_autocast_dtype(emulated_ext):
@@ -339,8 +374,9 @@ def test_emulated_autocast_computes_in_the_autocast_dtype(emulated_ext):
     assert x.grad.dtype == wt.grad.dtype == torch.float32
     _, w64, _, y64 = reference(x, wt, None)
     y64.sum().backward()
-    torch.testing.assert_close(wt.grad.double(), w64.grad, rtol=3e-2,
-                               atol=3e-2 * w64.grad.abs().max().item())
+    torch.testing.assert_close(
+        wt.grad.double(), w64.grad, rtol=3e-2, atol=3e-2 * w64.grad.abs().max().item()
+    )
 
 
 def test_emulated_module_trains_like_conv2d(emulated_ext):
@@ -376,8 +412,9 @@ def test_emulated_backbone_matches_pytorch_convs(emulated_ext, monkeypatch):
         return None
 
     monkeypatch.setattr(DepthwiseConv2d, '_fast_path_refusal', fast_path_for_cpu)
-    arch = dict(depths=(1, 1, 2, 1), dims=(16, 24, 32, 40),
-                kernel_sizes=((3, ), (13, ), (13, 13), (13, )))
+    arch = dict(
+        depths=(1, 1, 2, 1), dims=(16, 24, 32, 40), kernel_sizes=((3,), (13,), (13, 13), (13,))
+    )
     ref = randomize(UniRepLKNet(arch=arch, drop_path_rate=0.2), seed=1)
     ref64 = copy.deepcopy(ref).double()
     with_op = UniRepLKNet(arch=arch, drop_path_rate=0.2, use_lk_op=True)
@@ -388,8 +425,12 @@ def test_emulated_backbone_matches_pytorch_convs(emulated_ext, monkeypatch):
         torch.manual_seed(11)  # the same drop-path masks
         outs = model(inp)
         sum((o * (i + 1)).mean() for i, o in enumerate(outs)).backward()
-        runs.append(([o.detach().double() for o in outs],
-                     {n: p.grad.double() for n, p in model.named_parameters()}))
+        runs.append(
+            (
+                [o.detach().double() for o in outs],
+                {n: p.grad.double() for n, p in model.named_parameters()},
+            )
+        )
     assert len(calls) == 4  # every large-kernel conv took the kernels
     (outs64, grads64), (outs32, grads32), (outs_op, grads_op) = runs
 
@@ -413,8 +454,7 @@ def test_emulated_backbone_matches_pytorch_convs(emulated_ext, monkeypatch):
     with torch.no_grad():
         for a, b in zip(with_op(x), ref(x)):
             assert rel_err(a, b) < 1e-5
-    assert len(calls) == 4 and isinstance(with_op.stages[1][0].dwconv.lk_origin,
-                                          DepthwiseConv2d)
+    assert len(calls) == 4 and isinstance(with_op.stages[1][0].dwconv.lk_origin, DepthwiseConv2d)
 
 
 def test_emulated_launch_limits_are_enforced(emu):

@@ -1,5 +1,6 @@
 """tools/analysis_tools: get_flops counts what the paper's tables count; benchmark times the
 training and deploy structures (and compiled twins) on the same batch."""
+
 import os.path as osp
 import re
 
@@ -18,6 +19,7 @@ QUICKSTART = osp.join(ROOT, 'configs', 'segmentation', 'quickstart_unireplknet_a
 
 def build_segmentor(cfg):
     from mmseg.registry import MODELS
+
     init_default_scope('mmseg')
     cfg.model.backbone.init_cfg = None  # nothing is downloaded
     cfg.model.pretrained = None
@@ -48,12 +50,24 @@ def test_get_flops_segmentor():
 def test_get_flops_detector():
     get_flops = load_tool('get_flops')
     config = osp.join(ROOT, 'configs', 'detection', 'unireplknet_t_1k_cascade_3x.py')
-    res = get_flops.main([config, '--shape', '96', '128', '--json', '--num-proposals', '8',
-                          '--num-mask-rois', '4', '--cfg-options', 'model.backbone.arch=a',
-                          'model.neck.in_channels=[40,80,160,320]'])
+    res = get_flops.main(
+        [
+            config,
+            '--shape',
+            '96',
+            '128',
+            '--json',
+            '--num-proposals',
+            '8',
+            '--num-mask-rois',
+            '4',
+            '--cfg-options',
+            'model.backbone.arch=a',
+            'model.neck.in_channels=[40,80,160,320]',
+        ]
+    )
     assert res['framework'] == 'mmdet' and res['input_shape'] == (96, 128)
-    assert res['counted'] == ('backbone + neck + RPN head + RoI heads on 8 proposals '
-                              '(masks on 4)')
+    assert res['counted'] == ('backbone + neck + RPN head + RoI heads on 8 proposals (masks on 4)')
     assert res['flops'] > 0 and res['params'] > res['backbone_params'] > 0
 
 
@@ -61,21 +75,26 @@ def test_get_flops_counts_the_large_kernel_op_like_conv2d(monkeypatch):
     """With use_lk_op=True the tool counts the model with nn.Conv2d in the op's place (the op's
     CUDA path is opaque to the tracer): the same parameters and FLOPs as without the op."""
     from mmunirep.ops import DepthWiseConv2dImplicitGEMM
+
     get_flops = load_tool('get_flops')
     built = []
     build = get_flops.build_model
     monkeypatch.setattr(get_flops, 'build_model', lambda cfg: built.append(build(cfg)) or built[-1])
     plain = get_flops.get_flops(QUICKSTART, (64, 64))
-    with_op = get_flops.get_flops(QUICKSTART, (64, 64),
-                                  cfg_options={'model.backbone.use_lk_op': True})
+    with_op = get_flops.get_flops(
+        QUICKSTART, (64, 64), cfg_options={'model.backbone.use_lk_op': True}
+    )
     assert len(built) == 2
     assert not any(isinstance(m, DepthWiseConv2dImplicitGEMM) for m in built[1].modules())
     assert with_op['flops'] == plain['flops'] and with_op['params'] == plain['params']
     # on its traceable path (the CPU fallback) the op counts as the convolution it computes
     from mmengine.analysis import FlopAnalyzer
+
     x = torch.randn(1, 3, 64, 64)
-    counts = [FlopAnalyzer(UniRepLKNet(arch='a', use_lk_op=op).eval(), (x, )).total()
-              for op in (False, True)]
+    counts = [
+        FlopAnalyzer(UniRepLKNet(arch='a', use_lk_op=op).eval(), (x,)).total()
+        for op in (False, True)
+    ]
     assert counts[0] == counts[1] > 0, counts
 
 
@@ -84,60 +103,125 @@ def test_benchmark_compares_both_structures(seg_model, part, tmp_path):
     out = tmp_path / 'report.md'
     if part == 'model':  # --out appends to what the file holds
         out.write_text('# earlier runs\n')
-    argv = [seg_model['config'], '--checkpoint', seg_model['ckpt'], '--shape', '64', '64',
-            '--warmup', '1', '--iters', '1', '--repeats', '2', '--part', part, '--out', str(out)]
+    argv = [
+        seg_model['config'],
+        '--checkpoint',
+        seg_model['ckpt'],
+        '--shape',
+        '64',
+        '64',
+        '--warmup',
+        '1',
+        '--iters',
+        '1',
+        '--repeats',
+        '2',
+        '--part',
+        part,
+        '--out',
+        str(out),
+    ]
     ips = load_tool('benchmark').main(argv)
     assert set(ips) == {'training', 'deploy'} and all(v > 0 for v in ips.values())
     report = out.read_text()
-    assert report.startswith('# earlier runs\n' if part == 'model' else
-                             '# tools/analysis_tools/benchmark.py reports\n'), report
-    assert f"`python tools/analysis_tools/benchmark.py {' '.join(argv)}`" in report
+    assert report.startswith(
+        '# earlier runs\n' if part == 'model' else '# tools/analysis_tools/benchmark.py reports\n'
+    ), report
+    assert f'`python tools/analysis_tools/benchmark.py {" ".join(argv)}`' in report
     for name, value in ips.items():
         assert re.search(rf'^  {name} +{value:.2f} images/s$', report, re.M), (name, report)
     ratio = ips['deploy'] / ips['training']
     assert f'deploy / training: {ratio:.2f}x' in report
 
 
-@pytest.mark.parametrize('part, amp', [('model', None), ('backbone', None), ('model', 'bf16')])
+@pytest.mark.slow
+@pytest.mark.parametrize('part, amp', [('backbone', None), ('model', 'bf16')])
 def test_benchmark_times_a_compiled_twin_of_each_structure(seg_model, part, amp):
     torch._dynamo.reset()
     backend, graphs = recording_backend()
-    ips = load_tool('benchmark').main([seg_model['config'], '--checkpoint', seg_model['ckpt'],
-                                       '--shape', '64', '64', '--warmup', '1', '--iters', '1',
-                                       '--repeats', '2', '--part', part, '--compile',
-                                       '--compile-backend', backend] +
-                                      (['--amp', amp] if amp else []))
+    ips = load_tool('benchmark').main(
+        [
+            seg_model['config'],
+            '--checkpoint',
+            seg_model['ckpt'],
+            '--shape',
+            '64',
+            '64',
+            '--warmup',
+            '1',
+            '--iters',
+            '1',
+            '--repeats',
+            '2',
+            '--part',
+            part,
+            '--compile',
+            '--compile-backend',
+            backend,
+        ]
+        + (['--amp', amp] if amp else [])
+    )
     # the convolutions' dtypes as traced: autocast's with --amp (it wraps every structure)
-    dtypes = {n.meta['val'].dtype for g in graphs for n in g.graph.nodes
-              if n.target == torch.ops.aten.convolution.default}
+    dtypes = {
+        n.meta['val'].dtype
+        for g in graphs
+        for n in g.graph.nodes
+        if n.target == torch.ops.aten.convolution.default
+    }
     assert dtypes == {torch.bfloat16 if amp else torch.float32}, dtypes
     assert set(ips) == {'training', 'deploy', 'training+compile', 'deploy+compile'}
     assert all(v > 0 for v in ips.values())
     # both twins went through the compiler, and what it got holds the backbone's convolutions
     # (the neck's too for the whole model); the eager structures did not
-    convs = [sum(n.target == torch.ops.aten.convolution.default for n in g.graph.nodes)
-             for g in graphs]
+    convs = [
+        sum(n.target == torch.ops.aten.convolution.default for n in g.graph.nodes) for g in graphs
+    ]
     assert len(graphs) >= 2 and sum(convs) > 0, (len(graphs), convs)
 
 
+@pytest.mark.slow
 def test_benchmark_refuses_a_compiled_twin_that_computes_something_else(seg_model):
     torch._dynamo.reset()
 
     def perturb(outputs):  # 1% of each output's largest magnitude added: beyond --rtol 1e-3
-        return type(outputs)(o + 0.01 * o.abs().max() if isinstance(o, torch.Tensor) else o
-                             for o in outputs)
+        return type(outputs)(
+            o + 0.01 * o.abs().max() if isinstance(o, torch.Tensor) else o for o in outputs
+        )
+
     backend, _ = recording_backend(wrap_outputs=perturb)
-    with pytest.raises(RuntimeError, match=r'training\+compile: compiled feature 0 differs from '
-                                           r'eager by 1\.0\de-02'):
-        load_tool('benchmark').main([seg_model['config'], '--shape', '64', '64', '--warmup', '1',
-                                     '--iters', '1', '--repeats', '1', '--part', 'backbone',
-                                     '--compile', '--compile-backend', backend])
+    with pytest.raises(
+        RuntimeError,
+        match=r'training\+compile: compiled feature 0 differs from '
+        r'eager by 1\.0\de-02',
+    ):
+        load_tool('benchmark').main(
+            [
+                seg_model['config'],
+                '--shape',
+                '64',
+                '64',
+                '--warmup',
+                '1',
+                '--iters',
+                '1',
+                '--repeats',
+                '1',
+                '--part',
+                'backbone',
+                '--compile',
+                '--compile-backend',
+                backend,
+            ]
+        )
 
 
-@pytest.mark.parametrize('argv, message', [
-    (['--compile-mode', 'max-autotune'], '--compile-mode and --compile-backend need --compile'),
-    (['--compile', '--warmup', '0'], 'at least one warm-up pass'),
-])
+@pytest.mark.parametrize(
+    'argv, message',
+    [
+        (['--compile-mode', 'max-autotune'], '--compile-mode and --compile-backend need --compile'),
+        (['--compile', '--warmup', '0'], 'at least one warm-up pass'),
+    ],
+)
 def test_benchmark_compile_argument_errors(seg_model, argv, message, capsys):
     benchmark = load_tool('benchmark')
     with pytest.raises(SystemExit) as info:

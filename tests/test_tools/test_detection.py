@@ -3,6 +3,7 @@ use from an existing MMDetection project with MMDetection's own tools/train.py.
 
 CPU only; the training tests use a tiny generated shapes dataset and a quick-start-sized model.
 """
+
 import copy
 import glob
 import os
@@ -20,6 +21,8 @@ from mmunirep.models import UniRepLKNet
 
 from helpers import ROOT
 from helpers import load_tool as _load_tool
+
+pytestmark = pytest.mark.slow  # trains detectors
 
 QUICKSTART = osp.join(ROOT, 'configs', 'detection', 'quickstart_unireplknet_a_shapes.py')
 MMDET_PROJECT = osp.join(ROOT, 'configs', 'detection', 'example_mmdet_project_mask_rcnn.py')
@@ -51,14 +54,16 @@ def _data_options(root):
 
 def _quick_options(root, max_epochs, val_interval):
     opts = _data_options(root)
-    opts.update({
-        'train_cfg.max_epochs': max_epochs,
-        'train_cfg.val_interval': val_interval,
-        'default_hooks.checkpoint.interval': 1,
-        'default_hooks.checkpoint.max_keep_ckpts': -1,
-        'default_hooks.logger.interval': 1,
-        'randomness.seed': 0,
-    })
+    opts.update(
+        {
+            'train_cfg.max_epochs': max_epochs,
+            'train_cfg.val_interval': val_interval,
+            'default_hooks.checkpoint.interval': 1,
+            'default_hooks.checkpoint.max_keep_ckpts': -1,
+            'default_hooks.logger.interval': 1,
+            'randomness.seed': 0,
+        }
+    )
     return opts
 
 
@@ -74,8 +79,10 @@ def _load_ckpt(path):
 def trained(shapes, tmp_path_factory):
     """One epoch (2 iterations of 2 images) + validation with tools/train.py."""
     work_dir = str(tmp_path_factory.mktemp('quick_train'))
-    _load_tool('train').main([QUICKSTART, '--work-dir', work_dir] +
-                             _to_argv(_quick_options(shapes, max_epochs=1, val_interval=1)))
+    _load_tool('train').main(
+        [QUICKSTART, '--work-dir', work_dir]
+        + _to_argv(_quick_options(shapes, max_epochs=1, val_interval=1))
+    )
     return work_dir
 
 
@@ -102,8 +109,18 @@ def test_test_tool_evaluates_checkpoint(shapes, trained, tmp_path):
     # its boxes' rectangles, not empty, so that the masks' evaluation below is not vacuous
     data_options = dict(_data_options(shapes), **{'model.test_cfg.rcnn.mask_thr_binary': 0.0})
     metrics = _load_tool('test').main(
-        [QUICKSTART, ckpt, '--work-dir', str(tmp_path / 'test'), '--out', str(out),
-         '--show-dir', str(show)] + _to_argv(data_options))
+        [
+            QUICKSTART,
+            ckpt,
+            '--work-dir',
+            str(tmp_path / 'test'),
+            '--out',
+            str(out),
+            '--show-dir',
+            str(show),
+        ]
+        + _to_argv(data_options)
+    )
     for key in ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP', 'coco/segm_mAP_50'):
         assert key in metrics, sorted(metrics)
     pngs = sorted(os.listdir(show))
@@ -119,14 +136,20 @@ def test_test_tool_evaluates_checkpoint(shapes, trained, tmp_path):
     own_gt = tmp_path / 'own_gt.json'
     write_ground_truth_from_predictions(out, ann_file, own_gt, per_image=3)
     out2 = tmp_path / 'preds2.pkl'
-    options = dict(data_options, **{'test_dataloader.dataset.ann_file': str(own_gt),
-                                             'test_evaluator.ann_file': str(own_gt)})
-    metrics = _load_tool('test').main([QUICKSTART, ckpt, '--work-dir', str(tmp_path / 'test2'),
-                                       '--out', str(out2)] + _to_argv(options))
+    options = dict(
+        data_options,
+        **{'test_dataloader.dataset.ann_file': str(own_gt), 'test_evaluator.ann_file': str(own_gt)},
+    )
+    metrics = _load_tool('test').main(
+        [QUICKSTART, ckpt, '--work-dir', str(tmp_path / 'test2'), '--out', str(out2)]
+        + _to_argv(options)
+    )
     stats = recomputed_coco_stats(out2, str(own_gt))
     for iou_type in ('bbox', 'segm'):
-        for key, value in ((f'coco/{iou_type}_mAP', stats[iou_type][0]),
-                           (f'coco/{iou_type}_mAP_50', stats[iou_type][1])):
+        for key, value in (
+            (f'coco/{iou_type}_mAP', stats[iou_type][0]),
+            (f'coco/{iou_type}_mAP_50', stats[iou_type][1]),
+        ):
             # the tool rounds to 3 decimals
             assert abs(metrics[key] - value) <= 6e-4, (key, metrics[key], value)
     assert metrics['coco/bbox_mAP'] > 0.3 and metrics['coco/segm_mAP'] > 0.3, metrics
@@ -139,6 +162,7 @@ def write_ground_truth_from_predictions(pred_file, ann_file, out_file, per_image
     import pickle
 
     from pycocotools import mask as mask_utils
+
     with open(pred_file, 'rb') as f:
         preds = pickle.load(f)
     with open(ann_file) as f:
@@ -152,10 +176,17 @@ def write_ground_truth_from_predictions(pred_file, ann_file, out_file, per_image
             rle = dict(inst['masks'][i])
             if isinstance(rle['counts'], bytes):
                 rle['counts'] = rle['counts'].decode()
-            annotations.append(dict(
-                id=len(annotations) + 1, image_id=pred['img_id'], iscrowd=0,
-                category_id=cat_ids[int(inst['labels'][i])], bbox=[x1, y1, x2 - x1, y2 - y1],
-                area=float(mask_utils.area(inst['masks'][i])), segmentation=rle))
+            annotations.append(
+                dict(
+                    id=len(annotations) + 1,
+                    image_id=pred['img_id'],
+                    iscrowd=0,
+                    category_id=cat_ids[int(inst['labels'][i])],
+                    bbox=[x1, y1, x2 - x1, y2 - y1],
+                    area=float(mask_utils.area(inst['masks'][i])),
+                    segmentation=rle,
+                )
+            )
     assert len(annotations) == per_image * len(preds), len(annotations)
     coco['annotations'] = annotations
     with open(out_file, 'w') as f:
@@ -168,6 +199,7 @@ def recomputed_coco_stats(pred_file, ann_file):
 
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
+
     with open(pred_file, 'rb') as f:
         preds = pickle.load(f)
     gt = COCO(ann_file)
@@ -179,8 +211,11 @@ def recomputed_coco_stats(pred_file, ann_file):
         assert len(inst['scores']) > 0, 'no detections: nothing to evaluate'
         for i in range(len(inst['scores'])):
             x1, y1, x2, y2 = inst['bboxes'][i].tolist()
-            common = dict(image_id=pred['img_id'], category_id=cat_ids[int(inst['labels'][i])],
-                          score=float(inst['scores'][i]))
+            common = dict(
+                image_id=pred['img_id'],
+                category_id=cat_ids[int(inst['labels'][i])],
+                score=float(inst['scores'][i]),
+            )
             results['bbox'].append(dict(common, bbox=[x1, y1, x2 - x1, y2 - y1]))
             rle = dict(inst['masks'][i])
             results['segm'].append(dict(common, segmentation=rle))
@@ -205,30 +240,53 @@ def test_train_with_the_backbone_compiled_and_ema(shapes, tmp_path):
     config = tmp_path / 'compiled_backbone.py'
     config.write_text(
         f'_base_ = [{QUICKSTART!r}]\n'
-        "model = dict(backbone=dict(compile=dict(backend='aot_eager')))\n"
+        "model = dict(backbone=dict(compile=dict(backend='aot_eager'), arch=dict(\n"
+        '    _delete_=True, depths=(1, 1, 2, 1), dims=(40, 80, 160, 320),\n'
+        '    kernel_sizes=((3, ), (13, ), (13, 3), (13, )))))\n'
         "custom_hooks = [dict(type='EMAHook', ema_type='ExpMomentumEMA', momentum=1e-4, "
-        "gamma=2000, update_buffers=True, priority=49)]\n")
+        'gamma=2000, update_buffers=True, priority=49)]\n'
+    )
     work_dir = tmp_path / 'work'
-    _load_tool('train').main([str(config), '--work-dir', str(work_dir)] +
-                             _to_argv(_quick_options(shapes, max_epochs=1, val_interval=1)))
+    _load_tool('train').main(
+        [str(config), '--work-dir', str(work_dir)]
+        + _to_argv(_quick_options(shapes, max_epochs=1, val_interval=1))
+    )
     assert torch._dynamo.utils.counters['stats']['unique_graphs'] > 0
     ckpt = _load_ckpt(osp.join(work_dir, 'epoch_1.pth'))
-    eager = UniRepLKNet(**{k: v for k, v in Config.fromfile(QUICKSTART).model.backbone.items()
-                           if k not in ('type', 'init_cfg')})
-    keys = {k[len('backbone.'):] for k in ckpt['state_dict'] if k.startswith('backbone.')}
+    eager = UniRepLKNet(
+        **{
+            k: v
+            for k, v in Config.fromfile(str(config)).model.backbone.items()
+            if k not in ('type', 'init_cfg', 'compile')
+        }
+    )
+    keys = {k[len('backbone.') :] for k in ckpt['state_dict'] if k.startswith('backbone.')}
     assert keys == set(eager.state_dict())
     # mmengine's EMAHook saves the averaged model's state dict (keys module.*) beside the model's
-    ema_keys = {k[len('module.backbone.'):] for k in ckpt['ema_state_dict']
-                if k.startswith('module.backbone.')}
+    ema_keys = {
+        k[len('module.backbone.') :]
+        for k in ckpt['ema_state_dict']
+        if k.startswith('module.backbone.')
+    }
     assert ema_keys == set(eager.state_dict())
 
 
 def test_test_tool_tta_on_a_detection_config_says_why_not(shapes, trained, tmp_path):
-    with pytest.raises(ValueError, match=r"--tta needs tta_model and tta_pipeline in the config "
-                                         r"\(the detection configs have none: .*instance masks"):
-        _load_tool('test').main([QUICKSTART, osp.join(trained, 'epoch_1.pth'), '--tta',
-                                 '--work-dir', str(tmp_path / 'test')] +
-                                _to_argv(_data_options(shapes)))
+    with pytest.raises(
+        ValueError,
+        match=r'--tta needs tta_model and tta_pipeline in the config '
+        r'\(the detection configs have none: .*instance masks',
+    ):
+        _load_tool('test').main(
+            [
+                QUICKSTART,
+                osp.join(trained, 'epoch_1.pth'),
+                '--tta',
+                '--work-dir',
+                str(tmp_path / 'test'),
+            ]
+            + _to_argv(_data_options(shapes))
+        )
 
 
 def test_resume_restores_iteration_and_optimizer(shapes, trained, tmp_path, monkeypatch):
@@ -247,8 +305,10 @@ def test_resume_restores_iteration_and_optimizer(shapes, trained, tmp_path, monk
 
     monkeypatch.setattr(Runner, 'load_or_resume', spy)
     work_dir = str(tmp_path / 'resumed')
-    _load_tool('train').main([QUICKSTART, '--work-dir', work_dir, '--resume', ckpt_path] +
-                             _to_argv(_quick_options(shapes, max_epochs=2, val_interval=10)))
+    _load_tool('train').main(
+        [QUICKSTART, '--work-dir', work_dir, '--resume', ckpt_path]
+        + _to_argv(_quick_options(shapes, max_epochs=2, val_interval=10))
+    )
 
     assert captured['epoch'] == 1 and captured['iter'] == 2
     state, saved_state = captured['optimizer']['state'], saved['optimizer']['state']
@@ -277,8 +337,11 @@ def test_resume_restores_iteration_and_optimizer(shapes, trained, tmp_path, monk
 # ------------------------------------------------------------------------------------------------
 def _mmdet_train_script():
     import mmdet
-    candidates = [osp.join(osp.dirname(mmdet.__file__), '.mim', 'tools', 'train.py'),
-                  osp.join(osp.dirname(osp.dirname(mmdet.__file__)), 'tools', 'train.py')]
+
+    candidates = [
+        osp.join(osp.dirname(mmdet.__file__), '.mim', 'tools', 'train.py'),
+        osp.join(osp.dirname(osp.dirname(mmdet.__file__)), 'tools', 'train.py'),
+    ]
     for path in candidates:
         if osp.isfile(path):
             return path
@@ -314,8 +377,9 @@ def test_mmdet_own_train_tool_on_project_config(shapes, tmp_path):
         'val_evaluator': 'None',
         'default_hooks.logger.interval': 1,
     }
-    cmd = [sys.executable, script, MMDET_PROJECT, '--work-dir', str(work_dir), '--cfg-options'
-           ] + [f'{k}={v}' for k, v in opts.items()]
+    cmd = [sys.executable, script, MMDET_PROJECT, '--work-dir', str(work_dir), '--cfg-options'] + [
+        f'{k}={v}' for k, v in opts.items()
+    ]
     proc = subprocess.run(cmd, cwd=str(tmp_path), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     ckpt_path = work_dir / 'epoch_1.pth'

@@ -1,6 +1,7 @@
 """tools/model_converters: re-parameterized detectors and segmentors give the same predictions
 and metrics; the authors' released MMDetection 2 / MMSegmentation 0.x checkpoints convert; bad
 paths and checkpoints get clear errors."""
+
 import os
 import pickle
 
@@ -21,6 +22,7 @@ def run_test(config, ckpt, out, deploy=False):
         return metrics, pickle.load(f)
 
 
+@pytest.mark.slow
 def test_reparameterized_segmentor_gives_the_same_predictions_and_miou(seg_model):
     s = seg_model
     deploy_ckpt = str(s['tmp'] / 'seg_deploy.pth')
@@ -32,13 +34,18 @@ def test_reparameterized_segmentor_gives_the_same_predictions_and_miou(seg_model
     assert set(m_train) == set(m_deploy) and 'mIoU' in m_train
     for k in m_train:
         assert m_deploy[k] == pytest.approx(m_train[k], abs=1e-6), k
-    assert len(p_train) == len(p_deploy) == len(os.listdir(os.path.join(s['data'], 'images', 'validation')))
+    assert (
+        len(p_train)
+        == len(p_deploy)
+        == len(os.listdir(os.path.join(s['data'], 'images', 'validation')))
+    )
     for a, b in zip(p_train, p_deploy):
         la, lb = a['seg_logits']['data'], b['seg_logits']['data']
         assert ((la - lb).abs().max() / la.abs().max()).item() < 1e-4
         assert torch.equal(a['pred_sem_seg']['data'], b['pred_sem_seg']['data'])
 
 
+@pytest.mark.slow
 def test_reparameterized_detector_gives_the_same_predictions_and_map(det_model):
     s = det_model
     deploy_ckpt = str(s['tmp'] / 'det_deploy.pth')
@@ -61,18 +68,26 @@ def test_convert_released_mmdet2_checkpoint(det_model, tmp_path):
     """An MMDetection 2.28 Cascade Mask R-CNN checkpoint: ema_* buffers, CLASSES in meta."""
     s = det_model
     state = torch.load(s['ckpt'], map_location='cpu')['state_dict']
-    ema = {'ema_' + k.replace('.', '_'): v + 1.0 for k, v in state.items()
-           if v.is_floating_point()}
-    released = {'meta': {'CLASSES': ('circle', 'square', 'triangle'), 'mmcv_version': '1.5.0',
-                         'mmdet_version': '2.28.2', 'epoch': 36, 'config': '...'},
-                'state_dict': {**state, **ema},
-                'optimizer': {'state': {}, 'param_groups': [{'lr': 1e-6}]}}
+    ema = {'ema_' + k.replace('.', '_'): v + 1.0 for k, v in state.items() if v.is_floating_point()}
+    released = {
+        'meta': {
+            'CLASSES': ('circle', 'square', 'triangle'),
+            'mmcv_version': '1.5.0',
+            'mmdet_version': '2.28.2',
+            'epoch': 36,
+            'config': '...',
+        },
+        'state_dict': {**state, **ema},
+        'optimizer': {'state': {}, 'param_groups': [{'lr': 1e-6}]},
+    }
     src, dst = tmp_path / 'released.pth', tmp_path / 'converted.pth'
     torch.save(released, src)
     load_tool('convert_checkpoint').main([str(src), str(dst), '--config', s['config']])
     converted = torch.load(dst, map_location='cpu')
     assert converted['meta']['dataset_meta']['classes'] == ('circle', 'square', 'triangle')
-    assert set(converted['state_dict']) == set(state)  # every key lands (checked against the config)
+    assert set(converted['state_dict']) == set(
+        state
+    )  # every key lands (checked against the config)
     for k, v in state.items():
         assert torch.equal(converted['state_dict'][k], v)
     ema_dst = tmp_path / 'converted_ema.pth'
@@ -85,9 +100,14 @@ def test_convert_released_mmdet2_checkpoint(det_model, tmp_path):
 def test_convert_released_mmseg0_checkpoint(seg_model, tmp_path):
     s = seg_model
     state = torch.load(s['ckpt'], map_location='cpu')['state_dict']
-    released = {'meta': {'CLASSES': ('circle', 'square', 'triangle'),
-                         'PALETTE': [[1, 2, 3], [4, 5, 6], [7, 8, 9]], 'iter': 160000},
-                'state_dict': {'module.' + k: v for k, v in state.items()}}
+    released = {
+        'meta': {
+            'CLASSES': ('circle', 'square', 'triangle'),
+            'PALETTE': [[1, 2, 3], [4, 5, 6], [7, 8, 9]],
+            'iter': 160000,
+        },
+        'state_dict': {'module.' + k: v for k, v in state.items()},
+    }
     src, dst = tmp_path / 'released.pth', tmp_path / 'converted.pth'
     torch.save(released, src)
     load_tool('convert_checkpoint').main([str(src), str(dst), '--config', s['config']])
@@ -108,10 +128,12 @@ def test_tools_fail_clearly_on_bad_paths_and_checkpoints(seg_model, tmp_path):
     with pytest.raises(FileNotFoundError, match='not found'):
         load_tool('test').main([s['config'], str(tmp_path / 'missing.pth')])
     with pytest.raises(FileNotFoundError, match='not found'):
-        load_tool('reparameterize').main([s['config'], str(tmp_path / 'missing.pth'),
-                                          str(tmp_path / 'o.pth')])
+        load_tool('reparameterize').main(
+            [s['config'], str(tmp_path / 'missing.pth'), str(tmp_path / 'o.pth')]
+        )
     # a detector's checkpoint for a segmentor config
     torch.save({'state_dict': {'backbone.foo': torch.randn(2)}}, tmp_path / 'wrong.pth')
     with pytest.raises(RuntimeError, match='does not fit'):
-        load_tool('reparameterize').main([s['config'], str(tmp_path / 'wrong.pth'),
-                                          str(tmp_path / 'o.pth')])
+        load_tool('reparameterize').main(
+            [s['config'], str(tmp_path / 'wrong.pth'), str(tmp_path / 'o.pth')]
+        )

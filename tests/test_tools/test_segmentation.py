@@ -1,6 +1,7 @@
 """Segmentation through the tools: the quick start's training and tools/test.py (--tta, --out,
 --show-dir), the shapes generator, and MMSegmentation's own tools/train.py on a config that swaps
 in our backbone (CPU, tiny data)."""
+
 import glob
 import os
 import os.path as osp
@@ -22,13 +23,12 @@ EXAMPLE = osp.join(SEG_DIR, 'example_mmseg_project_fcn.py')
 ALL_CONFIGS = sorted(osp.basename(p) for p in glob.glob(osp.join(SEG_DIR, '*.py')))
 
 
-
-
 make_shapes = load_tool('make_shapes_ade20k')
 
 
 def build_segmentor(cfg):
     from mmseg.registry import MODELS
+
     init_default_scope('mmseg')
     cfg.model.backbone.init_cfg = None  # nothing is downloaded
     cfg.model.pretrained = None
@@ -48,30 +48,38 @@ def tiny_data(shapes_ade):
 def test_make_shapes_is_deterministic_and_ade_formatted(tmp_path):
     import cv2
     import numpy as np
+
     a, b = str(tmp_path / 'a'), str(tmp_path / 'b')
     for out in (a, b):
-        make_shapes.main(['--out', out, '--num-train', '3', '--num-val', '2', '--size', '48',
-                          '--seed', '7'])
+        make_shapes.main(
+            ['--out', out, '--num-train', '3', '--num-val', '2', '--size', '48', '--seed', '7']
+        )
     for split, prefix, n in (('training', 'train', 3), ('validation', 'val', 2)):
         names = sorted(os.listdir(osp.join(a, 'images', split)))
         assert names == [f'ADE_{prefix}_{i:08d}.jpg' for i in range(n)]
         for name in names:
             stem = name[:-4]
             for sub, ext in (('images', '.jpg'), ('annotations', '.png')):
-                with open(osp.join(a, sub, split, stem + ext), 'rb') as f1, \
-                        open(osp.join(b, sub, split, stem + ext), 'rb') as f2:
+                with open(osp.join(a, sub, split, stem + ext), 'rb') as f1, open(
+                    osp.join(b, sub, split, stem + ext), 'rb'
+                ) as f2:
                     assert f1.read() == f2.read()
-            label = cv2.imread(osp.join(a, 'annotations', split, stem + '.png'),
-                               cv2.IMREAD_UNCHANGED)
+            label = cv2.imread(
+                osp.join(a, 'annotations', split, stem + '.png'), cv2.IMREAD_UNCHANGED
+            )
             img = cv2.imread(osp.join(a, 'images', split, name))
             assert label.dtype == np.uint8 and label.shape == (48, 48) == img.shape[:2]
             assert set(np.unique(label)) <= {0, 1, 2, 3} and 0 in label and label.max() >= 1
 
 
+@pytest.mark.slow
 def test_quickstart_train_test_tta(tmp_path, tiny_data):
     config = tiny_seg_config(
-        tmp_path, tiny_data, train_cfg=dict(max_iters=1, val_interval=1),
-        default_hooks=dict(logger=dict(interval=1), checkpoint=dict(interval=1)))
+        tmp_path,
+        tiny_data,
+        train_cfg=dict(max_iters=1, val_interval=1),
+        default_hooks=dict(logger=dict(interval=1), checkpoint=dict(interval=1)),
+    )
     work_dir = str(tmp_path / 'work')
     load_tool('train').main([config, '--work-dir', work_dir])
     ckpt = osp.join(work_dir, 'iter_1.pth')
@@ -86,9 +94,23 @@ def test_quickstart_train_test_tta(tmp_path, tiny_data):
     # Runner would reuse the first one's (and its save_dir)
     show_dir = str(tmp_path / 'show')
     proc = subprocess.run(
-        [sys.executable, osp.join(ROOT, 'tools', 'test.py'), config, ckpt, '--work-dir',
-         str(tmp_path / 'test'), '--show-dir', show_dir, '--out', str(tmp_path / 'out.pkl')],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            osp.join(ROOT, 'tools', 'test.py'),
+            config,
+            ckpt,
+            '--work-dir',
+            str(tmp_path / 'test'),
+            '--show-dir',
+            show_dir,
+            '--out',
+            str(tmp_path / 'out.pkl'),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert 'mIoU' in proc.stdout + proc.stderr
     pngs = glob.glob(osp.join(show_dir, '**', '*.png'), recursive=True)
@@ -97,13 +119,18 @@ def test_quickstart_train_test_tta(tmp_path, tiny_data):
 
     test_tool = load_tool('test')
     label_dir = tmp_path / 'label_maps'
-    tta_metrics = test_tool.main([config, ckpt, '--tta', '--work-dir', str(tmp_path / 'tta'),
-                                  '--out', str(label_dir)])
+    tta_metrics = test_tool.main(
+        [config, ckpt, '--tta', '--work-dir', str(tmp_path / 'tta'), '--out', str(label_dir)]
+    )
     assert set(tta_metrics) >= {'mIoU', 'aAcc', 'mAcc'} and 0 <= tta_metrics['mIoU'] <= 100
     # --out DIR: one PNG label map per image, in the annotations' values (reduce_zero_label:
     # the classes are 1..3, 0 is "other"); the mIoU recomputed from them is the tool's
-    assert_label_maps_give_miou(label_dir, osp.join(tiny_data, 'annotations', 'validation'),
-                                num_classes=3, miou=tta_metrics['mIoU'])
+    assert_label_maps_give_miou(
+        label_dir,
+        osp.join(tiny_data, 'annotations', 'validation'),
+        num_classes=3,
+        miou=tta_metrics['mIoU'],
+    )
     not_a_dir = tmp_path / 'labels.txt'
     not_a_dir.write_text('x')
     with pytest.raises(ValueError, match='existing file'):
@@ -113,6 +140,7 @@ def test_quickstart_train_test_tta(tmp_path, tiny_data):
 def assert_label_maps_give_miou(label_dir, gt_dir, num_classes, miou):
     import cv2
     import numpy as np
+
     names = sorted(os.listdir(gt_dir))
     assert sorted(os.listdir(label_dir)) == names
     inter, union = np.zeros(num_classes), np.zeros(num_classes)
@@ -133,8 +161,10 @@ def assert_label_maps_give_miou(label_dir, gt_dir, num_classes, miou):
 
 
 # -- from an existing MMSegmentation project: MMSegmentation's own tools/train.py ---------------
+@pytest.mark.slow
 def test_mmseg_own_train_tool_on_example_config(tmp_path, tiny_data):
     import mmseg
+
     mmseg_train = osp.join(osp.dirname(mmseg.__file__), '.mim', 'tools', 'train.py')
     assert osp.isfile(mmseg_train), mmseg_train
     cfg = Config.fromfile(EXAMPLE)
@@ -163,13 +193,17 @@ default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=1))
 """)
     work_dir = tmp_path / 'work'
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
-    proc = subprocess.run([sys.executable, mmseg_train, str(config), '--work-dir', str(work_dir)],
-                          cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, mmseg_train, str(config), '--work-dir', str(work_dir)],
+        cwd=str(tmp_path),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (work_dir / 'iter_1.pth').is_file(), os.listdir(work_dir)
     state = torch.load(str(work_dir / 'iter_1.pth'), map_location='cpu', weights_only=False)
     keys = state['state_dict']
     assert 'backbone.stages.2.5.dwconv.lk_origin.weight' in keys  # our backbone, arch 'a'
     assert keys['decode_head.conv_seg.weight'].shape[:2] == (3, 16)
-
-

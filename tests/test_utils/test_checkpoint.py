@@ -1,4 +1,5 @@
 """Checkpoints load under torch's weights_only=True default; unsafe ones are refused, explained."""
+
 import numpy as np
 import pytest
 import torch
@@ -26,8 +27,11 @@ def test_mmengine_runner_checkpoint_contents_load(tmp_path):
     for v in losses:
         hub.update_scalar('train/loss', float(v))
     hub.update_scalar('train/lr', np.float64(0.01))
-    state = {'meta': {'seed': np.int64(7), 'iter': 5}, 'message_hub': hub.state_dict(),
-             'state_dict': {'w': torch.randn(3, 3)}}
+    state = {
+        'meta': {'seed': np.int64(7), 'iter': 5},
+        'message_hub': hub.state_dict(),
+        'state_dict': {'w': torch.randn(3, 3)},
+    }
     path = tmp_path / 'ckpt.pth'
     torch.save(state, path)
     loaded = CheckpointLoader.load_checkpoint(str(path), map_location='cpu')

@@ -1,8 +1,9 @@
 """Parameters and FLOPs of a segmentor or detector config (MMSegmentation / MMDetection).
 
-    python tools/analysis_tools/get_flops.py configs/segmentation/unireplknet_t_1k_upernet_160k_512.py \
-        --shape 512 2048 --deploy
-    python tools/analysis_tools/get_flops.py configs/detection/unireplknet_t_1k_cascade_3x.py --shape 800 1280
+    python tools/analysis_tools/get_flops.py \
+        configs/segmentation/unireplknet_t_1k_upernet_160k_512.py --shape 512 2048 --deploy
+    python tools/analysis_tools/get_flops.py configs/detection/unireplknet_t_1k_cascade_3x.py \
+        --shape 800 1280
 
 The model is built from the config's scope registry with the backbone's ``init_cfg`` set to None
 (nothing is downloaded), SyncBN reverted to BN, in eval mode, and counted with
@@ -26,6 +27,7 @@ FLOPs within 0.3%, and the Cascade Mask R-CNN configs (800x1280) within 0.6% (pa
 (FLOPs). Without it the params are 0.5-1.4% higher (the BatchNorms and dilated branches that
 re-parameterization folds away) and the FLOPs 0.3-0.4% higher.
 """
+
 import argparse
 import json
 import sys
@@ -45,20 +47,44 @@ from mmunirep.utils.dummy_inputs import dummy_batch
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Params and FLOPs of a segmentor or detector')
     parser.add_argument('config', help='config file path')
-    parser.add_argument('--shape', type=int, nargs='+', required=True, metavar='H W',
-                        help='input image height and width (one value: square)')
-    parser.add_argument('--num-proposals', type=int, default=1000,
-                        help='two-stage detectors: proposals fed to the box heads')
-    parser.add_argument('--num-mask-rois', type=int, default=100,
-                        help='two-stage detectors: RoIs fed to the mask heads')
-    parser.add_argument('--deploy', action='store_true',
-                        help='count the re-parameterized (inference) UniRepLKNet, as the paper')
-    parser.add_argument('--keep-aux-head', action='store_true',
-                        help='segmentors: keep the auxiliary (training-only) head in the params '
-                        '(the test-time forward never runs it, so its FLOPs are not counted)')
+    parser.add_argument(
+        '--shape',
+        type=int,
+        nargs='+',
+        required=True,
+        metavar='H W',
+        help='input image height and width (one value: square)',
+    )
+    parser.add_argument(
+        '--num-proposals',
+        type=int,
+        default=1000,
+        help='two-stage detectors: proposals fed to the box heads',
+    )
+    parser.add_argument(
+        '--num-mask-rois',
+        type=int,
+        default=100,
+        help='two-stage detectors: RoIs fed to the mask heads',
+    )
+    parser.add_argument(
+        '--deploy',
+        action='store_true',
+        help='count the re-parameterized (inference) UniRepLKNet, as the paper',
+    )
+    parser.add_argument(
+        '--keep-aux-head',
+        action='store_true',
+        help='segmentors: keep the auxiliary (training-only) head in the params '
+        '(the test-time forward never runs it, so its FLOPs are not counted)',
+    )
     parser.add_argument('--json', action='store_true', help='print the result as JSON')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, e.g. model.backbone.deploy=True')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override config settings, e.g. model.backbone.deploy=True',
+    )
     args = parser.parse_args(argv)
     if len(args.shape) == 1:
         args.shape = [args.shape[0]] * 2
@@ -82,20 +108,22 @@ class TwoStageDummy(nn.Module):
     on all of them, the mask branch on the first ``num_mask_rois``.
     """
 
-    def __init__(self, detector: nn.Module, img_shape, num_proposals: int = 1000,
-                 num_mask_rois: int = 100):
+    def __init__(
+        self, detector: nn.Module, img_shape, num_proposals: int = 1000, num_mask_rois: int = 100
+    ):
         super().__init__()
         self.detector = detector
         gen = torch.Generator().manual_seed(0)
         h, w = img_shape
         xy = torch.rand(num_proposals, 2, generator=gen) * torch.tensor([w * 0.9, h * 0.9])
         wh = 16 + torch.rand(num_proposals, 2, generator=gen) * torch.tensor([w / 3, h / 3])
-        boxes = torch.cat([xy, torch.minimum(xy + wh, torch.tensor([w - 1., h - 1.]))], dim=1)
+        boxes = torch.cat([xy, torch.minimum(xy + wh, torch.tensor([w - 1.0, h - 1.0]))], dim=1)
         self.register_buffer('proposals', boxes, persistent=False)
         self.num_mask_rois = num_mask_rois
 
     def forward(self, inputs: torch.Tensor):
         from mmdet.structures.bbox import bbox2roi
+
         det = self.detector
         x = det.extract_feat(inputs)
         outs = []
@@ -104,15 +132,15 @@ class TwoStageDummy(nn.Module):
             outs += list(cls_scores) + list(bbox_preds)
         roi_head = det.roi_head
         rois = bbox2roi([self.proposals.to(inputs.dtype)])
-        mask_rois = rois[:self.num_mask_rois]
+        mask_rois = rois[: self.num_mask_rois]
         stages = getattr(roi_head, 'num_stages', None)
         if roi_head.with_bbox:
             for i in range(stages) if stages else [None]:
-                res = roi_head._bbox_forward(*(() if i is None else (i, )), x, rois)
+                res = roi_head._bbox_forward(*(() if i is None else (i,)), x, rois)
                 outs += [res['cls_score'], res['bbox_pred']]
         if roi_head.with_mask:
             for i in range(stages) if stages else [None]:
-                res = roi_head._mask_forward(*(() if i is None else (i, )), x, mask_rois)
+                res = roi_head._mask_forward(*(() if i is None else (i,)), x, mask_rois)
                 outs.append(res['mask_preds'])
         return tuple(outs)
 
@@ -121,9 +149,15 @@ def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def get_flops(config: str, shape, cfg_options=None, num_proposals: int = 1000,
-              num_mask_rois: int = 100, keep_aux_head: bool = False,
-              deploy: bool = False) -> dict:
+def get_flops(
+    config: str,
+    shape,
+    cfg_options=None,
+    num_proposals: int = 1000,
+    num_mask_rois: int = 100,
+    keep_aux_head: bool = False,
+    deploy: bool = False,
+) -> dict:
     """Count a config's model; returns params, flops and what was counted."""
     cfg = Config.fromfile(config)
     if cfg_options:
@@ -151,18 +185,22 @@ def get_flops(config: str, shape, cfg_options=None, num_proposals: int = 1000,
             counted = 'backbone + decode head' + (' (+ aux head params)' if keep_aux_head else '')
         else:
             from mmdet.models.detectors import TwoStageDetector
+
             inputs, data_samples = dummy_batch(model, framework, 1, *shape)
             if isinstance(model, TwoStageDetector) and model.with_roi_head:
                 target = TwoStageDummy(model, inputs.shape[-2:], num_proposals, num_mask_rois)
-                counted = (f'backbone + neck + RPN head + RoI heads on {num_proposals} proposals '
-                           f'(masks on {min(num_mask_rois, num_proposals)})')
+                counted = (
+                    f'backbone + neck + RPN head + RoI heads on {num_proposals} proposals '
+                    f'(masks on {min(num_mask_rois, num_proposals)})'
+                )
             else:
                 model.forward = partial(model.forward, data_samples=data_samples, mode='tensor')
                 target = model
                 counted = "model.forward(mode='tensor')"
         result['input_shape'] = tuple(inputs.shape[-2:])
-        outputs = get_model_complexity_info(target, inputs=(inputs, ), show_table=False,
-                                            show_arch=False)
+        outputs = get_model_complexity_info(
+            target, inputs=(inputs,), show_table=False, show_arch=False
+        )
     result['flops'] = int(outputs['flops'])
     result['params'] = count_params(model)
     result['backbone_params'] = count_params(model.backbone)
@@ -173,22 +211,34 @@ def get_flops(config: str, shape, cfg_options=None, num_proposals: int = 1000,
 def main(argv=None):
     args = parse_args(argv)
     deploy = args.deploy
-    result = get_flops(args.config, args.shape, args.cfg_options, args.num_proposals,
-                       args.num_mask_rois, args.keep_aux_head, args.deploy)
+    result = get_flops(
+        args.config,
+        args.shape,
+        args.cfg_options,
+        args.num_proposals,
+        args.num_mask_rois,
+        args.keep_aux_head,
+        args.deploy,
+    )
     if args.json:
         sys.stdout.write(json.dumps(result) + '\n')
     else:
         line = '=' * 60
-        lines = [line, f'config:      {result["config"]}',
-                 f'input shape: {result["input_shape"][0]} x {result["input_shape"][1]} (H x W)',
-                 f'counted:     {result["counted"]}',
-                 f'structure:   {"re-parameterized (deploy)" if deploy else "as trained"}',
-                 f'params:      {result["params"] / 1e6:.2f} M '
-                 f'(backbone {result["backbone_params"] / 1e6:.2f} M)',
-                 f'FLOPs:       {result["flops"] / 1e9:.1f} G']
+        lines = [
+            line,
+            f'config:      {result["config"]}',
+            f'input shape: {result["input_shape"][0]} x {result["input_shape"][1]} (H x W)',
+            f'counted:     {result["counted"]}',
+            f'structure:   {"re-parameterized (deploy)" if deploy else "as trained"}',
+            f'params:      {result["params"] / 1e6:.2f} M '
+            f'(backbone {result["backbone_params"] / 1e6:.2f} M)',
+            f'FLOPs:       {result["flops"] / 1e9:.1f} G',
+        ]
         if 'aux_head_params' in result and not args.keep_aux_head:
-            lines.append(f'             (auxiliary head not counted: '
-                         f'{result["aux_head_params"] / 1e6:.2f} M params)')
+            lines.append(
+                f'             (auxiliary head not counted: '
+                f'{result["aux_head_params"] / 1e6:.2f} M params)'
+            )
         sys.stdout.write('\n'.join(lines + [line]) + '\n')
     return result
 

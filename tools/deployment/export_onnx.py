@@ -1,17 +1,19 @@
 """Export the deploy structure of a UniRepLKNet backbone or segmentor to ONNX, and check it.
 
-    python tools/deployment/export_onnx.py CONFIG [--checkpoint CKPT] --out model.onnx [--part segmentor]
+    python tools/deployment/export_onnx.py CONFIG [--checkpoint CKPT] --out model.onnx \
+        [--part segmentor]
 
 ``--part backbone`` exports the backbone (image -> its multi-scale features); ``--part segmentor``
 (MMSegmentation configs) exports image -> per-pixel class logits at the input size. The model is
 re-parameterized first (a training-structure checkpoint is converted on the way), exported with
 a dynamic batch axis (and dynamic spatial axes for the backbone; UperNet's pyramid pooling fixes
-the segmentor's input size to --shape), then run in onnxruntime on a fresh random input and compared with
-PyTorch (relative max error <= --rtol). The graph holds only standard ONNX operators.
+the segmentor's input size to --shape), then run in onnxruntime on a fresh random input and
+compared with PyTorch (relative max error <= --rtol). The graph holds only standard ONNX operators.
 
 Detectors are not exported: their RoI heads need mmcv's custom operators, and mmdeploy, the
 field's tool for them, does not support this stack (mmcv 2.1 on torch 2.14).
 """
+
 import argparse
 
 import numpy as np
@@ -43,8 +45,12 @@ class SegmentorLogits(nn.Module):
 
     def forward(self, x):
         logits = self.segmentor.decode_head(self.segmentor.extract_feat(x))
-        return F.interpolate(logits, size=x.shape[-2:], mode='bilinear',
-                             align_corners=self.segmentor.decode_head.align_corners)
+        return F.interpolate(
+            logits,
+            size=x.shape[-2:],
+            mode='bilinear',
+            align_corners=self.segmentor.decode_head.align_corners,
+        )
 
 
 class MatmulAdaptiveAvgPool2d(nn.Module):
@@ -57,7 +63,7 @@ class MatmulAdaptiveAvgPool2d(nn.Module):
 
     def __init__(self, output_size):
         super().__init__()
-        size = output_size if isinstance(output_size, (tuple, list)) else (output_size, ) * 2
+        size = output_size if isinstance(output_size, (tuple, list)) else (output_size,) * 2
         self.output_size = tuple(size)
 
     @staticmethod
@@ -87,7 +93,6 @@ def make_exportable(module: nn.Module) -> nn.Module:
 
 
 class BackboneFeatures(nn.Module):
-
     def __init__(self, backbone):
         super().__init__()
         self.backbone = backbone
@@ -104,17 +109,26 @@ def parse_args(argv=None):
     parser.add_argument('--part', choices=['backbone', 'segmentor'], default='backbone')
     parser.add_argument('--shape', type=int, nargs=2, default=(512, 512), metavar=('H', 'W'))
     parser.add_argument('--opset', type=int, default=17)
-    parser.add_argument('--rtol', type=float, default=1e-4,
-                        help='max |onnx - torch| / max |torch| accepted')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, e.g. model.backbone.arch=s')
+    parser.add_argument(
+        '--rtol', type=float, default=1e-4, help='max |onnx - torch| / max |torch| accepted'
+    )
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override config settings, e.g. model.backbone.arch=s',
+    )
     args = parser.parse_args(argv)
     if min(args.shape) < 32:
-        parser.error(f'--shape takes H W of at least 32 each (the backbone downsamples by 32), '
-                     f'got {list(args.shape)}')
+        parser.error(
+            f'--shape takes H W of at least 32 each (the backbone downsamples by 32), '
+            f'got {list(args.shape)}'
+        )
     if args.part == 'segmentor' and any(v % 32 for v in args.shape):
-        parser.error(f'--part segmentor exports one input size, a multiple of 32 in both sides '
-                     f'(as the test pipeline pads), got {list(args.shape)}')
+        parser.error(
+            f'--part segmentor exports one input size, a multiple of 32 in both sides '
+            f'(as the test pipeline pads), got {list(args.shape)}'
+        )
     if not args.rtol > 0:
         parser.error(f'--rtol must be positive, got {args.rtol}')
     return args
@@ -138,8 +152,10 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = prepare_cfg(args.config, cfg_options=args.cfg_options)
     if args.part == 'segmentor' and framework_of(cfg) != 'mmseg':
-        raise ValueError('--part segmentor needs an MMSegmentation config; detectors are not '
-                         'exported (see this script\'s docstring)')
+        raise ValueError(
+            '--part segmentor needs an MMSegmentation config; detectors are not '
+            "exported (see this script's docstring)"
+        )
     model = load_deploy_model(cfg, args.checkpoint)
     if args.part == 'segmentor':
         module = make_exportable(SegmentorLogits(model))
@@ -164,8 +180,16 @@ def main(argv=None):
     with atomic_write(args.out) as tmp:
         # the TorchScript-based exporter: the dynamo exporter needs onnxscript and gives no
         # benefit here
-        torch.onnx.export(module, (example, ), tmp, dynamo=False, opset_version=args.opset,
-                          input_names=['input'], output_names=outputs, dynamic_axes=dynamic)
+        torch.onnx.export(
+            module,
+            (example,),
+            tmp,
+            dynamo=False,
+            opset_version=args.opset,
+            input_names=['input'],
+            output_names=outputs,
+            dynamic_axes=dynamic,
+        )
         return verify(module, tmp, check_shape, args.rtol)
 
 
@@ -173,6 +197,7 @@ def verify(module, path, shape, rtol):
     """Run the ONNX file in onnxruntime on fresh data; compare with PyTorch."""
     import onnx
     import onnxruntime as ort
+
     graph = onnx.load(path)
     domains = {n.domain for n in graph.graph.node} - {'', 'ai.onnx'}
     if domains:
@@ -191,8 +216,11 @@ def verify(module, path, shape, rtol):
         errors.append(float(np.abs(o - t).max() / np.abs(t).max()))
     if not all(e <= rtol for e in errors):  # NaN too
         raise RuntimeError(f'ONNX and PyTorch differ: relative errors {errors} > {rtol}')
-    print_log(f'onnxruntime matches PyTorch on a {tuple(shape)} input: relative max errors '
-              f'{["%.2e" % e for e in errors]} (<= {rtol})', logger='current')
+    print_log(
+        f'onnxruntime matches PyTorch on a {tuple(shape)} input: relative max errors '
+        f'{["%.2e" % e for e in errors]} (<= {rtol})',
+        logger='current',
+    )
     return errors
 
 

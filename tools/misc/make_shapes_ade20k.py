@@ -15,6 +15,7 @@ classes (0..2 after the reduction, in the order of ``CLASSES``). Each class has 
 (jittered, on a background of any colour), which lets a small model trained from scratch on a CPU
 for a few minutes learn it. The same seed gives the same files.
 """
+
 import argparse
 import os
 import os.path as osp
@@ -48,7 +49,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     c0, c1 = rng.uniform(40, 215, size=(2, 3))
     angle = rng.uniform(0, 2 * np.pi)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / max(size - 1, 1)
-    t = (np.cos(angle) * xx + np.sin(angle) * yy)
+    t = np.cos(angle) * xx + np.sin(angle) * yy
     t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
     img = c0[None, None] * (1 - t[..., None]) + c1[None, None] * t[..., None]
     img += rng.normal(0, 12, size=img.shape)
@@ -66,8 +67,9 @@ def _shape_mask(rng: np.random.Generator, label: int, size: int) -> np.ndarray:
     radius = rng.uniform(size / 10, size / 4)
     cx, cy = rng.uniform(radius, size - radius, size=2)
     if CLASSES[label - 1] == 'circle':
-        cv2.circle(mask, (int(round(cx)), int(round(cy))), int(round(radius)), 1, -1,
-                   lineType=cv2.LINE_8)
+        cv2.circle(
+            mask, (int(round(cx)), int(round(cy))), int(round(radius)), 1, -1, lineType=cv2.LINE_8
+        )
     else:
         n = 4 if CLASSES[label - 1] == 'square' else 3
         start = rng.uniform(0, 2 * np.pi)
@@ -91,8 +93,9 @@ def make_sample(rng: np.random.Generator, size: int):
     return np.clip(img, 0, 255).astype(np.uint8), label_map
 
 
-def generate(out: str, num_train: int = 300, num_val: int = 30, size: int = 128,
-             seed: int = 0) -> dict:
+def generate(
+    out: str, num_train: int = 300, num_val: int = 30, size: int = 128, seed: int = 0
+) -> dict:
     """Write the dataset under ``out``; returns the number of images per split."""
     counts = {}
     for (split, prefix), num in zip(SPLITS, (num_train, num_val)):
@@ -105,8 +108,9 @@ def generate(out: str, num_train: int = 300, num_val: int = 30, size: int = 128,
         for i in range(num):
             img, label_map = make_sample(rng, size)
             name = f'ADE_{prefix}_{i:08d}'
-            if not cv2.imwrite(osp.join(img_dir, name + '.jpg'), img,
-                               [cv2.IMWRITE_JPEG_QUALITY, 95]):
+            if not cv2.imwrite(
+                osp.join(img_dir, name + '.jpg'), img, [cv2.IMWRITE_JPEG_QUALITY, 95]
+            ):
                 raise OSError(f'could not write {osp.join(img_dir, name + ".jpg")}')
             if not cv2.imwrite(osp.join(ann_dir, name + '.png'), label_map):
                 raise OSError(f'could not write {osp.join(ann_dir, name + ".png")}')
@@ -117,9 +121,11 @@ def generate(out: str, num_train: int = 300, num_val: int = 30, size: int = 128,
 def main(argv=None):
     args = parse_args(argv)
     counts = generate(args.out, args.num_train, args.num_val, args.size, args.seed)
-    sys.stdout.write(f'wrote {counts["training"]} training and {counts["validation"]} validation '
-                     f'images ({args.size}x{args.size}, classes {", ".join(CLASSES)}) to '
-                     f'{args.out}\n')
+    sys.stdout.write(
+        f'wrote {counts["training"]} training and {counts["validation"]} validation '
+        f'images ({args.size}x{args.size}, classes {", ".join(CLASSES)}) to '
+        f'{args.out}\n'
+    )
 
 
 if __name__ == '__main__':

@@ -4,8 +4,8 @@
                                      --size 160 --seed 0]
 
 Three classes (circle, square, triangle), 1-4 objects per image on a noisy, textured background
-of any colour. Each class has its own colour (the palette of tools/misc/make_shapes_ade20k.py, jittered
-per object), as in the segmentation quick start, so that a small model trained from scratch for a
+of any colour. Each class has its own colour (the palette of make_shapes_ade20k.py, jittered per
+object), as in the segmentation quick start, so that a small model trained from scratch for a
 few minutes on a CPU learns it (version 1.0 of this dataset drew objects in random colours).
 Layout::
 
@@ -17,6 +17,7 @@ its visible pixel area and ``iscrowd=0``. Objects may overlap; the later one is 
 the visible part of an occluded object is what its mask, bbox and polygon describe (objects that
 become mostly hidden are dropped before drawing). The output depends only on the arguments.
 """
+
 import argparse
 import json
 import os
@@ -51,8 +52,11 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     """A smooth random color gradient + low-frequency blobs + pixel noise (uint8 HxWx3, BGR)."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     c0, c1, c2 = (rng.uniform(40, 215, 3) for _ in range(3))
-    img = (c0[None, None] * (1 - xx[..., None]) * (1 - yy[..., None]) + c1[None, None] * xx[..., None] +
-           c2[None, None] * yy[..., None]) / (1 + xx[..., None] * yy[..., None])
+    img = (
+        c0[None, None] * (1 - xx[..., None]) * (1 - yy[..., None])
+        + c1[None, None] * xx[..., None]
+        + c2[None, None] * yy[..., None]
+    ) / (1 + xx[..., None] * yy[..., None])
     low = rng.normal(0, 25, (6, 6, 3)).astype(np.float32)
     img += cv2.resize(low, (size, size), interpolation=cv2.INTER_CUBIC)
     img += rng.normal(0, 10, (size, size, 3))
@@ -100,7 +104,7 @@ def _visible(masks):
     out = []
     for i, mask in enumerate(masks):
         vis = mask.copy()
-        for later in masks[i + 1:]:
+        for later in masks[i + 1 :]:
             vis &= 1 - later
         out.append(vis)
     return out
@@ -129,7 +133,7 @@ def make_image(rng: np.random.Generator, size: int):
         # each class has its own colour, jittered per object (see the module docstring)
         color = np.array(PALETTE[label][::-1], np.float64) + rng.normal(0, 30, 3)  # RGB -> BGR
         objects.append((label, mask, color))
-    for label, mask, color in objects:
+    for _, mask, color in objects:
         shade = np.clip(color[None, :] + rng.normal(0, 8, (int(mask.sum()), 3)), 0, 255)
         img[mask.astype(bool)] = shade.astype(np.uint8)
     visible = _visible([m for _, m, _ in objects])
@@ -154,18 +158,27 @@ def make_split(out_dir: str, split: str, num: int, size: int, rng: np.random.Gen
                 continue
             ys, xs = np.nonzero(mask)
             x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
-            annotations.append(dict(
-                id=ann_id, image_id=image_id, category_id=label + 1, segmentation=polys,
-                area=float(area), bbox=[float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
-                iscrowd=0))
+            annotations.append(
+                dict(
+                    id=ann_id,
+                    image_id=image_id,
+                    category_id=label + 1,
+                    segmentation=polys,
+                    area=float(area),
+                    bbox=[float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
+                    iscrowd=0,
+                )
+            )
             ann_id += 1
     coco = dict(
         info=dict(description=f'mmunirep shapes ({split})', version=DATASET_VERSION),
         licenses=[],
         images=images,
         annotations=annotations,
-        categories=[dict(id=k + 1, name=name, supercategory='shape')
-                    for k, name in enumerate(CLASSES)])
+        categories=[
+            dict(id=k + 1, name=name, supercategory='shape') for k, name in enumerate(CLASSES)
+        ],
+    )
     ann_dir = osp.join(out_dir, 'annotations')
     os.makedirs(ann_dir, exist_ok=True)
     ann_file = osp.join(ann_dir, f'instances_{split}.json')
@@ -187,6 +200,7 @@ def main(argv=None):
         import io
 
         from pycocotools.coco import COCO
+
         for split in stats:
             with contextlib.redirect_stdout(io.StringIO()):
                 coco = COCO(osp.join(args.out, 'annotations', f'instances_{split}.json'))
@@ -194,8 +208,11 @@ def main(argv=None):
                 coco.annToMask(ann)
     except ImportError:
         pass
-    print_log(f'shapes dataset in {args.out}: ' + ', '.join(
-        f'{s} {n} images / {a} objects' for s, (n, a) in stats.items()), logger='current')
+    print_log(
+        f'shapes dataset in {args.out}: '
+        + ', '.join(f'{s} {n} images / {a} objects' for s, (n, a) in stats.items()),
+        logger='current',
+    )
 
 
 if __name__ == '__main__':

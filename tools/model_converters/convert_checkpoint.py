@@ -16,6 +16,7 @@ The class names in ``meta['CLASSES']`` move to ``meta['dataset_meta']['classes']
 ``--config`` the result is loaded into that config's model, and every key must land (without it
 the keys are not checked). The weights must be finite; OUT is written whole or not at all.
 """
+
 import argparse
 import os.path as osp
 
@@ -36,17 +37,27 @@ from mmunirep.utils.checkpoint import backbone_structure
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description='Convert an MMDetection 2 / MMSegmentation 0.x '
-                                     'UniRepLKNet checkpoint for MMDetection 3 / MMSegmentation 1')
+    parser = argparse.ArgumentParser(
+        description='Convert an MMDetection 2 / MMSegmentation 0.x '
+        'UniRepLKNet checkpoint for MMDetection 3 / MMSegmentation 1'
+    )
     parser.add_argument('src', help='the released checkpoint')
     parser.add_argument('dst', help='where to save the converted checkpoint')
-    parser.add_argument('--config', help='check that every key lands in this config\'s model')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='with --config: override its settings')
-    parser.add_argument('--weights', choices=['main', 'ema-buffers'], default='main',
-                        help='main keys (what MMDetection 2 evaluated) or the ema_* buffers')
-    parser.add_argument('--overwrite-input', action='store_true',
-                        help='allow DST to be SRC (replaced once the new file is complete)')
+    parser.add_argument('--config', help="check that every key lands in this config's model")
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction, help='with --config: override its settings'
+    )
+    parser.add_argument(
+        '--weights',
+        choices=['main', 'ema-buffers'],
+        default='main',
+        help='main keys (what MMDetection 2 evaluated) or the ema_* buffers',
+    )
+    parser.add_argument(
+        '--overwrite-input',
+        action='store_true',
+        help='allow DST to be SRC (replaced once the new file is complete)',
+    )
     args = parser.parse_args(argv)
     if args.cfg_options and not args.config:
         parser.error('--cfg-options needs --config')
@@ -77,9 +88,11 @@ def main(argv=None):
     state = model_state_dict(ckpt, args.src)
     converted = convert_state_dict(state, args.weights)
     check_finite(converted, args.src)
-    print_log(f'[2/3] {len(state)} keys in, {len(converted)} out '
-              f'({len(state) - len(converted)} ema_* buffers dropped, weights: {args.weights})',
-              logger='current')
+    print_log(
+        f'[2/3] {len(state)} keys in, {len(converted)} out '
+        f'({len(state) - len(converted)} ema_* buffers dropped, weights: {args.weights})',
+        logger='current',
+    )
     meta = dict(ckpt.get('meta', {}) or {})
     classes, palette = meta.pop('CLASSES', None), meta.pop('PALETTE', None)
     if classes is not None:
@@ -91,11 +104,17 @@ def main(argv=None):
         cfg = prepare_cfg(args.config, cfg_options=args.cfg_options)
         deploy = backbone_structure(k for k in converted if k.startswith('backbone.'))[0]
         model = build_model(cfg, deploy=deploy == 'deploy')
-        load_model_weights(model, {'state_dict': converted}, source=args.src, inference=False,
-                           cfg_hint='--cfg-options model.backbone.')
+        load_model_weights(
+            model,
+            {'state_dict': converted},
+            source=args.src,
+            inference=False,
+            cfg_hint='--cfg-options model.backbone.',
+        )
     else:
-        print_log('without --config the keys are not checked against a model', logger='current',
-                  level=30)
+        print_log(
+            'without --config the keys are not checked against a model', logger='current', level=30
+        )
     print_log(f'[3/3] saving {args.dst}', logger='current')
     save_checkpoint({'meta': meta, 'state_dict': converted}, args.dst)
 

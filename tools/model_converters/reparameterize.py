@@ -8,6 +8,7 @@ result is checked before it is written: the backbone's features agree with the t
 structure's on a random image, and the state dict loads strictly into the config's model built
 with ``deploy=True``. OUT is written whole or not at all.
 """
+
 import argparse
 import copy
 import os.path as osp
@@ -35,10 +36,17 @@ def parse_args(argv=None):
     parser.add_argument('config', help='the config the checkpoint was trained with')
     parser.add_argument('checkpoint', help='training-structure checkpoint (file or URL)')
     parser.add_argument('out', help='where to save the inference-structure checkpoint')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, e.g. model.backbone.arch=s')
-    parser.add_argument('--overwrite-input', action='store_true',
-                        help='allow OUT to be CHECKPOINT (replaced once the new file is complete)')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override config settings, e.g. model.backbone.arch=s',
+    )
+    parser.add_argument(
+        '--overwrite-input',
+        action='store_true',
+        help='allow OUT to be CHECKPOINT (replaced once the new file is complete)',
+    )
     return parser.parse_args(argv)
 
 
@@ -48,12 +56,14 @@ def check_same_features(before, after, rtol: float = 1e-4) -> float:
     x = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref, got = before(x), after(x)
-    worst = 0.
+    worst = 0.0
     for i, (a, b) in enumerate(zip(ref, got)):
         err = ((b - a).abs().max() / a.abs().max().clamp_min(1e-12)).item()
         if not err <= rtol:  # NaN too
-            raise RuntimeError(f're-parameterized backbone differs from the trained one: feature '
-                               f'{i} by {err:.2e} of its largest magnitude (> {rtol})')
+            raise RuntimeError(
+                f're-parameterized backbone differs from the trained one: feature '
+                f'{i} by {err:.2e} of its largest magnitude (> {rtol})'
+            )
         worst = max(worst, err)
     return worst
 
@@ -66,31 +76,48 @@ def main(argv=None):
     ckpt = read_checkpoint(args.checkpoint)
     state = model_state_dict(ckpt, args.checkpoint)
     if backbone_structure(k for k in state if k.startswith('backbone.'))[0] == 'deploy':
-        raise CheckpointError(f'{args.checkpoint} is already re-parameterized (deploy '
-                              'structure): use it as it is, with --cfg-options '
-                              'model.backbone.deploy=True')
-    print_log(f'[2/4] building {args.config} (training structure) and loading the checkpoint',
-              logger='current')
+        raise CheckpointError(
+            f'{args.checkpoint} is already re-parameterized (deploy '
+            'structure): use it as it is, with --cfg-options '
+            'model.backbone.deploy=True'
+        )
+    print_log(
+        f'[2/4] building {args.config} (training structure) and loading the checkpoint',
+        logger='current',
+    )
     model = build_model(cfg, deploy=False).eval()
-    load_model_weights(model, ckpt, source=args.checkpoint, inference=False,
-                       cfg_hint='--cfg-options model.backbone.')
+    load_model_weights(
+        model,
+        ckpt,
+        source=args.checkpoint,
+        inference=False,
+        cfg_hint='--cfg-options model.backbone.',
+    )
     print_log('[3/4] re-parameterizing and checking', logger='current')
     trained = copy.deepcopy(model.backbone)
     reparameterize_unireplknet(model)
     err = check_same_features(trained, model.backbone)
     deploy_state = model.state_dict()
-    problems = fit_problems(build_model(cfg, deploy=True), deploy_state,
-                            'the re-parameterized state dict', inference=False)
+    problems = fit_problems(
+        build_model(cfg, deploy=True),
+        deploy_state,
+        'the re-parameterized state dict',
+        inference=False,
+    )
     if problems:
         raise RuntimeError(problems)
     print_log(f'[4/4] saving {args.out}', logger='current')
     meta = dict(ckpt.get('meta', {}) or {})
-    meta['reparameterized_from'] = osp.abspath(args.checkpoint) if '://' not in \
-        args.checkpoint else args.checkpoint
+    meta['reparameterized_from'] = (
+        osp.abspath(args.checkpoint) if '://' not in args.checkpoint else args.checkpoint
+    )
     save_checkpoint({'meta': meta, 'state_dict': deploy_state}, args.out)
-    print_log(f'saved {args.out}: {len(deploy_state)} tensors (was {len(state)}), features within '
-              f'{err:.1e} of the training structure\'s; test it with --cfg-options '
-              'model.backbone.deploy=True', logger='current')
+    print_log(
+        f'saved {args.out}: {len(deploy_state)} tensors (was {len(state)}), features within '
+        f"{err:.1e} of the training structure's; test it with --cfg-options "
+        'model.backbone.deploy=True',
+        logger='current',
+    )
 
 
 if __name__ == '__main__':

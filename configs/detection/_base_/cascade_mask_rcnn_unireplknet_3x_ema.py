@@ -10,6 +10,12 @@
 _base_ = ['./cascade_mask_rcnn_unireplknet_3x.py']
 custom_hooks = [
     dict(type='ReproducibleResumeHook'),
-    dict(type='EMAHook', ema_type='ExpMomentumEMA', momentum=1e-4, gamma=2000,
-         update_buffers=True, priority=49)
+    dict(
+        type='EMAHook',
+        ema_type='ExpMomentumEMA',
+        momentum=1e-4,
+        gamma=2000,
+        update_buffers=True,
+        priority=49,
+    ),
 ]

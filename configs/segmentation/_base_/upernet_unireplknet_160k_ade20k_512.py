@@ -29,12 +29,15 @@ model = dict(
         with_cp=True,  # gradient checkpointing, as the authors (saves GPU memory)
         # the authors turn their large-kernel op off for segmentation (batch 2 per GPU)
         use_lk_op=False,
-        init_cfg=dict(type='Pretrained',
-                      checkpoint=checkpoint_url + 'unireplknet_s_in1k_224_acc83.91.pth')),
+        init_cfg=dict(
+            type='Pretrained', checkpoint=checkpoint_url + 'unireplknet_s_in1k_224_acc83.91.pth'
+        ),
+    ),
     decode_head=dict(in_channels=[96, 192, 384, 768], num_classes=150),
     auxiliary_head=dict(in_channels=384, num_classes=150),  # on stage 3: dims[2]
     # the authors test whole images (the ConvNeXt config slides 512 windows)
-    test_cfg=dict(_delete_=True, mode='whole'))
+    test_cfg=dict(_delete_=True, mode='whole'),
+)
 
 # AdamW 1e-4, wd 0.05, layer-wise lr decay (the authors' layer ids, heads at the base lr)
 optim_wrapper = dict(
@@ -42,18 +45,21 @@ optim_wrapper = dict(
     type='OptimWrapper',  # `tools/train.py --amp` switches to AmpOptimWrapper
     constructor='UniRepLKNetLayerDecayOptimWrapperConstructor',
     paramwise_cfg=dict(num_layers=12, decay_rate=0.9),
-    optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05))
+    optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
+)
 
 max_iters = 160000
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1500),
-    dict(type='PolyLR', power=1.0, eta_min=0.0, by_epoch=False, begin=1500, end=max_iters)
+    dict(type='PolyLR', power=1.0, eta_min=0.0, by_epoch=False, begin=1500, end=max_iters),
 ]
 # the authors evaluate every 4000 iterations and keep the best mIoU
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=4000)
 default_hooks = dict(
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=4000, max_keep_ckpts=3,
-                    save_best='mIoU'))
+    checkpoint=dict(
+        type='CheckpointHook', by_epoch=False, interval=4000, max_keep_ckpts=3, save_best='mIoU'
+    )
+)
 
 # The recipe's total batch is 16 (8 GPUs x 2); with another number of GPUs the lr is scaled.
 train_dataloader = dict(batch_size=2)
@@ -67,7 +73,7 @@ test_pipeline = [
     dict(type='Resize', scale=test_scale, keep_ratio=True),
     dict(type='ResizeToMultiple', size_divisor=32),
     dict(type='LoadAnnotations', reduce_zero_label=True),
-    dict(type='PackSegInputs')
+    dict(type='PackSegInputs'),
 ]
 val_dataloader = dict(batch_size=1, dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
@@ -81,14 +87,23 @@ tta_pipeline = [
     dict(
         type='TestTimeAug',
         transforms=[
-            [dict(type='Resize', scale=(int(test_scale[0] * r), int(test_scale[1] * r)),
-                  keep_ratio=True) for r in img_ratios],
+            [
+                dict(
+                    type='Resize',
+                    scale=(int(test_scale[0] * r), int(test_scale[1] * r)),
+                    keep_ratio=True,
+                )
+                for r in img_ratios
+            ],
             [dict(type='ResizeToMultiple', size_divisor=32)],
-            [dict(type='RandomFlip', prob=0., direction='horizontal'),
-             dict(type='RandomFlip', prob=1., direction='horizontal')],
+            [
+                dict(type='RandomFlip', prob=0.0, direction='horizontal'),
+                dict(type='RandomFlip', prob=1.0, direction='horizontal'),
+            ],
             [dict(type='LoadAnnotations')],
             [dict(type='PackSegInputs')],
-        ])
+        ],
+    ),
 ]
 tta_model = dict(type='SegTTAModel')
 

@@ -1,9 +1,8 @@
 from .unireplknet import (
-                          DilatedReparamBlock,
-                          UniRepLKNet,
-                          UniRepLKNetBlock,
-                          reparameterize_unireplknet,
+    DilatedReparamBlock,
+    UniRepLKNet,
+    UniRepLKNetBlock,
+    reparameterize_unireplknet,
 )
 
-__all__ = ['UniRepLKNet', 'UniRepLKNetBlock', 'DilatedReparamBlock',
-           'reparameterize_unireplknet']
+__all__ = ['UniRepLKNet', 'UniRepLKNetBlock', 'DilatedReparamBlock', 'reparameterize_unireplknet']

@@ -7,6 +7,7 @@ so their released checkpoints load as they are.
 Layouts: the backbone takes and returns NCHW tensors; inside a block, ``pwconv1`` turns the map into
 NHWC for the two linear layers and GRN, and ``pwconv2`` turns it back.
 """
+
 import contextlib
 import inspect
 import warnings
@@ -34,8 +35,8 @@ from mmunirep.utils.checkpoint import (
 # ---------------------------------------------------------------------------------------------
 # Architecture tables (../shared/REFERENCE.md, the paper and the authors' code)
 # ---------------------------------------------------------------------------------------------
-_K_AFP = ((3, 3), (13, 13), (13, ) * 6, (13, 13))
-_K_N = ((3, 3), (13, 13), (13, ) * 8, (13, 13))
+_K_AFP = ((3, 3), (13, 13), (13,) * 6, (13, 13))
+_K_N = ((3, 3), (13, 13), (13,) * 8, (13, 13))
 _K_T = ((3, 3, 3), (13, 13, 13), (13, 3) * 9, (13, 13, 13))
 _K_SBLXL = ((3, 3, 3), (13, 13, 13), (13, 3, 3) * 9, (13, 13, 13))
 
@@ -79,7 +80,9 @@ def build_batch_norm(norm_cfg: dict, channels: int) -> nn.Module:
     requires_grad = cfg.pop('requires_grad', True)
     unknown = set(cfg) - {'eps', 'momentum'}
     if unknown:
-        raise ValueError(f'norm_cfg accepts type, eps, momentum and requires_grad; got {sorted(unknown)}')
+        raise ValueError(
+            f'norm_cfg accepts type, eps, momentum and requires_grad; got {sorted(unknown)}'
+        )
     if layer_type in ('BN', 'BN2d'):
         layer = nn.BatchNorm2d(channels, **cfg)
     elif layer_type in ('SyncBN', 'MMSyncBN'):
@@ -91,14 +94,17 @@ def build_batch_norm(norm_cfg: dict, channels: int) -> nn.Module:
     return layer
 
 
-def fuse_bn(weight: torch.Tensor, bias: Optional[torch.Tensor],
-            bn: nn.modules.batchnorm._BatchNorm) -> Tuple[torch.Tensor, torch.Tensor]:
+def fuse_bn(
+    weight: torch.Tensor, bias: Optional[torch.Tensor], bn: nn.modules.batchnorm._BatchNorm
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """Fold an eval-mode BN that follows a conv (weight ``[C_out, ...]``) into weight and bias."""
     std = (bn.running_var + bn.eps).sqrt()
     scale = bn.weight / std
     bias = torch.zeros_like(bn.running_mean) if bias is None else bias
-    return (weight * scale.reshape(-1, *([1] * (weight.dim() - 1))),
-            bn.bias + (bias - bn.running_mean) * scale)
+    return (
+        weight * scale.reshape(-1, *([1] * (weight.dim() - 1))),
+        bn.bias + (bias - bn.running_mean) * scale,
+    )
 
 
 def dilated_to_dense(kernel: torch.Tensor, dilation: int) -> torch.Tensor:
@@ -112,13 +118,22 @@ def dilated_to_dense(kernel: torch.Tensor, dilation: int) -> torch.Tensor:
     return dense
 
 
-def make_depthwise_conv(channels: int, kernel_size: int, bias: bool,
-                        use_lk_op: bool = False) -> nn.Conv2d:
+def make_depthwise_conv(
+    channels: int, kernel_size: int, bias: bool, use_lk_op: bool = False
+) -> nn.Conv2d:
     """A stride-1, "same"-padded depthwise conv; the large-kernel op for kernels > 5 if asked."""
     if use_lk_op and kernel_size > 5:
         return DepthwiseConv2d(channels, kernel_size, bias=bias)
-    return nn.Conv2d(channels, channels, kernel_size, stride=1, padding=kernel_size // 2,
-                     dilation=1, groups=channels, bias=bias)
+    return nn.Conv2d(
+        channels,
+        channels,
+        kernel_size,
+        stride=1,
+        padding=kernel_size // 2,
+        dilation=1,
+        groups=channels,
+        bias=bias,
+    )
 
 
 def keep_trainable(module: nn.Module, like: torch.Tensor) -> None:
@@ -129,13 +144,11 @@ def keep_trainable(module: nn.Module, like: torch.Tensor) -> None:
 
 
 class NCHWtoNHWC(nn.Module):
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.permute(0, 2, 3, 1)
 
 
 class NHWCtoNCHW(nn.Module):
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.permute(0, 3, 1, 2)
 
@@ -191,23 +204,42 @@ class DilatedReparamBlock(nn.Module):
     with a bias), which is also what ``deploy=True`` builds.
     """
 
-    def __init__(self, channels: int, kernel_size: int, deploy: bool = False,
-                 norm_cfg: dict = dict(type='BN'), use_lk_op: bool = False):
+    def __init__(
+        self,
+        channels: int,
+        kernel_size: int,
+        deploy: bool = False,
+        norm_cfg: dict = dict(type='BN'),
+        use_lk_op: bool = False,
+    ):
         super().__init__()
         if kernel_size not in DILATED_BRANCHES:
-            raise ValueError(f'DilatedReparamBlock supports kernel sizes {sorted(DILATED_BRANCHES)}, '
-                             f'got {kernel_size}')
+            raise ValueError(
+                f'DilatedReparamBlock supports kernel sizes {sorted(DILATED_BRANCHES)}, '
+                f'got {kernel_size}'
+            )
         self.kernel_size = kernel_size
         self.branches = DILATED_BRANCHES[kernel_size]
         self.use_lk_op = use_lk_op
-        self.lk_origin = make_depthwise_conv(channels, kernel_size, bias=deploy, use_lk_op=use_lk_op)
+        self.lk_origin = make_depthwise_conv(
+            channels, kernel_size, bias=deploy, use_lk_op=use_lk_op
+        )
         if not deploy:
             self.origin_bn = build_batch_norm(norm_cfg, channels)
             for k, r in self.branches:
                 self.add_module(
                     f'dil_conv_k{k}_{r}',
-                    nn.Conv2d(channels, channels, k, stride=1, padding=(r * (k - 1) + 1) // 2,
-                              dilation=r, groups=channels, bias=False))
+                    nn.Conv2d(
+                        channels,
+                        channels,
+                        k,
+                        stride=1,
+                        padding=(r * (k - 1) + 1) // 2,
+                        dilation=r,
+                        groups=channels,
+                        bias=False,
+                    ),
+                )
                 self.add_module(f'dil_bn_k{k}_{r}', build_batch_norm(norm_cfg, channels))
         # The authors' deploy=True block stores this kernel as `dwconv.weight`, while their
         # re-parameterized model stores it as `dwconv.lk_origin.weight`: accept both.
@@ -238,14 +270,16 @@ class DilatedReparamBlock(nn.Module):
             return
         kernel, bias = fuse_bn(self.lk_origin.weight, self.lk_origin.bias, self.origin_bn)
         for k, r in self.branches:
-            branch_k, branch_b = fuse_bn(getattr(self, f'dil_conv_k{k}_{r}').weight, None,
-                                         getattr(self, f'dil_bn_k{k}_{r}'))
+            branch_k, branch_b = fuse_bn(
+                getattr(self, f'dil_conv_k{k}_{r}').weight, None, getattr(self, f'dil_bn_k{k}_{r}')
+            )
             dense = dilated_to_dense(branch_k, r)
             pad = self.kernel_size // 2 - dense.size(-1) // 2
             kernel = kernel + F.pad(dense, [pad] * 4)
             bias = bias + branch_b
-        merged = make_depthwise_conv(kernel.size(0), self.kernel_size, bias=True,
-                                     use_lk_op=self.use_lk_op).to(kernel.device, kernel.dtype)
+        merged = make_depthwise_conv(
+            kernel.size(0), self.kernel_size, bias=True, use_lk_op=self.use_lk_op
+        ).to(kernel.device, kernel.dtype)
         merged.weight.copy_(kernel)
         merged.bias.copy_(bias)
         keep_trainable(merged, like=self.lk_origin.weight)
@@ -268,18 +302,26 @@ class KeepBatchNormStatistics:
     """
 
     def __init__(self, module: nn.Module):
-        self.bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-                    and m.training and m.track_running_stats]
+        self.bns = [
+            m
+            for m in module.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and m.training
+            and m.track_running_stats
+        ]
 
     def __enter__(self):
-        self.saved = [(bn.running_mean.clone(), bn.running_var.clone(),
-                       bn.num_batches_tracked.clone()) for bn in self.bns]
+        self.saved = [
+            (bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone())
+            for bn in self.bns
+        ]
 
     def __exit__(self, *exc_info):
         with torch.no_grad():
             for bn, buffers in zip(self.bns, self.saved):
-                for buf, value in zip((bn.running_mean, bn.running_var, bn.num_batches_tracked),
-                                      buffers):
+                for buf, value in zip(
+                    (bn.running_mean, bn.running_var, bn.num_batches_tracked), buffers
+                ):
                     buf.copy_(value)
         return False
 
@@ -291,18 +333,29 @@ class UniRepLKNetBlock(nn.Module):
     :class:`DilatedReparamBlock`.
     """
 
-    def __init__(self, dim: int, kernel_size: int, drop_path: float = 0.,
-                 layer_scale_init_value: float = 1e-6, deploy: bool = False,
-                 norm_cfg: dict = dict(type='BN'), with_cp: bool = False,
-                 use_lk_op: bool = False, ffn_factor: int = 4):
+    def __init__(
+        self,
+        dim: int,
+        kernel_size: int,
+        drop_path: float = 0.0,
+        layer_scale_init_value: float = 1e-6,
+        deploy: bool = False,
+        norm_cfg: dict = dict(type='BN'),
+        with_cp: bool = False,
+        use_lk_op: bool = False,
+        ffn_factor: int = 4,
+    ):
         super().__init__()
         if kernel_size not in BLOCK_KERNELS:
-            raise ValueError(f'block kernel sizes must be one of {BLOCK_KERNELS}, got {kernel_size}')
+            raise ValueError(
+                f'block kernel sizes must be one of {BLOCK_KERNELS}, got {kernel_size}'
+            )
         self.with_cp = with_cp
         self.use_lk_op = use_lk_op
         if kernel_size >= 7:
-            self.dwconv = DilatedReparamBlock(dim, kernel_size, deploy=deploy, norm_cfg=norm_cfg,
-                                              use_lk_op=use_lk_op)
+            self.dwconv = DilatedReparamBlock(
+                dim, kernel_size, deploy=deploy, norm_cfg=norm_cfg, use_lk_op=use_lk_op
+            )
         else:
             self.dwconv = make_depthwise_conv(dim, kernel_size, bias=deploy)
         self.norm = nn.Identity() if deploy else build_batch_norm(norm_cfg, dim)
@@ -313,13 +366,14 @@ class UniRepLKNetBlock(nn.Module):
         if deploy:
             self.pwconv2 = nn.Sequential(nn.Linear(ffn_dim, dim), NHWCtoNCHW())
         else:
-            self.pwconv2 = nn.Sequential(nn.Linear(ffn_dim, dim, bias=False), NHWCtoNCHW(),
-                                         build_batch_norm(norm_cfg, dim))
+            self.pwconv2 = nn.Sequential(
+                nn.Linear(ffn_dim, dim, bias=False), NHWCtoNCHW(), build_batch_norm(norm_cfg, dim)
+            )
         if not deploy and layer_scale_init_value is not None and layer_scale_init_value > 0:
             self.gamma = nn.Parameter(layer_scale_init_value * torch.ones(dim))
         else:
             self.gamma = None
-        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
     @property
     def deploy(self) -> bool:
@@ -337,9 +391,12 @@ class UniRepLKNetBlock(nn.Module):
             if torch.compiler.is_compiling():
                 # AOTAutograd recomputes the block functionally: no second statistics update
                 return cp.checkpoint(self._residual, x, use_reentrant=False)
-            return cp.checkpoint(self._residual, x, use_reentrant=False,
-                                 context_fn=lambda: (contextlib.nullcontext(),
-                                                     KeepBatchNormStatistics(self)))
+            return cp.checkpoint(
+                self._residual,
+                x,
+                use_reentrant=False,
+                context_fn=lambda: (contextlib.nullcontext(), KeepBatchNormStatistics(self)),
+            )
         return self._residual(x)
 
     @torch.no_grad()
@@ -357,8 +414,9 @@ class UniRepLKNetBlock(nn.Module):
         else:
             conv = self.dwconv
         kernel, bias = fuse_bn(conv.weight, conv.bias, self.norm)
-        new_conv = make_depthwise_conv(conv.in_channels, conv.kernel_size[0], bias=True,
-                                       use_lk_op=self.use_lk_op).to(kernel.device, kernel.dtype)
+        new_conv = make_depthwise_conv(
+            conv.in_channels, conv.kernel_size[0], bias=True, use_lk_op=self.use_lk_op
+        ).to(kernel.device, kernel.dtype)
         new_conv.weight.copy_(kernel)
         new_conv.bias.copy_(bias)
         keep_trainable(new_conv, like=conv.weight)
@@ -378,7 +436,8 @@ class UniRepLKNetBlock(nn.Module):
             weight = weight * self.gamma.reshape(-1, 1)
             bias = bias * self.gamma
         new_linear = nn.Linear(linear.in_features, linear.out_features, bias=True).to(
-            weight.device, weight.dtype)
+            weight.device, weight.dtype
+        )
         new_linear.weight.copy_(weight)
         new_linear.bias.copy_(bias)
         keep_trainable(new_linear, like=linear.weight)
@@ -432,30 +491,37 @@ class UniRepLKNet(BaseModule):
             authors' truncated-normal initialization is skipped, so weights that neither the
             checkpoint nor another entry sets keep PyTorch's default initialization.
     """
+
     arch_settings = ARCH_SETTINGS
     num_stages = 4
 
-    def __init__(self,
-                 arch: Union[str, dict] = 't',
-                 in_channels: int = 3,
-                 out_indices: Sequence[int] = (0, 1, 2, 3),
-                 frozen_stages: int = -1,
-                 norm_eval: bool = False,
-                 norm_cfg: dict = dict(type='BN'),
-                 downsample_norm_cfg: Optional[dict] = None,
-                 drop_path_rate: float = 0.,
-                 layer_scale_init_value: float = 1e-6,
-                 with_cp: bool = False,
-                 deploy: bool = False,
-                 use_lk_op: bool = False,
-                 compile: Union[bool, dict] = False,
-                 pretrained: Optional[str] = None,
-                 init_cfg: Optional[Union[dict, List[dict]]] = None):
+    def __init__(
+        self,
+        arch: Union[str, dict] = 't',
+        in_channels: int = 3,
+        out_indices: Sequence[int] = (0, 1, 2, 3),
+        frozen_stages: int = -1,
+        norm_eval: bool = False,
+        norm_cfg: dict = dict(type='BN'),
+        downsample_norm_cfg: Optional[dict] = None,
+        drop_path_rate: float = 0.0,
+        layer_scale_init_value: float = 1e-6,
+        with_cp: bool = False,
+        deploy: bool = False,
+        use_lk_op: bool = False,
+        compile: Union[bool, dict] = False,
+        pretrained: Optional[str] = None,
+        init_cfg: Optional[Union[dict, List[dict]]] = None,
+    ):
         if pretrained is not None:
             if init_cfg is not None:
                 raise ValueError('give either init_cfg or pretrained (deprecated), not both')
-            warnings.warn('UniRepLKNet(pretrained=...) is deprecated; use '
-                          "init_cfg=dict(type='Pretrained', checkpoint=...)", DeprecationWarning)
+            warnings.warn(
+                'UniRepLKNet(pretrained=...) is deprecated; use '
+                "init_cfg=dict(type='Pretrained', checkpoint=...)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
             init_cfg = dict(type='Pretrained', checkpoint=pretrained)
         self._check_init_cfg(init_cfg)
         super().__init__(init_cfg=init_cfg)
@@ -464,9 +530,11 @@ class UniRepLKNet(BaseModule):
         self.out_indices = self._parse_out_indices(out_indices)
         self.last_stage = max(self.out_indices)
         if not isinstance(frozen_stages, int) or not -1 <= frozen_stages < self.num_stages:
-            raise ValueError(f'frozen_stages must be an int in [-1, {self.num_stages - 1}] '
-                             f'(-1 freezes nothing), got {frozen_stages!r}')
-        if not 0. <= drop_path_rate < 1.:
+            raise ValueError(
+                f'frozen_stages must be an int in [-1, {self.num_stages - 1}] '
+                f'(-1 freezes nothing), got {frozen_stages!r}'
+            )
+        if not 0.0 <= drop_path_rate < 1.0:
             raise ValueError(f'drop_path_rate must be in [0, 1), got {drop_path_rate}')
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
@@ -481,30 +549,49 @@ class UniRepLKNet(BaseModule):
                 return LayerNorm2d(channels, eps=1e-6)
             return build_batch_norm(downsample_norm_cfg, channels)
 
-        self.downsample_layers = nn.ModuleList([
-            nn.Sequential(
-                nn.Conv2d(in_channels, dims[0] // 2, kernel_size=3, stride=2, padding=1),
-                outer_norm(dims[0] // 2),
-                nn.GELU(),
-                nn.Conv2d(dims[0] // 2, dims[0], kernel_size=3, stride=2, padding=1),
-                outer_norm(dims[0]))
-        ])
+        self.downsample_layers = nn.ModuleList(
+            [
+                nn.Sequential(
+                    nn.Conv2d(in_channels, dims[0] // 2, kernel_size=3, stride=2, padding=1),
+                    outer_norm(dims[0] // 2),
+                    nn.GELU(),
+                    nn.Conv2d(dims[0] // 2, dims[0], kernel_size=3, stride=2, padding=1),
+                    outer_norm(dims[0]),
+                )
+            ]
+        )
         for i in range(self.num_stages - 1):
             self.downsample_layers.append(
                 nn.Sequential(
                     nn.Conv2d(dims[i], dims[i + 1], kernel_size=3, stride=2, padding=1),
-                    outer_norm(dims[i + 1])))
+                    outer_norm(dims[i + 1]),
+                )
+            )
 
-        dp_rates = torch.linspace(0, drop_path_rate, sum(self.depths)).tolist()
+        # torch.linspace's values, in Python: no tensor, so that the backbone can be built on the
+        # meta device
+        n = sum(self.depths)
+        dp_rates = [drop_path_rate * i / (n - 1) if n > 1 else 0.0 for i in range(n)]
         self.stages = nn.ModuleList()
         cur = 0
         for i in range(self.num_stages):
-            self.stages.append(nn.Sequential(*[
-                UniRepLKNetBlock(dims[i], self.kernel_sizes[i][j], drop_path=dp_rates[cur + j],
-                                 layer_scale_init_value=layer_scale_init_value, deploy=deploy,
-                                 norm_cfg=norm_cfg, with_cp=with_cp, use_lk_op=use_lk_op)
-                for j in range(self.depths[i])
-            ]))
+            self.stages.append(
+                nn.Sequential(
+                    *[
+                        UniRepLKNetBlock(
+                            dims[i],
+                            self.kernel_sizes[i][j],
+                            drop_path=dp_rates[cur + j],
+                            layer_scale_init_value=layer_scale_init_value,
+                            deploy=deploy,
+                            norm_cfg=norm_cfg,
+                            with_cp=with_cp,
+                            use_lk_op=use_lk_op,
+                        )
+                        for j in range(self.depths[i])
+                    ]
+                )
+            )
             cur += self.depths[i]
         for i in self.out_indices:
             self.add_module(f'norm{i}', outer_norm(dims[i]))
@@ -518,19 +605,25 @@ class UniRepLKNet(BaseModule):
     @staticmethod
     def _split_init_cfg(init_cfg) -> Tuple[Optional[dict], list]:
         """The ``Pretrained`` entry of a dict or list init_cfg (or None), and the other entries."""
+
         def is_pretrained(c):
             # the forms mmengine's BaseModule and registry accept for it: the name, the scoped
             # name, the class
             t = c.get('type') if isinstance(c, dict) else None
             return t is PretrainedInit or (isinstance(t, str) and t.split('.')[-1] == 'Pretrained')
 
-        entries = list(init_cfg) if isinstance(init_cfg, (list, tuple)) else (
-            [] if init_cfg is None else [init_cfg])
+        entries = (
+            list(init_cfg)
+            if isinstance(init_cfg, (list, tuple))
+            else ([] if init_cfg is None else [init_cfg])
+        )
         pretrained = [c for c in entries if is_pretrained(c)]
         others = [c for c in entries if not is_pretrained(c)]
         if len(pretrained) > 1:
-            raise ValueError(f"expected at most one init_cfg entry of type 'Pretrained', got "
-                             f'{len(pretrained)}: {[dict(c) for c in pretrained]}')
+            raise ValueError(
+                f"expected at most one init_cfg entry of type 'Pretrained', got "
+                f'{len(pretrained)}: {[dict(c) for c in pretrained]}'
+            )
         return (pretrained[0] if pretrained else None), others
 
     @classmethod
@@ -543,29 +636,37 @@ class UniRepLKNet(BaseModule):
         allowed = {'type', 'checkpoint', 'prefix', 'map_location'}
         unknown = sorted(set(pretrained) - allowed)
         if unknown or not pretrained.get('checkpoint'):
-            raise ValueError(f"init_cfg=dict(type='Pretrained', ...) takes checkpoint (required), "
-                             f'prefix and map_location; got {dict(pretrained)}')
+            raise ValueError(
+                f"init_cfg=dict(type='Pretrained', ...) takes checkpoint (required), "
+                f'prefix and map_location; got {dict(pretrained)}'
+            )
 
     def _parse_arch(self, arch):
         if isinstance(arch, str):
             key = arch.lower()
             if key not in self.arch_settings:
-                raise ValueError(f'unknown arch {arch!r}: expected one of '
-                                 f'{sorted(self.arch_settings)} or a dict of depths and dims')
+                raise ValueError(
+                    f'unknown arch {arch!r}: expected one of '
+                    f'{sorted(self.arch_settings)} or a dict of depths and dims'
+                )
             setting = self.arch_settings[key]
         elif isinstance(arch, dict):
             unknown = set(arch) - {'depths', 'dims', 'kernel_sizes'}
             missing = {'depths', 'dims'} - set(arch)
             if unknown or missing:
-                raise ValueError(f'an arch dict needs depths and dims (kernel_sizes optional); '
-                                 f'missing {sorted(missing)}, unknown {sorted(unknown)}')
+                raise ValueError(
+                    f'an arch dict needs depths and dims (kernel_sizes optional); '
+                    f'missing {sorted(missing)}, unknown {sorted(unknown)}'
+                )
             setting = dict(arch)
             if 'kernel_sizes' not in setting:
                 defaults = {tuple(s['depths']): s['kernel_sizes'] for s in ARCH_SETTINGS.values()}
                 depths = tuple(setting['depths'])
                 if depths not in defaults:
-                    raise ValueError(f'no default kernel_sizes for depths {depths}: give '
-                                     f'kernel_sizes, or use depths among {sorted(defaults)}')
+                    raise ValueError(
+                        f'no default kernel_sizes for depths {depths}: give '
+                        f'kernel_sizes, or use depths among {sorted(defaults)}'
+                    )
                 setting['kernel_sizes'] = defaults[depths]
         else:
             raise TypeError(f'arch must be a str or a dict, got {type(arch).__name__}')
@@ -573,8 +674,10 @@ class UniRepLKNet(BaseModule):
         dims = tuple(int(d) for d in setting['dims'])
         kernel_sizes = tuple(tuple(int(k) for k in ks) for ks in setting['kernel_sizes'])
         if len(depths) != 4 or len(dims) != 4 or len(kernel_sizes) != 4:
-            raise ValueError(f'depths, dims and kernel_sizes need 4 entries (one per stage); got '
-                             f'{len(depths)}, {len(dims)} and {len(kernel_sizes)}')
+            raise ValueError(
+                f'depths, dims and kernel_sizes need 4 entries (one per stage); got '
+                f'{len(depths)}, {len(dims)} and {len(kernel_sizes)}'
+            )
         for i, (d, ks) in enumerate(zip(depths, kernel_sizes)):
             if len(ks) != d:
                 raise ValueError(f'stage {i} has depth {d} but {len(ks)} kernel sizes: {ks}')
@@ -592,15 +695,18 @@ class UniRepLKNet(BaseModule):
             allowed = set(inspect.signature(torch.compile).parameters) - {'model'}
             unknown = set(compile) - allowed
             if unknown:
-                raise ValueError(f'compile: unknown torch.compile arguments {sorted(unknown)}; '
-                                 f'expected some of {sorted(allowed)}')
+                raise ValueError(
+                    f'compile: unknown torch.compile arguments {sorted(unknown)}; '
+                    f'expected some of {sorted(allowed)}'
+                )
             return dict(compile)
-        raise TypeError(f'compile must be a bool or a dict of torch.compile arguments, got '
-                        f'{compile!r}')
+        raise TypeError(
+            f'compile must be a bool or a dict of torch.compile arguments, got {compile!r}'
+        )
 
     def _parse_out_indices(self, out_indices):
         if isinstance(out_indices, int):
-            out_indices = (out_indices, )
+            out_indices = (out_indices,)
         result = []
         for idx in out_indices:
             if not isinstance(idx, int) or not -self.num_stages <= idx < self.num_stages:
@@ -618,8 +724,10 @@ class UniRepLKNet(BaseModule):
     # -- forward ---------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         if x.dim() != 4:
-            raise ValueError(f'UniRepLKNet expects a batch of images (N, C, H, W), got a tensor '
-                             f'of shape {tuple(x.shape)} (one image: x.unsqueeze(0))')
+            raise ValueError(
+                f'UniRepLKNet expects a batch of images (N, C, H, W), got a tensor '
+                f'of shape {tuple(x.shape)} (one image: x.unsqueeze(0))'
+            )
         # inside an outer compilation (mmengine's compile=True) Dynamo traces the eager forward
         if self.compile_kwargs is None or torch.compiler.is_compiling():
             return self._forward(x)
@@ -667,8 +775,9 @@ class UniRepLKNet(BaseModule):
         self.switch_to_deploy()
 
     # -- layer-wise lr decay ---------------------------------------------------------------------
-    def get_layer_depth(self, param_name: str, prefix: str = 'backbone.',
-                        num_layers: int = 12) -> Tuple[int, int]:
+    def get_layer_depth(
+        self, param_name: str, prefix: str = 'backbone.', num_layers: int = 12
+    ) -> Tuple[int, int]:
         """Layer id of a parameter for layer-wise lr decay, and the number of layer ids.
 
         The authors' rule with ``max = num_layers``: downsample 0/1/2/3 -> 0/2/3/max; stage 0 -> 1,
@@ -679,7 +788,7 @@ class UniRepLKNet(BaseModule):
         total = num_layers + 2
         if not param_name.startswith(prefix):
             return num_layers + 1, total
-        name = param_name[len(prefix):]
+        name = param_name[len(prefix) :]
         parts = name.split('.')
         if parts[0] == 'downsample_layers':
             layer_id = (0, 2, 3, num_layers)[int(parts[1])]
@@ -701,22 +810,25 @@ class UniRepLKNet(BaseModule):
             # neither the authors' layouts nor that a checkpoint matching no key is an error
             if others:
                 initialize(self, others)
-            self.load_pretrained(pretrained['checkpoint'],
-                                 map_location=pretrained.get('map_location', 'cpu'),
-                                 prefix=pretrained.get('prefix'))
+            self.load_pretrained(
+                pretrained['checkpoint'],
+                map_location=pretrained.get('map_location', 'cpu'),
+                prefix=pretrained.get('prefix'),
+            )
             self._is_init = True
             return
         for m in self.modules():  # the authors' initialization
             if isinstance(m, (nn.Conv2d, nn.Linear)):
-                trunc_normal_(m.weight, std=.02)
+                trunc_normal_(m.weight, std=0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
         if self.init_cfg is not None:
             super().init_weights()
         self._is_init = True
 
-    def load_pretrained(self, checkpoint: str, map_location: str = 'cpu',
-                        prefix: Optional[str] = None) -> Dict[str, list]:
+    def load_pretrained(
+        self, checkpoint: str, map_location: str = 'cpu', prefix: Optional[str] = None
+    ) -> Dict[str, list]:
         """Load a checkpoint of the authors' or ours into this backbone.
 
         Accepts a plain state dict, ``{'model': ...}`` or ``{'state_dict': ...}``; with ``prefix``
@@ -736,7 +848,8 @@ class UniRepLKNet(BaseModule):
             raise RuntimeError(
                 f'could not download the UniRepLKNet checkpoint {checkpoint} ({e}). On a machine '
                 'without internet access, fetch the file elsewhere and give its path: '
-                '--cfg-options model.backbone.init_cfg.checkpoint=/path/to/file.pth') from e
+                '--cfg-options model.backbone.init_cfg.checkpoint=/path/to/file.pth'
+            ) from e
         state = backbone_state_dict(ckpt, source=str(checkpoint), prefix=prefix)
         check_finite(state, str(checkpoint))
         own = self.state_dict()
@@ -745,29 +858,43 @@ class UniRepLKNet(BaseModule):
         if not matched:
             raise CheckpointError(
                 f'checkpoint {checkpoint} matches none of the UniRepLKNet keys: it has e.g. '
-                f'{sorted(state)[:5]}, the backbone expects e.g. {sorted(own)[:5]}')
-        mismatched = [f'{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}'
-                      for k in matched if state[k].shape != own[k].shape]
+                f'{sorted(state)[:5]}, the backbone expects e.g. {sorted(own)[:5]}'
+            )
+        mismatched = [
+            f'{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}'
+            for k in matched
+            if state[k].shape != own[k].shape
+        ]
         if mismatched:
             raise CheckpointError(
                 f'checkpoint {checkpoint} does not fit this UniRepLKNet (dims {self.dims}, depths '
                 f'{self.depths}); is it another variant? {len(mismatched)} shape mismatches, '
-                'e.g.:\n  ' + '\n  '.join(mismatched[:5]))
+                'e.g.:\n  ' + '\n  '.join(mismatched[:5])
+            )
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))
         self.load_state_dict({k: state[k] for k in matched}, strict=False)
-        print_log(f'UniRepLKNet: loaded {len(matched)}/{len(own)} tensors from {checkpoint}',
-                  logger='current')
+        print_log(
+            f'UniRepLKNet: loaded {len(matched)}/{len(own)} tensors from {checkpoint}',
+            logger='current',
+        )
         if missing:
-            print_log(f'UniRepLKNet: {len(missing)} keys not in the checkpoint (left as '
-                      f'initialized): {missing}', logger='current', level=30)
+            print_log(
+                f'UniRepLKNet: {len(missing)} keys not in the checkpoint (left as '
+                f'initialized): {missing}',
+                logger='current',
+                level=30,
+            )
         if unexpected:
-            print_log(f'UniRepLKNet: {len(unexpected)} checkpoint keys unused: {unexpected}',
-                      logger='current', level=30)
+            print_log(
+                f'UniRepLKNet: {len(unexpected)} checkpoint keys unused: {unexpected}',
+                logger='current',
+                level=30,
+            )
         return dict(missing=missing, unexpected=unexpected)
 
     def _check_loaded_structure(self, state_dict, prefix, *args) -> None:
-        keys = {k[len(prefix):]: None for k in state_dict if k.startswith(prefix)}
+        keys = {k[len(prefix) :]: None for k in state_dict if k.startswith(prefix)}
         self._check_structure(keys, 'the state dict being loaded')
 
     def _check_structure(self, keys, source: str) -> None:
@@ -800,5 +927,13 @@ def reparameterize_unireplknet(model: nn.Module) -> nn.Module:
     return model
 
 
-__all__ = ['UniRepLKNet', 'UniRepLKNetBlock', 'DilatedReparamBlock', 'GRN', 'SEBlock',
-           'ARCH_SETTINGS', 'DILATED_BRANCHES', 'reparameterize_unireplknet']
+__all__ = [
+    'UniRepLKNet',
+    'UniRepLKNetBlock',
+    'DilatedReparamBlock',
+    'GRN',
+    'SEBlock',
+    'ARCH_SETTINGS',
+    'DILATED_BRANCHES',
+    'reparameterize_unireplknet',
+]
