@@ -27,6 +27,7 @@ model = dict(
             'unireplknet_t_in1k_224_acc83.21.pth',
         ),
     ),
-    decode_head=dict(in_channels=640),  # in_index=3: the last stage
+    # the heads' in_index: 3 (the last stage) for the decode head, 2 for the auxiliary head
+    decode_head=dict(in_channels=640),
     auxiliary_head=dict(in_channels=320),
-)  # in_index=2: the third stage
+)

@@ -85,9 +85,8 @@ def test_convert_released_mmdet2_checkpoint(det_model, tmp_path):
     load_tool('convert_checkpoint').main([str(src), str(dst), '--config', s['config']])
     converted = torch.load(dst, map_location='cpu')
     assert converted['meta']['dataset_meta']['classes'] == ('circle', 'square', 'triangle')
-    assert set(converted['state_dict']) == set(
-        state
-    )  # every key lands (checked against the config)
+    # every key lands (checked against the config)
+    assert set(converted['state_dict']) == set(state)
     for k, v in state.items():
         assert torch.equal(converted['state_dict'][k], v)
     ema_dst = tmp_path / 'converted_ema.pth'
