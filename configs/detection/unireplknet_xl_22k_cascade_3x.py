@@ -5,7 +5,7 @@ model = dict(
         arch='xl',
         drop_path_rate=0.7,
         init_cfg=dict(
-            checkpoint='https://huggingface.co/DingXiaoH/UniRepLKNet/resolve/main/unireplknet_xl_in22k_pretrain.pth'
+            checkpoint='https://huggingface.co/DingXiaoH/UniRepLKNet/resolve/main/unireplknet_xl_in22k_to_in1k_384_acc87.96.pth'
         ),
     ),
     neck=dict(in_channels=[256, 512, 1024, 2048]),

@@ -31,3 +31,18 @@ model = dict(
     decode_head=dict(in_channels=640),
     auxiliary_head=dict(in_channels=320),
 )
+
+# large-kernel ConvNets are fine-tuned with AdamW (the base's SGD 0.01 is for ResNets), with the
+# authors' layer-wise lr decay (ADE20K: 0.9 over 12 layer ids), as the detection example does
+optim_wrapper = dict(
+    _delete_=True,
+    type='OptimWrapper',
+    constructor='UniRepLKNetLayerDecayOptimWrapperConstructor',
+    paramwise_cfg=dict(num_layers=12, decay_rate=0.9),
+    optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
+)
+# the base's poly decay ends at eta_min=1e-4, the AdamW lr itself: warm up, then decay to 0
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1500),
+    dict(type='PolyLR', power=1.0, eta_min=0.0, by_epoch=False, begin=1500, end=80000),
+]

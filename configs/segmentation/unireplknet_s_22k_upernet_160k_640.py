@@ -1,7 +1,8 @@
 # UperNet 160k, ADE20K: UniRepLKNet-S, IN-22K pretrained, 640x640.
 # Paper: mIoU 52.3 (ss) / 52.7 (ms), 86M params, 1618G FLOPs
 # (ss: single-scale test; ms: multi-scale + flip, `tools/test.py --tta`; FLOPs at 2560x640)
-# As the authors' S IN-22K configs: layer-wise decay 0.9 over 9 layer ids (not 12).
+# Layer-wise decay 0.9 over 12 layer ids, as the authors' S IN-22K configs at the head of their
+# repository (9 existed only in a commit they replaced minutes later).
 _base_ = ['./_base_/upernet_unireplknet_160k_ade20k_640.py']
 model = dict(
     backbone=dict(
@@ -14,4 +15,4 @@ model = dict(
     decode_head=dict(in_channels=[96, 192, 384, 768]),
     auxiliary_head=dict(in_channels=384),
 )
-optim_wrapper = dict(paramwise_cfg=dict(num_layers=9, decay_rate=0.9))
+optim_wrapper = dict(paramwise_cfg=dict(num_layers=12, decay_rate=0.9))

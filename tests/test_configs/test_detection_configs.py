@@ -26,6 +26,17 @@ RECIPES = {  # config -> arch, and the paper's Cascade Mask R-CNN parameter coun
     'unireplknet_l_22k_cascade_3x.py': ('l', 276),
     'unireplknet_xl_22k_cascade_3x.py': ('xl', 443),
 }
+URL = 'https://huggingface.co/DingXiaoH/UniRepLKNet/resolve/main/'
+# the released ImageNet file each config starts from: IN-1K 224 for the IN-1K rows, the
+# IN-22K -> IN-1K 384 fine-tuned file for the IN-22K rows (released for S, B, L and XL)
+CHECKPOINTS = {
+    'unireplknet_t_1k_cascade_3x.py': 'unireplknet_t_in1k_224_acc83.21.pth',
+    'unireplknet_s_1k_cascade_3x.py': 'unireplknet_s_in1k_224_acc83.91.pth',
+    'unireplknet_s_22k_cascade_3x.py': 'unireplknet_s_in22k_to_in1k_384_acc86.44.pth',
+    'unireplknet_b_22k_cascade_3x.py': 'unireplknet_b_in22k_to_in1k_384_acc87.40.pth',
+    'unireplknet_l_22k_cascade_3x.py': 'unireplknet_l_in22k_to_in1k_384_acc87.88.pth',
+    'unireplknet_xl_22k_cascade_3x.py': 'unireplknet_xl_in22k_to_in1k_384_acc87.96.pth',
+}
 
 
 def _build_detector(cfg):
@@ -53,11 +64,14 @@ def test_config_builds(path):
         arch, _ = RECIPES[name]
         bb = cfg.model.backbone
         assert bb.arch == arch and bb.norm_cfg.type == 'SyncBN' and bb.with_cp
-        assert bb.init_cfg.type == 'Pretrained' and bb.init_cfg.checkpoint.startswith('https://')
+        assert bb.init_cfg == dict(type='Pretrained', checkpoint=URL + CHECKPOINTS[name])
         assert cfg.optim_wrapper.constructor == 'UniRepLKNetLayerDecayOptimWrapperConstructor'
         assert cfg.optim_wrapper.optimizer.type == 'AdamW'
         assert cfg.optim_wrapper.optimizer.lr == pytest.approx(1e-4, rel=1e-12)
-        assert cfg.auto_scale_lr.enable and cfg.auto_scale_lr.base_batch_size == 16
+        # not scaled with the GPU count unless `tools/train.py --auto-scale-lr` asks
+        assert not cfg.auto_scale_lr.enable and cfg.auto_scale_lr.base_batch_size == 16
+        # the per-class AP table, as the authors' configs print it
+        assert cfg.val_evaluator.classwise and cfg.test_evaluator.classwise
         assert cfg.train_cfg.max_epochs == 36
         assert all(h.norm_cfg.type == 'SyncBN' for h in cfg.model.roi_head.bbox_head)
     cfg.model.backbone.init_cfg = None  # never download pretrained weights in tests

@@ -51,7 +51,7 @@ PAPER = {
         512,
         0.3,
         'unireplknet_s_in22k_to_in1k_384_acc86.44.pth',
-        (9, 0.9),
+        (12, 0.9),
         True,
         86,
     ),
@@ -60,7 +60,7 @@ PAPER = {
         640,
         0.3,
         'unireplknet_s_in22k_to_in1k_384_acc86.44.pth',
-        (9, 0.9),
+        (12, 0.9),
         True,
         86,
     ),
@@ -86,7 +86,7 @@ PAPER = {
         'xl',
         640,
         0.3,
-        'unireplknet_xl_in22k_pretrain.pth',
+        'unireplknet_xl_in22k_to_in1k_384_acc87.96.pth',
         (12, 0.9),
         True,
         425,
@@ -175,7 +175,8 @@ def test_config_follows_the_authors_recipe(name):
     )
     assert cfg.train_cfg.type == 'IterBasedTrainLoop' and cfg.train_cfg.max_iters == 160000
     assert cfg.train_dataloader.batch_size == 2
-    assert cfg.auto_scale_lr == dict(enable=True, base_batch_size=16)
+    # the lr is not scaled with the GPU count unless `tools/train.py --auto-scale-lr` asks
+    assert cfg.auto_scale_lr == dict(enable=False, base_batch_size=16)
     assert cfg.train_dataloader.dataset.type == 'ADE20KDataset'
 
     scale = (4 * crop, crop)
@@ -202,6 +203,29 @@ def test_config_follows_the_authors_recipe(name):
     ]
     assert tta.transforms[1][0].type == 'ResizeToMultiple'
     assert [t.prob for t in tta.transforms[2]] == [0.0, 1.0]
+
+
+def test_the_two_examples_fine_tune_alike():
+    """Both examples from existing projects fine-tune with AdamW and the layer-wise decay (the
+    base configs' SGD is for ResNets), and the FCN example's lr decays to 0, not to the base's
+    eta_min of 1e-4 (the AdamW lr itself)."""
+    det = Config.fromfile(
+        osp.join(ROOT, 'configs', 'detection', 'example_mmdet_project_mask_rcnn.py')
+    )
+    seg = Config.fromfile(EXAMPLE)
+    for cfg in (det, seg):
+        ow = cfg.optim_wrapper
+        assert ow.constructor == 'UniRepLKNetLayerDecayOptimWrapperConstructor'
+        assert ow.optimizer == dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05)
+        assert ow.paramwise_cfg.num_layers == 12
+    warmup, poly = seg.param_scheduler
+    assert (warmup.type, warmup.end, poly.type, poly.eta_min, poly.end) == (
+        'LinearLR',
+        1500,
+        'PolyLR',
+        0.0,
+        seg.train_cfg.max_iters,
+    )
 
 
 @pytest.mark.parametrize('backbone_type', ['UniRepLKNet', 'mmunirep.UniRepLKNet'])

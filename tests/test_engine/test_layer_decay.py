@@ -148,7 +148,9 @@ def test_bad_configuration():
 
 
 def test_stage2_ids_are_not_capped_like_the_authors():
-    """S (27 blocks) with num_layers=9, the authors' S IN-22K segmentation setting."""
+    """Stage-2 block j of S (27 blocks) gets 3 + j // 3 whatever num_layers is, as in the
+    authors' rule: with 9 (T's setting; S IN-22K used it only in a commit the authors replaced)
+    the last blocks would rank above the heads, which is why the S configs use 12."""
     model = UniRepLKNet(arch='a')
     assert model.get_layer_depth('backbone.stages.2.26.gamma', num_layers=9) == (11, 11)
     assert model.get_layer_depth('backbone.stages.3.0.gamma', num_layers=9) == (9, 11)

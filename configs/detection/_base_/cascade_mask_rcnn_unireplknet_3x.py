@@ -48,8 +48,13 @@ param_scheduler = [
     ),
 ]
 
-# The recipe's total batch is 16 (8 GPUs x 2); with another number of GPUs the lr is scaled.
-auto_scale_lr = dict(enable=True, base_batch_size=16)
+# The recipe's lr is for a total batch of 16 (8 GPUs x 2). It is not scaled with the GPU count
+# (the authors' runs and MMDetection's convention): `tools/train.py --auto-scale-lr` does.
+auto_scale_lr = dict(enable=False, base_batch_size=16)
+
+# the per-class AP table after the COCO metrics, as the authors' configs print it
+val_evaluator = dict(classwise=True)
+test_evaluator = val_evaluator
 
 default_hooks = dict(checkpoint=dict(interval=1, max_keep_ckpts=5, save_best='auto'))
 

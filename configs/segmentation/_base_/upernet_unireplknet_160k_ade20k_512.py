@@ -61,9 +61,10 @@ default_hooks = dict(
     )
 )
 
-# The recipe's total batch is 16 (8 GPUs x 2); with another number of GPUs the lr is scaled.
+# The recipe's lr is for a total batch of 16 (8 GPUs x 2). It is not scaled with the GPU count
+# (the authors' runs and MMSegmentation's convention): `tools/train.py --auto-scale-lr` does.
 train_dataloader = dict(batch_size=2)
-auto_scale_lr = dict(enable=True, base_batch_size=16)
+auto_scale_lr = dict(enable=False, base_batch_size=16)
 
 # Single-scale test: the short side to 512 (long side at most 2048), then, as the authors'
 # MMSegmentation 0.x configs, resize to a multiple of 32. The labels are loaded after the resize,

@@ -2,10 +2,11 @@
 # with the crop-dependent parts replaced: RandomResize (2560, 640) x [0.5, 2], 640 crops, the data
 # preprocessor's pad size, and the test scale (2560, 640) for single- and multi-scale testing.
 #
-# Note: the authors' MMSegmentation 0.x 640 configs define a 640 `train_pipeline` but do not put it
-# into `data.train` (they override only val/test), and MMCV 1.x configs resolve the base's
-# variables before merging, so their runs may have trained on the base's 512 crops. We follow the
-# paper's description (640 crops); set the 512 train pipeline to replicate the released configs.
+# Note: the authors' MMSegmentation 0.x 640 configs define a 640 `train_pipeline` but never attach
+# it to the training data (they override only val/test, and MMCV 1.x configs resolve the base's
+# variables before merging), so their runs trained on the base's 512 crops at (2048, 512) and
+# tested at (2560, 640). We train on 640 crops, as the paper's label says; the 512 base's
+# train_pipeline replicates the released configs (docs/en/model_zoo.md).
 _base_ = ['./upernet_unireplknet_160k_ade20k_512.py']
 
 crop_size = (640, 640)

@@ -794,8 +794,9 @@ class UniRepLKNet(BaseModule):
             layer_id = (0, 2, 3, num_layers)[int(parts[1])]
         elif parts[0] == 'stages':
             stage, block = int(parts[1]), int(parts[2])
-            # not capped at num_layers, as in the authors' rule: with num_layers=9 (their S IN-22K
-            # segmentation configs) the last blocks of stage 2 get ids 10 and 11
+            # not capped at num_layers, as in the authors' rule: S (27 blocks) with num_layers=9
+            # would give the last blocks of stage 2 ids 10 and 11, above the heads' (no config of
+            # ours or of the authors' current configs does that; T uses 9, and its ids end at 8)
             layer_id = (1, 2, 3 + block // 3, num_layers)[stage]
         else:
             layer_id = num_layers + 1
