@@ -1,6 +1,7 @@
 """The layer-wise lr-decay optimizer wrapper constructor against the authors' rule."""
 
 import pytest
+import torch
 import torch.nn as nn
 from mmengine.config import ConfigDict
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
@@ -154,3 +155,100 @@ def test_stage2_ids_are_not_capped_like_the_authors():
     model = UniRepLKNet(arch='a')
     assert model.get_layer_depth('backbone.stages.2.26.gamma', num_layers=9) == (11, 11)
     assert model.get_layer_depth('backbone.stages.3.0.gamma', num_layers=9) == (9, 11)
+
+
+class QueryDetector(nn.Module):
+    """A backbone, a normed neck, query / level embeddings, and a head that shares the neck's
+    conv (as tied weights do)."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = UniRepLKNet(arch='a')
+        self.neck = nn.Sequential(nn.Conv2d(4, 4, 1), nn.GroupNorm(2, 4))
+        self.query_embed = nn.Embedding(5, 4)
+        self.level_embed = nn.Parameter(torch.zeros(3, 4))
+        self.head = nn.ModuleDict(dict(fc=nn.Linear(4, 4), shared=self.neck[0]))
+
+
+def build_optimizer(model, paramwise_cfg, lr=1e-4, weight_decay=0.05):
+    return OPTIM_WRAPPER_CONSTRUCTORS.build(
+        dict(
+            type='UniRepLKNetLayerDecayOptimWrapperConstructor',
+            optim_wrapper_cfg=dict(
+                type='OptimWrapper', optimizer=dict(type='AdamW', lr=lr, weight_decay=weight_decay)
+            ),
+            paramwise_cfg=paramwise_cfg,
+        )
+    )(model).optimizer
+
+
+def test_mmengine_paramwise_options_combine_with_the_layer_ids():
+    """custom_keys / norm_decay_mult / bias_decay_mult / bypass_duplicate: each parameter's lr is
+    the layer-decay lr times mmengine's multiplier, its weight decay mmengine's where an option
+    sets one and the authors' rule elsewhere; a custom key's other entries land in its group."""
+    model = QueryDetector()
+    base_lr, base_wd, decay, num_layers = 1e-4, 0.05, 0.8, 12
+    embed = dict(lr_mult=1.0, decay_mult=0.0)
+    paramwise_cfg = dict(
+        num_layers=num_layers,
+        decay_rate=decay,
+        custom_keys={
+            'backbone': dict(lr_mult=0.1),
+            'backbone.stages.3': dict(lr_mult=0.5, decay_mult=2.0),
+            'query_embed': embed,
+            'level_embed': dict(embed, betas=(0.8, 0.9)),
+        },
+        norm_decay_mult=0.5,
+        bias_decay_mult=0.25,
+        bypass_duplicate=True,
+    )
+    optim = build_optimizer(model, paramwise_cfg, base_lr, base_wd)
+    group_of = {}
+    for group in optim.param_groups:
+        assert type(group) is dict
+        for p in group['params']:
+            assert id(p) not in group_of, 'a parameter in two groups'
+            group_of[id(p)] = group
+    names = dict(model.named_parameters())  # the shared conv once (bypass_duplicate)
+    assert len(group_of) == len(names)
+    for name, p in names.items():
+        group = group_of[id(p)]
+        layer_scale = decay ** (num_layers + 1 - authors_layer_id(name, num_layers))
+        if name.startswith('backbone.stages.3.'):
+            lr_mult, wd = 0.5, 2.0 * base_wd  # the longest matching key wins, as in mmengine
+        elif name.startswith('backbone.'):
+            # 'backbone' matches: its decay_mult (default 1) replaces the authors' rule
+            lr_mult, wd = 0.1, base_wd
+        elif name in ('query_embed.weight', 'level_embed'):
+            lr_mult, wd = 1.0, 0.0
+        elif name.startswith('neck.1.'):
+            lr_mult, wd = 1.0, 0.5 * base_wd  # norm_decay_mult
+        elif name.endswith('.bias'):
+            lr_mult, wd = 1.0, 0.25 * base_wd  # bias_decay_mult
+        else:
+            lr_mult, wd = 1.0, base_wd
+        assert group['lr'] == pytest.approx(base_lr * layer_scale * lr_mult, rel=1e-12), name
+        assert group['weight_decay'] == pytest.approx(wd, rel=1e-12), name
+    assert group_of[id(model.level_embed)]['betas'] == (0.8, 0.9)
+    assert group_of[id(model.query_embed.weight)]['betas'] == (0.9, 0.999)  # AdamW's default
+    # the heads' base lr, the stem's fully decayed one
+    assert group_of[id(model.head.fc.weight)]['lr'] == pytest.approx(base_lr)
+    stem = model.backbone.downsample_layers[0][0].weight
+    assert group_of[id(stem)]['lr'] == pytest.approx(base_lr * 0.1 * decay**13)
+    # groups are merged: far fewer groups than parameters
+    assert len(optim.param_groups) < len(names) // 4
+
+
+def test_without_mmengine_options_the_authors_weight_decay_rule_holds_everywhere():
+    """1-D parameters and biases without weight decay, in the heads too (the norms; the 2-D
+    embeddings keep it), and a tied parameter once, under its first name, with or without
+    bypass_duplicate (as named_parameters() lists it)."""
+    model = QueryDetector()
+    for bypass in (False, True):
+        optim = build_optimizer(model, dict(num_layers=12, decay_rate=0.8, bypass_duplicate=bypass))
+        params = [id(p) for g in optim.param_groups for p in g['params']]
+        assert sorted(params) == sorted(id(p) for p in model.parameters())
+    wd = {id(p): g['weight_decay'] for g in optim.param_groups for p in g['params']}
+    assert wd[id(model.neck[1].weight)] == wd[id(model.head.fc.bias)] == 0.0
+    assert wd[id(model.level_embed)] == wd[id(model.query_embed.weight)] == 0.05
+    assert wd[id(model.neck[0].weight)] == 0.05
