@@ -101,7 +101,7 @@ def _describe_bytes(filename: str) -> str:
     if head[:1] == b'\x80':
         return 'a Python pickle, not a file written by torch.save (e.g. a results .pkl)'
     if head.startswith(b'PK'):
-        return 'a zip archive that is not a complete torch.save file (truncated, or another zip)'
+        return 'a zip archive, but not one written by torch.save'
     if head and all(32 <= b < 127 or b in b'\t\r\n' for b in head):
         return 'a text file'
     return 'not a file written by torch.save'
@@ -131,7 +131,7 @@ def load_checkpoint_file(filename: str, map_location=None):
                 f'If you trust the file, allow it explicitly with the environment variable '
                 f'{UNSAFE_ENV}=1'
             ) from error
-        if zipfile.is_zipfile(filename) or _is_torch_pickle(filename):
+        if zipfile.is_zipfile(filename) or _is_torch_file(filename):
             what = 'a truncated or damaged PyTorch checkpoint (was it written completely?)'
         else:
             what = _describe_bytes(filename)
@@ -141,10 +141,15 @@ def load_checkpoint_file(filename: str, map_location=None):
         ) from error
 
 
-def _is_torch_pickle(filename: str) -> bool:
-    """Whether the file starts as torch.save's legacy format does (a pickled magic number)."""
+def _is_torch_file(filename: str) -> bool:
+    """Whether the file starts as torch.save's files do: a zip archive's first record named
+    ``<archive>/data.pkl``, or the legacy format's pickled magic number."""
     with open(filename, 'rb') as f:
-        return f.read(14) == b'\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19'
+        head = f.read(64)
+    if head.startswith(b'PK\x03\x04'):
+        name_length = int.from_bytes(head[26:28], 'little')
+        return head[30 : 30 + name_length].endswith(b'/data.pkl')
+    return head[:14] == b'\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19'
 
 
 def _first_line(error: Exception) -> str:
@@ -331,13 +336,9 @@ def _backbone_arch(state: Dict[str, torch.Tensor], prefix: str = 'backbone.') ->
         )
     except KeyError:
         return None
+    blocks = [k[len(prefix) :].split('.')[1:3] for k in state if k.startswith(prefix + 'stages.')]
     depths = tuple(
-        1
-        + max(
-            (int(k.split('.')[2]) for k in state if k.startswith(f'{prefix}stages.{i}.')),
-            default=-1,
-        )
-        for i in range(4)
+        1 + max((int(j) for s, j in blocks if int(s) == i), default=-1) for i in range(4)
     )
     for name, setting in ARCH_SETTINGS.items():
         if tuple(setting['dims']) == dims and tuple(setting['depths']) == depths:
@@ -427,7 +428,7 @@ def fit_problems(
     message = f"{source} does not fit the config's model: " + '; '.join(parts) + '.'
     advice = _advice(own, state, mismatched, cfg_hint)
     if advice:
-        message += ' Would fit: ' + ' '.join(a[0].upper() + a[1:] + '.' for a in advice)
+        message += ' What would fit: ' + '; '.join(advice) + '.'
     return message
 
 

@@ -93,7 +93,13 @@ def save_checkpoint(checkpoint: dict, path: str) -> None:
         if isinstance(v, torch.Tensor)
     }
     with atomic_write(path) as tmp:
-        torch.save(checkpoint, tmp)
+        try:
+            torch.save(checkpoint, tmp)
+        except (OSError, RuntimeError) as e:  # torch's C++ writer raises RuntimeError
+            raise OSError(
+                f'could not write {path} ({e}): is the disk full, or a file-size limit '
+                'reached? Nothing was replaced'
+            ) from e
         written = torch.load(tmp, map_location='cpu', weights_only=True, mmap=True)
         got = {
             k: tuple(v.shape)

@@ -3,14 +3,19 @@ and metrics; the authors' released MMDetection 2 / MMSegmentation 0.x checkpoint
 paths and checkpoints get clear errors."""
 
 import os
+import os.path as osp
 import pickle
+import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 
 import mmunirep  # noqa: F401
+from mmunirep.utils import CheckpointError
 
-from helpers import load_tool
+from helpers import ROOT, SCRIPTS, load_tool
 
 
 def run_test(config, ckpt, out, deploy=False):
@@ -33,7 +38,7 @@ def test_reparameterized_segmentor_gives_the_same_predictions_and_miou(seg_model
     m_deploy, p_deploy = run_test(s['config'], deploy_ckpt, s['tmp'] / 'deploy.pkl', deploy=True)
     assert set(m_train) == set(m_deploy) and 'mIoU' in m_train
     for k in m_train:
-        assert m_deploy[k] == pytest.approx(m_train[k], abs=1e-6), k
+        assert m_deploy[k] == pytest.approx(m_train[k], abs=1e-6, nan_ok=True), k
     assert (
         len(p_train)
         == len(p_deploy)
@@ -54,7 +59,7 @@ def test_reparameterized_detector_gives_the_same_predictions_and_map(det_model):
     m_deploy, p_deploy = run_test(s['config'], deploy_ckpt, s['tmp'] / 'deploy.pkl', deploy=True)
     assert 'coco/bbox_mAP' in m_train and 'coco/segm_mAP' in m_train
     for k in m_train:
-        assert m_deploy[k] == pytest.approx(m_train[k], abs=1e-6), k
+        assert m_deploy[k] == pytest.approx(m_train[k], abs=1e-6, nan_ok=True), k
     assert len(p_train) == len(p_deploy) == 2
     for a, b in zip(p_train, p_deploy):
         ia, ib = a['pred_instances'], b['pred_instances']
@@ -136,3 +141,96 @@ def test_tools_fail_clearly_on_bad_paths_and_checkpoints(seg_model, tmp_path):
         load_tool('reparameterize').main(
             [s['config'], str(tmp_path / 'wrong.pth'), str(tmp_path / 'o.pth')]
         )
+
+
+def _with_nan(ckpt, tmp_path, key_part='stages.1.0.dwconv'):
+    state = torch.load(ckpt, map_location='cpu')['state_dict']
+    key = next(k for k in state if key_part in k and state[k].is_floating_point())
+    state[key] = state[key].clone()
+    state[key].view(-1)[0] = float('nan')
+    path = tmp_path / 'nan.pth'
+    torch.save({'state_dict': state}, path)
+    return str(path), key
+
+
+def test_converters_refuse_non_finite_weights(seg_model, tmp_path):
+    s = seg_model
+    path, key = _with_nan(s['ckpt'], tmp_path)
+    out = tmp_path / 'out.pth'
+    for tool, argv in (
+        ('reparameterize', [s['config'], path, str(out)]),
+        ('convert_checkpoint', [path, str(out), '--config', s['config']]),
+        ('convert_checkpoint', [path, str(out)]),
+    ):
+        with pytest.raises(CheckpointError, match=f'NaN or Inf in 1 tensors, e.g. {key}'):
+            load_tool(tool).main(argv)
+    assert not out.exists()
+
+
+def test_converters_refuse_to_overwrite_their_input_unless_asked(seg_model, tmp_path):
+    s = seg_model
+    ckpt = tmp_path / 'model.pth'
+    shutil.copy(s['ckpt'], ckpt)
+    before = ckpt.read_bytes()
+    for tool, argv in (
+        ('reparameterize', [s['config'], str(ckpt), str(ckpt)]),
+        ('convert_checkpoint', [str(ckpt), str(ckpt)]),
+    ):
+        with pytest.raises(ValueError, match='is the input .* --overwrite-input'):
+            load_tool(tool).main(argv)
+        assert ckpt.read_bytes() == before
+    load_tool('reparameterize').main([s['config'], str(ckpt), str(ckpt), '--overwrite-input'])
+    state = torch.load(ckpt, map_location='cpu')['state_dict']
+    assert any(k.endswith('pwconv2.0.bias') for k in state)  # replaced by the deploy structure
+    # and its advice leads somewhere: an already re-parameterized checkpoint is said to be one
+    with pytest.raises(
+        CheckpointError,
+        match='already re-parameterized .* --cfg-options model.backbone.deploy=True',
+    ):
+        load_tool('reparameterize').main([s['config'], str(ckpt), str(tmp_path / 'o.pth')])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('tool', ['reparameterize', 'convert_checkpoint'])
+def test_a_full_disk_leaves_no_truncated_output_and_the_earlier_one_whole(
+    seg_model, tmp_path, tool
+):
+    """A write that fails part way (a file-size limit: `ulimit -f`) leaves neither a truncated
+    output nor a damaged earlier one, and the tool fails."""
+    s = seg_model
+    out = tmp_path / 'out.pth'
+    out.write_bytes(b'an earlier result')
+    argv = (
+        [s['config'], s['ckpt'], str(out)]
+        if tool == 'reparameterize'
+        else [s['ckpt'], str(out), '--config', s['config']]
+    )
+    script = osp.join(ROOT, SCRIPTS[tool])
+    limit_kb = os.path.getsize(s['ckpt']) // 2048  # half of the checkpoint
+    proc = subprocess.run(
+        ['bash', '-c', f'ulimit -f {limit_kb}; exec "$0" "$@"', sys.executable, script, *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode != 0 and f'could not write {out}' in proc.stderr, proc.stderr[-2000:]
+    assert out.read_bytes() == b'an earlier result'
+    assert sorted(os.listdir(tmp_path)) == ['out.pth']
+
+
+def test_convert_without_config_or_classes(seg_model, tmp_path):
+    """Without --config the keys are converted unchecked; a checkpoint without class names
+    converts; one without model tensors is refused."""
+    state = torch.load(seg_model['ckpt'], map_location='cpu')['state_dict']
+    src, dst = tmp_path / 'released.pth', tmp_path / 'converted.pth'
+    torch.save({'meta': {'CLASSES': None, 'PALETTE': None}, 'state_dict': state}, src)
+    load_tool('convert_checkpoint').main([str(src), str(dst)])
+    converted = torch.load(dst, map_location='cpu')
+    assert set(converted['state_dict']) == set(state) and 'dataset_meta' not in converted['meta']
+    torch.save({'meta': {}, 'optimizer': {'state': {}}}, src)
+    with pytest.raises(CheckpointError, match='holds no model tensors'):
+        load_tool('convert_checkpoint').main([str(src), str(tmp_path / 'x.pth')])
+    assert not (tmp_path / 'x.pth').exists()
+    with pytest.raises(SystemExit):
+        load_tool('convert_checkpoint').main([str(src), str(dst), '--cfg-options', 'a=1'])
