@@ -16,9 +16,11 @@ from mmengine.logging import print_log
 
 from mmunirep.utils import (
     atomic_write,
+    check_finite,
     clear_pretrained,
     framework_of,
     load_model_weights,
+    model_state_dict,
     prepare_cfg,
     read_checkpoint,
 )
@@ -50,6 +52,7 @@ def main(argv=None):
     cfg = prepare_cfg(args.config, cfg_options=args.cfg_options)
     clear_pretrained(cfg)  # the checkpoint holds every weight
     ckpt = read_checkpoint(args.checkpoint)
+    check_finite(model_state_dict(ckpt, args.checkpoint), args.checkpoint)
     if framework_of(cfg) == 'mmdet':
         from mmdet.apis import DetInferencer
 

@@ -103,7 +103,7 @@ pipi -q -r "$ROOT/requirements/runtime.txt" -r "$ROOT/requirements/tests.txt" \
 pipi -q --no-build-isolation -e "$ROOT"
 
 say "step 5/5: import check"
-(cd "$ROOT" && "$PY" -c 'import mmunirep, mmcv.ops, mmdet, mmseg, timm, pkg_resources
+(cd "$ROOT" && "$PY" -c 'import mmunirep, mmcv.ops, mmdet, mmseg, timm, pkg_resources, psutil
 from mmengine.config import Config
 Config.fromfile("configs/detection/unireplknet_t_1k_cascade_3x.py")
 Config.fromfile("configs/segmentation/unireplknet_t_1k_upernet_160k_512.py")

@@ -23,6 +23,7 @@ from mmengine.runner import Runner
 from mmunirep.utils import (
     atomic_directory,
     atomic_write,
+    check_finite,
     clear_pretrained,
     end_distributed_process,
     framework_of,
@@ -94,6 +95,7 @@ def main(argv=None):
     cfg = prepare_cfg(args.config, args.work_dir, args.cfg_options, args.launcher)
     framework = framework_of(cfg)
     ckpt = read_checkpoint(args.checkpoint)
+    check_finite(model_state_dict(ckpt, args.checkpoint), args.checkpoint)  # before any output
     follow_checkpoint_structure(cfg, ckpt, args)
     clear_pretrained(cfg)  # the checkpoint provides every weight
     cfg.load_from = None  # loaded below, strictly, instead of by the Runner

@@ -228,3 +228,19 @@ def test_benchmark_compile_argument_errors(seg_model, argv, message, capsys):
         benchmark.main([seg_model['config']] + argv)
     assert info.value.code == 2  # argparse's error
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    'argv, message',
+    [
+        (['--shape', '0', '64'], '--shape takes H W of at least 32 each'),
+        (['--batch-size', '0'], '--batch-size must be at least 1, got 0'),
+        (['--iters', '-2'], '--iters must be at least 1, got -2'),
+        (['--repeats', '0'], '--repeats must be at least 1'),
+        (['--warmup', '-1'], '--warmup must be 0 or more'),
+    ],
+)
+def test_benchmark_arguments_are_checked_up_front(seg_model, argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        load_tool('benchmark').main([seg_model['config']] + argv)
+    assert info.value.code == 2 and message in capsys.readouterr().err

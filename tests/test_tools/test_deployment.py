@@ -50,3 +50,57 @@ def test_export_onnx_refuses_a_detector(det_model, tmp_path):
         load_tool('export_onnx').main(
             [det_model['config'], '--out', str(tmp_path / 'x.onnx'), '--part', 'segmentor']
         )
+
+
+def test_export_checks_a_narrow_map_and_leaves_no_file_when_the_check_fails(
+    seg_model, tmp_path, monkeypatch
+):
+    export_onnx = load_tool('export_onnx')
+    out = tmp_path / 'narrow.onnx'
+    # the parity check runs on another shape than the traced one: also for a 32-wide input
+    errors = export_onnx.main([seg_model['config'], '--out', str(out), '--shape', '64', '32'])
+    assert max(errors) <= 1e-4 and out.is_file()
+
+    def disagree(module, path, shape, rtol):
+        raise RuntimeError('ONNX and PyTorch differ')
+
+    monkeypatch.setattr(export_onnx, 'verify', disagree)
+    out.write_bytes(b'an earlier export')
+    with pytest.raises(RuntimeError, match='differ'):
+        export_onnx.main([seg_model['config'], '--out', str(out), '--shape', '64', '64'])
+    assert out.read_bytes() == b'an earlier export'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['narrow.onnx']
+
+
+def test_the_parity_check_fails_on_nan(seg_model, tmp_path):
+    export_onnx = load_tool('export_onnx')
+    module = torch.nn.Conv2d(3, 4, 3, padding=1)
+    path = str(tmp_path / 'conv.onnx')
+    torch.onnx.export(
+        module,
+        (torch.randn(1, 3, 8, 8),),
+        path,
+        dynamo=False,
+        input_names=['input'],
+        output_names=['out'],
+    )
+    with torch.no_grad():
+        module.bias[0] = float('nan')  # PyTorch's side now gives NaN
+    with pytest.raises(RuntimeError, match='differ'):
+        export_onnx.verify(module, path, (1, 3, 8, 8), 1e-4)
+
+
+@pytest.mark.parametrize(
+    'argv, message',
+    [
+        (['--shape', '16', '64'], 'at least 32 each'),
+        (['--part', 'segmentor', '--shape', '64', '80'], 'a multiple of 32'),
+        (['--rtol', '0'], '--rtol must be positive'),
+    ],
+)
+def test_export_arguments_are_checked_up_front(seg_model, tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as info:
+        load_tool('export_onnx').main(
+            [seg_model['config'], '--out', str(tmp_path / 'x.onnx')] + argv
+        )
+    assert info.value.code == 2 and message in capsys.readouterr().err

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from mmunirep.models import UniRepLKNet
+from mmunirep.models import UniRepLKNet, reparameterize_unireplknet
 from mmunirep.models.backbones.unireplknet import ARCH_SETTINGS, GRN
 
 from helpers import randomize, recording_backend, rel_err
@@ -710,3 +710,39 @@ def test_backbone_needs_only_torch_mmengine_timm():
     )
     proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_frozen_stages_stay_frozen_after_reparameterization():
+    model = UniRepLKNet(arch='a', frozen_stages=1).train()
+    model.switch_to_deploy()
+    for i in range(4):
+        for p in list(model.downsample_layers[i].parameters()) + list(model.stages[i].parameters()):
+            assert p.requires_grad == (i > 1)
+    # also through the module-level function, which converts the blocks one by one
+    model = UniRepLKNet(arch='a', frozen_stages=0)
+    reparameterize_unireplknet(model)
+    assert not any(p.requires_grad for p in model.stages[0].parameters())
+    assert all(p.requires_grad for p in model.stages[1].parameters())
+
+
+def test_an_unbatched_image_is_refused_with_the_shape_expected():
+    with pytest.raises(
+        ValueError,
+        match=r'a batch of images \(N, C, H, W\), got a tensor of '
+        r'shape \(3, 64, 64\) \(one image: x\.unsqueeze\(0\)\)',
+    ):
+        UniRepLKNet(arch='a')(torch.randn(3, 64, 64))
+
+
+def test_a_pretrained_checkpoint_with_nan_is_refused(tmp_path):
+    state = classification_state_dict('a')
+    state['stages.2.3.pwconv1.1.weight'][1, 2] = float('nan')
+    path = tmp_path / 'nan.pth'
+    torch.save(state, path)
+    model = UniRepLKNet(arch='a', init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    with pytest.raises(
+        RuntimeError,
+        match=r'NaN or Inf in 1 tensors, e\.g\. '
+        r'stages\.2\.3\.pwconv1\.1\.weight \(1 of',
+    ):
+        model.init_weights()

@@ -1,0 +1,215 @@
+"""The checks of the tools that run a model: tools/test.py and demo/image_demo.py refuse a
+checkpoint that does not fit the config or holds NaN, load a partial one only when asked and write
+their outputs whole; tools/test.py and tools/train.py check the data first and say what --resume
+found."""
+
+import os
+
+import pytest
+import torch
+from mmengine.config import Config
+
+import mmunirep  # noqa: F401
+from mmunirep.utils import CheckpointError, build_model
+from mmunirep.utils.data_check import DataError
+
+from helpers import load_tool, tiny_seg_config
+
+
+def _save(model, path):
+    torch.save({'state_dict': model.state_dict()}, path)
+    return str(path)
+
+
+def _segmentor(config, **options):
+    cfg = Config.fromfile(config)
+    cfg.merge_from_dict(options)
+    return build_model(cfg)
+
+
+@pytest.mark.parametrize(
+    'options, message',
+    [
+        (
+            {
+                'model.backbone.arch': 'f',
+                'model.decode_head.in_channels': [48, 96, 192, 384],
+                'model.auxiliary_head.in_channels': 192,
+            },
+            "its backbone is UniRepLKNet-F and the config's UniRepLKNet-A",
+        ),
+        (
+            {'model.decode_head.num_classes': 150, 'model.auxiliary_head.num_classes': 150},
+            'it predicts 150 classes (decode_head.conv_seg.weight), the config 3',
+        ),
+    ],
+    ids=['another-variant', 'another-class-count'],
+)
+def test_a_checkpoint_that_does_not_fit_is_refused_with_what_fits(
+    seg_model, tmp_path, options, message
+):
+    ckpt = _save(_segmentor(seg_model['config'], **options), tmp_path / 'other.pth')
+    for tool, argv in (
+        ('test', [seg_model['config'], ckpt, '--work-dir', str(tmp_path / 'w')]),
+        (
+            'image_demo',
+            [_image(seg_model), seg_model['config'], ckpt, '--out-file', str(tmp_path / 'vis.png')],
+        ),
+    ):
+        with pytest.raises(CheckpointError) as info:
+            load_tool(tool).main(argv)
+        text = str(info.value)
+        assert 'does not fit the config' in text and 'have another shape' in text, text
+        assert message in text and '--partial-load' in text, text
+    assert not (tmp_path / 'vis.png').exists()
+
+
+def _image(model):
+    folder = os.path.join(model['data'], 'images', 'validation')
+    return os.path.join(folder, sorted(os.listdir(folder))[0])
+
+
+def test_a_detectors_checkpoint_for_a_segmentor_says_so(seg_model, det_model, tmp_path):
+    with pytest.raises(CheckpointError) as info:
+        load_tool('test').main(
+            [seg_model['config'], det_model['ckpt'], '--work-dir', str(tmp_path / 'w')]
+        )
+    text = str(info.value)
+    assert "it is a detector's checkpoint and the config builds a segmentor" in text, text
+    assert 'downsample_norm_cfg' not in text  # no advice that leads to garbage
+
+
+def test_partial_load_on_purpose_and_allowed_differences(seg_model, tmp_path):
+    state = torch.load(seg_model['ckpt'], map_location='cpu')['state_dict']
+    # a checkpoint saved for inference (no auxiliary head) with MMDetection 2's EMA buffers
+    kept = {k: v for k, v in state.items() if not k.startswith('auxiliary_head.')}
+    kept['ema_backbone_norm0_weight'] = state['backbone.norm0.weight']
+    ckpt = tmp_path / 'infer.pth'
+    torch.save({'state_dict': kept}, ckpt)
+    metrics = load_tool('test').main(
+        [seg_model['config'], str(ckpt), '--work-dir', str(tmp_path / 'w1')]
+    )
+    assert 'mIoU' in metrics
+    # a head of another class count loads only with --partial-load, the rest of the weights kept
+    other = _save(
+        _segmentor(seg_model['config'], **{'model.decode_head.num_classes': 5}),
+        tmp_path / 'five.pth',
+    )
+    metrics = load_tool('test').main(
+        [seg_model['config'], other, '--partial-load', '--work-dir', str(tmp_path / 'w2')]
+    )
+    assert 'mIoU' in metrics
+
+
+def test_non_finite_weights_are_refused_by_every_tool(seg_model, tmp_path):
+    state = torch.load(seg_model['ckpt'], map_location='cpu')['state_dict']
+    state['decode_head.conv_seg.weight'][0, 0] = float('inf')
+    ckpt = tmp_path / 'inf.pth'
+    torch.save({'state_dict': state}, ckpt)
+    for tool, argv in (
+        ('test', [seg_model['config'], str(ckpt), '--work-dir', str(tmp_path / 'w')]),
+        (
+            'image_demo',
+            [
+                _image(seg_model),
+                seg_model['config'],
+                str(ckpt),
+                '--out-file',
+                str(tmp_path / 'vis.png'),
+            ],
+        ),
+        (
+            'export_onnx',
+            [
+                seg_model['config'],
+                '--checkpoint',
+                str(ckpt),
+                '--out',
+                str(tmp_path / 'x.onnx'),
+                '--shape',
+                '64',
+                '64',
+            ],
+        ),
+        ('benchmark', [seg_model['config'], '--checkpoint', str(ckpt), '--shape', '64', '64']),
+    ):
+        with pytest.raises(CheckpointError, match=r'decode_head\.conv_seg\.weight \(1 of'):
+            load_tool(tool).main(argv)
+    assert sorted(os.listdir(tmp_path)) == ['inf.pth']
+
+
+def test_a_deploy_checkpoint_is_tested_in_the_deploy_structure(seg_model, tmp_path):
+    deploy = tmp_path / 'deploy.pth'
+    load_tool('reparameterize').main([seg_model['config'], seg_model['ckpt'], str(deploy)])
+    plain = load_tool('test').main(
+        [seg_model['config'], seg_model['ckpt'], '--work-dir', str(tmp_path / 'w1')]
+    )
+    reparameterized = load_tool('test').main(
+        [seg_model['config'], str(deploy), '--work-dir', str(tmp_path / 'w2')]
+    )
+    assert reparameterized['mIoU'] == pytest.approx(plain['mIoU'], abs=1e-6)
+
+
+def test_outputs_are_left_whole_when_the_test_fails(seg_model, tmp_path, monkeypatch):
+    from mmseg.evaluation import IoUMetric
+
+    out_pkl, out_dir = tmp_path / 'preds.pkl', tmp_path / 'maps'
+    out_pkl.write_bytes(b'earlier predictions')
+
+    def fail(self, results):
+        raise RuntimeError('the evaluation failed')
+
+    monkeypatch.setattr(IoUMetric, 'compute_metrics', fail)
+    for out in (out_pkl, out_dir):
+        with pytest.raises(RuntimeError, match='the evaluation failed'):
+            load_tool('test').main(
+                [
+                    seg_model['config'],
+                    seg_model['ckpt'],
+                    '--out',
+                    str(out),
+                    '--work-dir',
+                    str(tmp_path / 'w'),
+                ]
+            )
+    assert out_pkl.read_bytes() == b'earlier predictions' and not out_dir.exists()
+    assert sorted(os.listdir(tmp_path)) == ['preds.pkl', 'w']
+
+
+def test_bad_label_maps_stop_the_test_before_it_starts(seg_model, tmp_path):
+    import shutil
+
+    import cv2
+
+    root = tmp_path / 'data'
+    shutil.copytree(seg_model['data'], root)
+    maps = sorted((root / 'annotations' / 'validation').iterdir())
+    label = cv2.imread(str(maps[0]), cv2.IMREAD_UNCHANGED)
+    label[0, 0] = 9
+    cv2.imwrite(str(maps[0]), label)
+    config = tiny_seg_config(tmp_path, str(root))
+    with pytest.raises(DataError, match=r'label values \[9\] are beyond the 3 classes'):
+        load_tool('test').main([config, seg_model['ckpt'], '--work-dir', str(tmp_path / 'w')])
+    with pytest.raises(DataError, match=r'label values \[9\]'):
+        load_tool('train').main([config, '--work-dir', str(tmp_path / 'w')])
+
+
+def test_resume_without_a_checkpoint_says_training_starts_from_scratch(
+    seg_model, tmp_path, monkeypatch
+):
+    train = load_tool('train')
+    said = []
+
+    class Stop(Exception):
+        pass
+
+    def stop(cfg):
+        raise Stop
+
+    monkeypatch.setattr(train, 'print_log', lambda msg, **kwargs: said.append(msg))
+    monkeypatch.setattr(train.Runner, 'from_cfg', stop)
+    with pytest.raises(Stop):
+        train.main([seg_model['config'], '--resume', '--work-dir', str(tmp_path / 'empty')])
+    assert f'--resume: no checkpoint in {tmp_path / "empty"}, so training starts from scratch' in (
+        said
+    )
