@@ -39,6 +39,77 @@ CHECKPOINTS = {
 }
 
 
+# the configs beyond the paper (untrained): config -> arch, detector, epochs, drop path, layer
+# decay, checkpoint file
+NEW = {
+    'unireplknet_t_1k_mask_rcnn_1x.py': (
+        't',
+        'MaskRCNN',
+        12,
+        0.3,
+        0.8,
+        CHECKPOINTS['unireplknet_t_1k_cascade_3x.py'],
+    ),
+    'unireplknet_t_1k_mask_rcnn_3x.py': (
+        't',
+        'MaskRCNN',
+        36,
+        0.3,
+        0.8,
+        CHECKPOINTS['unireplknet_t_1k_cascade_3x.py'],
+    ),
+    'unireplknet_s_1k_mask_rcnn_1x.py': (
+        's',
+        'MaskRCNN',
+        12,
+        0.5,
+        0.8,
+        CHECKPOINTS['unireplknet_s_1k_cascade_3x.py'],
+    ),
+    'unireplknet_s_1k_mask_rcnn_3x.py': (
+        's',
+        'MaskRCNN',
+        36,
+        0.5,
+        0.8,
+        CHECKPOINTS['unireplknet_s_1k_cascade_3x.py'],
+    ),
+    'unireplknet_b_22k_dino_12e.py': (
+        'b',
+        'DINO',
+        12,
+        0.6,
+        0.8,
+        CHECKPOINTS['unireplknet_b_22k_cascade_3x.py'],
+    ),
+    'unireplknet_b_22k_dino_36e.py': (
+        'b',
+        'DINO',
+        36,
+        0.6,
+        0.8,
+        CHECKPOINTS['unireplknet_b_22k_cascade_3x.py'],
+    ),
+    'unireplknet_l_22k_dino_12e.py': (
+        'l',
+        'DINO',
+        12,
+        0.7,
+        0.7,
+        CHECKPOINTS['unireplknet_l_22k_cascade_3x.py'],
+    ),
+    'unireplknet_l_22k_dino_36e.py': (
+        'l',
+        'DINO',
+        36,
+        0.7,
+        0.7,
+        CHECKPOINTS['unireplknet_l_22k_cascade_3x.py'],
+    ),
+}
+EXAMPLES = ['example_custom_dataset_cascade_mask_rcnn.py', 'example_custom_dataset_cascade_rcnn.py']
+
+
 def _build_detector(cfg):
     """The config's model on the meta device: its structure and parameter count, no weights."""
     from mmdet.registry import MODELS
@@ -50,8 +121,10 @@ def _build_detector(cfg):
 # ------------------------------------------------------------------------------------------------
 def test_config_list_is_complete():
     names = {osp.basename(p) for p in DET_CONFIGS}
-    assert set(RECIPES) <= names, sorted(set(RECIPES) - names)
-    assert osp.basename(QUICKSTART) in names and osp.basename(MMDET_PROJECT) in names
+    others = {osp.basename(QUICKSTART), osp.basename(MMDET_PROJECT), *EXAMPLES}
+    assert names == set(RECIPES) | set(NEW) | others, sorted(
+        names ^ (set(RECIPES) | set(NEW) | others)
+    )
 
 
 @pytest.mark.parametrize('path', DET_CONFIGS, ids=[osp.basename(p) for p in DET_CONFIGS])
@@ -107,3 +180,85 @@ def test_backbone_type_resolves_from_mmdet_scope():
         (1, 160, 4, 4),
         (1, 320, 2, 2),
     ]
+
+
+@pytest.mark.parametrize('name', sorted(NEW))
+def test_new_config_recipe(name):
+    """Mask R-CNN from MMDetection's ConvNeXt recipes (1x: single-scale, steps at 8 and 11; 3x:
+    multi-scale + crop, steps at 27 and 33) and DINO from its 5-scale Swin-L recipe, each with
+    our backbone and the authors' layer-wise decay; the lr not scaled with the GPU count."""
+    arch, detector, epochs, dpr, decay, ckpt = NEW[name]
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'detection', name))
+    bb = cfg.model.backbone
+    assert cfg.model.type == detector
+    assert (bb.type, bb.arch, bb.drop_path_rate) == ('mmunirep.UniRepLKNet', arch, dpr)
+    assert bb.norm_cfg.type == 'SyncBN' and bb.with_cp and bb.out_indices == (0, 1, 2, 3)
+    assert bb.init_cfg == dict(type='Pretrained', checkpoint=URL + ckpt)
+    ow = cfg.optim_wrapper
+    assert ow.type == 'OptimWrapper'
+    assert ow.constructor == 'UniRepLKNetLayerDecayOptimWrapperConstructor'
+    assert (ow.paramwise_cfg.num_layers, ow.paramwise_cfg.decay_rate) == (12, decay)
+    assert cfg.train_cfg.max_epochs == epochs
+    assert cfg.auto_scale_lr == dict(enable=False, base_batch_size=16)
+    assert cfg.val_evaluator.classwise and cfg.test_evaluator.classwise
+    steps = [s for s in cfg.param_scheduler if s.type == 'MultiStepLR']
+    assert len(steps) == 1 and steps[0].end == epochs
+    train_types = [t.type for t in cfg.train_dataloader.dataset.pipeline]
+    if detector == 'MaskRCNN':
+        assert ow.optimizer == dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05)
+        assert steps[0].milestones == ([8, 11] if epochs == 12 else [27, 33])
+        warmup = cfg.param_scheduler[0]
+        assert (warmup.type, warmup.end, warmup.start_factor) == ('LinearLR', 1000, 0.001)
+        assert ('RandomChoice' in train_types) is (epochs == 36)  # 3x: multi-scale + crop
+        if epochs == 12:
+            resize = cfg.train_dataloader.dataset.pipeline[train_types.index('Resize')]
+            assert resize.scale == (1333, 800) and resize.keep_ratio
+        assert cfg.model.neck.type == 'FPN'
+    else:  # MMDetection's DINO recipe, the backbone decayed layer by layer
+        assert ow.optimizer == dict(type='AdamW', lr=1e-4, weight_decay=1e-4)
+        assert ow.clip_grad == dict(max_norm=0.1, norm_type=2)
+        assert steps[0].milestones == ([11] if epochs == 12 else [27, 33])
+        assert 'backbone' not in ow.paramwise_cfg.custom_keys
+        assert all(v == dict(decay_mult=0.0) for v in ow.paramwise_cfg.custom_keys.values())
+        assert cfg.model.num_feature_levels == 5 and cfg.model.neck.num_outs == 5
+        assert cfg.model.num_queries == 900 and 'RandomChoice' in train_types
+
+
+@pytest.mark.parametrize(
+    'name', ['unireplknet_b_22k_dino_12e.py', 'unireplknet_t_1k_mask_rcnn_1x.py']
+)
+def test_new_config_optimizer_groups(name):
+    """The groups the optimizer gets from the config (on the meta device): the heads at the base
+    lr, the stem at decay ** 13 of it, and DINO's embeddings (2-D) without weight decay."""
+    from mmengine.optim import build_optim_wrapper
+
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'detection', name))
+    cfg.model.backbone.init_cfg = None
+    model = _build_detector(cfg)
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        optimizer = build_optim_wrapper(model, cfg.optim_wrapper).optimizer
+    group = {
+        n: g
+        for g in optimizer.param_groups
+        for p in g['params']
+        for n, q in model.named_parameters()
+        if q is p
+    }
+    lr, wd = cfg.optim_wrapper.optimizer.lr, cfg.optim_wrapper.optimizer.weight_decay
+    decay = cfg.optim_wrapper.paramwise_cfg.decay_rate
+    assert len(group) == len(list(model.parameters()))
+    assert group['backbone.downsample_layers.0.0.weight']['lr'] == pytest.approx(lr * decay**13)
+    assert (
+        group['neck.fpn_convs.0.conv.weight' if 'mask' in name else 'neck.convs.0.conv.weight'][
+            'lr'
+        ]
+        == lr
+    )
+    if 'dino' in name:
+        for key in (
+            'query_embedding.weight',
+            'level_embed',
+            'dn_query_generator.label_embedding.weight',
+        ):
+            assert group[key]['weight_decay'] == 0.0 and group[key]['lr'] == lr, key
+        assert group['memory_trans_fc.weight']['weight_decay'] == wd

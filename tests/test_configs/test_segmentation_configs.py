@@ -92,6 +92,55 @@ PAPER = {
         425,
     ),
 }
+# the configs beyond the paper (untrained): config -> arch, head, dataset, crop, iterations,
+# drop path, (num_layers, decay_rate), with_cp, checkpoint
+NEW = {
+    'unireplknet_b_22k_mask2former_160k_640.py': (
+        'b',
+        'Mask2FormerHead',
+        'ADE20KDataset',
+        (640, 640),
+        160000,
+        0.3,
+        (12, 0.9),
+        True,
+        'unireplknet_b_in22k_to_in1k_384_acc87.40.pth',
+    ),
+    'unireplknet_l_22k_mask2former_160k_640.py': (
+        'l',
+        'Mask2FormerHead',
+        'ADE20KDataset',
+        (640, 640),
+        160000,
+        0.4,
+        (12, 0.85),
+        True,
+        'unireplknet_l_in22k_to_in1k_384_acc87.88.pth',
+    ),
+    'unireplknet_t_1k_upernet_80k_cityscapes_512x1024.py': (
+        't',
+        'UPerHead',
+        'CityscapesDataset',
+        (512, 1024),
+        80000,
+        0.2,
+        (9, 1.0),
+        False,
+        'unireplknet_t_in1k_224_acc83.21.pth',
+    ),
+    'unireplknet_s_1k_upernet_80k_cityscapes_512x1024.py': (
+        's',
+        'UPerHead',
+        'CityscapesDataset',
+        (512, 1024),
+        80000,
+        0.3,
+        (12, 0.9),
+        True,
+        'unireplknet_s_in1k_224_acc83.91.pth',
+    ),
+}
+CUSTOM = osp.join(SEG_DIR, 'example_custom_dataset_upernet.py')
 ALL_CONFIGS = sorted(osp.basename(p) for p in glob.glob(osp.join(SEG_DIR, '*.py')))
 
 
@@ -111,23 +160,29 @@ def n_params(module):
 
 
 def test_every_config_is_covered():
-    assert set(PAPER) | {osp.basename(QUICKSTART), osp.basename(EXAMPLE)} == set(ALL_CONFIGS)
+    others = {osp.basename(QUICKSTART), osp.basename(EXAMPLE), osp.basename(CUSTOM)}
+    assert set(PAPER) | set(NEW) | others == set(ALL_CONFIGS)
 
 
 @pytest.mark.parametrize('name', ALL_CONFIGS)
 def test_config_builds_through_mmseg_registry(name):
     cfg = Config.fromfile(osp.join(SEG_DIR, name))
     assert cfg.default_scope == 'mmseg'
-    assert cfg.custom_imports == dict(imports=['mmunirep'], allow_failed_imports=False)
+    # Mask2Former's pixel decoder is MMDetection's
+    imports = ['mmdet.models', 'mmunirep'] if 'mask2former' in name else ['mmunirep']
+    assert cfg.custom_imports == dict(imports=imports, allow_failed_imports=False)
     model = build_segmentor(cfg)
     assert type(model).__name__ == 'EncoderDecoder'
     assert isinstance(model.backbone, UniRepLKNet)
     dims = model.backbone.dims
-    head_in = model.decode_head.in_channels
+    head_in = cfg.model.decode_head.in_channels  # Mask2FormerHead does not keep it
     assert list(head_in if isinstance(head_in, (list, tuple)) else [head_in]) == list(
         dims if name != osp.basename(EXAMPLE) else dims[3:]
     )
-    assert model.auxiliary_head.in_channels == dims[2] and model.auxiliary_head.in_index == 2
+    if 'mask2former' in name:
+        assert not model.with_auxiliary_head
+    else:
+        assert model.auxiliary_head.in_channels == dims[2] and model.auxiliary_head.in_index == 2
     if name in PAPER:
         arch, _, _, _, _, _, paper_m = PAPER[name]
         assert dims == DIMS[arch]
@@ -237,3 +292,92 @@ def test_backbone_resolves_from_mmseg_scope(backbone_type):
     assert isinstance(backbone, UniRepLKNet)
     outs = backbone(torch.rand(1, 3, 64, 64))
     assert [o.shape[1] for o in outs] == [40, 80, 160, 320]
+
+
+@pytest.mark.parametrize('name', sorted(NEW))
+def test_new_config_recipe(name):
+    """Mask2Former from MMSegmentation's Swin recipe (its custom keys and norm_decay_mult kept,
+    the backbone decayed layer by layer instead of by 0.1), UperNet on Cityscapes from its 80k
+    config with the authors' ADE20K optimizer; the lr not scaled with the GPU count."""
+    arch, head, dataset, crop, iters, dpr, (num_layers, decay), with_cp, ckpt = NEW[name]
+    cfg = Config.fromfile(osp.join(SEG_DIR, name))
+    bb = cfg.model.backbone
+    assert (bb.type, bb.arch, bb.drop_path_rate, bb.with_cp) == (
+        'mmunirep.UniRepLKNet',
+        arch,
+        dpr,
+        with_cp,
+    )
+    assert bb.norm_cfg == dict(type='SyncBN') and bb.use_lk_op is False
+    assert bb.init_cfg == dict(type='Pretrained', checkpoint=URL + ckpt)
+    assert cfg.model.decode_head.type == head and cfg.model.get('pretrained') is None
+    assert cfg.train_dataloader.dataset.type == dataset
+    assert cfg.model.data_preprocessor.size == crop
+    crop_t = [t for t in cfg.train_dataloader.dataset.pipeline if t.type == 'RandomCrop']
+    assert crop_t[0].crop_size == crop
+    assert cfg.train_cfg.max_iters == iters and cfg.model.test_cfg.mode == 'whole'
+    ow = cfg.optim_wrapper
+    assert ow.constructor == 'UniRepLKNetLayerDecayOptimWrapperConstructor'
+    assert (ow.paramwise_cfg.num_layers, ow.paramwise_cfg.decay_rate) == (num_layers, decay)
+    assert ow.optimizer.type == 'AdamW' and ow.optimizer.lr == 1e-4
+    assert ow.optimizer.weight_decay == 0.05
+    assert cfg.auto_scale_lr.enable is False
+    test_resize = cfg.test_dataloader.dataset.pipeline[1]
+    if head == 'Mask2FormerHead':
+        embed = dict(lr_mult=1.0, decay_mult=0.0)
+        assert ow.paramwise_cfg.custom_keys == dict(
+            query_embed=embed, query_feat=embed, level_embed=embed
+        )
+        assert ow.paramwise_cfg.norm_decay_mult == 0.0
+        assert ow.clip_grad == dict(max_norm=0.01, norm_type=2)
+        (poly,) = cfg.param_scheduler
+        assert (poly.type, poly.power, poly.end) == ('PolyLR', 0.9, iters)
+        assert cfg.model.decode_head.num_classes == 150 and test_resize.scale == (2560, 640)
+        assert cfg.auto_scale_lr.base_batch_size == 16 == 8 * cfg.train_dataloader.batch_size
+    else:
+        warmup, poly = cfg.param_scheduler
+        assert (warmup.type, warmup.end, poly.type, poly.power, poly.eta_min, poly.end) == (
+            'LinearLR',
+            1500,
+            'PolyLR',
+            1.0,
+            0.0,
+            iters,
+        )
+        assert cfg.model.decode_head.num_classes == 19 == cfg.model.auxiliary_head.num_classes
+        assert test_resize.scale == (2048, 1024)
+        # MMSegmentation's 4 GPUs x 2 images
+        assert cfg.auto_scale_lr.base_batch_size == 8 == 4 * cfg.train_dataloader.batch_size
+
+
+def test_mask2former_optimizer_groups():
+    """The optimizer's groups from the Mask2Former config: the queries and level embeddings at the
+    base lr without weight decay, the backbone's stem at 0.9 ** 13 of the lr, norms undecayed."""
+    from mmengine.optim import build_optim_wrapper
+
+    cfg = Config.fromfile(osp.join(SEG_DIR, 'unireplknet_b_22k_mask2former_160k_640.py'))
+    model = build_segmentor(cfg)
+    optimizer = build_optim_wrapper(model, cfg.optim_wrapper).optimizer
+    group = {id(p): g for g in optimizer.param_groups for p in g['params']}
+    params = dict(model.named_parameters())
+    assert len(group) == len(params)
+    for key in ('query_embed.weight', 'query_feat.weight', 'level_embed.weight'):
+        g = group[id(params['decode_head.' + key])]
+        assert (g['lr'], g['weight_decay']) == (1e-4, 0.0), key
+    stem = group[id(params['backbone.downsample_layers.0.0.weight'])]
+    assert stem['lr'] == pytest.approx(1e-4 * 0.9**13) and stem['weight_decay'] == 0.05
+    norm = [n for n in params if n.startswith('decode_head.') and '.norms.' in n][0]
+    assert group[id(params[norm])]['weight_decay'] == 0.0
+
+
+def test_custom_dataset_example():
+    """Your classes: BaseSegDataset with the classes and palette, both heads' num_classes."""
+    cfg = Config.fromfile(CUSTOM)
+    n = len(cfg.classes)
+    assert cfg.model.decode_head.num_classes == n == cfg.model.auxiliary_head.num_classes
+    for loader in (cfg.train_dataloader, cfg.val_dataloader, cfg.test_dataloader):
+        ds = loader.dataset
+        assert ds.type == 'BaseSegDataset' and ds.metainfo.classes == cfg.classes
+        assert len(ds.metainfo.palette) == n and ds.reduce_zero_label is cfg.reduce_zero_label
+        load = [t for t in ds.pipeline if t.type == 'LoadAnnotations'][0]
+        assert load.reduce_zero_label is cfg.reduce_zero_label

@@ -1,0 +1,342 @@
+"""The model zoo's recipes beyond the paper (Mask R-CNN, DINO, Mask2Former, UperNet on
+Cityscapes) and the custom-dataset examples: each trains one iteration with tools/train.py and is
+evaluated by tools/test.py on generated data, in-process.
+
+Each config is loaded as it is, shrunk (``shrink``: every size in its pipelines and data
+pre-processor divided by 8, a tiny backbone, few queries / proposals / layers, single-process
+loaders of batch 2) and dumped, so that what runs is the config's own pipeline, model and
+optimizer, only smaller. CPU only; a few seconds each.
+"""
+
+import os
+import os.path as osp
+import shutil
+
+import cv2
+import pytest
+import torch
+from mmengine.config import Config
+
+import mmunirep  # noqa: F401
+
+from helpers import ROOT, load_tool, visualizers_restored
+
+pytestmark = pytest.mark.slow  # trains an iteration of each
+
+DET = osp.join(ROOT, 'configs', 'detection')
+SEG = osp.join(ROOT, 'configs', 'segmentation')
+TINY_ARCH = dict(
+    _delete_=True,
+    depths=(1, 1, 2, 1),
+    dims=(40, 80, 160, 320),
+    kernel_sizes=((3,), (13,), (13, 3), (13,)),
+)
+DIMS = [40, 80, 160, 320]
+SIZE_KEYS = ('scale', 'scales', 'crop_size', 'img_scale', 'size', 'max_size')
+
+
+@pytest.fixture(autouse=True)
+def unformatted_config_text(monkeypatch):
+    """mmengine formats a config's text with yapf each time it dumps or logs it (5 times a tool
+    run): 2 s each for these configs, most of a test's time. The text is the same Python
+    unformatted."""
+    import mmengine.config.config as config_module
+
+    monkeypatch.setattr(config_module, 'FormatCode', lambda text, **kwargs: (text, False))
+
+
+@pytest.fixture(autouse=True)
+def own_visualizers():
+    """A runner takes the process's visualizer of its name if one exists (mmengine's
+    ManagerMixin), with the save_dir of whichever test created it: each test here starts
+    without any, and the ones it creates are dropped after it."""
+    from mmengine.visualization import Visualizer
+
+    with visualizers_restored():
+        for cls in [Visualizer, *all_subclasses(Visualizer)]:
+            cls._instance_dict.clear()
+        yield
+
+
+def all_subclasses(cls):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from all_subclasses(sub)
+
+
+def shrink_sizes(value, factor):
+    """A size (int, pair, list of either) divided by ``factor``, at least 16."""
+    if isinstance(value, (list, tuple)):
+        return type(value)(shrink_sizes(v, factor) for v in value)
+    if isinstance(value, int):
+        return max(16, value // factor)
+    return value
+
+
+def shrink_transforms(transforms, factor):
+    """Every size of a pipeline (nested in RandomChoice / TestTimeAug too) divided by factor."""
+    for t in transforms:
+        if isinstance(t, (list, tuple)):
+            shrink_transforms(t, factor)
+            continue
+        for key in SIZE_KEYS:
+            if key in t:
+                t[key] = shrink_sizes(t[key], factor)
+        if 'transforms' in t:
+            shrink_transforms(t['transforms'], factor)
+
+
+def shrink(cfg: Config, factor: int = 8) -> Config:
+    """The config at 1/factor of its image sizes, with a tiny backbone, single-process loaders
+    of batch 2, a checkpoint after the first iteration and no validation during training."""
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        dataset = cfg[loader].dataset
+        while 'dataset' in dataset:  # dataset wrappers
+            dataset = dataset.dataset
+        shrink_transforms(dataset.pipeline, factor)
+        cfg[loader].update(num_workers=0, persistent_workers=False)
+        cfg[loader].batch_size = 2 if loader == 'train_dataloader' else 1
+    pre = cfg.model.get('data_preprocessor', {})
+    if pre.get('size'):
+        pre['size'] = shrink_sizes(pre['size'], factor)
+    cfg.merge_from_dict(
+        {
+            'model.backbone.arch': TINY_ARCH,
+            'model.backbone.init_cfg': None,
+            'model.backbone.with_cp': False,
+            'randomness.seed': 0,
+            'default_hooks.logger.interval': 1,
+            'default_hooks.checkpoint.interval': 1,
+            'default_hooks.checkpoint.save_best': None,
+        }
+    )
+    if cfg.train_cfg.type == 'IterBasedTrainLoop':
+        cfg.train_cfg.update(max_iters=1, val_interval=100)
+    else:
+        cfg.train_cfg.update(max_epochs=1, val_interval=100)
+        # one iteration of 2 images per epoch
+        cfg.train_dataloader.dataset['indices'] = 2
+    return cfg
+
+
+def coco_data(cfg, root, classes=('circle', 'square', 'triangle')):
+    """The COCO loaders and evaluators on the generated shapes (3 classes)."""
+    root = root.rstrip('/') + '/'
+    ann = dict(train='annotations/instances_train.json', val='annotations/instances_val.json')
+    for loader, split in (('train', 'train'), ('val', 'val'), ('test', 'val')):
+        dataset = cfg[f'{loader}_dataloader'].dataset
+        dataset.update(
+            data_root=root,
+            ann_file=ann[split],
+            data_prefix=dict(img=f'{split}/'),
+            metainfo=dict(classes=classes),
+        )
+    for evaluator in ('val_evaluator', 'test_evaluator'):
+        cfg[evaluator].ann_file = root + ann['val']
+
+
+def ade_data(cfg, root, classes=('circle', 'square', 'triangle')):
+    """The ADE20K-format loaders on the generated shapes (3 classes, label 0 ignored)."""
+    for loader, split in (('train', 'training'), ('val', 'validation'), ('test', 'validation')):
+        cfg[f'{loader}_dataloader'].dataset = dict(
+            cfg[f'{loader}_dataloader'].dataset,
+            type='BaseSegDataset',
+            data_root=root,
+            img_suffix='.jpg',
+            seg_map_suffix='.png',
+            reduce_zero_label=True,
+            metainfo=dict(classes=classes),
+            data_prefix=dict(img_path=f'images/{split}', seg_map_path=f'annotations/{split}'),
+        )
+
+
+def run_tools(cfg: Config, tmp_path, *test_args):
+    """tools/train.py for the config's one iteration, then tools/test.py on its checkpoint:
+    returns the test metrics."""
+    config = str(tmp_path / 'shrunk.py')
+    cfg.dump(config)
+    work_dir = str(tmp_path / 'work')
+    load_tool('train').main([config, '--work-dir', work_dir])
+    with open(osp.join(work_dir, 'last_checkpoint')) as f:
+        ckpt = f.read().strip()
+    state = torch.load(ckpt, map_location='cpu', weights_only=False)
+    assert state['meta']['iter'] == 1
+    return load_tool('test').main([config, ckpt, '--work-dir', str(tmp_path / 'test'), *test_args])
+
+
+def det_checks(metrics, masks):
+    keys = ['coco/bbox_mAP'] + (['coco/segm_mAP'] if masks else [])
+    for key in keys:
+        assert 0 <= metrics[key] <= 1, sorted(metrics)
+    assert ('coco/segm_mAP' in metrics) is masks
+
+
+# -- detection ----------------------------------------------------------------------------------
+@pytest.mark.parametrize('name', ['unireplknet_t_1k_mask_rcnn_1x', 'unireplknet_s_1k_mask_rcnn_3x'])
+def test_mask_rcnn(name, shapes_coco, tmp_path):
+    cfg = shrink(Config.fromfile(osp.join(DET, name + '.py')))
+    coco_data(cfg, shapes_coco)
+    cfg.merge_from_dict(
+        {
+            'model.neck.in_channels': DIMS,
+            'model.roi_head.bbox_head.num_classes': 3,
+            'model.roi_head.mask_head.num_classes': 3,
+            'model.train_cfg.rpn_proposal.max_per_img': 64,
+            'model.train_cfg.rcnn.sampler.num': 32,
+            'model.roi_head.bbox_head.fc_out_channels': 64,
+            'model.roi_head.mask_head.num_convs': 1,
+            'model.roi_head.mask_head.conv_out_channels': 32,
+            'model.test_cfg.rpn.max_per_img': 50,
+            'model.test_cfg.rcnn.max_per_img': 20,
+        }
+    )
+    det_checks(run_tools(cfg, tmp_path), masks=True)
+
+
+def test_dino(shapes_coco, tmp_path):
+    cfg = shrink(Config.fromfile(osp.join(DET, 'unireplknet_b_22k_dino_12e.py')))
+    coco_data(cfg, shapes_coco)
+    cfg.merge_from_dict(
+        {
+            'model.neck.in_channels': DIMS,
+            'model.num_queries': 30,
+            'model.encoder.num_layers': 1,
+            'model.decoder.num_layers': 2,
+            'model.encoder.layer_cfg.ffn_cfg.feedforward_channels': 64,
+            'model.decoder.layer_cfg.ffn_cfg.feedforward_channels': 64,
+            'model.bbox_head.num_classes': 3,
+            'model.dn_cfg.group_cfg.num_dn_queries': 10,
+            'model.test_cfg.max_per_img': 20,
+        }
+    )
+    det_checks(run_tools(cfg, tmp_path), masks=False)
+
+
+# -- segmentation -------------------------------------------------------------------------------
+def test_mask2former(shapes_ade, tmp_path):
+    cfg = shrink(Config.fromfile(osp.join(SEG, 'unireplknet_b_22k_mask2former_160k_640.py')))
+    ade_data(cfg, shapes_ade)
+    cfg.merge_from_dict(
+        {
+            'model.decode_head.in_channels': DIMS,
+            'model.decode_head.num_classes': 3,
+            'model.decode_head.num_queries': 10,
+            'model.decode_head.loss_cls.class_weight': [1.0] * 3 + [0.1],
+            'model.decode_head.pixel_decoder.encoder.num_layers': 1,
+            'model.decode_head.pixel_decoder.encoder.layer_cfg.ffn_cfg.feedforward_channels': 64,
+            'model.decode_head.transformer_decoder.num_layers': 3,
+            'model.decode_head.transformer_decoder.layer_cfg.ffn_cfg.feedforward_channels': 64,
+            'model.decode_head.train_cfg.num_points': 256,
+        }
+    )
+    metrics = run_tools(cfg, tmp_path)
+    assert 0 <= metrics['mIoU'] <= 100
+
+
+def cityscapes_from_ade(ade_root, out):
+    """The ADE20K-format shapes in Cityscapes' layout and names (one 'city' per split);
+    labels 0..3 become train ids 0..3 (road, sidewalk, building, wall)."""
+    for ade_split, split in (('training', 'train'), ('validation', 'val')):
+        img_dir = osp.join(out, 'leftImg8bit', split, 'shapes')
+        ann_dir = osp.join(out, 'gtFine', split, 'shapes')
+        os.makedirs(img_dir)
+        os.makedirs(ann_dir)
+        for name in sorted(os.listdir(osp.join(ade_root, 'images', ade_split))):
+            stem = 'shapes_' + name[:-4].split('_')[-1] + '_000019'
+            img = cv2.imread(osp.join(ade_root, 'images', ade_split, name))
+            cv2.imwrite(osp.join(img_dir, stem + '_leftImg8bit.png'), img)
+            shutil.copy(
+                osp.join(ade_root, 'annotations', ade_split, name[:-4] + '.png'),
+                osp.join(ann_dir, stem + '_gtFine_labelTrainIds.png'),
+            )
+    return out
+
+
+@pytest.mark.parametrize('name', ['unireplknet_t_1k_upernet_80k_cityscapes_512x1024'])
+def test_upernet_cityscapes(name, shapes_ade, tmp_path):
+    root = cityscapes_from_ade(shapes_ade, str(tmp_path / 'cityscapes'))
+    cfg = shrink(Config.fromfile(osp.join(SEG, name + '.py')))
+    cfg.merge_from_dict(
+        {f'{loader}_dataloader.dataset.data_root': root for loader in ('train', 'val', 'test')}
+    )
+    cfg.merge_from_dict(
+        {
+            'model.decode_head.in_channels': DIMS,
+            'model.decode_head.channels': 32,
+            'model.auxiliary_head.in_channels': DIMS[2],
+            'model.auxiliary_head.channels': 16,
+        }
+    )
+    metrics = run_tools(cfg, tmp_path)
+    assert 0 <= metrics['mIoU'] <= 100
+
+
+CASCADE_SMALL = {  # few proposals and RoIs, narrow RoI heads
+    'model.train_cfg.rpn_proposal.max_per_img': 64,
+    **{f'model.train_cfg.rcnn.{i}.sampler.num': 16 for i in range(3)},
+    **{f'model.roi_head.bbox_head.{i}.conv_out_channels': 32 for i in range(3)},
+    **{f'model.roi_head.bbox_head.{i}.fc_out_channels': 64 for i in range(3)},
+    'model.test_cfg.rpn.max_per_img': 50,
+    'model.test_cfg.rcnn.max_per_img': 20,
+}
+
+
+# -- your own dataset (docs/en/user_guides/custom_dataset.md) -----------------------------------
+def test_custom_dataset_example_with_masks(shapes_coco, tmp_path):
+    cfg = shrink(Config.fromfile(osp.join(DET, 'example_custom_dataset_cascade_mask_rcnn.py')))
+    assert cfg.train_dataloader.dataset.metainfo.classes == ('circle', 'square', 'triangle')
+    assert all(h.num_classes == 3 for h in cfg.model.roi_head.bbox_head)
+    root = shapes_coco.rstrip('/') + '/'
+    cfg.merge_from_dict(
+        {
+            'train_dataloader.dataset.data_root': root,
+            'val_dataloader.dataset.data_root': root,
+            'test_dataloader.dataset.data_root': root,
+            'val_evaluator.ann_file': root + 'annotations/instances_val.json',
+            'test_evaluator.ann_file': root + 'annotations/instances_val.json',
+            'model.neck.in_channels': DIMS,
+            **CASCADE_SMALL,
+            'model.roi_head.mask_head.num_convs': 1,
+            'model.roi_head.mask_head.conv_out_channels': 32,
+        }
+    )
+    det_checks(run_tools(cfg, tmp_path), masks=True)
+
+
+def test_custom_dataset_example_boxes_only(shapes_coco, tmp_path):
+    """On annotations without any `segmentation`: the box-only config trains and evaluates."""
+    import json
+
+    root = str(tmp_path / 'boxes')
+    os.makedirs(osp.join(root, 'annotations'))
+    for split in ('train', 'val'):
+        os.symlink(osp.join(shapes_coco, split), osp.join(root, split))
+        with open(osp.join(shapes_coco, 'annotations', f'instances_{split}.json')) as f:
+            coco = json.load(f)
+        for ann in coco['annotations']:
+            del ann['segmentation']
+        with open(osp.join(root, 'annotations', f'instances_{split}.json'), 'w') as f:
+            json.dump(coco, f)
+    cfg = shrink(Config.fromfile(osp.join(DET, 'example_custom_dataset_cascade_rcnn.py')))
+    assert cfg.model.roi_head.mask_head is None and cfg.val_evaluator.metric == 'bbox'
+    coco_data(cfg, root)
+    cfg.merge_from_dict({'model.neck.in_channels': DIMS, **CASCADE_SMALL})
+    det_checks(run_tools(cfg, tmp_path), masks=False)
+
+
+def test_custom_dataset_example_segmentation(shapes_ade, tmp_path):
+    """The ADE20K-layout example with the shapes' 4 classes (0 is the background class)."""
+    cfg = shrink(Config.fromfile(osp.join(SEG, 'example_custom_dataset_upernet.py')))
+    assert cfg.model.decode_head.num_classes == 4 == cfg.model.auxiliary_head.num_classes
+    cfg.merge_from_dict(
+        {
+            **{f'{loader}_dataloader.dataset.data_root': shapes_ade for loader in ('train', 'val')},
+            'test_dataloader.dataset.data_root': shapes_ade,
+            'model.decode_head.in_channels': DIMS,
+            'model.decode_head.channels': 32,
+            'model.auxiliary_head.in_channels': DIMS[2],
+            'model.auxiliary_head.channels': 16,
+        }
+    )
+    metrics = run_tools(cfg, tmp_path)
+    assert 0 <= metrics['mIoU'] <= 100
