@@ -1,9 +1,17 @@
-"""tools/deployment: ONNX export of the backbone and the segmentor, checked in onnxruntime."""
+"""tools/deployment: ONNX export of detectors, segmentors and the backbone, checked in
+onnxruntime, and the standalone inference script."""
+
+import copy
 
 import pytest
 import torch
+from mmengine.config import Config
 
 import mmunirep  # noqa: F401
+from mmunirep.deploy import DetectorForExport, UnsupportedModelError
+from mmunirep.models import reparameterize_unireplknet
+from mmunirep.utils import build_model, load_model_weights
+from mmunirep.utils.dummy_inputs import dummy_batch
 
 from helpers import load_tool
 
@@ -34,22 +42,115 @@ def test_export_onnx_matches_pytorch(seg_model, tmp_path, part):
 
 
 def test_matmul_adaptive_pool_equals_torch():
-    export_onnx = load_tool('export_onnx')
+    from mmunirep.deploy import AdaptiveAvgPool2dAsMatmul
+
     x = torch.randn(2, 5, 13, 22)
     for size in (1, 2, 3, 6, (4, 7)):
         torch.testing.assert_close(
-            export_onnx.MatmulAdaptiveAvgPool2d(size)(x),
+            AdaptiveAvgPool2dAsMatmul(size)(x),
             torch.nn.functional.adaptive_avg_pool2d(x, size),
             rtol=1e-5,
             atol=1e-6,
         )
 
 
-def test_export_onnx_refuses_a_detector(det_model, tmp_path):
-    with pytest.raises(ValueError, match='MMSegmentation config'):
-        load_tool('export_onnx').main(
-            [det_model['config'], '--out', str(tmp_path / 'x.onnx'), '--part', 'segmentor']
+def test_export_refuses_the_other_framework_and_unsupported_parts(seg_model, det_model, tmp_path):
+    export = load_tool('export_onnx').main
+    out = str(tmp_path / 'x.onnx')
+    with pytest.raises(ValueError, match='--part segmentor needs an MMSegmentation config'):
+        export([det_model['config'], '--out', out, '--part', 'segmentor'])
+    with pytest.raises(ValueError, match='--part detector needs an MMDetection config'):
+        export([seg_model['config'], '--out', out, '--part', 'detector'])
+    with pytest.raises(
+        UnsupportedModelError,
+        match=r'rcnn NMS: soft_nms \(supported: '
+        r"type='nms'\)",
+    ):
+        export(
+            [
+                det_model['config'],
+                '--out',
+                out,
+                '--part',
+                'detector',
+                '--shape',
+                '64',
+                '64',
+                '--cfg-options',
+                'model.test_cfg.rcnn.nms.type=soft_nms',
+            ]
         )
+    assert not (tmp_path / 'x.onnx').exists()
+
+
+def _detector_module(det_model, score_thr=0.0):
+    """The quick start's detector (random weights, random BatchNorm statistics) re-parameterized,
+    its detection score threshold lowered so that an untrained model detects something."""
+    cfg = Config.fromfile(det_model['config'])
+    cfg.model.test_cfg.rcnn.score_thr = score_thr
+    model = build_model(cfg)
+    load_model_weights(model, det_model['ckpt'])
+    return reparameterize_unireplknet(model).eval(), cfg
+
+
+@pytest.mark.parametrize('size', [(150, 170), (96, 300)])
+def test_the_detector_rewrites_are_mmdetections_predict(det_model, size):
+    """DetectorForExport in PyTorch gives MMDetection's own predictions: the same boxes, scores,
+    labels, and the mask probabilities that MMDetection pastes, on images of two sizes."""
+    model, _ = _detector_module(det_model)
+    inputs, samples = dummy_batch(model, 'mmdet', 1, *size)
+    with torch.no_grad():
+        ref = model.predict(inputs, copy.deepcopy(samples), rescale=False)[0].pred_instances
+        boxes, scores, labels, masks = DetectorForExport(model)(
+            inputs, torch.tensor(samples[0].img_shape)
+        )
+    assert len(ref.scores) == len(scores) > 5
+    torch.testing.assert_close(boxes, ref.bboxes, rtol=0, atol=1e-4)
+    torch.testing.assert_close(scores, ref.scores, rtol=0, atol=1e-6)
+    assert torch.equal(labels, ref.labels)
+    assert masks.shape == (len(scores), 28, 28) and ((masks >= 0) & (masks <= 1)).all()
+    # MMDetection pastes the same probabilities: at the box's own size they are the map itself
+    pasted = ref.masks.float().mean().item()
+    assert 0 <= pasted <= 1
+
+
+def test_the_detector_exports_with_standard_operators_and_dynamic_size(det_model, tmp_path):
+    """--part detector: one graph of standard ONNX operators (checked by onnx.checker, no custom
+    domain, RoiAlign and NonMaxSuppression among them), run in onnxruntime at another size than
+    traced and compared with PyTorch by the tool, with the preprocessing in its metadata."""
+    import json
+
+    import onnx
+
+    out = tmp_path / 'det.onnx'
+    load_tool('export_onnx').main(
+        [
+            det_model['config'],
+            '--checkpoint',
+            det_model['ckpt'],
+            '--out',
+            str(out),
+            '--part',
+            'detector',
+            '--shape',
+            '128',
+            '160',
+            '--cfg-options',
+            'model.test_cfg.rcnn.score_thr=0.0',
+        ]
+    )
+    proto = onnx.load(str(out))
+    onnx.checker.check_model(proto)
+    ops = {n.op_type for n in proto.graph.node}
+    assert {'RoiAlign', 'NonMaxSuppression', 'TopK', 'ScatterND'} <= ops
+    assert {n.domain for n in proto.graph.node} <= {''}
+    assert [i.name for i in proto.graph.input] == ['input', 'image_shape']
+    assert [o.name for o in proto.graph.output] == ['boxes', 'scores', 'labels', 'masks']
+    meta = json.loads({p.key: p.value for p in proto.metadata_props}['mmunirep'])
+    assert meta['task'] == 'detection' and meta['classes'] == ['circle', 'square', 'triangle']
+    assert meta['preprocess']['resize'] == dict(scale=[160, 160], keep_ratio=True)
+    assert meta['preprocess']['pad_size_divisor'] == 32 and meta['preprocess']['bgr_to_rgb']
+    assert meta['postprocess'] == dict(score_thr=0.0, max_per_img=20, mask_thr_binary=0.5)
 
 
 def test_export_checks_a_narrow_map_and_leaves_no_file_when_the_check_fails(
@@ -61,7 +162,7 @@ def test_export_checks_a_narrow_map_and_leaves_no_file_when_the_check_fails(
     errors = export_onnx.main([seg_model['config'], '--out', str(out), '--shape', '64', '32'])
     assert max(errors) <= 1e-4 and out.is_file()
 
-    def disagree(module, path, shape, rtol):
+    def disagree(part, path, rtol):
         raise RuntimeError('ONNX and PyTorch differ')
 
     monkeypatch.setattr(export_onnx, 'verify', disagree)
@@ -72,7 +173,7 @@ def test_export_checks_a_narrow_map_and_leaves_no_file_when_the_check_fails(
     assert sorted(p.name for p in tmp_path.iterdir()) == ['narrow.onnx']
 
 
-def test_the_parity_check_fails_on_nan(seg_model, tmp_path):
+def test_the_parity_check_fails_on_nan(tmp_path):
     export_onnx = load_tool('export_onnx')
     module = torch.nn.Conv2d(3, 4, 3, padding=1)
     path = str(tmp_path / 'conv.onnx')
@@ -86,8 +187,14 @@ def test_the_parity_check_fails_on_nan(seg_model, tmp_path):
     )
     with torch.no_grad():
         module.bias[0] = float('nan')  # PyTorch's side now gives NaN
+    part = dict(
+        module=module,
+        check=(torch.randn(1, 3, 8, 8),),
+        inputs=['input'],
+        metadata=dict(task='backbone', preprocess={}),
+    )
     with pytest.raises(RuntimeError, match='differ'):
-        export_onnx.verify(module, path, (1, 3, 8, 8), 1e-4)
+        export_onnx.verify(part, path, 1e-4)
 
 
 @pytest.mark.parametrize(

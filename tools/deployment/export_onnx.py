@@ -1,28 +1,40 @@
-"""Export the deploy structure of a UniRepLKNet backbone or segmentor to ONNX, and check it.
+"""Export a UniRepLKNet detector, segmentor or backbone to ONNX, re-parameterized, and check it.
 
-    python tools/deployment/export_onnx.py CONFIG [--checkpoint CKPT] --out model.onnx \
-        [--part segmentor]
+    python tools/deployment/export_onnx.py CONFIG [--checkpoint CKPT] --out det.onnx \\
+        --part detector
+    python tools/deployment/export_onnx.py SEG_CONFIG --checkpoint CKPT --out seg.onnx \\
+        --part segmentor
 
-``--part backbone`` exports the backbone (image -> its multi-scale features); ``--part segmentor``
-(MMSegmentation configs) exports image -> per-pixel class logits at the input size. The model is
-re-parameterized first (a training-structure checkpoint is converted on the way), exported with
-a dynamic batch axis (and dynamic spatial axes for the backbone; UperNet's pyramid pooling fixes
-the segmentor's input size to --shape), then run in onnxruntime on a fresh random input and
-compared with PyTorch (relative max error <= --rtol). The graph holds only standard ONNX operators.
+``--part detector`` (two-stage detectors: Faster / Mask / Cascade (Mask) R-CNN) exports the whole
+predict path as one graph of standard operators (mmunirep/deploy/detector.py): ``input`` (1, 3,
+H, W), normalized and padded as the config's data pre-processor does, and ``image_shape`` (2,)
+int64, the resized image's (h, w) inside the padding -> ``boxes`` (K, 4) in the input's pixels,
+``scores`` (K,), ``labels`` (K,) and, with masks, ``masks`` (K, 28, 28), each detection's class
+probability over its box, which the caller pastes into the image. Batch 1, any H and W.
+``--part segmentor``: ``input`` (N, 3, H, W) -> ``logits`` (N, classes, H, W), any N, H and W.
+``--part backbone``: ``input`` -> the backbone's features.
 
-Detectors are not exported: their RoI heads need mmcv's custom operators, and mmdeploy, the
-field's tool for them, does not support this stack (mmcv 2.1 on torch 2.14).
+The model is re-parameterized first (a training-structure checkpoint is converted on the way).
+The file holds only standard ONNX operators (checked with onnx.checker and for custom domains)
+and, as metadata, what tools/deployment/onnx_inference.py needs to run it without the config:
+the test pipeline's resize, the normalization, the padding, the classes. It is then run in
+onnxruntime on an input of another size than the traced one and compared with PyTorch
+(segmentor, backbone: relative max error <= --rtol; detector: every detection matched by one of
+the same class with IoU >= 0.99, scores within --rtol), and only then written to OUT.
 """
 
 import argparse
+import json
 
 import numpy as np
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 from mmengine.config import DictAction
 from mmengine.logging import print_log
 
+from mmunirep.deploy import DetectorForExport
+from mmunirep.deploy.metadata import build_metadata, write_metadata
+from mmunirep.deploy.segmentor import BackboneForExport, SegmentorForExport
+from mmunirep.deploy.verify import box_iou, matched_fraction
 from mmunirep.models import reparameterize_unireplknet
 from mmunirep.utils import (
     atomic_write,
@@ -34,71 +46,9 @@ from mmunirep.utils import (
     read_checkpoint,
 )
 from mmunirep.utils.checkpoint import backbone_structure
+from mmunirep.utils.dummy_inputs import dummy_batch
 
-
-class SegmentorLogits(nn.Module):
-    """image (N, 3, H, W, normalized) -> logits (N, num_classes, H, W)."""
-
-    def __init__(self, segmentor):
-        super().__init__()
-        self.segmentor = segmentor
-
-    def forward(self, x):
-        logits = self.segmentor.decode_head(self.segmentor.extract_feat(x))
-        return F.interpolate(
-            logits,
-            size=x.shape[-2:],
-            mode='bilinear',
-            align_corners=self.segmentor.decode_head.align_corners,
-        )
-
-
-class MatmulAdaptiveAvgPool2d(nn.Module):
-    """``nn.AdaptiveAvgPool2d`` as two matrix products, for a traced (fixed) input size.
-
-    torch's TorchScript ONNX exporter cannot export adaptive pooling to sizes that do not divide
-    the input (UperNet pools to 1, 2, 3 and 6). Bin ``i`` of ``n`` over ``L`` averages
-    ``[floor(i * L / n), ceil((i + 1) * L / n))``, as PyTorch does, so the result is the same.
-    """
-
-    def __init__(self, output_size):
-        super().__init__()
-        size = output_size if isinstance(output_size, (tuple, list)) else (output_size,) * 2
-        self.output_size = tuple(size)
-
-    @staticmethod
-    def _matrix(n: int, length: int, like: torch.Tensor) -> torch.Tensor:
-        m = torch.zeros(n, length, dtype=like.dtype)
-        for i in range(n):
-            lo, hi = (i * length) // n, -(-((i + 1) * length) // n)
-            m[i, lo:hi] = 1.0 / (hi - lo)
-        return m
-
-    def forward(self, x):
-        h, w = int(x.shape[-2]), int(x.shape[-1])
-        oh = self.output_size[0] or h
-        ow = self.output_size[1] or w
-        ph, pw = self._matrix(oh, h, x), self._matrix(ow, w, x)
-        return torch.matmul(torch.matmul(ph, x), pw.t())
-
-
-def make_exportable(module: nn.Module) -> nn.Module:
-    """Replace adaptive average pooling by :class:`MatmulAdaptiveAvgPool2d`, in place."""
-    for name, child in module.named_children():
-        if isinstance(child, nn.AdaptiveAvgPool2d):
-            setattr(module, name, MatmulAdaptiveAvgPool2d(child.output_size))
-        else:
-            make_exportable(child)
-    return module
-
-
-class BackboneFeatures(nn.Module):
-    def __init__(self, backbone):
-        super().__init__()
-        self.backbone = backbone
-
-    def forward(self, x):
-        return tuple(self.backbone(x))
+PARTS = ('backbone', 'segmentor', 'detector')
 
 
 def parse_args(argv=None):
@@ -106,8 +56,16 @@ def parse_args(argv=None):
     parser.add_argument('config', help='config file')
     parser.add_argument('--checkpoint', help='checkpoint (training or deploy structure)')
     parser.add_argument('--out', required=True, help='output .onnx file')
-    parser.add_argument('--part', choices=['backbone', 'segmentor'], default='backbone')
-    parser.add_argument('--shape', type=int, nargs=2, default=(512, 512), metavar=('H', 'W'))
+    parser.add_argument('--part', choices=PARTS, default='backbone')
+    parser.add_argument(
+        '--shape',
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=('H', 'W'),
+        help='the traced input size (default: 512 512; detector: 800 1216, the '
+        'padded size of a COCO image); the exported graph takes any size',
+    )
     parser.add_argument('--opset', type=int, default=17)
     parser.add_argument(
         '--rtol', type=float, default=1e-4, help='max |onnx - torch| / max |torch| accepted'
@@ -119,6 +77,8 @@ def parse_args(argv=None):
         help='override config settings, e.g. model.backbone.arch=s',
     )
     args = parser.parse_args(argv)
+    if args.shape is None:
+        args.shape = (800, 1216) if args.part == 'detector' else (512, 512)
     if min(args.shape) < 32:
         parser.error(
             f'--shape takes H W of at least 32 each (the backbone downsamples by 32), '
@@ -126,101 +86,219 @@ def parse_args(argv=None):
         )
     if args.part == 'segmentor' and any(v % 32 for v in args.shape):
         parser.error(
-            f'--part segmentor exports one input size, a multiple of 32 in both sides '
-            f'(as the test pipeline pads), got {list(args.shape)}'
+            f'--part segmentor traces an input size that is a multiple of 32 in both '
+            f'sides (as the test pipeline resizes to), got {list(args.shape)}'
         )
     if not args.rtol > 0:
         parser.error(f'--rtol must be positive, got {args.rtol}')
+    if args.opset < 16:
+        parser.error(f"--opset must be 16 or more (RoiAlign's half_pixel), got {args.opset}")
     return args
 
 
 def load_deploy_model(cfg, checkpoint):
     """The config's model with the checkpoint's weights (either structure; random weights
-    without one), re-parameterized, in eval mode."""
+    without one), re-parameterized, in eval mode, and the checkpoint's meta."""
+    meta = {}
     if checkpoint is None:
         model = build_model(cfg, deploy=False)
         model.init_weights()
     else:
         ckpt = read_checkpoint(checkpoint)
+        meta = ckpt.get('meta') or {}
         keys = [k for k in model_state_dict(ckpt, checkpoint) if k.startswith('backbone.')]
         model = build_model(cfg, deploy=backbone_structure(keys)[0] == 'deploy')
         load_model_weights(model, ckpt, source=checkpoint, cfg_hint='--cfg-options model.backbone.')
-    return reparameterize_unireplknet(model).eval()
+    return reparameterize_unireplknet(model).eval(), meta
 
 
 def main(argv=None):
     args = parse_args(argv)
     cfg = prepare_cfg(args.config, cfg_options=args.cfg_options)
-    if args.part == 'segmentor' and framework_of(cfg) != 'mmseg':
+    framework = framework_of(cfg)
+    wanted = dict(segmentor='mmseg', detector='mmdet').get(args.part)
+    if wanted and framework != wanted:
+        kind = dict(mmseg='an MMSegmentation', mmdet='an MMDetection')[wanted]
         raise ValueError(
-            '--part segmentor needs an MMSegmentation config; detectors are not '
-            "exported (see this script's docstring)"
+            f'--part {args.part} needs {kind} config; {args.config} is '
+            f"{framework}'s (default_scope {framework!r})"
         )
-    model = load_deploy_model(cfg, args.checkpoint)
-    if args.part == 'segmentor':
-        module = make_exportable(SegmentorLogits(model))
-    else:
-        module = BackboneFeatures(model.backbone)
-    module.eval()
-    h, w = args.shape
-    example = torch.randn(1, 3, h, w)
-    with torch.no_grad():
-        n_out = 1 if args.part == 'segmentor' else len(module(example))
-    outputs = ['logits'] if args.part == 'segmentor' else [f'feat{i}' for i in range(n_out)]
-    if args.part == 'backbone':
-        dynamic = {'input': {0: 'batch', 2: 'height', 3: 'width'}}
-        dynamic.update({o: {0: 'batch', 2: f'{o}_h', 3: f'{o}_w'} for o in outputs})
-        check_shape = (2, 3, h + 32, w + 64)  # another batch size and shape than traced
-    else:
-        # UperNet's pyramid pooling is exported for the fixed size --shape
-        dynamic = {'input': {0: 'batch'}, 'logits': {0: 'batch'}}
-        check_shape = (2, 3, h, w)
-    print_log(f'exporting {args.part} of {args.config} to {args.out}', logger='current')
+    model, meta = load_deploy_model(cfg, args.checkpoint)
+    part = PARTS_EXPORT[args.part](model, cfg, meta, args)
+    print_log(f'exporting the {args.part} of {args.config} to {args.out}', logger='current')
     # written beside OUT and renamed into place only once onnxruntime agrees with PyTorch
     with atomic_write(args.out) as tmp:
-        # the TorchScript-based exporter: the dynamo exporter needs onnxscript and gives no
-        # benefit here
-        torch.onnx.export(
-            module,
-            (example,),
-            tmp,
-            dynamo=False,
-            opset_version=args.opset,
-            input_names=['input'],
-            output_names=outputs,
-            dynamic_axes=dynamic,
-        )
-        return verify(module, tmp, check_shape, args.rtol)
+        with torch.no_grad():
+            # the TorchScript-based exporter: the dynamo exporter needs onnxscript and gives no
+            # benefit here
+            torch.onnx.export(
+                part['module'],
+                part['example'],
+                tmp,
+                dynamo=False,
+                opset_version=args.opset,
+                input_names=part['inputs'],
+                output_names=part['outputs'],
+                dynamic_axes=part['dynamic'],
+            )
+        add_metadata(tmp, part['metadata'])
+        return verify(part, tmp, args.rtol)
 
 
-def verify(module, path, shape, rtol):
-    """Run the ONNX file in onnxruntime on fresh data; compare with PyTorch."""
+def _backbone(model, cfg, meta, args):
+    module = BackboneForExport(model.backbone).eval()
+    h, w = args.shape
+    example = (torch.randn(1, 3, h, w),)
+    with torch.no_grad():
+        outputs = [f'feat{i}' for i in range(len(module(*example)))]
+    dynamic = {'input': {0: 'batch', 2: 'height', 3: 'width'}}
+    dynamic.update({o: {0: 'batch', 2: f'{o}_h', 3: f'{o}_w'} for o in outputs})
+    # another batch size and shape than traced
+    check = (torch.randn(2, 3, h + 32, w + 64),)
+    return dict(
+        module=module,
+        example=example,
+        check=check,
+        inputs=['input'],
+        outputs=outputs,
+        dynamic=dynamic,
+        metadata=build_metadata(cfg, 'backbone', ['input'], outputs),
+    )
+
+
+def _segmentor(model, cfg, meta, args):
+    module = SegmentorForExport(model).eval()
+    h, w = args.shape
+    dynamic = {
+        'input': {0: 'batch', 2: 'height', 3: 'width'},
+        'logits': {0: 'batch', 2: 'height', 3: 'width'},
+    }
+    return dict(
+        module=module,
+        example=(torch.randn(1, 3, h, w),),
+        check=(torch.randn(2, 3, h + 32, w + 64),),
+        inputs=['input'],
+        outputs=['logits'],
+        dynamic=dynamic,
+        metadata=build_metadata(
+            cfg,
+            'segmentation',
+            ['input'],
+            ['logits'],
+            meta,
+            align_corners=model.decode_head.align_corners,
+        ),
+    )
+
+
+def _detector(model, cfg, meta, args):
+    module = DetectorForExport(model).eval()
+    outputs = ['boxes', 'scores', 'labels'] + (['masks'] if module.with_mask else [])
+    dynamic = {'input': {2: 'height', 3: 'width'}}
+    dynamic.update({o: {0: 'detections'} for o in outputs})
+    h, w = args.shape
+
+    def example(height, width):
+        inputs, samples = dummy_batch(model, 'mmdet', 1, height, width)
+        return inputs, torch.tensor(samples[0].img_shape, dtype=torch.long)
+
+    rcnn = cfg.model.test_cfg.rcnn
+    post = dict(score_thr=float(rcnn.score_thr), max_per_img=int(rcnn.max_per_img))
+    if module.with_mask:
+        post.update(mask_thr_binary=float(rcnn.mask_thr_binary))
+    return dict(
+        module=module,
+        example=example(h, w),
+        check=example(h - 64, w + 96),
+        inputs=['input', 'image_shape'],
+        outputs=outputs,
+        dynamic=dynamic,
+        metadata=build_metadata(cfg, 'detection', ['input', 'image_shape'], outputs, meta, **post),
+    )
+
+
+PARTS_EXPORT = dict(backbone=_backbone, segmentor=_segmentor, detector=_detector)
+
+
+def add_metadata(path: str, metadata: dict) -> None:
+    import onnx
+
+    proto = onnx.load(path)
+    write_metadata(proto, metadata)
+    onnx.save(proto, path)
+
+
+def verify(part: dict, path: str, rtol: float):
+    """Check the ONNX file and run it in onnxruntime on ``part['check']``; compare with PyTorch.
+    Returns the relative errors of the outputs (detector: of the matched scores)."""
     import onnx
     import onnxruntime as ort
 
     graph = onnx.load(path)
+    onnx.checker.check_model(graph)
     domains = {n.domain for n in graph.graph.node} - {'', 'ai.onnx'}
     if domains:
         raise RuntimeError(f'{path} uses custom operator domains {domains}')
-    x = torch.randn(*shape)
     session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
-    onnx_outs = session.run(None, {'input': x.numpy()})
+    feeds = {name: t.numpy() for name, t in zip(part['inputs'], part['check'])}
+    onnx_outs = session.run(None, feeds)
     with torch.no_grad():
-        torch_outs = module(x)
+        torch_outs = part['module'](*part['check'])
     torch_outs = [torch_outs] if isinstance(torch_outs, torch.Tensor) else list(torch_outs)
-    errors = []
-    for o, t in zip(onnx_outs, torch_outs):
-        t = t.numpy()
-        if o.shape != t.shape:
-            raise RuntimeError(f'ONNX output shape {o.shape} != PyTorch {t.shape}')
-        errors.append(float(np.abs(o - t).max() / np.abs(t).max()))
-    if not all(e <= rtol for e in errors):  # NaN too
-        raise RuntimeError(f'ONNX and PyTorch differ: relative errors {errors} > {rtol}')
+    torch_outs = [t.numpy() for t in torch_outs]
+    shape = tuple(part['check'][0].shape)
+    if part['metadata']['task'] == 'detection':
+        errors = _compare_detections(onnx_outs, torch_outs, rtol)
+    else:
+        errors = []
+        for o, t in zip(onnx_outs, torch_outs):
+            if o.shape != t.shape:
+                raise RuntimeError(f'ONNX output shape {o.shape} != PyTorch {t.shape}')
+            errors.append(float(np.abs(o - t).max() / np.abs(t).max()))
+        if not all(e <= rtol for e in errors):  # NaN too
+            raise RuntimeError(f'ONNX and PyTorch differ: relative errors {errors} > {rtol}')
     print_log(
-        f'onnxruntime matches PyTorch on a {tuple(shape)} input: relative max errors '
-        f'{["%.2e" % e for e in errors]} (<= {rtol})',
+        f'onnxruntime matches PyTorch on a {shape} input: relative max errors '
+        f'{["%.2e" % e for e in errors]} (<= {rtol}); metadata '
+        f'{json.dumps(part["metadata"]["preprocess"])}',
         logger='current',
     )
+    return errors
+
+
+def _compare_detections(onnx_outs, torch_outs, rtol):
+    """Every detection of each side matched by one of the same class with IoU >= 0.99 in the
+    other (a detection whose score sits at the score threshold may fall on either side of it),
+    and the scores and mask probabilities of the matched pairs within ``rtol`` (at least 1e-3)."""
+    boxes, scores, labels = onnx_outs[:3]
+    ref_boxes, ref_scores, ref_labels = torch_outs[:3]
+    if not all(np.isfinite(t).all() for t in onnx_outs):
+        raise RuntimeError('ONNX and PyTorch differ: the ONNX outputs hold NaN or Inf')
+    for a, la, b, lb, what in (
+        (ref_boxes, ref_labels, boxes, labels, 'PyTorch'),
+        (boxes, labels, ref_boxes, ref_labels, 'ONNX'),
+    ):
+        found = matched_fraction(a, la, b, lb, 0.99)
+        if found < 0.99:
+            raise RuntimeError(
+                f'ONNX and PyTorch differ: {found:.1%} of the {len(a)} {what} '
+                'detections have a match of the same class (IoU >= 0.99)'
+            )
+    if not len(scores) or not len(ref_scores):
+        return [0.0]
+    iou = box_iou(np.asarray(boxes, np.float64), np.asarray(ref_boxes, np.float64))
+    iou[labels[:, None] != ref_labels[None, :]] = -1
+    pairs = [(i, int(iou[i].argmax())) for i in range(len(boxes)) if iou[i].max() >= 0.99]
+    onnx_idx, ref_idx = (np.array(v) for v in zip(*pairs))
+    errors = [float(np.abs(scores[onnx_idx] - ref_scores[ref_idx]).max())]
+    if len(onnx_outs) > 3:
+        errors.append(float(np.abs(onnx_outs[3][onnx_idx] - torch_outs[3][ref_idx]).max()))
+    limit = max(rtol, 1e-3)
+    if not all(e <= limit for e in errors):
+        raise RuntimeError(
+            f"ONNX and PyTorch differ: the matched detections' scores and mask "
+            f'probabilities by {errors} (> {limit})'
+        )
     return errors
 
 

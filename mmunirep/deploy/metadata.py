@@ -1,0 +1,90 @@
+"""What an exported model needs to be run without its config: the test pipeline's resize, the
+data pre-processor's normalization and padding, the classes and the post-processing thresholds,
+stored as JSON in the ONNX file's ``metadata_props`` under :data:`KEY`.
+
+``tools/deployment/onnx_inference.py`` reads it with onnxruntime alone.
+"""
+
+import json
+from typing import Optional
+
+from mmengine.config import Config
+
+KEY = 'mmunirep'
+FORMAT = 1
+# the test pipeline's transforms the exported model's caller must repeat, and those it may drop
+RESIZES = ('Resize', 'ResizeToMultiple')
+IGNORED = ('LoadImageFromFile', 'LoadAnnotations', 'PackDetInputs', 'PackSegInputs')
+
+
+def preprocess_spec(cfg: Config) -> dict:
+    """The test pipeline's resizing and the data pre-processor's normalization and padding."""
+    pipeline = cfg.test_dataloader.dataset.pipeline
+    spec = dict(resize=None, resize_to_multiple=None)
+    for transform in pipeline:
+        kind = transform['type'].split('.')[-1]
+        if kind == 'Resize':
+            if 'scale' not in transform or transform.get('scale_factor') is not None:
+                raise ValueError(f"the test pipeline's Resize must give a scale: {transform}")
+            spec['resize'] = dict(
+                scale=list(transform['scale']), keep_ratio=bool(transform.get('keep_ratio', False))
+            )
+        elif kind == 'ResizeToMultiple':
+            spec['resize_to_multiple'] = int(transform.get('size_divisor', 32))
+        elif kind not in IGNORED:
+            raise ValueError(
+                f"the test pipeline has a {kind}, which the exported model's "
+                f'preprocessing does not repeat; supported: {RESIZES}'
+            )
+    pre = cfg.model.data_preprocessor
+    spec.update(
+        mean=[float(v) for v in pre.get('mean', [0.0, 0.0, 0.0])],
+        std=[float(v) for v in pre.get('std', [1.0, 1.0, 1.0])],
+        bgr_to_rgb=bool(pre.get('bgr_to_rgb', False) or pre.get('rgb_to_bgr', False)),
+        pad_size_divisor=int(pre.get('pad_size_divisor', 1) or 1),
+        pad_value=float(pre.get('pad_value', pre.get('pad_val', 0))),
+    )
+    return spec
+
+
+def dataset_meta(cfg: Config, checkpoint_meta: Optional[dict] = None) -> dict:
+    """``classes`` and ``palette``: the checkpoint's, else the config's dataset's."""
+    meta = dict((checkpoint_meta or {}).get('dataset_meta') or {})
+    if not meta.get('classes'):
+        from mmengine.registry import DATASETS, init_default_scope
+
+        from mmunirep.utils import framework_of
+
+        init_default_scope(framework_of(cfg))
+        dataset = cfg.test_dataloader.dataset
+        meta = dict(getattr(DATASETS.get(dataset.type), 'METAINFO', {}))
+        meta.update(dataset.get('metainfo') or {})
+    return dict(
+        classes=[str(c) for c in meta.get('classes', ())],
+        palette=[[int(v) for v in c] for c in meta.get('palette', ())] or None,
+    )
+
+
+def build_metadata(
+    cfg: Config, task: str, inputs, outputs, checkpoint_meta=None, **postprocess
+) -> dict:
+    """The metadata of an exported model of ``task`` ('detection', 'segmentation', 'backbone')."""
+    return dict(
+        format=FORMAT,
+        task=task,
+        config=cfg.filename,
+        inputs=list(inputs),
+        outputs=list(outputs),
+        preprocess=preprocess_spec(cfg),
+        postprocess=postprocess,
+        **dataset_meta(cfg, checkpoint_meta),
+    )
+
+
+def write_metadata(model_proto, metadata: dict) -> None:
+    """Store ``metadata`` in an ``onnx.ModelProto`` (replacing an earlier one)."""
+    for prop in list(model_proto.metadata_props):
+        if prop.key == KEY:
+            model_proto.metadata_props.remove(prop)
+    prop = model_proto.metadata_props.add()
+    prop.key, prop.value = KEY, json.dumps(metadata)

@@ -1,0 +1,309 @@
+"""tools/deployment/onnx_inference.py: the preprocessing and post-processing of MMDetection and
+MMSegmentation repeated with numpy and cv2, end to end on exported models, and in a virtual
+environment with only onnxruntime, numpy and opencv-python."""
+
+import copy
+import json
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.dataset import Compose, pseudo_collate
+from mmengine.registry import init_default_scope
+
+import mmunirep  # noqa: F401
+from mmunirep.utils import build_model
+
+from helpers import DET_QUICKSTART, ROOT, SEG_QUICKSTART, load_tool, tool_path
+
+inference = load_tool('onnx_inference')
+
+
+def _image(tmp_path, height, width, seed=0):
+    rng = np.random.default_rng(seed)
+    image = cv2.GaussianBlur(rng.integers(0, 255, (height, width, 3), dtype=np.uint8), (5, 5), 2)
+    path = str(tmp_path / f'image_{height}x{width}.png')
+    cv2.imwrite(path, image)
+    return path, image
+
+
+def _pipeline_input(config, path):
+    """What MMDetection's / MMSegmentation's test pipeline and data pre-processor make of an
+    image: the input tensor and the data sample's meta."""
+    from mmunirep.utils import framework_of
+
+    cfg = Config.fromfile(config)
+    init_default_scope(framework_of(cfg))
+    steps = [t for t in cfg.test_dataloader.dataset.pipeline if 'LoadAnnotations' not in t.type]
+    data = Compose(steps)(dict(img_path=path, img_id=0))
+    model = build_model(cfg)
+    batch = model.data_preprocessor(pseudo_collate([data]), False)
+    return batch['inputs'], batch['data_samples'][0], model
+
+
+@pytest.mark.parametrize('config', [DET_QUICKSTART, SEG_QUICKSTART], ids=['det', 'seg'])
+@pytest.mark.parametrize('size', [(97, 211), (300, 180)])
+def test_preprocessing_is_the_frameworks(tmp_path, config, size):
+    path, image = _image(tmp_path, *size)
+    expected, sample, model = _pipeline_input(config, path)
+    from mmunirep.deploy.metadata import preprocess_spec
+
+    x, shape, scale = inference.preprocess(image, preprocess_spec(Config.fromfile(config)))
+    assert x.shape == tuple(expected.shape)
+    np.testing.assert_allclose(x, expected.numpy(), rtol=0, atol=1e-5)
+    assert shape == tuple(sample.img_shape)
+    if config == DET_QUICKSTART:  # boxes are scaled back with it (MMSegmentation resizes maps)
+        np.testing.assert_allclose(scale, sample.scale_factor, rtol=1e-7)
+
+
+def test_pasted_masks_are_mmdetections(tmp_path):
+    from mmdet.models.roi_heads.mask_heads.fcn_mask_head import _do_paste_mask
+
+    rng = np.random.default_rng(1)
+    masks = rng.random((6, 28, 28)).astype(np.float32)
+    boxes = np.array(
+        [
+            [10.3, 5.7, 60.2, 40.9],
+            [0.0, 0.0, 90.0, 70.0],
+            [-5, 30.2, 20.4, 85.1],
+            [70.5, 50.5, 71.2, 52.9],
+            [33.3, 12.1, 52.8, 69.6],
+            [80.1, 2.2, 100, 20],
+        ],
+        np.float32,
+    )
+    h, w = 72, 96
+    for m, b in zip(masks, boxes):
+        ref, spatial = _do_paste_mask(
+            torch.from_numpy(m)[None, None], torch.from_numpy(b)[None], h, w, skip_empty=True
+        )
+        expected = np.zeros((h, w), bool)
+        expected[spatial] = (ref[0] >= 0.5).numpy()
+        got = inference.paste_mask(m, b, h, w, 0.5)
+        assert (got != expected).sum() <= 1, (b, (got != expected).sum())
+
+
+def test_masks_in_the_json_are_cocos_rle():
+    from pycocotools import mask as mask_utils
+
+    rng = np.random.default_rng(2)
+    for shape in ((5, 7), (40, 31), (1, 1)):
+        mask = rng.random(shape) > 0.6
+        rle = inference.rle_encode(mask)
+        decoded = mask_utils.decode(mask_utils.frPyObjects(rle, *shape))
+        assert np.array_equal(decoded.astype(bool), mask)
+    assert inference.rle_encode(np.ones((3, 2), bool))['counts'] == [0, 6]
+
+
+def test_a_segmentor_labels_the_pixels_as_mmsegmentation(seg_model, tmp_path):
+    path, image = _image(tmp_path, 120, 90, seed=3)
+    out = tmp_path / 'seg.onnx'
+    load_tool('export_onnx').main(
+        [
+            seg_model['config'],
+            '--checkpoint',
+            seg_model['ckpt'],
+            '--out',
+            str(out),
+            '--part',
+            'segmentor',
+            '--shape',
+            '64',
+            '64',
+        ]
+    )
+    inputs, sample, model = _pipeline_input(seg_model['config'], path)
+    from mmunirep.utils import load_model_weights
+
+    load_model_weights(model, seg_model['ckpt'])
+    with torch.no_grad():
+        expected = model.eval().predict(inputs, [sample])[0].pred_sem_seg.data[0].numpy()
+    labels = inference.main(
+        [
+            str(out),
+            path,
+            '--out-label-map',
+            str(tmp_path / 'labels.png'),
+            '--out-file',
+            str(tmp_path / 'vis.png'),
+        ]
+    )
+    assert labels.shape == expected.shape == image.shape[:2]
+    assert (labels == expected).mean() >= 0.999
+    assert np.array_equal(cv2.imread(str(tmp_path / 'labels.png'), cv2.IMREAD_UNCHANGED), labels)
+    assert cv2.imread(str(tmp_path / 'vis.png')).shape == image.shape
+
+
+def test_a_detector_writes_its_drawing_and_json(det_model, tmp_path):
+    out = tmp_path / 'det.onnx'
+    load_tool('export_onnx').main(
+        [
+            det_model['config'],
+            '--checkpoint',
+            det_model['ckpt'],
+            '--out',
+            str(out),
+            '--part',
+            'detector',
+            '--shape',
+            '128',
+            '128',
+            '--cfg-options',
+            'model.test_cfg.rcnn.score_thr=0.0',
+        ]
+    )
+    path, image = _image(tmp_path, 110, 150, seed=4)
+    dets = inference.main(
+        [
+            str(out),
+            path,
+            '--out-file',
+            str(tmp_path / 'vis.png'),
+            '--out-json',
+            str(tmp_path / 'dets.json'),
+            '--score-thr',
+            '0.0',
+        ]
+    )
+    items = json.loads((tmp_path / 'dets.json').read_text())
+    assert len(items) == len(dets['scores']) > 0
+    assert {i['class_name'] for i in items} <= {'circle', 'square', 'triangle'}
+    assert all(len(i['bbox']) == 4 and i['mask']['size'] == [110, 150] for i in items)
+    drawn = cv2.imread(str(tmp_path / 'vis.png'))
+    assert drawn.shape == image.shape and np.abs(drawn.astype(int) - image).mean() > 1
+    with pytest.raises(SystemExit):
+        inference.main([str(out), path])  # no output asked for
+
+
+@pytest.mark.slow
+def test_the_script_runs_with_only_onnxruntime_numpy_and_opencv(seg_model, tmp_path):
+    """A fresh virtual environment with onnxruntime, numpy and opencv-python (the versions of this
+    one) and nothing else: the script runs a segmentor end to end."""
+    from importlib.metadata import version
+
+    venv = tmp_path / 'venv'
+    subprocess.run([sys.executable, '-m', 'venv', str(venv)], check=True)
+    python = str(venv / 'bin' / 'python')
+    packages = [f'{name}=={version(name)}' for name in ('onnxruntime', 'numpy', 'opencv-python')]
+    proc = subprocess.run(
+        [python, '-m', 'pip', 'install', '-q', '--disable-pip-version-check', *packages],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / 'seg.onnx'
+    load_tool('export_onnx').main(
+        [
+            seg_model['config'],
+            '--checkpoint',
+            seg_model['ckpt'],
+            '--out',
+            str(out),
+            '--part',
+            'segmentor',
+            '--shape',
+            '64',
+            '64',
+        ]
+    )
+    path, image = _image(tmp_path, 80, 100, seed=5)
+    env = dict(os.environ, PYTHONPATH='')
+    proc = subprocess.run(
+        [
+            python,
+            tool_path('onnx_inference'),
+            str(out),
+            path,
+            '--out-file',
+            str(tmp_path / 'vis.png'),
+            '--out-label-map',
+            str(tmp_path / 'labels.png'),
+        ],
+        cwd=str(tmp_path),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert cv2.imread(str(tmp_path / 'labels.png'), cv2.IMREAD_UNCHANGED).shape == (80, 100)
+    listed = subprocess.run(
+        [python, '-m', 'pip', 'list', '--format=freeze'], capture_output=True, text=True, check=True
+    ).stdout
+    installed = {line.split('==')[0].lower() for line in listed.split()}
+    assert not installed & {'torch', 'mmcv', 'mmdet', 'mmsegmentation', 'mmengine', 'mmunirep'}
+    assert osp.isfile(ROOT + '/tools/deployment/onnx_inference.py')
+
+
+@pytest.mark.slow
+def test_the_exported_trained_detector_scores_as_the_test_tool(trained_det, tmp_path):
+    """On the validation images of the trained quick-start detector: the ONNX model, run by this
+    script, scores bbox and segm mAP (pycocotools) within 0.5 points of tools/test.py's on the
+    same checkpoint, and at least 99% of PyTorch's detections with a score of at least 0.3 have
+    a detection of the same class with IoU >= 0.95 in the ONNX output."""
+    import pickle
+
+    from pycocotools import mask as mask_utils
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from mmunirep.deploy.verify import matched_fraction
+
+    config, ckpt, data = trained_det['config'], trained_det['ckpt'], trained_det['data']
+    metrics = load_tool('test').main(
+        [config, ckpt, '--out', str(tmp_path / 'preds.pkl'), '--work-dir', str(tmp_path / 'test')]
+    )
+    out = str(tmp_path / 'det.onnx')
+    load_tool('export_onnx').main(
+        [config, '--checkpoint', ckpt, '--part', 'detector', '--out', out, '--shape', '160', '160']
+    )
+    session, meta = inference.load_model(out)
+    gt = COCO(osp.join(data, 'annotations', 'instances_val.json'))
+    cats = sorted(gt.getCatIds())
+    results, onnx_dets = dict(bbox=[], segm=[]), {}
+    for img_id in gt.getImgIds():
+        info = gt.loadImgs(img_id)[0]
+        dets = inference.detect(session, meta, cv2.imread(osp.join(data, 'val', info['file_name'])))
+        onnx_dets[img_id] = dets
+        for box, score, label, mask in zip(
+            dets['boxes'], dets['scores'], dets['labels'], dets['masks']
+        ):
+            x1, y1, x2, y2 = box.tolist()
+            item = dict(image_id=img_id, category_id=cats[int(label)], score=float(score))
+            results['bbox'].append(dict(item, bbox=[x1, y1, x2 - x1, y2 - y1]))
+            rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+            results['segm'].append(
+                dict(item, segmentation=dict(rle, counts=rle['counts'].decode()))
+            )
+    for iou_type, dets in results.items():
+        evaluator = COCOeval(gt, gt.loadRes(copy.deepcopy(dets)), iou_type)
+        evaluator.params.maxDets = [100, 300, 1000]  # CocoMetric's
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+        assert abs(evaluator.stats[0] - metrics[f'coco/{iou_type}_mAP']) <= 0.005, iou_type
+    assert metrics['coco/bbox_mAP'] > 0.1 and metrics['coco/segm_mAP'] > 0.1, metrics
+    with open(tmp_path / 'preds.pkl', 'rb') as f:
+        preds = pickle.load(f)
+    confident = matched = 0
+    for pred in preds:
+        inst = pred['pred_instances']
+        keep = inst['scores'] >= 0.3
+        dets = onnx_dets[pred['img_id']]
+        n = int(keep.sum())
+        confident += n
+        matched += n * matched_fraction(
+            inst['bboxes'][keep].numpy(),
+            inst['labels'][keep].numpy(),
+            dets['boxes'],
+            dets['labels'],
+            0.95,
+        )
+    assert confident >= 10 and matched / confident >= 0.99, (matched, confident)
