@@ -23,6 +23,7 @@ SCRIPTS = dict(
     reparameterize='tools/model_converters/reparameterize.py',
     export_onnx='tools/deployment/export_onnx.py',
     onnx_inference='tools/deployment/onnx_inference.py',
+    evaluate_onnx='tools/deployment/evaluate_onnx.py',
     make_shapes_coco='tools/misc/make_shapes_coco.py',
     make_shapes_ade20k='tools/misc/make_shapes_ade20k.py',
     image_demo='demo/image_demo.py',

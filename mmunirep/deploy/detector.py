@@ -9,7 +9,8 @@ layers, the prior generator, the box coder's parameters) and redoes only what do
 with the same arithmetic. :class:`DetectorForExport` chains them for one image (batch 1):
 
     image (1, 3, H, W), normalized and padded as the config's data pre-processor does,
-    image_shape (2,) int64: (h, w) of the resized image inside the padding
+    image_shape (2,) int64: (h, w) of the resized image inside the padding,
+    score_threshold (1,) float32: the lowest detection score kept (the config's ``score_thr``)
     -> boxes (K, 4) x1 y1 x2 y2 in the input's pixels, scores (K,), labels (K,) int64,
        masks (K, M, M): the probability map of each detection's class over its box (M = 28),
        which the caller pastes into the image (as MMDetection's FCNMaskHead does).
@@ -220,7 +221,14 @@ def _class_boxes(
     return boxes[torch.arange(boxes.shape[0]), labels]
 
 
-def roi_detections(roi_head, feats: Tuple[Tensor], proposals: Tensor, image_shape: Tensor, cfg):
+def roi_detections(
+    roi_head,
+    feats: Tuple[Tensor],
+    proposals: Tensor,
+    image_shape: Tensor,
+    cfg,
+    score_threshold: Optional[Tensor] = None,
+):
     """``StandardRoIHead`` / ``CascadeRoIHead.predict_bbox`` then ``multiclass_nms`` for one
     image: ``(boxes (K, 4), scores (K,), labels (K,))``.
 
@@ -244,7 +252,8 @@ def roi_detections(roi_head, feats: Tuple[Tensor], proposals: Tensor, image_shap
     boxes = _class_boxes(head, rois, bbox_pred, image_shape).expand(-1, num_classes, -1)
     labels = torch.arange(num_classes, device=scores.device).expand_as(scores)
     boxes, scores, labels = boxes.reshape(-1, 4), scores.reshape(-1), labels.reshape(-1)
-    keep = batched_nms(boxes, scores, labels, cfg.nms.iou_threshold, cfg.score_thr, cfg.max_per_img)
+    threshold = cfg.score_thr if score_threshold is None else score_threshold
+    keep = batched_nms(boxes, scores, labels, cfg.nms.iou_threshold, threshold, cfg.max_per_img)
     return boxes[keep], scores[keep], labels[keep]
 
 
@@ -276,12 +285,15 @@ class DetectorForExport(nn.Module):
         self.detector = detector
         self.with_mask = detector.roi_head.with_mask
 
-    def forward(self, image: Tensor, image_shape: Tensor):
+    def forward(self, image: Tensor, image_shape: Tensor, score_threshold: Optional[Tensor] = None):
+        """``score_threshold`` (1,): the lowest detection score kept (default: the config's
+        ``test_cfg.rcnn.score_thr``); an input of the exported graph, so that one file serves
+        any threshold and the export check can compare the best detections of any model."""
         detector, cfg = self.detector, self.detector.test_cfg
         feats = detector.extract_feat(image)
         proposals = rpn_proposals(detector.rpn_head, feats, image_shape, cfg.rpn)
         boxes, scores, labels = roi_detections(
-            detector.roi_head, feats, proposals, image_shape, cfg.rcnn
+            detector.roi_head, feats, proposals, image_shape, cfg.rcnn, score_threshold
         )
         if not self.with_mask:
             return boxes, scores, labels

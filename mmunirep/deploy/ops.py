@@ -14,6 +14,8 @@ the traced module and the ONNX graph agree:
   matrices are computed from the input's size in the graph (UperNet's pyramid pooling).
 """
 
+from typing import Union
+
 import torch
 import torch.nn as nn
 from torch import Tensor
@@ -24,12 +26,7 @@ class _NMS(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx,
-        boxes: Tensor,
-        scores: Tensor,
-        iou_threshold: float,
-        score_threshold: float,
-        max_output: int,
+        ctx, boxes: Tensor, scores: Tensor, iou_threshold: float, score_threshold, max_output: int
     ) -> Tensor:
         from mmcv.ops import nms as mmcv_nms
 
@@ -51,7 +48,10 @@ class _NMS(torch.autograd.Function):
             g.op('Unsqueeze', scores, const([0, 1])),  # [1, 1, N]
             const([max_output]),
             const([iou_threshold], torch.float),
-            const([score_threshold], torch.float),
+            # a graph input (the detector's score threshold) or a constant
+            score_threshold
+            if isinstance(score_threshold, torch._C.Value)
+            else const([score_threshold], torch.float),
         )  # [K, 3]: (batch, class, box)
         return g.op('Gather', selected, const(2), axis_i=1)
 
@@ -60,14 +60,17 @@ def nms(
     boxes: Tensor,
     scores: Tensor,
     iou_threshold: float,
-    score_threshold: float = 0.0,
+    score_threshold: Union[float, Tensor] = 0.0,
     max_output: int = 1000,
 ) -> Tensor:
     """The indices (int64, decreasing score) of the boxes ``(N, 4)`` kept, of those whose score is
-    above ``score_threshold``, at most ``max_output``."""
-    return _NMS.apply(
-        boxes, scores, float(iou_threshold), float(score_threshold), int(max_output)
-    ).view(-1)
+    above ``score_threshold`` (a number, or a one-element tensor that export makes a graph
+    input), at most ``max_output``."""
+    if not isinstance(score_threshold, Tensor):
+        score_threshold = float(score_threshold)
+    return _NMS.apply(boxes, scores, float(iou_threshold), score_threshold, int(max_output)).view(
+        -1
+    )
 
 
 def batched_nms(
@@ -75,7 +78,7 @@ def batched_nms(
     scores: Tensor,
     groups: Tensor,
     iou_threshold: float,
-    score_threshold: float = 0.0,
+    score_threshold: Union[float, Tensor] = 0.0,
     max_output: int = 1000,
 ) -> Tensor:
     """NMS within each group (a class or a level) in one call: the boxes of a group are offset so

@@ -2,7 +2,9 @@
 onnxruntime, and the standalone inference script."""
 
 import copy
+import os.path as osp
 
+import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
@@ -11,9 +13,10 @@ import mmunirep  # noqa: F401
 from mmunirep.deploy import DetectorForExport, UnsupportedModelError
 from mmunirep.models import reparameterize_unireplknet
 from mmunirep.utils import build_model, load_model_weights
+from mmunirep.utils.checkpoint import CheckpointError
 from mmunirep.utils.dummy_inputs import dummy_batch
 
-from helpers import load_tool
+from helpers import ROOT, load_tool
 
 
 @pytest.mark.parametrize('part', ['backbone', 'segmentor'])
@@ -80,6 +83,15 @@ def test_export_refuses_the_other_framework_and_unsupported_parts(seg_model, det
                 'model.test_cfg.rcnn.nms.type=soft_nms',
             ]
         )
+    # a one-stage / DETR-style detector, shrunk to UniRepLKNet-A
+    dino = osp.join(ROOT, 'configs', 'detection', 'unireplknet_b_22k_dino_12e.py')
+    with pytest.raises(UnsupportedModelError, match=r'this detector: DINO \(supported: two-stage'):
+        export([dino, '--out', out, '--part', 'detector', '--cfg-options',
+                'model.backbone.arch=a', 'model.neck.in_channels=[40,80,160,320]'])  # fmt: skip
+    # a checkpoint of another variant than the config's
+    with pytest.raises(CheckpointError, match="its backbone is UniRepLKNet-A and the config's"):
+        export([det_model['config'], '--checkpoint', det_model['ckpt'], '--out', out, '--part',
+                'detector', '--cfg-options', 'model.backbone.arch=t'])  # fmt: skip
     assert not (tmp_path / 'x.onnx').exists()
 
 
@@ -103,7 +115,7 @@ def test_the_detector_rewrites_are_mmdetections_predict(det_model, size):
         ref = model.predict(inputs, copy.deepcopy(samples), rescale=False)[0].pred_instances
         boxes, scores, labels, masks = DetectorForExport(model)(
             inputs, torch.tensor(samples[0].img_shape)
-        )
+        )  # the threshold of the config
     assert len(ref.scores) == len(scores) > 5
     torch.testing.assert_close(boxes, ref.bboxes, rtol=0, atol=1e-4)
     torch.testing.assert_close(scores, ref.scores, rtol=0, atol=1e-6)
@@ -144,8 +156,19 @@ def test_the_detector_exports_with_standard_operators_and_dynamic_size(det_model
     ops = {n.op_type for n in proto.graph.node}
     assert {'RoiAlign', 'NonMaxSuppression', 'TopK', 'ScatterND'} <= ops
     assert {n.domain for n in proto.graph.node} <= {''}
-    assert [i.name for i in proto.graph.input] == ['input', 'image_shape']
+    assert [i.name for i in proto.graph.input] == ['input', 'image_shape', 'score_threshold']
     assert [o.name for o in proto.graph.output] == ['boxes', 'scores', 'labels', 'masks']
+    # the score threshold is the graph's input: a higher one keeps the confident subset
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(out), providers=['CPUExecutionProvider'])
+    inputs, samples = dummy_batch(_detector_module(det_model)[0], 'mmdet', 1, 96, 128)
+    feeds = dict(input=inputs.numpy(), image_shape=np.array(samples[0].img_shape, np.int64))
+    every = session.run(None, dict(feeds, score_threshold=np.array([0.0], np.float32)))
+    cut = float(np.median(every[1]))
+    confident = session.run(None, dict(feeds, score_threshold=np.array([cut], np.float32)))
+    assert 0 < len(confident[1]) < len(every[1]) and (confident[1] > cut).all()
+    np.testing.assert_array_equal(confident[1], every[1][every[1] > cut])
     meta = json.loads({p.key: p.value for p in proto.metadata_props}['mmunirep'])
     assert meta['task'] == 'detection' and meta['classes'] == ['circle', 'square', 'triangle']
     assert meta['preprocess']['resize'] == dict(scale=[160, 160], keep_ratio=True)
@@ -195,6 +218,29 @@ def test_the_parity_check_fails_on_nan(tmp_path):
     )
     with pytest.raises(RuntimeError, match='differ'):
         export_onnx.verify(part, path, 1e-4)
+
+
+def test_the_detection_check_compares_what_both_sides_must_keep():
+    """With max_per_img detections kept, a detection scoring at the other side's cut-off may be
+    missing there; one scoring well above it may not."""
+    compare = load_tool('export_onnx')._compare_detections
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 200, (5, 2)).astype(np.float32)
+    boxes = np.concatenate([xy, xy + 30], 1)
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5], np.float32)
+    labels = np.zeros(5, np.int64)
+    full = [boxes[:4], scores[:4], labels[:4]]
+    # PyTorch kept 4 of 5 (max_per_img=4); ONNX's 4th is another box just below PyTorch's 4th
+    near = [np.concatenate([boxes[:3], boxes[4:]]), np.array([0.9, 0.8, 0.7, 0.5995], np.float32),
+            labels[:4]]  # fmt: skip
+    near[1][3] = 0.5995
+    full[1] = np.array([0.9, 0.8, 0.7, 0.5998], np.float32)
+    errors, pairs = compare(near, full, 1e-4, 0.0, 4)
+    assert pairs == 3 and errors[0] <= 1e-6
+    # a confident detection missing from ONNX
+    far = [boxes[1:5], scores[1:5], labels[1:5]]
+    with pytest.raises(RuntimeError, match='of the 4 PyTorch detections have a match'):
+        compare(far, [boxes[:4], scores[:4], labels[:4]], 1e-4, 0.0, 10)
 
 
 @pytest.mark.parametrize(

@@ -244,66 +244,52 @@ def test_the_script_runs_with_only_onnxruntime_numpy_and_opencv(seg_model, tmp_p
 
 @pytest.mark.slow
 def test_the_exported_trained_detector_scores_as_the_test_tool(trained_det, tmp_path):
-    """On the validation images of the trained quick-start detector: the ONNX model, run by this
-    script, scores bbox and segm mAP (pycocotools) within 0.5 points of tools/test.py's on the
-    same checkpoint, and at least 99% of PyTorch's detections with a score of at least 0.3 have
-    a detection of the same class with IoU >= 0.95 in the ONNX output."""
-    import pickle
-
-    from pycocotools import mask as mask_utils
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    from mmunirep.deploy.verify import matched_fraction
-
+    """On the validation images of the trained quick-start detector: the ONNX model, scored by
+    evaluate_onnx.py, has bbox and segm mAP (pycocotools) within 0.5 points of tools/test.py's
+    on the same checkpoint, and at least 99% of PyTorch's detections with a score of at least 0.3
+    have a detection of the same class with IoU >= 0.95 in the ONNX output."""
     config, ckpt, data = trained_det['config'], trained_det['ckpt'], trained_det['data']
-    metrics = load_tool('test').main(
-        [config, ckpt, '--out', str(tmp_path / 'preds.pkl'), '--work-dir', str(tmp_path / 'test')]
-    )
+    preds = str(tmp_path / 'preds.pkl')
+    metrics = load_tool('test').main([config, ckpt, '--out', preds, '--work-dir', str(tmp_path)])
+    assert metrics['coco/bbox_mAP'] > 0.1 and metrics['coco/segm_mAP'] > 0.1, metrics
     out = str(tmp_path / 'det.onnx')
     load_tool('export_onnx').main(
         [config, '--checkpoint', ckpt, '--part', 'detector', '--out', out, '--shape', '160', '160']
     )
-    session, meta = inference.load_model(out)
-    gt = COCO(osp.join(data, 'annotations', 'instances_val.json'))
-    cats = sorted(gt.getCatIds())
-    results, onnx_dets = dict(bbox=[], segm=[]), {}
-    for img_id in gt.getImgIds():
-        info = gt.loadImgs(img_id)[0]
-        dets = inference.detect(session, meta, cv2.imread(osp.join(data, 'val', info['file_name'])))
-        onnx_dets[img_id] = dets
-        for box, score, label, mask in zip(
-            dets['boxes'], dets['scores'], dets['labels'], dets['masks']
-        ):
-            x1, y1, x2, y2 = box.tolist()
-            item = dict(image_id=img_id, category_id=cats[int(label)], score=float(score))
-            results['bbox'].append(dict(item, bbox=[x1, y1, x2 - x1, y2 - y1]))
-            rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-            results['segm'].append(
-                dict(item, segmentation=dict(rle, counts=rle['counts'].decode()))
-            )
-    for iou_type, dets in results.items():
-        evaluator = COCOeval(gt, gt.loadRes(copy.deepcopy(dets)), iou_type)
-        evaluator.params.maxDets = [100, 300, 1000]  # CocoMetric's
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-        assert abs(evaluator.stats[0] - metrics[f'coco/{iou_type}_mAP']) <= 0.005, iou_type
-    assert metrics['coco/bbox_mAP'] > 0.1 and metrics['coco/segm_mAP'] > 0.1, metrics
-    with open(tmp_path / 'preds.pkl', 'rb') as f:
-        preds = pickle.load(f)
-    confident = matched = 0
-    for pred in preds:
-        inst = pred['pred_instances']
-        keep = inst['scores'] >= 0.3
-        dets = onnx_dets[pred['img_id']]
-        n = int(keep.sum())
-        confident += n
-        matched += n * matched_fraction(
-            inst['bboxes'][keep].numpy(),
-            inst['labels'][keep].numpy(),
-            dets['boxes'],
-            dets['labels'],
-            0.95,
+    scores = load_tool('evaluate_onnx').main(
+        [
+            out,
+            '--ann-file',
+            osp.join(data, 'annotations', 'instances_val.json'),
+            '--img-dir',
+            osp.join(data, 'val'),
+            '--pytorch-predictions',
+            preds,
+            '--out-json',
+            str(tmp_path / 'results.json'),
+        ]
+    )
+    for iou_type in ('bbox', 'segm'):
+        assert abs(scores[f'{iou_type}_mAP'] - metrics[f'coco/{iou_type}_mAP']) <= 0.005, scores
+    assert scores['compared'] >= 10 and scores['matched'] / scores['compared'] >= 0.99, scores
+    results = json.loads((tmp_path / 'results.json').read_text())
+    assert len(results) > 0 and {'image_id', 'bbox', 'score', 'category_id'} <= set(results[0])
+
+
+def test_evaluation_refuses_classes_the_annotations_lack(det_model, tmp_path):
+    out = str(tmp_path / 'det.onnx')
+    load_tool('export_onnx').main(
+        [det_model['config'], '--checkpoint', det_model['ckpt'], '--part', 'detector', '--out',
+         out, '--shape', '128', '128']
+    )  # fmt: skip
+    ann = json.loads(open(osp.join(det_model['data'], 'annotations', 'instances_val.json')).read())
+    ann['categories'][0]['name'] = 'hexagon'
+    ann_file = tmp_path / 'renamed.json'
+    ann_file.write_text(json.dumps(ann))
+    evaluate = load_tool('evaluate_onnx')
+    with pytest.raises(ValueError, match=r"classes \['circle'\] are not categories.*hexagon"):
+        evaluate.main(
+            [out, '--ann-file', str(ann_file), '--img-dir', osp.join(det_model['data'], 'val')]
         )
-    assert confident >= 10 and matched / confident >= 0.99, (matched, confident)
+    with pytest.raises(SystemExit):
+        evaluate.main([out, '--ann-file', str(ann_file), '--img-dir', str(tmp_path / 'none')])

@@ -29,9 +29,12 @@ import onnxruntime as ort
 METADATA_KEY = 'mmunirep'
 
 
-def load_model(path: str):
-    """An onnxruntime session of ``path`` and the metadata the exporter stored in it."""
-    session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+def load_model(path: str, threads: int = 0):
+    """An onnxruntime session of ``path`` (``threads`` intra-op threads, 0: onnxruntime's
+    default) and the metadata the exporter stored in it."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
     raw = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
     if raw is None:
         raise ValueError(
@@ -114,10 +117,15 @@ def paste_mask(mask: np.ndarray, box, height: int, width: int, threshold: float)
     return out
 
 
-def detect(session, meta: dict, image: np.ndarray) -> dict:
-    """Detections in the image's pixels: boxes (K, 4), scores, labels, and boolean masks."""
+def detect(session, meta: dict, image: np.ndarray, score_thr=None) -> dict:
+    """Detections in the image's pixels: boxes (K, 4), scores, labels, and boolean masks; those
+    scoring above ``score_thr`` (default: the config's, stored at export)."""
     x, shape, scale = preprocess(image, meta['preprocess'])
-    outputs = session.run(None, {'input': x, 'image_shape': np.array(shape, np.int64)})
+    if score_thr is None:
+        score_thr = meta['postprocess']['score_thr']
+    threshold = np.array([score_thr], np.float32)
+    feeds = {'input': x, 'image_shape': np.array(shape, np.int64), 'score_threshold': threshold}
+    outputs = session.run(None, feeds)
     boxes, scores, labels = outputs[:3]
     boxes = boxes / np.array(scale * 2, np.float32)
     result = dict(boxes=boxes, scores=scores, labels=labels)
@@ -269,6 +277,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if not (args.out_file or args.out_json or args.out_label_map):
         parser.error('give at least one of --out-file, --out-json, --out-label-map')
+    if args.threads < 0:
+        parser.error(f'--threads must be >= 0, got {args.threads}')
     return args
 
 
@@ -277,11 +287,7 @@ def main(argv=None):
     image = cv2.imread(args.image, cv2.IMREAD_COLOR)
     if image is None:
         raise FileNotFoundError(f'could not read an image from {args.image!r}')
-    session, meta = load_model(args.model)
-    if args.threads:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = args.threads
-        session = ort.InferenceSession(args.model, options, providers=['CPUExecutionProvider'])
+    session, meta = load_model(args.model, args.threads)
     if meta['task'] == 'detection':
         if args.out_label_map:
             raise ValueError('--out-label-map is for segmentors; this is a detector')

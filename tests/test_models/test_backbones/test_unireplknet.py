@@ -1,13 +1,14 @@
 """UniRepLKNet: shapes, freezing, checkpointing, re-parameterization, checkpoints, figures."""
 
 import re
+from unittest import mock
 
 import pytest
 import torch
 import torch.nn as nn
 
 from mmunirep.models import UniRepLKNet, reparameterize_unireplknet
-from mmunirep.models.backbones.unireplknet import ARCH_SETTINGS, GRN
+from mmunirep.models.backbones.unireplknet import ARCH_SETTINGS, GRN, spatial_l2_norm
 
 from helpers import randomize, recording_backend, rel_err
 
@@ -694,6 +695,25 @@ def test_grn_is_finite_under_fp16():
     ref = grn(x.double().float()).double()
     assert torch.isfinite(out).all()
     assert rel_err(out.double(), ref) < 2e-3  # fp16 rounding
+
+
+@pytest.mark.parametrize('shape', [(2, 7, 9, 48), (1, 128, 96, 24)])
+def test_grn_spatial_norm_is_torch_norm_within_fp32_rounding(shape):
+    """The sum-of-squares form, eager and as exported (the product with a row of ones), against
+    ``torch.norm`` in fp64; under bf16 autocast it stays fp32."""
+    x = torch.randn(shape) * 3
+    ref = torch.norm(x.double(), p=2, dim=(1, 2), keepdim=True)
+    eager = spatial_l2_norm(x)
+    assert eager.dtype == torch.float32 and eager.shape == ref.shape
+    tol = 1e-5  # the rounding of an fp32 sum of up to 12288 squares
+    assert rel_err(eager.double(), ref) < tol
+    with mock.patch('torch.onnx.is_in_onnx_export', return_value=True):
+        exported_form = spatial_l2_norm(x)
+    assert rel_err(exported_form.double(), ref) < tol
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        under_autocast = spatial_l2_norm(x.bfloat16())
+    assert under_autocast.dtype == torch.float32
+    assert rel_err(under_autocast.double(), ref) < 1e-2  # the input's bf16 rounding
 
 
 @pytest.mark.slow

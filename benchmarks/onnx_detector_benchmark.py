@@ -1,0 +1,165 @@
+"""An exported detector in onnxruntime against the same detector in PyTorch eager, on the CPU.
+
+    python benchmarks/onnx_detector_benchmark.py [CONFIG[:CHECKPOINT][@HxW] ...]
+        [--threads 2] [--repeats 7] [--out FILE]
+
+Default: the detection quick start at 160x160, its images' size (with its trained checkpoint when
+work_dirs/quickstart_det has one), and UniRepLKNet-S Cascade Mask R-CNN 3x (IN-22K) at 800x1333
+with random weights. Batch 1, --threads threads on both sides.
+
+Both sides start from the same normalized, padded image and end with detections in the image's
+pixels and their masks pasted into the image: PyTorch runs MMDetection's ``predict`` (the
+re-parameterized backbone, ``rescale=True``, as ``tools/test.py``); onnxruntime runs the graph of
+``tools/deployment/export_onnx.py --part detector`` and then the post-processing of
+``tools/deployment/onnx_inference.py`` (boxes scaled, masks pasted). The two are timed in turn,
+median of --repeats after a warm-up. With random weights few boxes pass the score threshold, so
+the mask head and pasting weigh less than with a trained model.
+"""
+
+import argparse
+import importlib.util
+import os
+import os.path as osp
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from bench_utils import Report
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+QUICKSTART = 'configs/detection/quickstart_unireplknet_a_shapes.py'
+QUICKSTART_CKPT = 'work_dirs/quickstart_det/epoch_8.pth'
+DEFAULTS = (f'{QUICKSTART}@160x160', 'configs/detection/unireplknet_s_22k_cascade_3x.py@800x1333')
+
+
+def load_tool(name):
+    path = osp.join(ROOT, 'tools', 'deployment', f'{name}.py')
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def parse_case(text: str) -> dict:
+    """``CONFIG[:CHECKPOINT][@HxW]`` -> its parts (size default 800x1333)."""
+    text, _, size = text.partition('@')
+    config, _, checkpoint = text.partition(':')
+    try:
+        h, w = (int(v) for v in (size or '800x1333').split('x'))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f'the size after @ is HxW, e.g. 800x1333, got {size!r}'
+        ) from None
+    if not osp.isfile(config) or (checkpoint and not osp.isfile(checkpoint)):
+        raise argparse.ArgumentTypeError(f'no such config or checkpoint: {text}')
+    if config == QUICKSTART and not checkpoint and osp.isfile(QUICKSTART_CKPT):
+        checkpoint = QUICKSTART_CKPT
+    return dict(config=config, checkpoint=checkpoint or None, size=(h, w))
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('cases', nargs='*', type=parse_case)
+    parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--repeats', type=int, default=7)
+    parser.add_argument('--out', help='also write the table to this file')
+    args = parser.parse_args()
+    args.cases = args.cases or [parse_case(c) for c in DEFAULTS]
+    if args.threads < 1 or args.repeats < 1:
+        parser.error('--threads and --repeats must be at least 1')
+    return args
+
+
+def image_batch(model, size):
+    """A random image of ``size`` through the model's data pre-processor (normalized, padded)."""
+    from mmdet.structures import DetDataSample
+
+    h, w = size
+    rng = np.random.default_rng(0)
+    image = torch.from_numpy(rng.integers(0, 256, (3, h, w), dtype=np.uint8))
+    sample = DetDataSample(
+        metainfo=dict(img_shape=(h, w), ori_shape=(h, w), scale_factor=(1.0, 1.0))
+    )
+    batch = model.data_preprocessor(dict(inputs=[image], data_samples=[sample]), False)
+    return batch['inputs'], batch['data_samples']
+
+
+def time_case(case: dict, folder: str, threads: int, repeats: int, export, inference) -> dict:
+    """Export the case's detector, then time PyTorch's predict and onnxruntime's run +
+    post-processing on the same image, in turn."""
+    from mmunirep.utils import prepare_cfg
+
+    model, _ = export.load_deploy_model(prepare_cfg(case['config']), case['checkpoint'])
+    inputs, samples = image_batch(model, case['size'])
+    path = osp.join(folder, 'det.onnx')
+    ckpt = ['--checkpoint', case['checkpoint']] if case['checkpoint'] else []
+    export.main(
+        [case['config'], *ckpt, '--part', 'detector', '--out', path, '--shape',
+         *(str(v) for v in inputs.shape[2:])]
+    )  # fmt: skip
+    session, meta = inference.load_model(path, threads)
+    h, w = case['size']
+    feeds = {
+        'input': inputs.numpy(),
+        'image_shape': np.array([h, w], np.int64),
+        'score_threshold': np.array([meta['postprocess']['score_thr']], np.float32),
+    }
+    mask_thr = meta['postprocess'].get('mask_thr_binary', 0.5)
+
+    def run_torch():
+        with torch.no_grad():
+            return model.predict(inputs, samples, rescale=True)[0].pred_instances
+
+    def run_onnx():
+        outs = session.run(None, feeds)
+        masks = [inference.paste_mask(m, b, h, w, mask_thr)
+                 for m, b in zip(outs[3], outs[0])] if len(outs) > 3 else []  # fmt: skip
+        return outs, masks
+
+    detections = len(run_torch())
+    run_onnx()
+    times = dict(torch=[], onnx=[])
+    for _ in range(repeats):
+        for name, run in (('torch', run_torch), ('onnx', run_onnx)):
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    os.remove(path)
+    return dict(detections=detections, **{k: statistics.median(v) * 1e3 for k, v in times.items()})
+
+
+def main():
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    export, inference = load_tool('export_onnx'), load_tool('onnx_inference')
+    import onnxruntime
+
+    report = Report(args.out)
+    report.add(
+        f'host: {platform.machine()} ({os.cpu_count()} logical CPUs), torch {torch.__version__}, '
+        f'onnxruntime {onnxruntime.__version__}, {args.threads} threads, batch 1, fp32; median of '
+        f'{args.repeats}, the two timed in turn; ms per image',
+        '',
+        '| config | weights | image | detections | PyTorch eager | onnxruntime '
+        '| PyTorch / onnxruntime |',
+        '|---|---|---|---|---|---|---|',
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        for case in args.cases:
+            r = time_case(case, folder, args.threads, args.repeats, export, inference)
+            h, w = case['size']
+            report.add(
+                f'| {case["config"]} | {"trained" if case["checkpoint"] else "random"} '
+                f'| {h}x{w} | {r["detections"]} | {r["torch"]:.0f} | {r["onnx"]:.0f} '
+                f'| {r["torch"] / r["onnx"]:.2f} |'
+            )
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
