@@ -95,6 +95,33 @@ def test_export_refuses_the_other_framework_and_unsupported_parts(seg_model, det
     assert not (tmp_path / 'x.onnx').exists()
 
 
+def test_the_roi_features_are_roialign_of_the_feature_maps(det_model):
+    """With the paper's LayerNorms in the backbone (whose outputs timm lays out channels-last),
+    the RoI head's features are mmcv's RoIAlign of the FPN's maps as NCHW tensors: mmcv's compiled
+    RoIAlign reads its input's memory as NCHW."""
+    from mmcv.ops import roi_align
+
+    cfg = Config.fromfile(det_model['config'])
+    cfg.model.backbone.downsample_norm_cfg = None
+    model = build_model(cfg).eval()
+    model.init_weights()
+    inputs, _ = dummy_batch(model, 'mmdet', 1, 128, 160)
+    xy = torch.rand(12, 2) * 100
+    rois = torch.cat([torch.zeros(12, 1), xy, xy + torch.rand(12, 2) * 30 + 2], dim=1)
+    extractor = model.roi_head.bbox_roi_extractor[0]
+    with torch.no_grad():
+        feats = model.extract_feat(inputs)
+        got = extractor(feats[: extractor.num_inputs], rois)
+    levels = extractor.map_roi_levels(rois, extractor.num_inputs)
+    for level in levels.unique().tolist():
+        layer = extractor.roi_layers[level]
+        ref = roi_align(
+            feats[level].contiguous(), rois[levels == level], layer.output_size,
+            layer.spatial_scale, layer.sampling_ratio, 'avg', layer.aligned,
+        )  # fmt: skip
+        torch.testing.assert_close(got[levels == level], ref, rtol=0, atol=1e-6)
+
+
 def _detector_module(det_model, score_thr=0.0):
     """The quick start's detector (random weights, random BatchNorm statistics) re-parameterized,
     its detection score threshold lowered so that an untrained model detects something."""

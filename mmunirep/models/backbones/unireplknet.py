@@ -754,7 +754,9 @@ class UniRepLKNet(BaseModule):
         for i in range(self.last_stage + 1):
             x = self.stages[i](self.downsample_layers[i](x))
             if i in self.out_indices:
-                outs.append(getattr(self, f'norm{i}')(x))
+                # timm's LayerNorm2d returns channels-last strides; mmcv's compiled ops (RoIAlign
+                # of the RoI heads, among others) read their input as contiguous NCHW
+                outs.append(getattr(self, f'norm{i}')(x).contiguous())
         return tuple(outs)
 
     # -- training behaviour ----------------------------------------------------------------------

@@ -697,6 +697,20 @@ def test_grn_is_finite_under_fp16():
     assert rel_err(out.double(), ref) < 2e-3  # fp16 rounding
 
 
+@pytest.mark.parametrize('downsample_norm_cfg', [None, dict(type='BN')], ids=['LN', 'BN'])
+@pytest.mark.parametrize('deploy', [False, True], ids=['training', 'deploy'])
+def test_outputs_are_contiguous_nchw(downsample_norm_cfg, deploy):
+    """The features are contiguous NCHW maps, whatever layout the blocks ran in: mmcv's compiled
+    ops (the RoI heads' RoIAlign) read their input's memory as NCHW."""
+    model = UniRepLKNet('a', downsample_norm_cfg=downsample_norm_cfg, deploy=deploy).eval()
+    with torch.no_grad():
+        outs = model(torch.randn(2, 3, 96, 64))
+    assert [tuple(o.shape) for o in outs] == [
+        (2, 40 * 2**i, 24 // 2**i, 16 // 2**i) for i in range(4)
+    ]
+    assert all(o.is_contiguous() for o in outs)
+
+
 @pytest.mark.parametrize('shape', [(2, 7, 9, 48), (1, 128, 96, 24)])
 def test_grn_spatial_norm_is_torch_norm_within_fp32_rounding(shape):
     """The sum-of-squares form, eager and as exported (the product with a row of ones), against
