@@ -4,7 +4,7 @@
 #     bash scripts/quickstart_seg.sh
 #
 # 1. generates a small ADE20K-format dataset of shapes in data/shapes_ade (if absent),
-# 2. trains UperNet + UniRepLKNet-A from scratch with tools/train.py (200 iterations),
+# 2. trains UperNet + UniRepLKNet-A from scratch with tools/train.py (400 iterations),
 # 3. evaluates the last checkpoint with tools/test.py (MMSegmentation's IoUMetric: mIoU), and
 # 4. draws the predictions (image | prediction, coloured by class) into WORK_DIR/show.
 #

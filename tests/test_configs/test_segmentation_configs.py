@@ -381,3 +381,20 @@ def test_custom_dataset_example():
         assert len(ds.metainfo.palette) == n and ds.reduce_zero_label is cfg.reduce_zero_label
         load = [t for t in ds.pipeline if t.type == 'LoadAnnotations'][0]
         assert load.reduce_zero_label is cfg.reduce_zero_label
+
+
+def test_quickstart_learns_and_draws_the_background():
+    """The quick start's label 0 (the shapes' background) is a class, not ignored: the model
+    predicts it, the mIoU counts it and the drawings paint it as the ground truth's, with the
+    generator's class names and palette."""
+    from helpers import load_tool
+
+    make_shapes = load_tool('make_shapes_ade20k')
+    cfg = Config.fromfile(QUICKSTART)
+    assert cfg.classes == make_shapes.SEG_CLASSES and cfg.classes[0] == 'background'
+    assert [tuple(c) for c in cfg.palette] == list(make_shapes.SEG_PALETTE)
+    assert cfg.model.decode_head.num_classes == 4 == cfg.model.auxiliary_head.num_classes
+    for loader in (cfg.train_dataloader, cfg.val_dataloader, cfg.test_dataloader):
+        assert loader.dataset.reduce_zero_label is False
+        load = [t for t in loader.dataset.pipeline if t.type == 'LoadAnnotations']
+        assert load[0].reduce_zero_label is False

@@ -42,7 +42,27 @@ PAPER_ADE20K = {
     'unireplknet_l_22k_upernet_160k_640': (54.5, 55.0),
     'unireplknet_xl_22k_upernet_160k_640': (55.2, 55.6),
 }
+# the zoo's configs beyond the paper (untrained): no results, our params and FLOPs only
+NEW_COCO = {  # config -> epochs
+    'unireplknet_t_1k_mask_rcnn_1x': 12,
+    'unireplknet_t_1k_mask_rcnn_3x': 36,
+    'unireplknet_s_1k_mask_rcnn_1x': 12,
+    'unireplknet_s_1k_mask_rcnn_3x': 36,
+    'unireplknet_b_22k_dino_12e': 12,
+    'unireplknet_b_22k_dino_36e': 36,
+    'unireplknet_l_22k_dino_12e': 12,
+    'unireplknet_l_22k_dino_36e': 36,
+}
+NEW_SEG = {  # config -> dataset, the input size its FLOPs are counted at
+    'unireplknet_b_22k_mask2former_160k_640': ('ADE20K', '(640, 640)'),
+    'unireplknet_l_22k_mask2former_160k_640': ('ADE20K', '(640, 640)'),
+    'unireplknet_t_1k_upernet_80k_cityscapes_512x1024': ('Cityscapes', '(1024, 2048)'),
+    'unireplknet_s_1k_upernet_80k_cityscapes_512x1024': ('Cityscapes', '(1024, 2048)'),
+}
+PAPER_NAMES = set(PAPER_COCO) | set(PAPER_ADE20K)
+NEW_NAMES = set(NEW_COCO) | set(NEW_SEG)
 MIM_CONTENT = ('configs', 'tools', 'demo', 'model-index.yml')
+ZOO_DOC = osp.join(ROOT, 'docs', 'en', 'model_zoo.md')
 
 
 def tracked_files(*dirs):
@@ -78,26 +98,33 @@ def load_metafiles():
     return models
 
 
-def readme_zoo_rows():
-    """{config name: the cells after its name} of README's two model zoo tables."""
-    readme = open(osp.join(ROOT, 'README.md')).read()
+def zoo_rows(path=osp.join(ROOT, 'README.md')):
+    """{config name: the cells after its name} of a page's model zoo tables (README's, or
+    docs/en/model_zoo.md's)."""
+    text = open(path).read()
     rows = {}
-    for name, rest in re.findall(r'^\| `(unireplknet_\w+)\.py` \| (.*)$', readme, re.M):
+    for name, rest in re.findall(r'^\| `(unireplknet_\w+)\.py` \| (.*)$', text, re.M):
         assert name not in rows, name
         rows[name] = [c.strip() for c in rest.strip().strip('|').split('|')]
     return rows
 
 
+def readme_zoo_rows():
+    return zoo_rows()
+
+
 # -- the model index -------------------------------------------------------------------------------
 def test_model_index_lists_every_paper_config_once_with_the_papers_results():
     models = load_metafiles()
-    assert set(models) == set(PAPER_COCO) | set(PAPER_ADE20K)
-    paper_configs = {
+    assert set(models) == PAPER_NAMES | NEW_NAMES
+    zoo_configs = {
         osp.relpath(p, ROOT) for p in glob.glob(osp.join(ROOT, 'configs', '*', 'unireplknet_*.py'))
     }
-    assert {m['Config'] for m in models.values()} == paper_configs
+    assert {m['Config'] for m in models.values()} == zoo_configs
     for name, model in models.items():
         assert osp.splitext(osp.basename(model['Config']))[0] == name
+        if name in NEW_NAMES:
+            continue  # test_model_index_lists_the_untrained_configs_without_results
         results = {(r['Task'], r['Dataset']): r['Metrics'] for r in model['Results']}
         if name in PAPER_COCO:
             box, mask = PAPER_COCO[name]
@@ -124,11 +151,60 @@ def test_model_index_lists_every_paper_config_once_with_the_papers_results():
         assert model['Converted From']['Weights'].startswith('https://drive.google.com/'), name
 
 
-def test_model_index_says_what_the_readme_model_zoo_says():
-    """Pretraining, our params / FLOPs, the authors' weights and the results of every metafile
-    entry are the README's cells of that config's row, and the README's results the paper's."""
-    models, rows = load_metafiles(), readme_zoo_rows()
-    assert set(rows) == set(models)
+def test_model_index_lists_the_untrained_configs_without_results():
+    """The configs beyond the paper: our params and FLOPs, their schedule, crop and pretraining
+    as the config has them, and no results or weights of any kind."""
+    models = load_metafiles()
+    for name in sorted(NEW_NAMES):
+        model = models[name]
+        assert not {'Results', 'Weights', 'Converted From'} & set(model), name
+        meta = model['Metadata']
+        cfg = Config.fromfile(osp.join(ROOT, model['Config']))
+        checkpoint = cfg.model.backbone.init_cfg.checkpoint
+        pretrain = 'ImageNet-22K' if '_in22k_' in checkpoint else 'ImageNet-1K'
+        assert meta['Pretrain'] == pretrain, name
+        assert meta['Parameters (M)'] > 0 and meta['FLOPs (G)'] > 0, name
+        if name in NEW_COCO:
+            assert meta['Epochs'] == cfg.train_cfg.max_epochs == NEW_COCO[name], name
+            assert meta['Input size'] == '(800, 1280)', name
+        else:
+            dataset, input_size = NEW_SEG[name]
+            assert meta['lr schd'] == cfg.train_cfg.max_iters, name
+            assert eval(meta['crop size']) == tuple(cfg.crop_size), name
+            assert meta['Input size'] == input_size, name
+            collection = model['In Collection']
+            assert dataset in (collection + ' ' + cfg.train_dataloader.dataset.type), name
+
+
+def test_model_index_says_what_the_model_zoo_pages_say():
+    """Every metafile entry is a row of docs/en/model_zoo.md with its pretraining, params and
+    FLOPs (and, for the paper's configs, the results and the authors' weights). README's zoo
+    has the paper's configs in the same format; rows of the other configs there, where the
+    README has them, say what the model index says too."""
+    models = load_metafiles()
+    doc = zoo_rows(ZOO_DOC)
+    assert set(doc) == set(models), sorted(set(doc) ^ set(models))
+    readme = readme_zoo_rows()
+    assert PAPER_NAMES <= set(readme) <= set(models), sorted(set(readme) ^ PAPER_NAMES)
+    for rows in (doc, readme):
+        for name in sorted(set(rows) & NEW_NAMES):
+            meta, cells = models[name]['Metadata'], rows[name]
+            pretrain = {'IN-1K': 'ImageNet-1K', 'IN-22K': 'ImageNet-22K'}[cells[0]]
+            size = '({}, {})'.format(*cells[-3].split(' x '))
+            assert (
+                meta['Pretrain'],
+                meta['Input size'],
+                f'{meta["Parameters (M)"]:.2f}M',
+                f'{meta["FLOPs (G)"]:.1f}G',
+            ) == (pretrain, size, cells[-2], cells[-1]), name
+    for page in (doc, readme):
+        assert_paper_rows(models, {n: c for n, c in page.items() if n in PAPER_NAMES})
+
+
+def assert_paper_rows(models, rows):
+    """Pretraining, our params / FLOPs, the authors' weights and the results of the paper's
+    configs' metafile entries are their rows' cells, and the rows' results the paper's."""
+    assert set(rows) == PAPER_NAMES
     for name, cells in rows.items():
         meta = models[name]['Metadata']
         link = re.search(r'\((https://[^)]+)\)', cells[-1]).group(1)
@@ -387,8 +463,8 @@ assert mine.model == ref.model and mine.optim_wrapper == ref.optim_wrapper
 assert mine.param_scheduler == ref.param_scheduler and mine.custom_hooks == ref.custom_hooks
 assert (mine.train_dataloader.batch_size, ref.train_dataloader.batch_size) == (1, 2)
 root = osp.join(site, 'mmunirep')
-for name in {sorted(PAPER_COCO) + sorted(PAPER_ADE20K)!r}:
-    task = 'detection' if 'cascade' in name else 'segmentation'
+for name in {sorted(PAPER_COCO) + sorted(PAPER_ADE20K) + sorted(NEW_NAMES)!r}:
+    task = 'detection' if name in {sorted(PAPER_COCO) + sorted(NEW_COCO)!r} else 'segmentation'
     meta = _get_cfg_metainfo(root, f'{{task}}/{{name}}.py')
     assert osp.isfile(osp.join(root, '.mim', meta['Config'])), meta
 print('ok')

@@ -123,12 +123,12 @@ def test_quickstart_train_test_tta(tmp_path, tiny_data):
         [config, ckpt, '--tta', '--work-dir', str(tmp_path / 'tta'), '--out', str(label_dir)]
     )
     assert set(tta_metrics) >= {'mIoU', 'aAcc', 'mAcc'} and 0 <= tta_metrics['mIoU'] <= 100
-    # --out DIR: one PNG label map per image, in the annotations' values (reduce_zero_label:
-    # the classes are 1..3, 0 is "other"); the mIoU recomputed from them is the tool's
+    # --out DIR: one PNG label map per image, in the annotations' values (the quick start's
+    # 4 classes: 0 is the background class); the mIoU recomputed from them is the tool's
     assert_label_maps_give_miou(
         label_dir,
         osp.join(tiny_data, 'annotations', 'validation'),
-        num_classes=3,
+        num_classes=4,
         miou=tta_metrics['mIoU'],
     )
     not_a_dir = tmp_path / 'labels.txt'
@@ -137,7 +137,9 @@ def test_quickstart_train_test_tta(tmp_path, tiny_data):
         test_tool.main([config, ckpt, '--out', str(not_a_dir)])
 
 
-def assert_label_maps_give_miou(label_dir, gt_dir, num_classes, miou):
+def assert_label_maps_give_miou(label_dir, gt_dir, num_classes, miou, reduce_zero_label=False):
+    """The label maps in ``label_dir`` (values as the annotations': 1..N with
+    ``reduce_zero_label``, where 0 is ignored; else 0..N-1) give ``miou`` against ``gt_dir``."""
     import cv2
     import numpy as np
 
@@ -148,9 +150,10 @@ def assert_label_maps_give_miou(label_dir, gt_dir, num_classes, miou):
         pred = cv2.imread(osp.join(label_dir, name), cv2.IMREAD_UNCHANGED)
         gt = cv2.imread(osp.join(gt_dir, name), cv2.IMREAD_UNCHANGED)
         assert pred.dtype == np.uint8 and pred.shape == gt.shape, (pred.shape, gt.shape)
-        assert 1 <= pred.min() and pred.max() <= num_classes, np.unique(pred)
-        valid = gt > 0  # 0 is ignored (reduce_zero_label)
-        p, g = pred[valid].astype(int) - 1, gt[valid].astype(int) - 1
+        first = 1 if reduce_zero_label else 0
+        assert first <= pred.min() and pred.max() < first + num_classes, np.unique(pred)
+        valid = (gt >= first) & (gt != 255)  # 255, and with reduce_zero_label 0, ignored
+        p, g = pred[valid].astype(int) - first, gt[valid].astype(int) - first
         for c in range(num_classes):
             inter[c] += np.sum((p == c) & (g == c))
             union[c] += np.sum((p == c) | (g == c))

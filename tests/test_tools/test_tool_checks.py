@@ -40,7 +40,7 @@ def _segmentor(config, **options):
         ),
         (
             {'model.decode_head.num_classes': 150, 'model.auxiliary_head.num_classes': 150},
-            'it predicts 150 classes (decode_head.conv_seg.weight), the config 3',
+            'it predicts 150 classes (decode_head.conv_seg.weight), the config 4',
         ),
     ],
     ids=['another-variant', 'another-class-count'],
@@ -188,7 +188,7 @@ def test_bad_label_maps_stop_the_test_before_it_starts(seg_model, tmp_path):
     label[0, 0] = 9
     cv2.imwrite(str(maps[0]), label)
     config = tiny_seg_config(tmp_path, str(root))
-    with pytest.raises(DataError, match=r'label values \[9\] are beyond the 3 classes'):
+    with pytest.raises(DataError, match=r'label values \[9\] are beyond the 4 classes'):
         load_tool('test').main([config, seg_model['ckpt'], '--work-dir', str(tmp_path / 'w')])
     with pytest.raises(DataError, match=r'label values \[9\]'):
         load_tool('train').main([config, '--work-dir', str(tmp_path / 'w')])

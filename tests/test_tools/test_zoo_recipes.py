@@ -110,10 +110,12 @@ def shrink(cfg: Config, factor: int = 8) -> Config:
             'default_hooks.checkpoint.save_best': None,
         }
     )
+    # mmengine validates after the last iteration or epoch unless val_begin is beyond it: here
+    # tools/test.py evaluates instead
     if cfg.train_cfg.type == 'IterBasedTrainLoop':
-        cfg.train_cfg.update(max_iters=1, val_interval=100)
+        cfg.train_cfg.update(max_iters=1, val_begin=2)
     else:
-        cfg.train_cfg.update(max_epochs=1, val_interval=100)
+        cfg.train_cfg.update(max_epochs=1, val_begin=2)
         # one iteration of 2 images per epoch
         cfg.train_dataloader.dataset['indices'] = 2
     return cfg
@@ -340,3 +342,39 @@ def test_custom_dataset_example_segmentation(shapes_ade, tmp_path):
     )
     metrics = run_tools(cfg, tmp_path)
     assert 0 <= metrics['mIoU'] <= 100
+
+
+# -- params and FLOPs of the new families (tools/analysis_tools/get_flops.py) -------------------
+@pytest.mark.parametrize(
+    'config, counted',
+    [
+        (osp.join(DET, 'unireplknet_b_22k_dino_12e.py'), "model.forward(mode='tensor')"),
+        (
+            osp.join(SEG, 'unireplknet_b_22k_mask2former_160k_640.py'),
+            'backbone + decode head (every decoder layer, no post-processing)',
+        ),
+        (
+            osp.join(DET, 'unireplknet_t_1k_mask_rcnn_1x.py'),
+            'backbone + neck + RPN head + RoI heads on 1000 proposals (masks on 100)',
+        ),
+    ],
+)
+def test_get_flops_counts_the_new_families(config, counted, monkeypatch):
+    """DINO through its tensor-mode forward, Mask2Former with the data samples its head needs,
+    Mask R-CNN as Cascade: each counted whole (more than its backbone alone), its params those of
+    the model it built."""
+    from mmengine.analysis import get_model_complexity_info
+
+    get_flops = load_tool('get_flops')
+    built, build = [], get_flops.build_model
+    monkeypatch.setattr(get_flops, 'build_model', lambda cfg: built.append(build(cfg)) or built[-1])
+    head = 'model.decode_head' if 'mask2former' in config else 'model.neck'
+    options = {'model.backbone.arch': TINY_ARCH, f'{head}.in_channels': DIMS}
+    result = get_flops.get_flops(config, (96, 128), options, deploy=True)
+    assert result['counted'] == counted
+    (model,) = built
+    assert result['params'] == sum(p.numel() for p in model.parameters())
+    backbone = get_model_complexity_info(
+        model.backbone, inputs=(torch.rand(1, 3, 96, 128),), show_table=False, show_arch=False
+    )
+    assert result['flops'] > 1.5 * backbone['flops'] > 0

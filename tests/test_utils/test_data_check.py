@@ -90,10 +90,10 @@ def test_a_label_map_beyond_the_classes_is_named(shapes_ade, tmp_path):
     shutil.copytree(shapes_ade, root)
     maps = sorted((root / 'annotations' / 'training').iterdir())
     label = cv2.imread(str(maps[-1]), cv2.IMREAD_UNCHANGED)
-    label[0, :5] = 7  # 3 classes with reduce_zero_label: 0..3 and 255 are the values allowed
+    label[0, :5] = 7  # the quick start's 4 classes (0 is the background): 0..3 and 255 allowed
     cv2.imwrite(str(maps[-1]), label)
     cfg = Config.fromfile(tiny_seg_config(tmp_path, str(root)))
-    with pytest.raises(DataError, match=r'label values \[7\] are beyond the 3 classes') as info:
+    with pytest.raises(DataError, match=r'label values \[7\] are beyond the 4 classes') as info:
         check_datasets(cfg, ('train',), 'full')
     assert str(maps[-1]) in str(info.value)
     check_datasets(cfg, ('train',), 'off')

@@ -15,11 +15,18 @@ What is counted follows the OpenMMLab tools the paper's figures come from:
 
 * segmentors (MMSegmentation's ``tools/analysis_tools/get_flops.py``): ``model.forward`` in
   ``'tensor'`` mode, i.e. backbone + decode head; the auxiliary head, used only in training, is
-  removed before counting, from the FLOPs and from the parameters.
+  removed before counting, from the FLOPs and from the parameters. A decode head whose forward
+  takes the data samples (Mask2Former's) is run on them: backbone, pixel decoder and transformer
+  decoder with every decoder layer's class and mask predictions, without the post-processing
+  that turns the queries into a label map.
 * two-stage detectors (MMDetection 2.x's ``forward_dummy``, which the paper's tables used):
   backbone, neck, RPN head, and the RoI heads of every stage on ``--num-proposals`` (1000)
   proposals for the box branch and the first ``--num-mask-rois`` (100) of them for the mask
-  branch. Other detectors: ``model.forward`` in ``'tensor'`` mode, as MMDetection 3.x's tool does.
+  branch (Mask R-CNN and Cascade Mask R-CNN alike). Other detectors (DINO): ``model.forward`` in
+  ``'tensor'`` mode, as MMDetection 3.x's tool does: backbone, neck, encoder, query selection and
+  decoder with the heads' outputs for every query, without the denoising queries (training only)
+  and the post-processing. Deformable attention runs its PyTorch path on the CPU (grid_sample,
+  counted as 4 multiply-adds per sampled value).
 
 The paper's tables count the re-parameterized (inference) backbone: pass ``--deploy``. With it the
 seven ADE20K configs (2048x512 for 512 crops, 2560x640 for 640 crops) give the paper's params and
@@ -145,6 +152,28 @@ class TwoStageDummy(nn.Module):
         return tuple(outs)
 
 
+class SegmentorWithSamples(nn.Module):
+    """Backbone (+ neck) and a decode head whose forward takes the data samples
+    (``Mask2FormerHead.forward(x, batch_data_samples)``): what ``mode='tensor'`` would run."""
+
+    def __init__(self, segmentor: nn.Module, data_samples):
+        super().__init__()
+        self.segmentor = segmentor
+        self.data_samples = data_samples
+
+    def forward(self, inputs: torch.Tensor):
+        seg = self.segmentor
+        return seg.decode_head.forward(seg.extract_feat(inputs), self.data_samples)
+
+
+def head_needs_samples(head: nn.Module) -> bool:
+    """Whether a decode head's forward takes a second argument (the data samples)."""
+    import inspect
+
+    params = list(inspect.signature(head.forward).parameters.values())
+    return len(params) > 1 and params[1].default is inspect.Parameter.empty
+
+
 def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -180,9 +209,12 @@ def get_flops(
             result['aux_head_params'] = count_params(aux) if aux is not None else 0
             if not keep_aux_head and aux is not None:
                 model.auxiliary_head = None  # as MMSegmentation's tool: test-time model only
-            inputs, _ = dummy_batch(model, framework, 1, *shape)
+            inputs, data_samples = dummy_batch(model, framework, 1, *shape)
             target = model
             counted = 'backbone + decode head' + (' (+ aux head params)' if keep_aux_head else '')
+            if head_needs_samples(model.decode_head):
+                target = SegmentorWithSamples(model, data_samples)
+                counted += ' (every decoder layer, no post-processing)'
         else:
             from mmdet.models.detectors import TwoStageDetector
 
@@ -234,7 +266,7 @@ def main(argv=None):
             f'(backbone {result["backbone_params"] / 1e6:.2f} M)',
             f'FLOPs:       {result["flops"] / 1e9:.1f} G',
         ]
-        if 'aux_head_params' in result and not args.keep_aux_head:
+        if result.get('aux_head_params') and not args.keep_aux_head:
             lines.append(
                 f'             (auxiliary head not counted: '
                 f'{result["aux_head_params"] / 1e6:.2f} M params)'

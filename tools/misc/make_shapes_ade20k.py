@@ -9,11 +9,14 @@ Layout (as MMSegmentation's ADE20KDataset expects)::
     OUT/images/validation/ADE_val_00000000.jpg      OUT/annotations/validation/ADE_val_00000000.png
 
 Each image shows 2 to 5 filled shapes (circles, squares, triangles; rotated, overlapping) on a
-noisy colour-gradient background. The label maps are 8-bit PNGs where 0 is the background, which
-ADE20K's ``reduce_zero_label`` convention turns into the ignore index 255, and 1..3 are the shape
-classes (0..2 after the reduction, in the order of ``CLASSES``). Each class has its own colour
-(jittered, on a background of any colour), which lets a small model trained from scratch on a CPU
-for a few minutes learn it. The same seed gives the same files.
+noisy colour-gradient background. The label maps are 8-bit PNGs where 0 is the background and
+1..3 are the shape classes, in the order of ``CLASSES``: the quick start trains on the four
+``SEG_CLASSES`` (background first, ``reduce_zero_label=False``), so that what it predicts and
+draws for the background is checked like the shapes. With ADE20K's convention instead
+(``reduce_zero_label=True``: 0 becomes the ignore index 255, the shapes 0..2) the background is
+neither learned nor scored. Each class has its own colour (jittered, on a background of any
+colour), which lets a small model trained from scratch on a CPU for a few minutes learn it. The
+same seed gives the same files.
 """
 
 import argparse
@@ -26,6 +29,9 @@ import numpy as np
 
 CLASSES = ('circle', 'square', 'triangle')
 PALETTE = ((220, 20, 60), (0, 170, 0), (30, 60, 255))  # RGB, as configs give palettes
+# the classes of the label values 0..3, as configs/segmentation/quickstart_unireplknet_a_shapes.py
+SEG_CLASSES = ('background',) + CLASSES
+SEG_PALETTE = ((0, 0, 0),) + PALETTE
 SPLITS = (('training', 'train'), ('validation', 'val'))
 
 
@@ -123,7 +129,7 @@ def main(argv=None):
     counts = generate(args.out, args.num_train, args.num_val, args.size, args.seed)
     sys.stdout.write(
         f'wrote {counts["training"]} training and {counts["validation"]} validation '
-        f'images ({args.size}x{args.size}, classes {", ".join(CLASSES)}) to '
+        f'images ({args.size}x{args.size}, label values 0..3: {", ".join(SEG_CLASSES)}) to '
         f'{args.out}\n'
     )
 
