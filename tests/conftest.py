@@ -7,7 +7,7 @@ import os.path as osp
 import pytest
 import torch
 
-from helpers import ROOT, load_tool, tiny_det_config, tiny_seg_config
+from helpers import ROOT, load_tool, tiny_det_config, tiny_seg_config, visualizers_restored
 
 
 def pytest_collection_modifyitems(config, items):
@@ -27,9 +27,21 @@ def pytest_configure(config):
         torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_visualizers():
+    """Each test leaves mmengine's process-wide visualizers as it found them, so that a runner
+    of one framework never takes another test's visualizer of the other."""
+    with visualizers_restored():
+        yield
+
+
 OPS_CSRC = osp.join(ROOT, 'mmunirep', 'ops', 'csrc')
 EMULATOR_CSRC = osp.join(ROOT, 'tests', 'test_ops', 'csrc')
 CLASSES = ('circle', 'square', 'triangle')
+PALETTE = [[220, 20, 60], [0, 170, 0], [30, 60, 255]]
+# the segmentation quick start's classes: label 0 of the shapes' maps is the background class
+SEG_CLASSES = ('background',) + CLASSES
+SEG_PALETTE = [[0, 0, 0]] + PALETTE
 
 
 @pytest.fixture(scope='session')
@@ -74,8 +86,7 @@ def shapes_ade(tmp_path_factory):
     return root
 
 
-def _save(model, path, classes=CLASSES):
-    palette = [[220, 20, 60], [0, 170, 0], [30, 60, 255]]
+def _save(model, path, classes=CLASSES, palette=PALETTE):
     torch.save(
         {
             'meta': {'dataset_meta': {'classes': classes, 'palette': palette}},
@@ -103,7 +114,8 @@ def seg_model(shapes_ade, tmp_path_factory):
     model = build_model(Config.fromfile(config))
     model.init_weights()
     randomize(model.backbone)
-    return dict(tmp=tmp, data=shapes_ade, config=config, ckpt=_save(model, tmp / 'seg.pth'))
+    ckpt = _save(model, tmp / 'seg.pth', SEG_CLASSES, SEG_PALETTE)
+    return dict(tmp=tmp, data=shapes_ade, config=config, ckpt=ckpt)
 
 
 @pytest.fixture(scope='session')

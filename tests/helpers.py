@@ -109,9 +109,10 @@ def visualizers_restored():
     try:
         yield
     finally:
-        for cls, instances in saved.items():
+        # classes first imported inside the block had no instances before it
+        for cls in set(classes(Visualizer)):
             cls._instance_dict.clear()
-            cls._instance_dict.update(instances)
+            cls._instance_dict.update(saved.get(cls, {}))
 
 
 def tiny_seg_config(tmp_path, data_root: str, **overrides) -> str:

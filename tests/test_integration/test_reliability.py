@@ -402,7 +402,7 @@ def test_fp16_training_of_the_quick_starts_has_no_nan(data, tmp_path):
     # the detector: backbone and neck in fp16, as mmcv's CPU NMS needs boxes and scores of one
     # dtype (the RPN would hand it fp16 boxes with fp32 scores)
     for name, cfg, steps, parts in (
-        ('seg', seg_cfg, 14, None),
+        ('seg', seg_cfg, 6, None),
         ('det', det_cfg, 10, ('backbone', 'neck')),
     ):
         losses, dtypes, wrapper, moved = _fp16_train(cfg, steps, parts)

@@ -2,7 +2,6 @@
 MMSegmentation repeated with numpy and cv2, end to end on exported models, and in a virtual
 environment with only onnxruntime, numpy and opencv-python."""
 
-import copy
 import json
 import os
 import os.path as osp

@@ -19,7 +19,7 @@ the largest magnitude), and the report gives compiled / eager for each structure
 passes include the compilation.
 
 --out appends the report to a Markdown file, with the command line and the date, so that the runs
-behind a table of figures are kept together (benchmarks/results/cpu_inference_quickstart.md).
+behind a table of figures are kept together (benchmarks/results/cpu.md).
 """
 
 import argparse
