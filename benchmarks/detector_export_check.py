@@ -29,6 +29,7 @@ import torch
 from bench_utils import Report
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+WEIGHTS_SEED = 0  # the exported model and the one compared with it get the same random weights
 
 
 def load_export_tool():
@@ -66,6 +67,7 @@ def compare(tool, config, path, size, top):
     from mmunirep.utils import prepare_cfg
 
     cfg = prepare_cfg(config, cfg_options={'model.test_cfg.rcnn.max_per_img': top})
+    torch.manual_seed(WEIGHTS_SEED)  # the random weights that main() exported
     model, _ = tool.load_deploy_model(cfg, None)
     h, w = size
     divisor = cfg.model.data_preprocessor.get('pad_size_divisor', 1) or 1
@@ -122,6 +124,7 @@ def main():
             path = osp.join(folder, 'det.onnx')
             h, w = args.size
             start = time.perf_counter()
+            torch.manual_seed(WEIGHTS_SEED)
             tool.main(
                 [config, '--part', 'detector', '--out', path, '--shape',
                  str(-(-h // 32) * 32), str(-(-w // 32) * 32),

@@ -12,8 +12,9 @@ pixels and their masks pasted into the image: PyTorch runs MMDetection's ``predi
 re-parameterized backbone, ``rescale=True``, as ``tools/test.py``); onnxruntime runs the graph of
 ``tools/deployment/export_onnx.py --part detector`` and then the post-processing of
 ``tools/deployment/onnx_inference.py`` (boxes scaled, masks pasted). The two are timed in turn,
-median of --repeats after a warm-up. With random weights few boxes pass the score threshold, so
-the mask head and pasting weigh less than with a trained model.
+median of --repeats after a warm-up. Both keep the detections above --score-thr (default 0: the
+best max_per_img of the config, so that the mask head and the pasting run at their heaviest, for
+random weights as for trained ones; the config's own threshold with --score-thr config).
 """
 
 import argparse
@@ -67,8 +68,16 @@ def parse_args():
     parser.add_argument('cases', nargs='*', type=parse_case)
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--repeats', type=int, default=7)
+    parser.add_argument(
+        '--score-thr', default='0', help="lowest score kept, or 'config' for the config's"
+    )
     parser.add_argument('--out', help='also write the table to this file')
     args = parser.parse_args()
+    if args.score_thr != 'config':
+        try:
+            args.score_thr = float(args.score_thr)
+        except ValueError:
+            parser.error(f"--score-thr is a number or 'config', got {args.score_thr!r}")
     args.cases = args.cases or [parse_case(c) for c in DEFAULTS]
     if args.threads < 1 or args.repeats < 1:
         parser.error('--threads and --repeats must be at least 1')
@@ -89,12 +98,15 @@ def image_batch(model, size):
     return batch['inputs'], batch['data_samples']
 
 
-def time_case(case: dict, folder: str, threads: int, repeats: int, export, inference) -> dict:
+def time_case(case: dict, folder: str, args, export, inference) -> dict:
     """Export the case's detector, then time PyTorch's predict and onnxruntime's run +
     post-processing on the same image, in turn."""
     from mmunirep.utils import prepare_cfg
 
+    threads, repeats = args.threads, args.repeats
     model, _ = export.load_deploy_model(prepare_cfg(case['config']), case['checkpoint'])
+    if args.score_thr != 'config':
+        model.roi_head.test_cfg.score_thr = args.score_thr
     inputs, samples = image_batch(model, case['size'])
     path = osp.join(folder, 'det.onnx')
     ckpt = ['--checkpoint', case['checkpoint']] if case['checkpoint'] else []
@@ -107,7 +119,7 @@ def time_case(case: dict, folder: str, threads: int, repeats: int, export, infer
     feeds = {
         'input': inputs.numpy(),
         'image_shape': np.array([h, w], np.int64),
-        'score_threshold': np.array([meta['postprocess']['score_thr']], np.float32),
+        'score_threshold': np.array([model.roi_head.test_cfg.score_thr], np.float32),
     }
     mask_thr = meta['postprocess'].get('mask_thr_binary', 0.5)
 
@@ -122,7 +134,12 @@ def time_case(case: dict, folder: str, threads: int, repeats: int, export, infer
         return outs, masks
 
     detections = len(run_torch())
-    run_onnx()
+    onnx_detections = len(run_onnx()[0][1])
+    if onnx_detections != detections:
+        raise SystemExit(
+            f'{case["config"]}: PyTorch keeps {detections} detections, onnxruntime '
+            f'{onnx_detections}: the export differs (tools/deployment/export_onnx.py checks it)'
+        )
     times = dict(torch=[], onnx=[])
     for _ in range(repeats):
         for name, run in (('torch', run_torch), ('onnx', run_onnx)):
@@ -143,7 +160,7 @@ def main():
     report.add(
         f'host: {platform.machine()} ({os.cpu_count()} logical CPUs), torch {torch.__version__}, '
         f'onnxruntime {onnxruntime.__version__}, {args.threads} threads, batch 1, fp32; median of '
-        f'{args.repeats}, the two timed in turn; ms per image',
+        f'{args.repeats}, the two timed in turn; ms per image; score threshold {args.score_thr}',
         '',
         '| config | weights | image | detections | PyTorch eager | onnxruntime '
         '| PyTorch / onnxruntime |',
@@ -151,7 +168,7 @@ def main():
     )
     with tempfile.TemporaryDirectory() as folder:
         for case in args.cases:
-            r = time_case(case, folder, args.threads, args.repeats, export, inference)
+            r = time_case(case, folder, args, export, inference)
             h, w = case['size']
             report.add(
                 f'| {case["config"]} | {"trained" if case["checkpoint"] else "random"} '

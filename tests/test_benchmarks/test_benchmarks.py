@@ -484,3 +484,65 @@ def test_readme_model_zoo_quotes_the_committed_complexity_table():
         )
         assert abs(float(p_ours[:-1]) / float(p_paper) - 1) <= 0.01, (name, p_ours, p_paper)
         assert abs(float(f_ours[:-1]) / float(f_paper) - 1) <= 0.005, (name, f_ours, f_paper)
+
+
+def bench_main(monkeypatch, script, *argv):
+    """benchmarks/<script>.py's main() run here with ``argv``."""
+    sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+    module = __import__(script)
+    monkeypatch.setattr(sys, 'argv', [f'{script}.py', *argv])
+    return module.main()
+
+
+def test_backbone_cpu_benchmark_smoke(monkeypatch, tmp_path):
+    """A row per size and runtime: the three models' times, the deploy / ConvNeXt ratio of those
+    times, and the FLOPs of both (more for the larger size)."""
+    out = tmp_path / 'backbone.md'
+    bench_main(
+        monkeypatch, 'backbone_cpu_benchmark', '--arch', 'a', '--convnext', 'convnext_atto',
+        '--sizes', '64', '128', '--repeats', '1', '--warmup', '0', '--threads', '1',
+        '--out', str(out),
+    )  # fmt: skip
+    rows = [[c.strip() for c in r] for r in table_rows(out)]
+    runtimes = [
+        (size, runtime) for size in ('64x64', '128x128') for runtime in ('PyTorch', 'onnxruntime')
+    ]
+    assert [(r[0], r[1].split()[0]) for r in rows] == runtimes
+    for r in rows:
+        assert all(float(t) > 0 for t in r[2:5]), r
+        assert_ratio_of_rounded(r[5], r[3], r[4])
+    small, large = (tuple(map(float, rows[i][6].split(' / '))) for i in (0, 2))
+    assert all(0 <= a <= b and b > 0 for a, b in zip(small, large)), (small, large)
+
+
+def test_onnx_detector_benchmark_smoke(monkeypatch, tmp_path):
+    """The quick-start detector exported, then timed against PyTorch with the same number of
+    detections on both sides (every one of max_per_img at score threshold 0)."""
+    out = tmp_path / 'det.md'
+    config = 'configs/detection/quickstart_unireplknet_a_shapes.py'
+    monkeypatch.chdir(tmp_path)  # no work_dirs/ here: random weights
+    bench_main(
+        monkeypatch, 'onnx_detector_benchmark', os.path.join(ROOT, config) + '@64x96',
+        '--repeats', '1', '--threads', '1', '--out', str(out),
+    )  # fmt: skip
+    (row,) = [[c.strip() for c in r] for r in table_rows(out)]
+    assert row[1:4] == ['random', '64x96', '20'], row  # the quick start's max_per_img
+    assert float(row[4]) > 0 and float(row[5]) > 0
+    assert_ratio_of_rounded(row[6], row[4], row[5])
+    assert 'score threshold 0.0' in out.read_text()
+    with pytest.raises(SystemExit):
+        bench_main(monkeypatch, 'onnx_detector_benchmark', config + '@64by96')
+
+
+def test_detector_export_check_smoke(monkeypatch, tmp_path):
+    """The check's row: every one of the top detections found on both sides, at the same rank,
+    with scores within fp32 rounding."""
+    out = tmp_path / 'check.md'
+    bench_main(
+        monkeypatch, 'detector_export_check',
+        os.path.join(ROOT, 'configs/detection/quickstart_unireplknet_a_shapes.py'),
+        '--size', '96', '120', '--top', '10', '--threads', '1', '--out', str(out),
+    )  # fmt: skip
+    (row,) = [[c.strip() for c in r] for r in table_rows(out)]
+    assert row[2] == '10 / 10' and row[3:6] == ['100.0%', '100.0%', '100.0%'], row
+    assert float(row[6]) <= 1e-4, row

@@ -153,6 +153,39 @@ def test_the_detector_rewrites_are_mmdetections_predict(det_model, size):
     assert 0 <= pasted <= 1
 
 
+@pytest.mark.parametrize(
+    'config, with_mask',
+    [
+        ('example_mmdet_project_mask_rcnn.py', True),
+        ('example_custom_dataset_cascade_rcnn.py', False),
+    ],
+)
+def test_the_rewrites_of_mask_rcnn_and_a_box_only_cascade_are_their_predict(config, with_mask):
+    """The other detector families the exporter supports: Mask R-CNN (one RoI head) and a
+    Cascade R-CNN without a mask head, untrained (random weights, score threshold 0), give
+    MMDetection's own boxes, scores and labels; the box-only one returns no masks."""
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'detection', config))
+    cfg.model.backbone.init_cfg = None
+    cfg.model.test_cfg.rcnn.score_thr = 0.0
+    cfg.model.test_cfg.rcnn.max_per_img = 30
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    model.init_weights()
+    model = reparameterize_unireplknet(model).eval()
+    inputs, samples = dummy_batch(model, 'mmdet', 1, 128, 160)
+    with torch.no_grad():
+        ref = model.predict(inputs, copy.deepcopy(samples), rescale=False)[0].pred_instances
+        outputs = DetectorForExport(model)(inputs, torch.tensor(samples[0].img_shape))
+    assert len(outputs) == (4 if with_mask else 3)
+    boxes, scores, labels = outputs[:3]
+    assert len(ref.scores) == len(scores) == 30
+    torch.testing.assert_close(boxes, ref.bboxes, rtol=0, atol=1e-4)
+    torch.testing.assert_close(scores, ref.scores, rtol=0, atol=1e-6)
+    assert torch.equal(labels, ref.labels)
+    if with_mask:
+        assert outputs[3].shape == (30, 28, 28)
+
+
 def test_the_detector_exports_with_standard_operators_and_dynamic_size(det_model, tmp_path):
     """--part detector: one graph of standard ONNX operators (checked by onnx.checker, no custom
     domain, RoiAlign and NonMaxSuppression among them), run in onnxruntime at another size than

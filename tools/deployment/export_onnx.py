@@ -215,8 +215,9 @@ def _detector(model, cfg, meta, args):
     return dict(
         module=module,
         example=example(h, w, post['score_thr']),
-        # threshold 0: the best max_per_img detections are compared, whatever the weights
-        check=example(h - 64, w + 96, 0.0),
+        # another size than traced (larger: any traced size leaves it valid); threshold 0: the
+        # best max_per_img detections are compared, whatever the weights
+        check=example(h + 32, w + 96, 0.0),
         inputs=inputs,
         outputs=outputs,
         dynamic=dynamic,
