@@ -7,8 +7,8 @@
 #   python tools/train.py configs/detection/quickstart_unireplknet_a_shapes.py
 #
 # Unlike the paper's network it has BatchNorm in the stem, the down-sampling layers and the output
-# norms (downsample_norm_cfg): trained from scratch on these flat-coloured images, the paper's
-# LayerNorm there does not learn detection in this budget (docs/en/get_started.md says why).
+# norms (downsample_norm_cfg), which learns these flat-coloured images from scratch a little
+# better than the paper's LayerNorm there (docs/en/model_zoo.md#quick-starts).
 _base_ = ['./_base_/cascade_mask_rcnn_unireplknet_3x.py']
 
 classes = ('circle', 'square', 'triangle')
