@@ -430,6 +430,16 @@ def committed_zoo_rows():
     return results
 
 
+def paper_complexity_cells(text):
+    """(config, params paper, params ours, FLOPs paper, FLOPs ours) of each model zoo row of a
+    page that has the "paper / ours" columns."""
+    return re.findall(
+        r'^\| (`unireplknet_\w+\.py`) \|.*?\| (\d+)M / ([\d.]+M) \| (\d+)G / ([\d.]+G) \|',
+        text,
+        re.M,
+    )
+
+
 def test_docs_model_zoo_quotes_the_committed_complexity_table():
     """docs/en/model_zoo.md quotes every row of the committed table: the paper's configs as the
     README does, the others (empty paper columns) with their input size, params and FLOPs."""
@@ -438,12 +448,7 @@ def test_docs_model_zoo_quotes_the_committed_complexity_table():
     assert len(paper) == 13 and len(results) == 25, sorted(results)
     with open(os.path.join(ROOT, 'docs', 'en', 'model_zoo.md')) as f:
         doc = f.read()
-    quoted = re.findall(
-        r'^\| (`unireplknet_\w+\.py`) \|.*?\| (\d+)M / ([\d.]+M) \| (\d+)G / '
-        r'([\d.]+G) \|',
-        doc,
-        re.M,
-    )
+    quoted = paper_complexity_cells(doc)
     assert {q[0] for q in quoted} == paper, quoted
     for name, p_paper, p_ours, f_paper, f_ours in quoted:
         row = results[name]
@@ -469,12 +474,7 @@ def test_readme_model_zoo_quotes_the_committed_complexity_table():
     assert len(results) == 13, sorted(results)
     with open(os.path.join(ROOT, 'README.md')) as f:
         readme = f.read()
-    quoted = re.findall(
-        r'^\| (`unireplknet_\w+\.py`) \|.*?\| (\d+)M / ([\d.]+M) \| (\d+)G / '
-        r'([\d.]+G) \|',
-        readme,
-        re.M,
-    )
+    quoted = paper_complexity_cells(readme)
     assert {q[0] for q in quoted} == set(results), quoted
     for name, p_paper, p_ours, f_paper, f_ours in quoted:
         row = results[name]
