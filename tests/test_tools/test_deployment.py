@@ -317,3 +317,18 @@ def test_export_arguments_are_checked_up_front(seg_model, tmp_path, capsys, argv
             [seg_model['config'], '--out', str(tmp_path / 'x.onnx')] + argv
         )
     assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    'config, size',
+    [
+        ('quickstart_unireplknet_a_shapes.py', (160, 160)),
+        ('unireplknet_s_22k_cascade_3x.py', (800, 1344)),
+    ],
+)
+def test_a_detector_traces_at_its_test_pipelines_size_by_default(config, size):
+    """Without --shape a detector is traced at its resize scale (landscape), padded to 32."""
+    from mmunirep.utils import prepare_cfg
+
+    cfg = prepare_cfg(osp.join(ROOT, 'configs', 'detection', config))
+    assert load_tool('export_onnx').detector_input_size(cfg) == size

@@ -35,7 +35,7 @@ from mmengine.config import DictAction
 from mmengine.logging import print_log
 
 from mmunirep.deploy import DetectorForExport
-from mmunirep.deploy.metadata import build_metadata, write_metadata
+from mmunirep.deploy.metadata import build_metadata, preprocess_spec, write_metadata
 from mmunirep.deploy.segmentor import BackboneForExport, SegmentorForExport
 from mmunirep.deploy.verify import box_iou, matched_fraction
 from mmunirep.models import reparameterize_unireplknet
@@ -66,8 +66,9 @@ def parse_args(argv=None):
         nargs=2,
         default=None,
         metavar=('H', 'W'),
-        help='the traced input size (default: 512 512; detector: 800 1216, the '
-        'padded size of a COCO image); the exported graph takes any size',
+        help="the traced input size (default: 512 512; detector: the test pipeline's resize "
+        'scale, padded as the data pre-processor pads, e.g. 800 1344 for the COCO configs); '
+        'the exported graph takes any size',
     )
     parser.add_argument('--opset', type=int, default=17)
     parser.add_argument(
@@ -80,9 +81,9 @@ def parse_args(argv=None):
         help='override config settings, e.g. model.backbone.arch=s',
     )
     args = parser.parse_args(argv)
-    if args.shape is None:
-        args.shape = (800, 1216) if args.part == 'detector' else (512, 512)
-    if min(args.shape) < 32:
+    if args.shape is None and args.part != 'detector':  # a detector's comes from its config
+        args.shape = (512, 512)
+    if args.shape is not None and min(args.shape) < 32:
         parser.error(
             f'--shape takes H W of at least 32 each (the backbone downsamples by 32), '
             f'got {list(args.shape)}'
@@ -97,6 +98,20 @@ def parse_args(argv=None):
     if args.opset < 16:
         parser.error(f"--opset must be 16 or more (RoiAlign's half_pixel), got {args.opset}")
     return args
+
+
+def detector_input_size(cfg) -> tuple:
+    """The size a detector's test pipeline gives a landscape image (the long side of its resize
+    scale as the width), padded as its data pre-processor pads: what the export traces by
+    default, so that the quick start traces at 160 x 160 and the COCO configs at 800 x 1344."""
+    spec = preprocess_spec(cfg)
+    if spec['resize'] is None:
+        return (800, 1344)
+    w, h = spec['resize']['scale']
+    if spec['resize']['keep_ratio']:
+        h, w = min(h, w), max(h, w)
+    divisor = spec['pad_size_divisor']
+    return (-(-h // divisor) * divisor, -(-w // divisor) * divisor)
 
 
 def load_deploy_model(cfg, checkpoint):
@@ -126,6 +141,8 @@ def main(argv=None):
             f'--part {args.part} needs {kind} config; {args.config} is '
             f"{framework}'s (default_scope {framework!r})"
         )
+    if args.shape is None:
+        args.shape = detector_input_size(cfg)
     model, meta = load_deploy_model(cfg, args.checkpoint)
     part = PARTS_EXPORT[args.part](model, cfg, meta, args)
     print_log(f'exporting the {args.part} of {args.config} to {args.out}', logger='current')
