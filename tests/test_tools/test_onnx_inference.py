@@ -176,8 +176,25 @@ def test_a_detector_writes_its_drawing_and_json(det_model, tmp_path):
     assert all(len(i['bbox']) == 4 and i['mask']['size'] == [110, 150] for i in items)
     drawn = cv2.imread(str(tmp_path / 'vis.png'))
     assert drawn.shape == image.shape and np.abs(drawn.astype(int) - image).mean() > 1
+    # the outputs get the usual file mode (the umask's), not the temporary file's private one
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ('vis.png', 'dets.json'):
+        assert os.stat(tmp_path / name).st_mode & 0o777 == 0o666 & ~umask, name
     with pytest.raises(SystemExit):
         inference.main([str(out), path])  # no output asked for
+    with pytest.raises(SystemExit):
+        inference.main([str(out), path, '--out-file', str(tmp_path / 'v.png'), '--score-thr', '2'])
+    not_onnx, not_image = tmp_path / 'not.onnx', tmp_path / 'not.png'
+    not_onnx.write_text('text')
+    not_image.write_bytes(b'\x00' * 64)
+    with pytest.raises(ValueError, match='not an ONNX model'):
+        inference.main([str(not_onnx), path, '--out-file', str(tmp_path / 'v.png')])
+    with pytest.raises(FileNotFoundError, match='no such model file'):
+        inference.main([str(tmp_path / 'absent.onnx'), path, '--out-file', str(tmp_path / 'v.png')])
+    with pytest.raises(ValueError, match='not an image OpenCV can decode'):
+        inference.main([str(out), str(not_image), '--out-file', str(tmp_path / 'v.png')])
+    assert not (tmp_path / 'v.png').exists()
 
 
 @pytest.mark.slow
@@ -292,3 +309,23 @@ def test_evaluation_refuses_classes_the_annotations_lack(det_model, tmp_path):
         )
     with pytest.raises(SystemExit):
         evaluate.main([out, '--ann-file', str(ann_file), '--img-dir', str(tmp_path / 'none')])
+    img_dir = osp.join(det_model['data'], 'val')
+    not_coco, not_json = tmp_path / 'not_coco.json', tmp_path / 'not.json'
+    not_coco.write_text('{"a": 1}')
+    not_json.write_text('text')
+    for bad in (not_coco, not_json):
+        with pytest.raises(ValueError, match='is not a COCO-format annotation file'):
+            evaluate.main([out, '--ann-file', str(bad), '--img-dir', img_dir])
+    good_ann = osp.join(det_model['data'], 'annotations', 'instances_val.json')
+    with pytest.raises(ValueError, match="is not the .pkl of a detector's predictions"):
+        evaluate.main(
+            [
+                out,
+                '--ann-file',
+                good_ann,
+                '--img-dir',
+                img_dir,
+                '--pytorch-predictions',
+                str(not_json),
+            ]
+        )

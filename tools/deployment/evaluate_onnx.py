@@ -107,17 +107,39 @@ def evaluate(coco, results: dict) -> dict:
     return scores
 
 
-def match_pytorch(path: str, detections: dict, min_score: float, iou: float) -> tuple:
-    """(matched, compared): PyTorch's detections above ``min_score`` and how many of them have an
-    ONNX detection of the same class with IoU >= ``iou``."""
+def load_pytorch_predictions(path: str) -> list:
+    """The per-image predictions ``tools/test.py --out FILE.pkl`` dumped for a detector."""
     from mmengine.fileio import load
 
+    try:
+        preds = load(path, file_format='pkl')
+    except Exception as error:  # a pickle of anything, or not a pickle
+        raise ValueError(
+            f"{path} is not the .pkl of a detector's predictions that tools/test.py --out "
+            f'writes ({type(error).__name__}: {error})'
+        ) from None
+    if not isinstance(preds, list) or not all(
+        isinstance(p, dict) and {'img_id', 'pred_instances'} <= set(p) for p in preds
+    ):
+        raise ValueError(
+            f"{path} is not the .pkl of a detector's predictions that tools/test.py --out writes "
+            "(a list of dicts with 'img_id' and 'pred_instances')"
+        )
+    return preds
+
+
+def match_pytorch(preds: list, detections: dict, min_score: float, iou: float) -> tuple:
+    """(matched, compared): PyTorch's detections above ``min_score`` and how many of them have an
+    ONNX detection of the same class with IoU >= ``iou``."""
     from mmunirep.deploy.verify import matched_fraction
 
     compared = matched = 0
-    for pred in load(path):
+    for pred in preds:
         if pred['img_id'] not in detections:
-            raise ValueError(f'{path} has image id {pred["img_id"]}, which the annotations lack')
+            raise ValueError(
+                f'the PyTorch predictions have image id {pred["img_id"]}, which the annotations '
+                'lack'
+            )
         inst = pred['pred_instances']
         keep = (inst['scores'] >= min_score).numpy()
         dets = detections[pred['img_id']]
@@ -145,7 +167,19 @@ def main(argv=None) -> dict:
         raise ValueError(
             f'{args.model} is an exported {meta["task"]}; this script scores detectors'
         )
-    coco = COCO(args.ann_file)
+    preds = load_pytorch_predictions(args.pytorch_predictions) if args.pytorch_predictions else None
+    try:
+        coco = COCO(args.ann_file)
+    except (ValueError, KeyError, TypeError) as error:  # json's decode error is a ValueError
+        raise ValueError(
+            f'{args.ann_file} is not a COCO-format annotation file ({type(error).__name__}: '
+            f'{error})'
+        ) from None
+    missing = {'images', 'annotations', 'categories'} - set(coco.dataset)
+    if missing:
+        raise ValueError(
+            f'{args.ann_file} is not a COCO-format annotation file: no {sorted(missing)}'
+        )
     cat_ids = category_ids(coco, meta['classes'])
     detections = detect_all(session, meta, coco, args.img_dir)
     results = coco_results(detections, cat_ids)
@@ -155,10 +189,8 @@ def main(argv=None) -> dict:
             args.out_json, lambda tmp: open(tmp, 'w').write(json.dumps(results['bbox']))
         )
     print(' '.join(f'{k}: {v:.4f}' for k, v in scores.items()))  # noqa: T201 (the report)
-    if args.pytorch_predictions:
-        matched, compared = match_pytorch(
-            args.pytorch_predictions, detections, args.match_score, args.match_iou
-        )
+    if preds is not None:
+        matched, compared = match_pytorch(preds, detections, args.match_score, args.match_iou)
         scores.update(matched=matched, compared=compared)
         print(  # noqa: T201 (the report)
             f"PyTorch's detections with score >= {args.match_score}: {compared}, with an ONNX "

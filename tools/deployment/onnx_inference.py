@@ -34,7 +34,14 @@ def load_model(path: str, threads: int = 0):
     default) and the metadata the exporter stored in it."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'no such model file: {path!r}')
+    try:
+        session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+    except Exception as error:  # onnxruntime raises its own exception types
+        raise ValueError(
+            f'{path} is not an ONNX model onnxruntime can load ({type(error).__name__}: {error})'
+        ) from None
     raw = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
     if raw is None:
         raise ValueError(
@@ -240,7 +247,10 @@ def write_whole(path: str, write) -> None:
         prefix=f'.{osp.basename(path)}.', suffix=osp.splitext(path)[1], dir=folder
     )
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's file is private; give the usual mode
         write(tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -279,14 +289,18 @@ def parse_args(argv=None):
         parser.error('give at least one of --out-file, --out-json, --out-label-map')
     if args.threads < 0:
         parser.error(f'--threads must be >= 0, got {args.threads}')
+    if not 0 <= args.score_thr <= 1:
+        parser.error(f'--score-thr is a score between 0 and 1, got {args.score_thr}')
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
+    if not osp.isfile(args.image):
+        raise FileNotFoundError(f'no such image file: {args.image!r}')
     image = cv2.imread(args.image, cv2.IMREAD_COLOR)
     if image is None:
-        raise FileNotFoundError(f'could not read an image from {args.image!r}')
+        raise ValueError(f'{args.image} is not an image OpenCV can decode')
     session, meta = load_model(args.model, args.threads)
     if meta['task'] == 'detection':
         if args.out_label_map:
