@@ -7,7 +7,7 @@ import os.path as osp
 import pytest
 import torch
 
-from helpers import ROOT, load_tool, tiny_det_config, tiny_seg_config, visualizers_restored
+from helpers import ROOT, load_tool, tiny_det_config, tiny_seg_config, visualizers_isolated
 
 
 def pytest_collection_modifyitems(config, items):
@@ -28,10 +28,10 @@ def pytest_configure(config):
 
 
 @pytest.fixture(autouse=True)
-def _fresh_visualizers():
-    """Each test leaves mmengine's process-wide visualizers as it found them, so that a runner
-    of one framework never takes another test's visualizer of the other."""
-    with visualizers_restored():
+def _own_visualizers():
+    """Each test starts without mmengine's process-wide visualizers and leaves them as it found
+    them, so that a runner never takes another test's (or a session fixture's) visualizer."""
+    with visualizers_isolated():
         yield
 
 

@@ -92,12 +92,12 @@ CONV_TOL = {
 
 
 @contextlib.contextmanager
-def visualizers_restored():
-    """mmengine's visualizers as they were before the block, afterwards. They are process-wide
-    (ManagerMixin): a runner takes the visualizer named 'visualizer' if one exists, of whatever
-    framework, and its visualization hook the one created last. A tool run is one framework per
-    process; a test that creates visualizers of one framework (an inferencer creates a new one
-    per call) must not leave them to a later test's runner of the other."""
+def visualizers_isolated():
+    """No mmengine visualizer inside the block, and those there were before it afterwards. They
+    are process-wide (ManagerMixin): a runner takes the visualizer named 'visualizer' if one
+    exists, of whatever framework and with whichever save_dir its creator gave, and its
+    visualization hook the one created last. A tool run is one framework per process; a test
+    that creates visualizers of one framework must not leave them to a later test's runner."""
     from mmengine.visualization import Visualizer
 
     def classes(cls):
@@ -106,6 +106,8 @@ def visualizers_restored():
             yield from classes(sub)
 
     saved = {cls: cls._instance_dict.copy() for cls in set(classes(Visualizer))}
+    for cls in saved:
+        cls._instance_dict.clear()
     try:
         yield
     finally:
@@ -113,6 +115,15 @@ def visualizers_restored():
         for cls in set(classes(Visualizer)):
             cls._instance_dict.clear()
             cls._instance_dict.update(saved.get(cls, {}))
+
+
+def export_onnx(model: dict, out, part: str, shape, *options):
+    """tools/deployment/export_onnx.py on a test model (a dict with its ``config`` and ``ckpt``)
+    at ``shape`` (H, W); returns the tool's parity errors."""
+    return load_tool('export_onnx').main(
+        [model['config'], '--checkpoint', str(model['ckpt']), '--out', str(out), '--part', part,
+         '--shape', *(str(v) for v in shape), *options]
+    )  # fmt: skip
 
 
 def tiny_seg_config(tmp_path, data_root: str, **overrides) -> str:

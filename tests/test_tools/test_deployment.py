@@ -16,7 +16,7 @@ from mmunirep.utils import build_model, load_model_weights
 from mmunirep.utils.checkpoint import CheckpointError
 from mmunirep.utils.dummy_inputs import dummy_batch
 
-from helpers import ROOT, load_tool
+from helpers import ROOT, export_onnx, load_tool
 
 
 @pytest.mark.parametrize('part', ['backbone', 'segmentor'])
@@ -25,20 +25,7 @@ def test_export_onnx_matches_pytorch(seg_model, tmp_path, part):
 
     s = seg_model
     out = str(tmp_path / f'{part}.onnx')
-    errors = load_tool('export_onnx').main(
-        [
-            s['config'],
-            '--checkpoint',
-            s['ckpt'],
-            '--out',
-            out,
-            '--part',
-            part,
-            '--shape',
-            '64',
-            '96',
-        ]
-    )
+    errors = export_onnx(s, out, part, (64, 96))
     assert max(errors) <= 1e-4
     ops = {n.op_type for n in onnx.load(out).graph.node}
     assert 'Conv' in ops and not {n.domain for n in onnx.load(out).graph.node} - {''}
@@ -195,21 +182,8 @@ def test_the_detector_exports_with_standard_operators_and_dynamic_size(det_model
     import onnx
 
     out = tmp_path / 'det.onnx'
-    load_tool('export_onnx').main(
-        [
-            det_model['config'],
-            '--checkpoint',
-            det_model['ckpt'],
-            '--out',
-            str(out),
-            '--part',
-            'detector',
-            '--shape',
-            '128',
-            '160',
-            '--cfg-options',
-            'model.test_cfg.rcnn.score_thr=0.0',
-        ]
+    export_onnx(
+        det_model, out, 'detector', (128, 160), '--cfg-options', 'model.test_cfg.rcnn.score_thr=0.0'
     )
     proto = onnx.load(str(out))
     onnx.checker.check_model(proto)
@@ -239,25 +213,25 @@ def test_the_detector_exports_with_standard_operators_and_dynamic_size(det_model
 def test_export_checks_a_narrow_map_and_leaves_no_file_when_the_check_fails(
     seg_model, tmp_path, monkeypatch
 ):
-    export_onnx = load_tool('export_onnx')
+    tool = load_tool('export_onnx')
     out = tmp_path / 'narrow.onnx'
     # the parity check runs on another shape than the traced one: also for a 32-wide input
-    errors = export_onnx.main([seg_model['config'], '--out', str(out), '--shape', '64', '32'])
+    errors = tool.main([seg_model['config'], '--out', str(out), '--shape', '64', '32'])
     assert max(errors) <= 1e-4 and out.is_file()
 
     def disagree(part, path, rtol):
         raise RuntimeError('ONNX and PyTorch differ')
 
-    monkeypatch.setattr(export_onnx, 'verify', disagree)
+    monkeypatch.setattr(tool, 'verify', disagree)
     out.write_bytes(b'an earlier export')
     with pytest.raises(RuntimeError, match='differ'):
-        export_onnx.main([seg_model['config'], '--out', str(out), '--shape', '64', '64'])
+        tool.main([seg_model['config'], '--out', str(out), '--shape', '64', '64'])
     assert out.read_bytes() == b'an earlier export'
     assert sorted(p.name for p in tmp_path.iterdir()) == ['narrow.onnx']
 
 
 def test_the_parity_check_fails_on_nan(tmp_path):
-    export_onnx = load_tool('export_onnx')
+    tool = load_tool('export_onnx')
     module = torch.nn.Conv2d(3, 4, 3, padding=1)
     path = str(tmp_path / 'conv.onnx')
     torch.onnx.export(
@@ -277,7 +251,7 @@ def test_the_parity_check_fails_on_nan(tmp_path):
         metadata=dict(task='backbone', preprocess={}),
     )
     with pytest.raises(RuntimeError, match='differ'):
-        export_onnx.verify(part, path, 1e-4)
+        tool.verify(part, path, 1e-4)
 
 
 def test_the_detection_check_compares_what_both_sides_must_keep():

@@ -11,7 +11,7 @@ import torch
 
 import mmunirep  # noqa: F401
 
-from helpers import load_tool, visualizers_restored
+from helpers import load_tool
 
 
 def run_test(config, ckpt, out, deploy=False):
@@ -55,21 +55,20 @@ def test_tools_take_a_checkpoint_url(seg_model, tmp_path, monkeypatch):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     img = osp.join(s['data'], 'images', 'validation')
     img = osp.join(img, sorted(__import__('os').listdir(img))[0])
-    with visualizers_restored():
-        try:
-            url = f'http://127.0.0.1:{server.server_address[1]}/seg.pth'
-            m_url, p_url = run_test(s['config'], url, tmp_path / 'url.pkl')
-            load_tool('image_demo').main(
-                [img, s['config'], url, '--out-file', str(tmp_path / 'url.jpg')]
-            )
-        finally:
-            server.shutdown()
-            server.server_close()
-        assert osp.isfile(tmp_path / 'torch_home' / 'hub' / 'checkpoints' / 'seg.pth')
-        m_file, p_file = run_test(s['config'], s['ckpt'], tmp_path / 'file.pkl')
+    try:
+        url = f'http://127.0.0.1:{server.server_address[1]}/seg.pth'
+        m_url, p_url = run_test(s['config'], url, tmp_path / 'url.pkl')
         load_tool('image_demo').main(
-            [img, s['config'], s['ckpt'], '--out-file', str(tmp_path / 'file.jpg')]
+            [img, s['config'], url, '--out-file', str(tmp_path / 'url.jpg')]
         )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert osp.isfile(tmp_path / 'torch_home' / 'hub' / 'checkpoints' / 'seg.pth')
+    m_file, p_file = run_test(s['config'], s['ckpt'], tmp_path / 'file.pkl')
+    load_tool('image_demo').main(
+        [img, s['config'], s['ckpt'], '--out-file', str(tmp_path / 'file.jpg')]
+    )
     assert 'mIoU' in m_url and m_url == m_file
     assert len(p_url) == len(p_file) > 0
     for a, b in zip(p_url, p_file):

@@ -19,7 +19,7 @@ from mmengine.registry import init_default_scope
 import mmunirep  # noqa: F401
 from mmunirep.utils import build_model
 
-from helpers import DET_QUICKSTART, ROOT, SEG_QUICKSTART, load_tool, tool_path
+from helpers import DET_QUICKSTART, ROOT, SEG_QUICKSTART, export_onnx, load_tool, tool_path
 
 inference = load_tool('onnx_inference')
 
@@ -103,20 +103,7 @@ def test_masks_in_the_json_are_cocos_rle():
 def test_a_segmentor_labels_the_pixels_as_mmsegmentation(seg_model, tmp_path):
     path, image = _image(tmp_path, 120, 90, seed=3)
     out = tmp_path / 'seg.onnx'
-    load_tool('export_onnx').main(
-        [
-            seg_model['config'],
-            '--checkpoint',
-            seg_model['ckpt'],
-            '--out',
-            str(out),
-            '--part',
-            'segmentor',
-            '--shape',
-            '64',
-            '64',
-        ]
-    )
+    export_onnx(seg_model, out, 'segmentor', (64, 64))
     inputs, sample, model = _pipeline_input(seg_model['config'], path)
     from mmunirep.utils import load_model_weights
 
@@ -141,21 +128,8 @@ def test_a_segmentor_labels_the_pixels_as_mmsegmentation(seg_model, tmp_path):
 
 def test_a_detector_writes_its_drawing_and_json(det_model, tmp_path):
     out = tmp_path / 'det.onnx'
-    load_tool('export_onnx').main(
-        [
-            det_model['config'],
-            '--checkpoint',
-            det_model['ckpt'],
-            '--out',
-            str(out),
-            '--part',
-            'detector',
-            '--shape',
-            '128',
-            '128',
-            '--cfg-options',
-            'model.test_cfg.rcnn.score_thr=0.0',
-        ]
+    export_onnx(
+        det_model, out, 'detector', (128, 128), '--cfg-options', 'model.test_cfg.rcnn.score_thr=0.0'
     )
     path, image = _image(tmp_path, 110, 150, seed=4)
     dets = inference.main(
@@ -215,20 +189,7 @@ def test_the_script_runs_with_only_onnxruntime_numpy_and_opencv(seg_model, tmp_p
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / 'seg.onnx'
-    load_tool('export_onnx').main(
-        [
-            seg_model['config'],
-            '--checkpoint',
-            seg_model['ckpt'],
-            '--out',
-            str(out),
-            '--part',
-            'segmentor',
-            '--shape',
-            '64',
-            '64',
-        ]
-    )
+    export_onnx(seg_model, out, 'segmentor', (64, 64))
     path, image = _image(tmp_path, 80, 100, seed=5)
     env = dict(os.environ, PYTHONPATH='')
     proc = subprocess.run(
@@ -269,9 +230,7 @@ def test_the_exported_trained_detector_scores_as_the_test_tool(trained_det, tmp_
     metrics = load_tool('test').main([config, ckpt, '--out', preds, '--work-dir', str(tmp_path)])
     assert metrics['coco/bbox_mAP'] > 0.1 and metrics['coco/segm_mAP'] > 0.1, metrics
     out = str(tmp_path / 'det.onnx')
-    load_tool('export_onnx').main(
-        [config, '--checkpoint', ckpt, '--part', 'detector', '--out', out, '--shape', '160', '160']
-    )
+    export_onnx(trained_det, out, 'detector', (160, 160))
     scores = load_tool('evaluate_onnx').main(
         [
             out,
@@ -294,10 +253,7 @@ def test_the_exported_trained_detector_scores_as_the_test_tool(trained_det, tmp_
 
 def test_evaluation_refuses_classes_the_annotations_lack(det_model, tmp_path):
     out = str(tmp_path / 'det.onnx')
-    load_tool('export_onnx').main(
-        [det_model['config'], '--checkpoint', det_model['ckpt'], '--part', 'detector', '--out',
-         out, '--shape', '128', '128']
-    )  # fmt: skip
+    export_onnx(det_model, out, 'detector', (128, 128))
     ann = json.loads(open(osp.join(det_model['data'], 'annotations', 'instances_val.json')).read())
     ann['categories'][0]['name'] = 'hexagon'
     ann_file = tmp_path / 'renamed.json'

@@ -19,7 +19,7 @@ from mmengine.config import Config
 
 import mmunirep  # noqa: F401
 
-from helpers import ROOT, load_tool, visualizers_restored
+from helpers import ROOT, load_tool
 
 pytestmark = pytest.mark.slow  # trains an iteration of each
 
@@ -43,25 +43,6 @@ def unformatted_config_text(monkeypatch):
     import mmengine.config.config as config_module
 
     monkeypatch.setattr(config_module, 'FormatCode', lambda text, **kwargs: (text, False))
-
-
-@pytest.fixture(autouse=True)
-def own_visualizers():
-    """A runner takes the process's visualizer of its name if one exists (mmengine's
-    ManagerMixin), with the save_dir of whichever test created it: each test here starts
-    without any, and the ones it creates are dropped after it."""
-    from mmengine.visualization import Visualizer
-
-    with visualizers_restored():
-        for cls in [Visualizer, *all_subclasses(Visualizer)]:
-            cls._instance_dict.clear()
-        yield
-
-
-def all_subclasses(cls):
-    for sub in cls.__subclasses__():
-        yield sub
-        yield from all_subclasses(sub)
 
 
 def shrink_sizes(value, factor):
