@@ -1,3 +1,4 @@
+from .cpu_depthwise_conv import SameDepthwiseConv2d, same_depthwise_conv2d
 from .depthwise_conv import (
     DepthwiseConv2d,
     DepthwiseConv2dFunction,
@@ -11,7 +12,9 @@ __all__ = [
     'DepthwiseConv2d',
     'DepthWiseConv2dImplicitGEMM',
     'DepthwiseConv2dFunction',
+    'SameDepthwiseConv2d',
     'depthwise_conv2d',
     'ext_available',
     'missing_kernels',
+    'same_depthwise_conv2d',
 ]

@@ -21,9 +21,9 @@ import warnings
 from typing import Dict, Optional, Tuple
 
 import torch
-import torch.nn as nn
 from torch.autograd.function import once_differentiable
 
+from .cpu_depthwise_conv import SameDepthwiseConv2d
 from .cuda_archs import missing_kernels_message
 
 try:  # the compiled extension is optional: never let its absence break the fallback
@@ -206,8 +206,9 @@ def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias=None) -> torch.
     return y.contiguous(memory_format=torch.channels_last) if channels_last else y
 
 
-class DepthwiseConv2d(nn.Conv2d):
-    """Depthwise ``k x k`` convolution, stride 1, "same" padding; NCHW in and out.
+class DepthwiseConv2d(SameDepthwiseConv2d):
+    """Depthwise ``k x k`` convolution, stride 1, "same" padding; NCHW in and out. Where the
+    kernels do not run, :class:`SameDepthwiseConv2d`'s forward does.
 
     Args:
         channels (int): input = output channels (= groups).
@@ -216,18 +217,7 @@ class DepthwiseConv2d(nn.Conv2d):
     """
 
     def __init__(self, channels: int, kernel_size: int, bias: bool = False):
-        if kernel_size % 2 != 1:
-            raise ValueError(f'{type(self).__name__} needs an odd kernel_size, got {kernel_size}')
-        super().__init__(
-            channels,
-            channels,
-            kernel_size,
-            stride=1,
-            padding=kernel_size // 2,
-            dilation=1,
-            groups=channels,
-            bias=bias,
-        )
+        super().__init__(channels, kernel_size, bias=bias)
         if not ext_available():
             # said here too, not only in forward: a forward under torch.compile cannot warn
             _warn_fallback_once('extension not built')

@@ -515,6 +515,26 @@ def test_backbone_cpu_benchmark_smoke(monkeypatch, tmp_path):
     assert all(0 <= a <= b and b > 0 for a, b in zip(small, large)), (small, large)
 
 
+def test_cpu_depthwise_benchmark_smoke(monkeypatch, tmp_path):
+    """A row per stage map and memory layout: both kernels' times, their ratio, and the one that
+    same_depthwise_conv2d picks (the padded kernel on channels-last maps only)."""
+    out = tmp_path / 'dw.md'
+    bench_main(
+        monkeypatch, 'cpu_depthwise_benchmark', '--arch', 'a', '--sizes', '64', '--repeats', '1',
+        '--warmup', '0', '--threads', '1', '--out', str(out),
+    )  # fmt: skip
+    rows = [[c.strip() for c in r] for r in table_rows(out)]
+    assert [(r[1], r[2]) for r in rows] == [
+        (f'{c} x {s} x {s}', memory)
+        for c, s in ((80, 8), (160, 4), (320, 2))
+        for memory in ('channels-last', 'NCHW')
+    ]
+    for r in rows:
+        assert float(r[3]) > 0 and float(r[4]) > 0, r
+        assert_ratio_of_rounded(r[5], r[3], r[4])
+        assert r[6] == ('13x15' if r[2] == 'channels-last' else '13x13'), r
+
+
 def test_onnx_detector_benchmark_smoke(monkeypatch, tmp_path):
     """The quick-start detector exported, then timed against PyTorch with the same number of
     detections on both sides (every one of max_per_img at score threshold 0)."""

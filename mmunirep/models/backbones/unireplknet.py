@@ -22,7 +22,7 @@ from mmengine.model import BaseModule, initialize
 from mmengine.model.weight_init import PretrainedInit
 from timm.layers import DropPath, LayerNorm2d, trunc_normal_
 
-from mmunirep.ops import DepthwiseConv2d
+from mmunirep.ops import DepthwiseConv2d, SameDepthwiseConv2d
 from mmunirep.registry import MODELS, register_module
 from mmunirep.utils.checkpoint import (
     CheckpointError,
@@ -124,16 +124,7 @@ def make_depthwise_conv(
     """A stride-1, "same"-padded depthwise conv; the large-kernel op for kernels > 5 if asked."""
     if use_lk_op and kernel_size > 5:
         return DepthwiseConv2d(channels, kernel_size, bias=bias)
-    return nn.Conv2d(
-        channels,
-        channels,
-        kernel_size,
-        stride=1,
-        padding=kernel_size // 2,
-        dilation=1,
-        groups=channels,
-        bias=bias,
-    )
+    return SameDepthwiseConv2d(channels, kernel_size, bias=bias)
 
 
 def keep_trainable(module: nn.Module, like: torch.Tensor) -> None:
@@ -157,18 +148,34 @@ def spatial_l2_norm(x: torch.Tensor) -> torch.Tensor:
     """The L2 norm over H and W of an NHWC map, ``(N, 1, 1, C)``, computed in fp32: under fp16
     autocast the sum of squares of a large map overflows (> 65504).
 
-    Written as the root of a sum of squares: ``torch.norm`` over the two middle dimensions of an
-    NHWC map is several times slower on the CPU. In an ONNX export the sum is a product with a
-    row of ones, which onnxruntime runs as a matrix product, several times faster than its
-    ReduceSum over those axes.
+    Written as the root of a sum of squares over the flattened ``H * W`` dimension: ``torch.norm``
+    over the two middle dimensions of an NHWC map, and a sum over those two dimensions, are
+    several times slower on the CPU. In an ONNX export the sum is a product with a row of ones,
+    which onnxruntime runs as a matrix product, several times faster than its ReduceSum.
     """
     x = x.float()
+    n, h, w, c = x.shape
+    flat = x.reshape(n, h * w, c)
     if torch.onnx.is_in_onnx_export():
-        n, h, w, c = x.shape
-        flat = x.reshape(n, h * w, c)
         ones = torch.ones(n, 1, h * w, dtype=x.dtype, device=x.device)
         return torch.matmul(ones, flat * flat).sqrt().reshape(n, 1, 1, c)
-    return (x * x).sum(dim=(1, 2), keepdim=True).sqrt()
+    return (flat * flat).sum(dim=1).sqrt().reshape(n, 1, 1, c)
+
+
+def scaled_linear(
+    x: torch.Tensor, scale: torch.Tensor, linear: nn.Linear, inplace: bool = False
+) -> torch.Tensor:
+    """``linear(x * scale)`` for an NHWC map ``x`` and per-image channel factors ``scale``
+    ``(N, 1, 1, C_in)``.
+
+    For one image whose map has more pixels than the layer has outputs, the factors go into the
+    weight (``C_out x C_in`` products rather than ``H x W x C_in``, and no pass over the map);
+    otherwise ``x`` is scaled, in place if ``inplace`` (only where no gradient is recorded).
+    """
+    n, h, w, c = x.shape
+    if n == 1 and h * w > linear.out_features:
+        return F.linear(x, linear.weight * scale.reshape(1, c), linear.bias)
+    return linear(x.mul_(scale) if inplace else x * scale)
 
 
 class GRN(nn.Module):
@@ -189,10 +196,15 @@ class GRN(nn.Module):
     def use_bias(self) -> bool:
         return hasattr(self, 'beta')
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def channel_scale(self, x: torch.Tensor) -> torch.Tensor:
+        """The per-image channel factors ``1 + gamma * N(x)``, ``(N, 1, 1, C)``: GRN is
+        ``x * channel_scale(x) + beta``."""
         gx = spatial_l2_norm(x)
         nx = (gx / (gx.mean(dim=-1, keepdim=True) + 1e-6)).to(x.dtype)
-        out = (self.gamma * nx + 1) * x
+        return self.gamma * nx + 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x * self.channel_scale(x)
         return out + self.beta if self.use_bias else out
 
 
@@ -200,6 +212,8 @@ class SEBlock(nn.Module):
     """Squeeze-and-excitation with the authors' names (``down``, ``up``); NCHW.
 
     timm's ``SqueezeExcite`` names its convs differently, which would break checkpoint loading.
+    The 1x1 convs run as linear layers on the pooled vector: the same products, without a
+    convolution's dispatch (in ONNX, a Gemm rather than a Conv on a 1x1 map).
     """
 
     def __init__(self, channels: int, hidden: int):
@@ -207,10 +221,15 @@ class SEBlock(nn.Module):
         self.down = nn.Conv2d(channels, hidden, 1, bias=True)
         self.up = nn.Conv2d(hidden, channels, 1, bias=True)
 
+    def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """The per-image channel factors of an NCHW map, ``(N, C, 1, 1)``."""
+        w = x.mean(dim=(2, 3))
+        w = F.relu(F.linear(w, self.down.weight.flatten(1), self.down.bias))
+        w = torch.sigmoid(F.linear(w, self.up.weight.flatten(1), self.up.bias))
+        return w[:, :, None, None]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = F.adaptive_avg_pool2d(x, 1)
-        w = torch.sigmoid(self.up(F.relu(self.down(w))))
-        return x * w
+        return x * self.channel_weights(x)
 
 
 class DilatedReparamBlock(nn.Module):
@@ -396,11 +415,35 @@ class UniRepLKNetBlock(nn.Module):
         return isinstance(self.norm, nn.Identity) and len(self.pwconv2) == 2
 
     def _residual(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled() and not torch.jit.is_tracing():
+            return self._inference_residual(x)
         y = self.se(self.norm(self.dwconv(x)))
         y = self.pwconv2(self.act(self.pwconv1(y)))
         if self.gamma is not None:
             y = self.gamma.view(1, -1, 1, 1) * y
         return x + self.drop_path(y)
+
+    def _inference_residual(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`_residual`'s result with fewer passes over the maps, where no gradient is
+        recorded (and not traced: an ONNX export keeps the plain graph): the squeeze-and-excitation
+        and GRN factors are applied through :func:`scaled_linear`, and the block's own maps are
+        scaled and summed in place (each product would otherwise allocate a fresh map, which on
+        the CPU costs page faults comparable to the arithmetic itself)."""
+        y = self.norm(self.dwconv(x))
+        se_scale = self.se.channel_weights(y).permute(0, 2, 3, 1)
+        y = scaled_linear(y.permute(0, 2, 3, 1), se_scale, self.pwconv1[1], inplace=True)
+        gelu, grn = self.act
+        y = gelu(y)
+        if grn.use_bias:  # the training structure: GRN's bias comes after the scale
+            y = self.pwconv2[0](grn(y))
+        else:
+            y = scaled_linear(y, grn.channel_scale(y), self.pwconv2[0], inplace=True)
+        y = y.permute(0, 3, 1, 2)
+        if len(self.pwconv2) == 3:  # the training structure's BN
+            y = self.pwconv2[2](y)
+        if self.gamma is not None:
+            y = y.mul_(self.gamma.view(1, -1, 1, 1))
+        return self.drop_path(y).add_(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.with_cp and x.requires_grad:

@@ -8,7 +8,14 @@ import torch
 import torch.nn as nn
 
 from mmunirep.models import UniRepLKNet, reparameterize_unireplknet
-from mmunirep.models.backbones.unireplknet import ARCH_SETTINGS, GRN, spatial_l2_norm
+from mmunirep.models.backbones.unireplknet import (
+    ARCH_SETTINGS,
+    GRN,
+    SEBlock,
+    UniRepLKNetBlock,
+    scaled_linear,
+    spatial_l2_norm,
+)
 
 from helpers import randomize, recording_backend, rel_err
 
@@ -780,3 +787,91 @@ def test_a_pretrained_checkpoint_with_nan_is_refused(tmp_path):
         r'stages\.2\.3\.pwconv1\.1\.weight \(1 of',
     ):
         model.init_weights()
+
+
+def _inference_calls(monkeypatch) -> list:
+    """Records each call of the blocks' inference path."""
+    calls = []
+    original = UniRepLKNetBlock._inference_residual
+
+    def recorded(self, x):
+        calls.append(tuple(x.shape))
+        return original(self, x)
+
+    monkeypatch.setattr(UniRepLKNetBlock, '_inference_residual', recorded)
+    return calls
+
+
+@pytest.mark.parametrize('deploy', [False, True], ids=['training', 'deploy'])
+@pytest.mark.parametrize('downsample_norm_cfg', [None, dict(type='BN')], ids=['LN', 'BN'])
+@pytest.mark.parametrize('batch', [1, 2])
+def test_inference_path_equals_the_gradient_path(monkeypatch, deploy, downsample_norm_cfg, batch):
+    """Without gradient recording the blocks take the inference path (squeeze-and-excitation and
+    GRN factors folded into the linear layers' weights where the map is large, in-place products
+    elsewhere); its features equal those of the path that records gradients within fp32
+    rounding. A 96x96 image gives maps both larger (stride 4, 8) and smaller (stride 32) than the
+    layers' widths, so both forms of each product run."""
+    model = randomize(
+        UniRepLKNet(arch=TINY_ARCH, downsample_norm_cfg=downsample_norm_cfg, drop_path_rate=0.0)
+    ).eval()
+    if deploy:
+        reparameterize_unireplknet(model)
+    x = torch.randn(batch, 3, 96, 96)
+    calls = _inference_calls(monkeypatch)
+    with torch.no_grad():
+        fast = model(x)
+    assert len(calls) == sum(TINY_ARCH['depths'])
+    recorded = model(x.requires_grad_())
+    for a, b in zip(fast, recorded):
+        assert a.is_contiguous()
+        assert rel_err(a, b.detach()) < 1e-5  # fp32 rounding of reordered products
+
+
+@pytest.mark.parametrize('deploy', [False, True], ids=['training', 'deploy'])
+def test_inference_path_leaves_the_block_input_unchanged(deploy):
+    """The in-place products touch only the block's own maps, never the input it was given."""
+    model = randomize(UniRepLKNet(arch=TINY_ARCH)).eval()
+    if deploy:
+        reparameterize_unireplknet(model)
+    for block in (model.stages[1][0], model.stages[2][1]):
+        channels = block.pwconv2[0].out_features
+        x = torch.randn(1, channels, 12, 12)
+        before = x.clone()
+        with torch.no_grad():
+            out = block(x)
+        assert torch.equal(x, before)
+        assert rel_err(out, x) > 1e-3  # the block did change its output
+
+
+@pytest.mark.parametrize('pixels', [(2, 3), (9, 8)], ids=['small-map', 'large-map'])
+@pytest.mark.parametrize('inplace', [False, True])
+@pytest.mark.parametrize('bias', [True, False])
+def test_scaled_linear_is_the_linear_of_the_scaled_map(pixels, inplace, bias):
+    """Both forms (factors in the weight where the map has more pixels than the layer has
+    outputs, factors on the map otherwise) give ``linear(x * scale)``; only the in-place form
+    on the small map changes ``x``."""
+    torch.manual_seed(0)
+    linear = nn.Linear(12, 16, bias=bias)
+    x = torch.randn(1, *pixels, 12)
+    scale = torch.rand(1, 1, 1, 12) + 0.5
+    with torch.no_grad():
+        expected = nn.functional.linear(
+            x.double() * scale.double(), linear.weight.double(),
+            None if linear.bias is None else linear.bias.double(),
+        )  # fmt: skip
+        before = x.clone()
+        out = scaled_linear(x, scale, linear, inplace=inplace)
+    assert out.shape == (1, *pixels, 16)
+    assert rel_err(out.double(), expected) < 1e-6
+    folded = pixels[0] * pixels[1] > 16
+    assert torch.equal(x, before) == (folded or not inplace)
+
+
+def test_squeeze_excitation_is_the_authors_conv_form():
+    """The 1x1 convs run as linear layers on the pooled vector; the result is the authors'
+    pooling, conv, ReLU, conv, sigmoid and product."""
+    torch.manual_seed(0)
+    se = SEBlock(16, 4)
+    x = torch.randn(2, 16, 7, 5)
+    w = torch.sigmoid(se.up(torch.relu(se.down(nn.functional.adaptive_avg_pool2d(x, 1)))))
+    assert rel_err(se(x), x * w) < 1e-6

@@ -1,0 +1,109 @@
+"""same_depthwise_conv2d: F.conv2d's result, with a 13-wide kernel zero-padded to 15 on the CPU
+exactly where benchmarks/cpu_depthwise_benchmark.py measured that faster."""
+
+from unittest import mock
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mmunirep.ops import (
+    DepthwiseConv2d,
+    SameDepthwiseConv2d,
+    cpu_depthwise_conv,
+    same_depthwise_conv2d,
+)
+
+from helpers import rel_err
+
+
+def run_recording_widths(x, weight, bias):
+    """The output, and the kernel widths that F.conv2d was given."""
+    widths = []
+    real = F.conv2d
+
+    def recording(inp, w, *args, **kwargs):
+        widths.append(w.size(-1))
+        return real(inp, w, *args, **kwargs)
+
+    with mock.patch.object(cpu_depthwise_conv.F, 'conv2d', recording):
+        out = same_depthwise_conv2d(x, weight, bias)
+    return out, widths
+
+
+def channels_last(x):
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+CASES = {
+    'fp32 channels-last inference': (channels_last, torch.float32, False, 13, 15),
+    'NCHW map': (lambda x: x, torch.float32, False, 13, 13),
+    'gradient recorded': (channels_last, torch.float32, True, 13, 13),
+    'bf16': (channels_last, torch.bfloat16, False, 13, 13),
+    'other kernel': (channels_last, torch.float32, False, 11, 11),
+}
+
+
+@pytest.mark.parametrize('case', CASES)
+def test_same_depthwise_conv2d_is_f_conv2d(case):
+    layout, dtype, grad, k, expected_width = CASES[case]
+    torch.manual_seed(0)
+    x = layout(torch.randn(2, 8, 17, 11)).to(dtype).requires_grad_(grad)
+    weight = torch.randn(8, 1, k, k, dtype=dtype)
+    bias = torch.randn(8, dtype=dtype)
+    out, widths = run_recording_widths(x, weight, bias)
+    ref = F.conv2d(x, weight, bias, padding=k // 2, groups=8)
+    assert widths == [expected_width]
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    tol = 1e-5 if dtype == torch.float32 else 2e-2  # fp32 / bf16 rounding of reordered sums
+    assert rel_err(out.float(), ref.float()) < tol
+    if grad:  # the gradients flow as through F.conv2d
+        g = torch.randn_like(out)
+        (gx,) = torch.autograd.grad(out, x, g)
+        (gref,) = torch.autograd.grad(ref, x, g)
+        assert rel_err(gx, gref) < 1e-5
+
+
+@pytest.mark.filterwarnings('ignore:`torch.jit.trace')
+def test_tracing_keeps_the_13_wide_kernel():
+    """An ONNX export or a FLOP count traces the plain convolution (onnxruntime runs 13-wide
+    kernels at full speed; the count stays the model's)."""
+    conv = SameDepthwiseConv2d(8, 13, bias=True).eval()
+    x = channels_last(torch.randn(1, 8, 16, 16))
+    widths = []
+    real = F.conv2d
+
+    def recording(inp, w, *args, **kwargs):
+        widths.append(w.size(-1))
+        return real(inp, w, *args, **kwargs)
+
+    with torch.no_grad(), mock.patch.object(cpu_depthwise_conv.F, 'conv2d', recording):
+        torch.jit.trace(conv, x, check_trace=False)
+        conv(x)
+    assert widths == [13, 15]  # traced, then eager
+
+
+def test_modules_keep_the_conv_state_dict():
+    """SameDepthwiseConv2d (and the op's module, which falls back to it on the CPU) store what
+    an nn.Conv2d stores, so checkpoints load either way."""
+    plain = nn.Conv2d(8, 8, 13, padding=6, groups=8)
+    for module in (SameDepthwiseConv2d(8, 13, bias=True), DepthwiseConv2d(8, 13, bias=True)):
+        module.load_state_dict(plain.state_dict())
+        x = channels_last(torch.randn(1, 8, 20, 20))
+        with torch.no_grad():
+            assert rel_err(module(x), plain(x)) < 1e-5
+    with pytest.raises(ValueError, match='odd kernel_size, got 12'):
+        SameDepthwiseConv2d(8, 12)
+
+
+def test_changed_attributes_fall_back_to_nn_conv2d():
+    """A conv whose stride or padding was changed after construction is no longer a 'same'
+    depthwise conv: it runs as nn.Conv2d does."""
+    conv = SameDepthwiseConv2d(8, 13)
+    conv.stride = (2, 2)
+    x = channels_last(torch.randn(1, 8, 20, 20))
+    with torch.no_grad():
+        out = conv(x)
+        ref = F.conv2d(x, conv.weight, None, stride=2, padding=6, groups=8)
+    assert out.shape == (1, 8, 10, 10) and rel_err(out, ref) < 1e-6
