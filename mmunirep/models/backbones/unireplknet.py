@@ -223,7 +223,7 @@ class SEBlock(nn.Module):
 
     def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
         """The per-image channel factors of an NCHW map, ``(N, C, 1, 1)``."""
-        w = x.mean(dim=(2, 3))
+        w = F.adaptive_avg_pool2d(x, 1).flatten(1)
         w = F.relu(F.linear(w, self.down.weight.flatten(1), self.down.bias))
         w = torch.sigmoid(F.linear(w, self.up.weight.flatten(1), self.up.bias))
         return w[:, :, None, None]
