@@ -257,6 +257,11 @@ def test_reparameterization_every_variant(arch):
         before = model(x)
     model.switch_to_deploy()
     assert model.deploy
+    convs = [
+        m for layer in model.downsample_layers for m in layer.modules() if type(m) is nn.Conv2d
+    ]
+    assert len(convs) == 5  # the stem's two, the three down-sampling layers'
+    assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
     keys = set(model.state_dict())
     assert not any(
         'origin_bn' in k
