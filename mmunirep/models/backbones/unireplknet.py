@@ -149,8 +149,8 @@ def spatial_l2_norm(x: torch.Tensor) -> torch.Tensor:
     autocast the sum of squares of a large map overflows (> 65504).
 
     Written as the root of a sum of squares over the flattened ``H * W`` dimension: ``torch.norm``
-    over the two middle dimensions of an NHWC map, and a sum over those two dimensions, are
-    several times slower on the CPU. In an ONNX export the sum is a product with a row of ones,
+    over the two middle dimensions of an NHWC map is several times slower on the CPU, and a sum
+    over those two dimensions slower too. In an ONNX export the sum is a product with a row of ones,
     which onnxruntime runs as a matrix product, several times faster than its ReduceSum.
     """
     x = x.float()
