@@ -162,6 +162,13 @@ def spatial_l2_norm(x: torch.Tensor) -> torch.Tensor:
     return (flat * flat).sum(dim=1).sqrt().reshape(n, 1, 1, c)
 
 
+def is_eager_inference() -> bool:
+    """Whether the blocks take their inference path: no gradient is recorded, and the forward is
+    neither traced (an ONNX export or a FLOP count keeps the plain graph) nor compiled (Inductor
+    fuses the plain graph itself)."""
+    return not (torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling())
+
+
 def scaled_linear(
     x: torch.Tensor, scale: torch.Tensor, linear: nn.Linear, inplace: bool = False
 ) -> torch.Tensor:
@@ -415,7 +422,7 @@ class UniRepLKNetBlock(nn.Module):
         return isinstance(self.norm, nn.Identity) and len(self.pwconv2) == 2
 
     def _residual(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.is_grad_enabled() and not torch.jit.is_tracing():
+        if is_eager_inference():
             return self._inference_residual(x)
         y = self.se(self.norm(self.dwconv(x)))
         y = self.pwconv2(self.act(self.pwconv1(y)))
@@ -424,11 +431,9 @@ class UniRepLKNetBlock(nn.Module):
         return x + self.drop_path(y)
 
     def _inference_residual(self, x: torch.Tensor) -> torch.Tensor:
-        """:meth:`_residual`'s result with fewer passes over the maps, where no gradient is
-        recorded (and not traced: an ONNX export keeps the plain graph): the squeeze-and-excitation
-        and GRN factors are applied through :func:`scaled_linear`, and the block's own maps are
-        scaled and summed in place (each product would otherwise allocate a fresh map, which on
-        the CPU costs page faults comparable to the arithmetic itself)."""
+        """:meth:`_residual`'s result with fewer passes over the maps and fewer allocations:
+        the squeeze-and-excitation and GRN factors are applied through :func:`scaled_linear`, and
+        the block's own maps are scaled and summed in place."""
         y = self.norm(self.dwconv(x))
         se_scale = self.se.channel_weights(y).permute(0, 2, 3, 1)
         y = scaled_linear(y.permute(0, 2, 3, 1), se_scale, self.pwconv1[1], inplace=True)
@@ -830,7 +835,7 @@ class UniRepLKNet(BaseModule):
 
         The stem's and down-sampling layers' convs keep their weights in channels-last memory,
         the layout of the maps they convolve: PyTorch would otherwise copy each weight into it on
-        every call (10.6 MB for UniRepLKNet-S's last down-sampling conv).
+        every call.
         """
         for stage in self.stages:
             for block in stage:
