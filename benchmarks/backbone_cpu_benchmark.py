@@ -19,14 +19,12 @@ import argparse
 import copy
 import os
 import platform
-import statistics
 import sys
 import tempfile
-import time
 
 import torch
 
-from bench_utils import Report
+from bench_utils import Report, time_interleaved
 
 
 def parse_args():
@@ -90,18 +88,6 @@ def flops(model, size: int) -> float:
         analyzer.unsupported_ops_warnings(False)
         analyzer.uncalled_modules_warnings(False)
         return analyzer.total() / 1e9
-
-
-def time_interleaved(runs: dict, repeats: int, warmup: int) -> dict:
-    """Median seconds of each ``run()``, the runs called in turn ``warmup + repeats`` times."""
-    times = {name: [] for name in runs}
-    for i in range(warmup + repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            if i >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def eager_runs(models: dict, size: int) -> dict:

@@ -1,4 +1,7 @@
-"""What the benchmark scripts share: a table written as it grows."""
+"""What the benchmark scripts share: a table written as it grows, and interleaved timing."""
+
+import statistics
+import time
 
 from mmunirep.utils.fileio import write_text
 
@@ -19,3 +22,15 @@ class Report:
         self.lines += lines
         if self.path:
             write_text(self.path, '\n'.join(self.lines) + '\n')
+
+
+def time_interleaved(runs: dict, repeats: int, warmup: int) -> dict:
+    """Median seconds of each ``run()``, the runs called in turn ``warmup + repeats`` times."""
+    times = {name: [] for name in runs}
+    for i in range(warmup + repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            if i >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}

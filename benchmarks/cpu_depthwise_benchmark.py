@@ -14,15 +14,13 @@ widths), batch 1, fp32, inference, in channels-last and NCHW memory: both kernel
 import argparse
 import os
 import platform
-import statistics
 import sys
-import time
 from functools import partial
 
 import torch
 import torch.nn.functional as F
 
-from bench_utils import Report
+from bench_utils import Report, time_interleaved
 
 STRIDES = (8, 16, 32)  # the stages whose blocks have 13x13 kernels
 
@@ -39,18 +37,6 @@ def parse_args():
     if args.threads < 1 or args.repeats < 1 or args.warmup < 0 or min(args.sizes) < 32:
         parser.error('--threads and --repeats must be >= 1, --warmup >= 0, --sizes >= 32')
     return args
-
-
-def median_ms(runs: dict, repeats: int, warmup: int) -> dict:
-    """Median milliseconds of each ``run()``, the runs called in turn."""
-    times = {name: [] for name in runs}
-    for i in range(warmup + repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            if i >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
 
 
 def main():
@@ -92,11 +78,12 @@ def main():
                         '13': partial(F.conv2d, x, weight, padding=6, groups=channels),
                         '15': partial(F.conv2d, x, wide, padding=(6, 7), groups=channels),
                     }
-                    ms = median_ms(runs, args.repeats, args.warmup)
+                    seconds = time_interleaved(runs, args.repeats, args.warmup)
                     picks = '13x15' if takes_wider_kernel(x, weight) else '13x13'
+                narrow, wide_ms = seconds['13'] * 1e3, seconds['15'] * 1e3
                 report.add(
                     f'| {size}x{size} | {channels} x {side} x {side} | {memory} '
-                    f'| {ms["13"]:.3f} | {ms["15"]:.3f} | {ms["13"] / ms["15"]:.2f} | {picks} |'
+                    f'| {narrow:.3f} | {wide_ms:.3f} | {narrow / wide_ms:.2f} | {picks} |'
                 )
 
 
