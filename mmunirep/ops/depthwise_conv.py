@@ -234,12 +234,7 @@ class DepthwiseConv2d(SameDepthwiseConv2d):
             return f'unsupported input {x.dtype} {x.dim()}-D'
         if self.kernel_size[0] > MAX_KERNEL or self.kernel_size[0] != self.kernel_size[1]:
             return f'kernel {self.kernel_size} beyond {MAX_KERNEL}'
-        if (
-            (self.stride, self.dilation, self.padding)
-            != ((1, 1), (1, 1), (self.kernel_size[0] // 2, self.kernel_size[1] // 2))
-            or self.groups != self.in_channels
-            or self.in_channels != self.out_channels
-        ):
+        if not self._is_same_depthwise():
             return 'attributes changed after construction'
         return None
 

@@ -1,6 +1,7 @@
 """same_depthwise_conv2d: F.conv2d's result, with a 13-wide kernel zero-padded to 15 on the CPU
 exactly where benchmarks/cpu_depthwise_benchmark.py measured that faster."""
 
+import contextlib
 from unittest import mock
 
 import pytest
@@ -18,8 +19,9 @@ from mmunirep.ops import (
 from helpers import rel_err
 
 
-def run_recording_widths(x, weight, bias):
-    """The output, and the kernel widths that F.conv2d was given."""
+@contextlib.contextmanager
+def recorded_widths():
+    """The kernel widths that same_depthwise_conv2d gives F.conv2d while inside."""
     widths = []
     real = F.conv2d
 
@@ -28,8 +30,7 @@ def run_recording_widths(x, weight, bias):
         return real(inp, w, *args, **kwargs)
 
     with mock.patch.object(cpu_depthwise_conv.F, 'conv2d', recording):
-        out = same_depthwise_conv2d(x, weight, bias)
-    return out, widths
+        yield widths
 
 
 def channels_last(x):
@@ -52,7 +53,8 @@ def test_same_depthwise_conv2d_is_f_conv2d(case):
     x = layout(torch.randn(2, 8, 17, 11)).to(dtype).requires_grad_(grad)
     weight = torch.randn(8, 1, k, k, dtype=dtype)
     bias = torch.randn(8, dtype=dtype)
-    out, widths = run_recording_widths(x, weight, bias)
+    with recorded_widths() as widths:
+        out = same_depthwise_conv2d(x, weight, bias)
     ref = F.conv2d(x, weight, bias, padding=k // 2, groups=8)
     assert widths == [expected_width]
     assert out.shape == ref.shape and out.dtype == ref.dtype
@@ -71,14 +73,7 @@ def test_tracing_keeps_the_13_wide_kernel():
     kernels at full speed; the count stays the model's)."""
     conv = SameDepthwiseConv2d(8, 13, bias=True).eval()
     x = channels_last(torch.randn(1, 8, 16, 16))
-    widths = []
-    real = F.conv2d
-
-    def recording(inp, w, *args, **kwargs):
-        widths.append(w.size(-1))
-        return real(inp, w, *args, **kwargs)
-
-    with torch.no_grad(), mock.patch.object(cpu_depthwise_conv.F, 'conv2d', recording):
+    with torch.no_grad(), recorded_widths() as widths:
         torch.jit.trace(conv, x, check_trace=False)
         conv(x)
     assert widths == [13, 15]  # traced, then eager
