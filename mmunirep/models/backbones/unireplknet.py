@@ -164,9 +164,26 @@ def spatial_l2_norm(x: torch.Tensor) -> torch.Tensor:
 
 def is_eager_inference() -> bool:
     """Whether the blocks take their inference path: no gradient is recorded, and the forward is
-    neither traced (an ONNX export or a FLOP count keeps the plain graph) nor compiled (Inductor
-    fuses the plain graph itself)."""
+    neither traced (a FLOP count keeps the plain graph) nor compiled (Inductor fuses the plain
+    graph itself). An ONNX export takes the inference path too (:func:`takes_inference_path`)."""
     return not (torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling())
+
+
+def takes_inference_path() -> bool:
+    """Whether the blocks run :meth:`UniRepLKNetBlock._inference_residual`: in eager inference,
+    and in an ONNX export without gradient recording (its graph then folds the per-channel
+    factors into the linear layers' weights in the same places)."""
+    if torch.onnx.is_in_onnx_export():
+        return not torch.is_grad_enabled()
+    return is_eager_inference()
+
+
+def map_pixels(x: torch.Tensor) -> int:
+    """``H * W`` of an NHWC map as a Python int. Under tracing with dynamic sizes this is the
+    traced example's value: a choice between two equal forms, made at the export's size."""
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', torch.jit.TracerWarning)
+        return int(x.shape[1] * x.shape[2])
 
 
 def scaled_linear(
@@ -175,13 +192,22 @@ def scaled_linear(
     """``linear(x * scale)`` for an NHWC map ``x`` and per-image channel factors ``scale``
     ``(N, 1, 1, C_in)``.
 
-    For one image whose map has more pixels than the layer has outputs, the factors go into the
-    weight (``C_out x C_in`` products rather than ``H x W x C_in``, and no pass over the map);
-    otherwise ``x`` is scaled, in place if ``inplace`` (only where no gradient is recorded).
+    Where the map has more pixels than the layer has outputs, the factors go into the weight
+    (``C_out x C_in`` products per image rather than ``H x W x C_in``, and no pass over the map):
+    for one image in eager mode, and for any batch in an ONNX export, as a batched MatMul with
+    per-image weights (the export keeps the batch dynamic; the choice is made at the export's
+    size). Otherwise ``x`` is scaled, in place if ``inplace`` (only where no gradient is recorded).
     """
     n, h, w, c = x.shape
-    if n == 1 and h * w > linear.out_features:
-        return F.linear(x, linear.weight * scale.reshape(1, c), linear.bias)
+    if map_pixels(x) > linear.out_features:
+        if torch.onnx.is_in_onnx_export():
+            weights = linear.weight.t() * scale.reshape(n, c, 1)
+            out = torch.matmul(x.reshape(n, h * w, c), weights)
+            if linear.bias is not None:
+                out = out + linear.bias
+            return out.reshape(n, h, w, linear.out_features)
+        if n == 1:
+            return F.linear(x, linear.weight * scale.reshape(1, c), linear.bias)
     return linear(x.mul_(scale) if inplace else x * scale)
 
 
@@ -422,7 +448,7 @@ class UniRepLKNetBlock(nn.Module):
         return isinstance(self.norm, nn.Identity) and len(self.pwconv2) == 2
 
     def _residual(self, x: torch.Tensor) -> torch.Tensor:
-        if is_eager_inference():
+        if takes_inference_path():
             return self._inference_residual(x)
         y = self.se(self.norm(self.dwconv(x)))
         y = self.pwconv2(self.act(self.pwconv1(y)))
@@ -997,10 +1023,11 @@ def compiled_forward(kwargs: dict) -> Callable:
 
 
 def reparameterize_unireplknet(model: nn.Module) -> nn.Module:
-    """Switch every UniRepLKNet block inside ``model`` to deploy structure, in place."""
+    """Switch every UniRepLKNet backbone and block inside ``model`` to deploy structure, in place
+    (a backbone's :meth:`UniRepLKNet.switch_to_deploy` also lays out its down-sampling weights)."""
     for m in list(model.modules()):
-        if isinstance(m, UniRepLKNetBlock):
-            m.switch_to_deploy()
+        if isinstance(m, (UniRepLKNet, UniRepLKNetBlock)):
+            m.switch_to_deploy()  # idempotent: a backbone's blocks are skipped after it
     return model
 
 

@@ -1,5 +1,6 @@
 """UniRepLKNet: shapes, freezing, checkpointing, re-parameterization, checkpoints, figures."""
 
+import copy
 import re
 from unittest import mock
 
@@ -285,6 +286,25 @@ def test_reparameterization_every_variant(arch):
     assert len(again) == len(after) > 0
     for a, b in zip(again, after):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_reparameterize_function_converts_a_backbone_inside_a_model():
+    """``reparameterize_unireplknet`` (what export, benchmark and the converter call on whole
+    detectors) gives the backbone's own deploy structure, channels-last down-sampling weights
+    included, and the same features."""
+    torch.manual_seed(3)
+    detector = nn.ModuleDict(dict(backbone=randomize(UniRepLKNet(arch=TINY_ARCH)).eval()))
+    reference = copy.deepcopy(detector.backbone)
+    reference.switch_to_deploy()
+    assert reparameterize_unireplknet(detector) is detector
+    backbone = detector.backbone
+    assert backbone.deploy
+    for ours, theirs in zip(backbone.state_dict().items(), reference.state_dict().items()):
+        assert ours[0] == theirs[0] and ours[1].stride() == theirs[1].stride()
+        torch.testing.assert_close(ours[1], theirs[1], rtol=0, atol=0)
+    convs = [m for layer in backbone.downsample_layers for m in layer.modules()
+             if type(m) is nn.Conv2d]  # fmt: skip
+    assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
 
 
 def test_reparameterize_alias_and_timm():
@@ -851,25 +871,53 @@ def test_inference_path_leaves_the_block_input_unchanged(deploy):
 @pytest.mark.parametrize('pixels', [(2, 3), (9, 8)], ids=['small-map', 'large-map'])
 @pytest.mark.parametrize('inplace', [False, True])
 @pytest.mark.parametrize('bias', [True, False])
-def test_scaled_linear_is_the_linear_of_the_scaled_map(pixels, inplace, bias):
-    """Both forms (factors in the weight where the map has more pixels than the layer has
-    outputs, factors on the map otherwise) give ``linear(x * scale)``; only the in-place form
-    on the small map changes ``x``."""
+@pytest.mark.parametrize('batch', [1, 3])
+@pytest.mark.parametrize('exporting', [False, True], ids=['eager', 'onnx-export'])
+def test_scaled_linear_is_the_linear_of_the_scaled_map(pixels, inplace, bias, batch, exporting):
+    """Every form (factors in the weight where the map has more pixels than the layer has
+    outputs: one image in eager mode, a batched product in an ONNX export; factors on the map
+    otherwise) gives ``linear(x * scale)``; only the in-place product on the map changes ``x``."""
     torch.manual_seed(0)
     linear = nn.Linear(12, 16, bias=bias)
-    x = torch.randn(1, *pixels, 12)
-    scale = torch.rand(1, 1, 1, 12) + 0.5
-    with torch.no_grad():
+    x = torch.randn(batch, *pixels, 12)
+    scale = torch.rand(batch, 1, 1, 12) + 0.5
+    with torch.no_grad(), mock.patch('torch.onnx.is_in_onnx_export', return_value=exporting):
         expected = nn.functional.linear(
             x.double() * scale.double(), linear.weight.double(),
             None if linear.bias is None else linear.bias.double(),
         )  # fmt: skip
         before = x.clone()
         out = scaled_linear(x, scale, linear, inplace=inplace)
-    assert out.shape == (1, *pixels, 16)
+    assert out.shape == (batch, *pixels, 16)
     assert rel_err(out.double(), expected) < 1e-6
-    folded = pixels[0] * pixels[1] > 16
+    folded = pixels[0] * pixels[1] > 16 and (batch == 1 or exporting)
     assert torch.equal(x, before) == (folded or not inplace)
+
+
+def test_onnx_export_folds_the_factors_and_keeps_batch_and_size_dynamic(tmp_path):
+    """The exported deploy backbone (traced at 96x96, where maps both larger and smaller than the
+    layers' widths occur, so both forms are in the graph) equals PyTorch in onnxruntime at other
+    batch sizes and image sizes, within fp32 rounding."""
+    import onnxruntime as ort
+
+    torch.manual_seed(4)
+    model = reparameterize_unireplknet(randomize(UniRepLKNet(arch=TINY_ARCH)).eval())
+    path = str(tmp_path / 'backbone.onnx')
+    dynamic = {'input': {0: 'batch', 2: 'height', 3: 'width'}}
+    with torch.no_grad():
+        torch.onnx.export(
+            model, (torch.randn(1, 3, 96, 96),), path, dynamo=False, opset_version=17,
+            input_names=['input'], dynamic_axes=dynamic,
+        )  # fmt: skip
+    session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    for shape in [(1, 3, 96, 96), (2, 3, 64, 128), (3, 3, 160, 96)]:
+        x = torch.randn(shape)
+        with torch.no_grad():
+            expected = model(x)
+        outputs = session.run(None, {'input': x.numpy()})
+        assert len(outputs) == len(expected) == 4
+        for out, ref in zip(outputs, expected):
+            assert rel_err(torch.from_numpy(out), ref) < 1e-5  # fp32 rounding
 
 
 def test_squeeze_excitation_is_the_authors_conv_form():
