@@ -8,7 +8,9 @@ training structure, the same network re-parameterized (the deploy structure, whi
 ``tools/analysis_tools/benchmark.py`` use), and timm's ConvNeXt (``features_only``, the four
 stages, as a detector's backbone). Each forward pass is timed in turn with the others, so that a
 busy machine slows all of them alike; the table gives the median of --repeats, the ratio of the
-deploy backbone to ConvNeXt, and both models' FLOPs (mmengine's analysis). With onnxruntime each
+deploy backbone to ConvNeXt (the median of the repeats' ratios, which a drift of the machine's
+speed between repeats moves far less than the ratio of the medians), and both models' FLOPs
+(mmengine's analysis). With onnxruntime each
 model is exported (opset 17) and timed the same way, with --threads intra-op threads.
 
 Before timing, the deploy structure's features are checked against the training structure's
@@ -19,12 +21,13 @@ import argparse
 import copy
 import os
 import platform
+import statistics
 import sys
 import tempfile
 
 import torch
 
-from bench_utils import Report, time_interleaved
+from bench_utils import Report, paired_ratio, time_each_repeat
 
 
 def parse_args():
@@ -133,7 +136,8 @@ def main():
     report.add(
         f'host: {platform.processor() or platform.machine()} ({os.cpu_count()} logical CPUs), '
         f'torch {torch.__version__}, {args.threads} threads, batch 1, fp32; '
-        f'median of {args.repeats} after {args.warmup} warm-up, the models timed in turn; ms',
+        f'median of {args.repeats} after {args.warmup} warm-up, the models timed in turn; ms; '
+        f"the ratio is the median of the {args.repeats} repeats' ratios",
         '',
         f'| size | runtime | {names[0]} | {names[1]} | {names[2]} | deploy / {names[2]} '
         f'| GFLOPs deploy / {names[2]} |',
@@ -152,11 +156,12 @@ def main():
 
                     runtime = f'onnxruntime {onnxruntime.__version__}'
                     runs = onnx_runs(models, size, args.threads, folder)
-                median = time_interleaved(runs, args.repeats, args.warmup)
-                ms = [median[n] * 1e3 for n in names]
+                times = time_each_repeat(runs, args.repeats, args.warmup)
+                ms = [statistics.median(times[n]) * 1e3 for n in names]
+                ratio = paired_ratio(times[names[1]], times[names[2]])
                 report.add(
                     f'| {size}x{size} | {runtime} | {ms[0]:.1f} | {ms[1]:.1f} | {ms[2]:.1f} '
-                    f'| {ms[1] / ms[2]:.2f} | {gflops[0]:.1f} / {gflops[1]:.1f} |'
+                    f'| {ratio:.2f} | {gflops[0]:.1f} / {gflops[1]:.1f} |'
                 )
 
 

@@ -24,8 +24,9 @@ class Report:
             write_text(self.path, '\n'.join(self.lines) + '\n')
 
 
-def time_interleaved(runs: dict, repeats: int, warmup: int) -> dict:
-    """Median seconds of each ``run()``, the runs called in turn ``warmup + repeats`` times."""
+def time_each_repeat(runs: dict, repeats: int, warmup: int) -> dict:
+    """Seconds of each ``run()`` in every repeat, the runs called in turn ``warmup + repeats``
+    times (the warm-up calls are not kept)."""
     times = {name: [] for name in runs}
     for i in range(warmup + repeats):
         for name, run in runs.items():
@@ -33,4 +34,22 @@ def time_interleaved(runs: dict, repeats: int, warmup: int) -> dict:
             run()
             if i >= warmup:
                 times[name].append(time.perf_counter() - start)
+    return times
+
+
+def time_interleaved(runs: dict, repeats: int, warmup: int) -> dict:
+    """Median seconds of each ``run()``, the runs called in turn ``warmup + repeats`` times."""
+    times = time_each_repeat(runs, repeats, warmup)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def paired_ratio(numerator: list, denominator: list) -> float:
+    """Median over repeats of the ratio of two runs timed back to back in each repeat: on a
+    machine whose speed drifts between repeats, this ratio moves far less than the ratio of the
+    two medians."""
+    if len(numerator) != len(denominator) or not numerator:
+        raise ValueError(
+            f'paired_ratio needs two equal, non-empty lists of times, got {len(numerator)} '
+            f'and {len(denominator)}'
+        )
+    return statistics.median(a / b for a, b in zip(numerator, denominator))

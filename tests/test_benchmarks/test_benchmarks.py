@@ -61,6 +61,18 @@ def test_assert_ratio_of_rounded_holds_the_interval():
         assert_ratio_of_rounded('2.00x', '10.000', '4.000')  # 2.50: long times, narrow interval
 
 
+def test_paired_ratio_is_the_median_of_each_repeats_ratio():
+    """Repeats whose ratios are 2, 3 and 1.5 give 2 (the ratio of the medians, 3 / 2, would
+    be 1.5); unequal or empty lists are refused."""
+    sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+    from bench_utils import paired_ratio
+
+    assert paired_ratio([2.0, 9.0, 3.0], [1.0, 3.0, 2.0]) == pytest.approx(2.0, rel=1e-12)
+    for bad in (([1.0], [1.0, 2.0]), ([], [])):
+        with pytest.raises(ValueError, match='equal, non-empty'):
+            paired_ratio(*bad)
+
+
 def test_train_step_benchmark_smoke(tmp_path):
     out = tmp_path / 'train_step.md'
     run(
