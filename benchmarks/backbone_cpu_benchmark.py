@@ -7,7 +7,8 @@ Three models with random weights, batch 1, inference (``torch.no_grad``): UniRep
 training structure, the same network re-parameterized (the deploy structure, which export and
 ``tools/analysis_tools/benchmark.py`` use), and timm's ConvNeXt (``features_only``, the four
 stages, as a detector's backbone). Each forward pass is timed in turn with the others, so that a
-busy machine slows all of them alike; the table gives the median of --repeats, the ratio of the
+busy machine slows all of them alike, and each repeat starts with the next model, so that none
+always runs after the same one; the table gives the median of --repeats, the ratio of the
 deploy backbone to ConvNeXt (the median of the repeats' ratios, which a drift of the machine's
 speed between repeats moves far less than the ratio of the medians), and both models' FLOPs
 (mmengine's analysis). With onnxruntime each
@@ -136,7 +137,8 @@ def main():
     report.add(
         f'host: {platform.processor() or platform.machine()} ({os.cpu_count()} logical CPUs), '
         f'torch {torch.__version__}, {args.threads} threads, batch 1, fp32; '
-        f'median of {args.repeats} after {args.warmup} warm-up, the models timed in turn; ms; '
+        f'median of {args.repeats} after {args.warmup} warm-up, the models timed in turn '
+        f'(each repeat starting with the next); ms; '
         f"the ratio is the median of the {args.repeats} repeats' ratios",
         '',
         f'| size | runtime | {names[0]} | {names[1]} | {names[2]} | deploy / {names[2]} '

@@ -26,12 +26,15 @@ class Report:
 
 def time_each_repeat(runs: dict, repeats: int, warmup: int) -> dict:
     """Seconds of each ``run()`` in every repeat, the runs called in turn ``warmup + repeats``
-    times (the warm-up calls are not kept)."""
-    times = {name: [] for name in runs}
+    times (the warm-up calls are not kept). Each repeat starts one run later than the one before,
+    so that no run always follows the same other run (whose traffic leaves the caches to it)."""
+    names = list(runs)
+    times = {name: [] for name in names}
     for i in range(warmup + repeats):
-        for name, run in runs.items():
+        shift = i % len(names)
+        for name in names[shift:] + names[:shift]:
             start = time.perf_counter()
-            run()
+            runs[name]()
             if i >= warmup:
                 times[name].append(time.perf_counter() - start)
     return times

@@ -73,6 +73,20 @@ def test_paired_ratio_is_the_median_of_each_repeats_ratio():
             paired_ratio(*bad)
 
 
+def test_each_repeat_starts_one_run_later():
+    """Every run is timed once per repeat (warm-ups not kept), and no run always follows the
+    same other one."""
+    sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+    from bench_utils import time_each_repeat
+
+    calls = []
+    runs = {name: (lambda n=name: calls.append(n)) for name in 'abc'}
+    times = time_each_repeat(runs, repeats=4, warmup=1)
+    assert {n: len(t) for n, t in times.items()} == {'a': 4, 'b': 4, 'c': 4}
+    assert all(t >= 0 for ts in times.values() for t in ts)
+    assert ''.join(calls) == 'abcbcacababcbca'
+
+
 def test_train_step_benchmark_smoke(tmp_path):
     out = tmp_path / 'train_step.md'
     run(
