@@ -162,20 +162,16 @@ def spatial_l2_norm(x: torch.Tensor) -> torch.Tensor:
     return (flat * flat).sum(dim=1).sqrt().reshape(n, 1, 1, c)
 
 
-def is_eager_inference() -> bool:
-    """Whether the blocks take their inference path: no gradient is recorded, and the forward is
-    neither traced (a FLOP count keeps the plain graph) nor compiled (Inductor fuses the plain
-    graph itself). An ONNX export takes the inference path too (:func:`takes_inference_path`)."""
-    return not (torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling())
-
-
 def takes_inference_path() -> bool:
-    """Whether the blocks run :meth:`UniRepLKNetBlock._inference_residual`: in eager inference,
-    and in an ONNX export without gradient recording (its graph then folds the per-channel
-    factors into the linear layers' weights in the same places)."""
+    """Whether the blocks run :meth:`UniRepLKNetBlock._inference_residual`: where no gradient is
+    recorded, in eager mode and in an ONNX export (whose graph then folds the per-channel factors
+    into the linear layers' weights in the same places), but not under other tracing (a FLOP
+    count keeps the plain graph) nor compiled (Inductor fuses the plain graph itself)."""
+    if torch.is_grad_enabled():
+        return False
     if torch.onnx.is_in_onnx_export():
-        return not torch.is_grad_enabled()
-    return is_eager_inference()
+        return True
+    return not (torch.jit.is_tracing() or torch.compiler.is_compiling())
 
 
 def map_pixels(x: torch.Tensor) -> int:

@@ -894,21 +894,26 @@ def test_scaled_linear_is_the_linear_of_the_scaled_map(pixels, inplace, bias, ba
     assert torch.equal(x, before) == (folded or not inplace)
 
 
-def test_onnx_export_folds_the_factors_and_keeps_batch_and_size_dynamic(tmp_path):
-    """The exported deploy backbone (traced at 96x96, where maps both larger and smaller than the
-    layers' widths occur, so both forms are in the graph) equals PyTorch in onnxruntime at other
-    batch sizes and image sizes, within fp32 rounding."""
+def test_onnx_export_folds_the_factors_and_keeps_batch_and_size_dynamic(monkeypatch, tmp_path):
+    """An export without gradient recording takes the blocks' inference path (other tracing, as
+    a FLOP count's, does not). The exported deploy backbone (traced at 96x96, where maps both
+    larger and smaller than the layers' widths occur, so both forms are in the graph) equals
+    PyTorch in onnxruntime at other batch sizes and image sizes, within fp32 rounding."""
     import onnxruntime as ort
 
     torch.manual_seed(4)
     model = reparameterize_unireplknet(randomize(UniRepLKNet(arch=TINY_ARCH)).eval())
     path = str(tmp_path / 'backbone.onnx')
     dynamic = {'input': {0: 'batch', 2: 'height', 3: 'width'}}
+    calls = _inference_calls(monkeypatch)
     with torch.no_grad():
+        torch.jit.trace(model, torch.randn(1, 3, 96, 96), check_trace=False)
+        assert calls == []
         torch.onnx.export(
             model, (torch.randn(1, 3, 96, 96),), path, dynamo=False, opset_version=17,
             input_names=['input'], dynamic_axes=dynamic,
         )  # fmt: skip
+    assert len(calls) == sum(TINY_ARCH['depths'])
     session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
     for shape in [(1, 3, 96, 96), (2, 3, 64, 128), (3, 3, 160, 96)]:
         x = torch.randn(shape)
