@@ -8,11 +8,11 @@ training structure, the same network re-parameterized (the deploy structure, whi
 ``tools/analysis_tools/benchmark.py`` use), and timm's ConvNeXt (``features_only``, the four
 stages, as a detector's backbone). Each forward pass is timed in turn with the others, so that a
 busy machine slows all of them alike, and each repeat starts with the next model, so that none
-always runs after the same one; the table gives the median of --repeats, the ratio of the
-deploy backbone to ConvNeXt (the median of the repeats' ratios, which a drift of the machine's
-speed between repeats moves far less than the ratio of the medians), and both models' FLOPs
-(mmengine's analysis). With onnxruntime each
-model is exported (opset 17) and timed the same way, with --threads intra-op threads.
+always runs after the same one. The table gives the median of --repeats, the ratio of the deploy
+backbone to ConvNeXt (the median of the repeats' ratios, which a drift of the machine's speed
+between repeats moves far less than the ratio of the medians), and both models' FLOPs (mmengine's
+analysis). With onnxruntime each model is exported (opset 17) and timed the same way, with
+--threads intra-op threads.
 
 Before timing, the deploy structure's features are checked against the training structure's
 (relative error at most 1e-4 of each map's largest value); otherwise the script stops.

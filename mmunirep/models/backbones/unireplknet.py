@@ -177,6 +177,8 @@ def takes_inference_path() -> bool:
 def map_pixels(x: torch.Tensor) -> int:
     """``H * W`` of an NHWC map as a Python int. Under tracing with dynamic sizes this is the
     traced example's value: a choice between two equal forms, made at the export's size."""
+    if not torch.jit.is_tracing():
+        return x.shape[1] * x.shape[2]
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', torch.jit.TracerWarning)
         return int(x.shape[1] * x.shape[2])
