@@ -164,14 +164,15 @@ def spatial_l2_norm(x: torch.Tensor) -> torch.Tensor:
 
 def takes_inference_path() -> bool:
     """Whether the blocks run :meth:`UniRepLKNetBlock._inference_residual`: where no gradient is
-    recorded, in eager mode and in an ONNX export (whose graph then folds the per-channel factors
-    into the linear layers' weights in the same places), but not under other tracing (a FLOP
-    count keeps the plain graph) nor compiled (Inductor fuses the plain graph itself)."""
-    if torch.is_grad_enabled():
+    recorded, in eager mode and in the TorchScript-based ONNX export (whose graph then folds the
+    per-channel factors into the linear layers' weights in the same places). Other tracing (a
+    FLOP count) keeps the plain graph, and so does compiling, ``torch.export`` and the exporter
+    built on it, which capture the plain graph with symbolic sizes."""
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
         return False
-    if torch.onnx.is_in_onnx_export():
-        return True
-    return not (torch.jit.is_tracing() or torch.compiler.is_compiling())
+    if torch.jit.is_tracing():
+        return torch.onnx.is_in_onnx_export()
+    return True
 
 
 def map_pixels(x: torch.Tensor) -> int:

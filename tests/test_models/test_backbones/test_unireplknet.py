@@ -895,8 +895,9 @@ def test_scaled_linear_is_the_linear_of_the_scaled_map(pixels, inplace, bias, ba
 
 
 def test_onnx_export_folds_the_factors_and_keeps_batch_and_size_dynamic(monkeypatch, tmp_path):
-    """An export without gradient recording takes the blocks' inference path (other tracing, as
-    a FLOP count's, does not). The exported deploy backbone (traced at 96x96, where maps both
+    """A TorchScript-based export without gradient recording takes the blocks' inference path;
+    other tracing (a FLOP count's) and ``torch.export`` (under the dynamo-based exporter too) do
+    not. The exported deploy backbone (traced at 96x96, where maps both
     larger and smaller than the layers' widths occur, so both forms are in the graph) equals
     PyTorch in onnxruntime at other batch sizes and image sizes, within fp32 rounding."""
     import onnxruntime as ort
@@ -908,6 +909,8 @@ def test_onnx_export_folds_the_factors_and_keeps_batch_and_size_dynamic(monkeypa
     calls = _inference_calls(monkeypatch)
     with torch.no_grad():
         torch.jit.trace(model, torch.randn(1, 3, 96, 96), check_trace=False)
+        with mock.patch('torch.onnx.is_in_onnx_export', return_value=True):
+            torch.export.export(model, (torch.randn(1, 3, 96, 96),))
         assert calls == []
         torch.onnx.export(
             model, (torch.randn(1, 3, 96, 96),), path, dynamo=False, opset_version=17,
