@@ -3,19 +3,22 @@
     python benchmarks/backbone_cpu_benchmark.py [--arch s] [--convnext convnext_small]
         [--sizes 224 512] [--threads 2] [--repeats 7] [--no-onnx] [--out FILE]
 
-Three models with random weights, batch 1, inference (``torch.no_grad``): UniRepLKNet in its
-training structure, the same network re-parameterized (the deploy structure, which export and
-``tools/analysis_tools/benchmark.py`` use), and timm's ConvNeXt (``features_only``, the four
-stages, as a detector's backbone). Each forward pass is timed in turn with the others, so that a
-busy machine slows all of them alike, and each repeat starts with the next model, so that none
-always runs after the same one. The table gives the median of --repeats, the ratio of the deploy
-backbone to ConvNeXt (the median of the repeats' ratios, which a drift of the machine's speed
-between repeats moves far less than the ratio of the medians), and both models' FLOPs (mmengine's
-analysis). With onnxruntime each model is exported (opset 17) and timed the same way, with
---threads intra-op threads.
+Models with random weights, batch 1, inference (``torch.no_grad``): UniRepLKNet in its training
+structure, the same network re-parameterized (the deploy structure, which export and
+``tools/analysis_tools/benchmark.py`` use), timm's ConvNeXt (``features_only``, the four stages, as
+a detector's backbone) as timm runs it, and, in PyTorch eager only, the same ConvNeXt with its MLPs'
+linear layers and GELU run as UniRepLKNet's blocks run theirs (``mmunirep.ops.cpu_linear``): the
+comparison of the two architectures on equal terms. Each forward pass is timed in turn with the
+others, so that a busy machine slows all of them alike, and each repeat starts with the next
+model, so that none always runs after the same one. The table gives the median of --repeats, the
+ratios of the deploy backbone to both ConvNeXts (the median of the repeats' ratios, which a drift
+of the machine's speed between repeats moves far less than the ratio of the medians), and the
+FLOPs of the deploy backbone and ConvNeXt (mmengine's analysis). With onnxruntime the first three
+models are exported (opset 17) and timed the same way, with --threads intra-op threads.
 
-Before timing, the deploy structure's features are checked against the training structure's
-(relative error at most 1e-4 of each map's largest value); otherwise the script stops.
+Before timing, the deploy structure's features are checked against the training structure's, and
+the two ConvNeXts' against each other (relative error at most 1e-4 of each map's largest value);
+otherwise the script stops.
 """
 
 import argparse
@@ -69,19 +72,53 @@ def build_models(arch: str, convnext: str) -> dict:
         f'UniRepLKNet-{arch.upper()} training': training,
         f'UniRepLKNet-{arch.upper()} deploy': deploy,
         convnext: reference,
+        f'{convnext}, cpu_linear': with_cpu_linear(copy.deepcopy(reference)),
     }
 
 
-def check_deploy(models: dict, size: int) -> float:
-    training, deploy = list(models.values())[:2]
+class CpuLinearMlp(torch.nn.Module):
+    """A timm ``Mlp`` (Linear, GELU, Linear) run as UniRepLKNet's blocks run their linear layers."""
+
+    def __init__(self, mlp):
+        super().__init__()
+        from timm.layers.activations import GELU
+
+        exact = isinstance(mlp.act, GELU) or getattr(mlp.act, 'approximate', None) == 'none'
+        if not exact:  # timm's GELU is the exact one (F.gelu); nn.GELU is when not approximate
+            sys.exit(f'expected an MLP with the exact GELU, got {mlp.act}')
+        self.fc1, self.fc2 = mlp.fc1, mlp.fc2
+
+    def forward(self, x):
+        from mmunirep.ops import cpu_linear
+
+        x = cpu_linear(x, self.fc1.weight, self.fc1.bias, gelu=True)
+        return cpu_linear(x, self.fc2.weight, self.fc2.bias)
+
+
+def with_cpu_linear(model):
+    from timm.layers import Mlp
+
+    mlps = [
+        (name, m)
+        for name, m in model.named_modules()
+        if isinstance(m, Mlp) and isinstance(m.fc1, torch.nn.Linear)
+    ]
+    if not mlps:  # the small ConvNeXts (atto to nano) run their MLPs as 1x1 convs
+        sys.exit('--convnext must name a ConvNeXt whose MLPs are linear layers (tiny and larger)')
+    for name, mlp in mlps:
+        parent, _, child = name.rpartition('.')
+        setattr(model.get_submodule(parent), child, CpuLinearMlp(mlp))
+    return model
+
+
+def check_equal(a_model, b_model, size: int, what: str) -> None:
     x = torch.randn(1, 3, size, size)
     with torch.no_grad():
         worst = 0.0
-        for a, b in zip(training(x), deploy(x)):
+        for a, b in zip(a_model(x), b_model(x)):
             worst = max(worst, ((a - b).abs().max() / a.abs().max()).item())
     if worst > 1e-4:
-        sys.exit(f'the deploy structure differs from the training one by {worst:.2e} (> 1e-4)')
-    return worst
+        sys.exit(f'{what} differ by {worst:.2e} (> 1e-4)')
 
 
 def flops(model, size: int) -> float:
@@ -139,31 +176,39 @@ def main():
         f'torch {torch.__version__}, {args.threads} threads, batch 1, fp32; '
         f'median of {args.repeats} after {args.warmup} warm-up, the models timed in turn '
         f'(each repeat starting with the next); ms; '
-        f"the ratio is the median of the {args.repeats} repeats' ratios",
+        f"the ratios are the medians of the {args.repeats} repeats' ratios",
         '',
-        f'| size | runtime | {names[0]} | {names[1]} | {names[2]} | deploy / {names[2]} '
+        f'| size | runtime | {" | ".join(names)} | deploy / {names[2]} | deploy / {names[3]} '
         f'| GFLOPs deploy / {names[2]} |',
-        '|---|---|---|---|---|---|---|',
+        '|---|---|---|---|---|---|---|---|---|',
     )
     runtimes = ['PyTorch eager'] + ([] if args.no_onnx else ['onnxruntime'])
     with tempfile.TemporaryDirectory() as folder:
         for size in args.sizes:
-            check_deploy(models, size)
+            check_equal(models[names[0]], models[names[1]], size, 'the two structures')
+            check_equal(models[names[2]], models[names[3]], size, 'the two ConvNeXts')
             gflops = (flops(models[names[1]], size), flops(models[names[2]], size))
             for runtime in runtimes:
                 if runtime == 'PyTorch eager':
+                    timed = names
                     runs = eager_runs(models, size)
                 else:
                     import onnxruntime
 
                     runtime = f'onnxruntime {onnxruntime.__version__}'
-                    runs = onnx_runs(models, size, args.threads, folder)
+                    timed = names[:3]  # the export of the fourth is the third's graph
+                    runs = onnx_runs({n: models[n] for n in timed}, size, args.threads, folder)
                 times = time_each_repeat(runs, args.repeats, args.warmup)
-                ms = [statistics.median(times[n]) * 1e3 for n in names]
-                ratio = paired_ratio(times[names[1]], times[names[2]])
+                cells = [
+                    f'{statistics.median(times[n]) * 1e3:.1f}' if n in times else '-' for n in names
+                ]
+                ratios = [
+                    f'{paired_ratio(times[names[1]], times[n]):.2f}' if n in times else '-'
+                    for n in names[2:]
+                ]
                 report.add(
-                    f'| {size}x{size} | {runtime} | {ms[0]:.1f} | {ms[1]:.1f} | {ms[2]:.1f} '
-                    f'| {ratio:.2f} | {gflops[0]:.1f} / {gflops[1]:.1f} |'
+                    f'| {size}x{size} | {runtime} | {" | ".join(cells)} | {" | ".join(ratios)} '
+                    f'| {gflops[0]:.1f} / {gflops[1]:.1f} |'
                 )
 
 

@@ -521,11 +521,12 @@ def bench_main(monkeypatch, script, *argv):
 
 
 def test_backbone_cpu_benchmark_smoke(monkeypatch, tmp_path):
-    """A row per size and runtime: the three models' times, the deploy / ConvNeXt ratio of those
-    times, and the FLOPs of both (more for the larger size)."""
+    """A row per size and runtime: the models' times (ConvNeXt with UniRepLKNet's linear layers in
+    eager only), the deploy / ConvNeXt ratios of those times, and the FLOPs of both (more for the
+    larger size)."""
     out = tmp_path / 'backbone.md'
     bench_main(
-        monkeypatch, 'backbone_cpu_benchmark', '--arch', 'a', '--convnext', 'convnext_atto',
+        monkeypatch, 'backbone_cpu_benchmark', '--arch', 'a', '--convnext', 'convnext_tiny',
         '--sizes', '64', '128', '--repeats', '1', '--warmup', '0', '--threads', '1',
         '--out', str(out),
     )  # fmt: skip
@@ -535,10 +536,42 @@ def test_backbone_cpu_benchmark_smoke(monkeypatch, tmp_path):
     ]
     assert [(r[0], r[1].split()[0]) for r in rows] == runtimes
     for r in rows:
+        eager = r[1] == 'PyTorch eager'
         assert all(float(t) > 0 for t in r[2:5]), r
-        assert_ratio_of_rounded(r[5], r[3], r[4])
-    small, large = (tuple(map(float, rows[i][6].split(' / '))) for i in (0, 2))
+        assert_ratio_of_rounded(r[6], r[3], r[4])
+        if eager:
+            assert float(r[5]) > 0, r
+            assert_ratio_of_rounded(r[7], r[3], r[5])
+        else:  # the export of the fourth model is the third's graph
+            assert (r[5], r[7]) == ('-', '-'), r
+    small, large = (tuple(map(float, rows[i][8].split(' / '))) for i in (0, 2))
     assert all(0 <= a <= b and b > 0 for a, b in zip(small, large)), (small, large)
+
+
+def test_backbone_cpu_benchmark_needs_a_linear_mlp_convnext(monkeypatch):
+    with pytest.raises(SystemExit, match='MLPs are linear layers'):
+        bench_main(
+            monkeypatch, 'backbone_cpu_benchmark', '--arch', 'a', '--convnext', 'convnext_atto',
+            '--sizes', '64', '--repeats', '1', '--no-onnx',
+        )  # fmt: skip
+
+
+def test_cpu_linear_benchmark_smoke(monkeypatch, tmp_path):
+    """A row per block linear layer of each stage: both forms' times and their ratio."""
+    out = tmp_path / 'linear.md'
+    bench_main(
+        monkeypatch, 'cpu_linear_benchmark', '--arch', 'a', '--sizes', '64', '--repeats', '1',
+        '--warmup', '0', '--threads', '1', '--out', str(out),
+    )  # fmt: skip
+    rows = [[c.strip() for c in r] for r in table_rows(out)]
+    assert [(r[1], r[2], r[3]) for r in rows] == [
+        (str(stride), f'{side * side} x {c_in} -> {c_out}', then)
+        for stride, side, c in ((4, 16, 40), (8, 8, 80), (16, 4, 160), (32, 2, 320))
+        for c_in, c_out, then in ((c, 4 * c, 'GELU'), (4 * c, c, '-'))
+    ]
+    for r in rows:
+        assert float(r[4]) > 0 and float(r[5]) > 0, r
+        assert_ratio_of_rounded(r[6], r[5], r[4])
 
 
 def test_cpu_depthwise_benchmark_smoke(monkeypatch, tmp_path):

@@ -22,7 +22,7 @@ from mmengine.model import BaseModule, initialize
 from mmengine.model.weight_init import PretrainedInit
 from timm.layers import DropPath, LayerNorm2d, trunc_normal_
 
-from mmunirep.ops import DepthwiseConv2d, SameDepthwiseConv2d
+from mmunirep.ops import DepthwiseConv2d, SameDepthwiseConv2d, cpu_linear
 from mmunirep.registry import MODELS, register_module
 from mmunirep.utils.checkpoint import (
     CheckpointError,
@@ -186,10 +186,14 @@ def map_pixels(x: torch.Tensor) -> int:
 
 
 def scaled_linear(
-    x: torch.Tensor, scale: torch.Tensor, linear: nn.Linear, inplace: bool = False
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    linear: nn.Linear,
+    inplace: bool = False,
+    gelu: bool = False,
 ) -> torch.Tensor:
-    """``linear(x * scale)`` for an NHWC map ``x`` and per-image channel factors ``scale``
-    ``(N, 1, 1, C_in)``.
+    """``linear(x * scale)``, then GELU if ``gelu``, for an NHWC map ``x`` and per-image channel
+    factors ``scale`` ``(N, 1, 1, C_in)``; the product runs through :func:`cpu_linear`.
 
     Where the map has more pixels than the layer has outputs, the factors go into the weight
     (``C_out x C_in`` products per image rather than ``H x W x C_in``, and no pass over the map):
@@ -204,10 +208,12 @@ def scaled_linear(
             out = torch.matmul(x.reshape(n, h * w, c), weights)
             if linear.bias is not None:
                 out = out + linear.bias
-            return out.reshape(n, h, w, linear.out_features)
+            out = out.reshape(n, h, w, linear.out_features)
+            return F.gelu(out) if gelu else out
         if n == 1:
-            return F.linear(x, linear.weight * scale.reshape(1, c), linear.bias)
-    return linear(x.mul_(scale) if inplace else x * scale)
+            return cpu_linear(x, linear.weight * scale.reshape(1, c), linear.bias, gelu)
+    x = x.mul_(scale) if inplace else x * scale
+    return cpu_linear(x, linear.weight, linear.bias, gelu)
 
 
 class GRN(nn.Module):
@@ -461,13 +467,13 @@ class UniRepLKNetBlock(nn.Module):
         the block's own maps are scaled and summed in place."""
         y = self.norm(self.dwconv(x))
         se_scale = self.se.channel_weights(y).permute(0, 2, 3, 1)
-        y = scaled_linear(y.permute(0, 2, 3, 1), se_scale, self.pwconv1[1], inplace=True)
-        gelu, grn = self.act
-        y = gelu(y)
+        y = scaled_linear(y.permute(0, 2, 3, 1), se_scale, self.pwconv1[1], inplace=True, gelu=True)
+        grn = self.act[1]
+        linear = self.pwconv2[0]
         if grn.use_bias:  # the training structure: GRN's bias comes after the scale
-            y = self.pwconv2[0](grn(y))
+            y = cpu_linear(grn(y), linear.weight, linear.bias)
         else:
-            y = scaled_linear(y, grn.channel_scale(y), self.pwconv2[0], inplace=True)
+            y = scaled_linear(y, grn.channel_scale(y), linear, inplace=True)
         y = y.permute(0, 3, 1, 2)
         if len(self.pwconv2) == 3:  # the training structure's BN
             y = self.pwconv2[2](y)

@@ -17,6 +17,7 @@ from mmunirep.models.backbones.unireplknet import (
     scaled_linear,
     spatial_l2_norm,
 )
+from mmunirep.ops import onednn_linear
 
 from helpers import randomize, recording_backend, rel_err
 
@@ -814,6 +815,21 @@ def test_a_pretrained_checkpoint_with_nan_is_refused(tmp_path):
         model.init_weights()
 
 
+def _onednn_linear_calls(monkeypatch) -> list:
+    """Records the post-op (``'gelu'`` or ``'none'``) of each oneDNN linear product."""
+    calls = []
+    op = onednn_linear._onednn_linear_op()
+    if op is None:
+        pytest.skip('torch built without oneDNN')
+
+    def recorded(x, weight, bias, attr, *args):
+        calls.append(attr)
+        return op(x, weight, bias, attr, *args)
+
+    monkeypatch.setattr(onednn_linear, '_onednn_linear_op', lambda: recorded)
+    return calls
+
+
 def _inference_calls(monkeypatch) -> list:
     """Records each call of the blocks' inference path."""
     calls = []
@@ -835,7 +851,8 @@ def test_inference_path_equals_the_gradient_path(monkeypatch, deploy, downsample
     GRN factors folded into the linear layers' weights where the map is large, in-place products
     elsewhere); its features equal those of the path that records gradients within fp32
     rounding. A 96x96 image gives maps both larger (stride 4, 8) and smaller (stride 32) than the
-    layers' widths, so both forms of each product run."""
+    layers' widths, so both forms of each product run. Both linear layers of every block run
+    through oneDNN, the first with its GELU."""
     model = randomize(
         UniRepLKNet(arch=TINY_ARCH, downsample_norm_cfg=downsample_norm_cfg, drop_path_rate=0.0)
     ).eval()
@@ -843,9 +860,11 @@ def test_inference_path_equals_the_gradient_path(monkeypatch, deploy, downsample
         reparameterize_unireplknet(model)
     x = torch.randn(batch, 3, 96, 96)
     calls = _inference_calls(monkeypatch)
+    linear_calls = _onednn_linear_calls(monkeypatch)
     with torch.no_grad():
         fast = model(x)
     assert len(calls) == sum(TINY_ARCH['depths'])
+    assert linear_calls == ['gelu', 'none'] * len(calls)
     recorded = model(x.requires_grad_())
     for a, b in zip(fast, recorded):
         assert a.is_contiguous()
@@ -873,10 +892,14 @@ def test_inference_path_leaves_the_block_input_unchanged(deploy):
 @pytest.mark.parametrize('bias', [True, False])
 @pytest.mark.parametrize('batch', [1, 3])
 @pytest.mark.parametrize('exporting', [False, True], ids=['eager', 'onnx-export'])
-def test_scaled_linear_is_the_linear_of_the_scaled_map(pixels, inplace, bias, batch, exporting):
+@pytest.mark.parametrize('gelu', [False, True])
+def test_scaled_linear_is_the_linear_of_the_scaled_map(
+    pixels, inplace, bias, batch, exporting, gelu
+):
     """Every form (factors in the weight where the map has more pixels than the layer has
     outputs: one image in eager mode, a batched product in an ONNX export; factors on the map
-    otherwise) gives ``linear(x * scale)``; only the in-place product on the map changes ``x``."""
+    otherwise) gives ``linear(x * scale)``, then GELU if asked; only the in-place product on the
+    map changes ``x``."""
     torch.manual_seed(0)
     linear = nn.Linear(12, 16, bias=bias)
     x = torch.randn(batch, *pixels, 12)
@@ -886,8 +909,9 @@ def test_scaled_linear_is_the_linear_of_the_scaled_map(pixels, inplace, bias, ba
             x.double() * scale.double(), linear.weight.double(),
             None if linear.bias is None else linear.bias.double(),
         )  # fmt: skip
+        expected = nn.functional.gelu(expected) if gelu else expected
         before = x.clone()
-        out = scaled_linear(x, scale, linear, inplace=inplace)
+        out = scaled_linear(x, scale, linear, inplace=inplace, gelu=gelu)
     assert out.shape == (batch, *pixels, 16)
     assert rel_err(out.double(), expected) < 1e-6
     folded = pixels[0] * pixels[1] > 16 and (batch == 1 or exporting)
