@@ -21,33 +21,29 @@ the two ConvNeXts' against each other (relative error at most 1e-4 of each map's
 otherwise the script stops.
 """
 
-import argparse
 import copy
 import os
-import platform
 import statistics
 import sys
 import tempfile
 
 import torch
 
-from bench_utils import Report, paired_ratio, time_each_repeat
+from bench_utils import (
+    Report,
+    cpu_benchmark_parser,
+    cpu_host,
+    paired_ratio,
+    parse_cpu_benchmark_args,
+    time_each_repeat,
+)
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--arch', default='s', help='UniRepLKNet variant')
+    parser = cpu_benchmark_parser(__doc__.splitlines()[0], repeats=7, warmup=2)
     parser.add_argument('--convnext', default='convnext_small', help='timm model name')
-    parser.add_argument('--sizes', type=int, nargs='+', default=[224, 512])
-    parser.add_argument('--threads', type=int, default=2)
-    parser.add_argument('--repeats', type=int, default=7)
-    parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--no-onnx', action='store_true', help='PyTorch eager only')
-    parser.add_argument('--out', help='also write the table to this file')
-    args = parser.parse_args()
-    if args.threads < 1 or args.repeats < 1 or args.warmup < 0 or min(args.sizes) < 32:
-        parser.error('--threads and --repeats must be >= 1, --warmup >= 0, --sizes >= 32')
-    return args
+    return parse_cpu_benchmark_args(parser)
 
 
 def build_models(arch: str, convnext: str) -> dict:
@@ -172,8 +168,7 @@ def main():
     names = list(models)
     report = Report(args.out)
     report.add(
-        f'host: {platform.processor() or platform.machine()} ({os.cpu_count()} logical CPUs), '
-        f'torch {torch.__version__}, {args.threads} threads, batch 1, fp32; '
+        f'{cpu_host(args.threads)}, batch 1, fp32; '
         f'median of {args.repeats} after {args.warmup} warm-up, the models timed in turn '
         f'(each repeat starting with the next); ms; '
         f"the ratios are the medians of the {args.repeats} repeats' ratios",

@@ -1,9 +1,49 @@
-"""What the benchmark scripts share: a table written as it grows, and interleaved timing."""
+"""What the benchmark scripts share: the CPU benchmarks' options, a table written as it grows, and
+interleaved timing."""
 
+import argparse
+import os
+import platform
 import statistics
 import time
 
+import torch
+
 from mmunirep.utils.fileio import write_text
+
+
+def cpu_benchmark_parser(description: str, repeats: int, warmup: int) -> argparse.ArgumentParser:
+    """A parser with the options the CPU benchmarks over image sizes share: --arch, --sizes,
+    --threads, --repeats, --warmup and --out. Parse with :func:`parse_cpu_benchmark_args`."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument('--arch', default='s', help='UniRepLKNet variant')
+    parser.add_argument('--sizes', type=int, nargs='+', default=[224, 512])
+    parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--repeats', type=int, default=repeats)
+    parser.add_argument('--warmup', type=int, default=warmup)
+    parser.add_argument('--out', help='also write the table to this file')
+    return parser
+
+
+def parse_cpu_benchmark_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """The arguments of a :func:`cpu_benchmark_parser`, refused (a usage error) where they
+    cannot make a benchmark."""
+    from mmunirep.models.backbones.unireplknet import ARCH_SETTINGS
+
+    args = parser.parse_args()
+    if args.arch not in ARCH_SETTINGS:
+        parser.error(f'--arch must be one of {sorted(ARCH_SETTINGS)}, got {args.arch!r}')
+    if args.threads < 1 or args.repeats < 1 or args.warmup < 0 or min(args.sizes) < 32:
+        parser.error('--threads and --repeats must be >= 1, --warmup >= 0, --sizes >= 32')
+    return args
+
+
+def cpu_host(threads: int) -> str:
+    """The start of a CPU benchmark's header: the CPU, its logical CPUs, torch, the threads."""
+    cpu = platform.processor() or platform.machine()
+    return (
+        f'host: {cpu} ({os.cpu_count()} logical CPUs), torch {torch.__version__}, {threads} threads'
+    )
 
 
 class Report:

@@ -11,32 +11,26 @@ widths), batch 1, fp32, inference, in channels-last and NCHW memory: both kernel
 1e-5 of the largest value). The last column says which one ``same_depthwise_conv2d`` runs.
 """
 
-import argparse
-import os
-import platform
 import sys
 from functools import partial
 
 import torch
 import torch.nn.functional as F
 
-from bench_utils import Report, time_interleaved
+from bench_utils import (
+    Report,
+    cpu_benchmark_parser,
+    cpu_host,
+    parse_cpu_benchmark_args,
+    time_interleaved,
+)
 
 STRIDES = (8, 16, 32)  # the stages whose blocks have 13x13 kernels
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--arch', default='s', help='UniRepLKNet variant (its stage widths)')
-    parser.add_argument('--sizes', type=int, nargs='+', default=[224, 512])
-    parser.add_argument('--threads', type=int, default=2)
-    parser.add_argument('--repeats', type=int, default=15)
-    parser.add_argument('--warmup', type=int, default=3)
-    parser.add_argument('--out', help='also write the table to this file')
-    args = parser.parse_args()
-    if args.threads < 1 or args.repeats < 1 or args.warmup < 0 or min(args.sizes) < 32:
-        parser.error('--threads and --repeats must be >= 1, --warmup >= 0, --sizes >= 32')
-    return args
+    parser = cpu_benchmark_parser(__doc__.splitlines()[0], repeats=15, warmup=3)
+    return parse_cpu_benchmark_args(parser)
 
 
 def main():
@@ -44,15 +38,12 @@ def main():
     from mmunirep.models.backbones.unireplknet import ARCH_SETTINGS
     from mmunirep.ops.cpu_depthwise_conv import takes_wider_kernel
 
-    if args.arch not in ARCH_SETTINGS:
-        sys.exit(f'--arch must be one of {sorted(ARCH_SETTINGS)}, got {args.arch!r}')
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     dims = ARCH_SETTINGS[args.arch]['dims'][1:]
     report = Report(args.out)
     report.add(
-        f'host: {platform.processor() or platform.machine()} ({os.cpu_count()} logical CPUs), '
-        f'torch {torch.__version__}, {args.threads} threads, batch 1, fp32, inference; '
+        f'{cpu_host(args.threads)}, batch 1, fp32, inference; '
         f'median of {args.repeats} after {args.warmup} warm-up, the two timed in turn; ms',
         '',
         '| image | map (C x H x W) | memory | 13x13 | 13x15 (zero-padded) '

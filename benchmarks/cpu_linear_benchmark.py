@@ -11,9 +11,6 @@ ms; each repeat starting with the other) after checking that they give the same 
 error at most 1e-5 of the largest value), and the ratio (median of the repeats' ratios).
 """
 
-import argparse
-import os
-import platform
 import statistics
 import sys
 from functools import partial
@@ -21,23 +18,21 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from bench_utils import Report, paired_ratio, time_each_repeat
+from bench_utils import (
+    Report,
+    cpu_benchmark_parser,
+    cpu_host,
+    paired_ratio,
+    parse_cpu_benchmark_args,
+    time_each_repeat,
+)
 
 STRIDES = (4, 8, 16, 32)
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--arch', default='s', help='UniRepLKNet variant (its stage widths)')
-    parser.add_argument('--sizes', type=int, nargs='+', default=[224, 512])
-    parser.add_argument('--threads', type=int, default=2)
-    parser.add_argument('--repeats', type=int, default=15)
-    parser.add_argument('--warmup', type=int, default=3)
-    parser.add_argument('--out', help='also write the table to this file')
-    args = parser.parse_args()
-    if args.threads < 1 or args.repeats < 1 or args.warmup < 0 or min(args.sizes) < 32:
-        parser.error('--threads and --repeats must be >= 1, --warmup >= 0, --sizes >= 32')
-    return args
+    parser = cpu_benchmark_parser(__doc__.splitlines()[0], repeats=15, warmup=3)
+    return parse_cpu_benchmark_args(parser)
 
 
 def layer_cases(dims, size):
@@ -58,8 +53,6 @@ def main():
     from mmunirep.models.backbones.unireplknet import ARCH_SETTINGS
     from mmunirep.ops import cpu_linear, takes_onednn_linear
 
-    if args.arch not in ARCH_SETTINGS:
-        sys.exit(f'--arch must be one of {sorted(ARCH_SETTINGS)}, got {args.arch!r}')
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     probe = torch.randn(2, 2)
@@ -68,8 +61,7 @@ def main():
             sys.exit('this torch has no oneDNN linear operator: cpu_linear runs F.linear')
     report = Report(args.out)
     report.add(
-        f'host: {platform.processor() or platform.machine()} ({os.cpu_count()} logical CPUs), '
-        f'torch {torch.__version__}, {args.threads} threads, batch 1, fp32, inference; '
+        f'{cpu_host(args.threads)}, batch 1, fp32, inference; '
         f'median of {args.repeats} after {args.warmup} warm-up, the two timed in turn; ms',
         '',
         '| image | stride | pixels x in -> out | then | F.linear | oneDNN (cpu_linear) '

@@ -1,11 +1,10 @@
 """Linear layers on the CPU through oneDNN's matrix product, optionally with GELU fused.
 
-PyTorch runs an fp32 ``F.linear`` on the CPU through MKL's sgemm, and MKL takes a generic AVX2
-code path on AMD CPUs even where they have AVX-512; oneDNN, which PyTorch also ships and uses for
-its CPU convolutions, dispatches on the instruction set the CPU reports.
-``benchmarks/cpu_linear_benchmark.py`` times both on the backbone's shapes. The same oneDNN call
-applies the GELU that follows a block's first linear layer while the result is still in cache, one
-pass over the block's widest map fewer.
+PyTorch runs an fp32 ``F.linear`` on the CPU through MKL's sgemm, which on an AMD CPU with AVX-512
+runs its AVX2 code; oneDNN, which PyTorch also ships and uses for its CPU convolutions, runs the
+AVX-512 code there. ``benchmarks/cpu_linear_benchmark.py`` times both on the backbone's shapes.
+The same oneDNN call applies the GELU that follows a block's first linear layer while the result is
+still in cache, one pass over the block's widest map fewer.
 
 PyTorch exposes this call only as the operator its CPU compiler (Inductor) emits,
 ``torch.ops.mkldnn._linear_pointwise``, so :func:`cpu_linear` takes it only where it has been

@@ -87,6 +87,37 @@ def test_each_repeat_starts_one_run_later():
     assert ''.join(calls) == 'abcbcacababcbca'
 
 
+@pytest.mark.parametrize(
+    'argv, message',
+    [
+        (['--arch', 'zz'], "--arch must be one of ['a', 'b', 'f', 'l', 'n', 'p', 's', 't', 'xl'], "
+         "got 'zz'"),
+        (['--threads', '0'], '--threads and --repeats must be >= 1'),
+        (['--sizes', '224', '16'], '--sizes >= 32'),
+    ],
+)  # fmt: skip
+def test_cpu_benchmark_args_refuse_what_cannot_run(monkeypatch, capsys, argv, message):
+    """The CPU benchmarks' shared options: a usage error that names the option, before any model
+    is built; the defaults otherwise."""
+    sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+    from bench_utils import cpu_benchmark_parser, parse_cpu_benchmark_args
+
+    monkeypatch.setattr(sys, 'argv', ['bench.py', *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        parse_cpu_benchmark_args(cpu_benchmark_parser('bench', repeats=5, warmup=1))
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    monkeypatch.setattr(sys, 'argv', ['bench.py'])
+    args = parse_cpu_benchmark_args(cpu_benchmark_parser('bench', repeats=5, warmup=1))
+    assert (args.arch, args.sizes, args.threads, args.repeats, args.warmup, args.out) == (
+        's',
+        [224, 512],
+        2,
+        5,
+        1,
+        None,
+    )
+
+
 def test_train_step_benchmark_smoke(tmp_path):
     out = tmp_path / 'train_step.md'
     run(

@@ -463,8 +463,9 @@ class UniRepLKNetBlock(nn.Module):
 
     def _inference_residual(self, x: torch.Tensor) -> torch.Tensor:
         """:meth:`_residual`'s result with fewer passes over the maps and fewer allocations:
-        the squeeze-and-excitation and GRN factors are applied through :func:`scaled_linear`, and
-        the block's own maps are scaled and summed in place."""
+        the squeeze-and-excitation and GRN factors are applied through :func:`scaled_linear`, the
+        linear layers run through :func:`cpu_linear` (the first with its GELU), and the block's
+        own maps are scaled and summed in place."""
         y = self.norm(self.dwconv(x))
         se_scale = self.se.channel_weights(y).permute(0, 2, 3, 1)
         y = scaled_linear(y.permute(0, 2, 3, 1), se_scale, self.pwconv1[1], inplace=True, gelu=True)
