@@ -9,8 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mmunirep.ops import cpu_linear, takes_onednn_linear
-from mmunirep.ops import onednn_linear as onednn_linear
+from mmunirep.ops import cpu_linear, onednn_linear, takes_onednn_linear
 
 from helpers import rel_err
 
