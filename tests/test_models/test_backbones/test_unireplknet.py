@@ -921,9 +921,9 @@ def test_scaled_linear_is_the_linear_of_the_scaled_map(
 def test_onnx_export_folds_the_factors_and_keeps_batch_and_size_dynamic(monkeypatch, tmp_path):
     """A TorchScript-based export without gradient recording takes the blocks' inference path;
     other tracing (a FLOP count's) and ``torch.export`` (under the dynamo-based exporter too) do
-    not. The exported deploy backbone (traced at 96x96, where maps both
-    larger and smaller than the layers' widths occur, so both forms are in the graph) equals
-    PyTorch in onnxruntime at other batch sizes and image sizes, within fp32 rounding."""
+    not. The exported deploy backbone (traced at 96x96, where maps both larger and smaller than
+    the layers' widths occur, so both forms are in the graph) equals PyTorch in onnxruntime at
+    other batch sizes and image sizes, within fp32 rounding."""
     import onnxruntime as ort
 
     torch.manual_seed(4)
