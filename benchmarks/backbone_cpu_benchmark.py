@@ -14,7 +14,8 @@ model, so that none always runs after the same one. The table gives the median o
 ratios of the deploy backbone to both ConvNeXts (the median of the repeats' ratios, which a drift
 of the machine's speed between repeats moves far less than the ratio of the medians), and the
 FLOPs of the deploy backbone and ConvNeXt (mmengine's analysis). With onnxruntime the first three
-models are exported (opset 17) and timed the same way, with --threads intra-op threads.
+models are exported (opset 17) and timed the same way, their sessions sharing one global pool of
+--threads intra-op threads, as one session in a process would have.
 
 Before timing, the deploy structure's features are checked against the training structure's, and
 the two ConvNeXts' against each other (relative error at most 1e-4 of each map's largest value);
@@ -35,6 +36,7 @@ from bench_utils import (
     cpu_host,
     paired_ratio,
     parse_cpu_benchmark_args,
+    shared_thread_pool_options,
     time_each_repeat,
 )
 
@@ -145,9 +147,7 @@ def onnx_runs(models: dict, size: int, threads: int, folder: str) -> dict:
     import onnxruntime as ort
 
     x = np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
+    options = shared_thread_pool_options(threads)
     runs = {}
     for i, (name, model) in enumerate(models.items()):
         path = os.path.join(folder, f'{i}_{size}.onnx')

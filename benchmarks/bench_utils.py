@@ -46,6 +46,33 @@ def cpu_host(threads: int) -> str:
     )
 
 
+_ORT_POOL_THREADS = []
+
+
+def shared_thread_pool_options(threads: int):
+    """onnxruntime session options under which every session of the process runs on one global
+    pool of ``threads`` intra-op threads (created by the first call; a later call must ask for
+    the same number).
+
+    Why: with a pool per session (onnxruntime's default), the threads of the sessions not being
+    timed spin on after their last run and take cores from the session being timed, so that
+    sessions timed in turn slow each other down, unevenly.
+    """
+    import onnxruntime as ort
+
+    if not _ORT_POOL_THREADS:
+        ort.set_global_thread_pool_sizes(threads, 1)
+        _ORT_POOL_THREADS.append(threads)
+    elif _ORT_POOL_THREADS[0] != threads:
+        raise ValueError(
+            f'the global onnxruntime pool has {_ORT_POOL_THREADS[0]} threads, got a request for '
+            f'{threads}'
+        )
+    options = ort.SessionOptions()
+    options.use_per_session_threads = False
+    return options
+
+
 class Report:
     """Lines of a table, printed as they come; the file at ``path`` (if any) is rewritten whole
     with every line, so that a run cut short leaves the rows it finished and never a torn row."""

@@ -87,6 +87,42 @@ def test_each_repeat_starts_one_run_later():
     assert ''.join(calls) == 'abcbcacababcbca'
 
 
+SHARED_POOL_SCRIPT = """
+import sys
+import numpy as np
+import onnxruntime as ort
+from onnx import TensorProto, helper
+import bench_utils
+
+node = helper.make_node('Relu', ['x'], ['y'])
+graph = helper.make_graph(
+    [node], 'relu', [helper.make_tensor_value_info('x', TensorProto.FLOAT, [4])],
+    [helper.make_tensor_value_info('y', TensorProto.FLOAT, [4])])
+model = helper.make_model(graph).SerializeToString()
+x = np.array([-1.5, 2.0, -0.5, 3.0], np.float32)
+for _ in range(2):
+    options = bench_utils.shared_thread_pool_options(2)
+    assert options.use_per_session_threads is False
+    session = ort.InferenceSession(model, options, providers=['CPUExecutionProvider'])
+    assert session.run(None, {'x': x})[0].tolist() == [0.0, 2.0, 0.0, 3.0]
+bench_utils.shared_thread_pool_options(3)
+"""
+
+
+def test_onnxruntime_sessions_share_one_thread_pool():
+    """Sessions made with the shared options run on the process's global pool (no pool of their
+    own) and give the model's result; a later request for another number of threads is refused.
+    In a process of its own: onnxruntime's global pool is made once per process."""
+    result = subprocess.run(
+        [sys.executable, '-c', SHARED_POOL_SCRIPT],
+        cwd=os.path.join(ROOT, 'benchmarks'), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        'ValueError: the global onnxruntime pool has 2 threads, got a request for 3'
+    )
+
+
 @pytest.mark.parametrize(
     'argv, message',
     [

@@ -150,22 +150,29 @@ def spatial_l2_norm(x: torch.Tensor) -> torch.Tensor:
 
     Written as the root of a sum of squares over the flattened ``H * W`` dimension: ``torch.norm``
     over the two middle dimensions of an NHWC map is several times slower on the CPU, and a sum
-    over those two dimensions slower too. In an ONNX export the sum is a product with a row of ones,
-    which onnxruntime runs as a matrix product, several times faster than its ReduceSum.
+    over those two dimensions slower too.
     """
     x = x.float()
     n, h, w, c = x.shape
     flat = x.reshape(n, h * w, c)
-    if torch.onnx.is_in_onnx_export():
-        ones = torch.ones(n, 1, h * w, dtype=x.dtype, device=x.device)
-        return torch.matmul(ones, flat * flat).sqrt().reshape(n, 1, 1, c)
     return (flat * flat).sum(dim=1).sqrt().reshape(n, 1, 1, c)
 
 
+def pooled_l2_norm(x: torch.Tensor) -> torch.Tensor:
+    """The L2 norm over H and W of an NCHW map, ``(N, C, 1, 1)``, in fp32, for the ONNX export.
+
+    Written as the root of the global average pool of the squares times ``H * W``: the global
+    average pool is the one spatial reduction that onnxruntime runs in its blocked-channel
+    (NCHWc) layout, so the map is not reordered for it.
+    """
+    x = x.float()
+    return (F.adaptive_avg_pool2d(x * x, 1) * (x.shape[2] * x.shape[3])).sqrt()
+
+
 def takes_inference_path() -> bool:
-    """Whether the blocks run :meth:`UniRepLKNetBlock._inference_residual`: where no gradient is
-    recorded, in eager mode and in the TorchScript-based ONNX export (whose graph then folds the
-    per-channel factors into the linear layers' weights in the same places). Other tracing (a
+    """Whether the blocks run an inference form of their residual branch: where no gradient is
+    recorded, in eager mode (:meth:`UniRepLKNetBlock._inference_residual`) and in the
+    TorchScript-based ONNX export (:meth:`UniRepLKNetBlock._export_residual`). Other tracing (a
     FLOP count) keeps the plain graph, and so does compiling, ``torch.export`` and the exporter
     built on it, which capture the plain graph with symbolic sizes."""
     if torch.is_grad_enabled() or torch.compiler.is_compiling():
@@ -173,16 +180,6 @@ def takes_inference_path() -> bool:
     if torch.jit.is_tracing():
         return torch.onnx.is_in_onnx_export()
     return True
-
-
-def map_pixels(x: torch.Tensor) -> int:
-    """``H * W`` of an NHWC map as a Python int. Under tracing with dynamic sizes this is the
-    traced example's value: a choice between two equal forms, made at the export's size."""
-    if not torch.jit.is_tracing():
-        return x.shape[1] * x.shape[2]
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore', torch.jit.TracerWarning)
-        return int(x.shape[1] * x.shape[2])
 
 
 def scaled_linear(
@@ -195,23 +192,13 @@ def scaled_linear(
     """``linear(x * scale)``, then GELU if ``gelu``, for an NHWC map ``x`` and per-image channel
     factors ``scale`` ``(N, 1, 1, C_in)``; the product runs through :func:`cpu_linear`.
 
-    Where the map has more pixels than the layer has outputs, the factors go into the weight
-    (``C_out x C_in`` products per image rather than ``H x W x C_in``, and no pass over the map):
-    for one image in eager mode, and for any batch in an ONNX export, as a batched MatMul with
-    per-image weights (the export keeps the batch dynamic; the choice is made at the export's
-    size). Otherwise ``x`` is scaled, in place if ``inplace`` (only where no gradient is recorded).
+    For one image whose map has more pixels than the layer has outputs, the factors go into the
+    weight (``C_out x C_in`` products rather than ``H x W x C_in``, and no pass over the map).
+    Otherwise ``x`` is scaled, in place if ``inplace`` (only where no gradient is recorded).
     """
     n, h, w, c = x.shape
-    if map_pixels(x) > linear.out_features:
-        if torch.onnx.is_in_onnx_export():
-            weights = linear.weight.t() * scale.reshape(n, c, 1)
-            out = torch.matmul(x.reshape(n, h * w, c), weights)
-            if linear.bias is not None:
-                out = out + linear.bias
-            out = out.reshape(n, h, w, linear.out_features)
-            return F.gelu(out) if gelu else out
-        if n == 1:
-            return cpu_linear(x, linear.weight * scale.reshape(1, c), linear.bias, gelu)
+    if n == 1 and h * w > linear.out_features:
+        return cpu_linear(x, linear.weight * scale.reshape(1, c), linear.bias, gelu)
     x = x.mul_(scale) if inplace else x * scale
     return cpu_linear(x, linear.weight, linear.bias, gelu)
 
@@ -234,12 +221,16 @@ class GRN(nn.Module):
     def use_bias(self) -> bool:
         return hasattr(self, 'beta')
 
-    def channel_scale(self, x: torch.Tensor) -> torch.Tensor:
-        """The per-image channel factors ``1 + gamma * N(x)``, ``(N, 1, 1, C)``: GRN is
+    def channel_scale(self, x: torch.Tensor, channels_first: bool = False) -> torch.Tensor:
+        """The per-image channel factors ``1 + gamma * N(x)``, ``(N, 1, 1, C)`` for an NHWC map
+        (``(N, C, 1, 1)`` for an NCHW one if ``channels_first``): GRN is
         ``x * channel_scale(x) + beta``."""
-        gx = spatial_l2_norm(x)
-        nx = (gx / (gx.mean(dim=-1, keepdim=True) + 1e-6)).to(x.dtype)
-        return self.gamma * nx + 1
+        if channels_first:
+            gx, gamma, channel_dim = pooled_l2_norm(x), self.gamma.reshape(1, -1, 1, 1), 1
+        else:
+            gx, gamma, channel_dim = spatial_l2_norm(x), self.gamma, -1
+        nx = (gx / (gx.mean(dim=channel_dim, keepdim=True) + 1e-6)).to(x.dtype)
+        return gamma * nx + 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = x * self.channel_scale(x)
@@ -265,6 +256,12 @@ class SEBlock(nn.Module):
         w = F.relu(F.linear(w, self.down.weight.flatten(1), self.down.bias))
         w = torch.sigmoid(F.linear(w, self.up.weight.flatten(1), self.up.bias))
         return w[:, :, None, None]
+
+    def conv_channel_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`channel_weights` in the authors' form, convolutions on the pooled map: in an
+        ONNX export the factors stay in onnxruntime's blocked-channel layout."""
+        w = F.relu(self.down(F.adaptive_avg_pool2d(x, 1)))
+        return torch.sigmoid(self.up(w))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.channel_weights(x)
@@ -454,6 +451,8 @@ class UniRepLKNetBlock(nn.Module):
 
     def _residual(self, x: torch.Tensor) -> torch.Tensor:
         if takes_inference_path():
+            if torch.onnx.is_in_onnx_export():
+                return self._export_residual(x)
             return self._inference_residual(x)
         y = self.se(self.norm(self.dwconv(x)))
         y = self.pwconv2(self.act(self.pwconv1(y)))
@@ -481,6 +480,28 @@ class UniRepLKNetBlock(nn.Module):
         if self.gamma is not None:
             y = y.mul_(self.gamma.view(1, -1, 1, 1))
         return self.drop_path(y).add_(x)
+
+    def _export_residual(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`_residual`'s result for the ONNX export, in NCHW throughout: the linear layers
+        as 1x1 convolutions, the squeeze-and-excitation as the authors' convolutions and GRN's
+        spatial sum as a global average pool. onnxruntime then keeps the block's maps in its
+        blocked-channel (NCHWc) layout from the depthwise conv to the second linear layer, with
+        no transposes, reordering them only for the two per-channel products."""
+        y = self.norm(self.dwconv(x))
+        y = y * self.se.conv_channel_weights(y)
+        linear = self.pwconv1[1]
+        y = self.act[0](F.conv2d(y, linear.weight[:, :, None, None], linear.bias))
+        grn = self.act[1]
+        y = y * grn.channel_scale(y, channels_first=True)
+        if grn.use_bias:
+            y = y + grn.beta.reshape(1, -1, 1, 1)
+        linear = self.pwconv2[0]
+        y = F.conv2d(y, linear.weight[:, :, None, None], linear.bias)
+        if len(self.pwconv2) == 3:  # the training structure's BN
+            y = self.pwconv2[2](y)
+        if self.gamma is not None:
+            y = y * self.gamma.view(1, -1, 1, 1)
+        return self.drop_path(y) + x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.with_cp and x.requires_grad:

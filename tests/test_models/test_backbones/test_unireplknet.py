@@ -7,6 +7,7 @@ from unittest import mock
 import pytest
 import torch
 import torch.nn as nn
+from timm.layers import LayerNorm2d
 
 from mmunirep.models import UniRepLKNet, reparameterize_unireplknet
 from mmunirep.models.backbones.unireplknet import (
@@ -14,6 +15,7 @@ from mmunirep.models.backbones.unireplknet import (
     GRN,
     SEBlock,
     UniRepLKNetBlock,
+    pooled_l2_norm,
     scaled_linear,
     spatial_l2_norm,
 )
@@ -746,21 +748,24 @@ def test_outputs_are_contiguous_nchw(downsample_norm_cfg, deploy):
 
 @pytest.mark.parametrize('shape', [(2, 7, 9, 48), (1, 128, 96, 24)])
 def test_grn_spatial_norm_is_torch_norm_within_fp32_rounding(shape):
-    """The sum-of-squares form, eager and as exported (the product with a row of ones), against
-    ``torch.norm`` in fp64; under bf16 autocast it stays fp32."""
+    """The sum-of-squares form on an NHWC map and the exported form on an NCHW map (the root of
+    pixels times the global average pool of the squares), against ``torch.norm`` in fp64; under
+    bf16 autocast both stay fp32."""
     x = torch.randn(shape) * 3
     ref = torch.norm(x.double(), p=2, dim=(1, 2), keepdim=True)
-    eager = spatial_l2_norm(x)
-    assert eager.dtype == torch.float32 and eager.shape == ref.shape
     tol = 1e-5  # the rounding of an fp32 sum of up to 12288 squares
-    assert rel_err(eager.double(), ref) < tol
-    with mock.patch('torch.onnx.is_in_onnx_export', return_value=True):
-        exported_form = spatial_l2_norm(x)
-    assert rel_err(exported_form.double(), ref) < tol
-    with torch.autocast('cpu', dtype=torch.bfloat16):
-        under_autocast = spatial_l2_norm(x.bfloat16())
-    assert under_autocast.dtype == torch.float32
-    assert rel_err(under_autocast.double(), ref) < 1e-2  # the input's bf16 rounding
+    forms = {
+        'NHWC': spatial_l2_norm,
+        'NCHW': lambda t: pooled_l2_norm(t.permute(0, 3, 1, 2)).permute(0, 2, 3, 1),
+    }
+    for name, norm in forms.items():
+        out = norm(x)
+        assert out.dtype == torch.float32 and out.shape == ref.shape, name
+        assert rel_err(out.double(), ref) < tol, name
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            under_autocast = norm(x.bfloat16())
+        assert under_autocast.dtype == torch.float32, name
+        assert rel_err(under_autocast.double(), ref) < 1e-2, name  # the input's bf16 rounding
 
 
 @pytest.mark.slow
@@ -830,16 +835,16 @@ def _onednn_linear_calls(monkeypatch) -> list:
     return calls
 
 
-def _inference_calls(monkeypatch) -> list:
-    """Records each call of the blocks' inference path."""
+def _block_calls(monkeypatch, method: str = '_inference_residual') -> list:
+    """Records each call of one of the blocks' forms of their residual branch."""
     calls = []
-    original = UniRepLKNetBlock._inference_residual
+    original = getattr(UniRepLKNetBlock, method)
 
     def recorded(self, x):
         calls.append(tuple(x.shape))
         return original(self, x)
 
-    monkeypatch.setattr(UniRepLKNetBlock, '_inference_residual', recorded)
+    monkeypatch.setattr(UniRepLKNetBlock, method, recorded)
     return calls
 
 
@@ -859,7 +864,7 @@ def test_inference_path_equals_the_gradient_path(monkeypatch, deploy, downsample
     if deploy:
         reparameterize_unireplknet(model)
     x = torch.randn(batch, 3, 96, 96)
-    calls = _inference_calls(monkeypatch)
+    calls = _block_calls(monkeypatch)
     linear_calls = _onednn_linear_calls(monkeypatch)
     with torch.no_grad():
         fast = model(x)
@@ -891,20 +896,16 @@ def test_inference_path_leaves_the_block_input_unchanged(deploy):
 @pytest.mark.parametrize('inplace', [False, True])
 @pytest.mark.parametrize('bias', [True, False])
 @pytest.mark.parametrize('batch', [1, 3])
-@pytest.mark.parametrize('exporting', [False, True], ids=['eager', 'onnx-export'])
 @pytest.mark.parametrize('gelu', [False, True])
-def test_scaled_linear_is_the_linear_of_the_scaled_map(
-    pixels, inplace, bias, batch, exporting, gelu
-):
-    """Every form (factors in the weight where the map has more pixels than the layer has
-    outputs: one image in eager mode, a batched product in an ONNX export; factors on the map
-    otherwise) gives ``linear(x * scale)``, then GELU if asked; only the in-place product on the
-    map changes ``x``."""
+def test_scaled_linear_is_the_linear_of_the_scaled_map(pixels, inplace, bias, batch, gelu):
+    """Both forms (factors in the weight for one image whose map has more pixels than the layer
+    has outputs, factors on the map otherwise) give ``linear(x * scale)``, then GELU if asked;
+    only the in-place product on the map changes ``x``."""
     torch.manual_seed(0)
     linear = nn.Linear(12, 16, bias=bias)
     x = torch.randn(batch, *pixels, 12)
     scale = torch.rand(batch, 1, 1, 12) + 0.5
-    with torch.no_grad(), mock.patch('torch.onnx.is_in_onnx_export', return_value=exporting):
+    with torch.no_grad():
         expected = nn.functional.linear(
             x.double() * scale.double(), linear.weight.double(),
             None if linear.bias is None else linear.bias.double(),
@@ -914,23 +915,44 @@ def test_scaled_linear_is_the_linear_of_the_scaled_map(
         out = scaled_linear(x, scale, linear, inplace=inplace, gelu=gelu)
     assert out.shape == (batch, *pixels, 16)
     assert rel_err(out.double(), expected) < 1e-6
-    folded = pixels[0] * pixels[1] > 16 and (batch == 1 or exporting)
+    folded = pixels[0] * pixels[1] > 16 and batch == 1
     assert torch.equal(x, before) == (folded or not inplace)
 
 
-def test_onnx_export_folds_the_factors_and_keeps_batch_and_size_dynamic(monkeypatch, tmp_path):
-    """A TorchScript-based export without gradient recording takes the blocks' inference path;
+@pytest.mark.parametrize('deploy', [False, True], ids=['training', 'deploy'])
+def test_export_form_equals_the_gradient_path(monkeypatch, deploy):
+    """The blocks' form for the ONNX export (NCHW throughout: 1x1 convolutions, the
+    squeeze-and-excitation's convolutions, GRN's pooled norm) equals the path that records
+    gradients within fp32 rounding, in both structures and for a batch of two."""
+    model = randomize(UniRepLKNet(arch=TINY_ARCH, drop_path_rate=0.0)).eval()
+    if deploy:
+        reparameterize_unireplknet(model)
+    x = torch.randn(2, 3, 96, 64)
+    calls = _block_calls(monkeypatch, '_export_residual')
+    with torch.no_grad(), mock.patch('torch.onnx.is_in_onnx_export', return_value=True):
+        exported_form = model(x)
+    assert len(calls) == sum(TINY_ARCH['depths'])
+    recorded = model(x.requires_grad_())
+    for a, b in zip(exported_form, recorded):
+        assert rel_err(a, b.detach()) < 1e-5  # fp32 rounding of reordered products
+
+
+def test_onnx_export_runs_the_blocks_in_nchw_and_keeps_batch_and_size_dynamic(
+    monkeypatch, tmp_path
+):
+    """A TorchScript-based export without gradient recording takes the blocks' export form;
     other tracing (a FLOP count's) and ``torch.export`` (under the dynamo-based exporter too) do
-    not. The exported deploy backbone (traced at 96x96, where maps both larger and smaller than
-    the layers' widths occur, so both forms are in the graph) equals PyTorch in onnxruntime at
-    other batch sizes and image sizes, within fp32 rounding."""
+    not. The blocks add no transpose to the graph (the only ones are the channels-first layer
+    norms'), and the exported deploy backbone equals PyTorch in onnxruntime at other batch sizes
+    and image sizes, within fp32 rounding."""
+    import onnx
     import onnxruntime as ort
 
     torch.manual_seed(4)
     model = reparameterize_unireplknet(randomize(UniRepLKNet(arch=TINY_ARCH)).eval())
     path = str(tmp_path / 'backbone.onnx')
     dynamic = {'input': {0: 'batch', 2: 'height', 3: 'width'}}
-    calls = _inference_calls(monkeypatch)
+    calls = _block_calls(monkeypatch, '_export_residual')
     with torch.no_grad():
         torch.jit.trace(model, torch.randn(1, 3, 96, 96), check_trace=False)
         with mock.patch('torch.onnx.is_in_onnx_export', return_value=True):
@@ -941,6 +963,10 @@ def test_onnx_export_folds_the_factors_and_keeps_batch_and_size_dynamic(monkeypa
             input_names=['input'], dynamic_axes=dynamic,
         )  # fmt: skip
     assert len(calls) == sum(TINY_ARCH['depths'])
+    ops = [node.op_type for node in onnx.load(path).graph.node]
+    layer_norms = sum(isinstance(m, LayerNorm2d) for m in model.modules())
+    assert ops.count('Transpose') == 2 * layer_norms
+    assert 'MatMul' not in ops and 'Gemm' not in ops
     session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
     for shape in [(1, 3, 96, 96), (2, 3, 64, 128), (3, 3, 160, 96)]:
         x = torch.randn(shape)
