@@ -203,6 +203,25 @@ def scaled_linear(
     return cpu_linear(x, linear.weight, linear.bias, gelu)
 
 
+class ChannelsFirstLayerNorm(LayerNorm2d):
+    """timm's ``LayerNorm2d`` (the authors' channels-first LayerNorm); in an ONNX export, a
+    LayerNormalization without affine parameters followed by the affine part as a 1x1 depthwise
+    convolution.
+
+    Why: onnxruntime keeps a convolution's output in its blocked-channel (NCHWc) layout, so the
+    stage after a down-sampling norm starts its residual stream in that layout, and each block's
+    residual sum runs inside the block's last convolution rather than on reordered maps.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.onnx.is_in_onnx_export():
+            return super().forward(x)
+        x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, eps=self.eps)
+        channels = self.weight.numel()
+        weight = self.weight.reshape(channels, 1, 1, 1)
+        return F.conv2d(x.permute(0, 3, 1, 2), weight, self.bias, groups=channels)
+
+
 class GRN(nn.Module):
     """Global Response Normalization on NHWC input (ConvNeXt V2).
 
@@ -663,7 +682,7 @@ class UniRepLKNet(BaseModule):
 
         def outer_norm(channels):
             if downsample_norm_cfg is None:
-                return LayerNorm2d(channels, eps=1e-6)
+                return ChannelsFirstLayerNorm(channels, eps=1e-6)
             return build_batch_norm(downsample_norm_cfg, channels)
 
         self.downsample_layers = nn.ModuleList(

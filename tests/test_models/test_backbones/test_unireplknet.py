@@ -13,6 +13,7 @@ from mmunirep.models import UniRepLKNet, reparameterize_unireplknet
 from mmunirep.models.backbones.unireplknet import (
     ARCH_SETTINGS,
     GRN,
+    ChannelsFirstLayerNorm,
     SEBlock,
     UniRepLKNetBlock,
     pooled_l2_norm,
@@ -976,6 +977,24 @@ def test_onnx_export_runs_the_blocks_in_nchw_and_keeps_batch_and_size_dynamic(
         assert len(outputs) == len(expected) == 4
         for out, ref in zip(outputs, expected):
             assert rel_err(torch.from_numpy(out), ref) < 1e-5  # fp32 rounding
+
+
+def test_channels_first_layer_norm_exports_its_affine_part_as_a_conv():
+    """The LayerNorm's export form (no affine parameters, then a 1x1 depthwise conv with them)
+    equals timm's LayerNorm2d within fp32 rounding; outside an export it is timm's."""
+    torch.manual_seed(0)
+    norm = ChannelsFirstLayerNorm(24, eps=1e-6)
+    nn.init.normal_(norm.weight)
+    nn.init.normal_(norm.bias)
+    x = torch.randn(2, 24, 9, 7) * 2 + 1
+    reference = LayerNorm2d(24, eps=1e-6)
+    reference.load_state_dict(norm.state_dict())
+    with torch.no_grad():
+        expected = reference(x)
+        assert torch.equal(norm(x), expected)
+        with mock.patch('torch.onnx.is_in_onnx_export', return_value=True):
+            exported_form = norm(x)
+    assert rel_err(exported_form, expected) < 1e-6
 
 
 def test_squeeze_excitation_is_the_authors_conv_form():
