@@ -52,7 +52,8 @@ _ORT_POOL_THREADS = []
 def shared_thread_pool_options(threads: int):
     """onnxruntime session options under which every session of the process runs on one global
     pool of ``threads`` intra-op threads (created by the first call; a later call must ask for
-    the same number).
+    the same number). Once the pool exists, onnxruntime refuses any session of the process that
+    asks for threads of its own.
 
     Why: with a pool per session (onnxruntime's default), the threads of the sessions not being
     timed spin on after their last run and take cores from the session being timed, so that

@@ -587,13 +587,14 @@ def bench_main(monkeypatch, script, *argv):
     return module.main()
 
 
-def test_backbone_cpu_benchmark_smoke(monkeypatch, tmp_path):
+def test_backbone_cpu_benchmark_smoke(tmp_path):
     """A row per size and runtime: the models' times (ConvNeXt with UniRepLKNet's linear layers in
     eager only), the deploy / ConvNeXt ratios of those times, and the FLOPs of both (more for the
-    larger size)."""
+    larger size). In a process of its own: the script's onnxruntime sessions share the process's
+    global thread pool, which every later session of that process would then have to use."""
     out = tmp_path / 'backbone.md'
-    bench_main(
-        monkeypatch, 'backbone_cpu_benchmark', '--arch', 'a', '--convnext', 'convnext_tiny',
+    run(
+        'benchmarks/backbone_cpu_benchmark.py', '--arch', 'a', '--convnext', 'convnext_tiny',
         '--sizes', '64', '128', '--repeats', '1', '--warmup', '0', '--threads', '1',
         '--out', str(out),
     )  # fmt: skip
