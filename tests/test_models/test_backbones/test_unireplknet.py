@@ -610,8 +610,6 @@ def test_downsample_norm_cfg_batchnorm_option():
     """downsample_norm_cfg=BN swaps exactly the 9 LayerNorms of arch A (2 stem, 3 down-sampling,
     4 outputs) and nothing else; the default stays the paper's LayerNorm network; loading a
     checkpoint of the other kind fails naming the flag; re-parameterization still agrees."""
-    from timm.layers import LayerNorm2d
-
     paper = UniRepLKNet(arch='a')
     bn = UniRepLKNet(arch='a', downsample_norm_cfg=dict(type='BN'))
     assert sum(isinstance(m, LayerNorm2d) for m in paper.modules()) == 9
