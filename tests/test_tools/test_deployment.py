@@ -11,6 +11,7 @@ from mmengine.config import Config
 
 import mmunirep  # noqa: F401
 from mmunirep.deploy import DetectorForExport, UnsupportedModelError
+from mmunirep.deploy.tensorrt import tensorrt_parser_issues
 from mmunirep.models import reparameterize_unireplknet
 from mmunirep.utils import build_model, load_model_weights
 from mmunirep.utils.checkpoint import CheckpointError
@@ -27,8 +28,10 @@ def test_export_onnx_matches_pytorch(seg_model, tmp_path, part):
     out = str(tmp_path / f'{part}.onnx')
     errors = export_onnx(s, out, part, (64, 96))
     assert max(errors) <= 1e-4
-    ops = {n.op_type for n in onnx.load(out).graph.node}
-    assert 'Conv' in ops and not {n.domain for n in onnx.load(out).graph.node} - {''}
+    proto = onnx.load(out)
+    ops = {n.op_type for n in proto.graph.node}
+    assert 'Conv' in ops and not {n.domain for n in proto.graph.node} - {''}
+    assert tensorrt_parser_issues(proto) == []
 
 
 def test_matmul_adaptive_pool_equals_torch():
@@ -190,6 +193,7 @@ def test_the_detector_exports_with_standard_operators_and_dynamic_size(det_model
     ops = {n.op_type for n in proto.graph.node}
     assert {'RoiAlign', 'NonMaxSuppression', 'TopK', 'ScatterND'} <= ops
     assert {n.domain for n in proto.graph.node} <= {''}
+    assert tensorrt_parser_issues(proto) == []
     assert [i.name for i in proto.graph.input] == ['input', 'image_shape', 'score_threshold']
     assert [o.name for o in proto.graph.output] == ['boxes', 'scores', 'labels', 'masks']
     # the score threshold is the graph's input: a higher one keeps the confident subset
@@ -208,6 +212,86 @@ def test_the_detector_exports_with_standard_operators_and_dynamic_size(det_model
     assert meta['preprocess']['resize'] == dict(scale=[160, 160], keep_ratio=True)
     assert meta['preprocess']['pad_size_divisor'] == 32 and meta['preprocess']['bgr_to_rgb']
     assert meta['postprocess'] == dict(score_thr=0.0, max_per_img=20, mask_thr_binary=0.5)
+
+
+def test_the_tensorrt_check_names_each_node_the_parser_does_not_import():
+    """The static TensorRT check reports, per node, an operator the parser lacks, a custom domain
+    and each stated restriction broken (also inside a subgraph), and nothing for the same
+    operators used within the restrictions."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def const(name, values, dtype=np.int64):
+        return numpy_helper.from_array(np.array(values, dtype), name)
+
+    nodes = [
+        helper.make_node('Unique', ['x'], ['u'], name='unique'),
+        helper.make_node('MyOp', ['x'], ['c'], name='custom', domain='my.domain'),
+        helper.make_node('ScatterND', ['x', 'i', 'x'], ['s'], name='scatter', reduction='add'),
+        helper.make_node('ScatterND', ['x', 'i', 'x'], ['s2'], name='scatter_ok'),
+        helper.make_node('TopK', ['v', 'k_big'], ['tv', 'ti'], name='topk', sorted=0),
+        helper.make_node('TopK', ['v', 'k_ok'], ['tv2', 'ti2'], name='topk_ok'),
+        helper.make_node('Resize', ['x', '', 'scales'], ['r'], name='resize', mode='cubic'),
+        helper.make_node(
+            'Resize',
+            ['x', '', 'scales'],
+            ['r2'],
+            name='resize_ok',
+            coordinate_transformation_mode='asymmetric',
+            nearest_mode='floor',
+        ),
+        helper.make_node('Shape', ['x'], ['shape']),
+        helper.make_node('ReduceSum', ['x', 'shape'], ['rs'], name='reducesum'),
+        helper.make_node('ReduceSum', ['x', 'axes'], ['rs2'], name='reducesum_ok'),
+        helper.make_node('MaxPool', ['x'], ['mp', 'mi'], name='maxpool', kernel_shape=[2, 2]),
+        helper.make_node(
+            'If',
+            ['cond'],
+            ['branch'],
+            name='if',
+            then_branch=helper.make_graph(
+                [helper.make_node('Unique', ['x'], ['ux'], name='inner_unique')],
+                'then',
+                [],
+                [helper.make_tensor_value_info('ux', TensorProto.FLOAT, None)],
+            ),
+            else_branch=helper.make_graph(
+                [helper.make_node('Relu', ['x'], ['rx'], name='inner_relu')],
+                'else',
+                [],
+                [helper.make_tensor_value_info('rx', TensorProto.FLOAT, None)],
+            ),
+        ),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        'g',
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ('x', 'v')]
+        + [helper.make_tensor_value_info('cond', TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info('u', TensorProto.FLOAT, None)],
+        [
+            const('i', [[0]]),
+            const('k_big', [4000]),
+            const('k_ok', [1000]),
+            const('axes', [1]),
+            const('scales', [1, 1, 2, 2], np.float32),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 17)])
+    issues = tensorrt_parser_issues(model)
+    by_node = {}
+    for issue in issues:
+        node, _, problem = issue.partition(': ')
+        by_node.setdefault(node.split(' ')[0], []).append(problem)
+    assert by_node == {
+        'unique': ['not an operator the parser imports'],
+        'custom': ["custom domain 'my.domain'"],
+        'scatter': ["reduction 'add' is not supported"],
+        'topk': ['sorted must be 1', 'K must be below 3840, is 4000'],
+        'resize': ["mode 'cubic' is not supported"],
+        'reducesum': ['input 1 (axes) must be a constant, is computed in the graph'],
+        'maxpool': ['the Indices output is not supported'],
+        'inner_unique': ['not an operator the parser imports'],
+    }
 
 
 def test_export_checks_a_narrow_map_and_leaves_no_file_when_the_check_fails(

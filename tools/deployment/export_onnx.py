@@ -16,18 +16,20 @@ probability over its box, which the caller pastes into the image. Batch 1, any H
 ``--part backbone``: ``input`` -> the backbone's features.
 
 The model is re-parameterized first (a training-structure checkpoint is converted on the way).
-The file holds only standard ONNX operators (checked with onnx.checker and for custom domains)
-and, as metadata, what tools/deployment/onnx_inference.py needs to run it without the config:
-the test pipeline's resize, the normalization, the padding, the classes. It is then run in
-onnxruntime on an input of another size than the traced one and compared with PyTorch
-(segmentor, backbone: relative max error <= --rtol; detector, with the score threshold at 0 so
-that the best ``max_per_img`` detections are compared whatever the weights: 99% of each side's
-detections matched by one of the same class with IoU >= 0.99 on the other, scores and mask
-probabilities within max(--rtol, 1e-3)), and only then written to OUT.
+The file holds only standard ONNX operators (checked with onnx.checker and for custom domains;
+whether TensorRT 10's ONNX parser lists them all as supported is logged) and, as metadata, what
+tools/deployment/onnx_inference.py needs to run it without the config: the test pipeline's resize,
+the normalization, the padding, the classes. It is then run in onnxruntime on an input of
+another size than the traced one and compared with PyTorch (segmentor, backbone: relative max
+error <= --rtol; detector, with the score threshold at 0 so that the best ``max_per_img``
+detections are compared whatever the weights: 99% of each side's detections matched by one of
+the same class with IoU >= 0.99 on the other, scores and mask probabilities within
+max(--rtol, 1e-3)), and only then written to OUT.
 """
 
 import argparse
 import json
+import logging
 
 import numpy as np
 import torch
@@ -37,6 +39,7 @@ from mmengine.logging import print_log
 from mmunirep.deploy import DetectorForExport
 from mmunirep.deploy.metadata import build_metadata, preprocess_spec, write_metadata
 from mmunirep.deploy.segmentor import BackboneForExport, SegmentorForExport
+from mmunirep.deploy.tensorrt import tensorrt_parser_issues
 from mmunirep.deploy.verify import box_iou, matched_fraction
 from mmunirep.models import reparameterize_unireplknet
 from mmunirep.utils import (
@@ -265,6 +268,7 @@ def verify(part: dict, path: str, rtol: float):
     domains = {n.domain for n in graph.graph.node} - {'', 'ai.onnx'}
     if domains:
         raise RuntimeError(f'{path} uses custom operator domains {domains}')
+    report_tensorrt_support(graph)
     session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
     feeds = {name: t.numpy() for name, t in zip(part['inputs'], part['check'])}
     onnx_outs = session.run(None, feeds)
@@ -300,6 +304,27 @@ def verify(part: dict, path: str, rtol: float):
         logger='current',
     )
     return errors
+
+
+def report_tensorrt_support(graph) -> None:
+    """Log whether TensorRT 10's ONNX parser states that it imports every node of the graph
+    (a static reading, :mod:`mmunirep.deploy.tensorrt`); an ONNX file it would not import is
+    still written, for onnxruntime."""
+    issues = tensorrt_parser_issues(graph)
+    if issues:
+        shown = '\n  '.join(issues[:20]) + ('\n  ...' if len(issues) > 20 else '')
+        print_log(
+            f"TensorRT 10's ONNX parser does not import {len(issues)} node(s):\n  {shown}",
+            logger='current',
+            level=logging.WARNING,
+        )
+    else:
+        kinds = len({n.op_type for n in graph.graph.node})
+        print_log(
+            f"TensorRT 10's ONNX parser lists all {kinds} operator types of the graph as "
+            'supported, within its stated restrictions (a static check: no engine was built)',
+            logger='current',
+        )
 
 
 def _compare_detections(onnx_outs, torch_outs, rtol, score_thr, max_per_img):
