@@ -92,15 +92,20 @@ class Report:
             write_text(self.path, '\n'.join(self.lines) + '\n')
 
 
-def time_each_repeat(runs: dict, repeats: int, warmup: int) -> dict:
+def time_each_repeat(runs: dict, repeats: int, warmup: int, settle: float = 0.0) -> dict:
     """Seconds of each ``run()`` in every repeat, the runs called in turn ``warmup + repeats``
     times (the warm-up calls are not kept). Each repeat starts one run later than the one before,
-    so that no run always follows the same other run (whose traffic leaves the caches to it)."""
+    so that no run always follows the same other run (whose traffic leaves the caches to it).
+
+    ``settle``: seconds to wait before each call, for runs on different thread pools (PyTorch's
+    and onnxruntime's): a pool's threads spin on after its run and take cores from the next
+    run's pool until they go to sleep."""
     names = list(runs)
     times = {name: [] for name in names}
     for i in range(warmup + repeats):
         shift = i % len(names)
         for name in names[shift:] + names[:shift]:
+            time.sleep(settle)
             start = time.perf_counter()
             runs[name]()
             if i >= warmup:

@@ -12,7 +12,9 @@ pixels and their masks pasted into the image: PyTorch runs MMDetection's ``predi
 re-parameterized backbone, ``rescale=True``, as ``tools/test.py``); onnxruntime runs the graph of
 ``tools/deployment/export_onnx.py --part detector`` and then the post-processing of
 ``tools/deployment/onnx_inference.py`` (boxes scaled, masks pasted). The two are timed in turn,
-median of --repeats after a warm-up. Both keep the detections above --score-thr (default 0: the
+each call after a pause of SETTLE_S (each side's threads spin on for tens of milliseconds after
+a run and would slow the other side's next run), median of --repeats after a warm-up; the ratio
+is the median of the repeats' ratios. Both keep the detections above --score-thr (default 0: the
 best max_per_img of the config, so that the mask head and the pasting run at their heaviest, for
 random weights as for trained ones; the config's own threshold with --score-thr config).
 """
@@ -25,17 +27,18 @@ import platform
 import statistics
 import sys
 import tempfile
-import time
 
 import numpy as np
 import torch
 
-from bench_utils import Report
+from bench_utils import Report, paired_ratio, time_each_repeat
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 QUICKSTART = 'configs/detection/quickstart_unireplknet_a_shapes.py'
 QUICKSTART_CKPT = 'work_dirs/quickstart_det/epoch_8.pth'
 DEFAULTS = (f'{QUICKSTART}@160x160', 'configs/detection/unireplknet_s_22k_cascade_3x.py@800x1333')
+# seconds before each timed call: longer than either side's threads spin after a run
+SETTLE_S = 0.2
 
 
 def load_tool(name):
@@ -140,14 +143,13 @@ def time_case(case: dict, folder: str, args, export, inference) -> dict:
             f'{case["config"]}: PyTorch keeps {detections} detections, onnxruntime '
             f'{onnx_detections}: the export differs (tools/deployment/export_onnx.py checks it)'
         )
-    times = dict(torch=[], onnx=[])
-    for _ in range(repeats):
-        for name, run in (('torch', run_torch), ('onnx', run_onnx)):
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
+    times = time_each_repeat(dict(torch=run_torch, onnx=run_onnx), repeats, 1, SETTLE_S)
     os.remove(path)
-    return dict(detections=detections, **{k: statistics.median(v) * 1e3 for k, v in times.items()})
+    return dict(
+        detections=detections,
+        ratio=paired_ratio(times['torch'], times['onnx']),
+        **{k: statistics.median(v) * 1e3 for k, v in times.items()},
+    )
 
 
 def main():
@@ -160,7 +162,8 @@ def main():
     report.add(
         f'host: {platform.machine()} ({os.cpu_count()} logical CPUs), torch {torch.__version__}, '
         f'onnxruntime {onnxruntime.__version__}, {args.threads} threads, batch 1, fp32; median of '
-        f'{args.repeats}, the two timed in turn; ms per image; score threshold {args.score_thr}',
+        f'{args.repeats}, the two timed in turn, each call {SETTLE_S} s after the last; ms per '
+        f"image; the ratio is the median of the repeats' ratios; score threshold {args.score_thr}",
         '',
         '| config | weights | image | detections | PyTorch eager | onnxruntime '
         '| PyTorch / onnxruntime |',
@@ -173,7 +176,7 @@ def main():
             report.add(
                 f'| {case["config"]} | {"trained" if case["checkpoint"] else "random"} '
                 f'| {h}x{w} | {r["detections"]} | {r["torch"]:.0f} | {r["onnx"]:.0f} '
-                f'| {r["torch"] / r["onnx"]:.2f} |'
+                f'| {r["ratio"]:.2f} |'
             )
     return 0
 

@@ -87,6 +87,27 @@ def test_each_repeat_starts_one_run_later():
     assert ''.join(calls) == 'abcbcacababcbca'
 
 
+def test_time_each_repeat_waits_before_each_call_when_asked_to():
+    """With ``settle``, every call starts at least that long after the previous one ended (the
+    pause is not part of the time kept)."""
+    import time
+
+    sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+    from bench_utils import time_each_repeat
+
+    spans = []
+
+    def run():
+        start = time.perf_counter()
+        time.sleep(0.002)
+        spans.append((start, time.perf_counter()))
+
+    times = time_each_repeat(dict(a=run, b=run), repeats=2, warmup=1, settle=0.05)
+    gaps = [nxt[0] - prev[1] for prev, nxt in zip(spans, spans[1:])]
+    assert len(gaps) == 5 and min(gaps) >= 0.05, gaps
+    assert all(0.002 <= t < 0.05 for ts in times.values() for t in ts), times
+
+
 SHARED_POOL_SCRIPT = """
 import sys
 import numpy as np
