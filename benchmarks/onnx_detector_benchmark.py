@@ -1,7 +1,7 @@
 """An exported detector in onnxruntime against the same detector in PyTorch eager, on the CPU.
 
     python benchmarks/onnx_detector_benchmark.py [CONFIG[:CHECKPOINT][@HxW] ...]
-        [--threads 2] [--repeats 7] [--out FILE]
+        [--threads 2] [--repeats 7] [--settle 0.2] [--out FILE]
 
 Default: the detection quick start at 160x160, its images' size (with its trained checkpoint when
 work_dirs/quickstart_det has one), and UniRepLKNet-S Cascade Mask R-CNN 3x (IN-22K) at 800x1333
@@ -12,11 +12,12 @@ pixels and their masks pasted into the image: PyTorch runs MMDetection's ``predi
 re-parameterized backbone, ``rescale=True``, as ``tools/test.py``); onnxruntime runs the graph of
 ``tools/deployment/export_onnx.py --part detector`` and then the post-processing of
 ``tools/deployment/onnx_inference.py`` (boxes scaled, masks pasted). The two are timed in turn,
-each call after a pause of SETTLE_S (each side's threads spin on for tens of milliseconds after
-a run and would slow the other side's next run), median of --repeats after a warm-up; the ratio
-is the median of the repeats' ratios. Both keep the detections above --score-thr (default 0: the
-best max_per_img of the config, so that the mask head and the pasting run at their heaviest, for
-random weights as for trained ones; the config's own threshold with --score-thr config).
+each call after a pause of --settle seconds (each side's threads spin on for tens of
+milliseconds after a run and would slow the other side's next run), median of --repeats after a
+warm-up; the ratio is the median of the repeats' ratios. Both keep the detections above
+--score-thr (default 0: the best max_per_img of the config, so that the mask head and the
+pasting run at their heaviest, for random weights as for trained ones; the config's own
+threshold with --score-thr config).
 """
 
 import argparse
@@ -37,8 +38,6 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 QUICKSTART = 'configs/detection/quickstart_unireplknet_a_shapes.py'
 QUICKSTART_CKPT = 'work_dirs/quickstart_det/epoch_8.pth'
 DEFAULTS = (f'{QUICKSTART}@160x160', 'configs/detection/unireplknet_s_22k_cascade_3x.py@800x1333')
-# seconds before each timed call: longer than either side's threads spin after a run
-SETTLE_S = 0.2
 
 
 def load_tool(name):
@@ -72,6 +71,12 @@ def parse_args():
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--repeats', type=int, default=7)
     parser.add_argument(
+        '--settle',
+        type=float,
+        default=0.2,
+        help="seconds to wait before each timed call, longer than either side's threads spin on",
+    )
+    parser.add_argument(
         '--score-thr', default='0', help="lowest score kept, or 'config' for the config's"
     )
     parser.add_argument('--out', help='also write the table to this file')
@@ -82,8 +87,8 @@ def parse_args():
         except ValueError:
             parser.error(f"--score-thr is a number or 'config', got {args.score_thr!r}")
     args.cases = args.cases or [parse_case(c) for c in DEFAULTS]
-    if args.threads < 1 or args.repeats < 1:
-        parser.error('--threads and --repeats must be at least 1')
+    if args.threads < 1 or args.repeats < 1 or args.settle < 0:
+        parser.error('--threads and --repeats must be at least 1, --settle at least 0')
     return args
 
 
@@ -143,7 +148,7 @@ def time_case(case: dict, folder: str, args, export, inference) -> dict:
             f'{case["config"]}: PyTorch keeps {detections} detections, onnxruntime '
             f'{onnx_detections}: the export differs (tools/deployment/export_onnx.py checks it)'
         )
-    times = time_each_repeat(dict(torch=run_torch, onnx=run_onnx), repeats, 1, SETTLE_S)
+    times = time_each_repeat(dict(torch=run_torch, onnx=run_onnx), repeats, 1, args.settle)
     os.remove(path)
     return dict(
         detections=detections,
@@ -162,7 +167,7 @@ def main():
     report.add(
         f'host: {platform.machine()} ({os.cpu_count()} logical CPUs), torch {torch.__version__}, '
         f'onnxruntime {onnxruntime.__version__}, {args.threads} threads, batch 1, fp32; median of '
-        f'{args.repeats}, the two timed in turn, each call {SETTLE_S} s after the last; ms per '
+        f'{args.repeats}, the two timed in turn, each call {args.settle} s after the last; ms per '
         f"image; the ratio is the median of the repeats' ratios; score threshold {args.score_thr}",
         '',
         '| config | weights | image | detections | PyTorch eager | onnxruntime '
