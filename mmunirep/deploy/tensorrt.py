@@ -8,7 +8,7 @@ and its importers state; it does not check data types, shapes or plugins' numeri
 cannot replace building an engine.
 """
 
-from typing import Iterable, List, Set
+from typing import Iterable, List, Optional, Set
 
 import onnx
 from onnx import helper, numpy_helper
@@ -68,32 +68,39 @@ RESIZE_MODES = dict(
 def tensorrt_parser_issues(model: onnx.ModelProto) -> List[str]:
     """What in ``model`` TensorRT 10's ONNX parser states that it does not import: operators
     outside :data:`TENSORRT_ONNX_OPERATORS` or of a custom domain, and the stated restrictions
-    (constant axes, TopK sorted with K < 3840, no scatter reduction, Resize's modes, MaxPool
-    without indices, no sparse or string constants). One line per node; empty if none."""
+    (constant axes, TopK sorted with K below 3840, also where K is computed, no scatter
+    reduction, Resize's modes, MaxPool without indices, no sparse or string constants). One line
+    per node; empty if none."""
     default = onnx.defs.onnx_opset_version()
     opset = next((o.version for o in model.opset_import if o.domain in ('', 'ai.onnx')), default)
-    return _graph_issues(model.graph, opset, set())
+    return _graph_issues(model.graph, opset, set(), {})
 
 
-def _graph_issues(graph: onnx.GraphProto, opset: int, outer_constants: Set[str]) -> List[str]:
+def _graph_issues(
+    graph: onnx.GraphProto, opset: int, outer_constants: Set[str], outer_values: dict
+) -> List[str]:
     constants = set(outer_constants) | {i.name for i in graph.initializer}
-    values = {i.name: i for i in graph.initializer}  # tensors, read only where needed
+    # the constant tensors by name, read only where needed
+    values = dict(outer_values, **{i.name: i for i in graph.initializer})
+    producers = {out: node for node in graph.node for out in node.output}
     issues = []
     for node in graph.node:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         where = f'{node.name or node.output[0]} ({node.op_type})'
-        for problem in _node_issues(node, attrs, opset, constants, values):
+        for problem in _node_issues(node, attrs, opset, constants, values, producers):
             issues.append(f'{where}: {problem}')
         if node.op_type == 'Constant':
             constants.update(node.output)
             if 'value' in attrs:
                 values[node.output[0]] = attrs['value']
         for sub in _subgraphs(node):
-            issues += _graph_issues(sub, opset, constants)
+            issues += _graph_issues(sub, opset, constants, values)
     return issues
 
 
-def _node_issues(node, attrs: dict, opset: int, constants: Set[str], values: dict) -> Iterable:
+def _node_issues(
+    node, attrs: dict, opset: int, constants: Set[str], values: dict, producers: dict
+) -> Iterable:
     op = node.op_type
     if node.domain not in ('', 'ai.onnx'):
         yield f'custom domain {node.domain!r}'
@@ -109,10 +116,12 @@ def _node_issues(node, attrs: dict, opset: int, constants: Set[str], values: dic
     if op == 'TopK':
         if attrs.get('sorted', 1) != 1:
             yield 'sorted must be 1'
-        k = values.get(node.input[1]) if len(node.input) > 1 else None
-        k = None if k is None else int(numpy_helper.to_array(k).reshape(-1)[0])
-        if k is not None and k >= TOPK_MAX_K:
-            yield f'K must be below {TOPK_MAX_K}, is {k}'
+        if len(node.input) > 1:
+            bound = _upper_bound(node.input[1], values, producers)
+            if bound is None:
+                yield f'K is computed in the graph with no constant bound below {TOPK_MAX_K}'
+            elif bound >= TOPK_MAX_K:
+                yield f'K must be below {TOPK_MAX_K}, can be {bound}'
     if op in ('ScatterND', 'ScatterElements') and 'reduction' in attrs:
         if op == 'ScatterND' or attrs['reduction'] != b'none':
             yield f'reduction {attrs["reduction"].decode()!r} is not supported'
@@ -135,6 +144,36 @@ def _node_issues(node, attrs: dict, opset: int, constants: Set[str], values: dic
         yield 'only the first output is supported'
     if op == 'Constant' and not {'sparse_value', 'value_string', 'value_strings'}.isdisjoint(attrs):
         yield 'sparse and string constants are not supported'
+
+
+def _upper_bound(name: str, values: dict, producers: dict, depth: int = 0) -> Optional[int]:
+    """The largest value a computed integer scalar can take, where the graph bounds it by a
+    constant (``Min``, or ``Clip`` of a constant, through casts and reshapes, as exporting
+    ``min(k, n)`` with ``n`` from the input's size writes it); None where it does not."""
+    if name in values:
+        return int(numpy_helper.to_array(values[name]).max())
+    node = producers.get(name)
+    if node is None or depth > 8:
+        return None
+
+    def bound(index):
+        if index >= len(node.input) or not node.input[index]:
+            return None
+        return _upper_bound(node.input[index], values, producers, depth + 1)
+
+    if node.op_type in ('Cast', 'Reshape', 'Squeeze', 'Unsqueeze', 'Identity'):
+        return bound(0)
+    if node.op_type == 'Min':
+        known = [b for b in map(bound, range(len(node.input))) if b is not None]
+        return min(known) if known else None
+    if node.op_type == 'Clip':  # min(max(x, low), high)
+        below = bound(0)
+        if len(node.input) > 1 and node.input[1]:
+            low = bound(1)
+            below = None if below is None or low is None else max(below, low)
+        known = [b for b in (below, bound(2)) if b is not None]
+        return min(known) if known else None
+    return None
 
 
 def _subgraphs(node) -> Iterable[onnx.GraphProto]:

@@ -216,8 +216,8 @@ def test_the_detector_exports_with_standard_operators_and_dynamic_size(det_model
 
 def test_the_tensorrt_check_names_each_node_the_parser_does_not_import():
     """The static TensorRT check reports, per node, an operator the parser lacks, a custom domain
-    and each stated restriction broken (also inside a subgraph), and nothing for the same
-    operators used within the restrictions."""
+    and each stated restriction broken (also inside a subgraph; TopK's K also where the graph
+    computes it), and nothing for the same operators used within the restrictions."""
     from onnx import TensorProto, helper, numpy_helper
 
     def const(name, values, dtype=np.int64):
@@ -230,6 +230,15 @@ def test_the_tensorrt_check_names_each_node_the_parser_does_not_import():
         helper.make_node('ScatterND', ['x', 'i', 'x'], ['s2'], name='scatter_ok'),
         helper.make_node('TopK', ['v', 'k_big'], ['tv', 'ti'], name='topk', sorted=0),
         helper.make_node('TopK', ['v', 'k_ok'], ['tv2', 'ti2'], name='topk_ok'),
+        # K = min(k, the input's size), as exporting min(nms_pre, n) writes it
+        helper.make_node('Shape', ['v'], ['v_shape']),
+        helper.make_node('Cast', ['v_shape'], ['n'], to=TensorProto.INT64),
+        helper.make_node('Clip', ['k_big', '', 'n'], ['k_big_or_n']),
+        helper.make_node('TopK', ['v', 'k_big_or_n'], ['tv3', 'ti3'], name='topk_computed'),
+        helper.make_node('Clip', ['k_ok', '', 'n'], ['k_ok_or_n']),
+        helper.make_node('Reshape', ['k_ok_or_n', 'one'], ['k_ok_or_n_1d']),
+        helper.make_node('TopK', ['v', 'k_ok_or_n_1d'], ['tv4', 'ti4'], name='topk_computed_ok'),
+        helper.make_node('TopK', ['v', 'n'], ['tv5', 'ti5'], name='topk_unbounded'),
         helper.make_node('Resize', ['x', '', 'scales'], ['r'], name='resize', mode='cubic'),
         helper.make_node(
             'Resize',
@@ -273,6 +282,7 @@ def test_the_tensorrt_check_names_each_node_the_parser_does_not_import():
             const('k_big', [4000]),
             const('k_ok', [1000]),
             const('axes', [1]),
+            const('one', [1]),
             const('scales', [1, 1, 2, 2], np.float32),
         ],
     )
@@ -286,7 +296,9 @@ def test_the_tensorrt_check_names_each_node_the_parser_does_not_import():
         'unique': ['not an operator the parser imports'],
         'custom': ["custom domain 'my.domain'"],
         'scatter': ["reduction 'add' is not supported"],
-        'topk': ['sorted must be 1', 'K must be below 3840, is 4000'],
+        'topk': ['sorted must be 1', 'K must be below 3840, can be 4000'],
+        'topk_computed': ['K must be below 3840, can be 4000'],
+        'topk_unbounded': ['K is computed in the graph with no constant bound below 3840'],
         'resize': ["mode 'cubic' is not supported"],
         'reducesum': ['input 1 (axes) must be a constant, is computed in the graph'],
         'maxpool': ['the Indices output is not supported'],
