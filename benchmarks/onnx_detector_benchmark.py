@@ -24,7 +24,6 @@ import argparse
 import importlib.util
 import os
 import os.path as osp
-import platform
 import statistics
 import sys
 import tempfile
@@ -32,7 +31,7 @@ import tempfile
 import numpy as np
 import torch
 
-from bench_utils import Report, paired_ratio, time_each_repeat
+from bench_utils import Report, cpu_host, paired_ratio, time_each_repeat
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 QUICKSTART = 'configs/detection/quickstart_unireplknet_a_shapes.py'
@@ -165,10 +164,10 @@ def main():
 
     report = Report(args.out)
     report.add(
-        f'host: {platform.machine()} ({os.cpu_count()} logical CPUs), torch {torch.__version__}, '
-        f'onnxruntime {onnxruntime.__version__}, {args.threads} threads, batch 1, fp32; median of '
-        f'{args.repeats}, the two timed in turn, each call {args.settle} s after the last; ms per '
-        f"image; the ratio is the median of the repeats' ratios; score threshold {args.score_thr}",
+        f'{cpu_host(args.threads)}, onnxruntime {onnxruntime.__version__}, batch 1, fp32; '
+        f'median of {args.repeats}, the two timed in turn, each call {args.settle} s after the '
+        f"last; ms per image; the ratio is the median of the repeats' ratios; "
+        f'score threshold {args.score_thr}',
         '',
         '| config | weights | image | detections | PyTorch eager | onnxruntime '
         '| PyTorch / onnxruntime |',
