@@ -42,7 +42,7 @@ from bench_utils import (
 
 
 def parse_args():
-    parser = cpu_benchmark_parser(__doc__.splitlines()[0], repeats=7, warmup=2)
+    parser = cpu_benchmark_parser(__doc__, repeats=7, warmup=2)
     parser.add_argument('--convnext', default='convnext_small', help='timm model name')
     parser.add_argument('--no-onnx', action='store_true', help='PyTorch eager only')
     return parse_cpu_benchmark_args(parser)

@@ -12,10 +12,11 @@ import torch
 from mmunirep.utils.fileio import write_text
 
 
-def cpu_benchmark_parser(description: str, repeats: int, warmup: int) -> argparse.ArgumentParser:
+def cpu_benchmark_parser(doc: str, repeats: int, warmup: int) -> argparse.ArgumentParser:
     """A parser with the options the CPU benchmarks over image sizes share: --arch, --sizes,
-    --threads, --repeats, --warmup and --out. Parse with :func:`parse_cpu_benchmark_args`."""
-    parser = argparse.ArgumentParser(description=description)
+    --threads, --repeats, --warmup and --out; described by the first paragraph of the script's
+    docstring ``doc``. Parse with :func:`parse_cpu_benchmark_args`."""
+    parser = argparse.ArgumentParser(description=' '.join(doc.split('\n\n')[0].split()))
     parser.add_argument('--arch', default='s', help='UniRepLKNet variant')
     parser.add_argument('--sizes', type=int, nargs='+', default=[224, 512])
     parser.add_argument('--threads', type=int, default=2)

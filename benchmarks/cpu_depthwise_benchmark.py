@@ -29,7 +29,7 @@ STRIDES = (8, 16, 32)  # the stages whose blocks have 13x13 kernels
 
 
 def parse_args():
-    parser = cpu_benchmark_parser(__doc__.splitlines()[0], repeats=15, warmup=3)
+    parser = cpu_benchmark_parser(__doc__, repeats=15, warmup=3)
     return parse_cpu_benchmark_args(parser)
 
 

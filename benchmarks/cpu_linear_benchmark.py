@@ -31,7 +31,7 @@ STRIDES = (4, 8, 16, 32)
 
 
 def parse_args():
-    parser = cpu_benchmark_parser(__doc__.splitlines()[0], repeats=15, warmup=3)
+    parser = cpu_benchmark_parser(__doc__, repeats=15, warmup=3)
     return parse_cpu_benchmark_args(parser)
 
 

@@ -198,7 +198,8 @@ def main():
         '--shapes',
         nargs='+',
         metavar='N,C,H,W,K',
-        help='instead of the shapes of the issue, e.g. 2,192,100,168,13',
+        help='instead of the default shapes (detection, classification, RepLKNet, '
+        'segmentation), e.g. 2,192,100,168,13',
     )
     parser.add_argument(
         '--device',

@@ -29,10 +29,10 @@ What is counted follows the OpenMMLab tools the paper's figures come from:
   counted as 4 multiply-adds per sampled value).
 
 The paper's tables count the re-parameterized (inference) backbone: pass ``--deploy``. With it the
-seven ADE20K configs (2048x512 for 512 crops, 2560x640 for 640 crops) give the paper's params and
-FLOPs within 0.3%, and the Cascade Mask R-CNN configs (800x1280) within 0.6% (params) and 0.1%
-(FLOPs). Without it the params are 0.5-1.4% higher (the BatchNorms and dilated branches that
-re-parameterization folds away) and the FLOPs 0.3-0.4% higher.
+seven ADE20K configs (2048x512 for 512 crops, 2560x640 for 640 crops) give the paper's params
+within 0.4% and FLOPs within 0.1%, and the Cascade Mask R-CNN configs (800x1280) within 0.6%
+(params) and 0.1% (FLOPs). Without it the params are 0.5-1.4% higher (the BatchNorms and dilated
+branches that re-parameterization folds away) and the FLOPs 0.3-0.4% higher.
 """
 
 import argparse

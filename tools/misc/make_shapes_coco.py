@@ -6,7 +6,7 @@
 Three classes (circle, square, triangle), 1-4 objects per image on a noisy, textured background
 of any colour. Each class has its own colour (the palette of make_shapes_ade20k.py, jittered per
 object), as in the segmentation quick start, so that a small model trained from scratch for a
-few minutes on a CPU learns it (version 1.0 of this dataset drew objects in random colours).
+few minutes on a CPU learns it.
 Layout::
 
     OUT/train/*.png  OUT/val/*.png

@@ -1,5 +1,5 @@
 """Convert the authors' released COCO / ADE20K checkpoints (MMDetection 2.28 / MMSegmentation 0.x)
-for our configs.
+for mmunirep's configs.
 
     python tools/model_converters/convert_checkpoint.py IN.pth OUT.pth \
         --config configs/detection/unireplknet_s_22k_cascade_3x.py
