@@ -17,7 +17,8 @@ with the same arithmetic. :class:`DetectorForExport` chains them for one image (
 
 Supported: ``TwoStageDetector`` (Faster / Mask / Cascade (Mask) R-CNN) with an ``RPNHead``,
 ``StandardRoIHead`` or ``CascadeRoIHead``, ``SingleRoIExtractor`` with RoIAlign, ``BBoxHead``s with
-a ``DeltaXYWHBBoxCoder`` and softmax scores, ``FCNMaskHead``; NMS of type ``nms``.
+a ``DeltaXYWHBBoxCoder`` and softmax scores, ``FCNMaskHead``; NMS of type ``nms`` (per class, or
+``class_agnostic``) with a positive ``max_per_img``.
 """
 
 import inspect
@@ -85,6 +86,10 @@ def check_supported(detector: nn.Module) -> None:
     for stage, cfg in (('rpn', detector.test_cfg.rpn), ('rcnn', detector.test_cfg.rcnn)):
         if cfg.nms.get('type', 'nms') != 'nms':
             refuse(f'{stage} NMS', cfg.nms.get('type'), "type='nms'")
+        # MMDetection reads 0 or less as no limit (and the RPN then drops its last box); ONNX's
+        # NonMaxSuppression reads 0 as no box at all
+        if cfg.get('max_per_img', 1) <= 0:
+            refuse(f'{stage} max_per_img', cfg.max_per_img, 'a positive number of detections')
 
 
 def _stages(roi_head) -> List[Tuple]:
@@ -235,7 +240,8 @@ def roi_detections(
     Rewritten for the cascade's per-image Python loops, mmcv's NMS, and ``multiclass_nms``'s
     boolean filtering; the arithmetic is MMDetection's: each stage's raw class scores are
     averaged over the stages, each stage but the last refines the RoIs with the box of its
-    highest non-background class, the last stage's boxes are the detections, NMS per class.
+    highest non-background class, the last stage's boxes are the detections, NMS per class
+    (over all classes at once with ``nms.class_agnostic``).
     """
     stages = _stages(roi_head)
     rois = _rois(proposals)
@@ -253,7 +259,8 @@ def roi_detections(
     labels = torch.arange(num_classes, device=scores.device).expand_as(scores)
     boxes, scores, labels = boxes.reshape(-1, 4), scores.reshape(-1), labels.reshape(-1)
     threshold = cfg.score_thr if score_threshold is None else score_threshold
-    keep = batched_nms(boxes, scores, labels, cfg.nms.iou_threshold, threshold, cfg.max_per_img)
+    groups = torch.zeros_like(labels) if cfg.nms.get('class_agnostic', False) else labels
+    keep = batched_nms(boxes, scores, groups, cfg.nms.iou_threshold, threshold, cfg.max_per_img)
     return boxes[keep], scores[keep], labels[keep]
 
 

@@ -1,7 +1,9 @@
 """tools/deployment: ONNX export of detectors, segmentors and the backbone, checked in
 onnxruntime, and the standalone inference script."""
 
+import contextlib
 import copy
+import inspect
 import os.path as osp
 
 import numpy as np
@@ -73,6 +75,12 @@ def test_export_refuses_the_other_framework_and_unsupported_parts(seg_model, det
                 'model.test_cfg.rcnn.nms.type=soft_nms',
             ]
         )
+    with pytest.raises(
+        UnsupportedModelError,
+        match=r'rcnn max_per_img: -1 \(supported: a positive number of detections\)',
+    ):
+        export([det_model['config'], '--out', out, '--part', 'detector', '--shape', '64', '64',
+                '--cfg-options', 'model.test_cfg.rcnn.max_per_img=-1'])  # fmt: skip
     # a one-stage / DETR-style detector, shrunk to UniRepLKNet-A
     dino = osp.join(ROOT, 'configs', 'detection', 'unireplknet_b_22k_dino_12e.py')
     with pytest.raises(UnsupportedModelError, match=r'this detector: DINO \(supported: two-stage'):
@@ -122,13 +130,45 @@ def _detector_module(det_model, score_thr=0.0):
     return reparameterize_unireplknet(model).eval(), cfg
 
 
+@contextlib.contextmanager
+def recorded_mask_probabilities(model):
+    """MMDetection's mask probabilities of the predicted classes, ``(n, 28, 28)``, as its last
+    mask head receives them for pasting (under ``record['masks']``)."""
+    head = model.roi_head.mask_head
+    head = head[-1] if isinstance(head, torch.nn.ModuleList) else head
+    signature = inspect.signature(head.predict_by_feat)
+    original, record = head.predict_by_feat, {}
+
+    def predict_by_feat(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        preds, labels = bound.arguments['mask_preds'][0], bound.arguments['results_list'][0].labels
+        preds = preds[:, 0] if head.class_agnostic else preds[torch.arange(len(labels)), labels]
+        record['masks'] = preds if bound.arguments['activate_map'] else preds.sigmoid()
+        return original(*args, **kwargs)
+
+    head.predict_by_feat = predict_by_feat
+    try:
+        yield record
+    finally:
+        del head.predict_by_feat
+
+
+def assert_same_mask_probabilities(masks, record):
+    """The exported masks equal MMDetection's within 1e-5, which are not all alike (a check that
+    could not fail on constant maps)."""
+    assert masks.shape == record['masks'].shape
+    assert record['masks'].std() > 1e-3
+    torch.testing.assert_close(masks, record['masks'], rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize('size', [(150, 170), (96, 300)])
 def test_the_detector_rewrites_are_mmdetections_predict(det_model, size):
     """DetectorForExport in PyTorch gives MMDetection's own predictions: the same boxes, scores,
     labels, and the mask probabilities that MMDetection pastes, on images of two sizes."""
     model, _ = _detector_module(det_model)
     inputs, samples = dummy_batch(model, 'mmdet', 1, *size)
-    with torch.no_grad():
+    with torch.no_grad(), recorded_mask_probabilities(model) as record:
         ref = model.predict(inputs, copy.deepcopy(samples), rescale=False)[0].pred_instances
         boxes, scores, labels, masks = DetectorForExport(model)(
             inputs, torch.tensor(samples[0].img_shape)
@@ -137,33 +177,42 @@ def test_the_detector_rewrites_are_mmdetections_predict(det_model, size):
     torch.testing.assert_close(boxes, ref.bboxes, rtol=0, atol=1e-4)
     torch.testing.assert_close(scores, ref.scores, rtol=0, atol=1e-6)
     assert torch.equal(labels, ref.labels)
-    assert masks.shape == (len(scores), 28, 28) and ((masks >= 0) & (masks <= 1)).all()
-    # MMDetection pastes the same probabilities: at the box's own size they are the map itself
-    pasted = ref.masks.float().mean().item()
-    assert 0 <= pasted <= 1
+    assert masks.shape == (len(scores), 28, 28)
+    assert_same_mask_probabilities(masks, record)
 
 
 @pytest.mark.parametrize(
-    'config, with_mask',
+    'config, with_mask, class_agnostic',
     [
-        ('example_mmdet_project_mask_rcnn.py', True),
-        ('example_custom_dataset_cascade_rcnn.py', False),
+        ('example_mmdet_project_mask_rcnn.py', True, False),
+        ('example_custom_dataset_cascade_rcnn.py', False, False),
+        ('example_custom_dataset_cascade_rcnn.py', False, True),
     ],
 )
-def test_the_rewrites_of_mask_rcnn_and_a_box_only_cascade_are_their_predict(config, with_mask):
+def test_the_rewrites_of_mask_rcnn_and_a_box_only_cascade_are_their_predict(
+    config, with_mask, class_agnostic
+):
     """The other detector families the exporter supports: Mask R-CNN (one RoI head) and a
     Cascade R-CNN without a mask head, untrained (random weights, score threshold 0), give
-    MMDetection's own boxes, scores and labels; the box-only one returns no masks."""
+    MMDetection's own boxes, scores and labels, also with NMS over all classes at once; the
+    box-only one returns no masks."""
     cfg = Config.fromfile(osp.join(ROOT, 'configs', 'detection', config))
     cfg.model.backbone.init_cfg = None
     cfg.model.test_cfg.rcnn.score_thr = 0.0
     cfg.model.test_cfg.rcnn.max_per_img = 30
+    cfg.model.test_cfg.rcnn.nms.class_agnostic = class_agnostic
     torch.manual_seed(0)
     model = build_model(cfg)
     model.init_weights()
     model = reparameterize_unireplknet(model).eval()
+    if class_agnostic:  # classes 0 and 1 score alike on every (class-agnostic) box of the cascade
+        with torch.no_grad():
+            for head in model.roi_head.bbox_head:
+                head.fc_cls.weight[1] = head.fc_cls.weight[0]
+                head.fc_cls.bias[1] = head.fc_cls.bias[0]
     inputs, samples = dummy_batch(model, 'mmdet', 1, 128, 160)
-    with torch.no_grad():
+    record_masks = recorded_mask_probabilities(model) if with_mask else contextlib.nullcontext()
+    with torch.no_grad(), record_masks as record:
         ref = model.predict(inputs, copy.deepcopy(samples), rescale=False)[0].pred_instances
         outputs = DetectorForExport(model)(inputs, torch.tensor(samples[0].img_shape))
     assert len(outputs) == (4 if with_mask else 3)
@@ -173,7 +222,10 @@ def test_the_rewrites_of_mask_rcnn_and_a_box_only_cascade_are_their_predict(conf
     torch.testing.assert_close(scores, ref.scores, rtol=0, atol=1e-6)
     assert torch.equal(labels, ref.labels)
     if with_mask:
-        assert outputs[3].shape == (30, 28, 28)
+        assert_same_mask_probabilities(outputs[3], record)
+    if class_agnostic:  # each box once, where NMS per class would keep it as class 0 and 1
+        assert len(set(map(tuple, boxes.tolist()))) == len(boxes)
+        assert {0, 1} <= set(labels.tolist())
 
 
 def test_the_detector_exports_with_standard_operators_and_dynamic_size(det_model, tmp_path):
@@ -352,7 +404,7 @@ def test_the_parity_check_fails_on_nan(tmp_path):
 
 def test_the_detection_check_compares_what_both_sides_must_keep():
     """With max_per_img detections kept, a detection scoring at the other side's cut-off may be
-    missing there; one scoring well above it may not."""
+    missing there; one scoring well above it may not; and a check that pairs nothing fails."""
     compare = load_tool('export_onnx')._compare_detections
     rng = np.random.default_rng(0)
     xy = rng.uniform(0, 200, (5, 2)).astype(np.float32)
@@ -371,6 +423,14 @@ def test_the_detection_check_compares_what_both_sides_must_keep():
     far = [boxes[1:5], scores[1:5], labels[1:5]]
     with pytest.raises(RuntimeError, match='of the 4 PyTorch detections have a match'):
         compare(far, [boxes[:4], scores[:4], labels[:4]], 1e-4, 0.0, 10)
+    # all at the cut-off (an untrained head's scores), so none must match, and no box does
+    tied = np.full(4, 0.5, np.float32)
+    moved = [boxes[:4] + 100, tied, labels[:4]]
+    with pytest.raises(RuntimeError, match='could not be compared: of their 4 and 4 detections'):
+        compare(moved, [boxes[:4], tied, labels[:4]], 1e-4, 0.0, 4)
+    empty = [np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)]
+    with pytest.raises(RuntimeError, match='of their 0 and 0 detections'):
+        compare(empty, empty, 1e-4, 0.0, 4)
 
 
 @pytest.mark.parametrize(

@@ -332,7 +332,8 @@ def _compare_detections(onnx_outs, torch_outs, rtol, score_thr, max_per_img):
     (99% of them at least), and the matched pairs' scores and mask probabilities within ``rtol``
     (at least 1e-3). Compared are the detections that the other side must have too: those scoring
     above its cut-off (the score threshold, or its lowest score when it kept ``max_per_img``) by
-    more than the score tolerance; nearer the cut-off, rounding may put them on either side."""
+    more than the score tolerance; nearer the cut-off, rounding may put them on either side.
+    A check that pairs no detection compares nothing, and is refused."""
     if not all(np.isfinite(t).all() for t in onnx_outs):
         raise RuntimeError('ONNX and PyTorch differ: the ONNX outputs hold NaN or Inf')
     limit = max(rtol, 1e-3)
@@ -352,13 +353,17 @@ def _compare_detections(onnx_outs, torch_outs, rtol, score_thr, max_per_img):
             )
     boxes, scores, labels = onnx_outs[:3]
     ref_boxes, ref_scores, ref_labels = torch_outs[:3]
-    if not len(scores) or not len(ref_scores):
-        return [0.0], 0
-    iou = box_iou(np.asarray(boxes, np.float64), np.asarray(ref_boxes, np.float64))
-    iou[labels[:, None] != ref_labels[None, :]] = -1
-    pairs = [(i, int(iou[i].argmax())) for i in range(len(boxes)) if iou[i].max() >= 0.99]
+    pairs = []
+    if len(scores) and len(ref_scores):
+        iou = box_iou(np.asarray(boxes, np.float64), np.asarray(ref_boxes, np.float64))
+        iou[labels[:, None] != ref_labels[None, :]] = -1
+        pairs = [(i, int(iou[i].argmax())) for i in range(len(boxes)) if iou[i].max() >= 0.99]
     if not pairs:
-        return [0.0], 0
+        raise RuntimeError(
+            f'ONNX and PyTorch could not be compared: of their {len(scores)} and '
+            f'{len(ref_scores)} detections on the check input (score threshold 0), none of one '
+            'has a detection of the same class with IoU >= 0.99 on the other'
+        )
     onnx_idx, ref_idx = (np.array(v) for v in zip(*pairs))
     errors = [float(np.abs(scores[onnx_idx] - ref_scores[ref_idx]).max())]
     if len(onnx_outs) > 3:
