@@ -111,12 +111,14 @@ def time_case(case: dict, folder: str, args, export, inference) -> dict:
     from mmunirep.utils import prepare_cfg
 
     threads, repeats = args.threads, args.repeats
+    torch.manual_seed(0)  # without a checkpoint, the same random weights as the export's below
     model, _ = export.load_deploy_model(prepare_cfg(case['config']), case['checkpoint'])
     if args.score_thr != 'config':
         model.roi_head.test_cfg.score_thr = args.score_thr
     inputs, samples = image_batch(model, case['size'])
     path = osp.join(folder, 'det.onnx')
     ckpt = ['--checkpoint', case['checkpoint']] if case['checkpoint'] else []
+    torch.manual_seed(0)
     export.main(
         [case['config'], *ckpt, '--part', 'detector', '--out', path, '--shape',
          *(str(v) for v in inputs.shape[2:])]

@@ -19,15 +19,22 @@ IGNORED = ('LoadImageFromFile', 'LoadAnnotations', 'PackDetInputs', 'PackSegInpu
 
 def preprocess_spec(cfg: Config) -> dict:
     """The test pipeline's resizing and the data pre-processor's normalization and padding."""
-    pipeline = cfg.test_dataloader.dataset.pipeline
+    dataset = cfg.test_dataloader.dataset
+    if 'pipeline' not in dataset:
+        raise ValueError(
+            f'the test dataset ({dataset.get("type")}) has no pipeline of its own; the exported '
+            "model's preprocessing is read from test_dataloader.dataset.pipeline"
+        )
     spec = dict(resize=None, resize_to_multiple=None)
-    for transform in pipeline:
+    for transform in dataset.pipeline:
         kind = transform['type'].split('.')[-1]
         if kind == 'Resize':
             if 'scale' not in transform or transform.get('scale_factor') is not None:
                 raise ValueError(f"the test pipeline's Resize must give a scale: {transform}")
+            scale = transform['scale']
             spec['resize'] = dict(
-                scale=list(transform['scale']), keep_ratio=bool(transform.get('keep_ratio', False))
+                scale=[scale, scale] if isinstance(scale, int) else list(scale),
+                keep_ratio=bool(transform.get('keep_ratio', False)),
             )
         elif kind == 'ResizeToMultiple':
             spec['resize_to_multiple'] = int(transform.get('size_divisor', 32))
@@ -37,11 +44,19 @@ def preprocess_spec(cfg: Config) -> dict:
                 f'preprocessing does not repeat; supported: {RESIZES}'
             )
     pre = cfg.model.data_preprocessor
+    # MMSegmentation's pre-processor pads test images only as its test_cfg says
+    test_padding = pre.get('test_cfg') or {}
+    if test_padding.get('size'):
+        raise ValueError(
+            f'the data pre-processor pads test images to test_cfg.size={test_padding["size"]}, '
+            "which the exported model's preprocessing does not repeat; supported: "
+            'test_cfg.size_divisor'
+        )
     spec.update(
         mean=[float(v) for v in pre.get('mean', [0.0, 0.0, 0.0])],
         std=[float(v) for v in pre.get('std', [1.0, 1.0, 1.0])],
         bgr_to_rgb=bool(pre.get('bgr_to_rgb', False) or pre.get('rgb_to_bgr', False)),
-        pad_size_divisor=int(pre.get('pad_size_divisor', 1) or 1),
+        pad_size_divisor=int(pre.get('pad_size_divisor') or test_padding.get('size_divisor') or 1),
         pad_value=float(pre.get('pad_value', pre.get('pad_val', 0))),
     )
     return spec

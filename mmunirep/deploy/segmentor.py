@@ -1,10 +1,43 @@
 """A segmentor and a backbone as traceable modules, for ONNX export."""
 
+import inspect
+
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .detector import UnsupportedModelError
 from .ops import make_adaptive_pools_exportable
+
+
+def check_segmentor_supported(segmentor: nn.Module) -> None:
+    """Raise :class:`UnsupportedModelError` naming the first part of an MMSegmentation model that
+    :class:`SegmentorForExport` would not export as MMSegmentation predicts with it."""
+    from mmseg.models.segmentors import EncoderDecoder
+
+    def refuse(part, what, supported):
+        raise UnsupportedModelError(
+            f'the segmentor exporter does not support this {part}: {what} (supported: {supported})'
+        )
+
+    if type(segmentor) is not EncoderDecoder:
+        refuse('segmentor', type(segmentor).__name__, 'EncoderDecoder')
+    head = segmentor.decode_head
+    if list(inspect.signature(head.forward).parameters) != ['inputs']:
+        refuse(
+            'decode head',
+            f'{type(head).__name__}, whose forward takes more than the features',
+            'heads that map the features to logits, such as UPerHead or FCNHead',
+        )
+    if head.out_channels == 1:
+        refuse(
+            'decode head',
+            f'{type(head).__name__} with out_channels=1 (a sigmoid and a threshold per pixel)',
+            'one logit per class',
+        )
+    mode = (segmentor.test_cfg or {}).get('mode', 'whole')
+    if mode != 'whole':
+        refuse('test mode', repr(mode), "'whole' (--cfg-options model.test_cfg.mode=whole)")
 
 
 class SegmentorForExport(nn.Module):
@@ -15,6 +48,7 @@ class SegmentorForExport(nn.Module):
 
     def __init__(self, segmentor: nn.Module):
         super().__init__()
+        check_segmentor_supported(segmentor)
         self.segmentor = make_adaptive_pools_exportable(segmentor)
 
     def forward(self, image: Tensor) -> Tensor:

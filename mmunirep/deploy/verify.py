@@ -1,6 +1,25 @@
-"""Comparing an exported model's outputs with PyTorch's."""
+"""Checking an exported model: its operator domains, and its outputs against PyTorch's."""
 
 import numpy as np
+
+
+def custom_operator_domains(model) -> set:
+    """The operator domains of an ``onnx.ModelProto`` other than ONNX's own: of its opset imports
+    and of every node, those of subgraphs (If, Loop, Scan) included. onnx.checker accepts any
+    registered domain, so it does not say whether a graph is standard ONNX."""
+    import onnx
+
+    domains = {opset.domain for opset in model.opset_import}
+    graphs = [model.graph]
+    while graphs:
+        for node in graphs.pop().node:
+            domains.add(node.domain)
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    graphs.append(attr.g)
+                elif attr.type == onnx.AttributeProto.GRAPHS:
+                    graphs.extend(attr.graphs)
+    return domains - {'', 'ai.onnx'}
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

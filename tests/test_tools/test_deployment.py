@@ -14,6 +14,7 @@ from mmengine.config import Config
 import mmunirep  # noqa: F401
 from mmunirep.deploy import DetectorForExport, UnsupportedModelError
 from mmunirep.deploy.tensorrt import tensorrt_parser_issues
+from mmunirep.deploy.verify import custom_operator_domains
 from mmunirep.models import reparameterize_unireplknet
 from mmunirep.utils import build_model, load_model_weights
 from mmunirep.utils.checkpoint import CheckpointError
@@ -32,7 +33,7 @@ def test_export_onnx_matches_pytorch(seg_model, tmp_path, part):
     assert max(errors) <= 1e-4
     proto = onnx.load(out)
     ops = {n.op_type for n in proto.graph.node}
-    assert 'Conv' in ops and not {n.domain for n in proto.graph.node} - {''}
+    assert 'Conv' in ops and custom_operator_domains(proto) == set()
     assert tensorrt_parser_issues(proto) == []
 
 
@@ -81,6 +82,12 @@ def test_export_refuses_the_other_framework_and_unsupported_parts(seg_model, det
     ):
         export([det_model['config'], '--out', out, '--part', 'detector', '--shape', '64', '64',
                 '--cfg-options', 'model.test_cfg.rcnn.max_per_img=-1'])  # fmt: skip
+    # class names that do not name the head's 3 classes
+    with pytest.raises(
+        ValueError, match=r"predicts 3 classes but 2 class names were found .*\['a', 'b'\]"
+    ):
+        export([det_model['config'], '--out', out, '--part', 'detector', '--shape', '64', '64',
+                '--cfg-options', 'test_dataloader.dataset.metainfo.classes=[a,b]'])  # fmt: skip
     # a one-stage / DETR-style detector, shrunk to UniRepLKNet-A
     dino = osp.join(ROOT, 'configs', 'detection', 'unireplknet_b_22k_dino_12e.py')
     with pytest.raises(UnsupportedModelError, match=r'this detector: DINO \(supported: two-stage'):
@@ -91,6 +98,37 @@ def test_export_refuses_the_other_framework_and_unsupported_parts(seg_model, det
         export([det_model['config'], '--checkpoint', det_model['ckpt'], '--out', out, '--part',
                 'detector', '--cfg-options', 'model.backbone.arch=t'])  # fmt: skip
     assert not (tmp_path / 'x.onnx').exists()
+
+
+@pytest.mark.parametrize(
+    'config, options, message',
+    [
+        (None, ['model.test_cfg.mode=slide', 'model.test_cfg.crop_size=[64,64]',
+                'model.test_cfg.stride=[32,32]'],
+         r"this test mode: 'slide' \(supported: 'whole'"),
+        (None, ['model.decode_head.num_classes=2', 'model.decode_head.out_channels=1'],
+         r'decode head: UPerHead with out_channels=1 \(a sigmoid and a threshold per pixel\)'),
+        ('unireplknet_b_22k_mask2former_160k_640.py',
+         ['model.backbone.arch=a', 'model.decode_head.in_channels=[40,80,160,320]'],
+         r'decode head: Mask2FormerHead, whose forward takes more than the features'),
+        (None, ['model.data_preprocessor.test_cfg.size=[96,96]'],
+         r"pads test images to test_cfg.size=\[96, 96\], which the exported model's"),
+    ],
+    ids=['slide', 'one-channel', 'mask2former', 'padded-to-size'],
+)  # fmt: skip
+def test_the_segmentor_export_refuses_what_it_would_not_repeat(
+    seg_model, tmp_path, config, options, message
+):
+    """A segmentor whose prediction the exported graph and onnx_inference.py would not repeat:
+    refused, naming the part, and no file written."""
+    config = osp.join(ROOT, 'configs', 'segmentation', config) if config else seg_model['config']
+    out = tmp_path / 'seg.onnx'
+    with pytest.raises((UnsupportedModelError, ValueError), match=message):
+        load_tool('export_onnx').main(
+            [config, '--out', str(out), '--part', 'segmentor', '--shape', '64', '64',
+             '--cfg-options', 'model.backbone.init_cfg=None', *options]
+        )  # fmt: skip
+    assert not out.exists()
 
 
 def test_the_roi_features_are_roialign_of_the_feature_maps(det_model):
@@ -244,7 +282,7 @@ def test_the_detector_exports_with_standard_operators_and_dynamic_size(det_model
     onnx.checker.check_model(proto)
     ops = {n.op_type for n in proto.graph.node}
     assert {'RoiAlign', 'NonMaxSuppression', 'TopK', 'ScatterND'} <= ops
-    assert {n.domain for n in proto.graph.node} <= {''}
+    assert custom_operator_domains(proto) == set()
     assert tensorrt_parser_issues(proto) == []
     assert [i.name for i in proto.graph.input] == ['input', 'image_shape', 'score_threshold']
     assert [o.name for o in proto.graph.output] == ['boxes', 'scores', 'labels', 'masks']
@@ -264,6 +302,29 @@ def test_the_detector_exports_with_standard_operators_and_dynamic_size(det_model
     assert meta['preprocess']['resize'] == dict(scale=[160, 160], keep_ratio=True)
     assert meta['preprocess']['pad_size_divisor'] == 32 and meta['preprocess']['bgr_to_rgb']
     assert meta['postprocess'] == dict(score_thr=0.0, max_per_img=20, mask_thr_binary=0.5)
+
+
+def test_custom_operator_domains_are_found_in_subgraphs_and_opset_imports():
+    from onnx import TensorProto, helper
+
+    def model(branch_domain, extra_opsets=()):
+        value = helper.make_tensor_value_info('y', TensorProto.FLOAT, [1])
+        branch = helper.make_graph(
+            [helper.make_node('Relu', ['x'], ['y'], domain=branch_domain)], 'branch', [], [value]
+        )
+        graph = helper.make_graph(
+            [helper.make_node('If', ['c'], ['y'], then_branch=branch, else_branch=branch)],
+            'g',
+            [helper.make_tensor_value_info('c', TensorProto.BOOL, [1]),
+             helper.make_tensor_value_info('x', TensorProto.FLOAT, [1])],
+            [value],
+        )  # fmt: skip
+        opsets = [helper.make_opsetid('', 17), *(helper.make_opsetid(d, 1) for d in extra_opsets)]
+        return helper.make_model(graph, opset_imports=opsets)
+
+    assert custom_operator_domains(model('')) == set()
+    assert custom_operator_domains(model('mmdeploy')) == {'mmdeploy'}
+    assert custom_operator_domains(model('', ['com.microsoft'])) == {'com.microsoft'}
 
 
 def test_the_tensorrt_check_names_each_node_the_parser_does_not_import():

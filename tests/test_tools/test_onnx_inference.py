@@ -32,12 +32,13 @@ def _image(tmp_path, height, width, seed=0):
     return path, image
 
 
-def _pipeline_input(config, path):
+def _pipeline_input(config, path, cfg_options=None):
     """What MMDetection's / MMSegmentation's test pipeline and data pre-processor make of an
     image: the input tensor and the data sample's meta."""
     from mmunirep.utils import framework_of
 
     cfg = Config.fromfile(config)
+    cfg.merge_from_dict(cfg_options or {})
     init_default_scope(framework_of(cfg))
     steps = [t for t in cfg.test_dataloader.dataset.pipeline if 'LoadAnnotations' not in t.type]
     data = Compose(steps)(dict(img_path=path, img_id=0))
@@ -48,12 +49,19 @@ def _pipeline_input(config, path):
 
 @pytest.mark.parametrize('config', [DET_QUICKSTART, SEG_QUICKSTART], ids=['det', 'seg'])
 @pytest.mark.parametrize('size', [(97, 211), (300, 180)])
-def test_preprocessing_is_the_frameworks(tmp_path, config, size):
+@pytest.mark.parametrize(
+    'cfg_options',
+    [{}, {'test_dataloader.dataset.pipeline.1.scale': 144}],  # one number: a square scale
+    ids=['scale', 'int-scale'],
+)
+def test_preprocessing_is_the_frameworks(tmp_path, config, size, cfg_options):
     path, image = _image(tmp_path, *size)
-    expected, sample, model = _pipeline_input(config, path)
+    expected, sample, model = _pipeline_input(config, path, cfg_options)
     from mmunirep.deploy.metadata import preprocess_spec
 
-    x, shape, scale = inference.preprocess(image, preprocess_spec(Config.fromfile(config)))
+    cfg = Config.fromfile(config)
+    cfg.merge_from_dict(cfg_options)
+    x, shape, scale = inference.preprocess(image, preprocess_spec(cfg))
     assert x.shape == tuple(expected.shape)
     np.testing.assert_allclose(x, expected.numpy(), rtol=0, atol=1e-5)
     assert shape == tuple(sample.img_shape)
@@ -100,16 +108,44 @@ def test_masks_in_the_json_are_cocos_rle():
     assert inference.rle_encode(np.ones((3, 2), bool))['counts'] == [0, 6]
 
 
-def test_a_segmentor_labels_the_pixels_as_mmsegmentation(seg_model, tmp_path):
-    path, image = _image(tmp_path, 120, 90, seed=3)
+@pytest.mark.parametrize(
+    'cfg_options',
+    [
+        {},
+        # test images padded to a multiple of 64 (the pipeline gives multiples of 32), and the
+        # logits resized with align_corners
+        {
+            'model.data_preprocessor.test_cfg': dict(size_divisor=64),
+            'model.decode_head.align_corners': True,
+        },
+    ],
+    ids=['plain', 'padded-align-corners'],
+)
+def test_a_segmentor_labels_the_pixels_as_mmsegmentation(seg_model, tmp_path, cfg_options):
+    path, image = _image(tmp_path, 100, 90, seed=3)
     out = tmp_path / 'seg.onnx'
-    export_onnx(seg_model, out, 'segmentor', (64, 64))
-    inputs, sample, model = _pipeline_input(seg_model['config'], path)
+    options = [
+        f'{k}={v}' for k, v in cfg_options.items() if k != 'model.data_preprocessor.test_cfg'
+    ]
+    if cfg_options:
+        options.append('model.data_preprocessor.test_cfg.size_divisor=64')
+    export_onnx(
+        seg_model, out, 'segmentor', (64, 64), *(['--cfg-options', *options] if options else [])
+    )
+    inputs, sample, model = _pipeline_input(seg_model['config'], path, cfg_options)
+    if cfg_options:
+        assert inputs.shape[-2:] != tuple(sample.img_shape)  # the padding is there to remove
     from mmunirep.utils import load_model_weights
 
     load_model_weights(model, seg_model['ckpt'])
     with torch.no_grad():
-        expected = model.eval().predict(inputs, [sample])[0].pred_sem_seg.data[0].numpy()
+        result = model.eval().predict(inputs, [sample])[0]
+    expected = result.pred_sem_seg.data[0].numpy()
+    # the logits, which any misplaced pixel changes (an untrained model's labels may not)
+    expected_logits = result.seg_logits.data.numpy().transpose(1, 2, 0)
+    session, meta = inference.load_model(str(out))
+    logits = inference.segmentation_logits(session, meta, image)
+    np.testing.assert_allclose(logits, expected_logits, rtol=0, atol=1e-4 * np.abs(logits).max())
     labels = inference.main(
         [
             str(out),
@@ -126,7 +162,7 @@ def test_a_segmentor_labels_the_pixels_as_mmsegmentation(seg_model, tmp_path):
     assert cv2.imread(str(tmp_path / 'vis.png')).shape == image.shape
 
 
-def test_a_detector_writes_its_drawing_and_json(det_model, tmp_path):
+def test_a_detector_writes_its_drawing_and_json(det_model, tmp_path, capsys):
     out = tmp_path / 'det.onnx'
     export_onnx(
         det_model, out, 'detector', (128, 128), '--cfg-options', 'model.test_cfg.rcnn.score_thr=0.0'
@@ -155,10 +191,15 @@ def test_a_detector_writes_its_drawing_and_json(det_model, tmp_path):
     os.umask(umask)
     for name in ('vis.png', 'dets.json'):
         assert os.stat(tmp_path / name).st_mode & 0o777 == 0o666 & ~umask, name
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as info:
         inference.main([str(out), path])  # no output asked for
-    with pytest.raises(SystemExit):
+    assert info.value.code == 2 and 'give at least one of --out-file' in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
         inference.main([str(out), path, '--out-file', str(tmp_path / 'v.png'), '--score-thr', '2'])
+    assert info.value.code == 2
+    assert '--score-thr is a score between 0 and 1, got 2.0' in capsys.readouterr().err
+    with pytest.raises(ValueError, match='a 2000x1 image resizes to 160x0 under the scale'):
+        inference.preprocess(np.zeros((1, 2000, 3), np.uint8), load_metadata(out)['preprocess'])
     not_onnx, not_image = tmp_path / 'not.onnx', tmp_path / 'not.png'
     not_onnx.write_text('text')
     not_image.write_bytes(b'\x00' * 64)
@@ -169,6 +210,26 @@ def test_a_detector_writes_its_drawing_and_json(det_model, tmp_path):
     with pytest.raises(ValueError, match='not an image OpenCV can decode'):
         inference.main([str(out), str(not_image), '--out-file', str(tmp_path / 'v.png')])
     assert not (tmp_path / 'v.png').exists()
+
+
+def load_metadata(path):
+    return inference.load_model(str(path))[1]
+
+
+def test_a_lower_score_threshold_than_the_configs_keeps_more(det_model, tmp_path):
+    """--score-thr below the config's score_thr (stored at export) runs the graph at the lower
+    one, so the drawing and the JSON hold the detections between the two."""
+    out = tmp_path / 'det.onnx'
+    export_onnx(
+        det_model, out, 'detector', (128, 128), '--cfg-options', 'model.test_cfg.rcnn.score_thr=0.6'
+    )
+    assert load_metadata(out)['postprocess']['score_thr'] == 0.6
+    path, _ = _image(tmp_path, 110, 150, seed=4)
+    dets = inference.main(
+        [str(out), path, '--out-json', str(tmp_path / 'd.json'), '--score-thr', '0.1']
+    )
+    assert len(dets['scores']) > 0 and (dets['scores'] > 0.1).all() and dets['scores'].min() < 0.6
+    assert len(json.loads((tmp_path / 'd.json').read_text())) == len(dets['scores'])
 
 
 @pytest.mark.slow

@@ -33,6 +33,7 @@ import logging
 
 import numpy as np
 import torch
+import torch.nn as nn
 from mmengine.config import DictAction
 from mmengine.logging import print_log
 
@@ -40,7 +41,7 @@ from mmunirep.deploy import DetectorForExport
 from mmunirep.deploy.metadata import build_metadata, preprocess_spec, write_metadata
 from mmunirep.deploy.segmentor import BackboneForExport, SegmentorForExport
 from mmunirep.deploy.tensorrt import tensorrt_parser_issues
-from mmunirep.deploy.verify import box_iou, matched_fraction
+from mmunirep.deploy.verify import box_iou, custom_operator_domains, matched_fraction
 from mmunirep.models import reparameterize_unireplknet
 from mmunirep.utils import (
     atomic_write,
@@ -196,6 +197,15 @@ def _segmentor(model, cfg, meta, args):
         'input': {0: 'batch', 2: 'height', 3: 'width'},
         'logits': {0: 'batch', 2: 'height', 3: 'width'},
     }
+    metadata = build_metadata(
+        cfg,
+        'segmentation',
+        ['input'],
+        ['logits'],
+        meta,
+        align_corners=model.decode_head.align_corners,
+    )
+    check_classes(metadata, model.decode_head.num_classes)
     return dict(
         module=module,
         example=(torch.randn(1, 3, h, w),),
@@ -203,14 +213,7 @@ def _segmentor(model, cfg, meta, args):
         inputs=['input'],
         outputs=['logits'],
         dynamic=dynamic,
-        metadata=build_metadata(
-            cfg,
-            'segmentation',
-            ['input'],
-            ['logits'],
-            meta,
-            align_corners=model.decode_head.align_corners,
-        ),
+        metadata=metadata,
     )
 
 
@@ -232,6 +235,11 @@ def _detector(model, cfg, meta, args):
         return inputs, shape, torch.tensor([score_thr], dtype=torch.float32)
 
     inputs = ['input', 'image_shape', 'score_threshold']
+    metadata = build_metadata(cfg, 'detection', inputs, outputs, meta, **post)
+    bbox_head = model.roi_head.bbox_head
+    check_classes(
+        metadata, (bbox_head[-1] if isinstance(bbox_head, nn.ModuleList) else bbox_head).num_classes
+    )
     return dict(
         module=module,
         example=example(h, w, post['score_thr']),
@@ -241,11 +249,24 @@ def _detector(model, cfg, meta, args):
         inputs=inputs,
         outputs=outputs,
         dynamic=dynamic,
-        metadata=build_metadata(cfg, 'detection', inputs, outputs, meta, **post),
+        metadata=metadata,
     )
 
 
 PARTS_EXPORT = dict(backbone=_backbone, segmentor=_segmentor, detector=_detector)
+
+
+def check_classes(metadata: dict, num_classes: int) -> None:
+    """Refuse class names (the checkpoint's, else the config's dataset's) that do not name each
+    class the model predicts: the inference script labels and scores detections by them."""
+    classes = metadata['classes']
+    if len(classes) != num_classes:
+        raise ValueError(
+            f'the model predicts {num_classes} classes but {len(classes)} class names were found '
+            "(the checkpoint's meta dataset_meta.classes, else the config's test dataset's "
+            f"classes): {classes}; name the model's classes in the config's "
+            'test_dataloader.dataset.metainfo'
+        )
 
 
 def add_metadata(path: str, metadata: dict) -> None:
@@ -265,7 +286,7 @@ def verify(part: dict, path: str, rtol: float):
 
     graph = onnx.load(path)
     onnx.checker.check_model(graph)
-    domains = {n.domain for n in graph.graph.node} - {'', 'ai.onnx'}
+    domains = custom_operator_domains(graph)
     if domains:
         raise RuntimeError(f'{path} uses custom operator domains {domains}')
     report_tensorrt_support(graph)

@@ -11,9 +11,10 @@ pre-processor's normalization and padding, and the classes. This script repeats 
 MMDetection / MMSegmentation do (mmcv's cv2 resize, keep-ratio scale and rounding; padding at
 the bottom and right after normalization), runs the model, and post-processes as they do:
 detections' boxes scaled back to the image and their 28x28 masks pasted into it (bilinear, as
-MMDetection's CPU path, then thresholded); segmentation logits resized bilinearly to the image and
-arg-maxed. The JSON holds every detection (box x1 y1 x2 y2 in the image's pixels, score, label,
-class name, mask as COCO's uncompressed RLE); the drawing those above --score-thr.
+MMDetection's CPU path, then thresholded); segmentation logits without the padding, resized
+bilinearly to the image and arg-maxed. The JSON holds every detection the model keeps (above the
+config's score_thr, or --score-thr where that is lower; box x1 y1 x2 y2 in the image's pixels,
+score, label, class name, mask as COCO's uncompressed RLE); the drawing those above --score-thr.
 """
 
 import argparse
@@ -71,6 +72,11 @@ def preprocess(image: np.ndarray, spec: dict):
             size = rescale_size(width, height, resize['scale'])
         else:
             size = tuple(resize['scale'])
+        if min(size) < 1:
+            raise ValueError(
+                f'a {width}x{height} image resizes to {size[0]}x{size[1]} under the scale '
+                f"{resize['scale']}: too narrow for the model's test resize"
+            )
         image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
     divisor = spec.get('resize_to_multiple')
     if divisor:  # MMSegmentation's ResizeToMultiple: up to the next multiple, by resizing
@@ -149,24 +155,53 @@ def detect(session, meta: dict, image: np.ndarray, score_thr=None) -> dict:
     return result
 
 
+def _source_rows(n_out: int, n_in: int, align_corners: bool):
+    """For each of ``n_out`` output rows, the two input rows and the weight of the second, as
+    torch's bilinear interpolation reads them."""
+    if align_corners:
+        src = np.arange(n_out) * ((n_in - 1) / (n_out - 1) if n_out > 1 else 0.0)
+    else:
+        src = np.maximum((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0.0)
+    lo = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    return lo, np.minimum(lo + 1, n_in - 1), (src - lo).astype(np.float32)
+
+
+def resize_logits(logits: np.ndarray, height: int, width: int, align_corners: bool):
+    """``(h, w, C)`` logits resized bilinearly to ``(height, width, C)``, as MMSegmentation
+    resizes them to the image. cv2's resize is the ``align_corners=False`` form (and takes at most
+    512 channels at once); the other is done here, one axis at a time, as cv2's remap rounds the
+    sampling positions to 1/32 of a pixel."""
+    if not align_corners:
+        return np.concatenate(
+            [
+                cv2.resize(
+                    np.ascontiguousarray(logits[..., i : i + 512]),
+                    (width, height),
+                    interpolation=cv2.INTER_LINEAR,
+                ).reshape(height, width, -1)
+                for i in range(0, logits.shape[-1], 512)
+            ],
+            axis=-1,
+        )
+    lo, hi, weight = _source_rows(height, logits.shape[0], True)
+    rows = logits[lo] * (1 - weight)[:, None, None] + logits[hi] * weight[:, None, None]
+    lo, hi, weight = _source_rows(width, logits.shape[1], True)
+    return rows[:, lo] * (1 - weight)[None, :, None] + rows[:, hi] * weight[None, :, None]
+
+
+def segmentation_logits(session, meta: dict, image: np.ndarray) -> np.ndarray:
+    """The class logits of each pixel of the image, ``(H, W, classes)``: the model's, without
+    the padding, resized to the image."""
+    x, (h, w), _ = preprocess(image, meta['preprocess'])
+    logits = session.run(None, {'input': x})[0][0].transpose(1, 2, 0)[:h, :w]  # (h, w, classes)
+    height, width = image.shape[:2]
+    align_corners = bool(meta['postprocess'].get('align_corners', False))
+    return resize_logits(logits, height, width, align_corners)
+
+
 def segment(session, meta: dict, image: np.ndarray) -> np.ndarray:
     """The class index of each pixel of the image, ``(H, W)`` int64."""
-    x, _, _ = preprocess(image, meta['preprocess'])
-    logits = session.run(None, {'input': x})[0][0].transpose(1, 2, 0)  # (h, w, classes)
-    height, width = image.shape[:2]
-    # cv2.resize takes at most 512 channels at once
-    resized = np.concatenate(
-        [
-            cv2.resize(
-                np.ascontiguousarray(logits[..., i : i + 512]),
-                (width, height),
-                interpolation=cv2.INTER_LINEAR,
-            ).reshape(height, width, -1)
-            for i in range(0, logits.shape[-1], 512)
-        ],
-        axis=-1,
-    )
-    return resized.argmax(-1)
+    return segmentation_logits(session, meta, image).argmax(-1)
 
 
 def palette(meta: dict, n: int) -> np.ndarray:
@@ -305,7 +340,8 @@ def main(argv=None):
     if meta['task'] == 'detection':
         if args.out_label_map:
             raise ValueError('--out-label-map is for segmentors; this is a detector')
-        dets = detect(session, meta, image)
+        # the graph keeps what the config keeps, and more where the drawing asks for more
+        dets = detect(session, meta, image, min(args.score_thr, meta['postprocess']['score_thr']))
         if args.out_json:
             text = json.dumps(detections_json(dets, meta))
             write_whole(args.out_json, lambda tmp: open(tmp, 'w').write(text))
