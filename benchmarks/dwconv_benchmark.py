@@ -213,6 +213,16 @@ def main():
         '(the default times them: the strongest PyTorch baseline)',
     )
     args = parser.parse_args()
+    shapes = SHAPES
+    if args.shapes:
+        try:
+            shapes = [(tuple(int(v) for v in s.split(',')), 'command line') for s in args.shapes]
+        except ValueError:
+            raise SystemExit(
+                f'--shapes expects N,C,H,W,K with integers, got {args.shapes}'
+            ) from None
+        if any(len(s) != 5 for s, _ in shapes):
+            raise SystemExit(f'--shapes expects five integers N,C,H,W,K each, got {args.shapes}')
     torch.backends.cudnn.benchmark = not args.no_cudnn_benchmark
     global DEVICE
     DEVICE = args.device
@@ -229,16 +239,6 @@ def main():
         raise SystemExit('the extension is not built: bash scripts/build_ops.sh')
     else:
         device_name = f"{DEVICE} (smoke run: the extension's CPU path)"
-    shapes = SHAPES
-    if args.shapes:
-        try:
-            shapes = [(tuple(int(v) for v in s.split(',')), 'command line') for s in args.shapes]
-        except ValueError:
-            raise SystemExit(
-                f'--shapes expects N,C,H,W,K with integers, got {args.shapes}'
-            ) from None
-        if any(len(s) != 5 for s, _ in shapes):
-            raise SystemExit(f'--shapes expects five integers N,C,H,W,K each, got {args.shapes}')
     rate = fp32_rate(args.warmup, args.repeats)
     report = Report(args.out)
     report.add(

@@ -397,12 +397,8 @@ def test_dwconv_benchmark_rejects_bad_shapes(monkeypatch):
     message = dwconv_main_exit(
         monkeypatch, dw_module.depthwise_conv2d, '--device', 'cpu', '--shapes', '2,3,20'
     )
-    # SystemExit with the message (exit status 1); without the extension that may come first
-    assert isinstance(message, str), message
-    if dw_module._ext is not None:
-        assert 'five integers N,C,H,W,K' in message, message
-    else:
-        assert 'five integers N,C,H,W,K' in message or 'extension is not built' in message
+    # SystemExit with the message (exit status 1), before the device and the extension are looked at
+    assert isinstance(message, str) and 'five integers N,C,H,W,K' in message, message
 
 
 @pytest.mark.skipif(
@@ -504,7 +500,7 @@ def test_model_zoo_complexity_covers_exactly_the_zoo_configs(tmp_path):
             zoo.paper_shape(f'configs/segmentation/{bad}')
 
 
-def test_model_zoo_complexity_merge_keeps_the_other_rows(tmp_path, monkeypatch):
+def test_model_zoo_complexity_merge_keeps_the_other_rows(tmp_path, monkeypatch, capsys):
     """--merge replaces or adds the counted configs' rows and keeps the table's other rows and
     notes as they were (the paper's rows are not recounted when the new configs are)."""
     zoo = zoo_module()
@@ -529,75 +525,12 @@ def test_model_zoo_complexity_merge_keeps_the_other_rows(tmp_path, monkeypatch):
     )
     assert changed[0].startswith('- ') and '--merge' in changed[0]
     kept = [line for line in old_lines if line.startswith('| `')]
-    assert len(kept) == 25 and all(
-        line in new_lines for line in kept if 'unireplknet_t_1k_mask_rcnn_1x' not in line
-    )
-    with pytest.raises(SystemExit):
+    assert len([line for line in new_lines if line.startswith('| `')]) == len(kept)
+    assert all(line in new_lines for line in kept if 'unireplknet_t_1k_mask_rcnn_1x' not in line)
+    with pytest.raises(SystemExit) as info:
         zoo.main(['--configs', config, '--merge', '--out', str(tmp_path / 'absent.md')])
-
-
-def committed_zoo_rows():
-    results = {}
-    for cells in table_rows(ZOO_RESULTS):
-        cells = [c.strip() for c in cells]
-        results[cells[0]] = cells
-    return results
-
-
-def paper_complexity_cells(text):
-    """(config, params paper, params ours, FLOPs paper, FLOPs ours) of each model zoo row of a
-    page that has the "paper / ours" columns."""
-    return re.findall(
-        r'^\| (`unireplknet_\w+\.py`) \|.*?\| (\d+)M / ([\d.]+M) \| (\d+)G / ([\d.]+G) \|',
-        text,
-        re.M,
-    )
-
-
-def test_docs_model_zoo_quotes_the_committed_complexity_table():
-    """docs/en/model_zoo.md quotes every row of the committed table: the paper's configs as the
-    README does, the others (empty paper columns) with their input size, params and FLOPs."""
-    results = committed_zoo_rows()
-    paper = {k for k, v in results.items() if v[2]}
-    assert len(paper) == 13 and len(results) == 25, sorted(results)
-    with open(os.path.join(ROOT, 'docs', 'en', 'model_zoo.md')) as f:
-        doc = f.read()
-    quoted = paper_complexity_cells(doc)
-    assert {q[0] for q in quoted} == paper, quoted
-    for name, p_paper, p_ours, f_paper, f_ours in quoted:
-        row = results[name]
-        assert (row[2], row[3], row[5], row[6]) == (p_paper + 'M', p_ours, f_paper + 'G', f_ours)
-    new = re.findall(
-        r'^\| (`unireplknet_\w+\.py`) \| IN-(?:1|22)K \| [^|]+ \| (\d+ x \d+) \| ([\d.]+M) \| '
-        r'([\d.]+G) \|$',
-        doc,
-        re.M,
-    )
-    assert {q[0] for q in new} == set(results) - paper, new
-    for name, shape, params, flops in new:
-        row = results[name]
-        assert (row[1], row[3], row[6]) == (shape, params, flops), (name, row)
-
-
-def test_readme_model_zoo_quotes_the_committed_complexity_table():
-    """Each "params paper / ours" and "FLOPs paper / ours" cell of README's model zoo is the
-    committed table's, row by row, and that table is within 1% of the paper (params) and 0.5%
-    (FLOPs) on every config of the paper. (The table's other rows, of the configs beyond the
-    paper, have no paper figures: test_docs_model_zoo_quotes_the_committed_complexity_table.)"""
-    results = {k: v for k, v in committed_zoo_rows().items() if v[2]}
-    assert len(results) == 13, sorted(results)
-    with open(os.path.join(ROOT, 'README.md')) as f:
-        readme = f.read()
-    quoted = paper_complexity_cells(readme)
-    assert {q[0] for q in quoted} == set(results), quoted
-    for name, p_paper, p_ours, f_paper, f_ours in quoted:
-        row = results[name]
-        assert (row[2], row[3], row[5], row[6]) == (p_paper + 'M', p_ours, f_paper + 'G', f_ours), (
-            name,
-            row,
-        )
-        assert abs(float(p_ours[:-1]) / float(p_paper) - 1) <= 0.01, (name, p_ours, p_paper)
-        assert abs(float(f_ours[:-1]) / float(f_paper) - 1) <= 0.005, (name, f_ours, f_paper)
+    assert info.value.code == 2
+    assert '--merge needs an existing --out table' in capsys.readouterr().err
 
 
 def bench_main(monkeypatch, script, *argv):
@@ -683,7 +616,7 @@ def test_cpu_depthwise_benchmark_smoke(monkeypatch, tmp_path):
         assert r[6] == ('13x15' if r[2] == 'channels-last' else '13x13'), r
 
 
-def test_onnx_detector_benchmark_smoke(monkeypatch, tmp_path):
+def test_onnx_detector_benchmark_smoke(monkeypatch, tmp_path, capsys):
     """The quick-start detector exported, then timed against PyTorch with the same number of
     detections on both sides (every one of max_per_img at score threshold 0)."""
     out = tmp_path / 'det.md'
@@ -698,8 +631,11 @@ def test_onnx_detector_benchmark_smoke(monkeypatch, tmp_path):
     assert float(row[4]) > 0 and float(row[5]) > 0
     assert_ratio_of_rounded(row[6], row[4], row[5])
     assert 'score threshold 0.0' in out.read_text()
-    with pytest.raises(SystemExit):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
         bench_main(monkeypatch, 'onnx_detector_benchmark', config + '@64by96')
+    assert info.value.code == 2
+    assert "the size after @ is HxW, e.g. 800x1333, got '64by96'" in capsys.readouterr().err
 
 
 def test_detector_export_check_smoke(monkeypatch, tmp_path):
