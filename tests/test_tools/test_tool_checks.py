@@ -79,26 +79,79 @@ def test_a_detectors_checkpoint_for_a_segmentor_says_so(seg_model, det_model, tm
     assert 'downsample_norm_cfg' not in text  # no advice that leads to garbage
 
 
-def test_partial_load_on_purpose_and_allowed_differences(seg_model, tmp_path):
-    state = torch.load(seg_model['ckpt'], map_location='cpu')['state_dict']
+def _test_capturing_the_model(argv, monkeypatch):
+    """tools/test.py's ``main(argv)``, and the model it tested, that model's weights just before
+    the checkpoint was loaded into it, and what the checkpoint loader logged."""
+    from mmunirep.utils import checkpoint as checkpoint_module
+
+    tool = load_tool('test')
+    seen, logged = {}, []
+    load = tool.load_model_weights
+
+    def spy(model, *args, **kwargs):
+        seen['model'] = model
+        seen['before'] = {k: v.clone() for k, v in model.state_dict().items()}
+        return load(model, *args, **kwargs)
+
+    monkeypatch.setattr(tool, 'load_model_weights', spy)
+    monkeypatch.setattr(checkpoint_module, 'print_log', lambda msg, **kwargs: logged.append(msg))
+    metrics = tool.main(argv)
+    return metrics, seen['model'].state_dict(), seen['before'], logged
+
+
+def _shifted(state):
+    """``state`` with every floating-point tensor moved by a random 0.1 to 0.2 (BN variances stay
+    positive): no tensor equals what a freshly built model holds, so a loaded tensor shows."""
+    g = torch.Generator().manual_seed(7)
+    return {
+        k: v + (torch.rand(v.shape, generator=g) * 0.1 + 0.1) if v.is_floating_point() else v
+        for k, v in state.items()
+    }
+
+
+def test_partial_load_on_purpose_and_allowed_differences(seg_model, tmp_path, monkeypatch):
+    """The allowed differences load every tensor the model has but for the auxiliary head;
+    --partial-load loads every tensor that fits by name and shape and leaves the others as the
+    model was built, and logs which did not fit."""
+    state = _shifted(torch.load(seg_model['ckpt'], map_location='cpu')['state_dict'])
     # a checkpoint saved for inference (no auxiliary head) with MMDetection 2's EMA buffers
     kept = {k: v for k, v in state.items() if not k.startswith('auxiliary_head.')}
     kept['ema_backbone_norm0_weight'] = state['backbone.norm0.weight']
     ckpt = tmp_path / 'infer.pth'
     torch.save({'state_dict': kept}, ckpt)
-    metrics = load_tool('test').main(
-        [seg_model['config'], str(ckpt), '--work-dir', str(tmp_path / 'w1')]
+    metrics, after, before, logged = _test_capturing_the_model(
+        [seg_model['config'], str(ckpt), '--work-dir', str(tmp_path / 'w1')], monkeypatch
     )
     assert 'mIoU' in metrics
+    aux = {k for k in after if k.startswith('auxiliary_head.')}
+    assert aux and set(after) - aux == set(kept) - {'ema_backbone_norm0_weight'}
+    for k in after:
+        expected = before[k] if k in aux else kept[k]
+        assert torch.equal(after[k], expected), k
+    assert not any('partial load' in m for m in logged), logged
     # a head of another class count loads only with --partial-load, the rest of the weights kept
-    other = _save(
-        _segmentor(seg_model['config'], **{'model.decode_head.num_classes': 5}),
-        tmp_path / 'five.pth',
-    )
-    metrics = load_tool('test').main(
-        [seg_model['config'], other, '--partial-load', '--work-dir', str(tmp_path / 'w2')]
+    five = _segmentor(seg_model['config'], **{'model.decode_head.num_classes': 5})
+    other = tmp_path / 'five.pth'
+    torch.save({'state_dict': _shifted(five.state_dict())}, other)
+    five_state = torch.load(other, map_location='cpu')['state_dict']
+    metrics, after, before, logged = _test_capturing_the_model(
+        [seg_model['config'], str(other), '--partial-load', '--work-dir', str(tmp_path / 'w2')],
+        monkeypatch,
     )
     assert 'mIoU' in metrics
+    unfit = {'decode_head.conv_seg.weight', 'decode_head.conv_seg.bias'}
+    assert set(after) == set(five_state)
+    assert after['decode_head.conv_seg.weight'].shape[0] == 4  # the config's classes
+    for k in after:
+        if k in unfit:  # left as built
+            assert torch.equal(after[k], before[k]), k
+        else:  # loaded: the checkpoint's value, which (but for BN's counts) the model did not hold
+            assert torch.equal(after[k], five_state[k]), k
+            assert not after[k].is_floating_point() or not torch.equal(before[k], after[k]), k
+    warned = [m for m in logged if m.startswith('partial load as asked')]
+    assert len(warned) == 1 and '2 have another shape' in warned[0], logged
+    assert 'decode_head.conv_seg.weight: (5, ' in warned[0], warned
+    assert f"loaded {len(after) - 2} of the model's {len(after)} tensors" in logged[-1], logged
 
 
 def test_non_finite_weights_are_refused_by_every_tool(seg_model, tmp_path):
@@ -138,16 +191,43 @@ def test_non_finite_weights_are_refused_by_every_tool(seg_model, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ['inf.pth']
 
 
-def test_a_deploy_checkpoint_is_tested_in_the_deploy_structure(seg_model, tmp_path):
+def test_a_deploy_checkpoint_is_tested_in_the_deploy_structure(seg_model, tmp_path, monkeypatch):
+    """A re-parameterized checkpoint, given without --cfg-options, is tested with the backbone
+    built in the deploy structure (the tool says so) and predicts what the training structure
+    predicts: the logits within fp32 rounding of the folding, the label maps wherever the two
+    best classes are further apart than that. The checkpoint's BN statistics, GRN parameters
+    and layer scales are random, so that every folded term shows in the logits."""
+    import pickle
+
     deploy = tmp_path / 'deploy.pth'
     load_tool('reparameterize').main([seg_model['config'], seg_model['ckpt'], str(deploy)])
-    plain = load_tool('test').main(
-        [seg_model['config'], seg_model['ckpt'], '--work-dir', str(tmp_path / 'w1')]
-    )
-    reparameterized = load_tool('test').main(
-        [seg_model['config'], str(deploy), '--work-dir', str(tmp_path / 'w2')]
-    )
-    assert reparameterized['mIoU'] == pytest.approx(plain['mIoU'], abs=1e-6)
+    runs = {}
+    for name, ckpt in (('plain', seg_model['ckpt']), ('deploy', str(deploy))):
+        tool = load_tool('test')
+        said = []
+        monkeypatch.setattr(tool, 'print_log', lambda msg, said=said, **kwargs: said.append(msg))
+        out = tmp_path / f'{name}.pkl'
+        argv = [seg_model['config'], ckpt, '--out', str(out), '--work-dir', str(tmp_path / name)]
+        metrics = tool.main(argv)
+        with open(out, 'rb') as f:
+            runs[name] = metrics, pickle.load(f), said
+    (m_plain, plain, said_plain), (m_deploy, deployed, said_deploy) = runs['plain'], runs['deploy']
+    assert said_plain == [] and said_deploy == [
+        f'{deploy} is re-parameterized: testing with model.backbone.deploy=True'
+    ]
+    assert m_deploy['mIoU'] == pytest.approx(m_plain['mIoU'], abs=1e-6)
+    assert len(plain) == len(deployed) == 2  # the validation images
+    tol = 1e-5  # of the largest logit: fp32 rounding of the folded BN, GRN and branches
+    for a, b in zip(plain, deployed):
+        la, lb = a['seg_logits']['data'], b['seg_logits']['data']
+        assert la.shape == lb.shape and la.shape[0] == 4
+        scale = la.abs().max()
+        torch.testing.assert_close(lb / scale, la / scale, rtol=0, atol=tol)
+        top2 = la.topk(2, dim=0).values
+        clear = (top2[0] - top2[1]) > 2 * tol * scale
+        assert clear.float().mean() > 0.9
+        pa, pb = a['pred_sem_seg']['data'][0], b['pred_sem_seg']['data'][0]
+        assert torch.equal(pa[clear], pb[clear])
 
 
 def test_outputs_are_left_whole_when_the_test_fails(seg_model, tmp_path, monkeypatch):
