@@ -1,10 +1,12 @@
-"""What the tests share: loading a script of tools/ as a module, the backbone's and the op's
-reference helpers, tiny configs on generated data, a recording torch.compile backend."""
+"""What the tests share: loading a script of tools/ as a module (and running tools/test.py), the
+backbone's and the op's reference helpers, tiny configs on generated data, a recording
+torch.compile backend."""
 
 import contextlib
 import importlib.util
 import itertools
 import os.path as osp
+import pickle
 
 import torch
 import torch.nn as nn
@@ -41,6 +43,17 @@ def load_tool(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def run_test(config, ckpt, out, deploy=False):
+    """tools/test.py on ``ckpt`` with ``--out out`` (a .pkl file), the backbone re-parameterized
+    with ``deploy``: returns its metrics and the predictions it dumped."""
+    argv = [str(config), str(ckpt), '--out', str(out), '--work-dir', str(out) + '_work']
+    if deploy:
+        argv += ['--cfg-options', 'model.backbone.deploy=True']
+    metrics = load_tool('test').main(argv)
+    with open(out, 'rb') as f:
+        return metrics, pickle.load(f)
 
 
 def randomize(model: nn.Module, seed: int = 0) -> nn.Module:

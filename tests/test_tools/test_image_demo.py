@@ -1,9 +1,10 @@
 """demo/image_demo.py draws a detector's and a segmentor's predictions; it and tools/test.py take a
 checkpoint URL."""
 
+import os
 import os.path as osp
-import pickle
 
+import cv2
 import mmcv
 import numpy as np
 import pytest
@@ -11,16 +12,27 @@ import torch
 
 import mmunirep  # noqa: F401
 
-from helpers import load_tool
+from helpers import load_tool, run_test
 
 
-def run_test(config, ckpt, out, deploy=False):
-    argv = [config, ckpt, '--out', str(out), '--work-dir', str(out) + '_work']
-    if deploy:
-        argv += ['--cfg-options', 'model.backbone.deploy=True']
-    metrics = load_tool('test').main(argv)
-    with open(out, 'rb') as f:
-        return metrics, pickle.load(f)
+def assert_drawn(original, png, jpg, palette=None):
+    """``png`` and ``jpg`` (BGR, as read) are drawings over ``original``: each differs in most
+    pixels from the input as its format would store it untouched (the PNG: the input to the bit;
+    the JPEG: cv2's encoding of the input at its default quality, as mmcv.imwrite saves it, which
+    alone is 2-8 off on average). With a ``palette`` (a segmentor's), most pixels of the PNG are
+    the input blended with one of its colours, at MMSegmentation's opacity 0.8."""
+    assert png.shape == original.shape == jpg.shape
+    as_jpeg = cv2.imdecode(cv2.imencode('.jpg', original)[1], cv2.IMREAD_COLOR)
+    for name, drawn, untouched in (('PNG', png, original), ('JPEG', jpg, as_jpeg)):
+        changed = (np.abs(drawn.astype(int) - untouched.astype(int)).max(-1) > 10).mean()
+        assert changed > 0.5, f'{name}: only {changed:.1%} of the pixels changed'
+    if palette is not None:
+        colour = (png.astype(float) - 0.2 * original.astype(float)) / 0.8
+        bgr = np.array(palette, dtype=float)[:, ::-1]
+        off = np.linalg.norm(colour[:, :, None] - bgr, axis=-1).min(-1)
+        painted = (off < 4).mean()  # rounding to uint8: at most ~1.5 per channel
+        # the rest: the class names' labels
+        assert painted > 0.9, f'only {painted:.1%} of the pixels are painted in a class colour'
 
 
 @pytest.mark.parametrize('setup', ['seg_model', 'det_model'])
@@ -31,12 +43,14 @@ def test_image_demo_draws(request, setup, tmp_path):
         if setup == 'seg_model'
         else osp.join(s['data'], 'val')
     )
-    img = osp.join(img, sorted(__import__('os').listdir(img))[0])
-    out = str(tmp_path / 'vis.jpg')
-    load_tool('image_demo').main([img, s['config'], s['ckpt'], '--out-file', out])
-    drawn, original = mmcv.imread(out), mmcv.imread(img)
-    assert drawn.shape[:2] == original.shape[:2]
-    assert np.abs(drawn.astype(int) - original.astype(int)).mean() > 0.5  # something was drawn
+    img = osp.join(img, sorted(os.listdir(img))[0])
+    png, jpg = str(tmp_path / 'vis.png'), str(tmp_path / 'vis.jpg')
+    for out in (png, jpg):
+        load_tool('image_demo').main([img, s['config'], s['ckpt'], '--out-file', out])
+    # the segmentor draws its classes in the checkpoint's palette
+    meta = torch.load(s['ckpt'], map_location='cpu')['meta']['dataset_meta']
+    palette = meta['palette'] if setup == 'seg_model' else None
+    assert_drawn(mmcv.imread(img), mmcv.imread(png), mmcv.imread(jpg), palette)
 
 
 @pytest.mark.slow
@@ -54,7 +68,7 @@ def test_tools_take_a_checkpoint_url(seg_model, tmp_path, monkeypatch):
     server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     img = osp.join(s['data'], 'images', 'validation')
-    img = osp.join(img, sorted(__import__('os').listdir(img))[0])
+    img = osp.join(img, sorted(os.listdir(img))[0])
     try:
         url = f'http://127.0.0.1:{server.server_address[1]}/seg.pth'
         m_url, p_url = run_test(s['config'], url, tmp_path / 'url.pkl')

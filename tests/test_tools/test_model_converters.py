@@ -4,7 +4,6 @@ paths and checkpoints get clear errors."""
 
 import os
 import os.path as osp
-import pickle
 import shutil
 import subprocess
 import sys
@@ -15,16 +14,7 @@ import torch
 import mmunirep  # noqa: F401
 from mmunirep.utils import CheckpointError
 
-from helpers import ROOT, SCRIPTS, load_tool
-
-
-def run_test(config, ckpt, out, deploy=False):
-    argv = [config, ckpt, '--out', str(out), '--work-dir', str(out) + '_work']
-    if deploy:
-        argv += ['--cfg-options', 'model.backbone.deploy=True']
-    metrics = load_tool('test').main(argv)
-    with open(out, 'rb') as f:
-        return metrics, pickle.load(f)
+from helpers import ROOT, SCRIPTS, load_tool, run_test
 
 
 @pytest.mark.slow
@@ -219,7 +209,7 @@ def test_a_full_disk_leaves_no_truncated_output_and_the_earlier_one_whole(
     assert sorted(os.listdir(tmp_path)) == ['out.pth']
 
 
-def test_convert_without_config_or_classes(seg_model, tmp_path):
+def test_convert_without_config_or_classes(seg_model, tmp_path, capsys):
     """Without --config the keys are converted unchecked; a checkpoint without class names
     converts; one without model tensors is refused."""
     state = torch.load(seg_model['ckpt'], map_location='cpu')['state_dict']
@@ -232,5 +222,8 @@ def test_convert_without_config_or_classes(seg_model, tmp_path):
     with pytest.raises(CheckpointError, match='holds no model tensors'):
         load_tool('convert_checkpoint').main([str(src), str(tmp_path / 'x.pth')])
     assert not (tmp_path / 'x.pth').exists()
-    with pytest.raises(SystemExit):
+    # --cfg-options without a config to apply them to: argparse's usage error (exit status 2)
+    with pytest.raises(SystemExit) as info:
         load_tool('convert_checkpoint').main([str(src), str(dst), '--cfg-options', 'a=1'])
+    assert info.value.code == 2
+    assert 'error: --cfg-options needs --config' in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """The model zoo's recipes beyond the paper (Mask R-CNN, DINO, Mask2Former, UperNet on
 Cityscapes) and the custom-dataset examples: each trains one iteration with tools/train.py and is
-evaluated by tools/test.py on generated data, in-process.
+evaluated by tools/test.py on generated data, in-process; the metrics must be those recomputed
+from the predictions the tool saves (--out).
 
 Each config is loaded as it is, shrunk (``shrink``: every size in its pipelines and data
 pre-processor divided by 8, a tiny backbone, few queries / proposals / layers, single-process
@@ -13,6 +14,7 @@ import os.path as osp
 import shutil
 
 import cv2
+import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
@@ -133,9 +135,8 @@ def ade_data(cfg, root, classes=('circle', 'square', 'triangle')):
         )
 
 
-def run_tools(cfg: Config, tmp_path, *test_args):
-    """tools/train.py for the config's one iteration, then tools/test.py on its checkpoint:
-    returns the test metrics."""
+def train_one_iteration(cfg: Config, tmp_path):
+    """tools/train.py for the config's one iteration: (config file, checkpoint)."""
     config = str(tmp_path / 'shrunk.py')
     cfg.dump(config)
     work_dir = str(tmp_path / 'work')
@@ -144,14 +145,193 @@ def run_tools(cfg: Config, tmp_path, *test_args):
         ckpt = f.read().strip()
     state = torch.load(ckpt, map_location='cpu', weights_only=False)
     assert state['meta']['iter'] == 1
-    return load_tool('test').main([config, ckpt, '--work-dir', str(tmp_path / 'test'), *test_args])
+    return config, ckpt
 
 
-def det_checks(metrics, masks):
-    keys = ['coco/bbox_mAP'] + (['coco/segm_mAP'] if masks else [])
-    for key in keys:
-        assert 0 <= metrics[key] <= 1, sorted(metrics)
-    assert ('coco/segm_mAP' in metrics) is masks
+def check_det_tools(cfg: Config, tmp_path, data_root, masks):
+    """tools/train.py for the config's one iteration, then tools/test.py with --out, twice: on the
+    annotations, and on annotations made of the model's own 3 best predictions per image. After
+    one iteration the metrics on the annotations are about 0, which a wrong evaluation would give
+    too; on its own predictions they are far from 0. Each run's metrics must be pycocotools' on
+    the predictions it dumped (:func:`det_checks`)."""
+    if masks:
+        # the untrained mask head's probabilities are all below the usual 0.5: at 0 its masks are
+        # its boxes' rectangles, not empty, so that the masks' evaluation is not vacuous
+        cfg.merge_from_dict({'model.test_cfg.rcnn.mask_thr_binary': 0.0})
+    config, ckpt = train_one_iteration(cfg, tmp_path)
+    ann_file = osp.join(data_root, 'annotations', 'instances_val.json')
+    preds = str(tmp_path / 'preds.pkl')
+    metrics = load_tool('test').main(
+        [config, ckpt, '--work-dir', str(tmp_path / 'test'), '--out', preds]
+    )
+    det_checks(metrics, preds, ann_file, masks)
+    own_gt = str(tmp_path / 'own_gt.json')
+    ground_truth_from_predictions(preds, ann_file, own_gt, masks, per_image=3)
+    preds = str(tmp_path / 'preds_own_gt.pkl')
+    options = [
+        f'{key}={own_gt}' for key in ('test_dataloader.dataset.ann_file', 'test_evaluator.ann_file')
+    ]
+    metrics = load_tool('test').main(
+        [config, ckpt, '--work-dir', str(tmp_path / 'test_own_gt'), '--out', preds, '--cfg-options',
+         *options]
+    )  # fmt: skip
+    det_checks(metrics, preds, own_gt, masks)
+    for iou_type in ('bbox', 'segm') if masks else ('bbox',):
+        assert metrics[f'coco/{iou_type}_mAP'] > 0.5, metrics
+
+
+def ground_truth_from_predictions(pred_file, ann_file, out_file, masks, per_image):
+    """A COCO annotation file with the images and categories of ``ann_file`` and, as their
+    objects, the ``per_image`` highest-scoring boxes (and masks) of a DumpDetResults pickle."""
+    import json
+    import pickle
+
+    from pycocotools import mask as mask_utils
+
+    with open(pred_file, 'rb') as f:
+        preds = pickle.load(f)
+    with open(ann_file) as f:
+        coco = json.load(f)
+    cat_ids = sorted(c['id'] for c in coco['categories'])
+    annotations = []
+    for pred in preds:
+        inst = pred['pred_instances']
+        top = inst['scores'].argsort(descending=True)[:per_image].tolist()
+        assert len(top) == per_image, f'{len(top)} detections in image {pred["img_id"]}'
+        for i in top:
+            x1, y1, x2, y2 = inst['bboxes'][i].tolist()
+            ann = dict(
+                id=len(annotations) + 1,
+                image_id=pred['img_id'],
+                iscrowd=0,
+                category_id=cat_ids[int(inst['labels'][i])],
+                bbox=[x1, y1, x2 - x1, y2 - y1],
+                area=(x2 - x1) * (y2 - y1),
+            )
+            if masks:
+                rle = dict(inst['masks'][i])
+                if isinstance(rle['counts'], bytes):
+                    rle['counts'] = rle['counts'].decode()
+                ann.update(segmentation=rle, area=float(mask_utils.area(inst['masks'][i])))
+            annotations.append(ann)
+    coco['annotations'] = annotations
+    with open(out_file, 'w') as f:
+        json.dump(coco, f)
+
+
+# COCOeval's stats by the names CocoMetric reports them under
+COCO_STATS = ('mAP', 'mAP_50', 'mAP_75', 'mAP_s', 'mAP_m', 'mAP_l')
+
+
+def coco_stats(pred_file, ann_file, iou_type):
+    """pycocotools' COCOeval of the boxes or masks of a DumpDetResults pickle (tools/test.py
+    --out), with CocoMetric's maxDets: {name: value} for the names of :data:`COCO_STATS`."""
+    import contextlib
+    import io
+    import pickle
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with open(pred_file, 'rb') as f:
+        preds = pickle.load(f)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(ann_file)
+    assert sorted(p['img_id'] for p in preds) == sorted(gt.getImgIds())
+    cat_ids = sorted(gt.getCatIds())
+    dets = []
+    for pred in preds:
+        inst = pred['pred_instances']
+        for i in range(len(inst['scores'])):
+            det = dict(
+                image_id=pred['img_id'],
+                category_id=cat_ids[int(inst['labels'][i])],
+                score=float(inst['scores'][i]),
+            )
+            if iou_type == 'bbox':
+                x1, y1, x2, y2 = inst['bboxes'][i].tolist()
+                det['bbox'] = [x1, y1, x2 - x1, y2 - y1]
+            else:
+                det['segmentation'] = dict(inst['masks'][i])
+            dets.append(det)
+    assert dets, 'no detections: nothing to evaluate'
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator = COCOeval(gt, gt.loadRes(dets), iou_type)
+        evaluator.params.maxDets = [100, 300, 1000]  # CocoMetric's
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return dict(zip(COCO_STATS, evaluator.stats[: len(COCO_STATS)].tolist()))
+
+
+def det_checks(metrics, pred_file, ann_file, masks):
+    """The tool's COCO metrics are pycocotools' on the predictions it dumped (--out), for the
+    boxes and, with ``masks`` only, the masks."""
+    assert ('coco/segm_mAP' in metrics) is masks, sorted(metrics)
+    for iou_type in ('bbox', 'segm') if masks else ('bbox',):
+        for name, value in coco_stats(pred_file, ann_file, iou_type).items():
+            key = f'coco/{iou_type}_{name}'
+            # CocoMetric rounds to 3 decimals
+            assert abs(metrics[key] - value) <= 6e-4, (key, metrics[key], value)
+
+
+def check_seg_tools(cfg: Config, tmp_path, ann_root, gt_maps, num_classes, reduce_zero_label):
+    """tools/train.py for the config's one iteration, then tools/test.py with --out DIR, twice:
+    on the annotations under ``ann_root`` (``gt_maps``: {label map name: annotation path under
+    ann_root}), and on annotations that are the label maps of that first run, where mIoU and aAcc
+    must be 100 (after one iteration the first metrics may be 0, which a wrong evaluation would
+    give too). Each run's mIoU and aAcc must be those of the label maps it wrote
+    (:func:`seg_checks`)."""
+    config, ckpt = train_one_iteration(cfg, tmp_path)
+    labels = tmp_path / 'labels'
+    test = load_tool('test')
+    metrics = test.main([config, ckpt, '--work-dir', str(tmp_path / 'test'), '--out', str(labels)])
+    seg_checks(metrics, labels, ann_root, gt_maps, num_classes, reduce_zero_label)
+    own_root = tmp_path / 'own_gt'
+    for name, rel in gt_maps.items():
+        os.makedirs(osp.dirname(own_root / rel), exist_ok=True)
+        shutil.copy(labels / name, own_root / rel)
+    labels = tmp_path / 'labels_own_gt'
+    metrics = test.main(
+        [config, ckpt, '--work-dir', str(tmp_path / 'test_own_gt'), '--out', str(labels),
+         '--cfg-options', f'test_dataloader.dataset.data_prefix.seg_map_path={own_root}']
+    )  # fmt: skip
+    seg_checks(metrics, labels, own_root, gt_maps, num_classes, reduce_zero_label)
+    assert metrics['mIoU'] == 100 and metrics['aAcc'] == 100, metrics
+
+
+def seg_checks(metrics, label_dir, ann_root, gt_maps, num_classes, reduce_zero_label):
+    """The tool's mIoU and aAcc are those of the label maps it wrote (--out DIR: one PNG per
+    image, named as the image, in the annotations' values) against the annotations. With
+    ``reduce_zero_label`` annotation 0 is ignored and the maps' values are 1..N."""
+    assert sorted(os.listdir(label_dir)) == sorted(gt_maps)
+    inter, union, gt_area = np.zeros(num_classes), np.zeros(num_classes), np.zeros(num_classes)
+    first = 1 if reduce_zero_label else 0
+    for name, rel in gt_maps.items():
+        pred = cv2.imread(osp.join(label_dir, name), cv2.IMREAD_UNCHANGED).astype(int)
+        gt = cv2.imread(osp.join(ann_root, rel), cv2.IMREAD_UNCHANGED).astype(int)
+        assert pred.shape == gt.shape, (name, pred.shape, gt.shape)
+        assert first <= pred.min() and pred.max() < first + num_classes, np.unique(pred)
+        valid = (gt >= first) & (gt != 255)
+        p, g = pred[valid] - first, gt[valid] - first
+        for c in range(num_classes):
+            inter[c] += np.sum((p == c) & (g == c))
+            union[c] += np.sum((p == c) | (g == c))
+            gt_area[c] += np.sum(g == c)
+    assert gt_area.sum() > 0, 'no labelled pixels: nothing to evaluate'
+    with np.errstate(invalid='ignore', divide='ignore'):
+        miou = 100 * np.nanmean(inter / union)
+    a_acc = 100 * inter.sum() / gt_area.sum()
+    # IoUMetric rounds to 2 decimals
+    assert abs(metrics['mIoU'] - miou) <= 0.006, (metrics['mIoU'], miou)
+    assert abs(metrics['aAcc'] - a_acc) <= 0.006, (metrics['aAcc'], a_acc)
+
+
+def ade_gt_maps(root):
+    """(annotations folder, {label map name: annotation}) of the ADE20K-format shapes' validation
+    images."""
+    ann_root = osp.join(root, 'annotations', 'validation')
+    return ann_root, {name: name for name in sorted(os.listdir(ann_root))}
 
 
 # -- detection ----------------------------------------------------------------------------------
@@ -173,7 +353,7 @@ def test_mask_rcnn(name, shapes_coco, tmp_path):
             'model.test_cfg.rcnn.max_per_img': 20,
         }
     )
-    det_checks(run_tools(cfg, tmp_path), masks=True)
+    check_det_tools(cfg, tmp_path, shapes_coco, masks=True)
 
 
 def test_dino(shapes_coco, tmp_path):
@@ -192,7 +372,7 @@ def test_dino(shapes_coco, tmp_path):
             'model.test_cfg.max_per_img': 20,
         }
     )
-    det_checks(run_tools(cfg, tmp_path), masks=False)
+    check_det_tools(cfg, tmp_path, shapes_coco, masks=False)
 
 
 # -- segmentation -------------------------------------------------------------------------------
@@ -212,8 +392,7 @@ def test_mask2former(shapes_ade, tmp_path):
             'model.decode_head.train_cfg.num_points': 256,
         }
     )
-    metrics = run_tools(cfg, tmp_path)
-    assert 0 <= metrics['mIoU'] <= 100
+    check_seg_tools(cfg, tmp_path, *ade_gt_maps(shapes_ade), num_classes=3, reduce_zero_label=True)
 
 
 def cityscapes_from_ade(ade_root, out):
@@ -250,8 +429,12 @@ def test_upernet_cityscapes(name, shapes_ade, tmp_path):
             'model.auxiliary_head.channels': 16,
         }
     )
-    metrics = run_tools(cfg, tmp_path)
-    assert 0 <= metrics['mIoU'] <= 100
+    ann_root = osp.join(root, 'gtFine', 'val')
+    gt_maps = {
+        name.replace('_gtFine_labelTrainIds', '_leftImg8bit'): osp.join('shapes', name)
+        for name in os.listdir(osp.join(ann_root, 'shapes'))
+    }
+    check_seg_tools(cfg, tmp_path, ann_root, gt_maps, num_classes=19, reduce_zero_label=False)
 
 
 CASCADE_SMALL = {  # few proposals and RoIs, narrow RoI heads
@@ -283,7 +466,7 @@ def test_custom_dataset_example_with_masks(shapes_coco, tmp_path):
             'model.roi_head.mask_head.conv_out_channels': 32,
         }
     )
-    det_checks(run_tools(cfg, tmp_path), masks=True)
+    check_det_tools(cfg, tmp_path, shapes_coco, masks=True)
 
 
 def test_custom_dataset_example_boxes_only(shapes_coco, tmp_path):
@@ -304,7 +487,7 @@ def test_custom_dataset_example_boxes_only(shapes_coco, tmp_path):
     assert cfg.model.roi_head.mask_head is None and cfg.val_evaluator.metric == 'bbox'
     coco_data(cfg, root)
     cfg.merge_from_dict({'model.neck.in_channels': DIMS, **CASCADE_SMALL})
-    det_checks(run_tools(cfg, tmp_path), masks=False)
+    check_det_tools(cfg, tmp_path, root, masks=False)
 
 
 def test_custom_dataset_example_segmentation(shapes_ade, tmp_path):
@@ -321,8 +504,7 @@ def test_custom_dataset_example_segmentation(shapes_ade, tmp_path):
             'model.auxiliary_head.channels': 16,
         }
     )
-    metrics = run_tools(cfg, tmp_path)
-    assert 0 <= metrics['mIoU'] <= 100
+    check_seg_tools(cfg, tmp_path, *ade_gt_maps(shapes_ade), num_classes=4, reduce_zero_label=False)
 
 
 # -- params and FLOPs of the new families (tools/analysis_tools/get_flops.py) -------------------

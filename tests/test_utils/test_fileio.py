@@ -39,7 +39,7 @@ def test_a_complete_write_replaces_the_file_with_the_usual_mode(tmp_path):
 
 def test_a_directory_is_filled_only_when_complete(tmp_path):
     out = tmp_path / 'maps'
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match='^the test failed half way$'):  # passed on as it is
         with atomic_directory(str(out)) as tmp:
             (open(os.path.join(tmp, 'a.png'), 'w')).close()
             raise RuntimeError('the test failed half way')
