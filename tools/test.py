@@ -98,7 +98,9 @@ def main(argv=None):
     check_finite(model_state_dict(ckpt, args.checkpoint), args.checkpoint)  # before any output
     follow_checkpoint_structure(cfg, ckpt, args)
     clear_pretrained(cfg)  # the checkpoint provides every weight
-    cfg.load_from = None  # loaded below, strictly, instead of by the Runner
+    # loaded below, strictly, instead of by the Runner; a config saved by a resumed training
+    # says resume=True, which would make the Runner load the work dir's latest checkpoint
+    cfg.load_from, cfg.resume = None, False
     check_datasets(cfg, ('test',), args.check_data)
 
     if args.show_dir:

@@ -89,14 +89,16 @@ def main(argv=None):
             raise ValueError('--auto-scale-lr needs auto_scale_lr.base_batch_size in the config')
         cfg.auto_scale_lr.enable = True
     if args.resume == 'auto':
-        cfg.resume = True
-        cfg.load_from = None
-        if find_latest_checkpoint(cfg.work_dir) is None:
+        if find_latest_checkpoint(cfg.work_dir) is None:  # a first launch: the config's start
+            start = f"the config's load_from {cfg.load_from}" if cfg.get('load_from') else 'scratch'
             print_log(
-                f'--resume: no checkpoint in {cfg.work_dir}, so training starts from scratch',
+                f'--resume: no checkpoint in {cfg.work_dir}, so training starts from {start}',
                 logger='current',
                 level=30,
             )
+        else:  # mmengine resumes from the work dir's latest checkpoint
+            cfg.resume = True
+            cfg.load_from = None
     elif args.resume is not None:
         if not os.path.isfile(args.resume):
             raise FileNotFoundError(f'--resume checkpoint not found: {args.resume!r}')

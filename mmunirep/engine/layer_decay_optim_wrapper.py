@@ -5,7 +5,7 @@ and MMSegmentation's only ConvNeXt / BEiT / MAE, so we ask the backbone itself: 
 ``get_layer_depth(name, prefix, num_layers)`` gives each parameter's layer id by the authors' rule.
 """
 
-from typing import List
+from typing import List, Optional
 
 import torch.nn as nn
 from mmengine.logging import print_log
@@ -51,13 +51,17 @@ class UniRepLKNetLayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructo
     scales every backbone layer's decayed lr by 0.1.
     """
 
+    def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: Optional[dict] = None):
+        # mmengine's constructor builds parameter groups (add_params) only for a non-empty
+        # paramwise_cfg: without one, the layer decay's defaults are given explicitly
+        super().__init__(optim_wrapper_cfg, paramwise_cfg or dict(num_layers=12, decay_rate=0.8))
+
     def __call__(self, model: nn.Module) -> OptimWrapper:
         optim_wrapper = super().__call__(model)
         # mmengine's registry builds the optimizer from a ConfigDict (a config file's), which
         # turns the group dicts given to it into ConfigDicts. torch.compile of a step that
         # includes optimizer.step() (mmengine's `compile=True` compiles train_step) then fails in
-        # Dynamo (torch 2.14: "'UserDefinedDictVariable' object has no attribute 'items'").
-        # Plain dicts, as torch.optim makes them, compile.
+        # Dynamo on such groups; plain dicts, as torch.optim makes them, compile.
         optimizer = optim_wrapper.optimizer
         optimizer.param_groups = [dict(group) for group in optimizer.param_groups]
         return optim_wrapper

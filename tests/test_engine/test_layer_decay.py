@@ -27,8 +27,12 @@ def authors_layer_id(name: str, num_max_layer: int) -> int:
     return num_max_layer + 1
 
 
-@pytest.mark.parametrize('decay_rate, num_layers', [(0.8, 12), (0.7, 12), (0.9, 6)])
-def test_groups_follow_the_authors_rule(decay_rate, num_layers):
+@pytest.mark.parametrize(
+    'decay_rate, num_layers, given',
+    [(0.8, 12, True), (0.7, 12, True), (0.9, 6, True), (0.8, 12, False)],
+    ids=['0.8-12', '0.7-12', '0.9-6', 'defaults-without-paramwise_cfg'],
+)
+def test_groups_follow_the_authors_rule(decay_rate, num_layers, given):
     model = Detector()
     base_lr, base_wd = 1e-4, 0.05
     constructor = OPTIM_WRAPPER_CONSTRUCTORS.build(
@@ -37,7 +41,11 @@ def test_groups_follow_the_authors_rule(decay_rate, num_layers):
             optim_wrapper_cfg=dict(
                 type='OptimWrapper', optimizer=dict(type='AdamW', lr=base_lr, weight_decay=base_wd)
             ),
-            paramwise_cfg=dict(num_layers=num_layers, decay_rate=decay_rate),
+            **(
+                {'paramwise_cfg': dict(num_layers=num_layers, decay_rate=decay_rate)}
+                if given
+                else {}
+            ),
         )
     )
     optim = constructor(model).optimizer

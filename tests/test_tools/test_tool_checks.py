@@ -4,6 +4,7 @@ their outputs whole; tools/test.py and tools/train.py check the data first and s
 found."""
 
 import os
+import shutil
 
 import pytest
 import torch
@@ -274,22 +275,54 @@ def test_bad_label_maps_stop_the_test_before_it_starts(seg_model, tmp_path):
         load_tool('train').main([config, '--work-dir', str(tmp_path / 'w')])
 
 
-def test_resume_without_a_checkpoint_says_training_starts_from_scratch(
-    seg_model, tmp_path, monkeypatch
+@pytest.mark.parametrize('load_from', [None, 'init.pth'])
+def test_resume_without_a_checkpoint_starts_as_the_config_says(
+    seg_model, tmp_path, monkeypatch, load_from
 ):
+    """--resume on a first launch (no checkpoint in the work dir) keeps the config's load_from,
+    and says where training starts."""
     train = load_tool('train')
-    said = []
+    said, built = [], []
 
     class Stop(Exception):
         pass
 
     def stop(cfg):
+        built.append(cfg)
         raise Stop
 
     monkeypatch.setattr(train, 'print_log', lambda msg, **kwargs: said.append(msg))
     monkeypatch.setattr(train.Runner, 'from_cfg', stop)
+    options = ['--cfg-options', f'load_from={load_from}'] if load_from else []
     with pytest.raises(Stop):
-        train.main([seg_model['config'], '--resume', '--work-dir', str(tmp_path / 'empty')])
-    assert f'--resume: no checkpoint in {tmp_path / "empty"}, so training starts from scratch' in (
+        train.main(
+            [seg_model['config'], '--resume', '--work-dir', str(tmp_path / 'empty'), *options]
+        )
+    start = f"the config's load_from {load_from}" if load_from else 'scratch'
+    assert f'--resume: no checkpoint in {tmp_path / "empty"}, so training starts from {start}' in (
         said
     )
+    assert built[0].get('load_from') == load_from and not built[0].get('resume', False)
+
+
+def test_a_config_saved_by_a_resumed_training_tests_the_checkpoint_given(
+    seg_model, tmp_path, monkeypatch
+):
+    """resume=True in the config (as mmengine saves a resumed training's) does not make the test
+    resume from the work dir's latest checkpoint instead of the one given."""
+    from mmengine.runner import Runner
+
+    work_dir = tmp_path / 'work'
+    work_dir.mkdir()
+    shutil.copy(seg_model['ckpt'], work_dir / 'iter_9.pth')
+    (work_dir / 'last_checkpoint').write_text(str(work_dir / 'iter_9.pth'))
+
+    def resume(self, *args, **kwargs):
+        raise AssertionError('the Runner resumed from the work dir')
+
+    monkeypatch.setattr(Runner, 'resume', resume)
+    metrics = load_tool('test').main(
+        [seg_model['config'], seg_model['ckpt'], '--work-dir', str(work_dir), '--cfg-options',
+         'resume=True']
+    )  # fmt: skip
+    assert 'mIoU' in metrics
