@@ -432,6 +432,20 @@ def fit_problems(
     return message
 
 
+def nest_flat_deploy_kernels(state: Dict[str, torch.Tensor], own_keys) -> Dict[str, torch.Tensor]:
+    """``state`` with the authors' deploy=True block kernels (``...dwconv.weight`` / ``.bias``)
+    renamed to where this model keeps them (``...dwconv.lk_origin.*``), for loaders that match
+    keys before ``load_state_dict``'s hooks run; other keys as they are."""
+    renamed = {}
+    for key, value in state.items():
+        head, _, name = key.rpartition('.')
+        nested = f'{head}.lk_origin.{name}'
+        if head.endswith('dwconv') and key not in own_keys and nested in own_keys:
+            key = nested
+        renamed[key] = value
+    return renamed
+
+
 def load_model_weights(
     model: nn.Module,
     checkpoint,
@@ -453,10 +467,10 @@ def load_model_weights(
         ckpt, source = checkpoint, source or 'the checkpoint'
     else:
         ckpt, source = read_checkpoint(checkpoint), source or str(checkpoint)
-    state = model_state_dict(ckpt, source)
+    own = model.state_dict()
+    state = nest_flat_deploy_kernels(model_state_dict(ckpt, source), own)
     check_finite(state, source)
     problems = fit_problems(model, state, source, inference, cfg_hint)
-    own = model.state_dict()
     if problems and not partial:
         if partial_flag:
             problems += f' To load only the tensors that fit on purpose, pass {partial_flag}.'

@@ -28,6 +28,7 @@ from mmunirep.utils.checkpoint import (
     CheckpointError,
     backbone_state_dict,
     check_finite,
+    nest_flat_deploy_kernels,
     read_checkpoint,
     structure_mismatch,
 )
@@ -144,28 +145,34 @@ class NHWCtoNCHW(nn.Module):
         return x.permute(0, 3, 1, 2)
 
 
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """fp16 and bf16 tensors as fp32; fp32 and fp64 ones as they are."""
+    return x.float() if x.element_size() < 4 else x
+
+
 def spatial_l2_norm(x: torch.Tensor) -> torch.Tensor:
-    """The L2 norm over H and W of an NHWC map, ``(N, 1, 1, C)``, computed in fp32: under fp16
-    autocast the sum of squares of a large map overflows (> 65504).
+    """The L2 norm over H and W of an NHWC map, ``(N, 1, 1, C)``, computed in fp32 at least:
+    under fp16 autocast the sum of squares of a large map overflows (> 65504).
 
     Written as the root of a sum of squares over the flattened ``H * W`` dimension: ``torch.norm``
     over the two middle dimensions of an NHWC map is several times slower on the CPU, and a sum
     over those two dimensions slower too.
     """
-    x = x.float()
+    x = at_least_fp32(x)
     n, h, w, c = x.shape
     flat = x.reshape(n, h * w, c)
     return (flat * flat).sum(dim=1).sqrt().reshape(n, 1, 1, c)
 
 
 def pooled_l2_norm(x: torch.Tensor) -> torch.Tensor:
-    """The L2 norm over H and W of an NCHW map, ``(N, C, 1, 1)``, in fp32, for the ONNX export.
+    """The L2 norm over H and W of an NCHW map, ``(N, C, 1, 1)``, in fp32 at least, for the ONNX
+    export.
 
     Written as the root of the global average pool of the squares times ``H * W``: the global
     average pool is the one spatial reduction that onnxruntime runs in its blocked-channel
     (NCHWc) layout, so the map is not reordered for it.
     """
-    x = x.float()
+    x = at_least_fp32(x)
     return (F.adaptive_avg_pool2d(x * x, 1) * (x.shape[2] * x.shape[3])).sqrt()
 
 
@@ -999,9 +1006,10 @@ class UniRepLKNet(BaseModule):
                 'without internet access, fetch the file elsewhere and give its path: '
                 '--cfg-options model.backbone.init_cfg.checkpoint=/path/to/file.pth'
             ) from e
-        state = backbone_state_dict(ckpt, source=str(checkpoint), prefix=prefix)
-        check_finite(state, str(checkpoint))
         own = self.state_dict()
+        state = backbone_state_dict(ckpt, source=str(checkpoint), prefix=prefix)
+        state = nest_flat_deploy_kernels(state, own)
+        check_finite(state, str(checkpoint))
         self._check_structure(state, str(checkpoint))
         matched = [k for k in state if k in own]
         if not matched:

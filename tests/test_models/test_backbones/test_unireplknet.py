@@ -346,16 +346,31 @@ def test_reparameterize_alias_and_timm():
             torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def test_authors_flat_deploy_keys_load():
-    """The authors' deploy=True model stores large kernels as dwconv.weight; we accept it."""
+def test_authors_flat_deploy_keys_load(tmp_path):
+    """The authors' deploy=True model stores large kernels as dwconv.weight, their
+    re-parameterized one as dwconv.lk_origin.weight: both load, through load_state_dict (as
+    mmengine's Runner loads), through init_cfg's load_pretrained and in a whole model's checkpoint
+    through the tools' load_model_weights, every tensor."""
+    from mmunirep.utils import load_model_weights
+
     model = randomize(UniRepLKNet(arch='a')).eval()
     model.switch_to_deploy()
     state = {re.sub(r'dwconv\.lk_origin\.', 'dwconv.', k): v for k, v in model.state_dict().items()}
     assert any(re.search(r'stages\.1\.0\.dwconv\.weight', k) for k in state)
+    path = tmp_path / 'flat.pth'
+    torch.save(state, path)
     deploy = UniRepLKNet(arch='a', deploy=True)
     deploy.load_state_dict(state, strict=True)
-    for k, v in model.state_dict().items():
-        assert torch.equal(deploy.state_dict()[k], v)
+    pretrained = UniRepLKNet(
+        arch='a', deploy=True, init_cfg=dict(type='Pretrained', checkpoint=str(path))
+    )
+    pretrained.init_weights()
+    whole = nn.Module()
+    whole.backbone = UniRepLKNet(arch='a', deploy=True)
+    load_model_weights(whole, dict(state_dict={f'backbone.{k}': v for k, v in state.items()}))
+    for loaded in (deploy, pretrained, whole.backbone):
+        for k, v in model.state_dict().items():
+            assert torch.equal(loaded.state_dict()[k], v), k
 
 
 def test_layer_scale_disabled_and_bad_kernel():
@@ -764,7 +779,7 @@ def test_outputs_are_contiguous_nchw(downsample_norm_cfg, deploy):
 def test_grn_spatial_norm_is_torch_norm_within_fp32_rounding(shape):
     """The sum-of-squares form on an NHWC map and the exported form on an NCHW map (the root of
     pixels times the global average pool of the squares), against ``torch.norm`` in fp64; under
-    bf16 autocast both stay fp32."""
+    bf16 autocast both stay fp32, and in fp64 both are fp64."""
     x = torch.randn(shape) * 3
     ref = torch.norm(x.double(), p=2, dim=(1, 2), keepdim=True)
     tol = 1e-5  # the rounding of an fp32 sum of up to 12288 squares
@@ -780,6 +795,8 @@ def test_grn_spatial_norm_is_torch_norm_within_fp32_rounding(shape):
             under_autocast = norm(x.bfloat16())
         assert under_autocast.dtype == torch.float32, name
         assert rel_err(under_autocast.double(), ref) < 1e-2, name  # the input's bf16 rounding
+        in_fp64 = norm(x.double())
+        assert in_fp64.dtype == torch.float64 and rel_err(in_fp64, ref) < 1e-12, name
 
 
 @pytest.mark.slow
