@@ -14,6 +14,7 @@ import os
 import os.path as osp
 
 from mmengine.config import DictAction
+from mmengine.dist import is_main_process
 from mmengine.evaluator import DumpResults
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
@@ -149,7 +150,8 @@ def main(argv=None):
         partial_flag='--partial-load',
     )
     if pickle_out:
-        with atomic_write(args.out) as tmp:
+        # the results are gathered and dumped by the first process only
+        with atomic_write(args.out, keep=is_main_process()) as tmp:
             dump = _dump_metric(framework, tmp)
             runner.test_evaluator.metrics.append(dump)
             metrics = runner.test()

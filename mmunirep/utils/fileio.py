@@ -44,9 +44,10 @@ def refuse_overwriting_input(
 
 
 @contextlib.contextmanager
-def atomic_write(path: str) -> Iterator[str]:
+def atomic_write(path: str, keep: bool = True) -> Iterator[str]:
     """Yield a temporary path beside ``path``; when the block ends without an error the file
-    written there becomes ``path``, otherwise it is removed."""
+    written there becomes ``path``, otherwise it is removed. ``keep=False`` removes it in either
+    case: the processes of a distributed run that do not write the file."""
     folder = osp.dirname(osp.abspath(path))
     os.makedirs(folder, exist_ok=True)
     # the temporary name keeps the extension: some writers check it (mmengine's DumpResults)
@@ -56,6 +57,9 @@ def atomic_write(path: str) -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
+        if not keep:
+            os.remove(tmp)
+            return
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's file is private; give the usual mode
         os.replace(tmp, path)
     except BaseException:

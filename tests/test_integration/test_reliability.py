@@ -4,6 +4,7 @@ tiny inputs. Quick-start-sized segmentation model on generated data, CPU."""
 import math
 import os
 import os.path as osp
+import pickle
 import re
 import signal
 import subprocess
@@ -143,6 +144,8 @@ def test_two_processes_train_and_test(data, tmp_path):
             '2',
             '--work-dir',
             str(tmp_path / 'dist_test'),
+            '--out',
+            str(tmp_path / 'dist.pkl'),
         ],
         cwd=ROOT,
         env=env,
@@ -158,6 +161,9 @@ def test_two_processes_train_and_test(data, tmp_path):
         [config, str(work / 'iter_2.pth'), '--work-dir', str(tmp_path / 'single_test')]
     )
     assert dist_miou == pytest.approx(single['mIoU'], abs=0.01)
+    # --out holds both images' predictions, which only the first process writes
+    with open(tmp_path / 'dist.pkl', 'rb') as f:
+        assert len(pickle.load(f)) == 2
 
 
 def test_tools_leave_the_process_group_before_exit(data, tmp_path, monkeypatch):
