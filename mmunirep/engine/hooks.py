@@ -1,6 +1,9 @@
 """Hooks for reproducible, resumable training."""
 
+import logging
+
 import torch
+from mmengine.dist import get_world_size
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.runner import EpochBasedTrainLoop, set_random_seed
@@ -19,34 +22,72 @@ class ReproducibleResumeHook(Hook):
     - iteration-based loops replay the data pipeline up to the resumed iteration (which re-draws
       the python / numpy numbers of the augmentations), so the torch generator state, which the
       model draws from (dropout, drop path), is saved in each checkpoint and restored on resume.
+
+    Only the first process saves checkpoints (and so its generators' state). With mmengine's
+    default ``randomness.diff_rank_seed=False`` every process draws the same numbers, on the CPU
+    and on its own GPU, so that state is every process's; with ``diff_rank_seed=True`` in a
+    distributed run it is not restored, and the resumed run goes on from the processes' seeds.
+    Data loader workers that persist across epochs keep random state that no checkpoint holds:
+    a resumed epoch-based run with them is said to differ from the uninterrupted one.
     """
 
     priority = 'VERY_HIGH'
 
+    def before_train(self, runner) -> None:
+        loader = runner.cfg.get('train_dataloader') or {}
+        if (
+            getattr(runner, '_resume', False)
+            and isinstance(runner.train_loop, EpochBasedTrainLoop)
+            and loader.get('persistent_workers', False)
+            and loader.get('num_workers', 0) > 0
+        ):
+            print_log(
+                'resuming with persistent data loader workers: their random state (the '
+                "augmentations') is in no checkpoint, so the epochs after this one differ from "
+                "an uninterrupted run's; train_dataloader.persistent_workers=False resumes exactly",
+                logger='current',
+                level=logging.WARNING,
+            )
+
     def before_train_epoch(self, runner) -> None:
         if isinstance(runner.train_loop, EpochBasedTrainLoop):
             seed = runner.seed + runner.epoch
-            set_random_seed(seed, deterministic=runner._randomness_cfg.get('deterministic', False))
+            set_random_seed(
+                seed,
+                deterministic=runner._randomness_cfg.get('deterministic', False),
+                diff_rank_seed=runner._randomness_cfg.get('diff_rank_seed', False),
+            )
             print_log(f'epoch {runner.epoch + 1}: random seed {seed}', logger='current', level=10)
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         checkpoint['torch_rng_state'] = dict(
             cpu=torch.get_rng_state(),
-            cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            cuda=torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
         )
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         state = checkpoint.get('torch_rng_state')
         if not getattr(runner, '_resume', False) or state is None:
             return
+        if get_world_size() > 1 and runner._randomness_cfg.get('diff_rank_seed', False):
+            print_log(
+                "not restoring the checkpoint's torch random state: with diff_rank_seed each "
+                'process has its own, and only the first saved it',
+                logger='current',
+                level=logging.WARNING,
+            )
+            return
         torch.set_rng_state(state['cpu'])
-        if (
-            state['cuda']
-            and torch.cuda.is_available()
-            and len(state['cuda']) == torch.cuda.device_count()
-        ):
-            torch.cuda.set_rng_state_all(state['cuda'])
-        print_log('restored the torch random state of the checkpoint', logger='current')
+        restored = 'CPU'
+        cuda = state['cuda']
+        if isinstance(cuda, list):  # checkpoints that kept every device's state
+            cuda = cuda[0] if cuda else None
+        if cuda is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(cuda)  # the first process's GPU's, onto this process's
+            restored += ' and GPU'
+        print_log(
+            f"restored the checkpoint's torch random state ({restored} generator)", logger='current'
+        )
 
 
 @register_module(HOOKS)
