@@ -10,10 +10,10 @@ are read as a sample (``'sample'``) or all (``'full'``).
 """
 
 import json
-import os.path as osp
-from typing import Iterable, List
+from typing import Iterable, List, Optional
 
 import numpy as np
+from mmengine import fileio
 from mmengine.config import Config
 from mmengine.logging import print_log
 
@@ -97,6 +97,7 @@ def _check_dataset(dataset, split: str, mode: str) -> None:
             classes=dataset.metainfo.get('classes'),
             img_prefix=dataset.data_prefix.get('img', ''),
             mode=mode,
+            backend_args=getattr(dataset, 'backend_args', None),
         )
     else:
         print_log(
@@ -114,18 +115,24 @@ def _sample(items: list, mode: str) -> list:
 
 
 def check_coco_file(
-    ann_file: str, classes=None, img_prefix: str = '', mode: str = 'sample'
+    ann_file: str,
+    classes=None,
+    img_prefix: str = '',
+    mode: str = 'sample',
+    backend_args: Optional[dict] = None,
 ) -> None:
     """A COCO-format instance file as MMDetection and pycocotools will use it: its structure,
     ids, boxes and masks (polygons of at least 3 points, RLEs of the image's size), the config's
-    classes among its categories, and (a sample of, or all) the images on disk."""
-    if not osp.isfile(ann_file):
+    classes among its categories, and (a sample of, or all) the images in storage. A file
+    without annotations (COCO's test-dev image lists) has its images checked only."""
+    if not fileio.exists(ann_file, backend_args=backend_args):
         raise DataError(f'annotation file not found: {ann_file}')
     try:
-        with open(ann_file) as f:
-            coco = json.load(f)
+        coco = json.loads(fileio.get_text(ann_file, backend_args=backend_args))
     except (ValueError, UnicodeDecodeError) as e:
         raise DataError(f'{ann_file} is not a JSON file: {e}') from e
+    if isinstance(coco, dict):
+        coco.setdefault('annotations', [])
     for key in ('images', 'annotations', 'categories'):
         if not isinstance(coco.get(key) if isinstance(coco, dict) else None, list):
             raise DataError(f'{ann_file}: expected a COCO-format file with a list of "{key}"')
@@ -170,7 +177,11 @@ def check_coco_file(
             )
         _check_segmentation(ann.get('segmentation'), img, where)
     files = [img.get('file_name', '') for img in coco['images']]
-    missing = [f for f in _sample(files, mode) if not osp.isfile(osp.join(img_prefix, f))]
+    missing = [
+        f
+        for f in _sample(files, mode)
+        if not fileio.exists(fileio.join_path(img_prefix, f), backend_args=backend_args)
+    ]
     if img_prefix and missing:
         raise DataError(
             f'{ann_file}: {len(missing)} of the images checked are not in '
@@ -213,16 +224,25 @@ def _check_segmentation(seg, img: dict, where: str) -> None:
 
 
 def check_label_maps(dataset, mode: str = 'sample') -> None:
-    """A sample of (or all) a segmentation dataset's label maps: one channel of values that are
-    class indices (0 .. classes - 1) or the dataset's ignore index, after its
-    ``reduce_zero_label`` (0 ignored, the others shifted down by one)."""
-    import cv2
+    """A sample of (or all) a segmentation dataset's label maps, read as MMSegmentation's
+    ``LoadAnnotations`` reads them (Pillow: a palette PNG gives its indices): one channel of
+    values that are class indices (0 .. classes - 1) or the dataset's ignore index, after its
+    ``reduce_zero_label`` (0 ignored, the others shifted down by one) and its ``label_map`` (the
+    dataset's classes a subset of its type's)."""
+    import mmcv
 
     dataset.full_init()
     classes = dataset.metainfo.get('classes') or ()
     ignore = dataset.ignore_index
     reduce_zero = bool(dataset.reduce_zero_label)
+    label_map = getattr(dataset, 'label_map', None) or {}
     allowed_max = len(classes) if reduce_zero else len(classes) - 1
+
+    def training_value(value: int) -> int:  # LoadAnnotations' arithmetic on one value
+        if reduce_zero:
+            value = 255 if value in (0, 255) else value - 1
+        return label_map.get(value, value)
+
     infos = (dataset.get_data_info(i) for i in range(len(dataset)))
     maps = [info['seg_map_path'] for info in infos if info.get('seg_map_path')]
     if not maps:
@@ -232,19 +252,25 @@ def check_label_maps(dataset, mode: str = 'sample') -> None:
             f'{dataset.seg_map_suffix})'
         )
     for path in _sample(maps, mode):
-        label = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-        if label is None:
-            raise DataError(f'{path}: not a readable image (a label map was expected)')
+        try:
+            label = mmcv.imfrombytes(
+                fileio.get(path, backend_args=dataset.backend_args),
+                flag='unchanged',
+                backend='pillow',
+            )
+        except (OSError, ValueError) as e:  # Pillow's UnidentifiedImageError is an OSError
+            raise DataError(f'{path}: not a readable image (a label map was expected): {e}') from e
+        if label.ndim == 3 and label.shape[2] == 1:
+            label = label[..., 0]
         if label.ndim != 2:
             raise DataError(
                 f'{path}: a label map has one channel of class indices; this one has '
                 f'shape {label.shape}'
             )
-        values = np.unique(label)
         bad = [
             int(v)
-            for v in values
-            if v > allowed_max and v != ignore and not (reduce_zero and v == 255)
+            for v in np.unique(label)
+            if training_value(int(v)) >= len(classes) and training_value(int(v)) != ignore
         ]
         if bad:
             shift = (
@@ -252,6 +278,8 @@ def check_label_maps(dataset, mode: str = 'sample') -> None:
                 if reduce_zero
                 else ''
             )
+            if label_map:
+                shift += " and the dataset's label_map"
             raise DataError(
                 f'{path}: label values {bad[:8]} are beyond the {len(classes)} '
                 f'classes of the dataset{shift}; allowed: 0..{allowed_max} and the '

@@ -101,3 +101,76 @@ def test_a_label_map_beyond_the_classes_is_named(shapes_ade, tmp_path):
     cv2.imwrite(str(maps[-1]), label)
     with pytest.raises(DataError, match='has shape'):
         check_datasets(cfg, ('train',), 'full')
+
+
+def _shapes_dataset(root, classes=None, dataset_cls=None):
+    """The shapes' training label maps as an MMSegmentation dataset, ``classes`` its metainfo's."""
+    from mmseg.datasets import BaseSegDataset
+
+    return (dataset_cls or BaseSegDataset)(
+        data_root=str(root),
+        data_prefix=dict(img_path='images/training', seg_map_path='annotations/training'),
+        img_suffix='.jpg',
+        seg_map_suffix='.png',
+        metainfo=dict(classes=classes) if classes else None,
+        lazy_init=True,
+    )
+
+
+def test_label_maps_are_read_as_mmsegmentation_reads_them(shapes_ade, tmp_path):
+    """A palette PNG holds its class indices (OpenCV would expand it to 3 colour channels), and a
+    dataset whose classes are a subset of its type's maps the others to the ignore index (its
+    label_map): both pass; a value beyond the classes in a palette PNG is still named."""
+    import shutil
+
+    from mmseg.datasets import BaseSegDataset
+    from PIL import Image
+
+    from mmunirep.utils.data_check import check_label_maps
+
+    root = tmp_path / 'ade'
+    shutil.copytree(shapes_ade, root)
+    # the map with a triangle (3): beyond a 2-class dataset without its label_map
+    path = next(
+        p
+        for p in sorted((root / 'annotations' / 'training').iterdir())
+        if 3 in cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+    )
+    label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    palette = Image.fromarray(label.astype(np.uint8), mode='P')
+    palette.putpalette([v for i in range(256) for v in (i, 255 - i, 3 * i % 256)])
+    palette.save(str(path))
+    assert cv2.imread(str(path), cv2.IMREAD_UNCHANGED).ndim == 3  # what OpenCV makes of it
+    classes = ('background', 'circle', 'square', 'triangle')
+    check_label_maps(_shapes_dataset(root, classes), 'full')
+
+    class Shapes(BaseSegDataset):
+        METAINFO = dict(classes=classes)
+
+    subset = _shapes_dataset(root, ('background', 'square'), Shapes)
+    subset.full_init()
+    assert subset.label_map == {0: 0, 1: 255, 2: 1, 3: 255}
+    check_label_maps(subset, 'full')  # values 1 and 3 are ignored, 2 is class 1
+
+    label[0, :3] = 9
+    bad = Image.fromarray(label.astype(np.uint8), mode='P')
+    bad.putpalette(palette.getpalette())
+    bad.save(str(path))
+    with pytest.raises(
+        DataError,
+        match=r"label values \[9\] are beyond the 2 classes of the dataset and the dataset's "
+        'label_map',
+    ):
+        check_label_maps(_shapes_dataset(root, ('background', 'square'), Shapes), 'full')
+
+
+def test_a_coco_file_without_annotations_is_an_image_list(coco, shapes_coco):
+    """COCO's test-dev files list images and categories only: accepted, their images checked."""
+    data, write = coco
+    path = write(lambda d: d.pop('annotations'))
+    check_coco_file(path, classes=('circle',), img_prefix=osp.join(shapes_coco, 'val'))
+    with pytest.raises(DataError, match='of the images checked are not in'):
+        check_coco_file(path, img_prefix=osp.join(shapes_coco, 'no_such_folder'))
+    path = write(lambda d: d.pop('images'))
+    with pytest.raises(DataError, match='expected a COCO-format file with a list of "images"'):
+        check_coco_file(path)
