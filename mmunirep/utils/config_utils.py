@@ -123,6 +123,12 @@ def prepare_cfg(
     framework_of(cfg)
     if not torch.cuda.is_available():
         adapt_to_cpu(cfg)
+        if launcher in ('slurm', 'mpi'):
+            # mmengine's init_dist for these sets a CUDA device per process
+            raise ValueError(
+                f'--launcher {launcher} needs CUDA GPUs; none is visible. Distributed training '
+                'on the CPU runs with --launcher pytorch (tools/dist_train.sh)'
+            )
         if launcher == 'pytorch':
             init_cpu_process_group()
             # mmengine's DDP wrapper gets device_ids=[LOCAL_RANK] unless the config sets it, and

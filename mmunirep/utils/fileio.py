@@ -16,6 +16,8 @@ from typing import Iterator
 
 import torch
 
+from .checkpoint import UNSAFE_ENV
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -104,7 +106,9 @@ def save_checkpoint(checkpoint: dict, path: str) -> None:
                 f'could not write {path} ({e}): is the disk full, or a file-size limit '
                 'reached? Nothing was replaced'
             ) from e
-        written = torch.load(tmp, map_location='cpu', weights_only=True, mmap=True)
+        # read as the tools read checkpoints: unsafely only where asked
+        unsafe = os.environ.get(UNSAFE_ENV) == '1'
+        written = torch.load(tmp, map_location='cpu', weights_only=not unsafe, mmap=True)
         got = {
             k: tuple(v.shape)
             for k, v in written.get('state_dict', {}).items()

@@ -1,6 +1,7 @@
 """The tools' outputs are written whole or not at all."""
 
 import os
+import pickle
 
 import pytest
 import torch
@@ -82,3 +83,23 @@ def test_an_output_equal_to_the_input_is_refused_unless_asked(tmp_path):
             refuse_overwriting_input(same, [str(src)])
     refuse_overwriting_input(str(src), [str(src)], allowed=True)
     refuse_overwriting_input(str(tmp_path / 'b.pth'), [str(src)])
+
+
+class MetaObject:
+    """An object in a checkpoint's meta that only unsafe loading rebuilds."""
+
+
+def test_a_checkpoint_that_needed_the_unsafe_opt_in_is_read_back_under_it(tmp_path, monkeypatch):
+    """With MMUNIREP_UNSAFE_LOAD=1 (the source file needed it), the converters' output keeps its
+    meta and is read back as the tools read it; without it, the read-back refuses it."""
+    from mmunirep.utils.checkpoint import UNSAFE_ENV
+
+    out = tmp_path / 'converted.pth'
+    checkpoint = {'meta': {'extra': MetaObject()}, 'state_dict': {'w': torch.randn(2)}}
+    monkeypatch.setenv(UNSAFE_ENV, '1')
+    save_checkpoint(checkpoint, str(out))
+    assert isinstance(torch.load(out, weights_only=False)['meta']['extra'], MetaObject)
+    monkeypatch.delenv(UNSAFE_ENV)
+    with pytest.raises(pickle.UnpicklingError, match='Weights only load failed'):
+        save_checkpoint(checkpoint, str(tmp_path / 'refused.pth'))
+    assert not (tmp_path / 'refused.pth').exists()
