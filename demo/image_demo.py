@@ -4,7 +4,7 @@
 
 Uses MMDetection's DetInferencer or MMSegmentation's MMSegInferencer. The checkpoint must fit the
 config's model and hold finite weights, as for tools/test.py (``--partial-load`` loads only what
-fits, on purpose).
+fits, on purpose); a re-parameterized one is used with the backbone in its deploy structure.
 """
 
 import argparse
@@ -24,6 +24,9 @@ from mmunirep.utils import (
     prepare_cfg,
     read_checkpoint,
 )
+from mmunirep.utils.checkpoint import follow_checkpoint_structure
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
 
 
 def parse_args(argv=None):
@@ -40,7 +43,13 @@ def parse_args(argv=None):
         help="load only the checkpoint's tensors that fit the model",
     )
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='as in tools/test.py')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.out_file.lower().endswith(IMAGE_EXTENSIONS):
+        parser.error(
+            f'--out-file takes an image file name ({", ".join(IMAGE_EXTENSIONS)}), '
+            f'got {args.out_file!r}'
+        )
+    return args
 
 
 def main(argv=None):
@@ -53,6 +62,7 @@ def main(argv=None):
     clear_pretrained(cfg)  # the checkpoint holds every weight
     ckpt = read_checkpoint(args.checkpoint)
     check_finite(model_state_dict(ckpt, args.checkpoint), args.checkpoint)
+    follow_checkpoint_structure(cfg, ckpt, args.checkpoint)
     if framework_of(cfg) == 'mmdet':
         from mmdet.apis import DetInferencer
 

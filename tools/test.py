@@ -16,7 +16,6 @@ import os.path as osp
 from mmengine.config import DictAction
 from mmengine.dist import is_main_process
 from mmengine.evaluator import DumpResults
-from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
@@ -33,7 +32,7 @@ from mmunirep.utils import (
     prepare_cfg,
     read_checkpoint,
 )
-from mmunirep.utils.checkpoint import backbone_structure, model_state_dict
+from mmunirep.utils.checkpoint import follow_checkpoint_structure, model_state_dict
 from mmunirep.utils.data_check import CHECK_MODES, check_datasets
 
 
@@ -97,7 +96,7 @@ def main(argv=None):
     framework = framework_of(cfg)
     ckpt = read_checkpoint(args.checkpoint)
     check_finite(model_state_dict(ckpt, args.checkpoint), args.checkpoint)  # before any output
-    follow_checkpoint_structure(cfg, ckpt, args)
+    follow_checkpoint_structure(cfg, ckpt, args.checkpoint)
     clear_pretrained(cfg)  # the checkpoint provides every weight
     # loaded below, strictly, instead of by the Runner; a config saved by a resumed training
     # says resume=True, which would make the Runner load the work dir's latest checkpoint
@@ -163,20 +162,6 @@ def main(argv=None):
         metrics = runner.test()
     leave_process_group()
     return metrics
-
-
-def follow_checkpoint_structure(cfg, ckpt: dict, args) -> None:
-    """A re-parameterized (deploy) checkpoint is tested with the backbone built that way."""
-    backbone = cfg.model.get('backbone')
-    if backbone is None or 'UniRepLKNet' not in str(backbone.get('type', '')):
-        return
-    keys = [k for k in model_state_dict(ckpt, args.checkpoint) if k.startswith('backbone.')]
-    if backbone_structure(keys)[0] == 'deploy' and not backbone.get('deploy', False):
-        backbone['deploy'] = True
-        print_log(
-            f'{args.checkpoint} is re-parameterized: testing with model.backbone.deploy=True',
-            logger='current',
-        )
 
 
 def _dump_metric(framework: str, path: str):

@@ -76,6 +76,8 @@ def main(argv=None):
                 'CUDA GPU; none is visible (torch.cuda.is_available() is False). '
                 'Train without --amp on the CPU.'
             )
+        if not cfg.get('optim_wrapper'):
+            raise ValueError("--amp switches the config's optim_wrapper to AMP; it has none")
         wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
         if wrapper == 'AmpOptimWrapper':
             print_log('AMP is already enabled in the config', logger='current', level=30)
@@ -114,7 +116,11 @@ def main(argv=None):
 
 def add_non_finite_loss_hook(cfg) -> None:
     hooks = list(cfg.get('custom_hooks') or [])
-    if not any(str(h.get('type', '')).split('.')[-1] == 'NonFiniteLossHook' for h in hooks):
+
+    def name(hook_type) -> str:  # a registry name ('mmunirep.X') or the class itself
+        return hook_type.__name__ if isinstance(hook_type, type) else str(hook_type).split('.')[-1]
+
+    if not any(name(h.get('type', '')) == 'NonFiniteLossHook' for h in hooks):
         hooks.append(dict(type='mmunirep.NonFiniteLossHook'))
         cfg.custom_hooks = hooks
 

@@ -446,6 +446,21 @@ def nest_flat_deploy_kernels(state: Dict[str, torch.Tensor], own_keys) -> Dict[s
     return renamed
 
 
+def follow_checkpoint_structure(cfg, ckpt: dict, source: str) -> None:
+    """Build a UniRepLKNet model of ``cfg`` in the checkpoint's structure: a re-parameterized
+    (deploy) checkpoint sets ``model.backbone.deploy=True``, and says so."""
+    backbone = cfg.model.get('backbone')
+    if backbone is None or 'UniRepLKNet' not in str(backbone.get('type', '')):
+        return
+    keys = [k for k in model_state_dict(ckpt, source) if k.startswith('backbone.')]
+    if backbone_structure(keys)[0] == 'deploy' and not backbone.get('deploy', False):
+        backbone['deploy'] = True
+        print_log(
+            f'{source} is re-parameterized: using it with model.backbone.deploy=True',
+            logger='current',
+        )
+
+
 def load_model_weights(
     model: nn.Module,
     checkpoint,

@@ -231,9 +231,8 @@ def end_distributed_process() -> None:
     Why: a gloo worker thread still freeing the tensors of the last collective (mmengine
     broadcasts the metrics) when the interpreter finalizes needs the GIL, is made to exit, and
     the unwind through a noexcept frame calls std::terminate: "terminate called without an
-    active exception", SIGABRT after a successful run (pytorch/pytorch#190489; seen here in
-    about 1 in 5 two-process CPU runs, core dumped and read with gdb). Destroying the group does
-    not join those threads: torch (2.14) keeps it alive. ``torch.distributed.nn.functional``'s
+    active exception", SIGABRT after a successful run (pytorch/pytorch#190489). Destroying the
+    group does not join those threads: torch keeps it alive. ``torch.distributed.nn.functional``'s
     functions take ``group=group.WORLD`` as a default argument, evaluated when that module is
     first imported, and DistributedDataParallel's constructor imports it (through
     ``torch._dynamo``) after the group exists; mmengine's Runner also holds the wrapped model in

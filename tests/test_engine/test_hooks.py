@@ -42,6 +42,10 @@ def test_train_tool_adds_the_hook_once():
     train.add_non_finite_loss_hook(cfg)
     train.add_non_finite_loss_hook(cfg)
     assert [h['type'] for h in cfg.custom_hooks] == ['EMAHook', 'mmunirep.NonFiniteLossHook']
+    # a config that names the hook by its class (a pure-Python config's import)
+    cfg = Config(dict(custom_hooks=[dict(type=NonFiniteLossHook, patience=5)]))
+    train.add_non_finite_loss_hook(cfg)
+    assert [h['type'] for h in cfg.custom_hooks] == [NonFiniteLossHook]
 
 
 def resume_runner(diff_rank_seed=False, persistent_workers=False, epoch_based=True):

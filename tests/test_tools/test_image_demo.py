@@ -53,6 +53,30 @@ def test_image_demo_draws(request, setup, tmp_path):
     assert_drawn(mmcv.imread(img), mmcv.imread(png), mmcv.imread(jpg), palette)
 
 
+def test_the_demo_takes_a_reparameterized_checkpoint_and_refuses_a_non_image_name(
+    seg_model, tmp_path, capsys
+):
+    """As tools/test.py does, the demo builds the backbone in a re-parameterized checkpoint's
+    structure and draws what the training checkpoint draws (the same label maps within fp32
+    rounding: at most 0.1% of the pixels differ)."""
+    img = osp.join(seg_model['data'], 'images', 'validation')
+    img = osp.join(img, sorted(os.listdir(img))[0])
+    deploy_ckpt = str(tmp_path / 'deploy.pth')
+    load_tool('reparameterize').main([seg_model['config'], seg_model['ckpt'], deploy_ckpt])
+    demo = load_tool('image_demo')
+    drawings = []
+    for ckpt in (seg_model['ckpt'], deploy_ckpt):
+        out = str(tmp_path / f'{osp.basename(ckpt)}.png')
+        demo.main([img, seg_model['config'], ckpt, '--out-file', out])
+        drawings.append(mmcv.imread(out))
+    assert (drawings[0] != drawings[1]).any(-1).mean() <= 1e-3
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        demo.main([img, seg_model['config'], deploy_ckpt, '--out-file', str(tmp_path / 'vis')])
+    assert info.value.code == 2
+    assert '--out-file takes an image file name (.jpg, ' in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_tools_take_a_checkpoint_url(seg_model, tmp_path, monkeypatch):
     """tools/test.py and demo/image_demo.py with CONFIG http://.../model.pth, as MMDetection's
