@@ -44,5 +44,5 @@ optim_wrapper = dict(
 # the base's poly decay ends at eta_min=1e-4, the AdamW lr itself: warm up, then decay to 0
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1500),
-    dict(type='PolyLR', power=1.0, eta_min=0.0, by_epoch=False, begin=1500, end=80000),
+    dict(type='PolyLR', power=1.0, eta_min=0.0, by_epoch=False, begin=0, end=80000),
 ]

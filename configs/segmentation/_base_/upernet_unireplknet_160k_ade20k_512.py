@@ -49,9 +49,11 @@ optim_wrapper = dict(
 )
 
 max_iters = 160000
+# the authors' mmcv schedule: poly over all iterations, multiplied by a linear warm-up over the
+# first 1500 (mmengine's schedulers chain: both start at 0)
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1500),
-    dict(type='PolyLR', power=1.0, eta_min=0.0, by_epoch=False, begin=1500, end=max_iters),
+    dict(type='PolyLR', power=1.0, eta_min=0.0, by_epoch=False, begin=0, end=max_iters),
 ]
 # the authors evaluate every 4000 iterations and keep the best mIoU
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=4000)
