@@ -37,7 +37,9 @@ class UniRepLKNetLayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructo
 
     A parameter with layer id ``i`` gets ``lr * decay_rate ** (num_layers + 1 - i)``; parameters
     outside the backbone get the base lr. 1-D parameters and biases get no weight decay, all
-    others the base weight decay (the authors' rule).
+    others the base weight decay (the authors' rule: GRN's ``gamma`` and ``beta``, stored as
+    ``(1, 1, 1, C)``, are decayed, which ConvNeXt V2's own recipe does not do). Without a
+    ``paramwise_cfg`` the defaults apply.
 
     mmengine's options act as in ``DefaultOptimWrapperConstructor`` and combine with the layer
     ids: the lr multiplier they give (a custom key's ``lr_mult``, ``bias_lr_mult``,
