@@ -19,7 +19,7 @@ from mmengine.runner import Runner
 import mmunirep  # noqa: F401  (registers UniRepLKNet)
 from mmunirep.models import UniRepLKNet
 
-from helpers import ROOT
+from helpers import ROOT, coco_stats, ground_truth_from_predictions
 from helpers import load_tool as _load_tool
 
 pytestmark = pytest.mark.slow  # trains detectors
@@ -126,15 +126,16 @@ def test_test_tool_evaluates_checkpoint(shapes, trained, tmp_path):
     pngs = sorted(os.listdir(show))
     assert pngs == ['00000.png', '00001.png'], pngs
     ann_file = osp.join(shapes, 'annotations', 'instances_val.json')
-    for iou_type, stats in recomputed_coco_stats(out, ann_file).items():
-        assert abs(metrics[f'coco/{iou_type}_mAP'] - stats[0]) <= 6e-4, iou_type
+    for iou_type in ('bbox', 'segm'):
+        stats = coco_stats(out, ann_file, iou_type)
+        assert abs(metrics[f'coco/{iou_type}_mAP'] - stats['mAP']) <= 6e-4, iou_type
 
     # After two training iterations every metric is 0 (the boxes hardly overlap the objects),
     # which a wrong evaluation would give too. So the same checkpoint is evaluated again against
     # ground truth made of its own 3 best boxes and masks per image: the tool's metrics are then
     # far from 0, and pycocotools on its dumped predictions must give them.
     own_gt = tmp_path / 'own_gt.json'
-    write_ground_truth_from_predictions(out, ann_file, own_gt, per_image=3)
+    ground_truth_from_predictions(out, ann_file, own_gt, masks=True, per_image=3)
     out2 = tmp_path / 'preds2.pkl'
     options = dict(
         data_options,
@@ -144,90 +145,13 @@ def test_test_tool_evaluates_checkpoint(shapes, trained, tmp_path):
         [QUICKSTART, ckpt, '--work-dir', str(tmp_path / 'test2'), '--out', str(out2)]
         + _to_argv(options)
     )
-    stats = recomputed_coco_stats(out2, str(own_gt))
     for iou_type in ('bbox', 'segm'):
-        for key, value in (
-            (f'coco/{iou_type}_mAP', stats[iou_type][0]),
-            (f'coco/{iou_type}_mAP_50', stats[iou_type][1]),
-        ):
+        stats = coco_stats(out2, str(own_gt), iou_type)
+        for name in ('mAP', 'mAP_50'):
+            key = f'coco/{iou_type}_{name}'
             # the tool rounds to 3 decimals
-            assert abs(metrics[key] - value) <= 6e-4, (key, metrics[key], value)
+            assert abs(metrics[key] - stats[name]) <= 6e-4, (key, metrics[key], stats[name])
     assert metrics['coco/bbox_mAP'] > 0.3 and metrics['coco/segm_mAP'] > 0.3, metrics
-
-
-def write_ground_truth_from_predictions(pred_file, ann_file, out_file, per_image):
-    """A COCO annotation file with the images of ``ann_file`` and, as their objects, the
-    ``per_image`` highest-scoring boxes and masks of a DumpDetResults pickle."""
-    import json
-    import pickle
-
-    from pycocotools import mask as mask_utils
-
-    with open(pred_file, 'rb') as f:
-        preds = pickle.load(f)
-    with open(ann_file) as f:
-        coco = json.load(f)
-    cat_ids = sorted(c['id'] for c in coco['categories'])
-    annotations = []
-    for pred in preds:
-        inst = pred['pred_instances']
-        for i in inst['scores'].argsort(descending=True)[:per_image].tolist():
-            x1, y1, x2, y2 = inst['bboxes'][i].tolist()
-            rle = dict(inst['masks'][i])
-            if isinstance(rle['counts'], bytes):
-                rle['counts'] = rle['counts'].decode()
-            annotations.append(
-                dict(
-                    id=len(annotations) + 1,
-                    image_id=pred['img_id'],
-                    iscrowd=0,
-                    category_id=cat_ids[int(inst['labels'][i])],
-                    bbox=[x1, y1, x2 - x1, y2 - y1],
-                    area=float(mask_utils.area(inst['masks'][i])),
-                    segmentation=rle,
-                )
-            )
-    assert len(annotations) == per_image * len(preds), len(annotations)
-    coco['annotations'] = annotations
-    with open(out_file, 'w') as f:
-        json.dump(coco, f)
-
-
-def recomputed_coco_stats(pred_file, ann_file):
-    """COCOeval's stats for the boxes and masks of a DumpDetResults pickle."""
-    import pickle
-
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    with open(pred_file, 'rb') as f:
-        preds = pickle.load(f)
-    gt = COCO(ann_file)
-    cat_ids = sorted(gt.getCatIds())
-    assert len(preds) == len(gt.getImgIds()) == 2, len(preds)
-    results = {'bbox': [], 'segm': []}
-    for pred in preds:
-        inst = pred['pred_instances']
-        assert len(inst['scores']) > 0, 'no detections: nothing to evaluate'
-        for i in range(len(inst['scores'])):
-            x1, y1, x2, y2 = inst['bboxes'][i].tolist()
-            common = dict(
-                image_id=pred['img_id'],
-                category_id=cat_ids[int(inst['labels'][i])],
-                score=float(inst['scores'][i]),
-            )
-            results['bbox'].append(dict(common, bbox=[x1, y1, x2 - x1, y2 - y1]))
-            rle = dict(inst['masks'][i])
-            results['segm'].append(dict(common, segmentation=rle))
-    stats = {}
-    for iou_type, dets in results.items():
-        evaluator = COCOeval(gt, gt.loadRes(dets), iou_type)
-        evaluator.params.maxDets = [100, 300, 1000]  # CocoMetric's
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-        stats[iou_type] = evaluator.stats
-    return stats
 
 
 def test_train_with_the_backbone_compiled_and_ema(shapes, tmp_path):

@@ -21,7 +21,7 @@ from mmengine.config import Config
 
 import mmunirep  # noqa: F401
 
-from helpers import ROOT, load_tool
+from helpers import ROOT, coco_stats, ground_truth_from_predictions, load_tool
 
 pytestmark = pytest.mark.slow  # trains an iteration of each
 
@@ -178,90 +178,6 @@ def check_det_tools(cfg: Config, tmp_path, data_root, masks):
     det_checks(metrics, preds, own_gt, masks)
     for iou_type in ('bbox', 'segm') if masks else ('bbox',):
         assert metrics[f'coco/{iou_type}_mAP'] > 0.5, metrics
-
-
-def ground_truth_from_predictions(pred_file, ann_file, out_file, masks, per_image):
-    """A COCO annotation file with the images and categories of ``ann_file`` and, as their
-    objects, the ``per_image`` highest-scoring boxes (and masks) of a DumpDetResults pickle."""
-    import json
-    import pickle
-
-    from pycocotools import mask as mask_utils
-
-    with open(pred_file, 'rb') as f:
-        preds = pickle.load(f)
-    with open(ann_file) as f:
-        coco = json.load(f)
-    cat_ids = sorted(c['id'] for c in coco['categories'])
-    annotations = []
-    for pred in preds:
-        inst = pred['pred_instances']
-        top = inst['scores'].argsort(descending=True)[:per_image].tolist()
-        assert len(top) == per_image, f'{len(top)} detections in image {pred["img_id"]}'
-        for i in top:
-            x1, y1, x2, y2 = inst['bboxes'][i].tolist()
-            ann = dict(
-                id=len(annotations) + 1,
-                image_id=pred['img_id'],
-                iscrowd=0,
-                category_id=cat_ids[int(inst['labels'][i])],
-                bbox=[x1, y1, x2 - x1, y2 - y1],
-                area=(x2 - x1) * (y2 - y1),
-            )
-            if masks:
-                rle = dict(inst['masks'][i])
-                if isinstance(rle['counts'], bytes):
-                    rle['counts'] = rle['counts'].decode()
-                ann.update(segmentation=rle, area=float(mask_utils.area(inst['masks'][i])))
-            annotations.append(ann)
-    coco['annotations'] = annotations
-    with open(out_file, 'w') as f:
-        json.dump(coco, f)
-
-
-# COCOeval's stats by the names CocoMetric reports them under
-COCO_STATS = ('mAP', 'mAP_50', 'mAP_75', 'mAP_s', 'mAP_m', 'mAP_l')
-
-
-def coco_stats(pred_file, ann_file, iou_type):
-    """pycocotools' COCOeval of the boxes or masks of a DumpDetResults pickle (tools/test.py
-    --out), with CocoMetric's maxDets: {name: value} for the names of :data:`COCO_STATS`."""
-    import contextlib
-    import io
-    import pickle
-
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    with open(pred_file, 'rb') as f:
-        preds = pickle.load(f)
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(ann_file)
-    assert sorted(p['img_id'] for p in preds) == sorted(gt.getImgIds())
-    cat_ids = sorted(gt.getCatIds())
-    dets = []
-    for pred in preds:
-        inst = pred['pred_instances']
-        for i in range(len(inst['scores'])):
-            det = dict(
-                image_id=pred['img_id'],
-                category_id=cat_ids[int(inst['labels'][i])],
-                score=float(inst['scores'][i]),
-            )
-            if iou_type == 'bbox':
-                x1, y1, x2, y2 = inst['bboxes'][i].tolist()
-                det['bbox'] = [x1, y1, x2 - x1, y2 - y1]
-            else:
-                det['segmentation'] = dict(inst['masks'][i])
-            dets.append(det)
-    assert dets, 'no detections: nothing to evaluate'
-    with contextlib.redirect_stdout(io.StringIO()):
-        evaluator = COCOeval(gt, gt.loadRes(dets), iou_type)
-        evaluator.params.maxDets = [100, 300, 1000]  # CocoMetric's
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    return dict(zip(COCO_STATS, evaluator.stats[: len(COCO_STATS)].tolist()))
 
 
 def det_checks(metrics, pred_file, ann_file, masks):
