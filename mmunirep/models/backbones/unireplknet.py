@@ -1,8 +1,9 @@
 """UniRepLKNet (Ding et al., CVPR 2024 / TPAMI 2025) as an OpenMMLab 2.0 backbone.
 
-One file serves MMDetection and MMSegmentation. It needs only torch, mmengine and timm. State-dict
-keys equal the authors' implementation's (``downsample_layers.*``, ``stages.i.j.*``, ``norm{i}``),
-so their released checkpoints load as they are.
+One backbone serves MMDetection and MMSegmentation. It and its building blocks
+(:mod:`mmunirep.models.utils`) need only torch, mmengine and timm. State-dict keys equal the
+authors' implementation's (``downsample_layers.*``, ``stages.i.j.*``, ``norm{i}``), so their
+released checkpoints load as they are.
 
 Layouts: the backbone takes and returns NCHW tensors; inside a block, ``pwconv1`` turns the map into
 NHWC for the two linear layers and GRN, and ``pwconv2`` turns it back.
@@ -20,9 +21,9 @@ import torch.utils.checkpoint as cp
 from mmengine.logging import print_log
 from mmengine.model import BaseModule, initialize
 from mmengine.model.weight_init import PretrainedInit
-from timm.layers import DropPath, LayerNorm2d, trunc_normal_
+from timm.layers import DropPath, trunc_normal_
 
-from mmunirep.ops import DepthwiseConv2d, SameDepthwiseConv2d, cpu_linear
+from mmunirep.ops import cpu_linear
 from mmunirep.registry import MODELS, register_module
 from mmunirep.utils.checkpoint import (
     CheckpointError,
@@ -31,6 +32,28 @@ from mmunirep.utils.checkpoint import (
     nest_flat_deploy_kernels,
     read_checkpoint,
     structure_mismatch,
+)
+
+# the building blocks, also importable from here
+from ..utils import (  # noqa: F401
+    DILATED_BRANCHES,
+    GRN,
+    ChannelsFirstLayerNorm,
+    DilatedReparamBlock,
+    KeepBatchNormStatistics,
+    NCHWtoNHWC,
+    NHWCtoNCHW,
+    SEBlock,
+    at_least_fp32,
+    build_batch_norm,
+    dilated_to_dense,
+    fuse_bn,
+    keep_trainable,
+    make_depthwise_conv,
+    pooled_l2_norm,
+    scaled_linear,
+    spatial_l2_norm,
+    takes_inference_path,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -53,375 +76,13 @@ ARCH_SETTINGS: Dict[str, dict] = {
     'xl': dict(depths=(3, 3, 27, 3), dims=(256, 512, 1024, 2048), kernel_sizes=_K_SBLXL),
 }
 
-# Dilated Reparam Block branches: large kernel K -> ((branch kernel, dilation), ...)
-DILATED_BRANCHES: Dict[int, Tuple[Tuple[int, int], ...]] = {
-    5: ((3, 1), (3, 2)),
-    7: ((5, 1), (3, 2), (3, 3)),
-    9: ((5, 1), (5, 2), (3, 3), (3, 4)),
-    11: ((5, 1), (5, 2), (3, 3), (3, 4), (3, 5)),
-    13: ((5, 1), (7, 2), (3, 3), (3, 4), (3, 5)),
-    15: ((5, 1), (7, 2), (3, 3), (3, 5), (3, 7)),
-    17: ((5, 1), (9, 2), (3, 4), (3, 5), (3, 7)),
-}
 PLAIN_KERNELS = (3, 5)  # blocks with these kernels use a plain depthwise conv
 BLOCK_KERNELS = PLAIN_KERNELS + tuple(k for k in DILATED_BRANCHES if k >= 7)
 
 
 # ---------------------------------------------------------------------------------------------
-# Small building blocks
+# The block
 # ---------------------------------------------------------------------------------------------
-def build_batch_norm(norm_cfg: dict, channels: int) -> nn.Module:
-    """BN or SyncBN from an mmcv-style ``norm_cfg``.
-
-    Written here rather than taken from ``mmcv.cnn.build_norm_layer`` so that the backbone needs
-    no mmcv (it is timed on machines that have only torch).
-    """
-    cfg = dict(norm_cfg)
-    layer_type = cfg.pop('type', 'BN')
-    requires_grad = cfg.pop('requires_grad', True)
-    unknown = set(cfg) - {'eps', 'momentum'}
-    if unknown:
-        raise ValueError(
-            f'norm_cfg accepts type, eps, momentum and requires_grad; got {sorted(unknown)}'
-        )
-    if layer_type in ('BN', 'BN2d'):
-        layer = nn.BatchNorm2d(channels, **cfg)
-    elif layer_type in ('SyncBN', 'MMSyncBN'):
-        layer = nn.SyncBatchNorm(channels, **cfg)
-    else:
-        raise ValueError(f"norm_cfg type must be 'BN' or 'SyncBN', got {layer_type!r}")
-    for p in layer.parameters():
-        p.requires_grad = requires_grad
-    return layer
-
-
-def fuse_bn(
-    weight: torch.Tensor, bias: Optional[torch.Tensor], bn: nn.modules.batchnorm._BatchNorm
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Fold an eval-mode BN that follows a conv (weight ``[C_out, ...]``) into weight and bias."""
-    std = (bn.running_var + bn.eps).sqrt()
-    scale = bn.weight / std
-    bias = torch.zeros_like(bn.running_mean) if bias is None else bias
-    return (
-        weight * scale.reshape(-1, *([1] * (weight.dim() - 1))),
-        bn.bias + (bias - bn.running_mean) * scale,
-    )
-
-
-def dilated_to_dense(kernel: torch.Tensor, dilation: int) -> torch.Tensor:
-    """The dense kernel equivalent to ``kernel`` applied with ``dilation`` (any device/dtype)."""
-    if dilation == 1:
-        return kernel
-    c, g, k, _ = kernel.shape
-    size = dilation * (k - 1) + 1
-    dense = kernel.new_zeros(c, g, size, size)
-    dense[:, :, ::dilation, ::dilation] = kernel
-    return dense
-
-
-def make_depthwise_conv(
-    channels: int, kernel_size: int, bias: bool, use_lk_op: bool = False
-) -> nn.Conv2d:
-    """A stride-1, "same"-padded depthwise conv; the large-kernel op for kernels > 5 if asked."""
-    if use_lk_op and kernel_size > 5:
-        return DepthwiseConv2d(channels, kernel_size, bias=bias)
-    return SameDepthwiseConv2d(channels, kernel_size, bias=bias)
-
-
-def keep_trainable(module: nn.Module, like: torch.Tensor) -> None:
-    """Give a module that re-parameterization built the ``requires_grad`` of the weight it
-    replaces, so that frozen stages stay frozen."""
-    for p in module.parameters():
-        p.requires_grad_(like.requires_grad)
-
-
-class NCHWtoNHWC(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.permute(0, 2, 3, 1)
-
-
-class NHWCtoNCHW(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.permute(0, 3, 1, 2)
-
-
-def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
-    """fp16 and bf16 tensors as fp32; fp32 and fp64 ones as they are."""
-    return x.float() if x.element_size() < 4 else x
-
-
-def spatial_l2_norm(x: torch.Tensor) -> torch.Tensor:
-    """The L2 norm over H and W of an NHWC map, ``(N, 1, 1, C)``, computed in fp32 at least:
-    under fp16 autocast the sum of squares of a large map overflows (> 65504).
-
-    Written as the root of a sum of squares over the flattened ``H * W`` dimension: ``torch.norm``
-    over the two middle dimensions of an NHWC map is several times slower on the CPU, and a sum
-    over those two dimensions slower too.
-    """
-    x = at_least_fp32(x)
-    n, h, w, c = x.shape
-    flat = x.reshape(n, h * w, c)
-    return (flat * flat).sum(dim=1).sqrt().reshape(n, 1, 1, c)
-
-
-def pooled_l2_norm(x: torch.Tensor) -> torch.Tensor:
-    """The L2 norm over H and W of an NCHW map, ``(N, C, 1, 1)``, in fp32 at least, for the ONNX
-    export.
-
-    Written as the root of the global average pool of the squares times ``H * W``: the global
-    average pool is the one spatial reduction that onnxruntime runs in its blocked-channel
-    (NCHWc) layout, so the map is not reordered for it.
-    """
-    x = at_least_fp32(x)
-    return (F.adaptive_avg_pool2d(x * x, 1) * (x.shape[2] * x.shape[3])).sqrt()
-
-
-def takes_inference_path() -> bool:
-    """Whether the blocks run an inference form of their residual branch: where no gradient is
-    recorded, in eager mode (:meth:`UniRepLKNetBlock._inference_residual`) and in the
-    TorchScript-based ONNX export (:meth:`UniRepLKNetBlock._export_residual`). Other tracing (a
-    FLOP count) keeps the plain graph, and so does compiling, ``torch.export`` and the exporter
-    built on it, which capture the plain graph with symbolic sizes."""
-    if torch.is_grad_enabled() or torch.compiler.is_compiling():
-        return False
-    if torch.jit.is_tracing():
-        return torch.onnx.is_in_onnx_export()
-    return True
-
-
-def scaled_linear(
-    x: torch.Tensor,
-    scale: torch.Tensor,
-    linear: nn.Linear,
-    inplace: bool = False,
-    gelu: bool = False,
-) -> torch.Tensor:
-    """``linear(x * scale)``, then GELU if ``gelu``, for an NHWC map ``x`` and per-image channel
-    factors ``scale`` ``(N, 1, 1, C_in)``; the product runs through :func:`cpu_linear`.
-
-    For one image whose map has more pixels than the layer has outputs, the factors go into the
-    weight (``C_out x C_in`` products rather than ``H x W x C_in``, and no pass over the map).
-    Otherwise ``x`` is scaled, in place if ``inplace`` (only where no gradient is recorded).
-    """
-    n, h, w, c = x.shape
-    if n == 1 and h * w > linear.out_features:
-        return cpu_linear(x, linear.weight * scale.reshape(1, c), linear.bias, gelu)
-    x = x.mul_(scale) if inplace else x * scale
-    return cpu_linear(x, linear.weight, linear.bias, gelu)
-
-
-class ChannelsFirstLayerNorm(LayerNorm2d):
-    """timm's ``LayerNorm2d`` (the authors' channels-first LayerNorm); in an ONNX export, a
-    LayerNormalization without affine parameters followed by the affine part as a 1x1 depthwise
-    convolution.
-
-    Why: onnxruntime keeps a convolution's output in its blocked-channel (NCHWc) layout, so the
-    stage after a down-sampling norm starts its residual stream in that layout, and each block's
-    residual sum runs inside the block's last convolution rather than on reordered maps.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.onnx.is_in_onnx_export():
-            return super().forward(x)
-        x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, eps=self.eps)
-        channels = self.weight.numel()
-        weight = self.weight.reshape(channels, 1, 1, 1)
-        return F.conv2d(x.permute(0, 3, 1, 2), weight, self.bias, groups=channels)
-
-
-class GRN(nn.Module):
-    """Global Response Normalization on NHWC input (ConvNeXt V2).
-
-    Written here rather than using ``timm.layers.GlobalResponseNorm`` because the authors'
-    checkpoints store ``gamma`` / ``beta`` of shape ``[1, 1, 1, C]`` and the deploy structure drops
-    ``beta`` (folded into the next linear layer).
-    """
-
-    def __init__(self, dim: int, use_bias: bool = True):
-        super().__init__()
-        self.gamma = nn.Parameter(torch.zeros(1, 1, 1, dim))
-        if use_bias:
-            self.beta = nn.Parameter(torch.zeros(1, 1, 1, dim))
-
-    @property
-    def use_bias(self) -> bool:
-        return hasattr(self, 'beta')
-
-    def channel_scale(self, x: torch.Tensor, channels_first: bool = False) -> torch.Tensor:
-        """The per-image channel factors ``1 + gamma * N(x)``, ``(N, 1, 1, C)`` for an NHWC map
-        (``(N, C, 1, 1)`` for an NCHW one if ``channels_first``): GRN is
-        ``x * channel_scale(x) + beta``."""
-        if channels_first:
-            gx, gamma, channel_dim = pooled_l2_norm(x), self.gamma.reshape(1, -1, 1, 1), 1
-        else:
-            gx, gamma, channel_dim = spatial_l2_norm(x), self.gamma, -1
-        nx = (gx / (gx.mean(dim=channel_dim, keepdim=True) + 1e-6)).to(x.dtype)
-        return gamma * nx + 1
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = x * self.channel_scale(x)
-        return out + self.beta if self.use_bias else out
-
-
-class SEBlock(nn.Module):
-    """Squeeze-and-excitation with the authors' names (``down``, ``up``); NCHW.
-
-    timm's ``SqueezeExcite`` names its convs differently, which would break checkpoint loading.
-    The 1x1 convs run as linear layers on the pooled vector: the same products, without a
-    convolution's dispatch (in ONNX, a Gemm rather than a Conv on a 1x1 map).
-    """
-
-    def __init__(self, channels: int, hidden: int):
-        super().__init__()
-        self.down = nn.Conv2d(channels, hidden, 1, bias=True)
-        self.up = nn.Conv2d(hidden, channels, 1, bias=True)
-
-    def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
-        """The per-image channel factors of an NCHW map, ``(N, C, 1, 1)``."""
-        w = F.adaptive_avg_pool2d(x, 1).flatten(1)
-        w = F.relu(F.linear(w, self.down.weight.flatten(1), self.down.bias))
-        w = torch.sigmoid(F.linear(w, self.up.weight.flatten(1), self.up.bias))
-        return w[:, :, None, None]
-
-    def conv_channel_weights(self, x: torch.Tensor) -> torch.Tensor:
-        """:meth:`channel_weights` in the authors' form, convolutions on the pooled map: in an
-        ONNX export the factors stay in onnxruntime's blocked-channel layout."""
-        w = F.relu(self.down(F.adaptive_avg_pool2d(x, 1)))
-        return torch.sigmoid(self.up(w))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.channel_weights(x)
-
-
-class DilatedReparamBlock(nn.Module):
-    """A large depthwise kernel plus parallel dilated small kernels, each followed by BN; NCHW.
-
-    :meth:`merge_dilated_branches` folds every branch and BN into ``lk_origin`` (one large kernel
-    with a bias), which is also what ``deploy=True`` builds.
-    """
-
-    def __init__(
-        self,
-        channels: int,
-        kernel_size: int,
-        deploy: bool = False,
-        norm_cfg: dict = dict(type='BN'),
-        use_lk_op: bool = False,
-    ):
-        super().__init__()
-        if kernel_size not in DILATED_BRANCHES:
-            raise ValueError(
-                f'DilatedReparamBlock supports kernel sizes {sorted(DILATED_BRANCHES)}, '
-                f'got {kernel_size}'
-            )
-        self.kernel_size = kernel_size
-        self.branches = DILATED_BRANCHES[kernel_size]
-        self.use_lk_op = use_lk_op
-        self.lk_origin = make_depthwise_conv(
-            channels, kernel_size, bias=deploy, use_lk_op=use_lk_op
-        )
-        if not deploy:
-            self.origin_bn = build_batch_norm(norm_cfg, channels)
-            for k, r in self.branches:
-                self.add_module(
-                    f'dil_conv_k{k}_{r}',
-                    nn.Conv2d(
-                        channels,
-                        channels,
-                        k,
-                        stride=1,
-                        padding=(r * (k - 1) + 1) // 2,
-                        dilation=r,
-                        groups=channels,
-                        bias=False,
-                    ),
-                )
-                self.add_module(f'dil_bn_k{k}_{r}', build_batch_norm(norm_cfg, channels))
-        # The authors' deploy=True block stores this kernel as `dwconv.weight`, while their
-        # re-parameterized model stores it as `dwconv.lk_origin.weight`: accept both.
-        self._register_load_state_dict_pre_hook(self._accept_flat_deploy_keys)
-
-    @property
-    def merged(self) -> bool:
-        return not hasattr(self, 'origin_bn')
-
-    def _accept_flat_deploy_keys(self, state_dict, prefix, *args):
-        if self.merged:
-            for name in ('weight', 'bias'):
-                if prefix + name in state_dict and prefix + 'lk_origin.' + name not in state_dict:
-                    state_dict[prefix + 'lk_origin.' + name] = state_dict.pop(prefix + name)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.merged:
-            return self.lk_origin(x)
-        out = self.origin_bn(self.lk_origin(x))
-        for k, r in self.branches:
-            out = out + getattr(self, f'dil_bn_k{k}_{r}')(getattr(self, f'dil_conv_k{k}_{r}')(x))
-        return out
-
-    @torch.no_grad()
-    def merge_dilated_branches(self) -> None:
-        """Fold the branches and their BNs into one large kernel with bias (idempotent)."""
-        if self.merged:
-            return
-        kernel, bias = fuse_bn(self.lk_origin.weight, self.lk_origin.bias, self.origin_bn)
-        for k, r in self.branches:
-            branch_k, branch_b = fuse_bn(
-                getattr(self, f'dil_conv_k{k}_{r}').weight, None, getattr(self, f'dil_bn_k{k}_{r}')
-            )
-            dense = dilated_to_dense(branch_k, r)
-            pad = self.kernel_size // 2 - dense.size(-1) // 2
-            kernel = kernel + F.pad(dense, [pad] * 4)
-            bias = bias + branch_b
-        merged = make_depthwise_conv(
-            kernel.size(0), self.kernel_size, bias=True, use_lk_op=self.use_lk_op
-        ).to(kernel.device, kernel.dtype)
-        merged.weight.copy_(kernel)
-        merged.bias.copy_(bias)
-        keep_trainable(merged, like=self.lk_origin.weight)
-        self.lk_origin = merged
-        del self.origin_bn
-        for k, r in self.branches:
-            delattr(self, f'dil_conv_k{k}_{r}')
-            delattr(self, f'dil_bn_k{k}_{r}')
-
-
-class KeepBatchNormStatistics:
-    """The recomputation context of a checkpointed block: its BatchNorms' running statistics
-    come out of the recomputation as they went in.
-
-    torch's checkpoint runs the block's forward again in the backward pass, and a BatchNorm in
-    training mode updates its running mean, variance and batch count on every forward, so each
-    step would update them twice (an effective momentum of 1 - (1 - m)^2 and a doubled count,
-    which the authors' code did). torch offers no switch for it; the buffers are per channel, so
-    saving and restoring them costs nothing next to the block.
-    """
-
-    def __init__(self, module: nn.Module):
-        self.bns = [
-            m
-            for m in module.modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm)
-            and m.training
-            and m.track_running_stats
-        ]
-
-    def __enter__(self):
-        self.saved = [
-            (bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone())
-            for bn in self.bns
-        ]
-
-    def __exit__(self, *exc_info):
-        with torch.no_grad():
-            for bn, buffers in zip(self.bns, self.saved):
-                for buf, value in zip(
-                    (bn.running_mean, bn.running_var, bn.num_batches_tracked), buffers
-                ):
-                    buf.copy_(value)
-        return False
-
-
 class UniRepLKNetBlock(nn.Module):
     """dwconv -> BN -> SE -> Linear -> GELU -> GRN -> Linear -> BN -> layer scale, plus the input.
 
