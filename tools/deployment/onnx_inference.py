@@ -155,13 +155,10 @@ def detect(session, meta: dict, image: np.ndarray, score_thr=None) -> dict:
     return result
 
 
-def _source_rows(n_out: int, n_in: int, align_corners: bool):
+def _corner_aligned_rows(n_out: int, n_in: int):
     """For each of ``n_out`` output rows, the two input rows and the weight of the second, as
-    torch's bilinear interpolation reads them."""
-    if align_corners:
-        src = np.arange(n_out) * ((n_in - 1) / (n_out - 1) if n_out > 1 else 0.0)
-    else:
-        src = np.maximum((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0.0)
+    torch's bilinear interpolation with ``align_corners=True`` reads them."""
+    src = np.arange(n_out) * ((n_in - 1) / (n_out - 1) if n_out > 1 else 0.0)
     lo = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
     return lo, np.minimum(lo + 1, n_in - 1), (src - lo).astype(np.float32)
 
@@ -183,9 +180,9 @@ def resize_logits(logits: np.ndarray, height: int, width: int, align_corners: bo
             ],
             axis=-1,
         )
-    lo, hi, weight = _source_rows(height, logits.shape[0], True)
+    lo, hi, weight = _corner_aligned_rows(height, logits.shape[0])
     rows = logits[lo] * (1 - weight)[:, None, None] + logits[hi] * weight[:, None, None]
-    lo, hi, weight = _source_rows(width, logits.shape[1], True)
+    lo, hi, weight = _corner_aligned_rows(width, logits.shape[1])
     return rows[:, lo] * (1 - weight)[None, :, None] + rows[:, hi] * weight[None, :, None]
 
 
