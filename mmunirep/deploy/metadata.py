@@ -66,13 +66,17 @@ def dataset_meta(cfg: Config, checkpoint_meta: Optional[dict] = None) -> dict:
     """``classes`` and ``palette``: the checkpoint's, else the config's dataset's."""
     meta = dict((checkpoint_meta or {}).get('dataset_meta') or {})
     if not meta.get('classes'):
-        from mmengine.registry import DATASETS, init_default_scope
+        import importlib
 
         from mmunirep.utils import framework_of
 
-        init_default_scope(framework_of(cfg))
+        # the framework's own registry, which imports its datasets on first use
+        datasets = importlib.import_module(f'{framework_of(cfg)}.registry').DATASETS
         dataset = cfg.test_dataloader.dataset
-        meta = dict(getattr(DATASETS.get(dataset.type), 'METAINFO', {}))
+        dataset_cls = datasets.get(dataset.type)
+        if dataset_cls is None:
+            raise ValueError(f'the test dataset type {dataset.type!r} is not registered')
+        meta = dict(getattr(dataset_cls, 'METAINFO', {}))
         meta.update(dataset.get('metainfo') or {})
     return dict(
         classes=[str(c) for c in meta.get('classes', ())],

@@ -523,3 +523,19 @@ def test_a_detector_traces_at_its_test_pipelines_size_by_default(config, size):
 
     cfg = prepare_cfg(osp.join(ROOT, 'configs', 'detection', config))
     assert load_tool('export_onnx').detector_input_size(cfg) == size
+
+
+@pytest.mark.parametrize(
+    'config, count, first',
+    [
+        ('detection/unireplknet_s_22k_cascade_3x.py', 80, 'person'),
+        ('segmentation/unireplknet_s_22k_upernet_160k_640.py', 150, 'wall'),
+    ],
+)
+def test_the_classes_of_a_config_that_names_none_are_its_dataset_types(config, count, first):
+    """The COCO and ADE20K configs name no classes: the exported file takes their dataset
+    types' (MMDetection's CocoDataset, MMSegmentation's ADE20KDataset), with the palettes."""
+    from mmunirep.deploy.metadata import dataset_meta
+
+    meta = dataset_meta(Config.fromfile(osp.join(ROOT, 'configs', config)))
+    assert len(meta['classes']) == len(meta['palette']) == count and meta['classes'][0] == first
