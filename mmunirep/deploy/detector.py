@@ -291,6 +291,7 @@ class DetectorForExport(nn.Module):
         check_supported(detector)
         self.detector = detector
         self.with_mask = detector.roi_head.with_mask
+        self.num_classes = _stages(detector.roi_head)[-1][1].num_classes  # the last box head's
 
     def forward(self, image: Tensor, image_shape: Tensor, score_threshold: Optional[Tensor] = None):
         """``score_threshold`` (1,): the lowest detection score kept (default: the config's

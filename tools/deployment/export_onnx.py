@@ -33,7 +33,6 @@ import logging
 
 import numpy as np
 import torch
-import torch.nn as nn
 from mmengine.config import DictAction
 from mmengine.logging import print_log
 
@@ -236,10 +235,7 @@ def _detector(model, cfg, meta, args):
 
     inputs = ['input', 'image_shape', 'score_threshold']
     metadata = build_metadata(cfg, 'detection', inputs, outputs, meta, **post)
-    bbox_head = model.roi_head.bbox_head
-    check_classes(
-        metadata, (bbox_head[-1] if isinstance(bbox_head, nn.ModuleList) else bbox_head).num_classes
-    )
+    check_classes(metadata, module.num_classes)
     return dict(
         module=module,
         example=example(h, w, post['score_thr']),
