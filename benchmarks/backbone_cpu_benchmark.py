@@ -1,7 +1,8 @@
 """The UniRepLKNet backbone against timm's ConvNeXt on the CPU, in PyTorch eager and onnxruntime.
 
     python benchmarks/backbone_cpu_benchmark.py [--arch s] [--convnext convnext_small]
-        [--sizes 224 512] [--threads 2] [--repeats 7] [--no-onnx] [--out FILE]
+        [--sizes 224 512] [--threads 2] [--repeats 7] [--no-onnx] [--onnx-shapes fixed dynamic]
+        [--out FILE]
 
 Models with random weights, batch 1, inference (``torch.no_grad``): UniRepLKNet in its training
 structure, the same network re-parameterized (the deploy structure, which export and
@@ -15,7 +16,9 @@ ratios of the deploy backbone to both ConvNeXts (the median of the repeats' rati
 of the machine's speed between repeats moves far less than the ratio of the medians), and the
 FLOPs of the deploy backbone and ConvNeXt (mmengine's analysis). With onnxruntime the first three
 models are exported (opset 17) and timed the same way, their sessions sharing one global pool of
---threads intra-op threads, as one session in a process would have.
+--threads intra-op threads, as one session in a process would have: once exported for the timed
+image size alone (``fixed``), once with a dynamic batch, height and width as
+``tools/deployment/export_onnx.py --part backbone`` exports them (``dynamic``), each its own row.
 
 Before timing, the deploy structure's features are checked against the training structure's, and
 the two ConvNeXts' against each other (relative error at most 1e-4 of each map's largest value);
@@ -40,11 +43,21 @@ from bench_utils import (
     time_each_repeat,
 )
 
+# the kinds of exported graph the onnxruntime rows time, and their labels
+ONNX_SHAPES = dict(fixed='fixed size', dynamic='dynamic batch, H, W')
+
 
 def parse_args():
     parser = cpu_benchmark_parser(__doc__, repeats=7, warmup=2)
     parser.add_argument('--convnext', default='convnext_small', help='timm model name')
     parser.add_argument('--no-onnx', action='store_true', help='PyTorch eager only')
+    parser.add_argument(
+        '--onnx-shapes',
+        nargs='+',
+        choices=ONNX_SHAPES,
+        default=list(ONNX_SHAPES),
+        help='the exported graphs to time: for the timed size only, or with dynamic sizes',
+    )
     return parse_cpu_benchmark_args(parser)
 
 
@@ -142,19 +155,25 @@ def eager_runs(models: dict, size: int) -> dict:
     return {name: run(model) for name, model in models.items()}
 
 
-def onnx_runs(models: dict, size: int, threads: int, folder: str) -> dict:
+def onnx_runs(models: dict, size: int, threads: int, folder: str, shapes: str) -> dict:
     import numpy as np
     import onnxruntime as ort
+
+    from mmunirep.deploy.segmentor import backbone_export_axes
 
     x = np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32)
     options = shared_thread_pool_options(threads)
     runs = {}
     for i, (name, model) in enumerate(models.items()):
-        path = os.path.join(folder, f'{i}_{size}.onnx')
+        path = os.path.join(folder, f'{i}_{size}_{shapes}.onnx')
+        example = torch.from_numpy(x)
+        outputs, axes = None, None
         with torch.no_grad():
+            if shapes == 'dynamic':
+                outputs, axes = backbone_export_axes(len(model(example)))
             torch.onnx.export(
-                model, (torch.from_numpy(x),), path, dynamo=False, opset_version=17,
-                input_names=['input'],
+                model, (example,), path, dynamo=False, opset_version=17,
+                input_names=['input'], output_names=outputs, dynamic_axes=axes,
             )  # fmt: skip
         session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
         runs[name] = lambda s=session: s.run(None, {'input': x})
@@ -177,7 +196,7 @@ def main():
         f'| GFLOPs deploy / {names[2]} |',
         '|---|---|---|---|---|---|---|---|---|',
     )
-    runtimes = ['PyTorch eager'] + ([] if args.no_onnx else ['onnxruntime'])
+    runtimes = ['PyTorch eager'] + ([] if args.no_onnx else args.onnx_shapes)
     with tempfile.TemporaryDirectory() as folder:
         for size in args.sizes:
             check_equal(models[names[0]], models[names[1]], size, 'the two structures')
@@ -190,9 +209,12 @@ def main():
                 else:
                     import onnxruntime
 
-                    runtime = f'onnxruntime {onnxruntime.__version__}'
+                    shapes = runtime
+                    runtime = f'onnxruntime {onnxruntime.__version__}, {ONNX_SHAPES[shapes]}'
                     timed = names[:3]  # the export of the fourth is the third's graph
-                    runs = onnx_runs({n: models[n] for n in timed}, size, args.threads, folder)
+                    runs = onnx_runs(
+                        {n: models[n] for n in timed}, size, args.threads, folder, shapes
+                    )
                 times = time_each_repeat(runs, args.repeats, args.warmup)
                 cells = [
                     f'{statistics.median(times[n]) * 1e3:.1f}' if n in times else '-' for n in names

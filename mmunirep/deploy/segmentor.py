@@ -68,3 +68,12 @@ class BackboneForExport(nn.Module):
 
     def forward(self, image: Tensor):
         return tuple(self.backbone(image))
+
+
+def backbone_export_axes(num_features: int) -> tuple:
+    """The output names of an exported backbone with ``num_features`` feature maps, and the axes
+    its export leaves dynamic: the batch, height and width of the input and of every map."""
+    outputs = [f'feat{i}' for i in range(num_features)]
+    axes = {'input': {0: 'batch', 2: 'height', 3: 'width'}}
+    axes.update({o: {0: 'batch', 2: f'{o}_h', 3: f'{o}_w'} for o in outputs})
+    return outputs, axes

@@ -38,7 +38,7 @@ from mmengine.logging import print_log
 
 from mmunirep.deploy import DetectorForExport
 from mmunirep.deploy.metadata import build_metadata, preprocess_spec, write_metadata
-from mmunirep.deploy.segmentor import BackboneForExport, SegmentorForExport
+from mmunirep.deploy.segmentor import BackboneForExport, SegmentorForExport, backbone_export_axes
 from mmunirep.deploy.tensorrt import tensorrt_parser_issues
 from mmunirep.deploy.verify import box_iou, custom_operator_domains, matched_fraction
 from mmunirep.models import reparameterize_unireplknet
@@ -173,9 +173,7 @@ def _backbone(model, cfg, meta, args):
     h, w = args.shape
     example = (torch.randn(1, 3, h, w),)
     with torch.no_grad():
-        outputs = [f'feat{i}' for i in range(len(module(*example)))]
-    dynamic = {'input': {0: 'batch', 2: 'height', 3: 'width'}}
-    dynamic.update({o: {0: 'batch', 2: f'{o}_h', 3: f'{o}_w'} for o in outputs})
+        outputs, dynamic = backbone_export_axes(len(module(*example)))
     # another batch size and shape than traced
     check = (torch.randn(2, 3, h + 32, w + 64),)
     return dict(
