@@ -196,20 +196,20 @@ def main():
         f'| GFLOPs deploy / {names[2]} |',
         '|---|---|---|---|---|---|---|---|---|',
     )
-    runtimes = ['PyTorch eager'] + ([] if args.no_onnx else args.onnx_shapes)
+    # None: PyTorch eager; otherwise the kind of onnxruntime graph
+    runtimes = [None] + ([] if args.no_onnx else args.onnx_shapes)
     with tempfile.TemporaryDirectory() as folder:
         for size in args.sizes:
             check_equal(models[names[0]], models[names[1]], size, 'the two structures')
             check_equal(models[names[2]], models[names[3]], size, 'the two ConvNeXts')
             gflops = (flops(models[names[1]], size), flops(models[names[2]], size))
-            for runtime in runtimes:
-                if runtime == 'PyTorch eager':
-                    timed = names
+            for shapes in runtimes:
+                if shapes is None:
+                    runtime = 'PyTorch eager'
                     runs = eager_runs(models, size)
                 else:
                     import onnxruntime
 
-                    shapes = runtime
                     runtime = f'onnxruntime {onnxruntime.__version__}, {ONNX_SHAPES[shapes]}'
                     timed = names[:3]  # the export of the fourth is the third's graph
                     runs = onnx_runs(
