@@ -1,10 +1,13 @@
 """What an exported model needs to be run without its config: the test pipeline's resize, the
 data pre-processor's normalization and padding, the classes and the post-processing thresholds,
-stored as JSON in the ONNX file's ``metadata_props`` under :data:`KEY`.
+stored as JSON in the ONNX file's ``metadata_props`` under :data:`KEY`; for a segmentor also its
+dataset's label-map conventions, which ``tools/deployment/evaluate_onnx.py`` scores it with.
 
 ``tools/deployment/onnx_inference.py`` reads it with onnxruntime alone.
 """
 
+import importlib
+import inspect
 import json
 from typing import Optional
 
@@ -66,22 +69,59 @@ def dataset_meta(cfg: Config, checkpoint_meta: Optional[dict] = None) -> dict:
     """``classes`` and ``palette``: the checkpoint's, else the config's dataset's."""
     meta = dict((checkpoint_meta or {}).get('dataset_meta') or {})
     if not meta.get('classes'):
-        import importlib
-
-        from mmunirep.utils import framework_of
-
-        # the framework's own registry, which imports its datasets on first use
-        datasets = importlib.import_module(f'{framework_of(cfg)}.registry').DATASETS
         dataset = cfg.test_dataloader.dataset
-        dataset_cls = datasets.get(dataset.type)
-        if dataset_cls is None:
-            raise ValueError(f'the test dataset type {dataset.type!r} is not registered')
-        meta = dict(getattr(dataset_cls, 'METAINFO', {}))
+        meta = dict(getattr(_registered(cfg, 'DATASETS', dataset.type), 'METAINFO', {}))
         meta.update(dataset.get('metainfo') or {})
     return dict(
         classes=[str(c) for c in meta.get('classes', ())],
         palette=[[int(v) for v in c] for c in meta.get('palette', ())] or None,
     )
+
+
+def segmentation_annotations(cfg: Config) -> dict:
+    """How the segmentor's test dataset lays out and reads its label maps: the image and label-map
+    suffixes, ``reduce_zero_label`` and the metric's ``ignore_index``. Each is the config's value,
+    else the default of the dataset's (metric's) class, as MMSegmentation would build them."""
+    dataset = cfg.test_dataloader.dataset
+    dataset_cls = _registered(cfg, 'DATASETS', dataset.type)
+    spec = {
+        name: dataset.get(name, _init_default(dataset_cls, name))
+        for name in ('img_suffix', 'seg_map_suffix', 'reduce_zero_label')
+    }
+    # LoadAnnotations' own setting wins (MMSegmentation asserts that the two agree)
+    for transform in dataset.get('pipeline', []):
+        if transform['type'].split('.')[-1] == 'LoadAnnotations':
+            if transform.get('reduce_zero_label') is not None:
+                spec['reduce_zero_label'] = transform['reduce_zero_label']
+    evaluator = cfg.get('test_evaluator') or {}
+    if isinstance(evaluator, (list, tuple)):  # several metrics: the IoUMetric among them
+        evaluator = next((e for e in evaluator if 'IoUMetric' in e.get('type', '')), {})
+    metric_cls = _registered(cfg, 'METRICS', evaluator.get('type', 'IoUMetric'))
+    spec['ignore_index'] = evaluator.get('ignore_index', _init_default(metric_cls, 'ignore_index'))
+    spec['reduce_zero_label'] = bool(spec['reduce_zero_label'])
+    return spec
+
+
+def _registered(cfg: Config, registry: str, type_name: str):
+    """The class ``type_name`` names in the config's framework's ``registry``, which imports its
+    modules on first use."""
+    from mmunirep.utils import framework_of
+
+    framework = framework_of(cfg)
+    found = getattr(importlib.import_module(f'{framework}.registry'), registry).get(type_name)
+    if found is None:
+        raise ValueError(f'the type {type_name!r} is not registered in {framework}.{registry}')
+    return found
+
+
+def _init_default(cls, name: str):
+    """The default of argument ``name`` in the first ``__init__`` of ``cls``' classes that has one
+    (a dataset passes the rest to its base class as ``**kwargs``)."""
+    for klass in cls.__mro__:
+        param = inspect.signature(klass.__init__).parameters.get(name)
+        if param is not None and param.default is not inspect.Parameter.empty:
+            return param.default
+    raise ValueError(f'{cls.__name__} has no default for {name!r}; set it in the config')
 
 
 def build_metadata(

@@ -539,3 +539,30 @@ def test_the_classes_of_a_config_that_names_none_are_its_dataset_types(config, c
 
     meta = dataset_meta(Config.fromfile(osp.join(ROOT, 'configs', config)))
     assert len(meta['classes']) == len(meta['palette']) == count and meta['classes'][0] == first
+
+
+@pytest.mark.parametrize(
+    'config, expected',
+    [
+        ('unireplknet_s_22k_upernet_160k_512.py', ('.jpg', '.png', True)),
+        (
+            'unireplknet_s_1k_upernet_80k_cityscapes_512x1024.py',
+            ('_leftImg8bit.png', '_gtFine_labelTrainIds.png', False),
+        ),
+        ('quickstart_unireplknet_a_shapes.py', ('.jpg', '.png', False)),
+    ],
+)
+def test_a_segmentor_stores_its_datasets_label_map_conventions(config, expected):
+    """ADE20K's and Cityscapes' configs leave the file suffixes to their dataset classes
+    (Cityscapes' also reduce_zero_label), the quick start sets them; LoadAnnotations' own
+    reduce_zero_label and the metric's ignore_index win over the defaults."""
+    from mmunirep.deploy.metadata import segmentation_annotations
+
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'segmentation', config))
+    spec = segmentation_annotations(cfg)
+    assert (spec['img_suffix'], spec['seg_map_suffix'], spec['reduce_zero_label']) == expected
+    assert spec['ignore_index'] == 255
+    cfg.test_dataloader.dataset.pipeline[-2].reduce_zero_label = not expected[2]
+    cfg.test_evaluator.ignore_index = 0
+    spec = segmentation_annotations(cfg)
+    assert spec['reduce_zero_label'] is (not expected[2]) and spec['ignore_index'] == 0

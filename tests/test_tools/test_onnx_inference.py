@@ -347,3 +347,139 @@ def test_evaluation_refuses_classes_the_annotations_lack(det_model, tmp_path, ca
                 str(not_json),
             ]
         )
+    with pytest.raises(ValueError, match='is an exported detection: give --ann-file'):
+        evaluate.main([out, '--img-dir', img_dir])
+    with pytest.raises(ValueError, match='detection: --ann-dir, --no-reduce-zero-label do not'):
+        evaluate.main(
+            [out, '--ann-file', good_ann, '--img-dir', img_dir, '--ann-dir', img_dir]
+            + ['--no-reduce-zero-label']
+        )
+
+
+@pytest.fixture(scope='module')
+def seg_evaluation(seg_model, tmp_path_factory):
+    """The segmentation fixture, its classifier's weights drawn again at unit scale and without
+    bias, so that the labels vary across the image rather than one class winning everywhere;
+    exported, and tools/test.py's metrics and label maps (--out DIR) for it on the validation
+    images."""
+    tmp = tmp_path_factory.mktemp('seg_evaluation')
+    ckpt = torch.load(seg_model['ckpt'], map_location='cpu', weights_only=False)
+    weights = ckpt['state_dict']
+    torch.manual_seed(1)
+    weight = torch.randn_like(weights['decode_head.conv_seg.weight'])
+    # each class's weights sum to 0: the features' common (positive) part cancels
+    weights['decode_head.conv_seg.weight'] = weight - weight.mean(1, keepdim=True)
+    weights['decode_head.conv_seg.bias'].zero_()
+    seg_model = dict(seg_model, ckpt=str(tmp / 'seg.pth'))
+    torch.save(ckpt, seg_model['ckpt'])
+    labels = str(tmp / 'pytorch_labels')
+    metrics = load_tool('test').main(
+        [seg_model['config'], seg_model['ckpt'], '--out', labels, '--work-dir', str(tmp)]
+    )
+    model = str(tmp / 'seg.onnx')
+    export_onnx(seg_model, model, 'segmentor', (64, 64))
+    val = osp.join(seg_model['data'], '{}', 'validation')
+    return dict(
+        model=model,
+        metrics=metrics,
+        labels=labels,
+        img_dir=val.format('images'),
+        ann_dir=val.format('annotations'),
+    )
+
+
+def test_the_exported_segmentor_scores_as_the_test_tool(seg_evaluation):
+    """evaluate_onnx.py's aAcc, mIoU and mAcc (MMSegmentation's IoUMetric, in percent) are within
+    0.5 points of tools/test.py's on the same checkpoint and images, and at least 99% of the
+    pixels get the label that tools/test.py --out wrote for them."""
+    ev = seg_evaluation
+    names = sorted(os.listdir(ev['labels']))
+    assert len(names) == 2, names
+    pytorch = [cv2.imread(osp.join(ev['labels'], n), cv2.IMREAD_UNCHANGED) for n in names]
+    # the labels vary across each image: a mirrored map would fall well short of 99% agreement
+    mirrored = np.mean([np.mean(m == m[:, ::-1]) for m in pytorch])
+    assert mirrored < 0.9, mirrored
+    scores = load_tool('evaluate_onnx').main(
+        [
+            ev['model'],
+            '--img-dir',
+            ev['img_dir'],
+            '--ann-dir',
+            ev['ann_dir'],
+            '--pytorch-predictions',
+            ev['labels'],
+        ]
+    )
+    for key in ('aAcc', 'mIoU', 'mAcc'):
+        assert abs(scores[key] - ev['metrics'][key]) <= 0.5, (key, scores, ev['metrics'])
+    assert scores['pixel_agreement'] >= 0.99, scores
+
+
+def test_segmentation_scoring_follows_reduce_zero_label(seg_evaluation, tmp_path):
+    """Label maps in ADE20K's convention (0 ignored, class k stored as k + 1): PyTorch's own
+    predictions written that way, with a band of 0s, are matched pixel for pixel under
+    --reduce-zero-label, and read as other classes without it."""
+    ev = seg_evaluation
+    ann_dir = tmp_path / 'ade_labels'
+    ann_dir.mkdir()
+    for name in os.listdir(ev['labels']):
+        labels = cv2.imread(osp.join(ev['labels'], name), cv2.IMREAD_UNCHANGED)
+        shifted = labels.astype(np.uint8) + 1
+        shifted[:, :8] = 0  # ignored
+        cv2.imwrite(str(ann_dir / name), shifted)
+    evaluate = load_tool('evaluate_onnx').main
+    argv = [ev['model'], '--img-dir', ev['img_dir'], '--ann-dir', str(ann_dir)]
+    assert evaluate(argv + ['--reduce-zero-label'])['aAcc'] >= 99.0
+    assert evaluate(argv + ['--no-reduce-zero-label'])['aAcc'] <= 50.0
+
+
+def test_segmentation_scoring_refuses_what_does_not_fit(seg_evaluation, tmp_path):
+    ev = seg_evaluation
+    evaluate = load_tool('evaluate_onnx').main
+    base = [ev['model'], '--img-dir', ev['img_dir']]
+    with pytest.raises(ValueError, match='is an exported segmentation: give --ann-dir'):
+        evaluate(base)
+    ann_file = tmp_path / 'ann.json'
+    ann_file.write_text('{}')
+    with pytest.raises(ValueError, match='--ann-file, --out-json do not apply'):
+        evaluate(
+            base + ['--ann-dir', ev['ann_dir'], '--ann-file', str(ann_file), '--out-json', 'o.json']
+        )
+    with pytest.raises(ValueError, match=r"no image ending in '\.tif' under"):
+        evaluate(base + ['--ann-dir', ev['ann_dir'], '--img-suffix', '.tif'])
+    with pytest.raises(ValueError, match=r"2 of 2 images have no label map ending in '_gt\.png'"):
+        evaluate(base + ['--ann-dir', ev['ann_dir'], '--seg-map-suffix', '_gt.png'])
+    with pytest.raises(ValueError, match='is not the folder of label maps'):
+        evaluate(base + ['--ann-dir', ev['ann_dir'], '--pytorch-predictions', str(ann_file)])
+    small = tmp_path / 'small_labels'
+    small.mkdir()
+    for name in os.listdir(ev['ann_dir']):
+        labels = cv2.imread(osp.join(ev['ann_dir'], name), cv2.IMREAD_UNCHANGED)
+        cv2.imwrite(str(small / name), labels[:32, :48])
+    with pytest.raises(ValueError, match=r'the label map of .*\.jpg is 48x32, the image 64x64'):
+        evaluate(base + ['--ann-dir', str(small)])
+    empty = tmp_path / 'no_labels'
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match='--pytorch-predictions: no label map'):
+        evaluate(base + ['--ann-dir', ev['ann_dir'], '--pytorch-predictions', str(empty)])
+
+
+def test_segmentation_scoring_asks_for_the_conventions_a_file_lacks(seg_evaluation, tmp_path):
+    """A segmentor exported before the label-map conventions were stored: the options give them."""
+    import onnx
+
+    from mmunirep.deploy.metadata import write_metadata
+
+    ev = seg_evaluation
+    _, meta = inference.load_model(ev['model'])
+    del meta['annotations']
+    proto = onnx.load(ev['model'])
+    write_metadata(proto, meta)
+    old = str(tmp_path / 'old.onnx')
+    onnx.save(proto, old)
+    evaluate = load_tool('evaluate_onnx').main
+    argv = [old, '--img-dir', ev['img_dir'], '--ann-dir', ev['ann_dir']]
+    with pytest.raises(ValueError, match='give --img-suffix, --seg-map-suffix, --reduce-zero-l'):
+        evaluate(argv)
+    conventions = ['--img-suffix', '.jpg', '--seg-map-suffix', '.png', '--no-reduce-zero-label']
+    assert abs(evaluate(argv + conventions)['aAcc'] - ev['metrics']['aAcc']) <= 0.5

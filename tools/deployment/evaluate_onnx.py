@@ -1,17 +1,27 @@
-"""Score an exported detector on a COCO-format dataset, as tools/test.py scores the PyTorch model.
+"""Score an exported detector or segmentor on a dataset, as tools/test.py scores the PyTorch model.
 
-    python tools/deployment/evaluate_onnx.py det.onnx --ann-file ANN.json --img-dir IMAGES/ \\
+    python tools/deployment/evaluate_onnx.py det.onnx --img-dir IMAGES/ --ann-file ANN.json \\
         [--pytorch-predictions predictions.pkl] [--out-json results.json] [--threads 2]
+    python tools/deployment/evaluate_onnx.py seg.onnx --img-dir IMAGES/ --ann-dir LABELS/ \\
+        [--pytorch-predictions LABEL_MAPS/] [--threads 2]
 
-Each image of the annotation file goes through onnx_inference.py's detection (the preprocessing
-stored in the ONNX file, the model in onnxruntime, boxes scaled back and masks pasted), and
-pycocotools scores the boxes and masks with the settings of MMDetection's CocoMetric (max
-detections 100 / 300 / 1000; mAP is the first of COCOeval's figures). Classes are matched to the
-annotation file's categories by name.
+Detectors: each image of the COCO-format annotation file goes through onnx_inference.py's
+detection (the preprocessing stored in the ONNX file, the model in onnxruntime, boxes scaled back
+and masks pasted), and pycocotools scores the boxes and masks with the settings of MMDetection's
+CocoMetric (max detections 100 / 300 / 1000; mAP is the first of COCOeval's figures). Classes are
+matched to the annotation file's categories by name. With --pytorch-predictions
+(``tools/test.py --out predictions.pkl`` of the same checkpoint on the same images), also the
+share of PyTorch's detections with a score of at least --match-score that have an ONNX detection
+of the same class with IoU >= --match-iou.
 
-With --pytorch-predictions (``tools/test.py --out predictions.pkl`` of the same checkpoint on the
-same images), also the share of PyTorch's detections with a score of at least --match-score that
-have an ONNX detection of the same class with IoU >= --match-iou.
+Segmentors: the images and label maps are paired, the label maps read and the predictions scored
+by MMSegmentation itself (BaseSegDataset's folder layout, LoadAnnotations, IoUMetric: aAcc, mIoU,
+mAcc in percent), with the suffixes, ``reduce_zero_label`` and ``ignore_index`` of the config's
+test dataset and metric, which the exporter stores in the file (the options below override them).
+Each image goes through onnx_inference.py's segmentation (preprocessing, model, logits resized to
+the image, arg-max). With --pytorch-predictions (the folder of label maps that
+``tools/test.py --out DIR`` writes for the same checkpoint), also the share of pixels where the
+two label maps agree.
 """
 
 import argparse
@@ -29,24 +39,62 @@ import onnx_inference  # noqa: E402  (the script beside this one, not a package)
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('model', help='the detector export_onnx.py wrote')
-    parser.add_argument('--ann-file', required=True, help='COCO-format annotations')
-    parser.add_argument('--img-dir', required=True, help='the folder of their images')
-    parser.add_argument('--pytorch-predictions', help="tools/test.py's --out file to compare with")
+    parser.add_argument('model', help='the detector or segmentor export_onnx.py wrote')
+    parser.add_argument('--img-dir', required=True, help='the folder of the images')
+    parser.add_argument('--ann-file', help='detectors: the COCO-format annotations')
+    parser.add_argument('--ann-dir', help="segmentors: the folder of the images' label maps")
+    parser.add_argument(
+        '--pytorch-predictions',
+        help="tools/test.py's --out of the same checkpoint to compare with: a detector's .pkl, "
+        "a segmentor's folder of label maps",
+    )
     parser.add_argument('--match-score', type=float, default=0.3)
     parser.add_argument('--match-iou', type=float, default=0.95)
-    parser.add_argument('--out-json', help='the detections in COCO results format (boxes)')
+    parser.add_argument('--out-json', help='detectors: the detections in COCO results format')
+    parser.add_argument(
+        '--img-suffix', help="segmentors: the images' file ending (default: the config's)"
+    )
+    parser.add_argument(
+        '--seg-map-suffix', help="segmentors: the label maps' file ending (default: the config's)"
+    )
+    parser.add_argument(
+        '--reduce-zero-label',
+        action=argparse.BooleanOptionalAction,
+        help='segmentors: label 0 of the maps is ignored and label k is class k - 1 (default: the '
+        "config's)",
+    )
     parser.add_argument('--threads', type=int, default=0, help='onnxruntime intra-op threads')
     args = parser.parse_args(argv)
-    for name in ('model', 'ann_file', 'img_dir'):
+    for name in ('model', 'ann_file', 'img_dir', 'ann_dir'):
         path = getattr(args, name)
-        if not (osp.isdir if name == 'img_dir' else osp.isfile)(path):
+        if path is not None and not (osp.isfile if name in ('model', 'ann_file') else osp.isdir)(
+            path
+        ):
             parser.error(f'--{name.replace("_", "-")}: {path} does not exist')
     if args.threads < 0:
         parser.error(f'--threads must be >= 0, got {args.threads}')
     if not 0 < args.match_iou <= 1:
         parser.error(f'--match-iou must be in (0, 1], got {args.match_iou}')
     return args
+
+
+def check_task_arguments(args, task: str) -> None:
+    """Refuse the options of the other task, and require the annotations of this one."""
+    own, other = ('ann_file', 'ann_dir') if task == 'detection' else ('ann_dir', 'ann_file')
+    if getattr(args, own) is None:
+        raise ValueError(f'{args.model} is an exported {task}: give --{own.replace("_", "-")}')
+    wrong = [other] + (
+        ['img_suffix', 'seg_map_suffix', 'reduce_zero_label']
+        if task == 'detection'
+        else ['out_json']
+    )
+    given = [
+        ('--no-' if getattr(args, name) is False else '--') + name.replace('_', '-')
+        for name in wrong
+        if getattr(args, name) is not None
+    ]
+    if given:
+        raise ValueError(f'{args.model} is an exported {task}: {", ".join(given)} do not apply')
 
 
 def category_ids(coco, classes) -> list:
@@ -158,15 +206,9 @@ def match_pytorch(preds: list, detections: dict, min_score: float, iou: float) -
     return matched, compared
 
 
-def main(argv=None) -> dict:
+def score_detector(args, session, meta) -> dict:
     from pycocotools.coco import COCO
 
-    args = parse_args(argv)
-    session, meta = onnx_inference.load_model(args.model, args.threads)
-    if meta['task'] != 'detection':
-        raise ValueError(
-            f'{args.model} is an exported {meta["task"]}; this script scores detectors'
-        )
     preds = load_pytorch_predictions(args.pytorch_predictions) if args.pytorch_predictions else None
     try:
         coco = COCO(args.ann_file)
@@ -198,6 +240,120 @@ def main(argv=None) -> dict:
             f'({100 * matched / max(compared, 1):.1f}%)'
         )
     return scores
+
+
+def label_map_conventions(args, meta) -> dict:
+    """The label maps' suffixes, ``reduce_zero_label`` and ``ignore_index``: the options given,
+    else those the exporter stored."""
+    stored = meta.get('annotations') or {}
+    spec = dict(stored)
+    for name in ('img_suffix', 'seg_map_suffix', 'reduce_zero_label'):
+        if getattr(args, name) is not None:
+            spec[name] = getattr(args, name)
+    missing = [n for n in ('img_suffix', 'seg_map_suffix', 'reduce_zero_label') if n not in spec]
+    if missing:
+        raise ValueError(
+            f'{args.model} does not store its label-map conventions (exported by an earlier '
+            f'version): give {", ".join("--" + n.replace("_", "-") for n in missing)}, or '
+            'export it again'
+        )
+    return spec
+
+
+def segmentation_samples(args, meta, spec) -> list:
+    """The image / label-map pairs of the folders, as MMSegmentation's BaseSegDataset lists them
+    (images by suffix, recursively; the label map of the same name under --ann-dir)."""
+    from mmseg.datasets import BaseSegDataset
+
+    dataset = BaseSegDataset(
+        data_prefix=dict(img_path=args.img_dir, seg_map_path=args.ann_dir),
+        img_suffix=spec['img_suffix'],
+        seg_map_suffix=spec['seg_map_suffix'],
+        reduce_zero_label=spec['reduce_zero_label'],
+        metainfo=dict(classes=meta['classes']),
+        test_mode=True,
+        lazy_init=True,
+    )
+    samples = dataset.load_data_list()
+    if not samples:
+        raise ValueError(f'no image ending in {spec["img_suffix"]!r} under {args.img_dir}')
+    unlabelled = [s['seg_map_path'] for s in samples if not osp.isfile(s['seg_map_path'])]
+    if unlabelled:
+        raise ValueError(
+            f'{len(unlabelled)} of {len(samples)} images have no label map ending in '
+            f'{spec["seg_map_suffix"]!r}, e.g. {unlabelled[0]}'
+        )
+    return samples
+
+
+def check_same_size(what: str, labels: np.ndarray, pred: np.ndarray, img_path: str) -> None:
+    if labels.shape != pred.shape:
+        (h, w), (ph, pw) = labels.shape, pred.shape
+        raise ValueError(f'{what} of {img_path} is {w}x{h}, the image {pw}x{ph}')
+
+
+def pytorch_label_map(pred_dir: str, img_path: str, reduce_zero_label: bool) -> np.ndarray:
+    """The class indices tools/test.py --out DIR saved for the image (IoUMetric names the file
+    after the image and adds 1 under ``reduce_zero_label``)."""
+    path = osp.join(pred_dir, osp.splitext(osp.basename(img_path))[0] + '.png')
+    labels = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if labels is None:
+        raise FileNotFoundError(f'--pytorch-predictions: no label map {path} for {img_path}')
+    return labels.astype(np.int64) - int(reduce_zero_label)
+
+
+def score_segmentor(args, session, meta) -> dict:
+    import torch
+    from mmseg.datasets.transforms import LoadAnnotations
+    from mmseg.evaluation import IoUMetric
+
+    if args.pytorch_predictions is not None and not osp.isdir(args.pytorch_predictions):
+        raise ValueError(
+            f'--pytorch-predictions: {args.pytorch_predictions} is not the folder of label maps '
+            'that tools/test.py --out DIR writes for a segmentor'
+        )
+    spec = label_map_conventions(args, meta)
+    # ignore_index as the exporter stored it (the config's metric's), else IoUMetric's default
+    metric = IoUMetric(
+        iou_metrics=['mIoU'], **{k: v for k, v in spec.items() if k == 'ignore_index'}
+    )
+    metric.dataset_meta = dict(classes=meta['classes'])
+    load_labels = LoadAnnotations()
+    agree = pixels = 0
+    for sample in segmentation_samples(args, meta, spec):
+        image = cv2.imread(sample['img_path'])
+        if image is None:
+            raise FileNotFoundError(f'cannot read image {sample["img_path"]}')
+        pred = onnx_inference.segment(session, meta, image)
+        truth = load_labels(dict(sample))['gt_seg_map']
+        check_same_size('the label map', truth, pred, sample['img_path'])
+        pair = dict(pred_sem_seg=dict(data=torch.from_numpy(pred)))
+        metric.process({}, [dict(pair, gt_sem_seg=dict(data=torch.from_numpy(truth)))])
+        if args.pytorch_predictions is not None:
+            theirs = pytorch_label_map(
+                args.pytorch_predictions, sample['img_path'], spec['reduce_zero_label']
+            )
+            check_same_size("PyTorch's label map", theirs, pred, sample['img_path'])
+            agree += int((theirs == pred).sum())
+            pixels += pred.size
+    scores = metric.compute_metrics(metric.results)  # logs the per-class table
+    print(' '.join(f'{k}: {v:.2f}' for k, v in scores.items()))  # noqa: T201 (the report)
+    if args.pytorch_predictions is not None:
+        scores['pixel_agreement'] = agree / pixels
+        print(  # noqa: T201 (the report)
+            f"pixels labelled as in PyTorch's label maps: {agree} of {pixels} "
+            f'({100 * agree / pixels:.2f}%)'
+        )
+    return scores
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    session, meta = onnx_inference.load_model(args.model, args.threads)
+    check_task_arguments(args, meta['task'])
+    if meta['task'] == 'detection':
+        return score_detector(args, session, meta)
+    return score_segmentor(args, session, meta)
 
 
 if __name__ == '__main__':

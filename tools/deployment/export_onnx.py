@@ -19,7 +19,8 @@ The model is re-parameterized first (a training-structure checkpoint is converte
 The file holds only standard ONNX operators (checked with onnx.checker and for custom domains;
 whether TensorRT 10's ONNX parser lists them all as supported is logged) and, as metadata, what
 tools/deployment/onnx_inference.py needs to run it without the config: the test pipeline's resize,
-the normalization, the padding, the classes. It is then run in onnxruntime on an input of
+the normalization, the padding, the classes (and a segmentor's label-map conventions, for
+tools/deployment/evaluate_onnx.py). It is then run in onnxruntime on an input of
 another size than the traced one and compared with PyTorch (segmentor, backbone: relative max
 error <= --rtol; detector, with the score threshold at 0 so that the best ``max_per_img``
 detections are compared whatever the weights: 99% of each side's detections matched by one of
@@ -37,7 +38,12 @@ from mmengine.config import DictAction
 from mmengine.logging import print_log
 
 from mmunirep.deploy import DetectorForExport
-from mmunirep.deploy.metadata import build_metadata, preprocess_spec, write_metadata
+from mmunirep.deploy.metadata import (
+    build_metadata,
+    preprocess_spec,
+    segmentation_annotations,
+    write_metadata,
+)
 from mmunirep.deploy.segmentor import BackboneForExport, SegmentorForExport, backbone_export_axes
 from mmunirep.deploy.tensorrt import tensorrt_parser_issues
 from mmunirep.deploy.verify import box_iou, custom_operator_domains, matched_fraction
@@ -202,6 +208,7 @@ def _segmentor(model, cfg, meta, args):
         meta,
         align_corners=model.decode_head.align_corners,
     )
+    metadata['annotations'] = segmentation_annotations(cfg)
     check_classes(metadata, model.decode_head.num_classes)
     return dict(
         module=module,
