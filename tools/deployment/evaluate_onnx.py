@@ -109,32 +109,34 @@ def category_ids(coco, classes) -> list:
     return [by_name[c] for c in classes]
 
 
-def detect_all(session, meta, coco, img_dir) -> dict:
-    detections = {}
+def detect_all(session, meta, coco, img_dir, cat_ids) -> tuple:
+    """The detections of each image without their masks (for the comparison with PyTorch), and
+    all of them in COCO's results format. Masks are RLE-encoded image by image: a whole set's
+    masks pasted into its images would not fit in memory."""
+    detections, results = {}, dict(bbox=[], segm=[])
     for img_id in coco.getImgIds():
         info = coco.loadImgs(img_id)[0]
         path = osp.join(img_dir, info['file_name'])
         image = cv2.imread(path)
         if image is None:
             raise FileNotFoundError(f'cannot read image {path} (image id {img_id})')
-        detections[img_id] = onnx_inference.detect(session, meta, image)
-    return detections
+        dets = onnx_inference.detect(session, meta, image)
+        add_coco_results(results, img_id, dets, cat_ids)
+        detections[img_id] = {k: v for k, v in dets.items() if k != 'masks'}
+    return detections, {k: v for k, v in results.items() if v or k == 'bbox'}
 
 
-def coco_results(detections: dict, cat_ids: list) -> dict:
+def add_coco_results(results: dict, img_id: int, dets: dict, cat_ids: list) -> None:
     from pycocotools import mask as mask_utils
 
-    results = dict(bbox=[], segm=[])
-    for img_id, dets in detections.items():
-        for i, (box, score, label) in enumerate(zip(dets['boxes'], dets['scores'], dets['labels'])):
-            x1, y1, x2, y2 = (float(v) for v in box)
-            item = dict(image_id=img_id, category_id=cat_ids[int(label)], score=float(score))
-            results['bbox'].append(dict(item, bbox=[x1, y1, x2 - x1, y2 - y1]))
-            if 'masks' in dets:
-                rle = mask_utils.encode(np.asfortranarray(dets['masks'][i].astype(np.uint8)))
-                rle['counts'] = rle['counts'].decode()
-                results['segm'].append(dict(item, segmentation=rle))
-    return {k: v for k, v in results.items() if v or k == 'bbox'}
+    for i, (box, score, label) in enumerate(zip(dets['boxes'], dets['scores'], dets['labels'])):
+        x1, y1, x2, y2 = (float(v) for v in box)
+        item = dict(image_id=img_id, category_id=cat_ids[int(label)], score=float(score))
+        results['bbox'].append(dict(item, bbox=[x1, y1, x2 - x1, y2 - y1]))
+        if 'masks' in dets:
+            rle = mask_utils.encode(np.asfortranarray(dets['masks'][i].astype(np.uint8)))
+            rle['counts'] = rle['counts'].decode()
+            results['segm'].append(dict(item, segmentation=rle))
 
 
 def evaluate(coco, results: dict) -> dict:
@@ -223,8 +225,7 @@ def score_detector(args, session, meta) -> dict:
             f'{args.ann_file} is not a COCO-format annotation file: no {sorted(missing)}'
         )
     cat_ids = category_ids(coco, meta['classes'])
-    detections = detect_all(session, meta, coco, args.img_dir)
-    results = coco_results(detections, cat_ids)
+    detections, results = detect_all(session, meta, coco, args.img_dir, cat_ids)
     scores = evaluate(coco, results)
     if args.out_json:
         onnx_inference.write_whole(
