@@ -1,4 +1,4 @@
-"""Stride-1 "same" depthwise convolution on PyTorch's CPU path (oneDNN), around a slow width.
+"""Stride-1 "same" depthwise convolution on the CPU, around the slow cases of its kernels.
 
 oneDNN's depthwise kernel for channels-last maps (``brdgmm_dw``) runs kernels 13 wide, the large
 kernel of every UniRepLKNet, at about a third of the rate at which it runs kernels 15 wide
@@ -8,8 +8,12 @@ kernel of every UniRepLKNet, at about a third of the rate at which it runs kerne
 It does so only where that was measured faster: fp32 inference on a channels-last map. Elsewhere
 it is the plain convolution: an NCHW map (oneDNN's NCHW depthwise kernel takes no 15-wide kernel
 and falls back to a many times slower one), a pass that records gradients (the backward is
-slower), other dtypes, tracing (ONNX export, where onnxruntime runs 13-wide kernels at full speed,
-and FLOP counting) and ``torch.compile``.
+slower), other dtypes, tracing (FLOP counting, ONNX export) and ``torch.compile``.
+
+In an ONNX export, large kernels (:data:`SEPARATELY_PADDED_KERNEL` and up) take their zero padding
+from a convolution of its own: onnxruntime's blocked-layout depthwise kernel handles the outputs
+whose window overlaps the padding more slowly than the others, and with a large kernel on a small
+map those are most of them (``benchmarks/results/cpu.md``).
 """
 
 from typing import Optional
@@ -20,6 +24,8 @@ import torch.nn.functional as F
 
 # kernel width -> the wider one that oneDNN runs faster
 WIDER_KERNELS = {13: 15}
+# in an ONNX export, kernels at least this large are padded by a convolution of their own
+SEPARATELY_PADDED_KERNEL = 9
 
 
 def takes_wider_kernel(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -50,9 +56,19 @@ def same_depthwise_conv2d(
     return F.conv2d(x, weight, bias, padding=(k_h // 2, k_w // 2), groups=weight.size(0))
 
 
+def zero_pad_as_conv(x: torch.Tensor, weight: torch.Tensor, pad_h: int, pad_w: int):
+    """``x`` zero-padded by ``pad_h`` rows and ``pad_w`` columns on each side, written as a 1x1
+    depthwise convolution by ones with that padding (``weight``: the depthwise weight that
+    follows, for the channel count). onnxruntime runs it in its blocked-channel layout; a ``Pad``
+    node would take the map out of that layout, or be folded back into the next convolution."""
+    ones = torch.ones_like(weight[:, :, :1, :1])
+    return F.conv2d(x, ones, padding=(pad_h, pad_w), groups=weight.size(0))
+
+
 class SameDepthwiseConv2d(nn.Conv2d):
     """``nn.Conv2d`` (same state dict) for a depthwise, stride-1, "same"-padded conv that runs
-    through :func:`same_depthwise_conv2d`.
+    through :func:`same_depthwise_conv2d`, and in an ONNX export with a large kernel after
+    :func:`zero_pad_as_conv`.
 
     Args:
         channels (int): input = output channels (= groups).
@@ -85,4 +101,7 @@ class SameDepthwiseConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._is_same_depthwise():  # attributes changed after construction
             return super().forward(x)
+        if torch.onnx.is_in_onnx_export() and max(self.kernel_size) >= SEPARATELY_PADDED_KERNEL:
+            x = zero_pad_as_conv(x, self.weight, *self.padding)
+            return F.conv2d(x, self.weight, self.bias, groups=self.groups)
         return same_depthwise_conv2d(x, self.weight, self.bias)

@@ -599,15 +599,29 @@ def test_cpu_linear_benchmark_smoke(monkeypatch, tmp_path):
         assert_ratio_of_rounded(r[6], r[5], r[4])
 
 
-def test_cpu_depthwise_benchmark_smoke(monkeypatch, tmp_path):
-    """A row per stage map and memory layout: both kernels' times, their ratio, and the one that
-    same_depthwise_conv2d picks (the padded kernel on channels-last maps only)."""
+def test_cpu_depthwise_benchmark_smoke(tmp_path):
+    """PyTorch: a row per stage map and memory layout, both kernels' times, their ratio, and the
+    one that same_depthwise_conv2d picks (the padded kernel on channels-last maps only).
+    onnxruntime: a row per stage map and kernel, both graphs' times, their ratio, and the one the
+    export writes (padded apart from kernel 9 on). In a process of its own, as the backbone
+    benchmark's (the global onnxruntime pool)."""
     out = tmp_path / 'dw.md'
-    bench_main(
-        monkeypatch, 'cpu_depthwise_benchmark', '--arch', 'a', '--sizes', '64', '--repeats', '1',
+    run(
+        'benchmarks/cpu_depthwise_benchmark.py', '--arch', 'a', '--sizes', '64', '--repeats', '1',
         '--warmup', '0', '--threads', '1', '--out', str(out),
     )  # fmt: skip
-    rows = [[c.strip() for c in r] for r in table_rows(out)]
+    all_rows = [[c.strip() for c in r] for r in table_rows(out)]
+    second_header = next(i for i, r in enumerate(all_rows) if r[0] == 'image')
+    rows, onnx_rows = all_rows[:second_header], all_rows[second_header + 1 :]
+    assert [(r[1], r[2]) for r in onnx_rows] == [
+        (f'{c} x {s} x {s}', f'{k}x{k}')
+        for c, s in ((80, 8), (160, 4), (320, 2))
+        for k in (3, 7, 9, 11, 13)
+    ]
+    for r in onnx_rows:
+        assert float(r[3]) > 0 and float(r[4]) > 0, r
+        assert_ratio_of_rounded(r[5], r[3], r[4])
+        assert r[6] == ('apart' if int(r[2].split('x')[0]) >= 9 else 'in the conv'), r
     assert [(r[1], r[2]) for r in rows] == [
         (f'{c} x {s} x {s}', memory)
         for c, s in ((80, 8), (160, 4), (320, 2))

@@ -102,3 +102,41 @@ def test_changed_attributes_fall_back_to_nn_conv2d():
         out = conv(x)
         ref = F.conv2d(x, conv.weight, None, stride=2, padding=6, groups=8)
     assert out.shape == (1, 8, 10, 10) and rel_err(out, ref) < 1e-6
+
+
+@pytest.mark.parametrize('kernel, padded_apart', [(3, False), (7, False), (9, True), (13, True)])
+def test_an_onnx_export_pads_large_kernels_with_a_conv_of_their_own(tmp_path, kernel, padded_apart):
+    """In an ONNX export, kernels of 9 and up (where onnxruntime's padded path was measured
+    slower) take their zero padding from a 1x1 depthwise conv by ones, then run unpadded;
+    smaller ones keep their padding. onnxruntime gives F.conv2d's result on another size than the
+    traced one, within fp32 rounding."""
+    import onnx
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    conv = SameDepthwiseConv2d(16, kernel, bias=True).eval()
+    path = str(tmp_path / 'dw.onnx')
+    with torch.no_grad():
+        torch.onnx.export(
+            conv, (torch.randn(1, 16, 14, 18),), path, dynamo=False, opset_version=17,
+            input_names=['x'], dynamic_axes={'x': {0: 'n', 2: 'h', 3: 'w'}},
+        )  # fmt: skip
+    convs = []
+    for node in onnx.load(path).graph.node:
+        if node.op_type == 'Constant':  # the ones
+            continue
+        assert node.op_type == 'Conv', node.op_type
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        convs.append((tuple(attrs['kernel_shape']), tuple(attrs['pads']), attrs['group']))
+    p = kernel // 2
+    if padded_apart:
+        assert convs == [((1, 1), (p,) * 4, 16), ((kernel, kernel), (0,) * 4, 16)]
+    else:
+        assert convs == [((kernel, kernel), (p,) * 4, 16)]
+    x = torch.randn(2, 16, 23, 9)
+    (out,) = ort.InferenceSession(path, providers=['CPUExecutionProvider']).run(
+        None, {'x': x.numpy()}
+    )
+    with torch.no_grad():
+        ref = F.conv2d(x, conv.weight, conv.bias, padding=p, groups=16)
+    assert rel_err(torch.from_numpy(out), ref) < 1e-5
