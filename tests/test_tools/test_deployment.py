@@ -566,3 +566,33 @@ def test_a_segmentor_stores_its_datasets_label_map_conventions(config, expected)
     cfg.test_evaluator.ignore_index = 0
     spec = segmentation_annotations(cfg)
     assert spec['reduce_zero_label'] is (not expected[2]) and spec['ignore_index'] == 0
+
+
+def test_a_segmentor_whose_dataset_type_is_unknown_exports_without_its_conventions(
+    seg_model, tmp_path
+):
+    """The label maps' conventions serve evaluate_onnx.py only: a test dataset type that is not
+    registered (the checkpoint names the classes) leaves them out, with a warning, instead of
+    refusing the export."""
+    import logging
+
+    from mmengine.logging import MMLogger
+
+    out = str(tmp_path / 'seg.onnx')
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = MMLogger.get_current_instance()
+    logger.addHandler(handler)
+    try:
+        export_onnx(
+            seg_model, out, 'segmentor', (64, 64),
+            '--cfg-options', 'test_dataloader.dataset.type=NoSuchDataset',
+        )  # fmt: skip
+    finally:
+        logger.removeHandler(handler)
+    _, meta = load_tool('onnx_inference').load_model(out)
+    assert 'annotations' not in meta and meta['classes']
+    messages = [r.getMessage() for r in records]
+    expected = "conventions are not stored (the type 'NoSuchDataset' is not registered"
+    assert any(expected in m for m in messages), messages

@@ -208,7 +208,15 @@ def _segmentor(model, cfg, meta, args):
         meta,
         align_corners=model.decode_head.align_corners,
     )
-    metadata['annotations'] = segmentation_annotations(cfg)
+    try:
+        metadata['annotations'] = segmentation_annotations(cfg)
+    except ValueError as error:  # only evaluate_onnx.py reads them: not worth refusing the export
+        print_log(
+            f"the label maps' conventions are not stored ({error}); evaluate_onnx.py will ask "
+            'for --img-suffix, --seg-map-suffix and --[no-]reduce-zero-label',
+            logger='current',
+            level=logging.WARNING,
+        )
     check_classes(metadata, model.decode_head.num_classes)
     return dict(
         module=module,
