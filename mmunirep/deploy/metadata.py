@@ -85,7 +85,7 @@ def segmentation_annotations(cfg: Config) -> dict:
     dataset = cfg.test_dataloader.dataset
     dataset_cls = _registered(cfg, 'DATASETS', dataset.type)
     spec = {
-        name: dataset.get(name, _init_default(dataset_cls, name))
+        name: dataset[name] if name in dataset else _init_default(dataset_cls, name)
         for name in ('img_suffix', 'seg_map_suffix', 'reduce_zero_label')
     }
     # LoadAnnotations' own setting wins (MMSegmentation asserts that the two agree)
@@ -96,8 +96,11 @@ def segmentation_annotations(cfg: Config) -> dict:
     evaluator = cfg.get('test_evaluator') or {}
     if isinstance(evaluator, (list, tuple)):  # several metrics: the IoUMetric among them
         evaluator = next((e for e in evaluator if 'IoUMetric' in e.get('type', '')), {})
-    metric_cls = _registered(cfg, 'METRICS', evaluator.get('type', 'IoUMetric'))
-    spec['ignore_index'] = evaluator.get('ignore_index', _init_default(metric_cls, 'ignore_index'))
+    if 'ignore_index' in evaluator:
+        spec['ignore_index'] = evaluator['ignore_index']
+    else:
+        metric_cls = _registered(cfg, 'METRICS', evaluator.get('type', 'IoUMetric'))
+        spec['ignore_index'] = _init_default(metric_cls, 'ignore_index')
     spec['reduce_zero_label'] = bool(spec['reduce_zero_label'])
     return spec
 
