@@ -2,10 +2,14 @@
 interleaved timing."""
 
 import argparse
+import importlib.util
 import os
+import os.path as osp
 import platform
 import statistics
+import tempfile
 import time
+from typing import Optional
 
 import torch
 
@@ -130,3 +134,108 @@ def paired_ratio(numerator: list, denominator: list) -> float:
             f'and {len(denominator)}'
         )
     return statistics.median(a / b for a, b in zip(numerator, denominator))
+
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+def deployment_tool(name: str):
+    """tools/deployment/<name>.py as a module (the tools are scripts, not a package)."""
+    path = osp.join(ROOT, 'tools', 'deployment', f'{name}.py')
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def parse_config_case(text: str, default_size: str, trained: Optional[dict] = None) -> dict:
+    """``CONFIG[:CHECKPOINT][@HxW]`` -> config, checkpoint and (H, W). Without a checkpoint, the
+    one ``trained`` names for the config where that file exists (a quick start's), else None."""
+    text, _, size = text.partition('@')
+    config, _, checkpoint = text.partition(':')
+    try:
+        h, w = (int(v) for v in (size or default_size).split('x'))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f'the size after @ is HxW, e.g. {default_size}, got {size!r}'
+        ) from None
+    if not osp.isfile(config) or (checkpoint and not osp.isfile(checkpoint)):
+        raise argparse.ArgumentTypeError(f'no such config or checkpoint: {text}')
+    default = (trained or {}).get(config)
+    if not checkpoint and default and osp.isfile(default):
+        checkpoint = default
+    return dict(config=config, checkpoint=checkpoint or None, size=(h, w))
+
+
+def onnx_against_pytorch_parser(doc: str, parse_case) -> argparse.ArgumentParser:
+    """The options the benchmarks of an exported model against PyTorch share: the cases
+    (``parse_case`` parses each), --threads, --repeats, --settle and --out. Parse with
+    :func:`parse_onnx_against_pytorch_args`."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument('cases', nargs='*', type=parse_case)
+    parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--repeats', type=int, default=7)
+    parser.add_argument(
+        '--settle',
+        type=float,
+        default=0.2,
+        help="seconds to wait before each timed call, longer than either side's threads spin on",
+    )
+    parser.add_argument('--out', help='also write the table to this file')
+    return parser
+
+
+def parse_onnx_against_pytorch_args(parser, defaults, parse_case) -> argparse.Namespace:
+    """The arguments of an :func:`onnx_against_pytorch_parser`, the ``defaults`` cases where
+    none is given; refused (a usage error) where they cannot make a benchmark."""
+    args = parser.parse_args()
+    args.cases = args.cases or [parse_case(c) for c in defaults]
+    if args.threads < 1 or args.repeats < 1 or args.settle < 0:
+        parser.error('--threads and --repeats must be at least 1, --settle at least 0')
+    return args
+
+
+def onnx_against_pytorch_header(args) -> str:
+    """The first line of the table of a benchmark of an exported model against PyTorch."""
+    import onnxruntime
+
+    return (
+        f'{cpu_host(args.threads)}, onnxruntime {onnxruntime.__version__}, batch 1, fp32; '
+        f'median of {args.repeats}, the two timed in turn, each call {args.settle} s after the '
+        "last; ms per image; the ratio is the median of the repeats' ratios"
+    )
+
+
+def time_onnx_against_pytorch(run_torch, run_onnx, args) -> dict:
+    """ms per call of each side (``torch``, ``onnx``; median of --repeats after a warm-up, in
+    turn, each call after a pause of --settle seconds) and the median of the repeats' PyTorch /
+    onnxruntime ``ratio``."""
+    times = time_each_repeat(dict(torch=run_torch, onnx=run_onnx), args.repeats, 1, args.settle)
+    return dict(
+        ratio=paired_ratio(times['torch'], times['onnx']),
+        **{k: statistics.median(v) * 1e3 for k, v in times.items()},
+    )
+
+
+def report_onnx_against_pytorch(args, header: str, check: str, time_case, check_cell) -> None:
+    """Time each of ``args.cases`` with ``time_case(case, folder)`` (a scratch folder for the
+    exported file; returns :func:`time_onnx_against_pytorch`'s dict and what the check found)
+    and write the table: config, weights, image, the ``check`` column (``check_cell(result)``),
+    both sides' ms and their ratio."""
+    report = Report(args.out)
+    report.add(
+        header,
+        '',
+        f'| config | weights | image | {check} | PyTorch eager | onnxruntime '
+        '| PyTorch / onnxruntime |',
+        '|---|---|---|---|---|---|---|',
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        for case in args.cases:
+            r = time_case(case, folder)
+            h, w = case['size']
+            report.add(
+                f'| {case["config"]} | {"trained" if case["checkpoint"] else "random"} '
+                f'| {h}x{w} | {check_cell(r)} | {r["torch"]:.0f} | {r["onnx"]:.0f} '
+                f'| {r["ratio"]:.2f} |'
+            )

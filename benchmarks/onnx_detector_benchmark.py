@@ -20,74 +20,44 @@ pasting run at their heaviest, for random weights as for trained ones; the confi
 threshold with --score-thr config).
 """
 
-import argparse
-import importlib.util
 import os
-import os.path as osp
-import statistics
 import sys
-import tempfile
+from functools import partial
 
 import numpy as np
 import torch
 
-from bench_utils import Report, cpu_host, paired_ratio, time_each_repeat
+from bench_utils import (
+    deployment_tool,
+    onnx_against_pytorch_header,
+    onnx_against_pytorch_parser,
+    parse_config_case,
+    parse_onnx_against_pytorch_args,
+    report_onnx_against_pytorch,
+    time_onnx_against_pytorch,
+)
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 QUICKSTART = 'configs/detection/quickstart_unireplknet_a_shapes.py'
 QUICKSTART_CKPT = 'work_dirs/quickstart_det/epoch_8.pth'
 DEFAULTS = (f'{QUICKSTART}@160x160', 'configs/detection/unireplknet_s_22k_cascade_3x.py@800x1333')
 
 
-def load_tool(name):
-    path = osp.join(ROOT, 'tools', 'deployment', f'{name}.py')
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def parse_case(text: str) -> dict:
     """``CONFIG[:CHECKPOINT][@HxW]`` -> its parts (size default 800x1333)."""
-    text, _, size = text.partition('@')
-    config, _, checkpoint = text.partition(':')
-    try:
-        h, w = (int(v) for v in (size or '800x1333').split('x'))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f'the size after @ is HxW, e.g. 800x1333, got {size!r}'
-        ) from None
-    if not osp.isfile(config) or (checkpoint and not osp.isfile(checkpoint)):
-        raise argparse.ArgumentTypeError(f'no such config or checkpoint: {text}')
-    if config == QUICKSTART and not checkpoint and osp.isfile(QUICKSTART_CKPT):
-        checkpoint = QUICKSTART_CKPT
-    return dict(config=config, checkpoint=checkpoint or None, size=(h, w))
+    return parse_config_case(text, '800x1333', trained={QUICKSTART: QUICKSTART_CKPT})
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('cases', nargs='*', type=parse_case)
-    parser.add_argument('--threads', type=int, default=2)
-    parser.add_argument('--repeats', type=int, default=7)
-    parser.add_argument(
-        '--settle',
-        type=float,
-        default=0.2,
-        help="seconds to wait before each timed call, longer than either side's threads spin on",
-    )
+    parser = onnx_against_pytorch_parser(__doc__, parse_case)
     parser.add_argument(
         '--score-thr', default='0', help="lowest score kept, or 'config' for the config's"
     )
-    parser.add_argument('--out', help='also write the table to this file')
-    args = parser.parse_args()
+    args = parse_onnx_against_pytorch_args(parser, DEFAULTS, parse_case)
     if args.score_thr != 'config':
         try:
             args.score_thr = float(args.score_thr)
         except ValueError:
             parser.error(f"--score-thr is a number or 'config', got {args.score_thr!r}")
-    args.cases = args.cases or [parse_case(c) for c in DEFAULTS]
-    if args.threads < 1 or args.repeats < 1 or args.settle < 0:
-        parser.error('--threads and --repeats must be at least 1, --settle at least 0')
     return args
 
 
@@ -110,13 +80,13 @@ def time_case(case: dict, folder: str, args, export, inference) -> dict:
     post-processing on the same image, in turn."""
     from mmunirep.utils import prepare_cfg
 
-    threads, repeats = args.threads, args.repeats
+    threads = args.threads
     torch.manual_seed(0)  # without a checkpoint, the same random weights as the export's below
     model, _ = export.load_deploy_model(prepare_cfg(case['config']), case['checkpoint'])
     if args.score_thr != 'config':
         model.roi_head.test_cfg.score_thr = args.score_thr
     inputs, samples = image_batch(model, case['size'])
-    path = osp.join(folder, 'det.onnx')
+    path = os.path.join(folder, 'det.onnx')
     ckpt = ['--checkpoint', case['checkpoint']] if case['checkpoint'] else []
     torch.manual_seed(0)
     export.main(
@@ -149,41 +119,22 @@ def time_case(case: dict, folder: str, args, export, inference) -> dict:
             f'{case["config"]}: PyTorch keeps {detections} detections, onnxruntime '
             f'{onnx_detections}: the export differs (tools/deployment/export_onnx.py checks it)'
         )
-    times = time_each_repeat(dict(torch=run_torch, onnx=run_onnx), repeats, 1, args.settle)
+    timed = time_onnx_against_pytorch(run_torch, run_onnx, args)
     os.remove(path)
-    return dict(
-        detections=detections,
-        ratio=paired_ratio(times['torch'], times['onnx']),
-        **{k: statistics.median(v) * 1e3 for k, v in times.items()},
-    )
+    return dict(timed, detections=detections)
 
 
 def main():
     args = parse_args()
     torch.set_num_threads(args.threads)
-    export, inference = load_tool('export_onnx'), load_tool('onnx_inference')
-    import onnxruntime
-
-    report = Report(args.out)
-    report.add(
-        f'{cpu_host(args.threads)}, onnxruntime {onnxruntime.__version__}, batch 1, fp32; '
-        f'median of {args.repeats}, the two timed in turn, each call {args.settle} s after the '
-        f"last; ms per image; the ratio is the median of the repeats' ratios; "
-        f'score threshold {args.score_thr}',
-        '',
-        '| config | weights | image | detections | PyTorch eager | onnxruntime '
-        '| PyTorch / onnxruntime |',
-        '|---|---|---|---|---|---|---|',
+    export, inference = deployment_tool('export_onnx'), deployment_tool('onnx_inference')
+    report_onnx_against_pytorch(
+        args,
+        f'{onnx_against_pytorch_header(args)}; score threshold {args.score_thr}',
+        'detections',
+        partial(time_case, args=args, export=export, inference=inference),
+        lambda r: r['detections'],
     )
-    with tempfile.TemporaryDirectory() as folder:
-        for case in args.cases:
-            r = time_case(case, folder, args, export, inference)
-            h, w = case['size']
-            report.add(
-                f'| {case["config"]} | {"trained" if case["checkpoint"] else "random"} '
-                f'| {h}x{w} | {r["detections"]} | {r["torch"]:.0f} | {r["onnx"]:.0f} '
-                f'| {r["ratio"]:.2f} |'
-            )
     return 0
 
 

@@ -655,6 +655,28 @@ def test_onnx_detector_benchmark_smoke(monkeypatch, tmp_path, capsys):
     assert "the size after @ is HxW, e.g. 800x1333, got '64by96'" in capsys.readouterr().err
 
 
+def test_onnx_segmentor_benchmark_smoke(monkeypatch, tmp_path, capsys):
+    """The quick-start segmentor exported, checked to label the pixels as PyTorch does, then timed
+    against PyTorch."""
+    out = tmp_path / 'seg.md'
+    config = 'configs/segmentation/quickstart_unireplknet_a_shapes.py'
+    monkeypatch.chdir(tmp_path)  # no work_dirs/ here: random weights
+    bench_main(
+        monkeypatch, 'onnx_segmentor_benchmark', os.path.join(ROOT, config) + '@64x96',
+        '--repeats', '1', '--threads', '1', '--out', str(out),
+    )  # fmt: skip
+    (row,) = [[c.strip() for c in r] for r in table_rows(out)]
+    assert row[1:3] == ['random', '64x96'], row
+    assert float(row[3].rstrip('%')) >= 99.0, row
+    assert float(row[4]) > 0 and float(row[5]) > 0
+    assert_ratio_of_rounded(row[6], row[4], row[5])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        bench_main(monkeypatch, 'onnx_segmentor_benchmark', config + '@64')
+    assert info.value.code == 2
+    assert "the size after @ is HxW, e.g. 512x512, got '64'" in capsys.readouterr().err
+
+
 def test_detector_export_check_smoke(monkeypatch, tmp_path):
     """The check's row: every one of the top detections found on both sides, at the same rank,
     with scores within fp32 rounding."""
