@@ -48,8 +48,18 @@ def parse_args(argv=None):
         help="tools/test.py's --out of the same checkpoint to compare with: a detector's .pkl, "
         "a segmentor's folder of label maps",
     )
-    parser.add_argument('--match-score', type=float, default=0.3)
-    parser.add_argument('--match-iou', type=float, default=0.95)
+    parser.add_argument(
+        '--match-score',
+        type=float,
+        default=0.3,
+        help="detectors: the lowest score of PyTorch's detections that must be matched",
+    )
+    parser.add_argument(
+        '--match-iou',
+        type=float,
+        default=0.95,
+        help='detectors: the lowest IoU of a match (same class)',
+    )
     parser.add_argument('--out-json', help='detectors: the detections in COCO results format')
     parser.add_argument(
         '--img-suffix', help="segmentors: the images' file ending (default: the config's)"
