@@ -195,17 +195,6 @@ def parse_onnx_against_pytorch_args(parser, defaults, parse_case) -> argparse.Na
     return args
 
 
-def onnx_against_pytorch_header(args) -> str:
-    """The first line of the table of a benchmark of an exported model against PyTorch."""
-    import onnxruntime
-
-    return (
-        f'{cpu_host(args.threads)}, onnxruntime {onnxruntime.__version__}, batch 1, fp32; '
-        f'median of {args.repeats}, the two timed in turn, each call {args.settle} s after the '
-        "last; ms per image; the ratio is the median of the repeats' ratios"
-    )
-
-
 def time_onnx_against_pytorch(run_torch, run_onnx, args) -> dict:
     """ms per call of each side (``torch``, ``onnx``; median of --repeats after a warm-up, in
     turn, each call after a pause of --settle seconds) and the median of the repeats' PyTorch /
@@ -217,14 +206,20 @@ def time_onnx_against_pytorch(run_torch, run_onnx, args) -> dict:
     )
 
 
-def report_onnx_against_pytorch(args, header: str, check: str, time_case, check_cell) -> None:
+def report_onnx_against_pytorch(
+    args, check: str, time_case, check_cell, header_note: str = ''
+) -> None:
     """Time each of ``args.cases`` with ``time_case(case, folder)`` (a scratch folder for the
     exported file; returns :func:`time_onnx_against_pytorch`'s dict and what the check found)
     and write the table: config, weights, image, the ``check`` column (``check_cell(result)``),
-    both sides' ms and their ratio."""
+    both sides' ms and their ratio; ``header_note`` ends the table's first line."""
+    import onnxruntime
+
     report = Report(args.out)
     report.add(
-        header,
+        f'{cpu_host(args.threads)}, onnxruntime {onnxruntime.__version__}, batch 1, fp32; '
+        f'median of {args.repeats}, the two timed in turn, each call {args.settle} s after the '
+        f"last; ms per image; the ratio is the median of the repeats' ratios{header_note}",
         '',
         f'| config | weights | image | {check} | PyTorch eager | onnxruntime '
         '| PyTorch / onnxruntime |',

@@ -15,7 +15,6 @@ other side, and the largest difference of the matched scores and mask probabilit
 
 import argparse
 import glob
-import importlib.util
 import os
 import os.path as osp
 import platform
@@ -26,18 +25,9 @@ import time
 import numpy as np
 import torch
 
-from bench_utils import Report
+from bench_utils import ROOT, Report, deployment_tool
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 WEIGHTS_SEED = 0  # the exported model and the one compared with it get the same random weights
-
-
-def load_export_tool():
-    path = osp.join(ROOT, 'tools', 'deployment', 'export_onnx.py')
-    spec = importlib.util.spec_from_file_location('export_onnx', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def parse_args():
@@ -108,7 +98,7 @@ def compare(tool, config, path, size, top):
 def main():
     args = parse_args()
     torch.set_num_threads(args.threads)
-    tool = load_export_tool()
+    tool = deployment_tool('export_onnx')
     report = Report(args.out)
     report.add(
         f'host: {platform.machine()} ({os.cpu_count()} logical CPUs), torch {torch.__version__}, '

@@ -29,7 +29,6 @@ import torch
 
 from bench_utils import (
     deployment_tool,
-    onnx_against_pytorch_header,
     onnx_against_pytorch_parser,
     parse_config_case,
     parse_onnx_against_pytorch_args,
@@ -130,10 +129,10 @@ def main():
     export, inference = deployment_tool('export_onnx'), deployment_tool('onnx_inference')
     report_onnx_against_pytorch(
         args,
-        f'{onnx_against_pytorch_header(args)}; score threshold {args.score_thr}',
         'detections',
         partial(time_case, args=args, export=export, inference=inference),
         lambda r: r['detections'],
+        header_note=f'; score threshold {args.score_thr}',
     )
     return 0
 

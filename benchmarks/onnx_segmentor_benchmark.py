@@ -26,7 +26,6 @@ import torch
 
 from bench_utils import (
     deployment_tool,
-    onnx_against_pytorch_header,
     onnx_against_pytorch_parser,
     parse_config_case,
     parse_onnx_against_pytorch_args,
@@ -111,7 +110,6 @@ def main():
     export, inference = deployment_tool('export_onnx'), deployment_tool('onnx_inference')
     report_onnx_against_pytorch(
         args,
-        onnx_against_pytorch_header(args),
         'pixels labelled alike',
         partial(time_case, args=args, export=export, inference=inference),
         lambda r: f'{100 * r["agreement"]:.2f}%',
