@@ -3,7 +3,8 @@
     python benchmarks/detector_export_check.py [CONFIG ...] [--size 800 1333] [--top 100]
         [--out FILE]
 
-Default: the six Cascade Mask R-CNN 3x configs of configs/detection. Each model is built with
+Default: the six Cascade Mask R-CNN 3x configs of configs/detection; any detection config the
+exporter takes can be given (Mask R-CNN, DINO). Each model is built with
 random weights (as ``tools/deployment/export_onnx.py`` without ``--checkpoint``),
 re-parameterized and exported by that tool at the padded size of a --size image (which the tool
 also checks, on another size). Then one random image of --size, padded as the data pre-processor
@@ -48,15 +49,24 @@ def parse_args():
     return args
 
 
+def max_per_img_key(config) -> str:
+    """The config key of the number of detections kept: in an R-CNN's ``test_cfg.rcnn``, in a
+    DETR's ``test_cfg``."""
+    from mmengine.config import Config
+
+    rcnn = 'rcnn' in Config.fromfile(config).model.test_cfg
+    return 'model.test_cfg.rcnn.max_per_img' if rcnn else 'model.test_cfg.max_per_img'
+
+
 def compare(tool, config, path, size, top):
     """Detections of the exported graph and of PyTorch on one image of ``size``."""
     import onnxruntime as ort
 
-    from mmunirep.deploy import DetectorForExport
+    from mmunirep.deploy import exportable_detector
     from mmunirep.deploy.verify import matched_fraction
     from mmunirep.utils import prepare_cfg
 
-    cfg = prepare_cfg(config, cfg_options={'model.test_cfg.rcnn.max_per_img': top})
+    cfg = prepare_cfg(config, cfg_options={max_per_img_key(config): top})
     torch.manual_seed(WEIGHTS_SEED)  # the random weights that main() exported
     model, _ = tool.load_deploy_model(cfg, None)
     h, w = size
@@ -67,7 +77,7 @@ def compare(tool, config, path, size, top):
     image[..., :h, :w] = torch.randn(1, 3, h, w)
     shape, threshold = torch.tensor([h, w]), torch.zeros(1)
     with torch.no_grad():
-        ref = [t.numpy() for t in DetectorForExport(model).eval()(image, shape, threshold)]
+        ref = [t.numpy() for t in exportable_detector(model).eval()(image, shape, threshold)]
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
@@ -118,7 +128,7 @@ def main():
             tool.main(
                 [config, '--part', 'detector', '--out', path, '--shape',
                  str(-(-h // 32) * 32), str(-(-w // 32) * 32),
-                 '--cfg-options', f'model.test_cfg.rcnn.max_per_img={args.top}']
+                 '--cfg-options', f'{max_per_img_key(config)}={args.top}']
             )  # fmt: skip
             seconds = time.perf_counter() - start
             r = compare(tool, config, path, args.size, args.top)

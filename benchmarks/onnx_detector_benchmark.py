@@ -74,6 +74,24 @@ def image_batch(model, size):
     return batch['inputs'], batch['data_samples']
 
 
+def set_score_threshold(model, score_thr, config) -> float:
+    """Set the lowest score the PyTorch model keeps (``score_thr``, or the config's with
+    'config') and return it, for the exported graph's input. A DETR-style detector keeps its
+    ``max_per_img`` detections whatever their score: threshold 0 only."""
+    from mmunirep.deploy.detr import is_detr
+
+    if is_detr(model):
+        if score_thr not in ('config', 0.0):
+            raise SystemExit(
+                f'{config}: a DETR-style detector keeps its max_per_img detections whatever '
+                f'their score; --score-thr {score_thr} would drop some in onnxruntime only'
+            )
+        return 0.0
+    if score_thr != 'config':
+        model.roi_head.test_cfg.score_thr = score_thr
+    return model.roi_head.test_cfg.score_thr
+
+
 def time_case(case: dict, folder: str, args, export, inference) -> dict:
     """Export the case's detector, then time PyTorch's predict and onnxruntime's run +
     post-processing on the same image, in turn."""
@@ -82,8 +100,7 @@ def time_case(case: dict, folder: str, args, export, inference) -> dict:
     threads = args.threads
     torch.manual_seed(0)  # without a checkpoint, the same random weights as the export's below
     model, _ = export.load_deploy_model(prepare_cfg(case['config']), case['checkpoint'])
-    if args.score_thr != 'config':
-        model.roi_head.test_cfg.score_thr = args.score_thr
+    score_thr = set_score_threshold(model, args.score_thr, case['config'])
     inputs, samples = image_batch(model, case['size'])
     path = os.path.join(folder, 'det.onnx')
     ckpt = ['--checkpoint', case['checkpoint']] if case['checkpoint'] else []
@@ -97,7 +114,7 @@ def time_case(case: dict, folder: str, args, export, inference) -> dict:
     feeds = {
         'input': inputs.numpy(),
         'image_shape': np.array([h, w], np.int64),
-        'score_threshold': np.array([model.roi_head.test_cfg.score_thr], np.float32),
+        'score_threshold': np.array([score_thr], np.float32),
     }
     mask_thr = meta['postprocess'].get('mask_thr_binary', 0.5)
 

@@ -7,7 +7,14 @@ import os.path as osp
 import pytest
 import torch
 
-from helpers import ROOT, load_tool, tiny_det_config, tiny_seg_config, visualizers_isolated
+from helpers import (
+    ROOT,
+    load_tool,
+    tiny_det_config,
+    tiny_dino_config,
+    tiny_seg_config,
+    visualizers_isolated,
+)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -134,6 +141,24 @@ def det_model(shapes_coco, tmp_path_factory):
     model.init_weights()
     randomize(model.backbone)
     return dict(tmp=tmp, data=shapes_coco, config=config, ckpt=_save(model, tmp / 'det.pth'))
+
+
+@pytest.fixture(scope='session')
+def dino_model(shapes_coco, tmp_path_factory):
+    """A shrunk DINO (:func:`helpers.tiny_dino_config`) on ``shapes_coco``, random weights."""
+    from mmengine.config import Config
+
+    from mmunirep.utils import build_model
+
+    from helpers import randomize
+
+    tmp = tmp_path_factory.mktemp('dino_model')
+    config = tiny_dino_config(tmp, shapes_coco)
+    torch.manual_seed(0)
+    model = build_model(Config.fromfile(config))
+    model.init_weights()
+    randomize(model.backbone)
+    return dict(tmp=tmp, data=shapes_coco, config=config, ckpt=_save(model, tmp / 'dino.pth'))
 
 
 @pytest.fixture(scope='session')

@@ -173,6 +173,46 @@ default_hooks = dict(logger=dict(interval=1))
     return str(path)
 
 
+DINO_12E = osp.join(ROOT, 'configs', 'detection', 'unireplknet_b_22k_dino_12e.py')
+
+
+def tiny_dino_config(tmp_path, data_root: str) -> str:
+    """The DINO 12e config shrunk (UniRepLKNet-A with BatchNorm, 1 encoder and 2 decoder layers,
+    100 queries, 50 detections per image) on the COCO-format shapes in ``data_root``, tested at
+    256 pixels: the DETR path of the exporter on a model that runs in a fraction of a second."""
+    root = data_root.rstrip('/') + '/'
+    path = tmp_path / 'tiny_dino.py'
+    path.write_text(f"""_base_ = [{DINO_12E!r}]
+model = dict(
+    backbone=dict(arch='a', norm_cfg=dict(type='BN'), with_cp=False, drop_path_rate=0.0,
+                  init_cfg=None),
+    neck=dict(in_channels=[40, 80, 160, 320]),
+    num_queries=100,
+    encoder=dict(num_layers=1, layer_cfg=dict(ffn_cfg=dict(feedforward_channels=64))),
+    decoder=dict(num_layers=2, layer_cfg=dict(ffn_cfg=dict(feedforward_channels=64))),
+    bbox_head=dict(num_classes=3),
+    dn_cfg=dict(group_cfg=dict(num_dn_queries=10)),
+    test_cfg=dict(max_per_img=50),
+)
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(256, 256), keep_ratio=True),
+    dict(type='LoadAnnotations', with_bbox=True),
+    dict(type='PackDetInputs',
+         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
+]
+val_dataloader = dict(
+    batch_size=1, num_workers=0, persistent_workers=False,
+    dataset=dict(data_root={root!r}, ann_file='annotations/instances_val.json',
+                 data_prefix=dict(img='val/'), pipeline=test_pipeline,
+                 metainfo=dict(classes=('circle', 'square', 'triangle'))))
+test_dataloader = val_dataloader
+val_evaluator = dict(ann_file={root + 'annotations/instances_val.json'!r})
+test_evaluator = val_evaluator
+""")
+    return str(path)
+
+
 _backend_ids = itertools.count()
 
 

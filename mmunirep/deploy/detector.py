@@ -18,7 +18,7 @@ with the same arithmetic. :class:`DetectorForExport` chains them for one image (
 Supported: ``TwoStageDetector`` (Faster / Mask / Cascade (Mask) R-CNN) with an ``RPNHead``,
 ``StandardRoIHead`` or ``CascadeRoIHead``, ``SingleRoIExtractor`` with RoIAlign, ``BBoxHead``s with
 a ``DeltaXYWHBBoxCoder`` and softmax scores, ``FCNMaskHead``; NMS of type ``nms`` (per class, or
-``class_agnostic``) with a positive ``max_per_img``.
+``class_agnostic``) with a positive ``max_per_img``. Deformable DETR and DINO: :mod:`.detr`.
 """
 
 import inspect
@@ -29,15 +29,27 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from .detr import DETRForExport, check_detr_supported, is_detr
+from .errors import UnsupportedModelError
 from .ops import batched_nms, roi_align
 
 
-class UnsupportedModelError(ValueError):
-    """The model has a part that the exporter does not rewrite."""
+def exportable_detector(detector: nn.Module) -> nn.Module:
+    """The traceable predict path of ``detector``: :class:`DetectorForExport` for a two-stage
+    detector, :class:`~mmunirep.deploy.detr.DETRForExport` for Deformable DETR and DINO."""
+    return DETRForExport(detector) if is_detr(detector) else DetectorForExport(detector)
 
 
 def check_supported(detector: nn.Module) -> None:
     """Raise :class:`UnsupportedModelError` naming the first part the exporter cannot export."""
+    if is_detr(detector):
+        check_detr_supported(detector)
+    else:
+        check_two_stage_supported(detector)
+
+
+def check_two_stage_supported(detector: nn.Module) -> None:
+    """:func:`check_supported` for what :class:`DetectorForExport` takes."""
     from mmdet.models.detectors import TwoStageDetector
     from mmdet.models.roi_heads import CascadeRoIHead, StandardRoIHead
 
@@ -50,7 +62,8 @@ def check_supported(detector: nn.Module) -> None:
         refuse(
             'detector',
             type(detector).__name__,
-            'two-stage detectors with an RPN and RoI heads: Faster / Mask / Cascade R-CNN',
+            'two-stage detectors with an RPN and RoI heads (Faster / Mask / Cascade R-CNN), '
+            'Deformable DETR and DINO',
         )
     rpn = detector.rpn_head
     if type(rpn).__name__ != 'RPNHead' or not rpn.use_sigmoid_cls:
@@ -288,10 +301,19 @@ class DetectorForExport(nn.Module):
 
     def __init__(self, detector: nn.Module):
         super().__init__()
-        check_supported(detector)
+        check_two_stage_supported(detector)
         self.detector = detector
         self.with_mask = detector.roi_head.with_mask
         self.num_classes = _stages(detector.roi_head)[-1][1].num_classes  # the last box head's
+
+    def postprocess_settings(self) -> dict:
+        """What the exported file's metadata records of the post-processing (``test_cfg.rcnn``):
+        the default score threshold, the detections kept, the masks' binarization threshold."""
+        rcnn = self.detector.test_cfg.rcnn
+        settings = dict(score_thr=float(rcnn.score_thr), max_per_img=int(rcnn.max_per_img))
+        if self.with_mask:
+            settings.update(mask_thr_binary=float(rcnn.mask_thr_binary))
+        return settings
 
     def forward(self, image: Tensor, image_shape: Tensor, score_threshold: Optional[Tensor] = None):
         """``score_threshold`` (1,): the lowest detection score kept (default: the config's

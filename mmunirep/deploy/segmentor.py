@@ -6,7 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .detector import UnsupportedModelError
+from .errors import UnsupportedModelError
 from .ops import make_adaptive_pools_exportable
 
 

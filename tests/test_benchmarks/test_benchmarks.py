@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from mmunirep.ops import depthwise_conv as dw_module
 
-from helpers import ROOT, recording_backend
+from helpers import ROOT, recording_backend, tiny_dino_config
 
 pytestmark = pytest.mark.slow  # runs the benchmark scripts
 
@@ -689,3 +689,30 @@ def test_detector_export_check_smoke(monkeypatch, tmp_path):
     (row,) = [[c.strip() for c in r] for r in table_rows(out)]
     assert row[2] == '10 / 10' and row[3:6] == ['100.0%', '100.0%', '100.0%'], row
     assert float(row[6]) <= 1e-4, row
+
+
+def test_a_dino_in_the_export_check_and_the_onnx_benchmark(monkeypatch, tmp_path, capsys):
+    """A DETR-style detector through both scripts: its max_per_img detections (test_cfg, not
+    test_cfg.rcnn) found on both sides at the same rank, and timed with as many on each side;
+    a score threshold, which DINO's predict does not apply, is refused."""
+    config = tiny_dino_config(tmp_path, str(tmp_path))
+    out = tmp_path / 'check.md'
+    bench_main(
+        monkeypatch, 'detector_export_check', config,
+        '--size', '160', '200', '--top', '30', '--threads', '1', '--out', str(out),
+    )  # fmt: skip
+    (row,) = [[c.strip() for c in r] for r in table_rows(out)]
+    assert row[2] == '30 / 30' and row[3:5] == ['100.0%', '100.0%'], row
+    assert float(row[6]) <= 1e-4, row
+    out = tmp_path / 'bench.md'
+    monkeypatch.chdir(tmp_path)
+    bench_main(
+        monkeypatch, 'onnx_detector_benchmark', config + '@160x200',
+        '--repeats', '1', '--threads', '1', '--out', str(out),
+    )  # fmt: skip
+    (row,) = [[c.strip() for c in r] for r in table_rows(out)]
+    assert row[1:4] == ['random', '160x200', '50'], row  # the config's max_per_img
+    assert_ratio_of_rounded(row[6], row[4], row[5])
+    capsys.readouterr()
+    with pytest.raises(SystemExit, match='keeps its max_per_img detections whatever their score'):
+        bench_main(monkeypatch, 'onnx_detector_benchmark', config + '@160x200', '--score-thr', '.3')

@@ -19,7 +19,14 @@ from mmengine.registry import init_default_scope
 import mmunirep  # noqa: F401
 from mmunirep.utils import build_model
 
-from helpers import DET_QUICKSTART, SEG_QUICKSTART, export_onnx, load_tool, tool_path
+from helpers import (
+    DET_QUICKSTART,
+    SEG_QUICKSTART,
+    export_onnx,
+    ground_truth_from_predictions,
+    load_tool,
+    tool_path,
+)
 
 inference = load_tool('onnx_inference')
 
@@ -309,6 +316,38 @@ def test_the_exported_trained_detector_scores_as_the_test_tool(trained_det, tmp_
     assert scores['compared'] >= 10 and scores['matched'] / scores['compared'] >= 0.99, scores
     results = json.loads((tmp_path / 'results.json').read_text())
     assert len(results) > 0 and {'image_id', 'bbox', 'score', 'category_id'} <= set(results[0])
+
+
+@pytest.mark.slow
+def test_an_exported_dino_scores_as_the_test_tool(dino_model, tmp_path):
+    """A shrunk DINO (random weights), exported and scored by evaluate_onnx.py, against
+    tools/test.py on the same checkpoint and images. Untrained, it scores about 0 on the shapes'
+    annotations, which a wrong evaluation would give too; so both score against annotations made
+    of PyTorch's own 3 best detections per image, where the mAP is far from 0. The mAPs agree
+    within 0.5 points and every one of PyTorch's detections (all 50 per image, score threshold 0)
+    has an ONNX detection of the same class with IoU >= 0.95: the unpadded keep-ratio resize and
+    the boxes scaled back to the image are the framework's."""
+    config, ckpt, data = dino_model['config'], dino_model['ckpt'], dino_model['data']
+    test = load_tool('test').main
+    first = str(tmp_path / 'first.pkl')
+    test([config, ckpt, '--out', first, '--work-dir', str(tmp_path / 'first')])
+    own_gt = str(tmp_path / 'own_gt.json')
+    ann_file = osp.join(data, 'annotations', 'instances_val.json')
+    ground_truth_from_predictions(first, ann_file, own_gt, masks=False, per_image=3)
+    preds = str(tmp_path / 'preds.pkl')
+    metrics = test(
+        [config, ckpt, '--out', preds, '--work-dir', str(tmp_path / 'own'), '--cfg-options',
+         f'test_dataloader.dataset.ann_file={own_gt}', f'test_evaluator.ann_file={own_gt}']
+    )  # fmt: skip
+    assert metrics['coco/bbox_mAP'] > 0.5, metrics
+    out = str(tmp_path / 'dino.onnx')
+    export_onnx(dino_model, out, 'detector', (256, 256))
+    scores = load_tool('evaluate_onnx').main(
+        [out, '--ann-file', own_gt, '--img-dir', osp.join(data, 'val'),
+         '--pytorch-predictions', preds, '--match-score', '0']
+    )  # fmt: skip
+    assert abs(scores['bbox_mAP'] - metrics['coco/bbox_mAP']) <= 0.005, (scores, metrics)
+    assert scores['compared'] == 100 and scores['matched'] == scores['compared'], scores
 
 
 def test_evaluation_refuses_classes_the_annotations_lack(det_model, tmp_path, capsys):

@@ -37,7 +37,7 @@ import torch
 from mmengine.config import DictAction
 from mmengine.logging import print_log
 
-from mmunirep.deploy import DetectorForExport
+from mmunirep.deploy import exportable_detector
 from mmunirep.deploy.metadata import (
     build_metadata,
     preprocess_spec,
@@ -230,16 +230,12 @@ def _segmentor(model, cfg, meta, args):
 
 
 def _detector(model, cfg, meta, args):
-    module = DetectorForExport(model).eval()
+    module = exportable_detector(model).eval()
     outputs = ['boxes', 'scores', 'labels'] + (['masks'] if module.with_mask else [])
     dynamic = {'input': {2: 'height', 3: 'width'}}
     dynamic.update({o: {0: 'detections'} for o in outputs})
     h, w = args.shape
-
-    rcnn = cfg.model.test_cfg.rcnn
-    post = dict(score_thr=float(rcnn.score_thr), max_per_img=int(rcnn.max_per_img))
-    if module.with_mask:
-        post.update(mask_thr_binary=float(rcnn.mask_thr_binary))
+    post = module.postprocess_settings()
 
     def example(height, width, score_thr):
         inputs, samples = dummy_batch(model, 'mmdet', 1, height, width)
