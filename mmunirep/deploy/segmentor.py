@@ -23,11 +23,12 @@ def check_segmentor_supported(segmentor: nn.Module) -> None:
     if type(segmentor) is not EncoderDecoder:
         refuse('segmentor', type(segmentor).__name__, 'EncoderDecoder')
     head = segmentor.decode_head
-    if list(inspect.signature(head.forward).parameters) != ['inputs']:
+    if not is_mask2former(head) and list(inspect.signature(head.forward).parameters) != ['inputs']:
         refuse(
             'decode head',
             f'{type(head).__name__}, whose forward takes more than the features',
-            'heads that map the features to logits, such as UPerHead or FCNHead',
+            'heads that map the features to logits, such as UPerHead or FCNHead, and '
+            'Mask2FormerHead',
         )
     if head.out_channels == 1:
         refuse(
@@ -40,11 +41,23 @@ def check_segmentor_supported(segmentor: nn.Module) -> None:
         refuse('test mode', repr(mode), "'whole' (--cfg-options model.test_cfg.mode=whole)")
 
 
+def is_mask2former(head: nn.Module) -> bool:
+    """Whether ``head`` is MMSegmentation's Mask2Former head."""
+    from mmseg.models.decode_heads import Mask2FormerHead
+
+    return isinstance(head, Mask2FormerHead)
+
+
 class SegmentorForExport(nn.Module):
     """image ``(N, 3, H, W)``, normalized as the config's data pre-processor does -> class
     logits ``(N, num_classes, H, W)`` (MMSegmentation's ``EncoderDecoder`` in whole-image mode,
     before its resize to the original image). Its adaptive pooling (UperNet's pyramid pooling)
-    is rewritten as matrix products that follow the input's size, so H and W stay dynamic."""
+    is rewritten as matrix products that follow the input's size, so H and W stay dynamic.
+
+    Mask2Former's "logits" are its class probabilities weighted by its mask probabilities and
+    summed over the queries, which MMSegmentation also resizes and takes the arg-max of. Its head
+    predicts from the image's meta, whose size is given here as the input's own (a tensor while
+    tracing, so that the resize of the masks follows the input's size in the graph)."""
 
     def __init__(self, segmentor: nn.Module):
         super().__init__()
@@ -53,9 +66,13 @@ class SegmentorForExport(nn.Module):
 
     def forward(self, image: Tensor) -> Tensor:
         head = self.segmentor.decode_head
-        logits = head(self.segmentor.extract_feat(image))
+        feats = self.segmentor.extract_feat(image)
+        if is_mask2former(head):
+            size = image.shape[-2:]  # the padded input's, as MMSegmentation's pad_shape
+            meta = dict(img_shape=size, pad_shape=size)
+            return head.predict(feats, [meta], self.segmentor.test_cfg)
         return F.interpolate(
-            logits, size=image.shape[-2:], mode='bilinear', align_corners=head.align_corners
+            head(feats), size=image.shape[-2:], mode='bilinear', align_corners=head.align_corners
         )
 
 
