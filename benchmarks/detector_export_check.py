@@ -51,7 +51,7 @@ def parse_args():
 
 def max_per_img_key(config) -> str:
     """The config key of the number of detections kept: in an R-CNN's ``test_cfg.rcnn``, in a
-    DETR's ``test_cfg``."""
+    DINO's ``test_cfg``."""
     from mmengine.config import Config
 
     rcnn = 'rcnn' in Config.fromfile(config).model.test_cfg

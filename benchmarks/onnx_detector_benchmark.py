@@ -17,7 +17,8 @@ milliseconds after a run and would slow the other side's next run), median of --
 warm-up; the ratio is the median of the repeats' ratios. Both keep the detections above
 --score-thr (default 0: the best max_per_img of the config, so that the mask head and the
 pasting run at their heaviest, for random weights as for trained ones; the config's own
-threshold with --score-thr config).
+threshold with --score-thr config). A DINO keeps its max_per_img detections whatever their score,
+as MMDetection's predict does: it is timed at threshold 0 only.
 """
 
 import os
@@ -76,14 +77,14 @@ def image_batch(model, size):
 
 def set_score_threshold(model, score_thr, config) -> float:
     """Set the lowest score the PyTorch model keeps (``score_thr``, or the config's with
-    'config') and return it, for the exported graph's input. A DETR-style detector keeps its
+    'config') and return it, for the exported graph's input. A DINO keeps its
     ``max_per_img`` detections whatever their score: threshold 0 only."""
-    from mmunirep.deploy.detr import is_detr
+    from mmunirep.deploy.dino import is_dino
 
-    if is_detr(model):
+    if is_dino(model):
         if score_thr not in ('config', 0.0):
             raise SystemExit(
-                f'{config}: a DETR-style detector keeps its max_per_img detections whatever '
+                f'{config}: DINO keeps its max_per_img detections whatever '
                 f'their score; --score-thr {score_thr} would drop some in onnxruntime only'
             )
         return 0.0

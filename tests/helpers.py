@@ -213,6 +213,26 @@ test_evaluator = val_evaluator
     return str(path)
 
 
+MASK2FORMER = osp.join(ROOT, 'configs', 'segmentation', 'unireplknet_b_22k_mask2former_160k_640.py')
+# Mask2Former with UniRepLKNet-A, 20 queries and fewer, narrower layers, as config options
+SMALL_MASK2FORMER = {
+    'model.backbone.arch': 'a',
+    'model.backbone.init_cfg': None,
+    'model.backbone.with_cp': False,
+    'model.decode_head.in_channels': [40, 80, 160, 320],
+    'model.decode_head.num_queries': 20,
+    'model.decode_head.pixel_decoder.encoder.num_layers': 1,
+    'model.decode_head.pixel_decoder.encoder.layer_cfg.ffn_cfg.feedforward_channels': 64,
+    'model.decode_head.transformer_decoder.num_layers': 3,
+    'model.decode_head.transformer_decoder.layer_cfg.ffn_cfg.feedforward_channels': 64,
+}
+
+
+def as_cfg_options(options: dict) -> list:
+    """``--cfg-options`` arguments for a dict of config keys and values."""
+    return [f'{k}={str(v).replace(" ", "")}' for k, v in options.items()]
+
+
 _backend_ids = itertools.count()
 
 

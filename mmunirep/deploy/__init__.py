@@ -2,13 +2,13 @@
 preprocessing they need, stored in the exported file."""
 
 from .detector import DetectorForExport, check_supported, exportable_detector
-from .detr import DETRForExport
+from .dino import DINOForExport
 from .errors import UnsupportedModelError
 from .ops import AdaptiveAvgPool2dAsMatmul, make_adaptive_pools_exportable
 
 __all__ = [
     'DetectorForExport',
-    'DETRForExport',
+    'DINOForExport',
     'exportable_detector',
     'UnsupportedModelError',
     'check_supported',

@@ -18,7 +18,7 @@ with the same arithmetic. :class:`DetectorForExport` chains them for one image (
 Supported: ``TwoStageDetector`` (Faster / Mask / Cascade (Mask) R-CNN) with an ``RPNHead``,
 ``StandardRoIHead`` or ``CascadeRoIHead``, ``SingleRoIExtractor`` with RoIAlign, ``BBoxHead``s with
 a ``DeltaXYWHBBoxCoder`` and softmax scores, ``FCNMaskHead``; NMS of type ``nms`` (per class, or
-``class_agnostic``) with a positive ``max_per_img``. Deformable DETR and DINO: :mod:`.detr`.
+``class_agnostic``) with a positive ``max_per_img``. DINO: :mod:`.dino`.
 """
 
 import inspect
@@ -29,21 +29,21 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .detr import DETRForExport, check_detr_supported, is_detr
+from .dino import DINOForExport, check_dino_supported, is_dino
 from .errors import UnsupportedModelError
 from .ops import batched_nms, roi_align
 
 
 def exportable_detector(detector: nn.Module) -> nn.Module:
     """The traceable predict path of ``detector``: :class:`DetectorForExport` for a two-stage
-    detector, :class:`~mmunirep.deploy.detr.DETRForExport` for Deformable DETR and DINO."""
-    return DETRForExport(detector) if is_detr(detector) else DetectorForExport(detector)
+    detector, :class:`~mmunirep.deploy.dino.DINOForExport` for DINO."""
+    return DINOForExport(detector) if is_dino(detector) else DetectorForExport(detector)
 
 
 def check_supported(detector: nn.Module) -> None:
     """Raise :class:`UnsupportedModelError` naming the first part the exporter cannot export."""
-    if is_detr(detector):
-        check_detr_supported(detector)
+    if is_dino(detector):
+        check_dino_supported(detector)
     else:
         check_two_stage_supported(detector)
 
@@ -62,8 +62,7 @@ def check_two_stage_supported(detector: nn.Module) -> None:
         refuse(
             'detector',
             type(detector).__name__,
-            'two-stage detectors with an RPN and RoI heads (Faster / Mask / Cascade R-CNN), '
-            'Deformable DETR and DINO',
+            'two-stage detectors with an RPN and RoI heads (Faster / Mask / Cascade R-CNN), DINO',
         )
     rpn = detector.rpn_head
     if type(rpn).__name__ != 'RPNHead' or not rpn.use_sigmoid_cls:

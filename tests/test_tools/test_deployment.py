@@ -14,7 +14,7 @@ from mmengine.config import Config
 import mmunirep  # noqa: F401
 from mmunirep.deploy import (
     DetectorForExport,
-    DETRForExport,
+    DINOForExport,
     UnsupportedModelError,
     exportable_detector,
 )
@@ -25,7 +25,7 @@ from mmunirep.utils import build_model, load_model_weights
 from mmunirep.utils.checkpoint import CheckpointError
 from mmunirep.utils.dummy_inputs import dummy_batch
 
-from helpers import ROOT, export_onnx, load_tool
+from helpers import MASK2FORMER, ROOT, SMALL_MASK2FORMER, as_cfg_options, export_onnx, load_tool
 
 
 @pytest.mark.parametrize('part', ['backbone', 'segmentor'])
@@ -98,8 +98,7 @@ def test_export_refuses_the_other_framework_and_unsupported_parts(seg_model, det
     retinanet.write_text(RETINANET_CONFIG)
     with pytest.raises(
         UnsupportedModelError,
-        match=r'this detector: RetinaNet \(supported: two-stage detectors .*, Deformable DETR and '
-        r'DINO\)',
+        match=r'this detector: RetinaNet \(supported: two-stage detectors .*, DINO\)',
     ):
         export([str(retinanet), '--out', out, '--part', 'detector', '--shape', '64', '64'])
     # a checkpoint of another variant than the config's
@@ -336,25 +335,6 @@ def test_the_detector_exports_with_standard_operators_and_dynamic_size(det_model
     assert meta['postprocess'] == dict(score_thr=0.0, max_per_img=20, mask_thr_binary=0.5)
 
 
-MASK2FORMER = osp.join(ROOT, 'configs', 'segmentation', 'unireplknet_b_22k_mask2former_160k_640.py')
-SMALL_MASK2FORMER = {
-    'model.backbone.arch': 'a',
-    'model.backbone.init_cfg': None,
-    'model.backbone.with_cp': False,
-    'model.decode_head.in_channels': [40, 80, 160, 320],
-    'model.decode_head.num_queries': 20,
-    'model.decode_head.pixel_decoder.encoder.num_layers': 1,
-    'model.decode_head.pixel_decoder.encoder.layer_cfg.ffn_cfg.feedforward_channels': 64,
-    'model.decode_head.transformer_decoder.num_layers': 3,
-    'model.decode_head.transformer_decoder.layer_cfg.ffn_cfg.feedforward_channels': 64,
-}
-
-
-def _as_cfg_options(options: dict) -> list:
-    """``--cfg-options`` arguments for a dict of config keys and values."""
-    return [f'{k}={str(v).replace(" ", "")}' for k, v in options.items()]
-
-
 def test_a_mask2former_exports_as_mmsegmentations_predict(tmp_path):
     """--part segmentor on Mask2Former (shrunk, random weights): the module gives
     MMSegmentation's own seg_logits and label map, and the exported graph (GridSample for the
@@ -368,7 +348,7 @@ def test_a_mask2former_exports_as_mmsegmentations_predict(tmp_path):
     out = tmp_path / 'm2f.onnx'
     errors = load_tool('export_onnx').main(
         [MASK2FORMER, '--out', str(out), '--part', 'segmentor', '--shape', '64', '96',
-         '--cfg-options', *_as_cfg_options(SMALL_MASK2FORMER)]
+         '--cfg-options', *as_cfg_options(SMALL_MASK2FORMER)]
     )  # fmt: skip
     assert max(errors) <= 1e-4
     proto = onnx.load(str(out))
@@ -382,9 +362,11 @@ def test_a_mask2former_exports_as_mmsegmentations_predict(tmp_path):
     model = build_model(cfg)
     model.init_weights()
     model = reparameterize_unireplknet(model).eval()
-    # the last size is padded to 96 x 96 (size_divisor 32): MMSegmentation crops the padding off
-    for h, w in ((64, 96), (96, 64), (70, 90)):
+    # the last size also padded to 96 x 96 (size_divisor 32): MMSegmentation crops it off
+    for h, w, padding in ((64, 96, None), (70, 90, None), (70, 90, dict(size_divisor=32))):
+        model.data_preprocessor.test_cfg = padding
         inputs, samples = dummy_batch(model, 'mmseg', 1, h, w)
+        assert inputs.shape[-2:] == ((96, 96) if padding else (h, w))
         with torch.no_grad():
             ref = model.predict(inputs, copy.deepcopy(samples))[0]
             logits = SegmentorForExport(model)(inputs)
@@ -403,14 +385,14 @@ def _dino_module(dino_model):
 
 @pytest.mark.parametrize('size', [(256, 192), (150, 256)])
 def test_the_detr_rewrite_is_mmdetections_predict(dino_model, size):
-    """DETRForExport in PyTorch gives DINO's own predictions (MMDetection's predict on an unpadded
+    """DINOForExport in PyTorch gives DINO's own predictions (MMDetection's predict on an unpadded
     image) on two sizes: the same boxes, scores and labels, and a score threshold keeps the
     subset above it."""
     model = _dino_module(dino_model)
     inputs, samples = dummy_batch(model, 'mmdet', 1, *size)
     shape = torch.tensor(samples[0].img_shape)
     module = exportable_detector(model)
-    assert isinstance(module, DETRForExport) and not module.with_mask
+    assert isinstance(module, DINOForExport) and not module.with_mask
     with torch.no_grad():
         ref = model.predict(inputs, copy.deepcopy(samples), rescale=False)[0].pred_instances
         boxes, scores, labels = module(inputs, shape)

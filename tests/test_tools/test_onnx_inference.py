@@ -21,7 +21,10 @@ from mmunirep.utils import build_model
 
 from helpers import (
     DET_QUICKSTART,
+    MASK2FORMER,
     SEG_QUICKSTART,
+    SMALL_MASK2FORMER,
+    as_cfg_options,
     export_onnx,
     ground_truth_from_predictions,
     load_tool,
@@ -167,6 +170,42 @@ def test_a_segmentor_labels_the_pixels_as_mmsegmentation(seg_model, tmp_path, cf
     assert (labels == expected).mean() >= 0.999
     assert np.array_equal(cv2.imread(str(tmp_path / 'labels.png'), cv2.IMREAD_UNCHANGED), labels)
     assert cv2.imread(str(tmp_path / 'vis.png')).shape == image.shape
+
+
+@pytest.mark.slow
+def test_a_mask2former_labels_the_pixels_as_mmsegmentation(tmp_path):
+    """An exported Mask2Former (shrunk, random weights) through onnx_inference.py on an image
+    file: the config's keep-ratio resize, padding to a multiple of 32 (which the ADE20K 640
+    config does not pad; the 512 recipes do) and the logits resized back give MMSegmentation's
+    own seg_logits and label map for the same file."""
+    from mmunirep.utils import load_model_weights
+
+    options = dict(SMALL_MASK2FORMER, **{'model.data_preprocessor.test_cfg.size_divisor': 32})
+    cfg = Config.fromfile(MASK2FORMER)
+    cfg.merge_from_dict(options)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    model.init_weights()
+    ckpt = str(tmp_path / 'm2f.pth')
+    torch.save({'state_dict': model.state_dict()}, ckpt)
+    out = tmp_path / 'm2f.onnx'
+    export_onnx(
+        dict(config=MASK2FORMER, ckpt=ckpt), out, 'segmentor', (64, 64),
+        '--cfg-options', *as_cfg_options(options),
+    )  # fmt: skip
+    path, image = _image(tmp_path, 100, 90, seed=3)
+    inputs, sample, model = _pipeline_input(MASK2FORMER, path, options)
+    assert inputs.shape[-2:] != tuple(sample.img_shape)  # 711 x 640 padded to 736 x 640
+    load_model_weights(model, ckpt)
+    with torch.no_grad():
+        result = model.eval().predict(inputs, [sample])[0]
+    session, meta = inference.load_model(str(out))
+    logits = inference.segmentation_logits(session, meta, image)
+    expected = result.seg_logits.data.numpy().transpose(1, 2, 0)
+    assert expected.std() > 1e-3
+    np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-4 * np.abs(expected).max())
+    labels = inference.main([str(out), path, '--out-label-map', str(tmp_path / 'labels.png')])
+    assert (labels == result.pred_sem_seg.data[0].numpy()).mean() >= 0.999
 
 
 def test_a_detector_writes_its_drawing_and_json(det_model, tmp_path, capsys):

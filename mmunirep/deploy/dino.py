@@ -1,4 +1,4 @@
-"""A DETR-style detector's predict path (DINO, Deformable DETR) as one traceable module.
+"""A DINO detector's predict path as one traceable module, for ONNX export.
 
 MMDetection 3's transformer path traces with the image's size kept dynamic: the levels' sizes
 are read with ``torch._shape_as_tensor``, and while exporting ``pre_transformer`` leaves out the
@@ -11,7 +11,7 @@ padding masks. Two steps still do not export as they are, and are rewritten here
   on strided slices with the image size from its meta (Python numbers, frozen by tracing).
 
 An image is never padded: with ``pad_size_divisor=1`` and one image per batch, as MMDetection's
-DETR configs test, the padding masks that the branch leaves out are empty, so the exported graph
+DINO configs test, the padding masks that the branch leaves out are empty, so the exported graph
 predicts what MMDetection predicts. Inputs and outputs are those of
 :class:`~mmunirep.deploy.detector.DetectorForExport`, without masks.
 """
@@ -25,16 +25,16 @@ from torch import Tensor
 from .errors import UnsupportedModelError
 
 
-def is_detr(detector: nn.Module) -> bool:
-    """Whether ``detector`` is of the DETR family this module exports (Deformable DETR, DINO)."""
-    from mmdet.models.detectors import DeformableDETR
+def is_dino(detector: nn.Module) -> bool:
+    """Whether ``detector`` is MMDetection's DINO."""
+    from mmdet.models.detectors import DINO
 
-    return isinstance(detector, DeformableDETR)
+    return isinstance(detector, DINO)
 
 
-def check_detr_supported(detector: nn.Module) -> None:
-    """Raise :class:`UnsupportedModelError` naming the first part of a Deformable DETR / DINO
-    detector whose prediction :class:`DETRForExport` would not repeat."""
+def check_dino_supported(detector: nn.Module) -> None:
+    """Raise :class:`UnsupportedModelError` naming the first part of a DINO detector whose
+    prediction :class:`DINOForExport` would not repeat."""
 
     def refuse(part, what, supported):
         raise UnsupportedModelError(
@@ -51,7 +51,7 @@ def check_detr_supported(detector: nn.Module) -> None:
         refuse(
             'data pre-processor',
             f'pad_size_divisor={divisor}',
-            'pad_size_divisor=1: DETR-style detectors take the image unpadded',
+            'pad_size_divisor=1: DINO takes the image unpadded',
         )
     max_per_img = (head.test_cfg or {}).get('max_per_img', detector.num_queries)
     if not 0 < max_per_img <= detector.num_queries * head.num_classes:
@@ -71,7 +71,7 @@ def _unpadded_sample(image: Tensor):
     return DetDataSample(metainfo=dict(batch_input_shape=size, img_shape=size))
 
 
-def detr_detections(
+def dino_detections(
     num_classes: int,
     max_per_img: int,
     cls_score: Tensor,
@@ -93,15 +93,15 @@ def detr_detections(
     return boxes[keep], scores[keep], labels[keep]
 
 
-class DETRForExport(nn.Module):
-    """A Deformable DETR / DINO detector's predict path for one unpadded image (see this module's
+class DINOForExport(nn.Module):
+    """A DINO detector's predict path for one unpadded image (see this module's
     docstring): image, image_shape, score_threshold -> boxes, scores, labels."""
 
     with_mask = False
 
     def __init__(self, detector: nn.Module):
         super().__init__()
-        check_detr_supported(detector)
+        check_dino_supported(detector)
         self.detector = detector
         self.num_classes = detector.bbox_head.num_classes
         test_cfg = detector.bbox_head.test_cfg or {}
@@ -119,7 +119,7 @@ class DETRForExport(nn.Module):
         feats = detector.extract_feat(image)
         outputs = detector.forward_transformer(feats, [_unpadded_sample(image)])
         cls_scores, bbox_preds = detector.bbox_head(outputs['hidden_states'], outputs['references'])
-        return detr_detections(
+        return dino_detections(
             self.num_classes,
             self.max_per_img,
             cls_scores[-1][0],
