@@ -451,17 +451,39 @@ def test_a_dino_exports_with_standard_operators_and_dynamic_size(dino_model, tmp
     np.testing.assert_allclose(np.sort(scores), np.sort(ref.scores.numpy()), rtol=0, atol=1e-5)
 
 
-def test_a_detr_that_pads_its_images_is_refused(dino_model, tmp_path):
+@pytest.mark.parametrize(
+    'option, message',
+    [
+        ('model.data_preprocessor.pad_size_divisor=32',
+         r'data pre-processor: pad_size_divisor=32 \(supported: pad_size_divisor=1'),
+        ('model.test_cfg.max_per_img=0',
+         r'max_per_img: 0 \(supported: a positive number up to the queries times the classes, '
+         r'300\)'),
+    ],
+    ids=['padded', 'no-detections'],
+)  # fmt: skip
+def test_a_dino_the_graph_would_not_repeat_is_refused(dino_model, tmp_path, option, message):
     """Padding would need the transformer's padding masks, which the exported graph leaves out
-    (as MMDetection's own export branch): refused, naming the setting."""
+    (as MMDetection's own export branch); a max_per_img of 0 would keep nothing: refused, naming
+    the setting, and no file written."""
     out = tmp_path / 'dino.onnx'
+    with pytest.raises(UnsupportedModelError, match=message):
+        export_onnx(dino_model, out, 'detector', (256, 256), '--cfg-options', option)
+    assert not out.exists()
+
+
+def test_a_dino_with_softmax_scores_is_refused(dino_model):
+    """DINO's head with a softmax over the classes and a background (which MMDetection's DETR
+    head can predict with) is not what the exported top-k over sigmoid scores computes."""
+    cfg = Config.fromfile(dino_model['config'])
+    cfg.model.bbox_head.loss_cls = dict(
+        type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0, class_weight=1.0
+    )
     with pytest.raises(
         UnsupportedModelError,
-        match=r'data pre-processor: pad_size_divisor=32 \(supported: pad_size_divisor=1',
+        match=r'bbox head: DINOHead with softmax scores \(supported: sigmoid scores\)',
     ):
-        export_onnx(dino_model, out, 'detector', (256, 256), '--cfg-options',
-                    'model.data_preprocessor.pad_size_divisor=32')  # fmt: skip
-    assert not out.exists()
+        exportable_detector(build_model(cfg).eval())
 
 
 def test_custom_operator_domains_are_found_in_subgraphs_and_opset_imports():
