@@ -5,14 +5,16 @@
     python tools/deployment/export_onnx.py SEG_CONFIG --checkpoint CKPT --out seg.onnx \\
         --part segmentor
 
-``--part detector`` (two-stage detectors: Faster / Mask / Cascade (Mask) R-CNN) exports the whole
-predict path as one graph of standard operators (mmunirep/deploy/detector.py): ``input`` (1, 3,
-H, W), normalized and padded as the config's data pre-processor does, ``image_shape`` (2,)
-int64, the resized image's (h, w) inside the padding, and ``score_threshold`` (1,) float32 (the
-config's ``score_thr`` is stored in the metadata) -> ``boxes`` (K, 4) in the input's pixels,
+``--part detector`` (two-stage detectors: Faster / Mask / Cascade (Mask) R-CNN; DINO) exports the
+whole predict path as one graph of standard operators (mmunirep/deploy/detector.py, dino.py):
+``input`` (1, 3, H, W), normalized and padded as the config's data pre-processor does,
+``image_shape`` (2,) int64, the resized image's (h, w) inside the padding, and
+``score_threshold`` (1,) float32 (the config's ``score_thr``, 0 for DINO, is stored in the
+metadata) -> ``boxes`` (K, 4) in the input's pixels,
 ``scores`` (K,), ``labels`` (K,) and, with masks, ``masks`` (K, 28, 28), each detection's class
 probability over its box, which the caller pastes into the image. Batch 1, any H and W.
-``--part segmentor``: ``input`` (N, 3, H, W) -> ``logits`` (N, classes, H, W), any N, H and W.
+``--part segmentor`` (UperNet, FCN, Mask2Former): ``input`` (N, 3, H, W) -> ``logits``
+(N, classes, H, W), any N, H and W.
 ``--part backbone``: ``input`` -> the backbone's features.
 
 The model is re-parameterized first (a training-structure checkpoint is converted on the way).
