@@ -104,61 +104,49 @@ def _save(model, path, classes=CLASSES, palette=PALETTE):
     return str(path)
 
 
-@pytest.fixture(scope='session')
-def seg_model(shapes_ade, tmp_path_factory):
-    """The segmentation quick start's model on ``shapes_ade``: its config, and a checkpoint of
-    random weights with random BatchNorm statistics, GRN and layer scales (so that
-    re-parameterization must fold them all)."""
+def _random_model(config: str, path, *meta) -> str:
+    """A checkpoint at ``path`` of ``config``'s model with random weights, random BatchNorm
+    statistics, GRN and layer scales in the backbone (so that re-parameterization must fold them
+    all)."""
     from mmengine.config import Config
 
     from mmunirep.utils import build_model
 
     from helpers import randomize
 
-    tmp = tmp_path_factory.mktemp('seg_model')
-    config = tiny_seg_config(tmp, shapes_ade)
     torch.manual_seed(0)
     model = build_model(Config.fromfile(config))
     model.init_weights()
     randomize(model.backbone)
-    ckpt = _save(model, tmp / 'seg.pth', SEG_CLASSES, SEG_PALETTE)
+    return _save(model, path, *meta)
+
+
+@pytest.fixture(scope='session')
+def seg_model(shapes_ade, tmp_path_factory):
+    """The segmentation quick start's model on ``shapes_ade``: its config, and a checkpoint of
+    random weights (:func:`_random_model`)."""
+    tmp = tmp_path_factory.mktemp('seg_model')
+    config = tiny_seg_config(tmp, shapes_ade)
+    ckpt = _random_model(config, tmp / 'seg.pth', SEG_CLASSES, SEG_PALETTE)
     return dict(tmp=tmp, data=shapes_ade, config=config, ckpt=ckpt)
 
 
 @pytest.fixture(scope='session')
 def det_model(shapes_coco, tmp_path_factory):
     """The detection quick start's model on ``shapes_coco``, as :func:`seg_model`."""
-    from mmengine.config import Config
-
-    from mmunirep.utils import build_model
-
-    from helpers import randomize
-
     tmp = tmp_path_factory.mktemp('det_model')
     config = tiny_det_config(tmp, shapes_coco)
-    torch.manual_seed(0)
-    model = build_model(Config.fromfile(config))
-    model.init_weights()
-    randomize(model.backbone)
-    return dict(tmp=tmp, data=shapes_coco, config=config, ckpt=_save(model, tmp / 'det.pth'))
+    ckpt = _random_model(config, tmp / 'det.pth')
+    return dict(tmp=tmp, data=shapes_coco, config=config, ckpt=ckpt)
 
 
 @pytest.fixture(scope='session')
 def dino_model(shapes_coco, tmp_path_factory):
-    """A shrunk DINO (:func:`helpers.tiny_dino_config`) on ``shapes_coco``, random weights."""
-    from mmengine.config import Config
-
-    from mmunirep.utils import build_model
-
-    from helpers import randomize
-
+    """A shrunk DINO (:func:`helpers.tiny_dino_config`) on ``shapes_coco``, as :func:`seg_model`."""
     tmp = tmp_path_factory.mktemp('dino_model')
     config = tiny_dino_config(tmp, shapes_coco)
-    torch.manual_seed(0)
-    model = build_model(Config.fromfile(config))
-    model.init_weights()
-    randomize(model.backbone)
-    return dict(tmp=tmp, data=shapes_coco, config=config, ckpt=_save(model, tmp / 'dino.pth'))
+    ckpt = _random_model(config, tmp / 'dino.pth')
+    return dict(tmp=tmp, data=shapes_coco, config=config, ckpt=ckpt)
 
 
 @pytest.fixture(scope='session')
