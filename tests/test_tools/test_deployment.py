@@ -3,6 +3,7 @@ onnxruntime, and the standalone inference script."""
 
 import contextlib
 import copy
+import glob
 import inspect
 import os.path as osp
 
@@ -484,6 +485,30 @@ def test_a_dino_with_softmax_scores_is_refused(dino_model):
         match=r'bbox head: DINOHead with softmax scores \(supported: sigmoid scores\)',
     ):
         exportable_detector(build_model(cfg).eval())
+
+
+ZOO = sorted(
+    glob.glob(osp.join(ROOT, 'configs', 'detection', '*.py'))
+    + glob.glob(osp.join(ROOT, 'configs', 'segmentation', '*.py'))
+)
+
+
+@pytest.mark.parametrize('config', ZOO, ids=[osp.basename(c) for c in ZOO])
+def test_every_config_of_the_zoo_is_one_the_exporter_takes(config):
+    """Each detection and segmentation config builds (on the meta device: no weights) into a
+    model whose every part the exporter supports, with the preprocessing it stores readable."""
+    from mmunirep.deploy import check_supported
+    from mmunirep.deploy.metadata import preprocess_spec
+    from mmunirep.deploy.segmentor import check_segmentor_supported
+    from mmunirep.utils import framework_of, prepare_cfg
+
+    cfg = prepare_cfg(config)
+    with torch.device('meta'):
+        model = build_model(cfg)
+    detector = framework_of(cfg) == 'mmdet'
+    (check_supported if detector else check_segmentor_supported)(model)
+    spec = preprocess_spec(cfg)
+    assert spec['resize'] is not None and len(spec['mean']) == len(spec['std']) == 3
 
 
 def test_custom_operator_domains_are_found_in_subgraphs_and_opset_imports():
