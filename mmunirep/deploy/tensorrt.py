@@ -48,6 +48,7 @@ CONSTANT_INPUTS = {
     'ReduceLogSum': (1, 18),
     'ReduceLogSumExp': (1, 18),
     'ReduceSumSquare': (1, 18),
+    'Slice': (3, 10),
     'Squeeze': (1, 13),
     'Unsqueeze': (1, 13),
     'CumSum': (1, 11),

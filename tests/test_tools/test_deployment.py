@@ -571,6 +571,10 @@ def test_the_tensorrt_check_names_each_node_the_parser_does_not_import():
         helper.make_node('Shape', ['x'], ['shape']),
         helper.make_node('ReduceSum', ['x', 'shape'], ['rs'], name='reducesum'),
         helper.make_node('ReduceSum', ['x', 'axes'], ['rs2'], name='reducesum_ok'),
+        # a slice whose starts and ends follow the input (as the DINO export's) is fine; its axes
+        # must be constant
+        helper.make_node('Slice', ['x', 'axes', 'shape', 'shape'], ['sl'], name='slice'),
+        helper.make_node('Slice', ['x', 'shape', 'shape', 'axes'], ['sl2'], name='slice_ok'),
         helper.make_node('MaxPool', ['x'], ['mp', 'mi'], name='maxpool', kernel_shape=[2, 2]),
         helper.make_node(
             'If',
@@ -621,6 +625,7 @@ def test_the_tensorrt_check_names_each_node_the_parser_does_not_import():
         'topk_unbounded': ['K is computed in the graph with no constant bound below 3840'],
         'resize': ["mode 'cubic' is not supported"],
         'reducesum': ['input 1 (axes) must be a constant, is computed in the graph'],
+        'slice': ['input 3 (axes) must be a constant, is computed in the graph'],
         'maxpool': ['the Indices output is not supported'],
         'inner_unique': ['not an operator the parser imports'],
     }
