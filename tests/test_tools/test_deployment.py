@@ -690,8 +690,8 @@ def test_the_detection_check_compares_what_both_sides_must_keep():
             labels[:4]]  # fmt: skip
     near[1][3] = 0.5995
     full[1] = np.array([0.9, 0.8, 0.7, 0.5998], np.float32)
-    errors, pairs = compare(near, full, 1e-4, 0.0, 4)
-    assert pairs == 3 and errors[0] <= 1e-6
+    errors, pairs, outside = compare(near, full, 1e-4, 0.0, 4)
+    assert pairs == 3 and outside == 0 and errors[0] <= 1e-6
     # a confident detection missing from ONNX
     far = [boxes[1:5], scores[1:5], labels[1:5]]
     with pytest.raises(RuntimeError, match='of the 4 PyTorch detections have a match'):
@@ -704,6 +704,23 @@ def test_the_detection_check_compares_what_both_sides_must_keep():
     empty = [np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)]
     with pytest.raises(RuntimeError, match='of their 0 and 0 detections'):
         compare(empty, empty, 1e-4, 0.0, 4)
+    # 200 detections with masks: 1% of them may change (a ranked step ordering two near-equal
+    # scores differently), not more
+    xy = rng.uniform(0, 2000, (200, 2)).astype(np.float32)
+    many = [
+        np.concatenate([xy, xy + 30], 1),
+        rng.uniform(0.3, 1, 200).astype(np.float32),
+        np.zeros(200, np.int64),
+        rng.uniform(0, 1, (200, 28, 28)).astype(np.float32),
+    ]
+    other = [a.copy() for a in many]
+    other[1][0] -= 0.01  # a score
+    other[3][1] += 0.01  # a mask
+    errors, pairs, outside = compare(other, many, 1e-4, 0.0, 300)
+    assert pairs == 200 and outside == 2 and max(errors) <= 1e-6
+    other[1][2] += 0.01  # a third
+    with pytest.raises(RuntimeError, match='of 3 of the 200 matched detections differ by more'):
+        compare(other, many, 1e-4, 0.0, 300)
 
 
 @pytest.mark.parametrize(
