@@ -179,7 +179,7 @@ DINO_12E = osp.join(ROOT, 'configs', 'detection', 'unireplknet_b_22k_dino_12e.py
 def tiny_dino_config(tmp_path, data_root: str) -> str:
     """The DINO 12e config shrunk (UniRepLKNet-A with BatchNorm, 1 encoder and 2 decoder layers,
     100 queries, 50 detections per image) on the COCO-format shapes in ``data_root``, tested at
-    256 pixels: the DETR path of the exporter on a model that runs in a fraction of a second."""
+    256 pixels: the exporter's DINO path on a model that runs in a fraction of a second."""
     root = data_root.rstrip('/') + '/'
     path = tmp_path / 'tiny_dino.py'
     path.write_text(f"""_base_ = [{DINO_12E!r}]

@@ -692,9 +692,9 @@ def test_detector_export_check_smoke(monkeypatch, tmp_path):
 
 
 def test_a_dino_in_the_export_check_and_the_onnx_benchmark(monkeypatch, tmp_path, capsys):
-    """A DINO through both scripts: its max_per_img detections (test_cfg, not
-    test_cfg.rcnn) found on both sides at the same rank, and timed with as many on each side;
-    a score threshold, which DINO's predict does not apply, is refused."""
+    """A DINO through both scripts: its max_per_img detections (test_cfg, not test_cfg.rcnn)
+    found on both sides, and timed with as many on each side; a score threshold, which DINO's
+    predict does not apply, is refused."""
     config = tiny_dino_config(tmp_path, str(tmp_path))
     out = tmp_path / 'check.md'
     bench_main(
