@@ -167,6 +167,27 @@ def parse_config_case(text: str, default_size: str, trained: Optional[dict] = No
     return dict(config=config, checkpoint=checkpoint or None, size=(h, w))
 
 
+def case_model(export, case: dict):
+    """A case's model as ``export_onnx.py`` (the module ``export``) exports it, re-parameterized:
+    with the case's checkpoint, or random weights drawn from seed 0, which :func:`export_case`
+    draws again so that the two sides hold the same weights."""
+    from mmunirep.utils import prepare_cfg
+
+    torch.manual_seed(0)
+    return export.load_deploy_model(prepare_cfg(case['config']), case['checkpoint'])[0]
+
+
+def export_case(export, case: dict, part: str, path: str, shape) -> None:
+    """``export_onnx.py --part part`` on a case, traced at ``shape`` (H, W), to ``path``: the
+    weights of :func:`case_model`."""
+    checkpoint = ['--checkpoint', case['checkpoint']] if case['checkpoint'] else []
+    torch.manual_seed(0)
+    export.main(
+        [case['config'], *checkpoint, '--part', part, '--out', path, '--shape',
+         *(str(v) for v in shape)]
+    )  # fmt: skip
+
+
 def onnx_against_pytorch_parser(doc: str, parse_case) -> argparse.ArgumentParser:
     """The options the benchmarks of an exported model against PyTorch share: the cases
     (``parse_case`` parses each), --threads, --repeats, --settle and --out. Parse with

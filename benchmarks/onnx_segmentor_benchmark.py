@@ -25,7 +25,9 @@ import numpy as np
 import torch
 
 from bench_utils import (
+    case_model,
     deployment_tool,
+    export_case,
     onnx_against_pytorch_parser,
     parse_config_case,
     parse_onnx_against_pytorch_args,
@@ -68,18 +70,10 @@ def image_batch(model, size):
 def time_case(case: dict, folder: str, args, export, inference) -> dict:
     """Export the case's segmentor, then time PyTorch's predict and onnxruntime's run +
     post-processing on the same image, in turn."""
-    from mmunirep.utils import prepare_cfg
-
-    torch.manual_seed(0)  # without a checkpoint, the same random weights as the export's below
-    model, _ = export.load_deploy_model(prepare_cfg(case['config']), case['checkpoint'])
+    model = case_model(export, case)
     inputs, samples = image_batch(model, case['size'])
     path = os.path.join(folder, 'seg.onnx')
-    ckpt = ['--checkpoint', case['checkpoint']] if case['checkpoint'] else []
-    torch.manual_seed(0)
-    export.main(
-        [case['config'], *ckpt, '--part', 'segmentor', '--out', path, '--shape',
-         *(str(v) for v in inputs.shape[2:])]
-    )  # fmt: skip
+    export_case(export, case, 'segmentor', path, inputs.shape[2:])
     session, meta = inference.load_model(path, args.threads)
     h, w = case['size']
     align_corners = bool(meta['postprocess'].get('align_corners', False))
