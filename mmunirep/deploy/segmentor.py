@@ -3,7 +3,6 @@
 import inspect
 
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import UnsupportedModelError
@@ -54,10 +53,10 @@ class SegmentorForExport(nn.Module):
     before its resize to the original image). Its adaptive pooling (UperNet's pyramid pooling)
     is rewritten as matrix products that follow the input's size, so H and W stay dynamic.
 
-    Mask2Former's "logits" are its class probabilities weighted by its mask probabilities and
-    summed over the queries, which MMSegmentation also resizes and takes the arg-max of. Its head
-    predicts from the image's meta, whose size is given here as the input's own (a tensor while
-    tracing, so that the resize of the masks follows the input's size in the graph)."""
+    The decode head predicts as in MMSegmentation, from an image meta whose size is the input's
+    own: a tensor while tracing, so that the head's resize to it follows the input's size in the
+    graph. Mask2Former's "logits" are its class probabilities weighted by its mask probabilities
+    and summed over the queries, which MMSegmentation also resizes and takes the arg-max of."""
 
     def __init__(self, segmentor: nn.Module):
         super().__init__()
@@ -65,15 +64,10 @@ class SegmentorForExport(nn.Module):
         self.segmentor = make_adaptive_pools_exportable(segmentor)
 
     def forward(self, image: Tensor) -> Tensor:
-        head = self.segmentor.decode_head
+        size = image.shape[-2:]  # the padded input's, as MMSegmentation's pad_shape
+        meta = dict(img_shape=size, pad_shape=size)
         feats = self.segmentor.extract_feat(image)
-        if is_mask2former(head):
-            size = image.shape[-2:]  # the padded input's, as MMSegmentation's pad_shape
-            meta = dict(img_shape=size, pad_shape=size)
-            return head.predict(feats, [meta], self.segmentor.test_cfg)
-        return F.interpolate(
-            head(feats), size=image.shape[-2:], mode='bilinear', align_corners=head.align_corners
-        )
+        return self.segmentor.decode_head.predict(feats, [meta], self.segmentor.test_cfg)
 
 
 class BackboneForExport(nn.Module):
