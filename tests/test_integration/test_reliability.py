@@ -486,7 +486,7 @@ def test_fp16_training_of_the_quick_starts_has_no_nan(data, tmp_path):
     # dtype (the RPN would hand it fp16 boxes with fp32 scores)
     for name, cfg, steps, parts in (
         ('seg', seg_cfg, 6, None),
-        ('det', det_cfg, 10, ('backbone', 'neck')),
+        ('det', det_cfg, 6, ('backbone', 'neck')),
     ):
         losses, dtypes, wrapper, moved = _fp16_train(cfg, steps, parts)
         assert all(map(math.isfinite, losses)), f'{name}: non-finite fp16 losses {losses}'

@@ -268,6 +268,7 @@ def test_the_rewrites_of_mask_rcnn_and_a_box_only_cascade_are_their_predict(
     box-only one returns no masks."""
     cfg = Config.fromfile(osp.join(ROOT, 'configs', 'detection', config))
     cfg.model.backbone.init_cfg = None
+    cfg.model.test_cfg.rpn.max_per_img = 200  # a fifth of the RoI heads' work, the same paths
     cfg.model.test_cfg.rcnn.score_thr = 0.0
     cfg.model.test_cfg.rcnn.max_per_img = 30
     cfg.model.test_cfg.rcnn.nms.class_agnostic = class_agnostic
