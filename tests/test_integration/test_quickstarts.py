@@ -41,7 +41,7 @@ def test_detection_quickstart_script(tmp_path):
     train_args = (
         '--cfg-options',
         'train_cfg.max_epochs=1',
-        'train_cfg.val_begin=2',  # no validation in training: the script's own test scores
+        'train_cfg.val_begin=2',  # no validation in training: the script's test step scores it
         'default_hooks.checkpoint.interval=1',
     )
     out = run_script(
